@@ -1,0 +1,1 @@
+//! Postgres access for `provider_file_uploads`, and the migrations.

@@ -1,0 +1,23 @@
+//! `exai-shared` owns every contract between the processes of EXAI Queue.
+//!
+//! The daemon and the workers never hand-build a Redis key, a SQL statement or an
+//! environment variable name: they ask this crate. The modules:
+//!
+//! - [`config`]: the typed [`Config`](config::Config) read from the environment (and `.env`),
+//!   validated at start-up; secrets are wrapped so they never reach a log line.
+//! - [`telemetry`]: the one `tracing` subscriber set-up, human or JSON output.
+//! - [`shutdown`]: SIGINT and SIGTERM folded into one `CancellationToken`.
+//! - [`redis`]: connecting to a single Redis or a Redis Cluster behind one handle, and the
+//!   [`Keys`](redis::Keys) layout under `EXAI_REDIS_PREFIX` with one hash tag.
+//! - [`semaphore`]: fleet-wide leased semaphores (Redis sorted sets of TTL leases).
+//! - [`db`]: Postgres access (sqlx) for `provider_file_uploads`, and the migrations.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod db;
+pub mod redis;
+pub mod semaphore;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Config;

@@ -1,0 +1,1 @@
+//! Fleet-wide leased semaphores (see DESIGN.md, "Leased semaphores").
