@@ -196,3 +196,201 @@ pub async fn delete_prefix(conn: &mut redis::aio::MultiplexedConnection, prefix:
         cursor = next;
     }
 }
+
+/// A loopback port that was free a moment ago, below 55536 so that its Redis Cluster bus port
+/// (port + 10000) is valid too; both are checked.
+pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port: u16 = rng.random_range(20_000..55_000);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+/// A `redis-server` of the test's own, on its own port and directory (for tests that restart or
+/// kill Redis, which must never touch the shared server). Killed when dropped.
+pub struct RedisServer {
+    /// The port it listens on.
+    pub port: u16,
+    /// Its working directory (AOF files live here).
+    pub dir: PathBuf,
+    args: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts a server with AOF (`appendfsync everysec`) when `aof` is true, and waits until it
+    /// answers PING.
+    pub async fn start(aof: bool) -> Self {
+        Self::start_with(aof, &[]).await
+    }
+
+    /// Starts a server with extra command-line arguments (e.g. cluster flags).
+    pub async fn start_with(aof: bool, extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("exai-redis-{port}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            if aof { "yes" } else { "no" }.into(),
+            "--appendfsync".into(),
+            "everysec".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut server = Self {
+            port,
+            dir,
+            args,
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it installed? scripts/test installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        let up = wait_until(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { ping(&url).await }
+        })
+        .await;
+        assert!(up, "redis-server on port {} did not come up", self.port);
+    }
+
+    /// SIGKILLs the server (data since the last fsync may be lost, as in a real crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (reloading its AOF if enabled).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .is_ok()
+}
+
+/// A 3-master Redis Cluster on loopback ports, started by the test itself. Killed when dropped.
+pub struct RedisCluster {
+    /// The masters.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`,
+    /// then waits until the cluster reports `cluster_state:ok` on every node.
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                RedisServer::start_with(
+                    false,
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"],
+                )
+                .await,
+            );
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .arg("--cluster-replicas")
+            .arg("0")
+            .arg("--cluster-yes")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes };
+        let urls = cluster.seeds();
+        let ok = wait_until(Duration::from_secs(20), || {
+            let urls = urls.clone();
+            async move {
+                for url in &urls {
+                    let Ok(client) = redis::Client::open(url.as_str()) else {
+                        return false;
+                    };
+                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                        return false;
+                    };
+                    let info: String = match redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut conn)
+                        .await
+                    {
+                        Ok(info) => info,
+                        Err(_) => return false,
+                    };
+                    if !info.contains("cluster_state:ok") {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+        assert!(ok, "the test Redis Cluster did not reach cluster_state:ok");
+        cluster
+    }
+
+    /// The seed URLs, as `REDIS_CLUSTER_NODES` takes them.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The value for `REDIS_CLUSTER_NODES`.
+    pub fn nodes_env(&self) -> String {
+        self.seeds().join(",")
+    }
+}
