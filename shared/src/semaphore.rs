@@ -1,1 +1,0 @@
-//! Fleet-wide leased semaphores (see DESIGN.md, "Leased semaphores").
