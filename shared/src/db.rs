@@ -1,1 +1,0 @@
-//! Postgres access for `provider_file_uploads`, and the migrations.
