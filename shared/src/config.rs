@@ -358,7 +358,13 @@ impl Config {
                 staging_dir: PathBuf::from(v.string("EXAI_STAGING_DIR", "./data/staging")),
             },
             cleanup: CleanupConfig {
-                cron: v.string("EXAI_CLEANUP_CRON", "0 0 * * * *"),
+                cron: {
+                    let expr = v.string("EXAI_CLEANUP_CRON", "0 0 * * * *");
+                    cron::Schedule::from_str(&expr).map_err(|e| {
+                        ConfigError::new("EXAI_CLEANUP_CRON", format!("`{expr}`: {e}"))
+                    })?;
+                    expr
+                },
                 orphan_grace: Duration::from_secs(v.parse("EXAI_ORPHAN_GRACE_SECS", 86_400u64)?),
             },
             log_format: v.parse("EXAI_LOG_FORMAT", LogFormat::Human)?,
@@ -493,6 +499,7 @@ mod tests {
             ("REDIS_CLUSTER_NODES", "redis://a:1,b:2"),
             ("EXAI_REDIS_PREFIX", "a{b}"),
             ("EXAI_LOG_FORMAT", "xml"),
+            ("EXAI_CLEANUP_CRON", "every hour"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

@@ -10,11 +10,21 @@
 //! - [`redis`]: connecting to a single Redis or a Redis Cluster behind one handle, and the
 //!   [`Keys`](redis::Keys) layout under `EXAI_REDIS_PREFIX` with one hash tag.
 //! - [`semaphore`]: fleet-wide leased semaphores (Redis sorted sets of TTL leases).
+//! - [`queue`]: the durable job queue's Redis protocol (enqueue, leased fetch, fenced acks,
+//!   sweep, inspection) and the push wake-up of idle workers.
+//! - [`backend`]: the queue as an apalis 1.0 backend: fetcher, heartbeat, sweeper, batched
+//!   fenced acknowledgement, cancellation (see its module docs for where it steps outside apalis).
+//! - [`events`]: job events (started, progress, chunks, finished) on each job's channel.
+//! - [`jobs`]: job payloads and [`JobError`](jobs::JobError), whose variant is the retry policy.
 //! - [`db`]: Postgres access (sqlx) for `provider_file_uploads`, and the migrations.
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod db;
+pub mod events;
+pub mod jobs;
+pub mod queue;
 pub mod redis;
 pub mod semaphore;
 pub mod shutdown;

@@ -13,7 +13,9 @@
 //! | `{P:sem}:holder` | hash | lease token → JSON holder info (holder id, job id, fence) |
 //! | `{P:sem}:limits` | hash | name → limit, set at runtime; absent names take the config default |
 //! | `{P:sem}:fence` | string | the monotonic fencing counter of all grants |
-//! | `P:sem:released` | pub/sub channel | a semaphore name, published on every release |
+//! | `P:sem:released` | pub/sub channel | the names of a released semaphore lease (and limit changes) |
+//! | `P:ev:<job id>` | pub/sub channel | the job's events ([`JobEvent`](crate::events::JobEvent)) |
+//! | `{P:q:<queue>}:…` | various | one queue's lists, sorted sets and job hashes: see [`crate::queue`] |
 
 use std::time::Duration;
 
@@ -162,9 +164,20 @@ impl Keys {
         format!("{{{}:sem}}:names", self.prefix)
     }
 
+    /// The pub/sub channel of one job's events (progress, chunks, finished).
+    pub fn job_events(&self, job_id: &str) -> String {
+        format!("{}:ev:{job_id}", self.prefix)
+    }
+
     /// The pub/sub channel on which releases are announced.
     pub fn sem_released_channel(&self) -> String {
         format!("{}:sem:released", self.prefix)
+    }
+
+    /// The keys of queue `name`, all under the hash tag `{P:q:<name>}` (see
+    /// [`crate::queue`] for the layout).
+    pub fn queue(&self, name: &str) -> crate::queue::QueueKeys {
+        crate::queue::QueueKeys::new(&self.prefix, name)
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use exai_shared::Config;
 
+
 /// The Redis server the tests use: `REDIS_URL`, or the local default.
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -392,5 +393,43 @@ impl RedisCluster {
     /// The value for `REDIS_CLUSTER_NODES`.
     pub fn nodes_env(&self) -> String {
         self.seeds().join(",")
+    }
+}
+
+/// Spawns a workspace binary (`exai-worker`, `exai-daemon`, …) with `args` and environment
+/// `env`, on top of a clean environment (only `PATH`, `HOME` and `RUST_LOG` pass through), so
+/// the developer's `.env` or shell never leaks into a test. Its logs go to stderr when `TEST_LOG`
+/// is set and are discarded otherwise. Killed when the guard is dropped.
+pub fn spawn_bin(name: &str, args: &[&str], env: &[(&str, String)]) -> ChildGuard {
+    let mut cmd = tokio::process::Command::new(bin_path(name));
+    cmd.args(args)
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    for var in ["PATH", "HOME", "RUST_LOG"] {
+        if let Ok(v) = std::env::var(var) {
+            cmd.env(var, v);
+        }
+    }
+    if std::env::var_os("TEST_LOG").is_some() {
+        cmd.stderr(std::process::Stdio::inherit());
+    } else {
+        cmd.stderr(std::process::Stdio::null());
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}")))
+}
+
+impl ChildGuard {
+    /// Waits for the process to exit (up to `timeout`) and returns its exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.0.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 }

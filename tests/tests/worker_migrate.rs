@@ -29,7 +29,10 @@ fn all_versions() -> Vec<i64> {
 
 fn worker(database_url: &str) -> Command {
     let mut cmd = Command::new(bin_path("exai-worker"));
+    // `run` also serves the queues: give it a key prefix of its own.
     cmd.env("DATABASE_URL", database_url)
+        .env("REDIS_URL", exai_tests::redis_url())
+        .env("EXAI_REDIS_PREFIX", exai_tests::unique_prefix("migrate"))
         .env("RUST_LOG", "info")
         .env("EXAI_LOG_FORMAT", "human")
         .stdin(Stdio::null())

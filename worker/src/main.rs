@@ -1,7 +1,11 @@
 //! `exai-worker`: the worker process and the operator CLI.
 
 use clap::{Parser, Subcommand};
-use exai_shared::{Config, shutdown, telemetry};
+use std::time::Duration;
+
+use exai_shared::{Config, db, queue, shutdown, telemetry};
+use exai_worker::runtime::{self, WorkerOptions};
+use tokio_util::sync::CancellationToken;
 
 /// EXAI Queue worker and operator commands. Settings come from the environment (and `.env`).
 #[derive(Parser, Debug)]
@@ -13,8 +17,51 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a worker until SIGINT or SIGTERM.
-    Run,
+    /// Run a worker until SIGINT or SIGTERM. Applies pending migrations first unless
+    /// EXAI_AUTO_MIGRATE=false.
+    Run(RunArgs),
+    /// Apply pending database migrations and print what was applied. Safe to run from many
+    /// processes at once: they take turns, and each migration is applied once.
+    Migrate {
+        /// Revert the most recently applied migration instead (one per invocation).
+        #[arg(long)]
+        revert: bool,
+    },
+}
+
+/// Flags of `exai-worker run`.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The queues to serve, comma-separated (default: all of them).
+    #[arg(long, value_delimiter = ',', default_values_t = queue::ALL_QUEUES.map(String::from))]
+    queues: Vec<String>,
+    /// Jobs of each queue run at once in this process.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Seconds running jobs may finish after SIGTERM before they are put back in their queue.
+    #[arg(long, default_value_t = 10.0)]
+    grace_secs: f64,
+    /// Seconds an idle worker waits for a push wake-up before it polls anyway.
+    #[arg(long, default_value_t = 1.0)]
+    poll_secs: f64,
+}
+
+impl RunArgs {
+    fn options(&self) -> anyhow::Result<WorkerOptions> {
+        let secs = |name: &str, v: f64| {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "--{name} must be a non-negative number"
+            );
+            Ok(Duration::from_secs_f64(v))
+        };
+        Ok(WorkerOptions {
+            queues: self.queues.clone(),
+            concurrency: usize::from(self.concurrency),
+            grace: secs("grace-secs", self.grace_secs)?,
+            poll_fallback: secs("poll-secs", self.poll_secs)?.max(Duration::from_millis(10)),
+        })
+    }
 }
 
 #[tokio::main]
@@ -23,12 +70,58 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
     match cli.command {
-        Command::Run => {
-            let shutdown = shutdown::on_signal();
-            tracing::info!("exai-worker started");
-            shutdown.cancelled().await;
-            tracing::info!("exai-worker stopped");
+        Command::Run(args) => run(config, args.options()?, shutdown::on_signal()).await,
+        Command::Migrate { revert } => migrate(&config, revert).await,
+    }
+}
+
+/// The worker: migrations (unless disabled), then work until `shutdown` is cancelled.
+async fn run(
+    config: Config,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = db::connect_lazy(&config.database)?;
+    if config.jobs.auto_migrate {
+        // A signal while waiting for another worker's migration lock stops us cleanly: dropping
+        // the future closes its session, which rolls back and releases the lock.
+        tokio::select! {
+            applied = db::migrate(&pool) => {
+                for m in applied? {
+                    tracing::info!(version = m.version, description = %m.description, "migration applied");
+                }
+            }
+            () = shutdown.cancelled() => {
+                tracing::info!("exai-worker stopped before migrations finished");
+                return Ok(());
+            }
         }
     }
+    tracing::info!("exai-worker started");
+    let served = runtime::run(&config, options, shutdown).await;
+    pool.close().await;
+    served?;
+    tracing::info!("exai-worker stopped");
+    Ok(())
+}
+
+/// `exai-worker migrate [--revert]`.
+async fn migrate(config: &Config, revert: bool) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    if revert {
+        match db::revert_one(&pool).await? {
+            Some(m) => println!("reverted {m}"),
+            None => println!("no migration to revert"),
+        }
+    } else {
+        let applied = db::migrate(&pool).await?;
+        if applied.is_empty() {
+            println!("database is up to date");
+        }
+        for m in applied {
+            println!("applied {m}");
+        }
+    }
+    pool.close().await;
     Ok(())
 }

@@ -1,0 +1,758 @@
+//! Our Redis queue as an apalis 1.0 backend, so workers stay ordinary apalis workers
+//! (`WorkerBuilder`, `Monitor`, tower layers) while the queue protocol is ours.
+//!
+//! # How a job flows
+//! 1. A **fetcher** task takes as many free slots as it can (a local semaphore of
+//!    `concurrency` permits), fetches up to that many jobs in one [`Queue::fetch_batch`] call,
+//!    registers each in the **in-flight table** (lease, cancellation token, slot permit) and hands
+//!    it to apalis through a channel that [`Backend::poll_next`] reads. With nothing to fetch it
+//!    waits for the queue's push wake-up ([`WakeSignal`]), or the poll fallback, or the next
+//!    delayed job's due time, whichever is first.
+//! 2. The **lease layer** ([`LeaseLayer`], returned by [`BackendConfig::middleware`]) runs the
+//!    handler raced against the job's cancellation token, then settles the attempt with fenced
+//!    writes: results are acknowledged in batches by an **acker** task
+//!    ([`Queue::complete_many`]); a [`JobError`] decides between retry, dead, put-back and
+//!    cancel. Settling removes the job from the in-flight table, which frees its slot.
+//! 3. A **heartbeat** task renews every in-flight lease with one script call per period
+//!    (lease/3). A lease reported lost, or not renewed for a whole lease period (Redis
+//!    unreachable), cancels the handler; its result is never written. A cancel request — heard on
+//!    the queue's cancel channel or reported by a heartbeat — cancels the handler too.
+//! 4. A **sweeper** task returns expired leases of crashed workers and promotes due delayed
+//!    jobs, every sweep interval, in bounded steps.
+//! 5. On shutdown the fetcher stops at once; running handlers get `grace` to finish; then they
+//!    are cancelled and their jobs put back without burning an attempt, as are jobs fetched but
+//!    not yet started.
+//!
+//! # Where we step outside apalis
+//! apalis's [`Backend`] yields one task at a time and has no notion of leases, fenced
+//! acknowledgement or batched fetch; its `Acknowledge` hook cannot see the lease. So leases,
+//! heartbeats, sweeping, batching and cancellation live in the tasks above and in
+//! [`LeaseLayer`]; apalis drives the handler service, its concurrency and its lifecycle.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::{RandomId, TaskId};
+use apalis_core::worker::context::WorkerContext;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::events::{EventPublisher, JobEvent};
+use crate::jobs::JobError;
+use crate::queue::{Ack, FailKind, FailOutcome, Fetched, Lease, LeaseState, Queue, QueueError};
+use crate::queue::{WakeSignal, Waker};
+
+/// How many completions one acknowledgement round trip may carry.
+const ACK_BATCH: usize = 512;
+
+/// Tuning of one backend (one queue in one worker process).
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// This process's worker id, recorded as the lease holder.
+    pub worker_id: String,
+    /// Jobs of this queue run at once in this process (also the fetch batch bound).
+    pub concurrency: usize,
+    /// The longest an idle fetcher waits without a wake-up before it fetches anyway.
+    pub poll_fallback: Duration,
+    /// How often in-flight leases are renewed; a third of the job lease.
+    pub heartbeat: Duration,
+    /// How often this process sweeps expired leases and due delayed jobs.
+    pub sweep_every: Duration,
+    /// How long running jobs may finish after shutdown begins before they are put back.
+    pub grace: Duration,
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+    /// Where to announce that a job started and finished (for queues whose results someone
+    /// waits on, such as `tool_calls`); `None` publishes nothing.
+    pub events: Option<EventPublisher>,
+}
+
+impl BackendOptions {
+    /// Options derived from the job lease: heartbeat at lease/3, sweep at lease/2 (≤ 5 s).
+    pub fn new(worker_id: impl Into<String>, concurrency: usize, lease: Duration) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            concurrency: concurrency.max(1),
+            poll_fallback: Duration::from_secs(1),
+            heartbeat: lease / 3,
+            sweep_every: (lease / 2).min(Duration::from_secs(5)),
+            grace: Duration::from_secs(10),
+            shutdown: CancellationToken::new(),
+            events: None,
+        }
+    }
+}
+
+/// Why a running job's cancellation token fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// A client or operator cancelled the job.
+    Requested,
+    /// The lease was lost (expired and rescued, or Redis unreachable for a whole lease).
+    LeaseLost,
+    /// The worker is shutting down and the grace period is over.
+    Shutdown,
+}
+
+/// What a handler can see of its job: injected into every task's data, so a handler takes it
+/// as `Data<JobLease>`.
+#[derive(Debug, Clone)]
+pub struct JobLease {
+    /// The queue's name.
+    pub queue: String,
+    /// The attempt's lease (job id, fence, attempt number).
+    pub lease: Lease,
+    /// The job's attempt limit.
+    pub max_attempts: u32,
+    /// When the job was enqueued (Unix ms).
+    pub enqueued_at_ms: u64,
+    /// Fires when the job must stop; [`JobLease::cancel_reason`] says why.
+    pub cancel: CancellationToken,
+    reason: Arc<OnceLock<CancelReason>>,
+}
+
+impl JobLease {
+    /// Why the job was cancelled, once it was.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.reason.get().copied()
+    }
+
+    fn cancel_with(&self, reason: CancelReason) {
+        let _ = self.reason.set(reason);
+        self.cancel.cancel();
+    }
+}
+
+/// A fetched job, until its attempt is settled. Holding `_slot` keeps one unit of the
+/// process's concurrency for this queue taken.
+struct InFlight {
+    job: JobLease,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// State shared by the backend's tasks and its layer.
+struct Shared {
+    queue: Queue,
+    options: BackendOptions,
+    inflight: Mutex<HashMap<String, InFlight>>,
+    acks: mpsc::UnboundedSender<AckRequest>,
+}
+
+impl Shared {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn settle(&self, id: &str) {
+        self.inflight().remove(id);
+    }
+
+    fn cancel_all(&self, reason: CancelReason) {
+        for f in self.inflight().values() {
+            f.job.cancel_with(reason);
+        }
+    }
+}
+
+struct AckRequest {
+    lease: Lease,
+    result: Vec<u8>,
+    done: oneshot::Sender<Result<Ack, SettleError>>,
+}
+
+/// Why an attempt's outcome could not be recorded (its lease then expires and the sweep re-runs
+/// it, so nothing is lost).
+#[derive(Debug, thiserror::Error)]
+enum SettleError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("acknowledgement failed: {0}")]
+    Ack(String),
+}
+
+/// One queue of our Redis engine as an apalis backend emitting `Task<Args>`.
+pub struct RedisBackend<Args> {
+    queue: Queue,
+    waker: Waker,
+    options: BackendOptions,
+    running: Option<Running<Args>>,
+    layer: Option<LeaseLayer>,
+    closing: Option<BoxFuture<'static, ()>>,
+    _marker: PhantomData<fn() -> Args>,
+}
+
+struct Running<Args> {
+    rx: mpsc::Receiver<Task<Args>>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl<Args> std::fmt::Debug for RedisBackend<Args> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("queue", &self.queue.name())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<Args> RedisBackend<Args>
+where
+    Args: DeserializeOwned + Send + 'static,
+{
+    /// A backend for `queue`, woken by `waker` (which must listen to this queue).
+    pub fn new(queue: Queue, waker: Waker, options: BackendOptions) -> Self {
+        let mut backend = Self {
+            queue,
+            waker,
+            options,
+            running: None,
+            layer: None,
+            closing: None,
+            _marker: PhantomData,
+        };
+        backend.start();
+        backend
+    }
+
+    fn start(&mut self) {
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            queue: self.queue.clone(),
+            options: self.options.clone(),
+            inflight: Mutex::new(HashMap::new()),
+            acks: ack_tx,
+        });
+        let stop = self.options.shutdown.child_token();
+        let (tx, rx) = mpsc::channel(self.options.concurrency);
+        let signal = self
+            .waker
+            .signal(self.queue.name())
+            .expect("the waker listens to the backend's queue");
+        tokio::spawn(fetcher(shared.clone(), tx, signal, stop.clone()));
+        tokio::spawn(heartbeat(shared.clone(), stop.clone()));
+        tokio::spawn(sweeper(shared.clone(), stop.clone()));
+        tokio::spawn(acker(shared.queue.clone(), ack_rx));
+        tokio::spawn(cancel_listener(
+            shared.clone(),
+            self.waker.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(grace_timer(shared.clone(), self.options.shutdown.clone()));
+        self.layer = Some(LeaseLayer {
+            shared: shared.clone(),
+        });
+        self.running = Some(Running { rx, shared, stop });
+    }
+}
+
+/// Takes free slots, fetches that many jobs, and hands them over; waits for work when idle.
+async fn fetcher<Args: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Task<Args>>,
+    mut signal: WakeSignal,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(shared.options.concurrency));
+    let mut error_delay = Duration::from_millis(50);
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => p.expect("slots are never closed"),
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let asked = permits.len();
+        let batch = match shared
+            .queue
+            .fetch_batch(&shared.options.worker_id, asked)
+            .await
+        {
+            Ok(b) => {
+                error_delay = Duration::from_millis(50);
+                b
+            }
+            Err(e) => {
+                tracing::warn!(queue = shared.queue.name(), error = %error_chain(&e), "fetch failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(error_delay) => {}
+                }
+                error_delay = (error_delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let got = batch.jobs.len();
+        for job in batch.jobs {
+            let slot = permits.pop().expect("never more jobs than permits");
+            match into_task::<Args>(&shared, job, slot) {
+                Ok(task) => {
+                    if tx.send(task).await.is_err() {
+                        return;
+                    }
+                }
+                Err((lease, message)) => {
+                    shared.settle(&lease.id);
+                    if let Err(e) = shared
+                        .queue
+                        .fail(&lease, &message, FailKind::Permanent)
+                        .await
+                    {
+                        tracing::error!(job_id = %lease.id, error = %error_chain(&e), "could not record an undecodable job");
+                    }
+                }
+            }
+        }
+        drop(permits);
+        if got < asked {
+            let mut wait = shared.options.poll_fallback;
+            if let Some(due) = batch.next_due_in {
+                wait = wait.min(due);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = signal.wait(wait) => {}
+            }
+        }
+    }
+}
+
+/// Registers a fetched job as in flight and builds its apalis task; a payload that does not
+/// decode is returned as an error (it can never succeed).
+fn into_task<Args: DeserializeOwned>(
+    shared: &Shared,
+    job: Fetched,
+    slot: OwnedSemaphorePermit,
+) -> Result<Task<Args>, (Lease, String)> {
+    let args: Args = match serde_json::from_slice(&job.payload) {
+        Ok(a) => a,
+        Err(e) => {
+            return Err((
+                job.lease,
+                format!(
+                    "payload does not decode as a {} job: {e}",
+                    shared.queue.name()
+                ),
+            ));
+        }
+    };
+    let lease = JobLease {
+        queue: shared.queue.name().to_owned(),
+        lease: job.lease.clone(),
+        max_attempts: job.max_attempts,
+        enqueued_at_ms: job.enqueued_at_ms,
+        cancel: CancellationToken::new(),
+        reason: Arc::new(OnceLock::new()),
+    };
+    shared.inflight().insert(
+        job.lease.id.clone(),
+        InFlight {
+            job: lease.clone(),
+            _slot: slot,
+        },
+    );
+    Ok(TaskBuilder::new(args)
+        .task_id(TaskId::from_string(job.lease.id.clone()))
+        .attempt(job.lease.attempt as usize)
+        .max_attempts(job.max_attempts as usize)
+        .lock_by(Some(shared.options.worker_id.clone()))
+        .data(lease)
+        .build())
+}
+
+/// Renews every in-flight lease once per period, with one script call.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let period = shared.options.heartbeat.max(Duration::from_millis(10));
+    let lease_len = period * 3;
+    let mut last_ok = Instant::now();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Keep renewing during the shutdown grace period: only the fetcher stops at once.
+            _ = stop.cancelled(), if shared.inflight().is_empty() => return,
+            _ = tick.tick() => {}
+        }
+        let jobs: Vec<JobLease> = shared.inflight().values().map(|f| f.job.clone()).collect();
+        if jobs.is_empty() {
+            last_ok = Instant::now();
+            if stop.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        let leases: Vec<Lease> = jobs.iter().map(|j| j.lease.clone()).collect();
+        match shared.queue.heartbeat(&leases).await {
+            Ok(states) => {
+                last_ok = Instant::now();
+                for (job, state) in jobs.iter().zip(states) {
+                    match state {
+                        LeaseState::Held => {}
+                        LeaseState::CancelRequested => job.cancel_with(CancelReason::Requested),
+                        LeaseState::Lost => {
+                            tracing::warn!(queue = %job.queue, job_id = %job.lease.id, "lease lost; stopping the job");
+                            job.cancel_with(CancelReason::LeaseLost);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = shared.queue.name(), error = %error_chain(&e), "heartbeat failed");
+                if last_ok.elapsed() >= lease_len {
+                    // Another worker may already be running these jobs: stop ours.
+                    shared.cancel_all(CancelReason::LeaseLost);
+                }
+            }
+        }
+    }
+}
+
+/// Returns expired leases and promotes due jobs, in bounded steps, every sweep interval.
+async fn sweeper(shared: Arc<Shared>, stop: CancellationToken) {
+    use rand::Rng;
+    loop {
+        // Jitter so a fleet started at once does not sweep in lockstep.
+        let jitter = rand::rng().random_range(0.8..1.2);
+        let wait = shared.options.sweep_every.mul_f64(jitter);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        for _ in 0..100 {
+            match shared.queue.sweep(1000).await {
+                Ok(report) if report.more => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(queue = shared.queue.name(), error = %error_chain(&e), "sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Acknowledges completions in batches: whatever is queued when a round trip starts goes in it.
+async fn acker(queue: Queue, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
+        let items: Vec<(Lease, &[u8])> = batch
+            .iter()
+            .map(|r| (r.lease.clone(), r.result.as_slice()))
+            .collect();
+        let outcome = queue.complete_many(&items).await;
+        drop(items);
+        match outcome {
+            Ok(acks) => {
+                for (req, ack) in batch.drain(..).zip(acks) {
+                    let _ = req.done.send(Ok(ack));
+                }
+            }
+            Err(e) => {
+                let message = error_chain(&e);
+                for req in batch.drain(..) {
+                    let _ = req.done.send(Err(SettleError::Ack(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Cancels in-flight jobs named on the queue's cancel channel.
+async fn cancel_listener(shared: Arc<Shared>, waker: Waker, stop: CancellationToken) {
+    let mut rx = waker.cancellations();
+    loop {
+        let signal = tokio::select! {
+            _ = stop.cancelled() => return,
+            s = rx.recv() => s,
+        };
+        match signal {
+            Ok(s) if s.queue == shared.queue.name() => {
+                if let Some(f) = shared.inflight().get(&s.job_id) {
+                    f.job.cancel_with(CancelReason::Requested);
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// After shutdown begins, gives running jobs `grace`, then cancels them to be put back.
+async fn grace_timer(shared: Arc<Shared>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(shared.options.grace).await;
+    shared.cancel_all(CancelReason::Shutdown);
+}
+
+impl<Args> Backend for RedisBackend<Args>
+where
+    Args: DeserializeOwned + Send + 'static,
+{
+    type Task = Task<Args>;
+    type Error = QueueError;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        match self.running.as_mut() {
+            Some(r) => r.rx.poll_recv(cx).map(|t| t.map(Ok)),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        if self.closing.is_none() {
+            let Some(mut running) = self.running.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            self.closing = Some(Box::pin(async move {
+                running.stop.cancel();
+                // Jobs fetched but never started go back without burning their attempt.
+                running.rx.close();
+                while let Some(task) = running.rx.recv().await {
+                    if let Some(job) = task.parts_job_lease() {
+                        running.shared.settle(&job.lease.id);
+                        let _ = running
+                            .shared
+                            .queue
+                            .release(&job.lease, Duration::ZERO)
+                            .await;
+                    }
+                }
+            }));
+        }
+        let fut = self.closing.as_mut().expect("set above");
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Reads the [`JobLease`] a task carries.
+trait TaskLease {
+    fn parts_job_lease(&self) -> Option<JobLease>;
+}
+
+impl<Args> TaskLease for Task<Args> {
+    fn parts_job_lease(&self) -> Option<JobLease> {
+        self.ctx().data().get::<JobLease>().cloned()
+    }
+}
+
+impl<Args> BackendConfig for RedisBackend<Args> {
+    type Args = Args;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = BackendOptions;
+    type Layer = LeaseLayer;
+
+    fn config(&self) -> &Self::Config {
+        &self.options
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        self.layer
+            .clone()
+            .expect("the backend starts when it is constructed")
+    }
+}
+
+/// The tower layer that settles every attempt with fenced writes (see the module docs).
+#[derive(Clone)]
+pub struct LeaseLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LeaseLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseLayer")
+            .field("queue", &self.shared.queue.name())
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for LeaseLayer {
+    type Service = LeaseService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LeaseService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`LeaseLayer`] wraps around the handler.
+#[derive(Clone)]
+pub struct LeaseService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, Args, Res> Service<Task<Args>> for LeaseService<S>
+where
+    S: Service<Task<Args>, Response = Res>,
+    S::Error: Into<BoxDynError>,
+    S::Future: Send + 'static,
+    Res: Serialize + Send + Sync + 'static,
+{
+    type Response = Res;
+    type Error = BoxDynError;
+    type Future = Pin<Box<dyn Future<Output = Result<Res, BoxDynError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<Args>) -> Self::Future {
+        let job = task.parts_job_lease();
+        let fut = self.inner.call(task);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let Some(job) = job else {
+                // Not one of ours (cannot happen with this backend): just run it.
+                return fut.await.map_err(Into::into);
+            };
+            let events = shared.options.events.as_ref();
+            if let Some(events) = events {
+                let started = JobEvent::Started {
+                    attempt: job.lease.attempt,
+                };
+                events.publish(&job.lease.id, &started).await;
+            }
+            let outcome = tokio::select! {
+                r = fut => r.map_err(Into::into),
+                _ = job.cancel.cancelled() => Err(Box::new(JobError::Cancelled(
+                    match job.cancel_reason() {
+                        Some(CancelReason::LeaseLost) => "lease lost",
+                        Some(CancelReason::Shutdown) => "worker shutting down",
+                        _ => "cancel requested",
+                    }
+                    .to_owned(),
+                )) as BoxDynError),
+            };
+            if let Err(e) = settle(&shared, &job, &outcome).await {
+                tracing::error!(queue = %job.queue, job_id = %job.lease.id, error = %error_chain(&e), "could not settle the attempt; its lease will expire and the sweep will re-run it");
+            }
+            shared.settle(&job.lease.id);
+            if let Some(events) = events {
+                events.publish(&job.lease.id, &JobEvent::Finished).await;
+            }
+            outcome
+        })
+    }
+}
+
+/// Records the outcome of one attempt in Redis.
+async fn settle<Res: Serialize>(
+    shared: &Shared,
+    job: &JobLease,
+    outcome: &Result<Res, BoxDynError>,
+) -> Result<(), SettleError> {
+    let queue = &shared.queue;
+    let lease = &job.lease;
+    match outcome {
+        Ok(res) => {
+            let result = serde_json::to_vec(res).map_err(QueueError::from)?;
+            let (tx, rx) = oneshot::channel();
+            shared
+                .acks
+                .send(AckRequest {
+                    lease: lease.clone(),
+                    result,
+                    done: tx,
+                })
+                .map_err(|_| SettleError::Ack("acknowledger stopped".to_owned()))?;
+            let ack = rx
+                .await
+                .map_err(|_| SettleError::Ack("acknowledger stopped".to_owned()))??;
+            if ack == Ack::LeaseLost {
+                tracing::warn!(queue = %job.queue, job_id = %lease.id, "result discarded: the lease was lost");
+            }
+        }
+        Err(e) => {
+            let error = e.downcast_ref::<JobError>();
+            let message = e.to_string();
+            let failed = match error {
+                Some(JobError::PutBack { after, .. }) => {
+                    queue.release(lease, *after).await?;
+                    None
+                }
+                Some(JobError::Cancelled(_)) => match job.cancel_reason() {
+                    Some(CancelReason::LeaseLost) => None,
+                    Some(CancelReason::Shutdown) => {
+                        queue.release(lease, Duration::ZERO).await?;
+                        None
+                    }
+                    // A requested cancel ends the job as cancelled whatever the kind.
+                    _ => Some(queue.fail(lease, &message, FailKind::Permanent).await?),
+                },
+                Some(JobError::Permanent(_)) => {
+                    Some(queue.fail(lease, &message, FailKind::Permanent).await?)
+                }
+                Some(JobError::RetryAfter { after, .. }) => Some(
+                    queue
+                        .fail(lease, &message, FailKind::RetryAfter(*after))
+                        .await?,
+                ),
+                Some(JobError::Transient(_)) | None => {
+                    Some(queue.fail(lease, &message, FailKind::Transient).await?)
+                }
+            };
+            match failed {
+                Some(FailOutcome::Dead) => {
+                    tracing::warn!(queue = %job.queue, job_id = %lease.id, attempt = lease.attempt, error = %message, "job dead")
+                }
+                Some(FailOutcome::Retrying { at_ms }) => {
+                    tracing::info!(queue = %job.queue, job_id = %lease.id, attempt = lease.attempt, retry_at_ms = at_ms, error = %message, "job will retry")
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An error with its sources, `outer: inner: innermost`, for log lines.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,139 @@
+//! The Redis keys of one queue, all under one hash tag.
+
+/// The keys and pub/sub channels of one queue (see the layout table in [`crate::queue`]).
+///
+/// Every key starts with the hash tag `{P:q:<name>}`, so all the keys a queue script touches —
+/// including job hashes built inside Lua from [`job_prefix`](Self::job_prefix) — live in one
+/// Redis Cluster slot. Channels carry no tag: classic pub/sub is not bound to a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    name: String,
+    tag: String,
+    channel_base: String,
+}
+
+impl QueueKeys {
+    /// The keys of queue `name` under deployment prefix `prefix`.
+    pub fn new(prefix: &str, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            tag: format!("{{{prefix}:q:{name}}}"),
+            channel_base: format!("{prefix}:q:{name}"),
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The hash tag shared by every key of the queue, braces included.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// List of job ids ready to run: pushed on the left by enqueue, popped on the right by fetch
+    /// (FIFO); due, released and rescued jobs are pushed on the right so they run next.
+    pub fn wait(&self) -> String {
+        format!("{}:wait", self.tag)
+    }
+
+    /// Sorted set of delayed jobs (enqueued with a delay, or released with one); score = due
+    /// time in Unix milliseconds.
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.tag)
+    }
+
+    /// Sorted set of jobs waiting out a retry backoff; score = due time in Unix milliseconds.
+    pub fn retry(&self) -> String {
+        format!("{}:retry", self.tag)
+    }
+
+    /// Sorted set of running attempts, member `<fence>:<id>`; score = lease expiry in Unix
+    /// milliseconds (Redis clock).
+    pub fn active(&self) -> String {
+        format!("{}:active", self.tag)
+    }
+
+    /// Sorted set of dead jobs; score = time of death; trimmed to the policy's `dead_max`.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.tag)
+    }
+
+    /// List of the ids of recently completed jobs, newest first, capped at the policy's
+    /// `completed_index_max` (entries whose job expired are skipped when listing).
+    pub fn completed(&self) -> String {
+        format!("{}:completed", self.tag)
+    }
+
+    /// Hash of counters: `completed`, `cancelled`, `ghosts` (stale ids still in the wait list)
+    /// and `fence` (the last fencing token handed out).
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.tag)
+    }
+
+    /// String present while the queue is paused.
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.tag)
+    }
+
+    /// The prefix of job hashes; a job's hash is this prefix followed by its id.
+    pub fn job_prefix(&self) -> String {
+        format!("{}:j:", self.tag)
+    }
+
+    /// The hash of job `id`.
+    pub fn job(&self, id: &str) -> String {
+        format!("{}:j:{id}", self.tag)
+    }
+
+    /// Sorted set of the cron ticks of schedule `schedule` already fired; member and score =
+    /// tick time in Unix seconds.
+    pub fn cron_ticks(&self, schedule: &str) -> String {
+        format!("{}:cron:{schedule}", self.tag)
+    }
+
+    /// Channel on which the queue announces that its wait list became non-empty.
+    pub fn wake_channel(&self) -> String {
+        format!("{}:wake", self.channel_base)
+    }
+
+    /// Channel on which the ids of running jobs asked to stop are published.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.channel_base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag_of(key: &str) -> &str {
+        let open = key.find('{').expect("has a tag");
+        let close = key.find('}').expect("has a tag");
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn every_key_of_a_queue_shares_one_hash_tag() {
+        let k = QueueKeys::new("p", "tool_calls");
+        let keys = [
+            k.wait(),
+            k.scheduled(),
+            k.retry(),
+            k.active(),
+            k.dead(),
+            k.completed(),
+            k.stats(),
+            k.paused(),
+            k.job_prefix(),
+            k.job("abc"),
+            k.cron_ticks("hourly"),
+        ];
+        for key in &keys {
+            assert_eq!(tag_of(key), "p:q:tool_calls", "{key}");
+        }
+        assert_eq!(k.job("abc"), format!("{}abc", k.job_prefix()));
+        assert!(!k.wake_channel().contains('{'));
+    }
+}

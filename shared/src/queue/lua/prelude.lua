@@ -1,0 +1,143 @@
+-- Shared helpers, prepended to every queue script.
+--
+-- The active set's members are `<fence>:<id>`: a member is present exactly while that attempt
+-- runs, so one ZMSCORE or ZREM checks the fence of a whole batch of acks.
+--
+-- Job hash fields: p payload, s state, a attempts started, m max attempts, e enqueued (ms),
+-- r run at (ms), f fence of the current attempt, w worker holding the lease, t started (ms),
+-- d finished (ms), x result, c cancel requested, why dead reason, errors JSON list.
+-- Times are Unix milliseconds from the Redis clock, never the client's.
+
+-- Splits an active-set member `<fence>:<id>` into fence and id (ids may contain ':').
+local function split_member(m)
+  local sep = string.find(m, ':', 1, true)
+  return string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Runs `cmd key items...` in slices, so no call unpacks more than Lua's C stack allows.
+-- `items` of ZADD are score/member pairs, so the slice size stays even.
+local function batched(cmd, key, items)
+  local n = #items
+  local i = 1
+  local ret = 0
+  while i <= n do
+    local j = math.min(i + 999, n)
+    ret = redis.call(cmd, key, unpack(items, i, j))
+    i = j + 1
+  end
+  return ret
+end
+
+-- Publishes a wake-up when the wait list went from empty to non-empty and the queue runs.
+local function wake(len_after, pushed, paused_key, channel)
+  if pushed > 0 and len_after == pushed and redis.call('EXISTS', paused_key) == 0 then
+    redis.call('PUBLISH', channel, '')
+  end
+end
+
+-- Publishes a wake-up when `id` became the earliest entry of sorted set `zkey` (a delayed or
+-- retrying job due sooner than any other), so idle workers re-fetch and learn the new earliest
+-- due time instead of sleeping through it.
+local function wake_if_first(zkey, id, paused_key, channel)
+  local first = redis.call('ZRANGE', zkey, 0, 0)
+  if first[1] == id and redis.call('EXISTS', paused_key) == 0 then
+    redis.call('PUBLISH', channel, '')
+  end
+end
+
+-- Appends one record to the job's error history, keeping the last `keep`.
+local function push_error(jk, keep, attempt, now, kind, message)
+  local raw = redis.call('HGET', jk, 'errors')
+  local list = {}
+  if raw then list = cjson.decode(raw) end
+  list[#list + 1] = { attempt = attempt, at = now, kind = kind, error = message }
+  while #list > keep and #list > 0 do table.remove(list, 1) end
+  if #list > 0 then
+    redis.call('HSET', jk, 'errors', cjson.encode(list))
+  end
+end
+
+-- Moves a job to the dead set and trims the set to `dead_max`, deleting trimmed jobs.
+-- Trimmed job hashes are built from `jp` (a KEYS-passed prefix sharing the queue's hash tag).
+local function to_dead(jk, id, dead_key, jp, now, reason, dead_max)
+  redis.call('HSET', jk, 's', 'dead', 'why', reason, 'd', now)
+  redis.call('ZADD', dead_key, now, id)
+  local excess = redis.call('ZCARD', dead_key) - dead_max
+  if excess > 0 then
+    local old = redis.call('ZPOPMIN', dead_key, math.min(excess, 100))
+    for i = 1, #old, 2 do
+      redis.call('DEL', jp .. old[i])
+    end
+  end
+end
+
+-- Records that a job ended by cancellation; its hash expires after the retention time.
+local function finish_cancelled(jk, stats_key, now, ttl)
+  redis.call('HSET', jk, 's', 'cancelled', 'd', now)
+  redis.call('PEXPIRE', jk, ttl)
+  redis.call('HINCRBY', stats_key, 'cancelled', 1)
+end
+
+-- Moves up to `limit` due jobs of sorted set `zkey` to the head of the wait list (earliest due
+-- first). Returns how many moved.
+local function promote(zkey, wait_key, jp, now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
+  local n = #ids
+  if n == 0 then return 0 end
+  batched('ZREM', zkey, ids)
+  local rev = {}
+  for i = n, 1, -1 do
+    redis.call('HSET', jp .. ids[i], 's', 'queued')
+    rev[#rev + 1] = ids[i]
+  end
+  -- RPOP takes the rightmost first: push the latest due first so the earliest is taken first.
+  batched('RPUSH', wait_key, rev)
+  return n
+end
+
+-- Creates the jobs whose keys are KEYS[first..] and whose arguments are four per job from
+-- ARGV[base + 1]: payload, delay ms, run-at ms (0 = none), max attempts. A job whose hash
+-- already exists is left alone. Returns one 1 (created) or 0 (duplicate) per job.
+local function enqueue_jobs(wait_key, sched_key, paused_key, channel, plen, first, base, now)
+  local res = {}
+  local ready = {}
+  local later = {}
+  local soonest, soonest_id = nil, nil
+  local n = #KEYS - first + 1
+  for i = 1, n do
+    local jk = KEYS[first + i - 1]
+    local b = base + (i - 1) * 4
+    if redis.call('EXISTS', jk) == 1 then
+      res[i] = 0
+    else
+      local id = string.sub(jk, plen + 1)
+      local at = tonumber(ARGV[b + 3])
+      local delay = tonumber(ARGV[b + 2])
+      if delay > 0 then at = now + delay end
+      if at > now then
+        redis.call('HSET', jk, 'p', ARGV[b + 1], 's', 'scheduled', 'm', ARGV[b + 4], 'e', now, 'r', at)
+        later[#later + 1] = at
+        later[#later + 1] = id
+        if soonest == nil or at < soonest then soonest, soonest_id = at, id end
+      else
+        redis.call('HSET', jk, 'p', ARGV[b + 1], 's', 'queued', 'm', ARGV[b + 4], 'e', now)
+        ready[#ready + 1] = id
+      end
+      res[i] = 1
+    end
+  end
+  if #ready > 0 then
+    local len = batched('LPUSH', wait_key, ready)
+    wake(len, #ready, paused_key, channel)
+  end
+  if #later > 0 then
+    batched('ZADD', sched_key, later)
+    wake_if_first(sched_key, soonest_id, paused_key, channel)
+  end
+  return res
+end

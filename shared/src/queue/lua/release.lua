@@ -1,0 +1,26 @@
+-- Fenced put-back of a running job without burning its attempt.
+-- KEYS: 1 job hash, 2 active, 3 wait, 4 scheduled, 5 stats, 6 paused
+-- ARGV: 1 job-prefix length, 2 active member (`<fence>:<id>`), 3 delay ms, 4 result ttl ms, 5 wake channel
+-- Returns 0 lease lost, 1 put back, 2 ended as cancelled (a cancel was requested).
+local jk = KEYS[1]
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
+local h = redis.call('HMGET', jk, 'a', 'c')
+local now = now_ms()
+local id = string.sub(jk, tonumber(ARGV[1]) + 1)
+if h[2] then
+  finish_cancelled(jk, KEYS[5], now, tonumber(ARGV[4]))
+  return 2
+end
+local a = math.max((tonumber(h[1]) or 1) - 1, 0)
+local delay = tonumber(ARGV[3])
+if delay > 0 then
+  local at = now + delay
+  redis.call('HSET', jk, 's', 'scheduled', 'a', a, 'r', at)
+  redis.call('ZADD', KEYS[4], at, id)
+  wake_if_first(KEYS[4], id, KEYS[6], ARGV[5])
+else
+  redis.call('HSET', jk, 's', 'queued', 'a', a)
+  local len = redis.call('RPUSH', KEYS[3], id)
+  wake(len, 1, KEYS[6], ARGV[5])
+end
+return 1

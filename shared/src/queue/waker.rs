@@ -1,0 +1,224 @@
+//! Push wake-ups for idle workers, and cancel signals for running jobs, over Redis pub/sub.
+//!
+//! Every script that makes the wait list go from empty to non-empty on a running queue
+//! (enqueue, release, rescue, promotion, retry of a dead job, resume) publishes on the queue's
+//! wake channel, so an idle worker starts a new job within milliseconds instead of at its next
+//! poll. Pub/sub is at-most-once — a message published while the subscription reconnects is
+//! lost — so a worker always waits with a timeout (the poll fallback), and the subscription
+//! marks every queue as woken after each reconnect.
+//!
+//! One [`Waker`] per process holds one dedicated connection (never the shared multiplexed one):
+//! it subscribes once and fans messages out to any number of [`WakeSignal`]s and cancel
+//! receivers. In cluster mode, classic `PUBLISH` reaches every node, so one subscription to any
+//! node hears every queue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use super::error::QueueError;
+use crate::redis::Keys;
+
+/// A cancel request for a running job, as published by [`Queue::cancel`](super::Queue::cancel)
+/// or [`Queue::remove`](super::Queue::remove).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelSignal {
+    /// The queue's name.
+    pub queue: String,
+    /// The job to stop.
+    pub job_id: String,
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Jobs were pushed since the signal was last observed: fetch now.
+    Notified,
+    /// Nothing was heard within the timeout: fetch anyway (poll fallback).
+    TimedOut,
+}
+
+/// Capacity of the cancel broadcast; a receiver that lags loses the oldest signals (heartbeats
+/// still report the cancel).
+const CANCEL_CAPACITY: usize = 1024;
+
+/// Where a channel's messages go.
+enum Route {
+    Wake(watch::Sender<u64>),
+    Cancel(String),
+}
+
+/// The subscription shared by all clones of a [`Waker`]; the task ends when the last clone
+/// is dropped.
+struct Shared {
+    /// The wake counter of each queue, bumped on every wake message.
+    wakes: HashMap<String, watch::Sender<u64>>,
+    cancels: broadcast::Sender<CancelSignal>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The wake-up and cancel listener of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Waker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waker")
+            .field("queues", &self.shared.wakes.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Waker {
+    /// Subscribes to the wake and cancel channels of `queues` on a dedicated connection from
+    /// `client` (see [`RedisHandle::pubsub_client`](crate::redis::RedisHandle::pubsub_client)).
+    /// Returns once subscribed, so no wake-up published afterwards is missed; the subscription
+    /// then reconnects by itself with backoff.
+    pub async fn connect(
+        client: redis::Client,
+        keys: &Keys,
+        queues: &[&str],
+    ) -> Result<Self, QueueError> {
+        let mut wakes = HashMap::new();
+        let mut routes = HashMap::new();
+        let mut channels = Vec::new();
+        for &queue in queues {
+            let qk = keys.queue(queue);
+            let (tx, _) = watch::channel(0u64);
+            routes.insert(qk.wake_channel(), Route::Wake(tx.clone()));
+            routes.insert(qk.cancel_channel(), Route::Cancel(queue.to_owned()));
+            channels.push(qk.wake_channel());
+            channels.push(qk.cancel_channel());
+            wakes.insert(queue.to_owned(), tx);
+        }
+        let (cancels, _) = broadcast::channel(CANCEL_CAPACITY);
+        let first = subscribe(&client, &channels).await?;
+        let task = tokio::spawn(run(client, channels, routes, cancels.clone(), first));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                wakes,
+                cancels,
+                task,
+            }),
+        })
+    }
+
+    /// The wake signal of `queue`, or `None` when this waker does not listen to it. Each
+    /// signal remembers what it has observed: take one per worker loop and keep it.
+    pub fn signal(&self, queue: &str) -> Option<WakeSignal> {
+        self.shared
+            .wakes
+            .get(queue)
+            .map(|tx| WakeSignal { rx: tx.subscribe() })
+    }
+
+    /// Cancel requests for running jobs of the subscribed queues, from now on.
+    pub fn cancellations(&self) -> broadcast::Receiver<CancelSignal> {
+        self.shared.cancels.subscribe()
+    }
+}
+
+/// One worker loop's view of a queue's wake-ups.
+///
+/// Use it as: fetch; if the batch came back short, `wait(timeout)`; fetch again. A wake-up
+/// published at any time since the previous `wait` returned — during the fetch included —
+/// makes the next `wait` return at once, so none is lost between fetch and wait.
+#[derive(Debug, Clone)]
+pub struct WakeSignal {
+    rx: watch::Receiver<u64>,
+}
+
+impl WakeSignal {
+    /// Waits until a wake-up not yet observed arrives, or `timeout` passes.
+    pub async fn wait(&mut self, timeout: Duration) -> Wake {
+        match tokio::time::timeout(timeout, self.rx.changed()).await {
+            Ok(Ok(())) => Wake::Notified,
+            Ok(Err(_)) => {
+                // The waker is gone: behave as a plain poll.
+                tokio::time::sleep(timeout).await;
+                Wake::TimedOut
+            }
+            Err(_) => Wake::TimedOut,
+        }
+    }
+
+    /// Marks every wake-up so far as observed.
+    pub fn mark_seen(&mut self) {
+        self.rx.mark_unchanged();
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channels: &[String],
+) -> Result<redis::aio::PubSub, QueueError> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    if !channels.is_empty() {
+        pubsub.subscribe(channels).await?;
+    }
+    Ok(pubsub)
+}
+
+/// Reads the subscription until the task is aborted, reconnecting with backoff when the
+/// connection drops; after each reconnect every queue is marked woken (messages may have
+/// been lost meanwhile).
+async fn run(
+    client: redis::Client,
+    channels: Vec<String>,
+    routes: HashMap<String, Route>,
+    cancels: broadcast::Sender<CancelSignal>,
+    first: redis::aio::PubSub,
+) {
+    let mut pubsub = Some(first);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let conn = match pubsub.take() {
+            Some(c) => c,
+            None => match subscribe(&client, &channels).await {
+                Ok(c) => {
+                    delay = Duration::from_millis(50);
+                    for route in routes.values() {
+                        if let Route::Wake(tx) = route {
+                            tx.send_modify(|v| *v += 1);
+                        }
+                    }
+                    c
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "queue wake-up subscription failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let mut stream = conn.into_on_message();
+        while let Some(msg) = stream.next().await {
+            match routes.get(msg.get_channel_name()) {
+                Some(Route::Wake(tx)) => tx.send_modify(|v| *v += 1),
+                Some(Route::Cancel(queue)) => {
+                    if let Ok(job_id) = msg.get_payload::<String>() {
+                        let _ = cancels.send(CancelSignal {
+                            queue: queue.clone(),
+                            job_id,
+                        });
+                    }
+                }
+                None => {}
+            }
+        }
+        tracing::warn!("queue wake-up subscription lost; reconnecting");
+    }
+}

@@ -1,0 +1,1233 @@
+//! The queue protocol (`exai_shared::queue`) against a real Redis, called directly as a worker
+//! and a producer would (the process-level SIGKILL tests live with the worker binary):
+//!
+//! - enqueue is idempotent by id, single and bulk, and bulk keeps order;
+//! - delayed jobs are not fetched before they are due; fetch never returns more than asked;
+//! - an expired lease is rescued by sweep and the crash counts as an attempt; a heartbeat keeps
+//!   the lease; a job that crashes every time ends dead with a reason;
+//! - acks are fenced: a rescued job's old worker cannot overwrite the new attempt;
+//! - transient failures retry with backoff then die, permanent ones die at once, release does
+//!   not burn an attempt; cancel, pause/resume, retry of dead jobs, removal;
+//! - counts and pages match reality after a mixed workload; results expire after their ttl;
+//! - 20,000 jobs drain through concurrent workers, each completed exactly once;
+//! - an idle worker is woken by a push within milliseconds; a cron tick fires once.
+//!
+//! Each test works under its own key prefix and deletes it at the end, even when it fails.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use exai_shared::queue::{
+    Ack, Backoff, Cancel, Enqueued, FailKind, FailOutcome, Fetched, JobState, LeaseState, NewJob,
+    Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
+};
+use exai_shared::redis::{Keys, RedisHandle};
+use exai_tests::{test_config, unique_prefix, wait_until};
+
+/// A poll fallback far above any push wake-up, so a fast wake-up can only come from the push.
+const SLOW_POLL: Duration = Duration::from_secs(10);
+
+/// How long a condition may take before a test gives up on it.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// One test's namespace: its prefix, connection and key layout; the keys go on drop.
+struct Ctx {
+    prefix: String,
+    keys: Keys,
+    conn: RedisHandle,
+    config: exai_shared::Config,
+}
+
+impl Ctx {
+    async fn new(test: &str) -> Self {
+        let prefix = unique_prefix(test);
+        let config = test_config(&prefix, &[]);
+        let conn = RedisHandle::connect(&config.redis)
+            .await
+            .expect("connect to redis");
+        Self {
+            keys: Keys::new(prefix.clone()),
+            prefix,
+            conn,
+            config,
+        }
+    }
+
+    fn queue(&self, policy: QueuePolicy) -> Queue {
+        Queue::new(self.conn.clone(), &self.keys, TOOL_CALLS, policy)
+    }
+
+    async fn waker(&self) -> Waker {
+        let client = RedisHandle::pubsub_client(&self.config.redis).expect("pubsub client");
+        Waker::connect(client, &self.keys, &[TOOL_CALLS])
+            .await
+            .expect("subscribe")
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        // Drop cannot await, and the test's runtime may be busy or gone: clean up from a thread
+        // with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                let client = redis::Client::open(exai_tests::redis_url()).expect("redis url");
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    exai_tests::delete_prefix(&mut conn, &prefix).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A policy with short timings, so leases expire and retries come due within a test.
+fn fast_policy() -> QueuePolicy {
+    QueuePolicy {
+        max_attempts: 3,
+        backoff: Backoff {
+            min: Duration::from_millis(50),
+            factor: 2.0,
+            max: Duration::from_secs(1),
+            jitter: false,
+        },
+        lease: Duration::from_millis(300),
+        ..QueuePolicy::default()
+    }
+}
+
+/// Polls `f` until it yields a value or the deadline passes.
+async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Fetches one job as soon as there is one, sweeping meanwhile as a live worker would.
+async fn fetch_one(q: &Queue, worker: &str) -> Fetched {
+    eventually(DEADLINE, || async {
+        q.sweep(100).await.expect("sweep");
+        q.fetch(worker, 1).await.expect("fetch").pop()
+    })
+    .await
+    .expect("a job became available")
+}
+
+/// The Redis clock at the moment of a fetch: the lease end minus the lease.
+fn fetched_at(q: &Queue, job: &Fetched) -> u64 {
+    job.lease_until_ms - q.policy().lease.as_millis() as u64
+}
+
+#[tokio::test]
+async fn enqueue_is_idempotent_single_and_bulk() {
+    let ctx = Ctx::new("q-idem").await;
+    let q = ctx.queue(fast_policy());
+
+    let first = q.enqueue(&NewJob::new("a").with_id("job-a")).await.unwrap();
+    assert_eq!(first, Enqueued::Created("job-a".into()));
+    let again = q
+        .enqueue(&NewJob::new("other").with_id("job-a"))
+        .await
+        .unwrap();
+    assert_eq!(again, Enqueued::Duplicate("job-a".into()));
+
+    let bulk = q
+        .enqueue_bulk(&[
+            NewJob::new("b").with_id("job-b"),
+            NewJob::new("a2").with_id("job-a"),
+            NewJob::new("c").with_id("job-c"),
+            NewJob::new("b2").with_id("job-b"),
+            NewJob::new("anon"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(bulk[0], Enqueued::Created("job-b".into()));
+    assert_eq!(bulk[1], Enqueued::Duplicate("job-a".into()));
+    assert_eq!(bulk[2], Enqueued::Created("job-c".into()));
+    assert_eq!(bulk[3], Enqueued::Duplicate("job-b".into()));
+    assert!(bulk[4].is_created() && !bulk[4].id().is_empty());
+
+    let counts = q.counts().await.unwrap();
+    assert_eq!(counts.queued, 4, "{counts:?}");
+    // The duplicate left the first payload alone.
+    let job = q.job("job-a").await.unwrap().expect("job-a exists");
+    assert_eq!(job.payload, b"a");
+    assert_eq!(job.state, JobState::Queued);
+
+    // A second bulk of the same ids is all duplicates.
+    let again = q
+        .enqueue_bulk(&[
+            NewJob::new("x").with_id("job-c"),
+            NewJob::new("y").with_id("job-b"),
+        ])
+        .await
+        .unwrap();
+    assert!(again.iter().all(|e| !e.is_created()), "{again:?}");
+    assert_eq!(q.counts().await.unwrap().queued, 4);
+}
+
+#[tokio::test]
+async fn bulk_enqueue_keeps_order_and_fetch_is_fifo_and_bounded() {
+    let ctx = Ctx::new("q-bulk").await;
+    let q = ctx.queue(fast_policy());
+
+    // More than one script call's worth, so the pipelined path is exercised too.
+    let jobs: Vec<NewJob> = (0..2500)
+        .map(|i| NewJob::new(format!("{i}")).with_id(format!("j{i:05}")))
+        .collect();
+    let out = q.enqueue_bulk(&jobs).await.unwrap();
+    assert_eq!(out.len(), 2500);
+    for (i, e) in out.iter().enumerate() {
+        assert_eq!(e, &Enqueued::Created(format!("j{i:05}")));
+    }
+    assert_eq!(q.counts().await.unwrap().queued, 2500);
+
+    let mut seen = Vec::new();
+    loop {
+        let batch = q.fetch("w1", 300).await.unwrap();
+        assert!(batch.len() <= 300);
+        if batch.is_empty() {
+            break;
+        }
+        for job in batch {
+            assert_eq!(job.attempt(), 1);
+            let n: usize = job.id()[1..].parse().unwrap();
+            assert_eq!(
+                job.payload,
+                n.to_string().into_bytes(),
+                "payload of {}",
+                job.id()
+            );
+            seen.push(job.lease.id);
+        }
+    }
+    let expected: Vec<String> = (0..2500).map(|i| format!("j{i:05}")).collect();
+    assert_eq!(seen, expected, "fetch order is enqueue order");
+    // A fetch asking for more than a script call handles is capped.
+    let more: Vec<NewJob> = (0..1500).map(|i| NewJob::new(format!("{i}"))).collect();
+    q.enqueue_bulk(&more).await.unwrap();
+    let big = q.fetch("w1", 5000).await.unwrap();
+    assert_eq!(big.len(), exai_shared::queue::MAX_BATCH);
+    let counts = q.counts().await.unwrap();
+    assert_eq!(counts.running, 2500 + 1000);
+    assert_eq!(counts.queued, 500);
+}
+
+#[tokio::test]
+async fn fetch_returns_at_most_max() {
+    let ctx = Ctx::new("q-max").await;
+    let q = ctx.queue(fast_policy());
+    let jobs: Vec<NewJob> = (0..25).map(|i| NewJob::new(format!("{i}"))).collect();
+    q.enqueue_bulk(&jobs).await.unwrap();
+    let sizes = [
+        q.fetch("w", 10).await.unwrap().len(),
+        q.fetch("w", 10).await.unwrap().len(),
+        q.fetch("w", 10).await.unwrap().len(),
+        q.fetch("w", 10).await.unwrap().len(),
+    ];
+    assert_eq!(sizes, [10, 10, 5, 0]);
+    assert!(q.fetch("w", 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn delayed_job_is_not_fetched_before_due() {
+    let ctx = Ctx::new("q-delay").await;
+    let q = ctx.queue(fast_policy());
+    let delay = Duration::from_millis(400);
+    q.enqueue(&NewJob::new("later").with_id("d1").with_delay(delay))
+        .await
+        .unwrap();
+    q.enqueue(&NewJob::new("now").with_id("n1")).await.unwrap();
+
+    let first = q.fetch_batch("w", 10).await.unwrap();
+    assert_eq!(first.jobs.len(), 1);
+    assert_eq!(first.jobs[0].id(), "n1");
+    let due_in = first
+        .next_due_in
+        .expect("the delayed job's due time is reported");
+    assert!(due_in <= delay, "{due_in:?}");
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.scheduled, counts.queued), (1, 0));
+    let info = q.job("d1").await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Scheduled);
+    let run_at = info.run_at_ms.expect("run_at stored");
+    assert_eq!(run_at, info.enqueued_at_ms + delay.as_millis() as u64);
+
+    let job = eventually(DEADLINE, || async { q.fetch("w", 10).await.unwrap().pop() })
+        .await
+        .expect("the delayed job is fetched once due");
+    assert_eq!(job.id(), "d1");
+    assert!(
+        fetched_at(&q, &job) >= run_at,
+        "fetched before its due time"
+    );
+}
+
+#[tokio::test]
+async fn expired_lease_is_rescued_by_sweep_and_counts_an_attempt() {
+    let ctx = Ctx::new("q-rescue").await;
+    let q = ctx.queue(fast_policy());
+    q.enqueue(&NewJob::new("x").with_id("r1")).await.unwrap();
+
+    let first = q.fetch("dead-worker", 1).await.unwrap().pop().unwrap();
+    assert_eq!(first.attempt(), 1);
+    let running = q.job("r1").await.unwrap().unwrap();
+    assert_eq!(running.state, JobState::Running);
+    assert_eq!(running.worker.as_deref(), Some("dead-worker"));
+    assert!(running.lease_until_ms.is_some());
+    // Not expired yet: a sweep leaves it alone.
+    assert_eq!(q.sweep(100).await.unwrap().rescued, 0);
+
+    // No heartbeat: the lease runs out and any live worker's sweep puts the job back.
+    assert!(
+        wait_until(DEADLINE, || async {
+            q.sweep(100).await.unwrap().rescued == 1
+        })
+        .await,
+        "the expired lease was rescued"
+    );
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.running), (1, 0), "{counts:?}");
+
+    let second = q.fetch("live-worker", 1).await.unwrap().pop().unwrap();
+    assert_eq!(second.id(), "r1");
+    assert_eq!(second.attempt(), 2, "the crashed run counted as an attempt");
+    assert_ne!(second.lease.fence, first.lease.fence);
+    let info = q.job("r1").await.unwrap().unwrap();
+    assert_eq!(info.errors.len(), 1);
+    assert_eq!(info.errors[0].kind, "lease");
+    assert!(
+        info.errors[0].message.contains("dead-worker"),
+        "{:?}",
+        info.errors
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_keeps_the_lease() {
+    let ctx = Ctx::new("q-heartbeat").await;
+    let q = ctx.queue(fast_policy()); // lease 300 ms
+    q.enqueue(&NewJob::new("x").with_id("h1")).await.unwrap();
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+
+    // Renew at a third of the lease for four leases' worth of time, sweeping all along.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        tick.tick().await;
+        let states = q.heartbeat(std::slice::from_ref(&job.lease)).await.unwrap();
+        assert_eq!(states, vec![LeaseState::Held]);
+        assert_eq!(
+            q.sweep(100).await.unwrap().rescued,
+            0,
+            "a renewed lease was rescued"
+        );
+    }
+    assert_eq!(q.counts().await.unwrap().running, 1);
+    assert_eq!(q.complete(&job.lease, b"ok").await.unwrap(), Ack::Done);
+    // A heartbeat for a finished job reports the lease gone.
+    assert_eq!(
+        q.heartbeat(std::slice::from_ref(&job.lease)).await.unwrap(),
+        vec![LeaseState::Lost]
+    );
+}
+
+#[tokio::test]
+async fn job_that_crashes_every_time_ends_dead_with_a_reason() {
+    let ctx = Ctx::new("q-crash").await;
+    let q = ctx.queue(QueuePolicy {
+        lease: Duration::from_millis(100),
+        ..fast_policy()
+    });
+    q.enqueue(&NewJob::new("boom").with_id("c1")).await.unwrap();
+
+    for attempt in 1..=3 {
+        let job = fetch_one(&q, &format!("worker-{attempt}")).await;
+        assert_eq!(job.attempt(), attempt);
+        // The worker "dies": no ack, no heartbeat.
+    }
+    let dead = eventually(DEADLINE, || async {
+        q.sweep(100).await.unwrap();
+        let info = q.job("c1").await.unwrap()?;
+        (info.state == JobState::Dead).then_some(info)
+    })
+    .await
+    .expect("the job ended dead");
+    assert_eq!(dead.attempts, 3);
+    let reason = dead.dead_reason.expect("a dead reason");
+    assert!(reason.contains("lease expired"), "{reason}");
+    assert!(reason.contains("attempt 3 of 3"), "{reason}");
+    assert_eq!(dead.errors.len(), 3);
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.dead, counts.queued, counts.running), (1, 0, 0));
+    let result = q
+        .result("c1")
+        .await
+        .unwrap()
+        .expect("a dead job has an outcome");
+    assert_eq!(result.state, JobState::Dead);
+    assert!(q.fetch("w", 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn stale_fence_cannot_overwrite_the_new_attempt() {
+    let ctx = Ctx::new("q-fence").await;
+    let q = ctx.queue(fast_policy());
+    q.enqueue(&NewJob::new("x").with_id("f1")).await.unwrap();
+
+    let old = q.fetch("slow-worker", 1).await.unwrap().pop().unwrap();
+    assert!(
+        wait_until(DEADLINE, || async {
+            q.sweep(100).await.unwrap().rescued == 1
+        })
+        .await
+    );
+    // Between the rescue and the next fetch, the old worker already lost the job.
+    assert_eq!(
+        q.complete(&old.lease, b"old").await.unwrap(),
+        Ack::LeaseLost
+    );
+
+    let new = q.fetch("fast-worker", 1).await.unwrap().pop().unwrap();
+    assert_eq!(new.attempt(), 2);
+    assert_eq!(
+        q.heartbeat(&[old.lease.clone(), new.lease.clone()])
+            .await
+            .unwrap(),
+        vec![LeaseState::Lost, LeaseState::Held]
+    );
+    assert_eq!(
+        q.complete(&old.lease, b"old").await.unwrap(),
+        Ack::LeaseLost
+    );
+    assert_eq!(
+        q.fail(&old.lease, "late", FailKind::Permanent)
+            .await
+            .unwrap(),
+        FailOutcome::LeaseLost
+    );
+    assert_eq!(
+        q.release(&old.lease, Duration::ZERO).await.unwrap(),
+        Ack::LeaseLost
+    );
+    assert_eq!(q.complete(&new.lease, b"new").await.unwrap(), Ack::Done);
+    // After completion, neither attempt can write again.
+    assert_eq!(
+        q.complete(&old.lease, b"old").await.unwrap(),
+        Ack::LeaseLost
+    );
+    assert_eq!(
+        q.complete(&new.lease, b"again").await.unwrap(),
+        Ack::LeaseLost
+    );
+
+    let result = q.result("f1").await.unwrap().expect("a result");
+    assert_eq!(result.state, JobState::Completed);
+    assert_eq!(result.result.as_deref(), Some(&b"new"[..]));
+    assert_eq!(result.attempts, 2);
+}
+
+#[tokio::test]
+async fn complete_many_is_fenced_per_job() {
+    let ctx = Ctx::new("q-many").await;
+    let q = ctx.queue(fast_policy());
+    let jobs: Vec<NewJob> = (0..5)
+        .map(|i| NewJob::new("p").with_id(format!("m{i}")))
+        .collect();
+    q.enqueue_bulk(&jobs).await.unwrap();
+    let fetched = q.fetch("w", 5).await.unwrap();
+    let mut items: Vec<_> = fetched
+        .iter()
+        .map(|f| (f.lease.clone(), f.id().as_bytes().to_vec()))
+        .collect();
+    // One stale fence in the middle of the batch.
+    items[2].0.fence += 1_000_000;
+    let acks = q.complete_many(&items).await.unwrap();
+    assert_eq!(
+        acks,
+        vec![Ack::Done, Ack::Done, Ack::LeaseLost, Ack::Done, Ack::Done]
+    );
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.running), (4, 1));
+    let r = q.result("m3").await.unwrap().unwrap();
+    assert_eq!(r.result.as_deref(), Some(&b"m3"[..]));
+}
+
+#[tokio::test]
+async fn transient_failures_back_off_then_die_after_max_attempts() {
+    let ctx = Ctx::new("q-retry").await;
+    let q = ctx.queue(fast_policy()); // 3 attempts, backoff 50 ms × 2ⁿ, no jitter
+    q.enqueue(&NewJob::new("x").with_id("t1")).await.unwrap();
+
+    let mut expected_delay = 50;
+    for attempt in 1..=2u32 {
+        let job = fetch_one(&q, "w").await;
+        assert_eq!(job.attempt(), attempt);
+        let failed_at = fetched_at(&q, &job);
+        let outcome = q
+            .fail(
+                &job.lease,
+                &format!("timeout {attempt}"),
+                FailKind::Transient,
+            )
+            .await
+            .unwrap();
+        let FailOutcome::Retrying { at_ms } = outcome else {
+            panic!("expected a retry, got {outcome:?}");
+        };
+        assert!(
+            at_ms >= failed_at + expected_delay,
+            "retry at {at_ms} too early"
+        );
+        let counts = q.counts().await.unwrap();
+        assert_eq!((counts.retrying, counts.running), (1, 0), "{counts:?}");
+        assert_eq!(
+            q.job("t1").await.unwrap().unwrap().state,
+            JobState::Retrying
+        );
+        let next = fetch_one(&q, "w").await;
+        assert!(
+            fetched_at(&q, &next) >= at_ms,
+            "retried before its backoff ended"
+        );
+        // Give the attempt back so the loop's fetch sees it again (release keeps the count).
+        assert_eq!(
+            q.release(&next.lease, Duration::ZERO).await.unwrap(),
+            Ack::Done
+        );
+        expected_delay *= 2;
+    }
+    let last = fetch_one(&q, "w").await;
+    assert_eq!(last.attempt(), 3);
+    assert!(last.is_last_attempt());
+    assert_eq!(
+        q.fail(&last.lease, "timeout 3", FailKind::Transient)
+            .await
+            .unwrap(),
+        FailOutcome::Dead
+    );
+    let info = q.job("t1").await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Dead);
+    assert!(
+        info.dead_reason
+            .unwrap()
+            .contains("attempts exhausted (3 of 3)")
+    );
+    let messages: Vec<_> = info.errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["timeout 1", "timeout 2", "timeout 3"]);
+    assert_eq!(q.counts().await.unwrap().dead, 1);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let ctx = Ctx::new("q-retry-after").await;
+    let q = ctx.queue(fast_policy());
+    q.enqueue(&NewJob::new("x").with_id("ra")).await.unwrap();
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    let outcome = q
+        .fail(
+            &job.lease,
+            "429",
+            FailKind::RetryAfter(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let FailOutcome::Retrying { at_ms } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(at_ms >= fetched_at(&q, &job) + 60_000);
+    let batch = q.fetch_batch("w", 1).await.unwrap();
+    assert!(batch.jobs.is_empty());
+    assert!(batch.next_due_in.unwrap() > Duration::from_secs(50));
+}
+
+#[tokio::test]
+async fn permanent_failure_is_dead_at_once() {
+    let ctx = Ctx::new("q-permanent").await;
+    let q = ctx.queue(fast_policy());
+    q.enqueue(&NewJob::new("x").with_id("p1")).await.unwrap();
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    assert_eq!(
+        q.fail(&job.lease, "401 unauthorized", FailKind::Permanent)
+            .await
+            .unwrap(),
+        FailOutcome::Dead
+    );
+    let info = q.job("p1").await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Dead);
+    assert_eq!(info.attempts, 1);
+    assert_eq!(
+        info.dead_reason.as_deref(),
+        Some("permanent error: 401 unauthorized")
+    );
+    let result = q.result("p1").await.unwrap().unwrap();
+    assert_eq!(
+        result.error.as_deref(),
+        Some("permanent error: 401 unauthorized")
+    );
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.dead, counts.retrying, counts.running), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn release_does_not_burn_an_attempt() {
+    let ctx = Ctx::new("q-release").await;
+    let q = ctx.queue(QueuePolicy {
+        max_attempts: 1,
+        ..fast_policy()
+    });
+    q.enqueue(&NewJob::new("x").with_id("rel")).await.unwrap();
+    q.enqueue(&NewJob::new("y").with_id("other")).await.unwrap();
+
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    assert_eq!(job.id(), "rel");
+    assert_eq!(
+        q.release(&job.lease, Duration::ZERO).await.unwrap(),
+        Ack::Done
+    );
+    // Released without delay: back at the head, same attempt number.
+    let again = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    assert_eq!((again.id(), again.attempt()), ("rel", 1));
+
+    // Released with a delay: scheduled, then runs again still on its first attempt.
+    assert_eq!(
+        q.release(&again.lease, Duration::from_millis(200))
+            .await
+            .unwrap(),
+        Ack::Done
+    );
+    assert_eq!(q.counts().await.unwrap().scheduled, 1);
+    assert_eq!(
+        q.release(&again.lease, Duration::ZERO).await.unwrap(),
+        Ack::LeaseLost
+    );
+    let other = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    assert_eq!(other.id(), "other");
+    let third = fetch_one(&q, "w").await;
+    assert_eq!((third.id(), third.attempt()), ("rel", 1));
+    assert!(third.is_last_attempt());
+    assert_eq!(q.complete(&third.lease, b"done").await.unwrap(), Ack::Done);
+}
+
+#[tokio::test]
+async fn cancel_a_queued_job() {
+    let ctx = Ctx::new("q-cancel-queued").await;
+    let q = ctx.queue(fast_policy());
+    for id in ["a", "b", "c"] {
+        q.enqueue(&NewJob::new(id).with_id(id)).await.unwrap();
+    }
+    q.enqueue(
+        &NewJob::new("s")
+            .with_id("s")
+            .with_delay(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q.cancel("b").await.unwrap(), Cancel::Removed);
+    assert_eq!(q.cancel("s").await.unwrap(), Cancel::Removed);
+    assert_eq!(q.cancel("b").await.unwrap(), Cancel::AlreadyFinished);
+    assert_eq!(q.cancel("nope").await.unwrap(), Cancel::NotFound);
+    let counts = q.counts().await.unwrap();
+    assert_eq!(
+        (counts.queued, counts.scheduled, counts.cancelled),
+        (2, 0, 2),
+        "{counts:?}"
+    );
+    let listed: Vec<_> = q
+        .list(JobState::Queued, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(listed, ["a", "c"]);
+
+    let fetched: Vec<_> = q
+        .fetch("w", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.lease.id)
+        .collect();
+    assert_eq!(fetched, ["a", "c"], "the cancelled job is never fetched");
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.running), (0, 2), "{counts:?}");
+    assert_eq!(
+        q.job("b").await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    // The id stays taken while the cancelled job is kept.
+    assert!(
+        !q.enqueue(&NewJob::new("b").with_id("b"))
+            .await
+            .unwrap()
+            .is_created()
+    );
+}
+
+#[tokio::test]
+async fn mass_cancel_does_not_hide_later_jobs() {
+    let ctx = Ctx::new("q-ghosts").await;
+    let q = ctx.queue(fast_policy());
+    let jobs: Vec<NewJob> = (0..3000)
+        .map(|i| NewJob::new("g").with_id(format!("g{i}")))
+        .collect();
+    q.enqueue_bulk(&jobs).await.unwrap();
+    for i in 0..3000 {
+        assert_eq!(q.cancel(&format!("g{i}")).await.unwrap(), Cancel::Removed);
+    }
+    q.enqueue(&NewJob::new("live").with_id("live"))
+        .await
+        .unwrap();
+    assert_eq!(q.counts().await.unwrap().queued, 1);
+    // One fetch of one job skips 3000 stale ids in bounded steps and still finds it.
+    let got = q.fetch("w", 1).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id(), "live");
+    let counts = q.counts().await.unwrap();
+    assert_eq!(
+        (counts.queued, counts.running, counts.cancelled),
+        (0, 1, 3000)
+    );
+}
+
+#[tokio::test]
+async fn cancel_a_running_job_signals_its_worker() {
+    let ctx = Ctx::new("q-cancel-running").await;
+    let q = ctx.queue(fast_policy());
+    let waker = ctx.waker().await;
+    let mut cancels = waker.cancellations();
+    q.enqueue(&NewJob::new("x").with_id("run")).await.unwrap();
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+
+    assert_eq!(q.cancel("run").await.unwrap(), Cancel::Signalled);
+    let signal = tokio::time::timeout(DEADLINE, cancels.recv())
+        .await
+        .expect("the cancel signal arrives")
+        .expect("cancel channel open");
+    assert_eq!(
+        (signal.queue.as_str(), signal.job_id.as_str()),
+        (TOOL_CALLS, "run")
+    );
+    assert_eq!(
+        q.heartbeat(std::slice::from_ref(&job.lease)).await.unwrap(),
+        vec![LeaseState::CancelRequested]
+    );
+    assert!(q.job("run").await.unwrap().unwrap().cancel_requested);
+    // The handler stops and reports; the job ends cancelled, not retried.
+    assert_eq!(
+        q.fail(&job.lease, "cancelled", FailKind::Transient)
+            .await
+            .unwrap(),
+        FailOutcome::Cancelled
+    );
+    let result = q.result("run").await.unwrap().unwrap();
+    assert_eq!(result.state, JobState::Cancelled);
+    let counts = q.counts().await.unwrap();
+    assert_eq!(
+        (counts.running, counts.cancelled, counts.retrying),
+        (0, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn pause_stops_fetch_but_not_enqueue() {
+    let ctx = Ctx::new("q-pause").await;
+    let q = ctx.queue(fast_policy());
+    let waker = ctx.waker().await;
+    let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
+
+    q.pause().await.unwrap();
+    assert!(q.is_paused().await.unwrap());
+    assert!(
+        q.enqueue(&NewJob::new("x").with_id("p"))
+            .await
+            .unwrap()
+            .is_created()
+    );
+    let batch = q.fetch_batch("w", 10).await.unwrap();
+    assert!(batch.paused && batch.jobs.is_empty());
+    let counts = q.counts().await.unwrap();
+    assert!(counts.paused);
+    assert_eq!(counts.queued, 1);
+
+    signal.mark_seen();
+    q.resume().await.unwrap();
+    assert_eq!(
+        signal.wait(SLOW_POLL).await,
+        Wake::Notified,
+        "resume wakes idle workers"
+    );
+    assert!(!q.is_paused().await.unwrap());
+    let got = q.fetch("w", 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+}
+
+#[tokio::test]
+async fn counts_and_pages_match_reality_after_a_mixed_workload() {
+    let ctx = Ctx::new("q-mixed").await;
+    let q = ctx.queue(QueuePolicy {
+        backoff: Backoff {
+            min: Duration::from_secs(60),
+            ..fast_policy().backoff
+        },
+        lease: Duration::from_secs(60),
+        ..fast_policy()
+    });
+    let ready: Vec<NewJob> = (0..10)
+        .map(|i| NewJob::new("r").with_id(format!("r{i}")))
+        .collect();
+    q.enqueue_bulk(&ready).await.unwrap();
+    let later: Vec<NewJob> = (0..3)
+        .map(|i| {
+            NewJob::new("l")
+                .with_id(format!("l{i}"))
+                .with_delay(Duration::from_secs(600))
+        })
+        .collect();
+    q.enqueue_bulk(&later).await.unwrap();
+
+    let fetched = q.fetch("w", 6).await.unwrap();
+    assert_eq!(fetched.len(), 6);
+    let done: Vec<_> = fetched[..2]
+        .iter()
+        .map(|f| (&f.lease, &b"ok"[..]))
+        .collect();
+    assert_eq!(q.complete_many(&done).await.unwrap(), vec![Ack::Done; 2]);
+    assert!(matches!(
+        q.fail(&fetched[2].lease, "flaky", FailKind::Transient)
+            .await
+            .unwrap(),
+        FailOutcome::Retrying { .. }
+    ));
+    assert_eq!(
+        q.fail(&fetched[3].lease, "bad input", FailKind::Permanent)
+            .await
+            .unwrap(),
+        FailOutcome::Dead
+    );
+    assert_eq!(q.cancel("r9").await.unwrap(), Cancel::Removed);
+    assert!(q.remove("r8").await.unwrap());
+    assert!(!q.remove("r8").await.unwrap());
+
+    let c = q.counts().await.unwrap();
+    let expected = [
+        (JobState::Queued, 2u64), // r6, r7
+        (JobState::Scheduled, 3),
+        (JobState::Running, 2),
+        (JobState::Retrying, 1),
+        (JobState::Dead, 1),
+        (JobState::Completed, 2),
+    ];
+    assert_eq!(
+        [
+            c.queued,
+            c.scheduled,
+            c.running,
+            c.retrying,
+            c.dead,
+            c.completed
+        ],
+        expected.map(|(_, n)| n),
+        "{c:?}"
+    );
+    assert_eq!(c.cancelled, 1);
+    for (state, n) in expected {
+        let page = q.list(state, 0, 100).await.unwrap();
+        assert_eq!(page.len() as u64, n, "list({state})");
+        assert!(page.iter().all(|j| j.state == state));
+    }
+    let running = q.list(JobState::Running, 0, 10).await.unwrap();
+    assert!(
+        running
+            .iter()
+            .all(|j| j.worker.as_deref() == Some("w") && j.lease_until_ms.is_some())
+    );
+    let queued: Vec<_> = q
+        .list(JobState::Queued, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(queued, ["r6", "r7"]);
+}
+
+#[tokio::test]
+async fn list_pages_through_jobs() {
+    let ctx = Ctx::new("q-list").await;
+    let q = ctx.queue(QueuePolicy {
+        max_attempts: 1,
+        ..fast_policy()
+    });
+    let jobs: Vec<NewJob> = (0..25)
+        .map(|i| NewJob::new(format!("{{\"n\":{i}}}")).with_id(format!("j{i:02}")))
+        .collect();
+    q.enqueue_bulk(&jobs).await.unwrap();
+    let mut ids = Vec::new();
+    for (offset, len) in [(0, 10), (10, 10), (20, 5), (30, 0)] {
+        let page = q.list(JobState::Queued, offset, 10).await.unwrap();
+        assert_eq!(page.len(), len, "page at {offset}");
+        ids.extend(page.into_iter().map(|j| j.id));
+    }
+    let expected: Vec<_> = (0..25).map(|i| format!("j{i:02}")).collect();
+    assert_eq!(ids, expected);
+
+    // Dead jobs page newest first.
+    for _ in 0..4 {
+        let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+        q.fail(&job.lease, "no", FailKind::Permanent).await.unwrap();
+    }
+    let dead: Vec<_> = q
+        .list(JobState::Dead, 0, 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(dead.len(), 3);
+    assert!(!dead.contains(&"j00".to_owned()), "newest first: {dead:?}");
+    let rest = q.list(JobState::Dead, 3, 3).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    // The payload serializes as JSON for the HTTP API.
+    let json = serde_json::to_value(&rest[0]).unwrap();
+    assert_eq!(json["payload"]["n"], 0);
+    assert_eq!(json["state"], "dead");
+}
+
+#[tokio::test]
+async fn retry_dead_brings_the_job_back() {
+    let ctx = Ctx::new("q-retry-dead").await;
+    let q = ctx.queue(fast_policy());
+    q.enqueue(&NewJob::new("x").with_id("rd")).await.unwrap();
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    q.fail(&job.lease, "broken", FailKind::Permanent)
+        .await
+        .unwrap();
+    assert!(!q.retry_dead("missing").await.unwrap());
+
+    assert!(q.retry_dead("rd").await.unwrap());
+    assert!(!q.retry_dead("rd").await.unwrap(), "no longer dead");
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.dead, counts.queued), (0, 1));
+    let again = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (again.id(), again.attempt()),
+        ("rd", 1),
+        "a fresh attempt budget"
+    );
+    assert_eq!(q.complete(&again.lease, b"fixed").await.unwrap(), Ack::Done);
+    let info = q.job("rd").await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Completed);
+    assert_eq!(info.errors.len(), 1, "the history is kept");
+    assert_eq!(info.result.as_deref(), Some(&b"fixed"[..]));
+}
+
+#[tokio::test]
+async fn dead_set_and_completed_index_are_bounded() {
+    let ctx = Ctx::new("q-bounds").await;
+    let q = ctx.queue(QueuePolicy {
+        dead_max: 2,
+        completed_index_max: 3,
+        ..fast_policy()
+    });
+    let jobs: Vec<NewJob> = (0..10)
+        .map(|i| NewJob::new("b").with_id(format!("b{i}")))
+        .collect();
+    q.enqueue_bulk(&jobs).await.unwrap();
+    for _ in 0..4 {
+        let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+        q.fail(&job.lease, "no", FailKind::Permanent).await.unwrap();
+    }
+    assert_eq!(q.counts().await.unwrap().dead, 2);
+    assert!(
+        q.job("b0").await.unwrap().is_none(),
+        "the oldest dead job was trimmed"
+    );
+    assert_eq!(q.job("b3").await.unwrap().unwrap().state, JobState::Dead);
+
+    for job in q.fetch("w", 6).await.unwrap() {
+        q.complete(&job.lease, b"ok").await.unwrap();
+    }
+    let counts = q.counts().await.unwrap();
+    assert_eq!(counts.completed, 6, "the counter counts all completions");
+    assert_eq!(q.list(JobState::Completed, 0, 100).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn results_expire_after_their_ttl() {
+    let ctx = Ctx::new("q-ttl").await;
+    let q = ctx.queue(QueuePolicy {
+        result_ttl: Duration::from_millis(300),
+        ..fast_policy()
+    });
+    q.enqueue(&NewJob::new("x").with_id("ttl")).await.unwrap();
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    assert!(
+        q.result("ttl").await.unwrap().is_none(),
+        "no result while running"
+    );
+    q.complete(&job.lease, b"value").await.unwrap();
+    let r = q.result("ttl").await.unwrap().expect("result kept for now");
+    assert_eq!(r.result.as_deref(), Some(&b"value"[..]));
+    assert!(
+        wait_until(DEADLINE, || async {
+            q.result("ttl").await.unwrap().is_none()
+        })
+        .await,
+        "the result expired"
+    );
+    assert!(q.job("ttl").await.unwrap().is_none());
+    assert_eq!(q.counts().await.unwrap().completed, 1);
+}
+
+#[tokio::test]
+async fn sweep_promotes_due_jobs() {
+    let ctx = Ctx::new("q-promote").await;
+    let q = ctx.queue(fast_policy());
+    q.enqueue(
+        &NewJob::new("x")
+            .with_id("due")
+            .with_delay(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q.counts().await.unwrap().scheduled, 1);
+    assert!(
+        wait_until(DEADLINE, || async {
+            q.sweep(100).await.unwrap().promoted == 1
+        })
+        .await
+    );
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.scheduled, counts.queued), (0, 1));
+}
+
+#[tokio::test]
+async fn removing_a_running_job_loses_its_lease() {
+    let ctx = Ctx::new("q-remove").await;
+    let q = ctx.queue(fast_policy());
+    q.enqueue(&NewJob::new("x").with_id("rm")).await.unwrap();
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    assert!(q.remove("rm").await.unwrap());
+    assert_eq!(
+        q.complete(&job.lease, b"late").await.unwrap(),
+        Ack::LeaseLost
+    );
+    assert!(q.job("rm").await.unwrap().is_none());
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.running, counts.completed), (0, 0));
+    // The id is free again.
+    assert!(
+        q.enqueue(&NewJob::new("x").with_id("rm"))
+            .await
+            .unwrap()
+            .is_created()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_thousand_jobs_drain_exactly_once_through_concurrent_workers() {
+    const JOBS: usize = 20_000;
+    const WORKERS: usize = 4;
+    let ctx = Ctx::new("q-drain").await;
+    let q = ctx.queue(QueuePolicy {
+        lease: Duration::from_secs(60),
+        ..fast_policy()
+    });
+    let jobs: Vec<NewJob> = (0..JOBS).map(|i| NewJob::new(format!("{i}"))).collect();
+    let created = q.enqueue_bulk(&jobs).await.unwrap();
+    assert!(created.iter().all(Enqueued::is_created));
+    let all_ids: HashSet<String> = created.iter().map(|e| e.id().to_owned()).collect();
+    assert_eq!(all_ids.len(), JOBS);
+    assert_eq!(q.counts().await.unwrap().queued, JOBS as u64);
+
+    let seen = Arc::new(Mutex::new(HashSet::with_capacity(JOBS)));
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let q = q.clone();
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let worker = format!("w{w}");
+            let mut acks = 0usize;
+            loop {
+                let batch = q.fetch(&worker, 100).await.expect("fetch");
+                if batch.is_empty() {
+                    return acks;
+                }
+                {
+                    let mut seen = seen.lock().unwrap();
+                    for job in &batch {
+                        assert!(
+                            seen.insert(job.id().to_owned()),
+                            "{} fetched twice",
+                            job.id()
+                        );
+                    }
+                }
+                let items: Vec<_> = batch
+                    .iter()
+                    .map(|j| (&j.lease, j.payload.as_slice()))
+                    .collect();
+                let result = q.complete_many(&items).await.expect("complete");
+                assert!(result.iter().all(|a| *a == Ack::Done));
+                acks += result.len();
+            }
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("worker task");
+    }
+    assert_eq!(total, JOBS);
+    assert_eq!(*seen.lock().unwrap(), all_ids);
+    let counts = q.counts().await.unwrap();
+    assert_eq!(
+        (counts.completed, counts.queued, counts.running),
+        (JOBS as u64, 0, 0),
+        "{counts:?}"
+    );
+    // Every job's own result, spot-checked.
+    for e in created.iter().step_by(997) {
+        let r = q.result(e.id()).await.unwrap().expect("result");
+        assert_eq!(r.state, JobState::Completed);
+        let info = q.job(e.id()).await.unwrap().unwrap();
+        assert_eq!(r.result.unwrap(), info.payload);
+        assert_eq!(info.attempts, 1);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_worker_is_woken_by_an_enqueue_not_by_its_poll() {
+    let ctx = Ctx::new("q-wake").await;
+    let q = ctx.queue(fast_policy());
+    let waker = ctx.waker().await;
+    let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
+
+    // An idle worker: its fetch came back empty, it waits with a long poll fallback.
+    assert!(q.fetch("w", 10).await.unwrap().is_empty());
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let woke = signal.wait(SLOW_POLL).await;
+            let job = q.fetch("w", 10).await.unwrap().pop();
+            (woke, start.elapsed(), job)
+        })
+    };
+    // Let the waiter block first; even if it had not, the signal would remember the push.
+    tokio::task::yield_now().await;
+    q.enqueue(&NewJob::new("x").with_id("wake")).await.unwrap();
+    let (woke, elapsed, job) = waiter.await.unwrap();
+    assert_eq!(woke, Wake::Notified);
+    assert!(
+        elapsed < SLOW_POLL / 10,
+        "woken after {elapsed:?}, the poll fallback is {SLOW_POLL:?}"
+    );
+    assert_eq!(job.expect("the job is there").id(), "wake");
+
+    // A push published while the worker was busy (between its fetch and its wait) is not lost.
+    let mut signal = waker.signal(TOOL_CALLS).unwrap();
+    q.enqueue(&NewJob::new("y").with_id("busy")).await.unwrap();
+    let start = Instant::now();
+    assert_eq!(signal.wait(SLOW_POLL).await, Wake::Notified);
+    assert!(start.elapsed() < SLOW_POLL / 10);
+    assert_eq!(q.fetch("w", 10).await.unwrap().len(), 1);
+
+    // A delayed job due sooner than anything else wakes idle workers too, so they shorten
+    // their wait to its due time instead of sleeping through it.
+    signal.mark_seen();
+    q.enqueue(
+        &NewJob::new("z")
+            .with_id("soon")
+            .with_delay(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    assert_eq!(signal.wait(SLOW_POLL).await, Wake::Notified);
+    assert!(start.elapsed() < SLOW_POLL / 10);
+    let batch = q.fetch_batch("w", 10).await.unwrap();
+    assert!(batch.jobs.is_empty());
+    let due_in = batch.next_due_in.expect("the delayed job is reported");
+    assert!(due_in <= Duration::from_millis(300), "{due_in:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cron_tick_fires_once_across_many_callers() {
+    let ctx = Ctx::new("q-cron").await;
+    let q = ctx.queue(QueuePolicy {
+        cron_dedup_window: Duration::from_secs(7200),
+        ..fast_policy()
+    });
+    let tick = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            q.enqueue_tick("orphans", tick, b"{}".to_vec())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        let e = t.await.unwrap();
+        assert_eq!(e.id(), "cron:orphans:1700000000");
+        created += usize::from(e.is_created());
+    }
+    assert_eq!(created, 1, "exactly one caller created the tick's job");
+    assert_eq!(q.counts().await.unwrap().queued, 1);
+
+    // The job runs and its data goes (as after a short result_ttl): the tick still does not
+    // fire again.
+    let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
+    q.complete(&job.lease, b"").await.unwrap();
+    assert!(q.remove(job.id()).await.unwrap());
+    assert!(
+        !q.enqueue_tick("orphans", tick, b"{}".to_vec())
+            .await
+            .unwrap()
+            .is_created()
+    );
+    // The next tick fires; a tick older than the window is refused.
+    let next = tick + Duration::from_secs(3600);
+    assert!(
+        q.enqueue_tick("orphans", next, b"{}".to_vec())
+            .await
+            .unwrap()
+            .is_created()
+    );
+    let ancient = tick - Duration::from_secs(5 * 3600);
+    assert!(
+        !q.enqueue_tick("orphans", ancient, b"{}".to_vec())
+            .await
+            .unwrap()
+            .is_created()
+    );
+    // Another schedule has its own ticks.
+    assert!(
+        q.enqueue_tick("reports", tick, b"{}".to_vec())
+            .await
+            .unwrap()
+            .is_created()
+    );
+}

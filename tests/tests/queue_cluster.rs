@@ -1,0 +1,174 @@
+//! Every queue script on a 3-master Redis Cluster started by the test on loopback ports: all
+//! keys of a queue share one hash tag, so no script, pipeline or inspection call fails with
+//! CROSSSLOT, and pub/sub wake-ups and cancel signals cross nodes.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use exai_shared::queue::{
+    Ack, Cancel, FailKind, FailOutcome, JobState, LeaseState, NewJob, Queue, QueuePolicy,
+    TOOL_CALLS, Wake, Waker,
+};
+use exai_shared::redis::{Keys, RedisHandle};
+use exai_tests::{RedisCluster, test_config, unique_prefix, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_queue_operation_runs_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let prefix = unique_prefix("q-cluster");
+    let config = test_config(&prefix, &[("REDIS_CLUSTER_NODES", &cluster.nodes_env())]);
+    let conn = RedisHandle::connect(&config.redis)
+        .await
+        .expect("connect to the cluster");
+    assert!(matches!(conn, RedisHandle::Cluster(_)));
+    let keys = Keys::new(prefix.clone());
+    let q = Queue::new(
+        conn,
+        &keys,
+        TOOL_CALLS,
+        QueuePolicy {
+            lease: Duration::from_millis(200),
+            max_attempts: 2,
+            ..QueuePolicy::default()
+        },
+    );
+    let waker = Waker::connect(
+        RedisHandle::pubsub_client(&config.redis).expect("pubsub client"),
+        &keys,
+        &[TOOL_CALLS],
+    )
+    .await
+    .expect("subscribe");
+    let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
+    let mut cancels = waker.cancellations();
+
+    // Enqueue: single, bulk over one script call (a pipeline), delayed, cron tick.
+    assert!(
+        q.enqueue(&NewJob::new("a").with_id("a"))
+            .await
+            .unwrap()
+            .is_created()
+    );
+    assert_eq!(
+        signal.wait(DEADLINE).await,
+        Wake::Notified,
+        "wake-up across the cluster"
+    );
+    // A Redis that forgot the scripts (restart, failover) gets them again, pipelines included.
+    for node in cluster.seeds() {
+        let client = redis::Client::open(node).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let bulk: Vec<NewJob> = (0..1500)
+        .map(|i| NewJob::new("b").with_id(format!("b{i}")))
+        .collect();
+    let out = q.enqueue_bulk(&bulk).await.unwrap();
+    assert!(out.iter().all(|e| e.is_created()));
+    q.enqueue(
+        &NewJob::new("d")
+            .with_id("delayed")
+            .with_delay(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let tick = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    assert!(
+        q.enqueue_tick("hourly", tick, b"{}".to_vec())
+            .await
+            .unwrap()
+            .is_created()
+    );
+    assert!(
+        !q.enqueue_tick("hourly", tick, b"{}".to_vec())
+            .await
+            .unwrap()
+            .is_created()
+    );
+    assert_eq!(q.list(JobState::Queued, 0, 5).await.unwrap().len(), 5);
+
+    // Cancel and remove queued jobs; pause and resume.
+    assert_eq!(q.cancel("b0").await.unwrap(), Cancel::Removed);
+    assert!(q.remove("b1").await.unwrap());
+    q.pause().await.unwrap();
+    assert!(q.fetch_batch("w", 10).await.unwrap().paused);
+    q.resume().await.unwrap();
+    assert!(!q.is_paused().await.unwrap());
+
+    // Fetch, heartbeat, complete one and a batch.
+    let jobs = q.fetch("w", 1000).await.unwrap();
+    assert_eq!(jobs.len(), 1000);
+    let leases: Vec<_> = jobs.iter().map(|j| j.lease.clone()).collect();
+    assert!(
+        q.heartbeat(&leases)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| *s == LeaseState::Held)
+    );
+    assert_eq!(q.complete(&jobs[0].lease, b"r").await.unwrap(), Ack::Done);
+    let items: Vec<_> = jobs[1..990].iter().map(|j| (&j.lease, &b"r"[..])).collect();
+    assert!(
+        q.complete_many(&items)
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| *a == Ack::Done)
+    );
+    assert_eq!(
+        q.result(jobs[0].id()).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
+
+    // Fail (transient, permanent), release, retry_dead, cancel a running job.
+    assert!(matches!(
+        q.fail(&jobs[990].lease, "flaky", FailKind::Transient)
+            .await
+            .unwrap(),
+        FailOutcome::Retrying { .. }
+    ));
+    assert_eq!(
+        q.fail(&jobs[991].lease, "bad", FailKind::Permanent)
+            .await
+            .unwrap(),
+        FailOutcome::Dead
+    );
+    assert!(q.retry_dead(jobs[991].id()).await.unwrap());
+    assert_eq!(
+        q.release(&jobs[992].lease, Duration::ZERO).await.unwrap(),
+        Ack::Done
+    );
+    assert_eq!(q.cancel(jobs[993].id()).await.unwrap(), Cancel::Signalled);
+    let sig = tokio::time::timeout(DEADLINE, cancels.recv())
+        .await
+        .expect("cancel signal across the cluster")
+        .unwrap();
+    assert_eq!(sig.job_id, jobs[993].id());
+
+    // The rest of the leases expire; sweep rescues them and promotes the delayed job.
+    assert!(
+        wait_until(DEADLINE, || async {
+            q.sweep(1000).await.unwrap().rescued > 0
+        })
+        .await,
+        "sweep on the cluster"
+    );
+    assert!(
+        wait_until(DEADLINE, || async {
+            q.sweep(1000).await.unwrap();
+            q.job("delayed").await.unwrap().unwrap().state == JobState::Queued
+        })
+        .await,
+        "the delayed job was promoted"
+    );
+    let counts = q.counts().await.unwrap();
+    assert_eq!(counts.completed, 990);
+    assert_eq!(counts.running, 0, "{counts:?}");
+    assert_eq!(q.list(JobState::Completed, 0, 3).await.unwrap().len(), 3);
+    // The cluster is the test's own: its servers and data go when it is dropped.
+}

@@ -1,0 +1,200 @@
+//! The worker runtime: one apalis worker per queue on our Redis backend, the `cleanup` cron
+//! scheduler, all under one apalis `Monitor`, until the shutdown token fires.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis_cron::{CronScheduler, Tick};
+use exai_shared::Config;
+use exai_shared::backend::{BackendOptions, RedisBackend};
+use exai_shared::events::EventPublisher;
+use exai_shared::jobs::{CleanupJob, JobError};
+use exai_shared::queue::{self, Queue, QueuePolicy, Waker};
+use exai_shared::redis::{Keys, RedisHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::handlers::{self, AppState};
+
+/// The name under which the `cleanup` queue's cron ticks are deduplicated.
+pub const CLEANUP_SCHEDULE: &str = "cleanup";
+
+/// What `exai-worker run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The queues this process serves.
+    pub queues: Vec<String>,
+    /// Jobs of each queue run at once in this process.
+    pub concurrency: usize,
+    /// How long running jobs may finish after SIGTERM before they are put back.
+    pub grace: Duration,
+    /// The longest an idle worker waits for a push wake-up before it polls anyway.
+    pub poll_fallback: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            queues: queue::ALL_QUEUES.iter().map(|q| (*q).to_owned()).collect(),
+            concurrency: 16,
+            grace: Duration::from_secs(10),
+            poll_fallback: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A unique id for this worker process: host, pid and a random suffix.
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+}
+
+/// Serves the queues until `shutdown` is cancelled, then drains (see
+/// [`BackendOptions::grace`](exai_shared::backend::BackendOptions)).
+pub async fn run(
+    config: &Config,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    for q in &options.queues {
+        anyhow::ensure!(
+            queue::ALL_QUEUES.contains(&q.as_str()),
+            "unknown queue `{q}` (known: {})",
+            queue::ALL_QUEUES.join(", ")
+        );
+    }
+    let conn = RedisHandle::connect(&config.redis)
+        .await
+        .context("connect to redis")?;
+    let keys = Keys::new(&config.redis.prefix);
+    let queue_names: Vec<&str> = options.queues.iter().map(String::as_str).collect();
+    let waker = Waker::connect(
+        RedisHandle::pubsub_client(&config.redis)?,
+        &keys,
+        &queue_names,
+    )
+    .await
+    .context("subscribe to queue wake-ups")?;
+    let worker_id = worker_id();
+    let state = Arc::new(AppState::default());
+    let policy = QueuePolicy::from_config(&config.jobs);
+    tracing::info!(worker_id = %worker_id, queues = ?options.queues, concurrency = options.concurrency, "exai-worker serving");
+
+    let backend_options = |name: &str| {
+        let mut o = BackendOptions::new(
+            format!("{worker_id}/{name}"),
+            options.concurrency,
+            config.jobs.lease,
+        );
+        o.grace = options.grace;
+        o.poll_fallback = options.poll_fallback;
+        o.shutdown = shutdown.clone();
+        o
+    };
+
+    let mut monitor = Monitor::new().shutdown_timeout(options.grace + Duration::from_secs(5));
+    for name in &options.queues {
+        let q = Queue::new(conn.clone(), &keys, name, policy.clone());
+        let bo = backend_options(name);
+        let waker = waker.clone();
+        let worker_name = format!("{worker_id}/{name}");
+        let concurrency = options.concurrency;
+        match name.as_str() {
+            queue::TOOL_CALLS => {
+                let state = state.clone();
+                // Someone (the daemon) waits on every tool call: announce starts and ends.
+                let mut bo = bo;
+                bo.events = Some(EventPublisher::new(conn.clone(), keys.clone()));
+                monitor = monitor.register(move |_| {
+                    WorkerBuilder::new(worker_name.clone())
+                        .backend(RedisBackend::new(q.clone(), waker.clone(), bo.clone()))
+                        .data(state.clone())
+                        .concurrency(concurrency)
+                        .build(handlers::tool_call)
+                });
+            }
+            queue::CLEANUP => {
+                let cron_queue = q.clone();
+                let cron_name = format!("{worker_id}/cleanup-cron");
+                monitor = monitor.register(move |_| {
+                    WorkerBuilder::new(worker_name.clone())
+                        .backend(RedisBackend::new(q.clone(), waker.clone(), bo.clone()))
+                        .concurrency(1)
+                        .build(handlers::cleanup)
+                });
+                let schedule =
+                    cron::Schedule::from_str(&config.cleanup.cron).context("EXAI_CLEANUP_CRON")?;
+                monitor = monitor.register(move |_| {
+                    let q = cron_queue.clone();
+                    WorkerBuilder::new(cron_name.clone())
+                        .backend(CronScheduler::new(schedule.clone()))
+                        .build(move |tick: Tick| {
+                            let q = q.clone();
+                            async move { fire_cleanup_tick(&q, tick.get_timestamp()).await }
+                        })
+                });
+            }
+            other => {
+                // The upload and storage handlers arrive with the uploads issue; until then a
+                // job there fails permanently instead of looping.
+                let other = other.to_owned();
+                monitor = monitor.register(move |_| {
+                    let other = other.clone();
+                    WorkerBuilder::new(worker_name.clone())
+                        .backend(RedisBackend::<serde_json::Value>::new(
+                            q.clone(),
+                            waker.clone(),
+                            bo.clone(),
+                        ))
+                        .concurrency(concurrency)
+                        .build(move |_job: serde_json::Value| {
+                            let other = other.clone();
+                            async move {
+                                Err::<serde_json::Value, _>(JobError::Permanent(format!(
+                                    "queue `{other}` has no handler in this version"
+                                )))
+                            }
+                        })
+                });
+            }
+        }
+    }
+
+    let stop = shutdown.clone();
+    monitor
+        .run_with_signal(async move {
+            stop.cancelled().await;
+            Ok(())
+        })
+        .await
+        .context("worker monitor")?;
+    tracing::info!("exai-worker drained");
+    Ok(())
+}
+
+/// Enqueues the cleanup job of one cron tick; every process does this, the queue keeps one.
+async fn fire_cleanup_tick(q: &Queue, tick_secs: u64) -> Result<(), JobError> {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(tick_secs);
+    let payload = serde_json::to_vec(&CleanupJob {
+        tick: tick_secs,
+        dry_run: false,
+    })
+    .map_err(JobError::permanent)?;
+    let outcome = q
+        .enqueue_tick(CLEANUP_SCHEDULE, at, payload)
+        .await
+        .map_err(JobError::transient)?;
+    tracing::debug!(
+        tick = tick_secs,
+        created = outcome.is_created(),
+        "cleanup tick"
+    );
+    Ok(())
+}
