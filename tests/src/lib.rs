@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use exai_shared::Config;
 
+pub mod sim;
 
 /// The Redis server the tests use: `REDIS_URL`, or the local default.
 pub fn redis_url() -> String {
