@@ -8,7 +8,8 @@
 //! - acks are fenced: a rescued job's old worker cannot overwrite the new attempt;
 //! - transient failures retry with backoff then die, permanent ones die at once, release does
 //!   not burn an attempt; cancel, pause/resume, retry of dead jobs, removal;
-//! - counts and pages match reality after a mixed workload; results expire after their ttl;
+//! - counts and pages match reality after a mixed workload; results expire after their ttl and
+//!   memory stays flat over many completed jobs;
 //! - 20,000 jobs drain through concurrent workers, each completed exactly once;
 //! - an idle worker is woken by a push within milliseconds; a cron tick fires once.
 //!
@@ -997,6 +998,71 @@ async fn results_expire_after_their_ttl() {
     );
     assert!(q.job("ttl").await.unwrap().is_none());
     assert_eq!(q.counts().await.unwrap().completed, 1);
+}
+
+#[tokio::test]
+async fn redis_memory_stays_flat_over_many_completed_jobs() {
+    let ctx = Ctx::new("q-flat").await;
+    let q = ctx.queue(QueuePolicy {
+        result_ttl: Duration::from_millis(200),
+        completed_index_max: 50,
+        ..fast_policy()
+    });
+    for _ in 0..5 {
+        let jobs: Vec<NewJob> = (0..1000).map(|_| NewJob::new("x")).collect();
+        q.enqueue_bulk(&jobs).await.unwrap();
+        let fetched = q.fetch("w", 1000).await.unwrap();
+        let items: Vec<_> = fetched.iter().map(|j| (&j.lease, &b"result"[..])).collect();
+        assert!(
+            q.complete_many(&items)
+                .await
+                .unwrap()
+                .iter()
+                .all(|a| *a == Ack::Done)
+        );
+    }
+    assert_eq!(q.counts().await.unwrap().completed, 5000);
+    assert!(q.list(JobState::Completed, 0, 1000).await.unwrap().len() <= 50);
+    // Once the results expire, what is left of 5,000 completed jobs is a few constant-size keys:
+    // the counters and the capped completed index.
+    let mut conn = redis::Client::open(exai_tests::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let flat = wait_until(DEADLINE, || {
+        let mut conn = conn.clone();
+        let pattern = format!("*{}*", ctx.prefix);
+        async move {
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            keys.len() <= 2
+        }
+    })
+    .await;
+    let list_len: usize = redis::cmd("LLEN")
+        .arg(ctx.keys.queue(TOOL_CALLS).completed())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(flat, "job hashes were left behind");
+    assert_eq!(list_len, 50);
 }
 
 #[tokio::test]

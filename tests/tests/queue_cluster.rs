@@ -1,6 +1,8 @@
 //! Every queue script on a 3-master Redis Cluster started by the test on loopback ports: all
 //! keys of a queue share one hash tag, so no script, pipeline or inspection call fails with
-//! CROSSSLOT, and pub/sub wake-ups and cancel signals cross nodes.
+//! CROSSSLOT; pub/sub wake-ups and cancel signals cross nodes; scripts Redis forgot are loaded
+//! again, in pipelines too. The cluster being the test's own, Redis's command statistics also
+//! prove that a batch (enqueue, fetch, heartbeat, complete) is one script call.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -92,6 +94,19 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
     );
     assert_eq!(q.list(JobState::Queued, 0, 5).await.unwrap().len(), 5);
 
+    // A batch is one script call: the cluster is the test's own, so Redis's own command
+    // statistics count exactly the calls made here.
+    let before = script_calls(&cluster).await;
+    let more: Vec<NewJob> = (0..500)
+        .map(|i| NewJob::new("c").with_id(format!("c{i}")))
+        .collect();
+    q.enqueue_bulk(&more).await.unwrap();
+    assert_eq!(
+        script_calls(&cluster).await - before,
+        1,
+        "500 jobs, one EVALSHA"
+    );
+
     // Cancel and remove queued jobs; pause and resume.
     assert_eq!(q.cancel("b0").await.unwrap(), Cancel::Removed);
     assert!(q.remove("b1").await.unwrap());
@@ -101,6 +116,7 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
     assert!(!q.is_paused().await.unwrap());
 
     // Fetch, heartbeat, complete one and a batch.
+    let before = script_calls(&cluster).await;
     let jobs = q.fetch("w", 1000).await.unwrap();
     assert_eq!(jobs.len(), 1000);
     let leases: Vec<_> = jobs.iter().map(|j| j.lease.clone()).collect();
@@ -119,6 +135,11 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
             .unwrap()
             .iter()
             .all(|a| *a == Ack::Done)
+    );
+    assert_eq!(
+        script_calls(&cluster).await - before,
+        4,
+        "one call each: fetch of 1000, heartbeat of 1000, complete, complete of 989"
     );
     assert_eq!(
         q.result(jobs[0].id()).await.unwrap().unwrap().state,
@@ -171,4 +192,33 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
     assert_eq!(counts.running, 0, "{counts:?}");
     assert_eq!(q.list(JobState::Completed, 0, 3).await.unwrap().len(), 3);
     // The cluster is the test's own: its servers and data go when it is dropped.
+}
+
+/// Successful `EVALSHA` calls served by all nodes of the cluster so far.
+async fn script_calls(cluster: &RedisCluster) -> u64 {
+    let mut total = 0;
+    for node in cluster.seeds() {
+        let client = redis::Client::open(node).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let Some(line) = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        else {
+            continue;
+        };
+        let field = |name: &str| {
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix(name))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // A first use answered NOSCRIPT (then loaded and rerun) is a failed call: not counted.
+        total += field("calls=") - field("failed_calls=");
+    }
+    total
 }

@@ -214,7 +214,8 @@ pub struct FetchBatch {
     /// The queue is paused: nothing was fetched.
     pub paused: bool,
     /// When fewer jobs than asked were found: how long until the earliest delayed or retrying
-    /// job is due, if any. An idle worker waits at most this long before fetching again.
+    /// job is due, if any. An idle worker waits at most this long before fetching again (zero:
+    /// fetch again at once).
     pub next_due_in: Option<Duration>,
 }
 

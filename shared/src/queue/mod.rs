@@ -371,7 +371,11 @@ impl Queue {
             }
             return Ok(batch);
         }
-        Ok(FetchBatch::default())
+        // Still only stale ids after many bounded steps: say "fetch again now".
+        Ok(FetchBatch {
+            next_due_in: Some(Duration::ZERO),
+            ..FetchBatch::default()
+        })
     }
 
     /// Renews the leases of a worker's running jobs in one script call (split per
