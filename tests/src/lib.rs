@@ -434,3 +434,44 @@ impl ChildGuard {
             .and_then(Result::ok)
     }
 }
+
+/// Deletes every key under a test's prefix when dropped — also when the test panics — so no
+/// test leaves keys behind in the shared Redis.
+pub struct PrefixGuard {
+    prefix: String,
+    url: String,
+}
+
+impl PrefixGuard {
+    /// Guards `prefix` on the Redis at `url`.
+    pub fn new(prefix: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            url: url.into(),
+        }
+    }
+}
+
+impl Drop for PrefixGuard {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let url = self.url.clone();
+        // Drop cannot await, and the test's runtime may be busy or gone: clean up from a thread
+        // with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return;
+                };
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    delete_prefix(&mut conn, &prefix).await;
+                }
+            });
+        })
+        .join();
+    }
+}

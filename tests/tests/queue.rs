@@ -39,6 +39,8 @@ struct Ctx {
     keys: Keys,
     conn: RedisHandle,
     config: exai_shared::Config,
+    /// Deletes the test's keys when the test ends, even on panic.
+    _cleanup: exai_tests::PrefixGuard,
 }
 
 impl Ctx {
@@ -50,6 +52,7 @@ impl Ctx {
             .expect("connect to redis");
         Self {
             keys: Keys::new(prefix.clone()),
+            _cleanup: exai_tests::PrefixGuard::new(&prefix, exai_tests::redis_url()),
             prefix,
             conn,
             config,
@@ -65,27 +68,6 @@ impl Ctx {
         Waker::connect(client, &self.keys, &[TOOL_CALLS])
             .await
             .expect("subscribe")
-    }
-}
-
-impl Drop for Ctx {
-    fn drop(&mut self) {
-        let prefix = self.prefix.clone();
-        // Drop cannot await, and the test's runtime may be busy or gone: clean up from a thread
-        // with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async move {
-                let client = redis::Client::open(exai_tests::redis_url()).expect("redis url");
-                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    exai_tests::delete_prefix(&mut conn, &prefix).await;
-                }
-            });
-        })
-        .join();
     }
 }
 

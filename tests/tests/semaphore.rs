@@ -102,6 +102,8 @@ struct Ctx {
     prefix: String,
     config: Config,
     probe: Probe,
+    /// Deletes the test's keys when the test ends, even on panic.
+    _cleanup: exai_tests::PrefixGuard,
 }
 
 impl std::ops::Deref for Ctx {
@@ -126,6 +128,7 @@ impl Ctx {
                 keys: Keys::new(prefix.clone()),
                 redis,
             },
+            _cleanup: exai_tests::PrefixGuard::new(&prefix, exai_tests::redis_url()),
             prefix,
             config,
         }
@@ -136,27 +139,6 @@ impl Ctx {
         Semaphores::from_config(&self.config)
             .await
             .expect("set up semaphores")
-    }
-}
-
-impl Drop for Ctx {
-    fn drop(&mut self) {
-        let prefix = self.prefix.clone();
-        // Drop cannot await, and the test's runtime may be busy or gone: clean up from a thread
-        // with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async move {
-                let client = redis::Client::open(exai_tests::redis_url()).expect("redis url");
-                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    exai_tests::delete_prefix(&mut conn, &prefix).await;
-                }
-            });
-        })
-        .join();
     }
 }
 

@@ -9,7 +9,8 @@ use exai_shared::jobs::{CleanupJob, ToolCallJob, ToolResult};
 use exai_shared::queue::{self, JobState, NewJob, Queue, QueuePolicy};
 use exai_shared::redis::{Keys, RedisHandle};
 use exai_tests::{
-    ChildGuard, RedisServer, send_signal, spawn_bin, test_config, unique_prefix, wait_until,
+    ChildGuard, PrefixGuard, RedisServer, send_signal, spawn_bin, test_config, unique_prefix,
+    wait_until,
 };
 
 /// A test's namespace: its prefix, a queue handle, and the environment of its workers.
@@ -20,6 +21,8 @@ struct Ctx {
     keys: Keys,
     /// Extra worker environment (e.g. a short lease).
     env: Vec<(&'static str, String)>,
+    /// Deletes the test's keys when the test ends, even on panic.
+    _cleanup: PrefixGuard,
 }
 
 impl Ctx {
@@ -29,6 +32,7 @@ impl Ctx {
         let conn = RedisHandle::connect(&config.redis).await.expect("connect");
         Self {
             keys: Keys::new(&prefix),
+            _cleanup: PrefixGuard::new(&prefix, redis_url),
             prefix,
             redis_url: redis_url.to_owned(),
             conn,
@@ -63,13 +67,6 @@ impl Ctx {
         let mut full = vec!["run"];
         full.extend_from_slice(args);
         spawn_bin("exai-worker", &full, &env)
-    }
-
-    async fn cleanup(&self) {
-        let client = redis::Client::open(self.redis_url.as_str()).unwrap();
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            exai_tests::delete_prefix(&mut conn, &self.prefix).await;
-        }
     }
 }
 
@@ -121,7 +118,6 @@ async fn a_sigkilled_workers_job_is_completed_by_another_worker() {
     let result: ToolResult =
         serde_json::from_slice(&q.result(&id).await.unwrap().unwrap().result.unwrap()).unwrap();
     assert!(result.joined_text().contains("\"n\":1"));
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -161,7 +157,6 @@ async fn a_job_that_crashes_its_worker_every_time_ends_dead() {
         "the dead job says why: {:?}",
         info.errors
     );
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -187,7 +182,6 @@ async fn a_backlog_of_20000_jobs_enqueued_with_no_worker_drains() {
     assert!(drained, "backlog drained: {counts:?}");
     assert_eq!(counts.dead, 0);
     assert_eq!(counts.retrying, 0);
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -228,7 +222,6 @@ async fn cron_fires_once_per_tick_across_three_workers() {
     let counts = q.counts().await.unwrap();
     assert_eq!(counts.completed as usize, ticks.len(), "one job per tick");
     assert_eq!(counts.queued + counts.running + counts.dead, 0);
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -255,7 +248,6 @@ async fn sigterm_drains_and_puts_unfinished_jobs_back_without_burning_an_attempt
     let info = q.job(slow.id()).await.unwrap().unwrap();
     assert_eq!(info.state, JobState::Queued, "put back");
     assert_eq!(info.attempts, 0, "the interrupted attempt was given back");
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -273,7 +265,6 @@ async fn cancelling_a_running_job_stops_its_handler() {
     // The worker is free again: the next job runs.
     let next = q.enqueue(&echo(serde_json::json!({}))).await.unwrap();
     assert!(wait_state(&q, next.id(), JobState::Completed, Duration::from_secs(10)).await);
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -297,7 +288,6 @@ async fn an_idle_worker_starts_a_new_job_at_once() {
         *worst < Duration::from_secs(3),
         "wake-up came from polling: {latencies:?}"
     );
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -336,5 +326,4 @@ async fn the_worker_keeps_running_through_a_redis_restart() {
         w.0.try_wait().unwrap().is_none(),
         "the worker is still running"
     );
-    // No cleanup needed: this Redis is the test's own and is deleted with it.
 }
