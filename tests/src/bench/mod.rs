@@ -1,0 +1,561 @@
+//! `exai-bench queue`: the phases of one run, in order, and what each number measures.
+//!
+//! 1. **Raw Redis** (the baseline every ratio is taken against): sequential PING round trips on
+//!    one connection, then PINGs from `concurrency` tasks on one multiplexed connection (which
+//!    pipelines them) — the same client stack (`RedisHandle`) the queue uses.
+//! 2. **Enqueue, single**: `single_jobs` jobs, one `Queue::enqueue` call each, from
+//!    `concurrency` concurrent callers, on a queue nobody serves.
+//! 3. **Enqueue, bulk**: `jobs` jobs in `Queue::enqueue_bulk` calls of `batch`, one call in
+//!    flight per producer. These jobs are the backlog of phase 4.
+//! 4. **Process, cold**: `workers` × `exai-worker run --queues tool_calls --concurrency C` are
+//!    spawned on that backlog; timed from the spawn until the last completion.
+//! 5. **Latency**, on those workers now idle: jobs enqueued one at a time (see
+//!    [`phases::latency`]).
+//! 6. **Backlog**: with the same workers, warm: queue paused, a small backlog enqueued, timed
+//!    from RESUME to the last completion (`small_rounds` times, summed); then the same with a
+//!    backlog of `jobs`. Their per-job time ratio should be ≈ 1.
+//! 7. **In-process engine** ([`engine`]): the same warm drain of `jobs` and the same latency
+//!    phase through one apalis worker in this process, which also stamps the handler's start.
+//!
+//! Each phase's Redis CPU (from `INFO cpu`) and client CPU (`/proc`) is recorded with it. Every
+//! key lives under the run's prefix; [`cleanup`] deletes them.
+
+pub mod engine;
+pub mod measure;
+pub mod phases;
+pub mod procs;
+pub mod report;
+pub mod tracker;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use exai_shared::Config;
+use exai_shared::jobs::ToolCallJob;
+use exai_shared::queue::{Queue, QueueKeys, QueuePolicy, TOOL_CALLS};
+use exai_shared::redis::{Keys, RedisHandle};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use measure::{Meter, RunMeter, Usage, percentile, proc_cpu_secs, procs_cpu_secs, sorted};
+use procs::WorkerProcs;
+use report::Report;
+use tracker::Tracker;
+
+/// What to run (see the flags of `exai-bench queue`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The Redis server.
+    pub redis_url: String,
+    /// Jobs of the bulk, process and large-backlog phases.
+    pub jobs: u64,
+    /// Jobs at once per worker process; concurrent callers of the single enqueue and PINGs.
+    pub concurrency: usize,
+    /// Worker processes.
+    pub workers: usize,
+    /// Jobs of the single-enqueue phase.
+    pub single_jobs: u64,
+    /// Jobs per bulk call.
+    pub batch: usize,
+    /// Concurrent bulk producers.
+    pub bulk_producers: usize,
+    /// Jobs per latency phase.
+    pub latency_jobs: u64,
+    /// The small backlog.
+    pub small_backlog: u64,
+    /// Rounds of the small backlog.
+    pub small_rounds: u64,
+    /// Jobs per batch size of the protocol-only phase.
+    pub protocol_jobs: u64,
+    /// The batch sizes of the protocol-only phase (none skips it).
+    pub protocol_batches: Vec<usize>,
+    /// How long each raw baseline runs.
+    pub raw_for: Duration,
+    /// Run the in-process engine phases.
+    pub in_process: bool,
+    /// The `exai-worker` binary.
+    pub worker_bin: PathBuf,
+}
+
+/// How long one drain may take before the run gives up: generous, so a slow engine still ends
+/// with a message rather than a hang.
+fn drain_limit(jobs: u64) -> Duration {
+    Duration::from_secs(60 + jobs / 500)
+}
+
+/// Prints progress to stderr (stdout carries only the table or the JSON).
+fn progress(what: &str) {
+    eprintln!("exai-bench: {what}");
+}
+
+/// A configuration for key prefix `prefix` on `redis_url`, otherwise the defaults the worker
+/// processes run with (lease, result retention).
+fn config(redis_url: &str, prefix: &str) -> anyhow::Result<Config> {
+    Ok(Config::from_vars([
+        ("REDIS_URL", redis_url),
+        ("EXAI_REDIS_PREFIX", prefix),
+    ])?)
+}
+
+/// The `tool_calls` queue of `prefix`, on `conn`, with the workers' default policy.
+fn queue(conn: &RedisHandle, config: &Config) -> (Queue, QueueKeys) {
+    let keys = Keys::new(&config.redis.prefix);
+    let q = Queue::new(
+        conn.clone(),
+        &keys,
+        TOOL_CALLS,
+        QueuePolicy::from_config(&config.jobs),
+    );
+    (q, keys.queue(TOOL_CALLS))
+}
+
+/// The no-op job's payload: `test_echo` with arguments `{}`.
+fn noop_payload() -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&ToolCallJob {
+        tool: "test_echo".to_owned(),
+        arguments: json!({}),
+        session_id: "bench".to_owned(),
+        request_id: None,
+        deadline_ms: None,
+    })?)
+}
+
+/// The connections of a run.
+struct Ctx {
+    opts: Options,
+    /// The producers' connection (also the raw baseline's).
+    conn: RedisHandle,
+    /// A second connection for `INFO` samples, so they never queue behind producer traffic.
+    info: RedisHandle,
+    payload: Vec<u8>,
+    /// CPU seconds used by worker processes already stopped.
+    workers_cpu: f64,
+}
+
+/// Runs every phase under key prefix `prefix` and returns the report. Keys are left for
+/// [`cleanup`]; worker processes are stopped (or killed, on error, by their guards); the
+/// in-process engine stops with `stop` or when dropped.
+pub async fn run(opts: Options, prefix: String, stop: CancellationToken) -> anyhow::Result<Report> {
+    let base = config(&opts.redis_url, &prefix)?;
+    let conn = RedisHandle::connect(&base.redis)
+        .await
+        .context("connect to redis")?;
+    let mut info = RedisHandle::connect(&base.redis)
+        .await
+        .context("connect to redis")?;
+    progress("machine and Redis background load");
+    let machine = measure::machine(&mut info).await?;
+    let params = json!({
+        "jobs": opts.jobs,
+        "concurrency": opts.concurrency,
+        "workers": opts.workers,
+        "single_jobs": opts.single_jobs,
+        "batch": opts.batch,
+        "bulk_producers": opts.bulk_producers,
+        "latency_jobs": opts.latency_jobs,
+        "small_backlog": opts.small_backlog,
+        "small_rounds": opts.small_rounds,
+        "protocol_jobs": opts.protocol_jobs,
+        "protocol_batches": opts.protocol_batches,
+        "redis_url": redact(&opts.redis_url),
+        "prefix": prefix,
+        "worker_bin": opts.worker_bin.display().to_string(),
+    });
+    let mut report = Report::new(machine, params);
+    let run_meter = RunMeter::start(&mut info).await?;
+    let mut ctx = Ctx {
+        payload: noop_payload()?,
+        opts,
+        conn,
+        info,
+        workers_cpu: 0.0,
+    };
+    raw(&mut ctx, &mut report).await?;
+    enqueue_single(&mut ctx, &mut report, &prefix).await?;
+    protocol(&mut ctx, &mut report, &prefix).await?;
+    worker_processes(&mut ctx, &mut report, &prefix).await?;
+    if ctx.opts.in_process {
+        in_process(&mut ctx, &mut report, &prefix, &stop).await?;
+    }
+    report.load = Some(run_meter.stop(&mut ctx.info, ctx.workers_cpu).await?);
+    if let Some(l) = &report.load
+        && l.other_cores > 0.25
+    {
+        report.notes.push(format!(
+            "other processes kept {:.2} of {} cores busy during the run: rates and tail latencies \
+             are pessimistic, per-job CPU costs much less so",
+            l.other_cores, report.machine.nproc
+        ));
+    }
+    Ok(report)
+}
+
+/// Deletes every key of the run (prefix `prefix`, all its phases).
+pub async fn cleanup(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    exai_tests::delete_prefix(&mut conn, prefix).await;
+    Ok(())
+}
+
+/// A URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Phase 1: the raw Redis baselines.
+async fn raw(ctx: &mut Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let c = ctx.opts.concurrency;
+    progress("raw Redis: sequential PING");
+    let meter = Meter::start(&mut ctx.info, proc_cpu_secs(None)).await?;
+    let (n, secs) = phases::ping_sequential(&ctx.conn, ctx.opts.raw_for).await?;
+    let usage = meter.stop(&mut ctx.info, proc_cpu_secs(None)).await?;
+    report.baseline.sequential_per_s = report.rate(
+        "redis_roundtrips_per_s",
+        "raw Redis: PING round trips, sequential, 1 connection".to_owned(),
+        "ops/s",
+        n,
+        secs,
+        Some(usage),
+    );
+    progress("raw Redis: concurrent PING");
+    let meter = Meter::start(&mut ctx.info, proc_cpu_secs(None)).await?;
+    let (n, secs) = phases::ping_concurrent(&ctx.conn, c, ctx.opts.raw_for).await?;
+    let usage = meter.stop(&mut ctx.info, proc_cpu_secs(None)).await?;
+    report.baseline.pipelined_per_s = report.rate(
+        "redis_pipelined_per_s",
+        format!("raw Redis: PING, {c} concurrent tasks on 1 multiplexed connection"),
+        "ops/s",
+        n,
+        secs,
+        Some(usage),
+    );
+    Ok(())
+}
+
+/// Phase 2: single enqueues, on a queue of their own (deleted right after, to keep Redis small).
+async fn enqueue_single(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyhow::Result<()> {
+    let (c, n) = (ctx.opts.concurrency, ctx.opts.single_jobs);
+    progress(&format!("enqueue, single: {n} jobs, {c} callers"));
+    let cfg = config(&ctx.opts.redis_url, &format!("{prefix}-single"))?;
+    let (q, _) = queue(&ctx.conn, &cfg);
+    let meter = Meter::start(&mut ctx.info, proc_cpu_secs(None)).await?;
+    let secs = phases::enqueue_single(&q, &ctx.payload, n, c).await?;
+    let usage = meter.stop(&mut ctx.info, proc_cpu_secs(None)).await?;
+    report.rate(
+        "enqueue_per_s",
+        format!("enqueue, single: 1 job per call, {c} concurrent callers"),
+        "jobs/s",
+        n,
+        secs,
+        Some(usage),
+    );
+    cleanup(&ctx.opts.redis_url, &cfg.redis.prefix).await
+}
+
+/// Phase 3: the protocol alone, per batch size, on a queue of its own (deleted after).
+async fn protocol(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyhow::Result<()> {
+    let o = ctx.opts.clone();
+    let cfg = config(&o.redis_url, &format!("{prefix}-protocol"))?;
+    let (q, _) = queue(&ctx.conn, &cfg);
+    // Each listed batch size with one task, then the engine's shape: one task per worker
+    // process, each fetching up to `concurrency` — the protocol's ceiling for the process rows.
+    let shapes: Vec<(usize, usize)> = o
+        .protocol_batches
+        .iter()
+        .map(|&b| (b, 1))
+        .chain((!o.protocol_batches.is_empty()).then_some((o.concurrency.min(1000), o.workers)))
+        .collect();
+    for (batch, tasks) in shapes {
+        progress(&format!(
+            "protocol only: {} jobs, {tasks} task(s) × fetch + complete_many of {batch}",
+            o.protocol_jobs
+        ));
+        phases::enqueue_bulk(&q, &ctx.payload, o.protocol_jobs, o.batch, 1).await?;
+        let meter = Meter::start(&mut ctx.info, proc_cpu_secs(None)).await?;
+        let (jobs, secs) = phases::fetch_complete_loop(&q, batch, tasks).await?;
+        let usage = meter.stop(&mut ctx.info, proc_cpu_secs(None)).await?;
+        anyhow::ensure!(
+            jobs == o.protocol_jobs,
+            "the protocol loop drained {jobs} of {} jobs",
+            o.protocol_jobs
+        );
+        let (key, label) = if tasks == 1 {
+            (
+                format!("protocol_batch_{batch}_per_s"),
+                format!("protocol only: fetch ≤ {batch} + complete_many, 1 task"),
+            )
+        } else {
+            (
+                "protocol_engine_shape_per_s".to_owned(),
+                format!("protocol only: {tasks} tasks × (fetch ≤ {batch} + complete_many)"),
+            )
+        };
+        report.rate(&key, label, "jobs/s", jobs, secs, Some(usage));
+    }
+    cleanup(&o.redis_url, &cfg.redis.prefix).await
+}
+
+/// Phases 4 to 7: bulk enqueue, then the worker processes: cold drain, latency, backlogs.
+async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyhow::Result<()> {
+    let o = ctx.opts.clone();
+    let cfg = config(&o.redis_url, &format!("{prefix}-proc"))?;
+    let (q, keys) = queue(&ctx.conn, &cfg);
+
+    progress(&format!(
+        "enqueue, bulk: {} jobs, batches of {}, {} producer(s)",
+        o.jobs, o.batch, o.bulk_producers
+    ));
+    let meter = Meter::start(&mut ctx.info, proc_cpu_secs(None)).await?;
+    let secs = phases::enqueue_bulk(&q, &ctx.payload, o.jobs, o.batch, o.bulk_producers).await?;
+    let usage = meter.stop(&mut ctx.info, proc_cpu_secs(None)).await?;
+    report.rate(
+        "enqueue_bulk_per_s",
+        format!(
+            "enqueue, bulk: {} jobs per call, {} producer(s)",
+            o.batch, o.bulk_producers
+        ),
+        "jobs/s",
+        o.jobs,
+        secs,
+        Some(usage),
+    );
+
+    progress(&format!(
+        "process, cold: {} exai-worker processes × {} on a backlog of {}",
+        o.workers, o.concurrency, o.jobs
+    ));
+    let mut stats = Tracker::start(&o.redis_url, &[keys.stats()]).await?;
+    let before = q.counts().await?.completed;
+    stats.clear();
+    let meter = Meter::start(&mut ctx.info, 0.0).await?;
+    let t0 = Instant::now();
+    let mut workers = WorkerProcs::spawn(
+        &o.worker_bin,
+        o.workers,
+        o.concurrency,
+        &o.redis_url,
+        &cfg.redis.prefix,
+    )?;
+    let done = phases::wait_completed(
+        &q,
+        &mut stats,
+        before + o.jobs,
+        Some(&mut workers),
+        drain_limit(o.jobs),
+    )
+    .await?;
+    let usage = meter
+        .stop(&mut ctx.info, procs_cpu_secs(&workers.pids()))
+        .await?;
+    report.rate(
+        "process_per_s",
+        format!(
+            "process, cold: {} worker processes × {}, spawn → last of {} done",
+            o.workers, o.concurrency, o.jobs
+        ),
+        "jobs/s",
+        o.jobs,
+        (done - t0).as_secs_f64(),
+        Some(usage),
+    );
+
+    progress(&format!("latency: {} jobs one at a time", o.latency_jobs));
+    let lat = phases::latency(
+        &q,
+        &o.redis_url,
+        &keys.job_prefix(),
+        &ctx.payload,
+        o.latency_jobs,
+        None,
+    )
+    .await?;
+    workers.check()?;
+    let who = format!("{} idle worker processes", o.workers);
+    latency_rows(report, "", &who, lat);
+
+    progress(&format!(
+        "backlog: {} × {} jobs, then {} jobs, warm",
+        o.small_rounds, o.small_backlog, o.jobs
+    ));
+    let pids = workers.pids();
+    let mut small = (0.0, Usage::default());
+    for _ in 0..o.small_rounds {
+        let (secs, usage) =
+            warm_drain(ctx, &q, &mut stats, o.small_backlog, &pids, &mut workers).await?;
+        small.0 += secs;
+        small.1 += usage;
+    }
+    let small_jobs = o.small_backlog * o.small_rounds;
+    let small_rate = report.rate(
+        "process_small_backlog_per_s",
+        format!(
+            "process, warm: {} worker processes, backlog {} ({} rounds)",
+            o.workers, o.small_backlog, o.small_rounds
+        ),
+        "jobs/s",
+        small_jobs,
+        small.0,
+        Some(small.1),
+    );
+    let (secs, usage) = warm_drain(ctx, &q, &mut stats, o.jobs, &pids, &mut workers).await?;
+    let large_rate = report.rate(
+        "process_warm_per_s",
+        format!(
+            "process, warm: {} worker processes, backlog {}",
+            o.workers, o.jobs
+        ),
+        "jobs/s",
+        o.jobs,
+        secs,
+        Some(usage),
+    );
+    report.ratio(
+        "backlog_cost_ratio",
+        format!(
+            "per-job time at backlog {} ÷ at backlog {}",
+            o.jobs, o.small_backlog
+        ),
+        ratio(small_rate, large_rate),
+    );
+    report.ratio(
+        "backlog_redis_cpu_ratio",
+        format!(
+            "Redis CPU per job at backlog {} ÷ at backlog {}",
+            o.jobs, o.small_backlog
+        ),
+        ratio(usage.redis_us_per(o.jobs), small.1.redis_us_per(small_jobs)),
+    );
+    progress("stopping the worker processes");
+    ctx.workers_cpu += procs_cpu_secs(&pids);
+    workers.stop(Duration::from_secs(15)).await
+}
+
+/// `a ÷ b`, 0 when `b` is not positive.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// Pauses `q`, enqueues `jobs` (untimed), then times from RESUME to the last completion; the
+/// usage's client CPU is that of `pids`.
+async fn warm_drain(
+    ctx: &mut Ctx,
+    q: &Queue,
+    stats: &mut Tracker,
+    jobs: u64,
+    pids: &[u32],
+    workers: &mut WorkerProcs,
+) -> anyhow::Result<(f64, Usage)> {
+    q.pause().await?;
+    let o = &ctx.opts;
+    phases::enqueue_bulk(q, &ctx.payload, jobs, o.batch, 1).await?;
+    let counts = q.counts().await?;
+    anyhow::ensure!(
+        counts.queued >= jobs && counts.running == 0,
+        "the paused queue should hold the backlog and nothing running: {counts:?}"
+    );
+    let limit = drain_limit(jobs);
+    stats.clear();
+    let meter = Meter::start(&mut ctx.info, procs_cpu_secs(pids)).await?;
+    let t0 = Instant::now();
+    q.resume().await?;
+    let done =
+        phases::wait_completed(q, stats, counts.completed + jobs, Some(workers), limit).await?;
+    let usage = meter.stop(&mut ctx.info, procs_cpu_secs(pids)).await?;
+    Ok(((done - t0).as_secs_f64(), usage))
+}
+
+/// The latency rows of one latency phase; `key` prefixes the JSON names (`""` for the worker
+/// processes, whose end-to-end numbers are `latency_p50_ms` and `latency_p99_ms`).
+fn latency_rows(report: &mut Report, key: &str, who: &str, lat: phases::Latency) {
+    let n = lat.completed.len();
+    let mut add = |name: &str, what: &str, samples: Vec<f64>| {
+        if samples.is_empty() {
+            return;
+        }
+        let s = sorted(samples);
+        for (q, tag) in [(0.5, "p50"), (0.99, "p99")] {
+            report.millis(
+                &format!("{key}{name}_{tag}_ms"),
+                format!("latency {tag}, {what}, {who}"),
+                percentile(&s, q),
+            );
+        }
+    };
+    add(
+        "enqueue_call",
+        "enqueue call (until its reply)",
+        lat.enqueue_call,
+    );
+    add("start_latency", "enqueue → leased (fetch ran)", lat.leased);
+    add("handler_start", "enqueue → handler start", lat.handler);
+    add("latency", "enqueue → completed", lat.completed);
+    if lat.merged > 0 {
+        report.notes.push(format!(
+            "{who}: {} of {n} latency jobs had their enqueue and lease in one Redis event-loop \
+             iteration (a poll-fallback fetch arrived with the enqueue); their lease time is left out",
+            lat.merged
+        ));
+    }
+}
+
+/// Phase 7: the engine in this process — warm drain of `jobs`, then latency.
+async fn in_process(
+    ctx: &mut Ctx,
+    report: &mut Report,
+    prefix: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let o = ctx.opts.clone();
+    let cfg = config(&o.redis_url, &format!("{prefix}-inproc"))?;
+    let (q, keys) = queue(&ctx.conn, &cfg);
+    progress(&format!(
+        "in-process engine: 1 apalis worker × {}, backlog {}, warm",
+        o.concurrency, o.jobs
+    ));
+    let mut engine = engine::Engine::start(&cfg, o.concurrency, stop).await?;
+    let mut stats = Tracker::start(&o.redis_url, &[keys.stats()]).await?;
+    q.pause().await?;
+    phases::enqueue_bulk(&q, &ctx.payload, o.jobs, o.batch, 1).await?;
+    let before = q.counts().await?.completed;
+    stats.clear();
+    let meter = Meter::start(&mut ctx.info, proc_cpu_secs(None)).await?;
+    let t0 = Instant::now();
+    q.resume().await?;
+    let done =
+        phases::wait_completed(&q, &mut stats, before + o.jobs, None, drain_limit(o.jobs)).await?;
+    let usage = meter.stop(&mut ctx.info, proc_cpu_secs(None)).await?;
+    report.rate(
+        "process_inproc_per_s",
+        format!(
+            "process, warm: in-process engine, 1 apalis worker × {}, backlog {}",
+            o.concurrency, o.jobs
+        ),
+        "jobs/s",
+        o.jobs,
+        (done - t0).as_secs_f64(),
+        Some(usage),
+    );
+
+    progress(&format!(
+        "in-process latency: {} jobs one at a time",
+        o.latency_jobs
+    ));
+    engine.record_starts(true);
+    let lat = phases::latency(
+        &q,
+        &o.redis_url,
+        &keys.job_prefix(),
+        &ctx.payload,
+        o.latency_jobs,
+        Some(&mut engine.starts),
+    )
+    .await?;
+    engine.record_starts(false);
+    latency_rows(report, "inproc_", "in-process engine, idle", lat);
+    engine.stop(Duration::from_secs(15)).await
+}

@@ -1,0 +1,324 @@
+//! The measurements themselves: raw Redis round trips, enqueues, drains and latencies.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use exai_shared::jobs::ToolResult;
+use exai_shared::queue::{Ack, JobState, NewJob, Queue};
+use exai_shared::redis::RedisHandle;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::engine::Start;
+use super::procs::WorkerProcs;
+use super::tracker::Tracker;
+
+/// One PING round trip.
+async fn ping(conn: &mut RedisHandle) -> redis::RedisResult<()> {
+    let _: redis::Value = redis::cmd("PING").query_async(conn).await?;
+    Ok(())
+}
+
+/// Sequential PINGs on one connection for `dur`: returns (round trips, seconds).
+pub async fn ping_sequential(conn: &RedisHandle, dur: Duration) -> anyhow::Result<(u64, f64)> {
+    let mut conn = conn.clone();
+    for _ in 0..200 {
+        ping(&mut conn).await?;
+    }
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < dur {
+        for _ in 0..100 {
+            ping(&mut conn).await?;
+        }
+        n += 100;
+    }
+    Ok((n, t0.elapsed().as_secs_f64()))
+}
+
+/// PINGs from `tasks` concurrent tasks sharing one multiplexed connection (which pipelines
+/// what they send) for `dur`: returns (PINGs, seconds until the last task finished).
+pub async fn ping_concurrent(
+    conn: &RedisHandle,
+    tasks: usize,
+    dur: Duration,
+) -> anyhow::Result<(u64, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    let t0 = Instant::now();
+    for _ in 0..tasks {
+        let (mut conn, stop, count) = (conn.clone(), stop.clone(), count.clone());
+        set.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                ping(&mut conn).await?;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok((count.load(Ordering::Relaxed), t0.elapsed().as_secs_f64()))
+}
+
+/// Enqueues `n` jobs one `enqueue` call each, from `callers` concurrent tasks: returns seconds.
+pub async fn enqueue_single(
+    queue: &Queue,
+    payload: &[u8],
+    n: u64,
+    callers: usize,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(AtomicU64::new(0));
+    let payload: Arc<[u8]> = payload.into();
+    let mut set = JoinSet::new();
+    let t0 = Instant::now();
+    for _ in 0..callers {
+        let (queue, next, payload) = (queue.clone(), next.clone(), payload.clone());
+        set.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let r = queue.enqueue(&NewJob::new(payload.to_vec())).await?;
+                anyhow::ensure!(r.is_created(), "enqueue of a fresh id was a duplicate");
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Enqueues `n` jobs with `enqueue_bulk` calls of `batch` jobs, from `producers` concurrent
+/// tasks each with one call in flight: returns seconds.
+pub async fn enqueue_bulk(
+    queue: &Queue,
+    payload: &[u8],
+    n: u64,
+    batch: usize,
+    producers: usize,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(AtomicU64::new(0));
+    let payload: Arc<[u8]> = payload.into();
+    let batch = batch as u64;
+    let mut set = JoinSet::new();
+    let t0 = Instant::now();
+    for _ in 0..producers {
+        let (queue, next, payload) = (queue.clone(), next.clone(), payload.clone());
+        set.spawn(async move {
+            loop {
+                let from = next.fetch_add(batch, Ordering::Relaxed);
+                if from >= n {
+                    break;
+                }
+                let len = batch.min(n - from) as usize;
+                let jobs: Vec<NewJob> = (0..len).map(|_| NewJob::new(payload.to_vec())).collect();
+                let out = queue.enqueue_bulk(&jobs).await?;
+                anyhow::ensure!(
+                    out.iter().all(|e| e.is_created()),
+                    "bulk enqueue of fresh ids reported duplicates"
+                );
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// The protocol without the engine: `loops` tasks, each fetching up to `batch` jobs and
+/// completing them with one `complete_many`, until the queue is empty: returns (jobs, seconds).
+/// The result stored is what the no-op handler returns.
+pub async fn fetch_complete_loop(
+    queue: &Queue,
+    batch: usize,
+    loops: usize,
+) -> anyhow::Result<(u64, f64)> {
+    let result: Arc<[u8]> = serde_json::to_vec(&ToolResult::text("{}"))?.into();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    let t0 = Instant::now();
+    for i in 0..loops {
+        let (queue, result, done) = (queue.clone(), result.clone(), done.clone());
+        set.spawn(async move {
+            let worker = format!("exai-bench-loop-{i}");
+            loop {
+                let jobs = queue.fetch(&worker, batch).await?;
+                if jobs.is_empty() {
+                    return anyhow::Ok(());
+                }
+                let items: Vec<_> = jobs.iter().map(|j| (&j.lease, &result[..])).collect();
+                let acks = queue.complete_many(&items).await?;
+                anyhow::ensure!(
+                    acks.iter().all(|a| *a == Ack::Done),
+                    "a fresh lease was lost"
+                );
+                done.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok((done.load(Ordering::Relaxed), t0.elapsed().as_secs_f64()))
+}
+
+/// Waits until `queue`'s completed counter reaches `target` and returns when the last
+/// completion happened: the arrival of the newest invalidation of the stats hash (`stats`
+/// tracks it; every completion batch changes it), capped by the moment the counter was seen at
+/// `target`. The counter is read every millisecond; the result does not depend on that period.
+/// Fails when a job went dead, a worker process exited, or `limit` passed.
+pub async fn wait_completed(
+    queue: &Queue,
+    stats: &mut Tracker,
+    target: u64,
+    mut workers: Option<&mut WorkerProcs>,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + limit;
+    let mut last_event = None;
+    loop {
+        let counts = queue.counts().await?;
+        if let Some(at) = stats.latest() {
+            last_event = Some(at);
+        }
+        if counts.completed >= target {
+            let seen = Instant::now();
+            // The push of the final completion travels on another connection than the
+            // counter's reply: let it land.
+            while let Some((at, _)) = stats.next(Duration::from_millis(5)).await {
+                last_event = Some(at);
+            }
+            return Ok(last_event.map_or(seen, |at| at.min(seen)));
+        }
+        anyhow::ensure!(
+            counts.dead == 0,
+            "{} jobs went dead (the no-op handler failed?): {counts:?}",
+            counts.dead
+        );
+        if let Some(w) = workers.as_deref_mut() {
+            w.check()?;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {target} completions: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The samples of one latency phase, in milliseconds.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// The `enqueue` call, until its reply.
+    pub enqueue_call: Vec<f64>,
+    /// Until Redis ran the fetch that leased the job.
+    pub leased: Vec<f64>,
+    /// Until the handler started (in-process engine only).
+    pub handler: Vec<f64>,
+    /// Until Redis ran the completion.
+    pub completed: Vec<f64>,
+    /// Jobs whose enqueue and lease changed the job in one Redis event-loop iteration (one
+    /// invalidation for both): their lease time is unknown and left out.
+    pub merged: u64,
+}
+
+/// Jobs run before the measured ones, so scripts are loaded and connections warm.
+const LATENCY_WARMUP: u64 = 20;
+
+/// Enqueues `n` jobs one at a time onto idle workers, each after the previous one completed,
+/// and times every step from just before the `enqueue` call: the call's reply, the lease and
+/// the completion (invalidations of the job's hash, from a tracker on `job_prefix`), and the
+/// handler's start when `starts` reports it.
+pub async fn latency(
+    queue: &Queue,
+    redis_url: &str,
+    job_prefix: &str,
+    payload: &[u8],
+    n: u64,
+    mut starts: Option<&mut mpsc::UnboundedReceiver<Start>>,
+) -> anyhow::Result<Latency> {
+    let mut tracker = Tracker::start(redis_url, &[job_prefix.to_owned()]).await?;
+    let mut out = Latency::default();
+    let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1e3;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for i in 0..LATENCY_WARMUP + n {
+        let id = format!("lat-{}-{i}", &run[..8]);
+        let key = format!("{job_prefix}{id}");
+        tracker.clear();
+        if let Some(s) = starts.as_deref_mut() {
+            while s.try_recv().is_ok() {}
+        }
+        let job = NewJob::new(payload.to_vec()).with_id(id.clone());
+        let t0 = Instant::now();
+        let enqueued = queue.enqueue(&job).await?;
+        let acked = Instant::now();
+        anyhow::ensure!(enqueued.is_created(), "latency job {id} already existed");
+        // Expected: one invalidation at enqueue, one at the lease, one at completion.
+        let mut events = Vec::with_capacity(3);
+        let mut merged = false;
+        let wait_from = Instant::now();
+        while events.len() < 3 {
+            match tracker.next(Duration::from_millis(200)).await {
+                Some((at, keys)) => {
+                    if keys.contains(&key) {
+                        events.push(at);
+                    }
+                }
+                None => {
+                    // Quiet for a while: either two steps shared one invalidation, or the job
+                    // is stuck.
+                    let result = queue.result(&id).await?;
+                    match result.map(|r| r.state) {
+                        Some(JobState::Completed) if events.len() == 2 => {
+                            merged = true;
+                            break;
+                        }
+                        Some(state) if state != JobState::Completed => {
+                            anyhow::bail!("latency job {id} ended {state}")
+                        }
+                        _ => anyhow::ensure!(
+                            wait_from.elapsed() < Duration::from_secs(10),
+                            "latency job {id} did not complete within 10 s ({} invalidations seen)",
+                            events.len()
+                        ),
+                    }
+                }
+            }
+        }
+        let handler = match starts.as_deref_mut() {
+            Some(s) => {
+                let mut found = None;
+                while let Ok((started, at)) = s.try_recv() {
+                    if started == id {
+                        found = Some(at);
+                    }
+                }
+                Some(found.with_context(|| format!("no handler start seen for {id}"))?)
+            }
+            None => None,
+        };
+        if i < LATENCY_WARMUP {
+            continue;
+        }
+        out.enqueue_call.push(ms(t0, acked));
+        out.completed
+            .push(ms(t0, *events.last().expect("at least two events")));
+        if merged {
+            out.merged += 1;
+        } else {
+            out.leased.push(ms(t0, events[1]));
+        }
+        if let Some(at) = handler {
+            out.handler.push(ms(t0, at));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,397 @@
+//! The results of a run, printed as a Markdown table (ready for the README) or one JSON object.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value, json};
+
+use super::measure::{Machine, RunLoad, Usage};
+
+/// How a row's value reads, and which ratios apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A rate; compared with both raw PING rates.
+    PerSec(&'static str),
+    /// A latency in milliseconds; compared with one sequential PING round trip.
+    Millis,
+    /// A plain ratio.
+    Ratio,
+}
+
+/// One measured quantity.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Its name in the JSON output.
+    pub key: String,
+    /// What it is, for the table.
+    pub label: String,
+    /// The value, in `unit`.
+    pub value: f64,
+    /// The unit.
+    pub unit: Unit,
+    /// What the phase cost, and over how many operations.
+    pub cost: Option<(Usage, u64)>,
+}
+
+/// The raw Redis rates every ratio is taken against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baseline {
+    /// Sequential PING round trips per second on one connection.
+    pub sequential_per_s: f64,
+    /// PINGs per second from concurrent tasks on one multiplexed connection.
+    pub pipelined_per_s: f64,
+}
+
+impl Baseline {
+    /// One round trip, in milliseconds.
+    fn rtt_ms(&self) -> f64 {
+        if self.sequential_per_s > 0.0 {
+            1e3 / self.sequential_per_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The machine and the Redis server.
+    pub machine: Machine,
+    /// The run's parameters, echoed.
+    pub params: Value,
+    /// The raw Redis rates.
+    pub baseline: Baseline,
+    /// The measurements, in table order.
+    pub rows: Vec<Row>,
+    /// Where the machine's CPU went during the run.
+    pub load: Option<RunLoad>,
+    /// Remarks about this run (anomalies worth knowing when reading it).
+    pub notes: Vec<String>,
+}
+
+/// What the table's columns mean and how each number was taken.
+const LEGEND: &[&str] = &[
+    "× raw RT: a rate ÷ the sequential PING round trips/s (1 connection), a latency ÷ one such round trip. \
+     × raw pipelined: a rate ÷ the PINGs/s of `concurrency` tasks on one multiplexed connection.",
+    "Redis CPU/job: the Redis server's used_cpu_user + used_cpu_sys (INFO cpu) over the phase ÷ jobs; \
+     it includes every client of that server, the bench's own polling included. \
+     in scripts: the part of it spent executing EVAL/EVALSHA (their `usec` in INFO commandstats); the rest is \
+     networking and the event loop. Redis busy: that CPU ÷ the phase's wall time (100 % = one core saturated). \
+     cmds/job: commands Redis executed (total_commands_processed, commands inside scripts included) ÷ jobs; \
+     scripts/job: EVAL/EVALSHA calls ÷ jobs, i.e. 1 ÷ the average batch.",
+    "client CPU/job: utime + stime (/proc/<pid>/stat, 10 ms ticks) of whoever did the work ÷ jobs: the bench \
+     process for enqueue and in-process rows, the exai-worker processes for worker rows (cold: start-up included).",
+    "enqueue: fresh ids (UUIDv7), payload = the ToolCallJob {tool: test_echo, arguments: {}} as JSON, \
+     the queue empty of workers. Bulk: one enqueue_bulk call per batch, one call in flight per producer.",
+    "process cold: the backlog enqueued first, timed from spawning the exai-worker processes (process start-up, \
+     Redis connect and subscribe included) until the last completion. Warm: workers idle, queue paused, \
+     the backlog enqueued, timed from RESUME until the last completion. The last completion is when the \
+     invalidation push of the queue's stats hash (CLIENT TRACKING BCAST, RESP3) reached the bench.",
+    "latency: one job at a time on idle workers, each enqueued once the previous completed, 20 warm-up jobs \
+     unreported; t0 just before the enqueue call. leased = Redis ran the fetch that leased the job, \
+     completed = Redis ran its completion (each timed by the arrival of the job hash's invalidation push); \
+     handler start = the in-process handler's first line.",
+    "protocol only: the queue API called directly, no apalis and no handler: each task fetches up to B jobs \
+     and completes them with one complete_many, until the backlog (enqueued untimed) is empty; the row with \
+     one task per worker process and B = concurrency is the protocol's ceiling for the process rows.",
+    "backlog ratios: per-job time (1 / warm rate) and Redis CPU per job at the large backlog ÷ the same at \
+     the small one; 1.0 means the per-job cost does not depend on the backlog. The small rounds include \
+     each round's ramp-up and ramp-down, and their rate is the noisier of the two.",
+];
+
+impl Report {
+    /// A report with no rows yet.
+    pub fn new(machine: Machine, params: Value) -> Self {
+        Self {
+            machine,
+            params,
+            baseline: Baseline::default(),
+            rows: Vec::new(),
+            load: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds a rate: `ops` operations in `secs`.
+    pub fn rate(
+        &mut self,
+        key: &str,
+        label: String,
+        unit: &'static str,
+        ops: u64,
+        secs: f64,
+        cost: Option<Usage>,
+    ) -> f64 {
+        let value = if secs > 0.0 { ops as f64 / secs } else { 0.0 };
+        self.rows.push(Row {
+            key: key.to_owned(),
+            label,
+            value,
+            unit: Unit::PerSec(unit),
+            cost: cost.map(|c| (c, ops)),
+        });
+        value
+    }
+
+    /// Adds a latency in milliseconds.
+    pub fn millis(&mut self, key: &str, label: String, ms: f64) {
+        self.rows.push(Row {
+            key: key.to_owned(),
+            label,
+            value: ms,
+            unit: Unit::Millis,
+            cost: None,
+        });
+    }
+
+    /// Adds a plain ratio.
+    pub fn ratio(&mut self, key: &str, label: String, value: f64) {
+        self.rows.push(Row {
+            key: key.to_owned(),
+            label,
+            value,
+            unit: Unit::Ratio,
+            cost: None,
+        });
+    }
+
+    /// The table, its header and its legend.
+    pub fn to_table(&self) -> String {
+        let m = &self.machine;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "exai-bench queue — EXAI Queue against raw Redis, one run"
+        );
+        let _ = writeln!(
+            out,
+            "machine: {} CPUs (nproc), {}; Redis {} (load before the run: {:.1} % of a core)",
+            m.nproc, m.cpu_model, m.redis_version, m.redis_background_pct
+        );
+        if let Some(l) = &self.load {
+            let _ = writeln!(
+                out,
+                "CPU during the run ({:.0} s, load average {:.2} before): {:.2} of {} cores busy — \
+                 Redis {:.2}, bench {:.2}, worker processes {:.2}, other processes {:.2}",
+                l.wall_s,
+                l.load_average_before,
+                l.busy_cores,
+                m.nproc,
+                l.redis_cores,
+                l.bench_cores,
+                l.workers_cores,
+                l.other_cores
+            );
+        }
+        let _ = writeln!(out, "run: {}", params_line(&self.params));
+        let _ = writeln!(out);
+        let header = [
+            "metric",
+            "value",
+            "unit",
+            "× raw RT",
+            "× raw pipelined",
+            "Redis CPU/job",
+            "in scripts",
+            "Redis busy",
+            "cmds/job",
+            "scripts/job",
+            "client CPU/job",
+        ];
+        let rows: Vec<[String; 11]> = self.rows.iter().map(|r| self.cells(r)).collect();
+        let mut widths = header.map(|h| h.chars().count());
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String], out: &mut String| {
+            out.push('|');
+            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+                let pad = w - c.chars().count();
+                if i == 0 || i == 2 {
+                    let _ = write!(out, " {c}{} |", " ".repeat(pad));
+                } else {
+                    let _ = write!(out, " {}{c} |", " ".repeat(pad));
+                }
+            }
+            out.push('\n');
+        };
+        line(&header.map(str::to_owned), &mut out);
+        let rule: Vec<String> = widths
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 || i == 2 {
+                    "-".repeat(*w)
+                } else {
+                    format!("{}:", "-".repeat(w - 1))
+                }
+            })
+            .collect();
+        line(&rule, &mut out);
+        for r in &rows {
+            line(r, &mut out);
+        }
+        let _ = writeln!(out);
+        for l in LEGEND {
+            let _ = writeln!(out, "- {l}");
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "- note: {n}");
+        }
+        out
+    }
+
+    /// The cells of one row.
+    fn cells(&self, r: &Row) -> [String; 11] {
+        let b = &self.baseline;
+        let ratio = |v: f64, base: f64| {
+            if base > 0.0 {
+                format!("{:.2}", v / base)
+            } else {
+                String::new()
+            }
+        };
+        let (value, unit, rt, piped) = match r.unit {
+            Unit::PerSec(u) => (
+                thousands(r.value),
+                u.to_owned(),
+                ratio(r.value, b.sequential_per_s),
+                ratio(r.value, b.pipelined_per_s),
+            ),
+            Unit::Millis => (
+                format!("{:.3}", r.value),
+                "ms".to_owned(),
+                ratio(r.value, b.rtt_ms()),
+                String::new(),
+            ),
+            Unit::Ratio => (
+                format!("{:.2}", r.value),
+                "×".to_owned(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        let [redis, script, busy, cmds, calls, client] = match &r.cost {
+            Some((u, ops)) => [
+                format!("{:.2} µs", u.redis_us_per(*ops)),
+                format!("{:.2} µs", u.script_us_per(*ops)),
+                format!("{:.0} %", u.redis_busy_pct()),
+                format!("{:.2}", u.commands_per(*ops)),
+                format!("{:.3}", u.script_calls_per(*ops)),
+                format!("{:.2} µs", u.client_us_per(*ops)),
+            ],
+            None => Default::default(),
+        };
+        [
+            r.label.clone(),
+            value,
+            unit,
+            rt,
+            piped,
+            redis,
+            script,
+            busy,
+            cmds,
+            calls,
+            client,
+        ]
+    }
+
+    /// One JSON object: every row under its key, with — when its cost was measured, and
+    /// `<base>` being the key without `_per_s` — `<base>_redis_cpu_us_per_job`,
+    /// `<base>_redis_script_us_per_job`, `<base>_redis_cmds_per_job`,
+    /// `<base>_redis_script_calls_per_job`, `<base>_client_cpu_us_per_job` and
+    /// `<base>_redis_busy_pct`; then the round-trip time, the machine, the run's CPU load, the
+    /// parameters and the notes.
+    pub fn to_json(&self) -> Value {
+        let mut o = Map::new();
+        let round = |v: f64, places: i32| {
+            let f = 10f64.powi(places);
+            (v * f).round() / f
+        };
+        for r in &self.rows {
+            let places = match r.unit {
+                Unit::PerSec(_) => 1,
+                Unit::Millis => 4,
+                Unit::Ratio => 3,
+            };
+            o.insert(r.key.clone(), json!(round(r.value, places)));
+            if let Some((u, ops)) = &r.cost {
+                let base = r.key.strip_suffix("_per_s").unwrap_or(&r.key);
+                let per_job = [
+                    ("redis_cpu_us_per_job", u.redis_us_per(*ops)),
+                    ("redis_script_us_per_job", u.script_us_per(*ops)),
+                    ("redis_cmds_per_job", u.commands_per(*ops)),
+                    ("redis_script_calls_per_job", u.script_calls_per(*ops)),
+                    ("client_cpu_us_per_job", u.client_us_per(*ops)),
+                ];
+                for (name, v) in per_job {
+                    o.insert(format!("{base}_{name}"), json!(round(v, 4)));
+                }
+                o.insert(
+                    format!("{base}_redis_busy_pct"),
+                    json!(round(u.redis_busy_pct(), 1)),
+                );
+            }
+        }
+        o.insert(
+            "redis_rtt_ms".to_owned(),
+            json!(round(self.baseline.rtt_ms(), 4)),
+        );
+        o.insert(
+            "machine".to_owned(),
+            serde_json::to_value(&self.machine).unwrap_or(Value::Null),
+        );
+        o.insert(
+            "run_load".to_owned(),
+            serde_json::to_value(self.load).unwrap_or(Value::Null),
+        );
+        o.insert("params".to_owned(), self.params.clone());
+        o.insert("notes".to_owned(), json!(self.notes));
+        Value::Object(o)
+    }
+}
+
+/// `key value, key value, …` from the parameters object.
+fn params_line(params: &Value) -> String {
+    match params {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k} {s}"),
+                other => format!("{k} {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// A rate rounded to an integer, with thousands separators.
+fn thousands(v: f64) -> String {
+    let n = v.round().max(0.0) as u64;
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+    }
+}
