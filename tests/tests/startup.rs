@@ -35,7 +35,10 @@ async fn a_bad_setting_is_a_start_up_error_naming_the_variable() {
         let out = run_to_exit(bin, args, &[(var, value)]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{bin} started with {var}={value}");
-        assert!(stderr.contains(var), "{bin}: the error names {var}: {stderr}");
+        assert!(
+            stderr.contains(var),
+            "{bin}: the error names {var}: {stderr}"
+        );
         if var == "EXAI_WS_TOKEN" {
             assert!(!stderr.contains(value), "the token leaked: {stderr}");
         }
