@@ -1,7 +1,13 @@
-//! `exai-daemon`: the WebSocket + HTTP server. At this stage it loads its configuration, refuses
-//! unsafe settings, and waits for SIGINT or SIGTERM.
+//! `exai-daemon`: loads its configuration, refuses unsafe settings, binds its port, connects to
+//! Redis, prints `listening on <addr>` as the first line of standard output once it is ready (so
+//! a supervisor or a test that asked for port 0 learns the port), and serves until SIGINT or
+//! SIGTERM.
 
+use std::io::Write;
+
+use anyhow::Context;
 use clap::Parser;
+use exai_daemon::DaemonLimits;
 use exai_shared::{Config, shutdown, telemetry};
 
 /// The EXAI Queue WebSocket daemon. All settings come from the environment (and `.env`); see
@@ -14,6 +20,7 @@ struct Args {}
 async fn main() -> anyhow::Result<()> {
     let _args = Args::parse();
     let config = Config::from_env()?;
+    let limits = DaemonLimits::from_env()?;
     telemetry::init(config.log_format);
     if !config.ws_is_loopback() && config.ws.token.is_none() {
         anyhow::bail!(
@@ -21,9 +28,27 @@ async fn main() -> anyhow::Result<()> {
             config.ws.host
         );
     }
+    if config.ws.token.is_none() {
+        tracing::warn!("EXAI_WS_TOKEN is not set: clients are not authenticated (loopback only)");
+    }
     let shutdown = shutdown::on_signal();
-    tracing::info!(host = %config.ws.host, port = config.ws.port, "exai-daemon started");
-    shutdown.cancelled().await;
+    let listener = tokio::net::TcpListener::bind((config.ws.host, config.ws.port))
+        .await
+        .with_context(|| format!("bind {}:{}", config.ws.host, config.ws.port))?;
+    let addr = listener.local_addr().context("listener address")?;
+    let app = exai_daemon::server::App::connect(config, limits, shutdown)
+        .await
+        .context("exai-daemon")?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        // Best effort: a closed standard output must not stop the daemon.
+        let _ = writeln!(stdout, "listening on {addr}");
+        let _ = stdout.flush();
+    }
+    tracing::info!(%addr, "exai-daemon started");
+    exai_daemon::server::serve(listener, app)
+        .await
+        .context("exai-daemon")?;
     tracing::info!("exai-daemon stopped");
     Ok(())
 }

@@ -16,6 +16,8 @@
 //!   fenced acknowledgement, cancellation (see its module docs for where it steps outside apalis).
 //! - [`events`]: job events (started, progress, chunks, finished) on each job's channel.
 //! - [`jobs`]: job payloads and [`JobError`](jobs::JobError), whose variant is the retry policy.
+//! - [`tools`]: the tool registry: names, descriptions, input schemas, providers, semaphores.
+//! - [`protocol`]: the daemon's WebSocket messages, error and close codes, call job ids.
 //! - [`db`]: Postgres access (sqlx) for `provider_file_uploads`, and the migrations.
 #![warn(missing_docs)]
 
@@ -24,10 +26,12 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod jobs;
+pub mod protocol;
 pub mod queue;
 pub mod redis;
 pub mod semaphore;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tools;
 
 pub use config::Config;

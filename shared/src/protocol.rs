@@ -1,0 +1,1032 @@
+//! The daemon's WebSocket messages (PROTOCOL.md is the contract; where this module and it
+//! disagree, it wins).
+//!
+//! Inbound frames are parsed leniently and never panic: unknown fields are ignored (the stdio
+//! shim's hello carries `protocolVersion`, `capabilities`, `clientInfo`), optional fields default,
+//! and a malformed request becomes a [`RequestError`] carrying whatever `request_id`/`id` could be
+//! read, so the error reply can echo them. Outbound frames are [`ServerMessage`]s, tagged by
+//! `op`; every reply echoes the request's `request_id` and, for single-frame clients, its `id`
+//! ([`ReplyTo`]). Both directions implement `Serialize` and `Deserialize`, so a Rust client (the
+//! tests, the benchmark) speaks the protocol with the same types.
+//!
+//! Job ids of calls are derived here ([`call_job_id`]): per (session, request id) in streaming
+//! mode, so a repeated `call_tool` attaches to its job instead of running it twice and two
+//! sessions never share one; fresh and unguessable in single-frame mode ([`fresh_call_job_id`]).
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::jobs::ToolContent;
+
+/// Normal closure (used for the idle timeout).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// The daemon is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Policy violation: a connection limit (total or per IP) was hit.
+pub const CLOSE_POLICY: u16 = 1008;
+/// An inbound frame exceeded `EXAI_WS_MAX_BYTES`.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// The daemon hit an internal error it cannot recover the connection from.
+pub const CLOSE_INTERNAL: u16 = 1011;
+/// The first frame was not JSON.
+pub const CLOSE_INVALID_MESSAGE: u16 = 4000;
+/// The first frame was JSON but not a hello.
+pub const CLOSE_MISSING_HELLO: u16 = 4001;
+/// No hello within the hello timeout, or the client left before sending one.
+pub const CLOSE_HELLO_TIMEOUT: u16 = 4002;
+/// The hello's token was wrong.
+pub const CLOSE_UNAUTHORIZED: u16 = 4003;
+
+/// The longest `request_id` accepted (characters).
+pub const MAX_REQUEST_ID_LEN: usize = 256;
+/// The shortest session id a client may choose.
+pub const MIN_SESSION_ID_LEN: usize = 3;
+/// The longest session id a client may choose.
+pub const MAX_SESSION_ID_LEN: usize = 64;
+/// The prefix of every tool-call job id.
+pub const CALL_JOB_PREFIX: &str = "call-";
+
+/// The error codes of error replies, with their wire strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The request is malformed (not an object, no `op`, a field of the wrong type, unknown op).
+    InvalidRequest,
+    /// The token was wrong.
+    Unauthorized,
+    /// No such call in this session.
+    NotFound,
+    /// The call's deadline passed (or a single-frame client's wait ran out).
+    Timeout,
+    /// The frame is not JSON, or the arguments do not satisfy the tool's schema.
+    ValidationError,
+    /// A limit was hit (calls in flight per session).
+    OverCapacity,
+    /// The daemon failed (e.g. Redis refused a command).
+    InternalError,
+    /// A dependency (Redis) is unreachable.
+    ServiceUnavailable,
+    /// No tool of that name.
+    ToolNotFound,
+    /// The tool ran and failed.
+    ToolExecutionError,
+    /// The tool's provider failed.
+    ProviderError,
+    /// The message breaks the protocol's sequence.
+    ProtocolError,
+    /// The call was cancelled.
+    Cancelled,
+}
+
+impl ErrorCode {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "INVALID_REQUEST",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::NotFound => "NOT_FOUND",
+            Self::Timeout => "TIMEOUT",
+            Self::ValidationError => "VALIDATION_ERROR",
+            Self::OverCapacity => "OVER_CAPACITY",
+            Self::InternalError => "INTERNAL_ERROR",
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::ToolNotFound => "TOOL_NOT_FOUND",
+            Self::ToolExecutionError => "TOOL_EXECUTION_ERROR",
+            Self::ProviderError => "PROVIDER_ERROR",
+            Self::ProtocolError => "PROTOCOL_ERROR",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `error` object of an error reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    /// The code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    #[serde(default)]
+    pub message: String,
+    /// Structured detail (e.g. the failing path of an argument).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+impl WireError {
+    /// An error without details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Adds details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+// ----- ids ------------------------------------------------------------------------------------
+
+/// Whether a client-chosen session id is acceptable: 3 to 64 of `[A-Za-z0-9_-]`.
+pub fn valid_session_id(s: &str) -> bool {
+    (MIN_SESSION_ID_LEN..=MAX_SESSION_ID_LEN).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A fresh, unguessable session id (32 hex digits).
+pub fn new_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The job id of the call `request_id` of session `session_id` (streaming mode):
+/// `call-` + the first 32 hex digits of `sha256(session_id "\n" request_id)`. Deterministic, so a
+/// repeated call finds its job; distinct per session, so two sessions never share one.
+pub fn call_job_id(session_id: &str, request_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(session_id.as_bytes());
+    h.update(b"\n");
+    h.update(request_id.as_bytes());
+    let digest = h.finalize();
+    let mut id = String::with_capacity(CALL_JOB_PREFIX.len() + 32);
+    id.push_str(CALL_JOB_PREFIX);
+    for b in &digest[..16] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+/// A fresh, unguessable job id for a single-frame call (its client repeats one `id` on every
+/// request, so the id cannot be derived from it).
+pub fn fresh_call_job_id() -> String {
+    format!("{CALL_JOB_PREFIX}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Whether `s` has the shape of a call job id (`call-` + 32 lowercase hex digits).
+pub fn is_call_job_id(s: &str) -> bool {
+    s.strip_prefix(CALL_JOB_PREFIX).is_some_and(|rest| {
+        rest.len() == 32
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+// ----- inbound --------------------------------------------------------------------------------
+
+/// A string field that tolerates other JSON types by reading them as absent.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// The first frame of a connection. Its `Debug` output never shows the token.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Hello {
+    /// Always `hello`.
+    pub op: String,
+    /// The shared token (`EXAI_WS_TOKEN`); a non-string counts as absent.
+    #[serde(
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token: Option<String>,
+    /// The session to resume or name; invalid or absent → the daemon generates one.
+    #[serde(
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub session_id: Option<String>,
+    /// What the client says it is (kept for logs; never interpreted).
+    #[serde(rename = "clientInfo", skip_serializing_if = "Option::is_none")]
+    pub client_info: Option<Value>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("op", &self.op)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("session_id", &self.session_id)
+            .field("client_info", &self.client_info)
+            .finish()
+    }
+}
+
+impl Hello {
+    /// A hello with a token and an optional session id.
+    pub fn new(token: Option<&str>, session_id: Option<&str>) -> Self {
+        Self {
+            op: "hello".to_owned(),
+            token: token.map(str::to_owned),
+            session_id: session_id.map(str::to_owned),
+            client_info: None,
+        }
+    }
+}
+
+/// How the first frame of a connection parses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HelloFrame {
+    /// A hello.
+    Hello(Hello),
+    /// Not JSON: close 4000.
+    NotJson,
+    /// JSON, but not an object with `"op":"hello"`: `missing_hello`, close 4001.
+    NotHello,
+}
+
+/// Parses the first frame of a connection.
+pub fn parse_hello(text: &str) -> HelloFrame {
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return HelloFrame::NotJson;
+    };
+    if value.get("op").and_then(Value::as_str) != Some("hello") {
+        return HelloFrame::NotHello;
+    }
+    match serde_json::from_value::<Hello>(value) {
+        Ok(h) => HelloFrame::Hello(h),
+        Err(_) => HelloFrame::NotHello,
+    }
+}
+
+/// A request after the hello, with the ids its replies echo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    /// The `op` as sent.
+    pub op: String,
+    /// Where replies go.
+    pub reply_to: ReplyTo,
+    /// What is asked.
+    pub request: Request,
+}
+
+impl Inbound {
+    /// Whether this request is in single-frame mode: `id` without `request_id` (the stdio shim).
+    pub fn single_frame(&self) -> bool {
+        self.reply_to.request_id.is_none() && self.reply_to.id.is_some()
+    }
+}
+
+/// The operations of the protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `list_tools`.
+    ListTools,
+    /// `call_tool` or `tool_call`.
+    CallTool(CallTool),
+    /// `job_status`.
+    JobStatus,
+    /// `get_result`.
+    GetResult,
+    /// `cancel`.
+    Cancel,
+    /// `ping`.
+    Ping,
+    /// `health`.
+    Health,
+    /// `queue_stats`.
+    QueueStats,
+    /// A second `hello`.
+    Hello,
+    /// Anything else (the op as sent).
+    Unknown(String),
+}
+
+/// The body of a `call_tool` / `tool_call`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallTool {
+    /// The tool name as sent (not yet normalised).
+    pub name: String,
+    /// The arguments (an empty object when absent or null).
+    pub arguments: Value,
+}
+
+/// The fields of a `call_tool` request, as serde reads them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CallToolFields {
+    name: Option<String>,
+    tool: Option<ToolRef>,
+    arguments: Option<Value>,
+}
+
+/// `tool` may be a name or an object with a `name`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ToolRef {
+    Name(String),
+    Object {
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+/// A request that could not be understood; the reply echoes what could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    /// The `op`, when it could be read.
+    pub op: Option<String>,
+    /// Where the reply goes.
+    pub reply_to: ReplyTo,
+    /// The error to send.
+    pub error: WireError,
+}
+
+impl RequestError {
+    fn new(op: Option<String>, reply_to: ReplyTo, code: ErrorCode, message: String) -> Box<Self> {
+        Box::new(Self {
+            op,
+            reply_to,
+            error: WireError::new(code, message),
+        })
+    }
+
+    /// The reply frame: a `call_tool_res` carrying the error for a call (clients wait for that
+    /// op), an `error` frame otherwise.
+    pub fn reply(&self) -> ServerMessage {
+        match self.op.as_deref() {
+            Some("call_tool" | "tool_call") => ServerMessage::CallToolRes(CallToolRes::failed(
+                self.reply_to.clone(),
+                self.error.clone(),
+            )),
+            _ => ServerMessage::Error(ErrorFrame {
+                reply_to: self.reply_to.clone(),
+                error: self.error.clone(),
+            }),
+        }
+    }
+}
+
+/// Parses a request frame after the hello. Never panics, whatever `text` holds.
+pub fn parse_request(text: &str) -> Result<Inbound, Box<RequestError>> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        Box::new(RequestError {
+            op: None,
+            reply_to: ReplyTo::default(),
+            error: WireError::new(
+                ErrorCode::ValidationError,
+                "Invalid JSON: message could not be parsed",
+            )
+            .with_details(serde_json::json!({ "parse_error": e.to_string() })),
+        })
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(RequestError::new(
+            None,
+            ReplyTo::default(),
+            ErrorCode::InvalidRequest,
+            "Invalid message: not a JSON object".to_owned(),
+        ));
+    };
+    let id = obj.remove("id").filter(|v| !v.is_null());
+    let op = obj.remove("op");
+    let op = match op {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let request_id = match obj.remove("request_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_REQUEST_ID_LEN => Some(s),
+        Some(Value::String(_)) => {
+            return Err(RequestError::new(
+                op,
+                ReplyTo {
+                    request_id: None,
+                    id,
+                },
+                ErrorCode::InvalidRequest,
+                format!(
+                    "Invalid message: request_id is longer than {MAX_REQUEST_ID_LEN} characters"
+                ),
+            ));
+        }
+        Some(_) => {
+            return Err(RequestError::new(
+                op,
+                ReplyTo {
+                    request_id: None,
+                    id,
+                },
+                ErrorCode::InvalidRequest,
+                "Invalid message: request_id must be a string".to_owned(),
+            ));
+        }
+    };
+    let reply_to = ReplyTo { request_id, id };
+    let Some(op) = op else {
+        return Err(RequestError::new(
+            None,
+            reply_to,
+            ErrorCode::InvalidRequest,
+            "Invalid message: op is missing or not a string".to_owned(),
+        ));
+    };
+    let request = match op.as_str() {
+        "list_tools" => Request::ListTools,
+        "call_tool" | "tool_call" => {
+            let fields: CallToolFields =
+                serde_json::from_value(Value::Object(obj)).map_err(|e| {
+                    RequestError::new(
+                        Some(op.clone()),
+                        reply_to.clone(),
+                        ErrorCode::InvalidRequest,
+                        format!("Invalid message: {e}"),
+                    )
+                })?;
+            let name = fields
+                .name
+                .filter(|n| !n.trim().is_empty())
+                .or(match fields.tool {
+                    Some(ToolRef::Name(n)) => Some(n),
+                    Some(ToolRef::Object { name }) => name,
+                    None => None,
+                })
+                .filter(|n| !n.trim().is_empty());
+            let Some(name) = name else {
+                return Err(RequestError::new(
+                    Some(op),
+                    reply_to,
+                    ErrorCode::InvalidRequest,
+                    "Invalid message: call_tool needs a non-empty string name (or tool.name)"
+                        .to_owned(),
+                ));
+            };
+            let arguments = match fields.arguments {
+                None | Some(Value::Null) => Value::Object(Map::new()),
+                Some(v @ Value::Object(_)) => v,
+                Some(_) => {
+                    return Err(RequestError::new(
+                        Some(op),
+                        reply_to,
+                        ErrorCode::InvalidRequest,
+                        "Invalid message: arguments must be an object".to_owned(),
+                    ));
+                }
+            };
+            Request::CallTool(CallTool { name, arguments })
+        }
+        "job_status" => Request::JobStatus,
+        "get_result" => Request::GetResult,
+        "cancel" => Request::Cancel,
+        "ping" => Request::Ping,
+        "health" => Request::Health,
+        "queue_stats" => Request::QueueStats,
+        "hello" => Request::Hello,
+        other => Request::Unknown(other.to_owned()),
+    };
+    Ok(Inbound {
+        op,
+        reply_to,
+        request,
+    })
+}
+
+// ----- outbound -------------------------------------------------------------------------------
+
+/// The ids a reply echoes: the request's `request_id`, and `id` for single-frame clients.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplyTo {
+    /// The request's `request_id` (in single-frame call replies: the job id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The request's `id`, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+}
+
+impl ReplyTo {
+    /// A reply to `request_id`.
+    pub fn request(request_id: impl Into<String>) -> Self {
+        Self {
+            request_id: Some(request_id.into()),
+            id: None,
+        }
+    }
+}
+
+/// Every frame the daemon sends, tagged by `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The answer to the hello.
+    HelloAck(HelloAck),
+    /// The tool listing.
+    ListToolsRes(ListToolsRes),
+    /// A call is durable in Redis.
+    CallToolAck(CallToolAck),
+    /// A call's progress (started, waiting, heartbeat).
+    Progress(Progress),
+    /// A piece of streamed model output.
+    StreamChunk(StreamChunk),
+    /// A call's result or error.
+    CallToolRes(CallToolRes),
+    /// A call's state.
+    JobStatusRes(JobStatusRes),
+    /// A cancel was carried out.
+    Cancelled(Cancelled),
+    /// The answer to `ping`.
+    Pong(Pong),
+    /// The answer to `health`.
+    HealthRes(HealthRes),
+    /// The answer to `queue_stats`.
+    QueueStatsRes(QueueStatsRes),
+    /// An error that is not a call's.
+    Error(ErrorFrame),
+}
+
+impl ServerMessage {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // These types contain only strings, numbers and JSON values: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"op":"error","error":{{"code":"INTERNAL_ERROR","message":"{e}"}}}}"#)
+        })
+    }
+
+    /// The `request_id` the frame carries, if any.
+    pub fn request_id(&self) -> Option<&str> {
+        let to = match self {
+            Self::HelloAck(_) => return None,
+            Self::ListToolsRes(m) => &m.reply_to,
+            Self::CallToolAck(m) => &m.reply_to,
+            Self::Progress(m) => &m.reply_to,
+            Self::StreamChunk(m) => &m.reply_to,
+            Self::CallToolRes(m) => &m.reply_to,
+            Self::JobStatusRes(m) => &m.reply_to,
+            Self::Cancelled(m) => &m.reply_to,
+            Self::Pong(m) => &m.reply_to,
+            Self::HealthRes(m) => &m.reply_to,
+            Self::QueueStatsRes(m) => &m.reply_to,
+            Self::Error(m) => &m.reply_to,
+        };
+        to.request_id.as_deref()
+    }
+}
+
+/// `hello_ack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// Whether the hello was accepted.
+    pub ok: bool,
+    /// The session (as given, or generated) when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// `unauthorized` or `missing_hello` when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `list_tools_res`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListToolsRes {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// `{name, description, inputSchema}` per tool.
+    pub tools: Vec<Value>,
+}
+
+/// `call_tool_ack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallToolAck {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// Always true (a refused call gets a `call_tool_res` with an error instead).
+    pub accepted: bool,
+    /// The job id (for `get_result` by job id, and operators).
+    pub job_id: String,
+    /// Seconds until the call's deadline.
+    pub timeout: f64,
+    /// The tool (normalised name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// True when the request id had been used before in this session: the call attached to
+    /// the existing job instead of creating one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// `progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// A human-readable note.
+    #[serde(default)]
+    pub message: String,
+    /// `queued`, `running`, `waiting`, `retrying`, … (the call's state as the daemon sees it).
+    #[serde(default)]
+    pub state: String,
+    /// When (Unix seconds).
+    #[serde(default)]
+    pub t: f64,
+}
+
+/// `stream_chunk`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// The text.
+    pub chunk: String,
+}
+
+/// `call_tool_res`: `outputs`, `result` (the same items) and `text` (joined), or `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallToolRes {
+    /// The request's ids (single-frame: `id`, and the job id as `request_id`).
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// The content items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<ToolContent>>,
+    /// The same items (what the stdio shim reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Vec<ToolContent>>,
+    /// The items' texts joined by newlines (what older clients prefer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Why the call failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+    /// The job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The text was cut to keep the frame under 1 MiB; `get_result` returns all of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl CallToolRes {
+    /// A successful result.
+    pub fn success(reply_to: ReplyTo, outputs: Vec<ToolContent>) -> Self {
+        let text = outputs
+            .iter()
+            .map(|o| o.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        Self {
+            reply_to,
+            result: Some(outputs.clone()),
+            outputs: Some(outputs),
+            text: Some(text),
+            error: None,
+            job_id: None,
+            truncated: false,
+        }
+    }
+
+    /// A failed call.
+    pub fn failed(reply_to: ReplyTo, error: WireError) -> Self {
+        Self {
+            reply_to,
+            outputs: None,
+            result: None,
+            text: None,
+            error: Some(error),
+            job_id: None,
+            truncated: false,
+        }
+    }
+
+    /// Sets the job id.
+    pub fn with_job_id(mut self, job_id: impl Into<String>) -> Self {
+        self.job_id = Some(job_id.into());
+        self
+    }
+}
+
+/// The state of a call as `job_status_res` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    /// Waiting to run (queued, scheduled, or waiting out a retry backoff).
+    Queued,
+    /// Running on a worker.
+    Running,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error (dead).
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// No such call in this session (never made, or expired).
+    Unknown,
+}
+
+/// `job_status_res`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatusRes {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// The call's state.
+    pub state: CallState,
+    /// Attempts started so far.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The job id, when there is a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The position in the wait list, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+}
+
+/// What a cancel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelWas {
+    /// The job was waiting and is now cancelled.
+    Queued,
+    /// The job was running; its worker was told to stop.
+    Running,
+    /// The job had already finished.
+    Finished,
+}
+
+/// `cancelled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// What the cancel found.
+    pub was: CancelWas,
+    /// The job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// `pong`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+}
+
+/// `health_res`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthRes {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// Whether the daemon can serve calls (Redis answered).
+    pub ok: bool,
+    /// Queues, semaphores, connections, uptime.
+    pub health: Value,
+}
+
+/// `queue_stats_res`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueStatsRes {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// Counts per state of every queue, by queue name.
+    pub queues: Value,
+    /// Limit and use of every semaphore, by name.
+    pub semaphores: Value,
+}
+
+/// `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The request's ids.
+    #[serde(flatten)]
+    pub reply_to: ReplyTo,
+    /// What went wrong.
+    pub error: WireError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn job_ids_are_per_session_and_deterministic() {
+        let a = call_job_id("sess-a", "r-1");
+        assert_eq!(a, call_job_id("sess-a", "r-1"));
+        assert_ne!(a, call_job_id("sess-b", "r-1"));
+        assert_ne!(a, call_job_id("sess-a", "r-2"));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(call_job_id("ab", "c"), call_job_id("a", "bc"));
+        assert!(is_call_job_id(&a), "{a}");
+        assert!(is_call_job_id(&fresh_call_job_id()));
+        assert_ne!(fresh_call_job_id(), fresh_call_job_id());
+        assert!(!is_call_job_id("call-xyz"));
+        assert!(!is_call_job_id("r-1"));
+    }
+
+    #[test]
+    fn session_ids() {
+        assert!(valid_session_id("abc"));
+        assert!(valid_session_id("A-b_9"));
+        assert!(!valid_session_id("ab"));
+        assert!(!valid_session_id(&"a".repeat(65)));
+        assert!(!valid_session_id("a b c"));
+        assert!(!valid_session_id("é-é"));
+        assert!(valid_session_id(&new_session_id()));
+    }
+
+    #[test]
+    fn the_shims_hello_with_extra_fields_parses() {
+        let text = r#"{"op":"hello","protocolVersion":"2024-11-05","capabilities":{},
+            "clientInfo":{"name":"exai-mcp-shim","version":"1.0.0"},"token":"t0k3n"}"#;
+        let HelloFrame::Hello(h) = parse_hello(text) else {
+            panic!("not a hello")
+        };
+        assert_eq!(h.token.as_deref(), Some("t0k3n"));
+        assert!(
+            !format!("{h:?}").contains("t0k3n"),
+            "the token never reaches a log line"
+        );
+        assert_eq!(h.session_id, None);
+        assert_eq!(parse_hello("nope"), HelloFrame::NotJson);
+        assert_eq!(parse_hello(r#"{"op":"list_tools"}"#), HelloFrame::NotHello);
+        assert_eq!(parse_hello("[1,2]"), HelloFrame::NotHello);
+        let HelloFrame::Hello(h) = parse_hello(r#"{"op":"hello","token":5,"session_id":[]}"#)
+        else {
+            panic!("a hello with odd field types is still a hello")
+        };
+        assert_eq!((h.token, h.session_id), (None, None));
+    }
+
+    #[test]
+    fn both_call_shapes_parse() {
+        let a = parse_request(
+            r#"{"op":"call_tool","request_id":"r-1","name":"chat","arguments":{"prompt":"hi"}}"#,
+        )
+        .unwrap();
+        let b = parse_request(r#"{"op":"tool_call","request_id":"r-1","tool":{"name":"chat"},"arguments":{"prompt":"hi"}}"#).unwrap();
+        let c = parse_request(
+            r#"{"op":"tool_call","request_id":"r-1","tool":"chat","arguments":{"prompt":"hi"}}"#,
+        )
+        .unwrap();
+        for m in [&a, &b, &c] {
+            assert_eq!(
+                m.request,
+                Request::CallTool(CallTool {
+                    name: "chat".into(),
+                    arguments: json!({"prompt": "hi"})
+                })
+            );
+            assert!(!m.single_frame());
+        }
+        let shim = parse_request(r#"{"op":"call_tool","id":"call_1","name":"test_echo"}"#).unwrap();
+        assert!(shim.single_frame());
+        assert_eq!(shim.reply_to.id, Some(json!("call_1")));
+        let Request::CallTool(c) = shim.request else {
+            panic!()
+        };
+        assert_eq!(c.arguments, json!({}));
+    }
+
+    #[test]
+    fn malformed_requests_say_why_and_echo_what_they_can() {
+        let e = parse_request("{nope").unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::ValidationError);
+        assert_eq!(
+            serde_json::to_value(e.reply()).unwrap()["op"],
+            json!("error")
+        );
+        let e = parse_request(r#"{"op":"call_tool","request_id":"r","arguments":[]}"#).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InvalidRequest);
+        let reply = serde_json::to_value(e.reply()).unwrap();
+        assert_eq!(reply["op"], "call_tool_res");
+        assert_eq!(reply["request_id"], "r");
+        let e = parse_request(r#"{"request_id":"r"}"#).unwrap_err();
+        assert_eq!(e.reply_to.request_id.as_deref(), Some("r"));
+        let e = parse_request(r#"{"op":"ping","request_id":7}"#).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InvalidRequest);
+        let m = parse_request(r#"{"op":"frobnicate","request_id":"x"}"#).unwrap();
+        assert_eq!(m.request, Request::Unknown("frobnicate".into()));
+    }
+
+    #[test]
+    fn server_messages_have_the_wire_shape() {
+        let res = ServerMessage::CallToolRes(CallToolRes::success(
+            ReplyTo {
+                request_id: Some("job".into()),
+                id: Some(json!("call_1")),
+            },
+            vec![ToolContent::text("a"), ToolContent::text("b")],
+        ));
+        let v = serde_json::to_value(&res).unwrap();
+        assert_eq!(
+            v,
+            json!({"op":"call_tool_res","request_id":"job","id":"call_1",
+                   "outputs":[{"type":"text","text":"a"},{"type":"text","text":"b"}],
+                   "result":[{"type":"text","text":"a"},{"type":"text","text":"b"}],
+                   "text":"a\nb"})
+        );
+        let back: ServerMessage = serde_json::from_value(v).unwrap();
+        assert_eq!(back, res);
+        let err = ServerMessage::Error(ErrorFrame {
+            reply_to: ReplyTo::request("r"),
+            error: WireError::new(ErrorCode::InvalidRequest, "Unknown operation: x"),
+        });
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            json!({"op":"error","request_id":"r","error":{"code":"INVALID_REQUEST","message":"Unknown operation: x"}})
+        );
+        let ack = ServerMessage::HelloAck(HelloAck {
+            ok: false,
+            session_id: None,
+            error: Some("unauthorized".into()),
+        });
+        assert_eq!(
+            ack.to_json(),
+            r#"{"op":"hello_ack","ok":false,"error":"unauthorized"}"#
+        );
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "hello",
+                "call_tool",
+                "tool_call",
+                "list_tools",
+                "cancel",
+                "op",
+                "name",
+                "tool",
+                "arguments",
+                "request_id",
+                "id",
+                "token",
+                "session_id",
+            ])
+            .prop_map(|s| Value::String(s.to_owned())),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::hash_map(
+                    prop::sample::select(vec![
+                        "op",
+                        "name",
+                        "tool",
+                        "arguments",
+                        "request_id",
+                        "id",
+                        "token",
+                        "session_id",
+                        "x",
+                    ])
+                    .prop_map(str::to_owned),
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_the_parsers(s in ".{0,256}") {
+            let _ = parse_hello(&s);
+            if let Err(e) = parse_request(&s) {
+                let _ = e.reply().to_json();
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics_the_parsers(v in json_value()) {
+            let text = v.to_string();
+            let _ = parse_hello(&text);
+            match parse_request(&text) {
+                Ok(m) => { let _ = m.single_frame(); }
+                Err(e) => { let _ = e.reply().to_json(); }
+            }
+        }
+    }
+}

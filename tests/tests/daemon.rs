@@ -1,0 +1,827 @@
+//! The WebSocket daemon end to end: a real `exai-daemon`, real `exai-worker` processes and
+//! Redis, each test in its own key prefix. What PROTOCOL.md promises, checked on the wire.
+
+mod daemon_support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use daemon_support::{Client, Seen, Stack, TOKEN, echoed};
+use exai_shared::jobs::{ToolCallJob, ToolResult};
+use exai_shared::protocol::call_job_id;
+use exai_shared::queue::{JobState, NewJob};
+use exai_tests::{send_signal, wait_until};
+use serde_json::{Value, json};
+
+// ----- handshake ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn hello_failures_close_with_the_protocols_codes() {
+    let stack = Stack::start("d-hello", &[], 0).await;
+    let url = stack.url();
+
+    // Wrong token: hello_ack unauthorized, then 4003.
+    let mut c = Client::connect(&url).await;
+    let ack = c
+        .hello(json!({"op": "hello", "token": "wrong-token-0123456789"}))
+        .await;
+    assert_eq!(
+        ack,
+        json!({"op": "hello_ack", "ok": false, "error": "unauthorized"})
+    );
+    assert_eq!(c.closed().await.0, 4003);
+
+    // No token at all: the same.
+    let mut c = Client::connect(&url).await;
+    let ack = c.hello(json!({"op": "hello"})).await;
+    assert_eq!(ack["error"], "unauthorized");
+    assert_eq!(c.closed().await.0, 4003);
+
+    // Not JSON: close 4000 without a frame.
+    let mut c = Client::connect(&url).await;
+    c.send_text("hello?".into()).await;
+    assert_eq!(
+        c.next().await,
+        Err(Seen::Close(4000, "invalid message".into()))
+    );
+
+    // JSON but not a hello: missing_hello, then 4001.
+    let mut c = Client::connect(&url).await;
+    let ack = c.hello(json!({"op": "list_tools", "token": TOKEN})).await;
+    assert_eq!(
+        ack,
+        json!({"op": "hello_ack", "ok": false, "error": "missing_hello"})
+    );
+    assert_eq!(c.closed().await.0, 4001);
+
+    // The shim's hello, extra fields and all: accepted, a session id is generated.
+    let mut c = Client::connect(&url).await;
+    let ack = c
+        .hello(
+            json!({"op": "hello", "protocolVersion": "2024-11-05", "capabilities": {},
+                      "clientInfo": {"name": "exai-mcp-shim", "version": "1.0.0"}, "token": TOKEN}),
+        )
+        .await;
+    assert_eq!(ack["ok"], true);
+    assert_eq!(ack["session_id"].as_str().unwrap().len(), 32);
+
+    // A chosen session id is kept; an invalid one is replaced.
+    let (_c, session) = stack.client(Some("my-session_1")).await;
+    assert_eq!(session, "my-session_1");
+    let (_c, session) = stack.client(Some("no spaces allowed")).await;
+    assert_ne!(session, "no spaces allowed");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_with_4002() {
+    let stack = Stack::start("d-hello-timeout", &[("EXAI_WS_HELLO_TIMEOUT", "0.3")], 0).await;
+    let mut c = Client::connect(&stack.url()).await;
+    assert_eq!(
+        c.next().await,
+        Err(Seen::Close(4002, "hello timeout or disconnect".into()))
+    );
+    stack.cleanup().await;
+}
+
+// ----- list_tools and call_tool -------------------------------------------------------------
+
+#[tokio::test]
+async fn list_tools_answers_in_both_modes() {
+    let stack = Stack::start("d-list", &[], 0).await;
+    let (mut c, _) = stack.client(None).await;
+    let res = c.op("list_tools", "l-1").await;
+    assert_eq!(res["op"], "list_tools_res");
+    assert_eq!(res["request_id"], "l-1");
+    let names: Vec<&str> = res["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert!(t["description"].is_string());
+            assert_eq!(t["inputSchema"]["type"], "object");
+            t["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "chat",
+            "kimi_upload_files",
+            "kimi_upload_bytes",
+            "kimi_chat_with_files",
+            "kimi_download_file",
+            "kimi_manage_files",
+            "test_echo"
+        ]
+    );
+    // The shim's style: `id`, one frame carrying `tools`.
+    c.send(json!({"op": "list_tools", "id": "list_140"})).await;
+    let res = c.recv().await;
+    assert_eq!(res["id"], "list_140");
+    assert_eq!(res["tools"].as_array().unwrap().len(), 7);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_streaming_call_is_acked_reports_progress_and_answers() {
+    let stack = Stack::start("d-stream", &[], 1).await;
+    let (mut c, session) = stack.client(None).await;
+    let args = json!({"delay_ms": 600, "hello": "world"});
+    let (res, before) = c.call("r-1", "test_echo", args.clone()).await;
+    assert_eq!(echoed(&res), args);
+    let job_id = call_job_id(&session, "r-1");
+    assert_eq!(res["job_id"], job_id.as_str());
+
+    let ack = &before[0];
+    assert_eq!(
+        ack["op"], "call_tool_ack",
+        "the ack comes first: {before:?}"
+    );
+    assert_eq!(ack["accepted"], true);
+    assert_eq!(ack["job_id"], job_id.as_str());
+    assert_eq!(ack["timeout"], 300.0);
+    let progress: Vec<&Value> = before.iter().filter(|f| f["op"] == "progress").collect();
+    assert!(
+        progress.iter().any(|p| p["state"] == "running"),
+        "a progress frame says the job runs: {before:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["request_id"] == "r-1" && p["t"].is_number())
+    );
+    assert!(
+        progress.len() >= 2,
+        "heartbeats every 0.2 s during a 0.6 s job: {before:?}"
+    );
+
+    // The older shape and a suffixed name.
+    c.send(
+        json!({"op": "tool_call", "request_id": "r-2", "tool": {"name": "test_echo_EXAI-WS"},
+                  "arguments": {"n": 2}}),
+    )
+    .await;
+    let (res, _) = c.until("call_tool_res", "r-2").await;
+    assert_eq!(echoed(&res), json!({"n": 2}));
+    assert_eq!(stack.job(&job_id).await.unwrap().attempts, 1);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_single_frame_call_gets_exactly_one_frame_under_1_mib() {
+    let stack = Stack::start("d-single", &[], 1).await;
+    let mut c = Client::connect(&stack.url()).await;
+    // Exactly what the stdio shim sends.
+    let ack = c
+        .hello(
+            json!({"op": "hello", "protocolVersion": "2024-11-05", "capabilities": {},
+                      "clientInfo": {"name": "exai-mcp-shim", "version": "1.0.0"}, "token": TOKEN}),
+        )
+        .await;
+    assert_eq!(ack["ok"], true);
+    c.send(json!({"op": "list_tools", "id": "list_1"})).await;
+    assert_eq!(c.recv().await["tools"].as_array().unwrap().len(), 7);
+    c.send(
+        json!({"op": "call_tool", "id": "call_1", "name": "test_echo",
+                  "arguments": {"delay_ms": 300, "x": 1}}),
+    )
+    .await;
+    let res = c.recv().await;
+    assert_eq!(
+        res["op"], "call_tool_res",
+        "the very next frame is the result: {res}"
+    );
+    assert_eq!(res["id"], "call_1");
+    let job_id = res["request_id"].as_str().unwrap().to_owned();
+    assert!(job_id.starts_with("call-"));
+    assert_eq!(echoed(&res), json!({"delay_ms": 300, "x": 1}));
+    // Nothing else was queued behind it: the next frame answers the next request.
+    c.send(json!({"op": "ping", "id": "call_1"})).await;
+    assert_eq!(c.recv().await, json!({"op": "pong", "id": "call_1"}));
+
+    // The same `id` again is a new call, not the old result.
+    c.send(json!({"op": "call_tool", "id": "call_1", "name": "test_echo", "arguments": {"x": 2}}))
+        .await;
+    let res = c.recv().await;
+    assert_eq!(echoed(&res), json!({"x": 2}));
+    assert_ne!(res["request_id"], job_id.as_str());
+
+    // A result over 1 MiB is cut with a note; get_result with the job id returns all of it.
+    let big = "z".repeat(1_500_000);
+    c.send(
+        json!({"op": "call_tool", "id": "call_1", "name": "test_echo", "arguments": {"big": big}}),
+    )
+    .await;
+    let frame = tokio::time::timeout(
+        daemon_support::FRAME_WAIT,
+        futures::StreamExt::next(&mut c.ws),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let text = frame.into_text().unwrap();
+    assert!(text.len() < 1024 * 1024, "frame of {} bytes", text.len());
+    let res: Value = serde_json::from_str(text.as_str()).unwrap();
+    assert_eq!(res["truncated"], true);
+    let big_job = res["request_id"].as_str().unwrap().to_owned();
+    let note = res["result"][0]["text"].as_str().unwrap();
+    assert!(note.contains(&format!(
+        r#"{{"op":"get_result","request_id":"{big_job}"}}"#
+    )));
+    let (mut other, _) = stack.client(None).await;
+    let full = other.op("get_result", &big_job).await;
+    assert_eq!(full["op"], "call_tool_res");
+    assert_eq!(echoed(&full)["big"].as_str().unwrap().len(), 1_500_000);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_calls_on_one_socket_are_each_answered_once() {
+    let stack = Stack::start("d-100-one", &[], 1).await;
+    let (mut c, _) = stack.client(None).await;
+    for n in 0..100 {
+        c.send(
+            json!({"op": "call_tool", "request_id": format!("r-{n}"), "name": "test_echo",
+                      "arguments": {"n": n, "delay_ms": (n % 7) * 20}}),
+        )
+        .await;
+    }
+    let mut answered = HashMap::new();
+    while answered.len() < 100 {
+        let f = c.recv().await;
+        if f["op"] == "call_tool_res" {
+            let rid = f["request_id"].as_str().unwrap().to_owned();
+            let n = echoed(&f)["n"].as_u64().unwrap();
+            assert_eq!(rid, format!("r-{n}"), "the reply matches its request");
+            assert!(answered.insert(rid, n).is_none(), "answered once");
+        }
+    }
+    // No stray result follows.
+    assert_eq!(
+        c.op("ping", "p").await,
+        json!({"op": "pong", "request_id": "p"})
+    );
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_hundred_calls_over_fifty_sockets_are_each_answered_on_their_own_socket() {
+    let stack = Stack::start(
+        "d-100-fifty",
+        &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "100")],
+        1,
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for s in 0..50 {
+        let (mut c, _) = stack.client(None).await;
+        tasks.push(tokio::spawn(async move {
+            for k in 0..2 {
+                c.send(
+                    json!({"op": "call_tool", "request_id": format!("r-{k}"), "name": "test_echo",
+                              "arguments": {"socket": s, "k": k}}),
+                )
+                .await;
+            }
+            let mut seen = HashSet::new();
+            while seen.len() < 2 {
+                let f = c.recv().await;
+                if f["op"] == "call_tool_res" {
+                    let e = echoed(&f);
+                    assert_eq!(e["socket"], s, "a reply for another socket");
+                    assert_eq!(f["request_id"], format!("r-{}", e["k"]).as_str());
+                    assert!(seen.insert(e["k"].as_u64().unwrap()));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("every socket got its two answers");
+    }
+    stack.cleanup().await;
+}
+
+// ----- results are never lost ---------------------------------------------------------------
+
+#[tokio::test]
+async fn a_client_that_reconnects_collects_its_result() {
+    let stack = Stack::start("d-reconnect", &[], 1).await;
+    let (mut c, session) = stack.client(Some("reconnecting-client")).await;
+    c.send(
+        json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
+                  "arguments": {"delay_ms": 500, "v": 1}}),
+    )
+    .await;
+    let ack = c.recv().await;
+    assert_eq!(ack["op"], "call_tool_ack");
+    drop(c);
+
+    // Reconnect; the same request id attaches to the job instead of running it again.
+    let (mut c, again) = stack.client(Some(&session)).await;
+    assert_eq!(again, session);
+    let (res, before) = c
+        .call("r-1", "test_echo", json!({"delay_ms": 500, "v": 1}))
+        .await;
+    assert_eq!(echoed(&res)["v"], 1);
+    assert_eq!(before[0]["op"], "call_tool_ack");
+    assert_eq!(before[0]["duplicate"], true);
+    // And get_result returns the stored result.
+    let res = c.op("get_result", "r-1").await;
+    assert_eq!(res["op"], "call_tool_res");
+    assert_eq!(echoed(&res)["v"], 1);
+    let status = c.op("job_status", "r-1").await;
+    assert_eq!(status["state"], "completed");
+    assert_eq!(status["attempt"], 1);
+    let job = stack.job(&call_job_id(&session, "r-1")).await.unwrap();
+    assert_eq!(job.attempts, 1, "the job ran once");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_result_stored_before_anyone_listened_is_delivered() {
+    let mut stack = Stack::start("d-before", &[], 0).await;
+    let session = "early-session";
+    let job_id = call_job_id(session, "r-1");
+    // The job is enqueued and finished before the client ever subscribes.
+    let job = ToolCallJob {
+        tool: "test_echo".into(),
+        arguments: json!({"stored": "before"}),
+        session_id: session.into(),
+        request_id: Some("r-1".into()),
+        deadline_ms: None,
+    };
+    stack
+        .queue
+        .enqueue(&NewJob::json(&job).unwrap().with_id(job_id.clone()))
+        .await
+        .unwrap();
+    stack.start_worker();
+    assert!(stack.wait_state(&job_id, JobState::Completed).await);
+
+    let (mut c, _) = stack.client(Some(session)).await;
+    let (res, _) = c.call("r-1", "test_echo", json!({"stored": "after"})).await;
+    assert_eq!(
+        echoed(&res),
+        json!({"stored": "before"}),
+        "the stored result, not a second run"
+    );
+    assert_eq!(stack.job(&job_id).await.unwrap().attempts, 1);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_daemon_killed_mid_call_loses_nothing_and_the_job_runs_once() {
+    let mut stack = Stack::start("d-kill", &[], 1).await;
+    let (mut c, session) = stack.client(None).await;
+    c.send(
+        json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
+                  "arguments": {"delay_ms": 1500, "v": "kept"}}),
+    )
+    .await;
+    assert_eq!(c.recv().await["op"], "call_tool_ack");
+    let job_id = call_job_id(&session, "r-1");
+    assert!(stack.wait_state(&job_id, JobState::Running).await);
+
+    send_signal(stack.daemon.child.pid(), "KILL");
+    stack.daemon.child.wait_exit(Duration::from_secs(5)).await;
+    // Frames sent before the kill may still be buffered; then the socket ends.
+    while c.next().await.is_ok() {}
+
+    stack.restart_daemon().await;
+    let (mut c, _) = stack.client(Some(&session)).await;
+    let (res, _) = c
+        .call("r-1", "test_echo", json!({"delay_ms": 1500, "v": "kept"}))
+        .await;
+    assert_eq!(echoed(&res)["v"], "kept");
+    let job = stack.job(&job_id).await.unwrap();
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.attempts, 1, "the job ran once");
+    assert_eq!(stack.queue.counts().await.unwrap().completed, 1);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_sessions_with_the_same_request_id_never_see_each_others_results() {
+    let stack = Stack::start("d-isolation", &[], 1).await;
+    let (mut a, sa) = stack.client(Some("session-a")).await;
+    let (mut b, sb) = stack.client(Some("session-b")).await;
+    for (c, who) in [(&mut a, "a"), (&mut b, "b")] {
+        c.send(
+            json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
+                      "arguments": {"who": who, "delay_ms": 200}}),
+        )
+        .await;
+    }
+    let (ra, _) = a.until("call_tool_res", "r-1").await;
+    let (rb, _) = b.until("call_tool_res", "r-1").await;
+    assert_eq!(echoed(&ra)["who"], "a");
+    assert_eq!(echoed(&rb)["who"], "b");
+    assert_ne!(call_job_id(&sa, "r-1"), call_job_id(&sb, "r-1"));
+    // Neither can collect the other's result by request id.
+    let (mut c, _) = stack.client(Some("session-c")).await;
+    assert_eq!(c.op("get_result", "r-1").await["state"], "unknown");
+    // Anonymous single-frame clients all send the same id: each still gets its own result.
+    let mut shims = Vec::new();
+    for n in 0..4 {
+        let (mut s, _) = stack.client(None).await;
+        shims.push(tokio::spawn(async move {
+            s.send(
+                json!({"op": "call_tool", "id": "call_1", "name": "test_echo",
+                          "arguments": {"n": n, "delay_ms": 100}}),
+            )
+            .await;
+            let res = s.recv().await;
+            assert_eq!(echoed(&res)["n"], n);
+        }));
+    }
+    for s in shims {
+        s.await.unwrap();
+    }
+    stack.cleanup().await;
+}
+
+// ----- cancel -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cancelling_a_queued_call_removes_it() {
+    let stack = Stack::start("d-cancel-queued", &[], 0).await;
+    let (mut c, session) = stack.client(None).await;
+    c.send(json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo", "arguments": {}}))
+        .await;
+    assert_eq!(c.recv().await["op"], "call_tool_ack");
+    assert_eq!(c.op("job_status", "r-1").await["state"], "queued");
+    c.send(json!({"op": "cancel", "request_id": "r-1"})).await;
+    let (cancelled, _) = c.until("cancelled", "r-1").await;
+    assert_eq!(cancelled["was"], "queued");
+    let (res, _) = c.until("call_tool_res", "r-1").await;
+    assert_eq!(res["error"]["code"], "CANCELLED");
+    let job = stack.job(&call_job_id(&session, "r-1")).await.unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.attempts, 0, "it never ran");
+    // Cancelling again finds it finished; an unknown request id is NOT_FOUND.
+    assert_eq!(c.op("cancel", "r-1").await["was"], "finished");
+    let res = c.op("cancel", "nope").await;
+    assert_eq!(res["op"], "error");
+    assert_eq!(res["error"]["code"], "NOT_FOUND");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_running_call_stops_its_worker() {
+    let stack = Stack::start("d-cancel-running", &[], 1).await;
+    let (mut c, session) = stack.client(None).await;
+    c.send(
+        json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
+                  "arguments": {"delay_ms": 30000}}),
+    )
+    .await;
+    // Wait until the daemon reports the job running.
+    loop {
+        let f = c.recv().await;
+        if f["op"] == "progress" && f["state"] == "running" {
+            break;
+        }
+    }
+    let started = std::time::Instant::now();
+    c.send(json!({"op": "cancel", "request_id": "r-1"})).await;
+    let (cancelled, _) = c.until("cancelled", "r-1").await;
+    assert_eq!(cancelled["was"], "running");
+    let (res, _) = c.until("call_tool_res", "r-1").await;
+    assert_eq!(res["error"]["code"], "CANCELLED");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the worker stopped early"
+    );
+    let job = stack.job(&call_job_id(&session, "r-1")).await.unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.attempts, 1);
+    stack.cleanup().await;
+}
+
+// ----- errors -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable() {
+    let stack = Stack::start("d-errors", &[], 0).await;
+    let (mut c, _) = stack.client(None).await;
+
+    let res = c.op("frobnicate", "e-1").await;
+    assert_eq!(
+        res,
+        json!({"op": "error", "request_id": "e-1",
+               "error": {"code": "INVALID_REQUEST", "message": "Unknown operation: frobnicate"}})
+    );
+
+    c.send_text("{this is not json".into()).await;
+    let res = c.recv().await;
+    assert_eq!(res["op"], "error");
+    assert_eq!(res["error"]["code"], "VALIDATION_ERROR");
+
+    c.send_text("[1, 2, 3]".into()).await;
+    assert_eq!(c.recv().await["error"]["code"], "INVALID_REQUEST");
+
+    c.send(
+        json!({"op": "call_tool", "request_id": "e-2", "name": "chat",
+                  "arguments": {"prompt": "hi", "temperature": "hot"}}),
+    )
+    .await;
+    let res = c.recv().await;
+    assert_eq!(res["op"], "call_tool_res");
+    assert_eq!(res["request_id"], "e-2");
+    assert_eq!(res["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(res["error"]["details"]["path"], "/temperature");
+    assert!(
+        res["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/temperature")
+    );
+
+    c.send(json!({"op": "call_tool", "request_id": "e-3", "name": "chat", "arguments": {}}))
+        .await;
+    let res = c.recv().await;
+    assert_eq!(res["error"]["code"], "VALIDATION_ERROR");
+    assert!(res["error"]["message"].as_str().unwrap().contains("prompt"));
+
+    c.send(json!({"op": "call_tool", "request_id": "e-4", "name": "no_such_tool"}))
+        .await;
+    let res = c.recv().await;
+    assert_eq!(res["op"], "call_tool_res");
+    assert_eq!(res["error"]["code"], "TOOL_NOT_FOUND");
+
+    c.send(json!({"op": "call_tool", "request_id": "e-5", "arguments": {}}))
+        .await;
+    assert_eq!(c.recv().await["error"]["code"], "INVALID_REQUEST");
+
+    c.send(json!({"op": "call_tool", "request_id": "e-6", "name": "test_echo", "arguments": [1]}))
+        .await;
+    assert_eq!(c.recv().await["error"]["code"], "INVALID_REQUEST");
+
+    c.send(json!({"op": "get_result"})).await;
+    assert_eq!(c.recv().await["error"]["code"], "INVALID_REQUEST");
+    assert_eq!(c.op("job_status", "never-used").await["state"], "unknown");
+
+    // A single-frame client gets its error as result text too (all the shim reads).
+    c.send(json!({"op": "call_tool", "id": "call_9", "name": "no_such_tool"}))
+        .await;
+    let res = c.recv().await;
+    assert_eq!(res["id"], "call_9");
+    assert!(
+        res["result"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("TOOL_NOT_FOUND")
+    );
+
+    // Nothing was enqueued, and the connection still works.
+    assert_eq!(
+        c.op("ping", "p").await,
+        json!({"op": "pong", "request_id": "p"})
+    );
+    assert_eq!(stack.queue.counts().await.unwrap().queued, 0);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_the_connection_with_1009() {
+    let stack = Stack::start("d-too-big", &[("EXAI_WS_MAX_BYTES", "65536")], 0).await;
+    let (mut c, _) = stack.client(None).await;
+    c.send(json!({"op": "ping", "request_id": "r", "pad": "y".repeat(60_000)}))
+        .await;
+    assert_eq!(
+        c.recv().await["op"],
+        "pong",
+        "a frame under the limit is read"
+    );
+    // Far over the limit: the daemon refuses it from the frame header, discards the rest while
+    // the client is still sending, and the client reads the 1009 rather than a reset.
+    c.send_text(format!(
+        r#"{{"op":"ping","pad":"{}"}}"#,
+        "x".repeat(4 * 1024 * 1024)
+    ))
+    .await;
+    assert_eq!(c.closed().await.0, 1009);
+    stack.cleanup().await;
+}
+
+// ----- limits -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connections_over_a_limit_are_closed_with_1008() {
+    let stack = Stack::start("d-conn-ip", &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "2")], 0).await;
+    let (mut a, _) = stack.client(None).await;
+    let (_b, _) = stack.client(None).await;
+    let mut c = Client::connect(&stack.url()).await;
+    let (code, reason) = c.closed().await;
+    assert_eq!(code, 1008);
+    assert!(
+        reason.contains("Too many connections from your IP"),
+        "{reason}"
+    );
+    // A slot frees when a connection closes.
+    a.ws.close(None).await.unwrap();
+    drop(a);
+    let url = stack.url();
+    let freed = wait_until(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let mut c = Client::connect(&url).await;
+            c.hello(json!({"op": "hello", "token": TOKEN}))
+                .await
+                .get("ok")
+                == Some(&json!(true))
+        }
+    })
+    .await;
+    assert!(freed);
+    stack.cleanup().await;
+
+    let stack = Stack::start("d-conn-total", &[("EXAI_WS_MAX_CONNECTIONS", "1")], 0).await;
+    let (_a, _) = stack.client(None).await;
+    let mut c = Client::connect(&stack.url()).await;
+    let (code, reason) = c.closed().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("global connection limit"), "{reason}");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn calls_in_flight_per_session_are_limited() {
+    let stack = Stack::start("d-inflight", &[("EXAI_WS_SESSION_MAX_INFLIGHT", "2")], 0).await;
+    let (mut c, session) = stack.client(None).await;
+    for n in 1..=2 {
+        c.send(json!({"op": "call_tool", "request_id": format!("r-{n}"), "name": "test_echo", "arguments": {}}))
+            .await;
+        assert_eq!(c.recv().await["op"], "call_tool_ack");
+    }
+    // A second connection of the same session shares the limit.
+    let (mut d, _) = stack.client(Some(&session)).await;
+    let (res, _) = d.call("r-3", "test_echo", json!({})).await;
+    assert_eq!(res["error"]["code"], "OVER_CAPACITY");
+    assert!(
+        stack.job(&call_job_id(&session, "r-3")).await.is_none(),
+        "not enqueued"
+    );
+    // One finishes (cancelled): room again.
+    c.send(json!({"op": "cancel", "request_id": "r-1"})).await;
+    c.until("call_tool_res", "r-1").await;
+    d.send(json!({"op": "call_tool", "request_id": "r-4", "name": "test_echo", "arguments": {}}))
+        .await;
+    assert_eq!(d.recv().await["op"], "call_tool_ack");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let stack = Stack::start("d-idle", &[("EXAI_WS_IDLE_TIMEOUT_SECS", "0.5")], 0).await;
+    let (mut c, _) = stack.client(None).await;
+    assert_eq!(c.closed().await, (1000, "idle timeout".to_owned()));
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_times_out_and_a_single_frame_client_is_not_kept_waiting() {
+    let stack = Stack::start(
+        "d-timeouts",
+        &[
+            ("EXAI_WS_CALL_TIMEOUT_SECS", "0.5"),
+            ("EXAI_WS_SINGLE_FRAME_TIMEOUT_SECS", "0.3"),
+        ],
+        0,
+    )
+    .await;
+    let (mut c, session) = stack.client(None).await;
+    let (res, _) = c.call("r-1", "test_echo", json!({})).await;
+    assert_eq!(res["error"]["code"], "TIMEOUT");
+    let job = stack.job(&call_job_id(&session, "r-1")).await.unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Cancelled,
+        "a call past its deadline is cancelled"
+    );
+
+    // Single-frame: one TIMEOUT frame naming the job, which is still there to collect.
+    c.send(json!({"op": "call_tool", "id": "call_1", "name": "test_echo", "arguments": {}}))
+        .await;
+    let res = c.recv().await;
+    assert_eq!(res["id"], "call_1");
+    assert_eq!(res["error"]["code"], "TIMEOUT");
+    let job_id = res["request_id"].as_str().unwrap();
+    assert!(res["result"][0]["text"].as_str().unwrap().contains(job_id));
+    assert!(stack.job(job_id).await.is_some());
+    stack.cleanup().await;
+}
+
+// ----- health, metrics, shutdown ------------------------------------------------------------
+
+#[tokio::test]
+async fn health_and_queue_stats_report_queues_and_semaphores() {
+    let stack = Stack::start("d-health-op", &[], 1).await;
+    let (mut c, _) = stack.client(None).await;
+    c.call("r-1", "test_echo", json!({})).await;
+    let health = c.op("health", "h").await;
+    assert_eq!(health["op"], "health_res");
+    assert_eq!(health["ok"], true);
+    assert_eq!(health["request_id"], "h");
+    assert_eq!(health["health"]["queues"]["tool_calls"]["completed"], 1);
+    assert_eq!(health["health"]["tool_count"], 7);
+    let stats = c.op("queue_stats", "q").await;
+    assert_eq!(stats["op"], "queue_stats_res");
+    for q in ["tool_calls", "uploads", "storage_push", "cleanup"] {
+        assert!(stats["queues"][q].is_object(), "{stats}");
+    }
+    assert_eq!(stats["semaphores"]["global"]["limit"], 24);
+    assert_eq!(stats["semaphores"]["kimi"]["in_use"], 0);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn http_health_ready_and_metrics() {
+    let redis = exai_tests::RedisServer::start(false).await;
+    let stack = Stack::start_on("d-http", &redis.url(), &[], 1).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", stack.daemon.addr);
+
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "healthy");
+    let ready = http.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let (mut c, _) = stack.client(None).await;
+    c.call("r-1", "test_echo", json!({})).await;
+    c.send_text("not json".into()).await;
+    c.recv().await;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "exai_daemon_connections 1",
+        r#"exai_daemon_calls_total{tool="test_echo",outcome="completed"} 1"#,
+        "exai_daemon_enqueue_seconds_count 1",
+        r#"exai_daemon_frames_total{direction="in"}"#,
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    assert_eq!(
+        http.get(format!("{base}/nothing-here"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Redis gone: not ready, still alive.
+    let mut redis = redis;
+    redis.kill();
+    let ready = http.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let alive = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(alive.status(), 200);
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_leaves_queued_jobs_in_redis() {
+    let mut stack = Stack::start("d-sigterm", &[], 0).await;
+    let (mut c, session) = stack.client(None).await;
+    c.send(
+        json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo", "arguments": {"v": 1}}),
+    )
+    .await;
+    assert_eq!(c.recv().await["op"], "call_tool_ack");
+    send_signal(stack.daemon.child.pid(), "TERM");
+    assert_eq!(c.closed().await.0, 1001);
+    let status = stack
+        .daemon
+        .child
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the daemon exits");
+    assert!(status.success(), "{status:?}");
+    let job_id = call_job_id(&session, "r-1");
+    assert_eq!(stack.job(&job_id).await.unwrap().state, JobState::Queued);
+    // A worker started later runs it, and the result waits for the client.
+    stack.start_worker();
+    assert!(stack.wait_state(&job_id, JobState::Completed).await);
+    let stored = stack.queue.result(&job_id).await.unwrap().unwrap();
+    let result: ToolResult = serde_json::from_slice(&stored.result.unwrap()).unwrap();
+    assert!(result.joined_text().contains("\"v\":1"));
+    stack.cleanup().await;
+}
