@@ -187,6 +187,9 @@ pub struct SupabaseConfig {
     pub retry_max_attempts: u32,
     /// `EXAI_STORAGE_RETRY_MAX_SECS` (3600): total time budget of a push before `storage_failed`.
     pub retry_max: Duration,
+    /// `EXAI_STORAGE_RETRY_BASE_MS` (1000): the backoff after the first failed push attempt;
+    /// it doubles per attempt (capped at 300 s) plus up to 100 % jitter.
+    pub retry_base: Duration,
 }
 
 /// Postgres settings.
@@ -203,6 +206,12 @@ pub struct UploadConfig {
     pub roots: Vec<PathBuf>,
     /// `EXAI_STAGING_DIR` (`./data/staging`): the content-addressed staging store.
     pub staging_dir: PathBuf,
+    /// `EXAI_MAX_UPLOAD_BYTES` (104857600, Moonshot's 100 MB per file): larger files are refused
+    /// before a byte is read.
+    pub max_bytes: u64,
+    /// `EXAI_DOWNLOAD_MAX_BYTES` (10485760): the largest file `kimi_download_file` returns
+    /// inline (base64 in its JSON result); larger ones are refused with a clear error.
+    pub download_max_bytes: u64,
 }
 
 /// Orphan cleanup settings.
@@ -339,6 +348,7 @@ impl Config {
                 timeout: v.seconds("KIMI_SUPABASE_TIMEOUT", 30.0)?,
                 retry_max_attempts: v.positive("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", 8)?,
                 retry_max: Duration::from_secs(v.positive("EXAI_STORAGE_RETRY_MAX_SECS", 3600)?),
+                retry_base: v.millis("EXAI_STORAGE_RETRY_BASE_MS", 1000)?,
             },
             database: DatabaseConfig {
                 url: SecretString::from(
@@ -356,6 +366,8 @@ impl Config {
                     })
                     .unwrap_or_default(),
                 staging_dir: PathBuf::from(v.string("EXAI_STAGING_DIR", "./data/staging")),
+                max_bytes: v.positive("EXAI_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)?,
+                download_max_bytes: v.positive("EXAI_DOWNLOAD_MAX_BYTES", 10 * 1024 * 1024)?,
             },
             cleanup: CleanupConfig {
                 cron: {
@@ -483,6 +495,8 @@ mod tests {
         assert!(c.supabase.upload_enabled);
         assert!(c.jobs.auto_migrate);
         assert!(c.ws.token.is_none());
+        assert_eq!(c.uploads.max_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.supabase.retry_base, Duration::from_secs(1));
     }
 
     #[test]
@@ -500,6 +514,9 @@ mod tests {
             ("EXAI_REDIS_PREFIX", "a{b}"),
             ("EXAI_LOG_FORMAT", "xml"),
             ("EXAI_CLEANUP_CRON", "every hour"),
+            ("EXAI_MAX_UPLOAD_BYTES", "0"),
+            ("EXAI_DOWNLOAD_MAX_BYTES", "lots"),
+            ("EXAI_STORAGE_RETRY_BASE_MS", "0"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

@@ -37,6 +37,78 @@ pub struct CleanupJob {
     pub dry_run: bool,
 }
 
+/// An upload of staged bytes to a provider, enqueued on `uploads` (by the daemon once the bytes
+/// are in the staging store, or by a worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadJob {
+    /// Lowercase hex sha256 of the bytes: the staged blob's name.
+    pub sha256: String,
+    /// The name to upload the file as.
+    pub filename: String,
+    /// Size in bytes (checked against the staged blob).
+    pub size_bytes: u64,
+    /// The provider purpose (`file-extract`).
+    #[serde(default = "default_purpose")]
+    pub purpose: String,
+    /// The provider (`kimi`: Moonshot is the only file provider).
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    /// The MIME type, when known (else guessed from the filename).
+    #[serde(default)]
+    pub mime_type: Option<String>,
+}
+
+fn default_purpose() -> String {
+    "file-extract".to_owned()
+}
+
+fn default_provider() -> String {
+    "kimi".to_owned()
+}
+
+/// A push of an uploaded file's bytes to Supabase Storage, enqueued on `storage_push` with the
+/// id [`StoragePushJob::job_id`] so that re-enqueueing it cannot create a second job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoragePushJob {
+    /// The `provider_file_uploads` row whose bytes to push.
+    pub row_id: uuid::Uuid,
+}
+
+impl StoragePushJob {
+    /// The deterministic job id of the first push of a row: `push-<row id>`.
+    pub fn job_id(row_id: uuid::Uuid) -> String {
+        format!("push-{row_id}")
+    }
+
+    /// The job id of a re-drive of a row that has already spent `storage_attempts` attempts:
+    /// `push-<row id>-r<attempts>`, so re-driving twice before it runs enqueues one job.
+    pub fn redrive_job_id(row_id: uuid::Uuid, storage_attempts: i32) -> String {
+        format!("push-{row_id}-r{storage_attempts}")
+    }
+}
+
+/// What an upload returns, per file (the `uploads` job's result, and each item of the
+/// `kimi_upload_files` / `kimi_upload_bytes` tool results).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadedFile {
+    /// The file's name.
+    pub filename: String,
+    /// The provider's file id (Moonshot `file.id`).
+    pub file_id: String,
+    /// Lowercase hex sha256 of the bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Whether an earlier upload of the same bytes was reused.
+    pub deduplicated: bool,
+    /// The row's status: `storage_pending` (the push continues in the background),
+    /// `completed`, or `storage_failed`.
+    pub storage_status: String,
+    /// The `provider_file_uploads` row.
+    #[serde(default)]
+    pub row_id: Option<uuid::Uuid>,
+}
+
 /// Why a job did not succeed; the variant *is* the retry policy.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

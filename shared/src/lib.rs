@@ -19,6 +19,10 @@
 //! - [`tools`]: the tool registry: names, descriptions, input schemas, providers, semaphores.
 //! - [`protocol`]: the daemon's WebSocket messages, error and close codes, call job ids.
 //! - [`db`]: Postgres access (sqlx) for `provider_file_uploads`, and the migrations.
+//! - [`providers`]: HTTP clients of Moonshot (files, chat), GLM (chat) and Supabase Storage,
+//!   streaming, with errors classified transient or permanent.
+//! - [`staging`]: the content-addressed staging store of upload bytes, and the upload-path gate
+//!   (`EXAI_UPLOAD_ROOTS`, symlinks followed, sizes checked before any read).
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -27,10 +31,12 @@ pub mod db;
 pub mod events;
 pub mod jobs;
 pub mod protocol;
+pub mod providers;
 pub mod queue;
 pub mod redis;
 pub mod semaphore;
 pub mod shutdown;
+pub mod staging;
 pub mod telemetry;
 pub mod tools;
 

@@ -1,50 +1,57 @@
 //! Job handlers: one async function per queue, each returning a [`JobError`] whose variant is the
 //! retry policy. Handlers observe their job's cancellation through [`JobLease::cancel`]; the lease
-//! layer also drops a handler whose token fires, so a handler that ignores it still stops.
+//! layer also drops a handler whose token fires, so a handler that ignores it still stops (and
+//! dropping it releases any semaphore permit it held).
+//!
+//! | queue | handler | does |
+//! |---|---|---|
+//! | `tool_calls` | [`tool_call`] | runs a tool ([`crate::tools`]) under its provider permits |
+//! | `uploads` | [`upload`] | staged bytes → Moonshot → row → push job ([`crate::uploads`]) |
+//! | `storage_push` | [`storage_push`] | staged bytes → Supabase Storage → row `completed` ([`crate::storage`]) |
+//! | `cleanup` | [`cleanup`] | the orphan sweep (arrives with the cleanup work) |
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use apalis::prelude::Data;
 use exai_shared::backend::JobLease;
-use exai_shared::jobs::{CleanupJob, JobError, ToolCallJob, ToolResult};
+use exai_shared::jobs::{
+    CleanupJob, JobError, StoragePushJob, ToolCallJob, ToolResult, UploadJob, UploadedFile,
+};
 
-/// What every handler can reach; built once per process.
-#[derive(Debug, Default)]
-pub struct AppState {}
+pub use crate::state::AppState;
 
 /// The longest `test_echo` may be asked to take (`delay_ms`).
-pub const ECHO_MAX_DELAY_MS: u64 = 60_000;
+pub const ECHO_MAX_DELAY_MS: u64 = exai_shared::tools::ECHO_MAX_DELAY_MS;
 
 /// Runs one tool call.
+#[tracing::instrument(skip_all, fields(job_id = %lease.lease.id, tool = %job.tool, attempt = lease.lease.attempt))]
 pub async fn tool_call(
     job: ToolCallJob,
     lease: Data<JobLease>,
-    _state: Data<Arc<AppState>>,
+    state: Data<Arc<AppState>>,
 ) -> Result<ToolResult, JobError> {
-    tracing::debug!(tool = %job.tool, job_id = %lease.lease.id, attempt = lease.lease.attempt, "tool call");
-    match job.tool.as_str() {
-        "test_echo" => test_echo(job.arguments, &lease).await,
-        other => Err(JobError::Permanent(format!(
-            "tool `{other}` is not available on this worker"
-        ))),
-    }
+    tracing::debug!("tool call");
+    crate::tools::run(job, &lease, &state).await
 }
 
-/// `test_echo`: returns its arguments as JSON text, after `delay_ms` if given.
-async fn test_echo(arguments: serde_json::Value, lease: &JobLease) -> Result<ToolResult, JobError> {
-    let delay = arguments
-        .get("delay_ms")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0)
-        .min(ECHO_MAX_DELAY_MS);
-    if delay > 0 {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
-            _ = lease.cancel.cancelled() => return Err(JobError::Cancelled("cancel requested".into())),
-        }
-    }
-    Ok(ToolResult::text(arguments.to_string()))
+/// Runs one `uploads` job.
+#[tracing::instrument(skip_all, fields(job_id = %lease.lease.id, sha256 = %job.sha256, attempt = lease.lease.attempt))]
+pub async fn upload(
+    job: UploadJob,
+    lease: Data<JobLease>,
+    state: Data<Arc<AppState>>,
+) -> Result<UploadedFile, JobError> {
+    crate::uploads::run_job(&state, &lease, &job).await
+}
+
+/// Runs one `storage_push` attempt.
+#[tracing::instrument(skip_all, fields(job_id = %lease.lease.id, row_id = %job.row_id, attempt = lease.lease.attempt))]
+pub async fn storage_push(
+    job: StoragePushJob,
+    lease: Data<JobLease>,
+    state: Data<Arc<AppState>>,
+) -> Result<serde_json::Value, JobError> {
+    crate::storage::push(&state, &lease, &job).await
 }
 
 /// Runs one orphan cleanup (the sweeps arrive with the cleanup issue; a tick is recorded).

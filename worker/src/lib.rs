@@ -5,7 +5,18 @@
 //!   plus the cron scheduler of the `cleanup` queue, and runs them under one `Monitor` until
 //!   shutdown.
 //! - [`handlers`]: what each queue's jobs do.
+//! - [`state`]: [`AppState`](state::AppState), what every handler can reach (database,
+//!   semaphores, provider clients, staging, events, the push queue).
+//! - [`permits`]: taking and holding the fleet-wide semaphore permits around provider calls.
+//! - [`tools`]: the tools `tool_calls` jobs run (chat, uploads, downloads, file management).
+//! - [`uploads`]: staged bytes → Moonshot → `provider_file_uploads` row → storage push job.
+//! - [`storage`]: the `storage_push` job (Supabase Storage, retried by the queue) and re-drive.
 #![warn(missing_docs)]
 
 pub mod handlers;
+pub mod permits;
 pub mod runtime;
+pub mod state;
+pub mod storage;
+pub mod tools;
+pub mod uploads;

@@ -27,6 +27,33 @@ enum Command {
         #[arg(long)]
         revert: bool,
     },
+    /// Supabase Storage pushes.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StorageCommand {
+    /// Enqueue a fresh push (with a full retry budget) for rows whose push gave up
+    /// (`storage_failed`), or for one row (`storage_failed` or `storage_pending`).
+    Redrive(RedriveArgs),
+}
+
+/// Flags of `exai-worker storage redrive`.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct RedriveArgs {
+    /// Every storage_failed row (up to --limit, least recently changed first).
+    #[arg(long)]
+    all: bool,
+    /// One row, by its id.
+    #[arg(long)]
+    id: Option<uuid::Uuid>,
+    /// The most rows --all re-drives in one run.
+    #[arg(long, default_value_t = 1000, requires = "all")]
+    limit: u32,
 }
 
 /// Flags of `exai-worker run`.
@@ -72,6 +99,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(config, args.options()?, shutdown::on_signal()).await,
         Command::Migrate { revert } => migrate(&config, revert).await,
+        Command::Storage {
+            command: StorageCommand::Redrive(args),
+        } => storage_redrive(&config, &args).await,
     }
 }
 
@@ -123,5 +153,35 @@ async fn migrate(config: &Config, revert: bool) -> anyhow::Result<()> {
         }
     }
     pool.close().await;
+    Ok(())
+}
+
+/// `exai-worker storage redrive (--all [--limit N] | --id ID)`.
+async fn storage_redrive(config: &Config, args: &RedriveArgs) -> anyhow::Result<()> {
+    use exai_worker::storage::{self, Redrive};
+    let pool = db::connect(&config.database).await?;
+    let conn = exai_shared::redis::RedisHandle::connect(&config.redis).await?;
+    let keys = exai_shared::redis::Keys::new(&config.redis.prefix);
+    let push_queue = queue::Queue::new(
+        conn,
+        &keys,
+        queue::STORAGE_PUSH,
+        exai_worker::state::storage_policy(config),
+    );
+    let which = match args.id {
+        Some(id) => Redrive::Row(id),
+        None => Redrive::AllFailed {
+            limit: i64::from(args.limit),
+        },
+    };
+    let redriven = storage::redrive(&pool, &push_queue, config, which).await;
+    pool.close().await;
+    let redriven = redriven.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if redriven.is_empty() {
+        println!("no storage_failed rows to re-drive");
+    }
+    for r in &redriven {
+        println!("re-driven {} as job {}", r.row_id, r.job_id);
+    }
     Ok(())
 }

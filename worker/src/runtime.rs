@@ -83,8 +83,21 @@ pub async fn run(
     .await
     .context("subscribe to queue wake-ups")?;
     let worker_id = worker_id();
-    let state = Arc::new(AppState::default());
     let policy = QueuePolicy::from_config(&config.jobs);
+    let storage_policy = crate::state::storage_policy(config);
+    let state = Arc::new(
+        AppState::build(
+            config,
+            conn.clone(),
+            keys.clone(),
+            &worker_id,
+            storage_policy.clone(),
+        )
+        .await?,
+    );
+    if options.queues.iter().any(|q| q == queue::STORAGE_PUSH) {
+        crate::storage::spawn_ensure_bucket(state.clone(), shutdown.clone());
+    }
     tracing::info!(worker_id = %worker_id, queues = ?options.queues, concurrency = options.concurrency, "exai-worker serving");
 
     let backend_options = |name: &str| {
@@ -101,7 +114,12 @@ pub async fn run(
 
     let mut monitor = Monitor::new().shutdown_timeout(options.grace + Duration::from_secs(5));
     for name in &options.queues {
-        let q = Queue::new(conn.clone(), &keys, name, policy.clone());
+        let queue_policy = if name == queue::STORAGE_PUSH {
+            storage_policy.clone()
+        } else {
+            policy.clone()
+        };
+        let q = Queue::new(conn.clone(), &keys, name, queue_policy);
         let bo = backend_options(name);
         let waker = waker.clone();
         let worker_name = format!("{worker_id}/{name}");
@@ -141,29 +159,30 @@ pub async fn run(
                         })
                 });
             }
-            other => {
-                // The upload and storage handlers arrive with the uploads issue; until then a
-                // job there fails permanently instead of looping.
-                let other = other.to_owned();
+            queue::UPLOADS => {
+                let state = state.clone();
+                // The daemon may wait on uploads too: announce starts and ends.
+                let mut bo = bo;
+                bo.events = Some(EventPublisher::new(conn.clone(), keys.clone()));
                 monitor = monitor.register(move |_| {
-                    let other = other.clone();
                     WorkerBuilder::new(worker_name.clone())
-                        .backend(RedisBackend::<serde_json::Value>::new(
-                            q.clone(),
-                            waker.clone(),
-                            bo.clone(),
-                        ))
+                        .backend(RedisBackend::new(q.clone(), waker.clone(), bo.clone()))
+                        .data(state.clone())
                         .concurrency(concurrency)
-                        .build(move |_job: serde_json::Value| {
-                            let other = other.clone();
-                            async move {
-                                Err::<serde_json::Value, _>(JobError::Permanent(format!(
-                                    "queue `{other}` has no handler in this version"
-                                )))
-                            }
-                        })
+                        .build(handlers::upload)
                 });
             }
+            queue::STORAGE_PUSH => {
+                let state = state.clone();
+                monitor = monitor.register(move |_| {
+                    WorkerBuilder::new(worker_name.clone())
+                        .backend(RedisBackend::new(q.clone(), waker.clone(), bo.clone()))
+                        .data(state.clone())
+                        .concurrency(concurrency)
+                        .build(handlers::storage_push)
+                });
+            }
+            other => anyhow::bail!("queue `{other}` has no handler"),
         }
     }
 

@@ -1,0 +1,346 @@
+//! The Moonshot (Kimi) API: files (`/files` upload, list, retrieve, content, delete) and chat
+//! completions (through [`ChatClient`]).
+//!
+//! An upload streams the file from disk as the multipart part `file` (with its filename and
+//! length, so the request has a `Content-Length`), next to the form field `purpose`; the file is
+//! never read into memory. File ids are opaque (historic ids are 20 base32 characters, newer ones
+//! may start with `file_`): they are percent-encoded as one path segment.
+
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::{ProviderError, classify_openai};
+use super::openai::ChatClient;
+use crate::config::ProviderConfig;
+
+const PROVIDER: &str = "moonshot";
+
+/// The purpose whose files chat can read (`/content` returns their extracted text).
+pub const PURPOSE_FILE_EXTRACT: &str = "file-extract";
+
+/// The purposes Moonshot accepts on upload; anything else is a 400 "Invalid purpose".
+pub const PURPOSES: [&str; 4] = ["file-extract", "image", "video", "batch"];
+
+/// A file as Moonshot describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileObject {
+    /// The opaque file id.
+    pub id: String,
+    /// Size in bytes.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
+    /// The uploaded part's filename.
+    #[serde(default)]
+    pub filename: String,
+    /// The purpose it was uploaded with.
+    #[serde(default)]
+    pub purpose: String,
+    /// `ok` (or `ready` in some documentation).
+    #[serde(default)]
+    pub status: String,
+}
+
+/// A client of the Moonshot API. Cheap to clone.
+#[derive(Clone)]
+pub struct MoonshotClient {
+    http: reqwest::Client,
+    /// `KIMI_API_URL` without a trailing slash (`…/v1`).
+    base: String,
+    key: Option<SecretString>,
+    chat: ChatClient,
+}
+
+impl std::fmt::Debug for MoonshotClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MoonshotClient")
+            .field("base", &self.base)
+            .field("key_set", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl MoonshotClient {
+    /// A client for `KIMI_API_URL` / `KIMI_API_KEY`.
+    pub fn new(http: reqwest::Client, config: &ProviderConfig) -> Self {
+        let base = config.api_url.trim_end_matches('/').to_owned();
+        Self {
+            chat: ChatClient::new(
+                http.clone(),
+                PROVIDER,
+                &base,
+                config.api_key.clone(),
+                "KIMI_API_KEY",
+            ),
+            http,
+            base,
+            key: config.api_key.clone(),
+        }
+    }
+
+    /// Chat completions on Moonshot.
+    pub fn chat(&self) -> &ChatClient {
+        &self.chat
+    }
+
+    fn key(&self, operation: &'static str) -> Result<&str, ProviderError> {
+        self.key
+            .as_ref()
+            .map(|k| k.expose_secret())
+            .ok_or_else(|| ProviderError::permanent(PROVIDER, operation, "KIMI_API_KEY is not set"))
+    }
+
+    /// `{base}/files[/{id}[/{tail}]]`, the id percent-encoded as one segment.
+    fn files_url(
+        &self,
+        id: Option<&str>,
+        tail: Option<&str>,
+    ) -> Result<reqwest::Url, ProviderError> {
+        let mut url = reqwest::Url::parse(&format!("{}/files", self.base)).map_err(|e| {
+            ProviderError::permanent(
+                PROVIDER,
+                "url",
+                format!("KIMI_API_URL is not a valid URL: {e}"),
+            )
+        })?;
+        {
+            let mut segments = url.path_segments_mut().map_err(|()| {
+                ProviderError::permanent(PROVIDER, "url", "KIMI_API_URL cannot be a base URL")
+            })?;
+            if let Some(id) = id {
+                segments.push(id);
+            }
+            if let Some(tail) = tail {
+                segments.push(tail);
+            }
+        }
+        Ok(url)
+    }
+
+    /// Sends `builder`; a non-success status becomes a classified error.
+    async fn send(
+        &self,
+        operation: &'static str,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let resp = builder
+            .bearer_auth(self.key(operation)?)
+            .send()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(PROVIDER, operation, &e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap_or_default();
+        Err(classify_openai(
+            PROVIDER, operation, status, &headers, &body,
+        ))
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        operation: &'static str,
+        resp: reqwest::Response,
+    ) -> Result<T, ProviderError> {
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(PROVIDER, operation, &e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::transient(
+                PROVIDER,
+                operation,
+                format!(
+                    "unexpected response ({e}): {}",
+                    super::error::snippet(&String::from_utf8_lossy(&bytes))
+                ),
+            )
+        })
+    }
+
+    /// Uploads the file at `path` (exactly `size` bytes, checked) as `filename`, streamed from
+    /// disk. Moonshot's own limits (0 bytes, over 100 MB, 1,000 files) come back as permanent
+    /// errors.
+    pub async fn upload_file(
+        &self,
+        path: &Path,
+        filename: &str,
+        size: u64,
+        purpose: &str,
+        mime_type: Option<&str>,
+    ) -> Result<FileObject, ProviderError> {
+        let op = "upload";
+        let file = tokio::fs::File::open(path).await.map_err(|e| {
+            ProviderError::permanent(PROVIDER, op, format!("cannot open {}: {e}", path.display()))
+        })?;
+        let on_disk = file
+            .metadata()
+            .await
+            .map_err(|e| {
+                ProviderError::transient(PROVIDER, op, format!("stat {}: {e}", path.display()))
+            })?
+            .len();
+        if on_disk != size {
+            return Err(ProviderError::permanent(
+                PROVIDER,
+                op,
+                format!("{} has {on_disk} bytes, expected {size}", path.display()),
+            ));
+        }
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, super::STREAM_CHUNK);
+        let mut part =
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), size)
+                .file_name(filename.to_owned());
+        if let Some(mime) = mime_type {
+            part = part.mime_str(mime).map_err(|e| {
+                ProviderError::permanent(PROVIDER, op, format!("bad MIME type `{mime}`: {e}"))
+            })?;
+        }
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", purpose.to_owned())
+            .part("file", part);
+        let builder = self
+            .http
+            .post(self.files_url(None, None)?)
+            .timeout(upload_timeout(size))
+            .multipart(form);
+        let resp = self.send(op, builder).await?;
+        let object: FileObject = Self::json(op, resp).await?;
+        if object.id.is_empty() {
+            return Err(ProviderError::transient(
+                PROVIDER,
+                op,
+                "the response names no file id",
+            ));
+        }
+        Ok(object)
+    }
+
+    /// Every file of the account (`GET /files`; Moonshot documents no pagination).
+    pub async fn list_files(&self) -> Result<Vec<FileObject>, ProviderError> {
+        let op = "list files";
+        let builder = self
+            .http
+            .get(self.files_url(None, None)?)
+            .timeout(super::REQUEST_TIMEOUT);
+        let value: Value = Self::json(op, self.send(op, builder).await?).await?;
+        let data = value
+            .get("data")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
+        serde_json::from_value(data).map_err(|e| {
+            ProviderError::transient(PROVIDER, op, format!("unexpected file list: {e}"))
+        })
+    }
+
+    /// One file's description; a missing file is a permanent error whose
+    /// [`is_not_found`](ProviderError::is_not_found) is true.
+    pub async fn get_file(&self, id: &str) -> Result<FileObject, ProviderError> {
+        let op = "get file";
+        let builder = self
+            .http
+            .get(self.files_url(Some(id), None)?)
+            .timeout(super::REQUEST_TIMEOUT);
+        Self::json(op, self.send(op, builder).await?).await
+    }
+
+    /// A `file-extract` file's extracted text. Real responses are JSON with `content` (the
+    /// documentation says plain text): JSON with a string `content` gives that, anything else
+    /// the body as it is.
+    pub async fn file_content(&self, id: &str) -> Result<String, ProviderError> {
+        let op = "file content";
+        let builder = self
+            .http
+            .get(self.files_url(Some(id), Some("content"))?)
+            .timeout(super::CONTENT_TIMEOUT);
+        let text = self
+            .send(op, builder)
+            .await?
+            .text()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(PROVIDER, op, &e))?;
+        Ok(extracted_text(text))
+    }
+
+    /// Deletes a file; `false` when Moonshot did not have it (404), which is what a delete
+    /// wants anyway.
+    pub async fn delete_file(&self, id: &str) -> Result<bool, ProviderError> {
+        let op = "delete file";
+        let builder = self
+            .http
+            .delete(self.files_url(Some(id), None)?)
+            .timeout(super::REQUEST_TIMEOUT);
+        match self.send(op, builder).await {
+            Ok(resp) => {
+                let value: Value = Self::json(op, resp).await?;
+                Ok(value
+                    .get("deleted")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true))
+            }
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The text of a `/content` answer: `content` of a JSON document, else the body itself.
+fn extracted_text(body: String) -> String {
+    match serde_json::from_str::<Value>(&body) {
+        Ok(Value::Object(map)) => match map.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            _ => body,
+        },
+        _ => body,
+    }
+}
+
+/// The whole-request timeout of an upload: two minutes plus one second per 256 KiB, so a
+/// 100 MB file gets about nine minutes on a slow link before it is called stuck.
+fn upload_timeout(size: u64) -> Duration {
+    Duration::from_secs(120 + size / (256 * 1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_read_from_json_or_taken_as_text() {
+        let json = r#"{"content":"hello","file_type":"text/plain","filename":"a.txt","title":"","type":"file"}"#;
+        assert_eq!(extracted_text(json.to_owned()), "hello");
+        assert_eq!(extracted_text("plain text".to_owned()), "plain text");
+        assert_eq!(
+            extracted_text(r#"{"other":1}"#.to_owned()),
+            r#"{"other":1}"#
+        );
+    }
+
+    #[test]
+    fn file_ids_are_one_encoded_path_segment() {
+        let c = MoonshotClient::new(
+            reqwest::Client::new(),
+            &ProviderConfig {
+                api_key: None,
+                api_url: "http://h:1/v1/".to_owned(),
+            },
+        );
+        assert_eq!(
+            c.files_url(Some("a/b?c"), Some("content"))
+                .unwrap()
+                .as_str(),
+            "http://h:1/v1/files/a%2Fb%3Fc/content"
+        );
+        assert_eq!(
+            c.files_url(None, None).unwrap().as_str(),
+            "http://h:1/v1/files"
+        );
+    }
+}

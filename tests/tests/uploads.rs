@@ -1,0 +1,683 @@
+//! The upload pipeline end to end: `kimi_upload_*` tool calls → Moonshot (exai-sim) → a
+//! `provider_file_uploads` row in a real Postgres → a `storage_push` job → Supabase Storage
+//! (exai-sim), with real Redis queues and semaphores, and workers in process or as real
+//! processes (crash tests). Faults are injected into the emulator.
+
+mod uploads_support;
+
+use base64::Engine as _;
+use exai_shared::db::UploadStatus;
+use exai_shared::queue::{self, JobState};
+use exai_tests::{send_signal, wait_until};
+use serde_json::{Value, json};
+use uploads_support::{Stack, WAIT, sha256};
+
+/// Deterministic pseudo-random bytes.
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Uploads one file by path; returns the per-file answer.
+async fn upload_path(stack: &Stack, path: &std::path::Path) -> Value {
+    let text = stack
+        .call(
+            "kimi_upload_files",
+            json!({"files": [path.display().to_string()]}),
+        )
+        .await
+        .expect("upload succeeds");
+    let items: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(items.as_array().unwrap().len(), 1, "{items}");
+    items[0].clone()
+}
+
+async fn remove_faults(stack: &Stack) {
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/_sim/faults", stack.sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_reaches_moonshot_and_storage_with_the_same_bytes() {
+    let mut stack = Stack::new("up-basic", &[]).await;
+    stack.start_worker();
+    let data = bytes(300_000, 1);
+    let path = stack.write_file("docs/report.pdf", &data);
+
+    let item = upload_path(&stack, &path).await;
+    let file_id = item["file_id"].as_str().unwrap().to_owned();
+    assert_eq!(item["filename"], "report.pdf");
+    assert_eq!(item["sha256"], sha256(&data));
+    assert_eq!(item["size_bytes"], data.len());
+    assert_eq!(item["deduplicated"], false);
+    assert!(
+        ["storage_pending", "completed"].contains(&item["storage_status"].as_str().unwrap()),
+        "{item}"
+    );
+
+    // Moonshot has the file, with the same bytes.
+    assert_eq!(stack.moonshot_files(), [(file_id.clone(), sha256(&data))]);
+    // The push completes: the row links the object, whose bytes are the file's.
+    let row = stack.wait_status(&file_id, UploadStatus::Completed).await;
+    let object_path = format!("kimi-uploads/{file_id}");
+    assert_eq!(row.storage_path.as_deref(), Some(object_path.as_str()));
+    assert!(row.supabase_file_id.is_some());
+    assert_eq!(row.mime_type.as_deref(), Some("application/pdf"));
+    assert_eq!(row.reference_count, 1);
+    let object = stack.object(&object_path).expect("the object exists");
+    assert_eq!(object["sha256"], sha256(&data));
+    assert_eq!(object["size"], data.len());
+    // The worker created the bucket, private.
+    let bucket = &stack.sim.state()["supabase"]["buckets"]["user-files"];
+    assert_eq!(bucket["public"], false, "{bucket}");
+
+    // The retrieval test of the seed: the durable copy comes back byte for byte.
+    let text = stack
+        .call("kimi_download_file", json!({"file_id": file_id}))
+        .await
+        .unwrap();
+    let got: Value = serde_json::from_str(&text).unwrap();
+    let content = base64::engine::general_purpose::STANDARD
+        .decode(got["content_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(content, data);
+    assert_eq!(got["sha256"], sha256(&data));
+    // And by sha256.
+    let text = stack
+        .call("kimi_download_file", json!({"sha256": sha256(&data)}))
+        .await
+        .unwrap();
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got["file_id"], file_id);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_bytes_twice_are_one_moonshot_file_with_two_references() {
+    let mut stack = Stack::new("up-dedup", &[]).await;
+    stack.start_worker();
+    let data = bytes(10_000, 2);
+    let path = stack.write_file("a.txt", &data);
+    let first = upload_path(&stack, &path).await;
+    // The same bytes again, inline and under another name.
+    let text = stack
+        .call(
+            "kimi_upload_bytes",
+            json!({
+                "filename": "copy-of-a.txt",
+                "content_base64": base64::engine::general_purpose::STANDARD.encode(&data),
+            }),
+        )
+        .await
+        .unwrap();
+    let second: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(second["file_id"], first["file_id"]);
+    assert_eq!(second["deduplicated"], true);
+    assert_eq!(second["filename"], "copy-of-a.txt");
+    assert_eq!(stack.moonshot_files().len(), 1);
+    assert_eq!(stack.requests("moonshot.files.upload"), 1);
+    let rows = stack.rows().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].reference_count, 2);
+    let file_id = first["file_id"].as_str().unwrap();
+    stack.wait_status(file_id, UploadStatus::Completed).await;
+    assert_eq!(stack.requests("supabase.object.upload"), 1);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storage_failing_five_times_then_recovering_completes_after_retries() {
+    let mut stack = Stack::new("up-retry", &[]).await;
+    stack
+        .sim
+        .add_fault(
+            json!({"route": "supabase.object.upload", "count": 5, "action": "fail", "status": 503}),
+        )
+        .unwrap();
+    stack.start_worker();
+    let data = bytes(50_000, 3);
+    let item = upload_path(&stack, &stack.write_file("r.bin", &data)).await;
+    let file_id = item["file_id"].as_str().unwrap();
+    let row = stack.wait_status(file_id, UploadStatus::Completed).await;
+    assert_eq!(stack.requests("supabase.object.upload"), 6);
+    assert_eq!(row.storage_attempts, 6);
+    let object = stack.object(&format!("kimi-uploads/{file_id}")).unwrap();
+    assert_eq!(object["sha256"], sha256(&data));
+    // The retries were jobs of the queue: one push job, six attempts.
+    let push = stack
+        .finished(queue::STORAGE_PUSH, &format!("push-{}", row.id))
+        .await;
+    assert_eq!(push.state, JobState::Completed);
+    assert_eq!(push.attempts, 6);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storage_down_past_the_budget_fails_the_row_keeps_moonshot_and_a_redrive_recovers() {
+    let mut stack = Stack::new("up-budget", &[("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "3")]).await;
+    stack
+        .sim
+        .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 503}))
+        .unwrap();
+    stack.start_worker();
+    let data = bytes(20_000, 4);
+    let item = upload_path(&stack, &stack.write_file("down.txt", &data)).await;
+    let file_id = item["file_id"].as_str().unwrap().to_owned();
+    let row = stack
+        .wait_status(&file_id, UploadStatus::StorageFailed)
+        .await;
+    assert_eq!(stack.requests("supabase.object.upload"), 3);
+    assert_eq!(row.storage_attempts, 3);
+    let error = row.last_error.clone().unwrap();
+    assert!(error.contains("503"), "{error}");
+    assert!(error.contains("retry budget spent"), "{error}");
+    // Moonshot's success is not undone.
+    assert_eq!(stack.moonshot_files(), [(file_id.clone(), sha256(&data))]);
+    let push = stack
+        .finished(queue::STORAGE_PUSH, &format!("push-{}", row.id))
+        .await;
+    assert_eq!(push.state, JobState::Dead);
+
+    // Storage comes back; an operator re-drives the failed rows.
+    remove_faults(&stack).await;
+    let (ok, out) = stack.worker_command(&["storage", "redrive", "--all"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains(&row.id.to_string()), "{out}");
+    let row = stack.wait_status(&file_id, UploadStatus::Completed).await;
+    assert_eq!(row.storage_attempts, 4);
+    let object = stack.object(&format!("kimi-uploads/{file_id}")).unwrap();
+    assert_eq!(object["sha256"], sha256(&data));
+    // Nothing is left to re-drive.
+    let (ok, out) = stack.worker_command(&["storage", "redrive", "--all"]).await;
+    assert!(ok && out.contains("no storage_failed rows"), "{out}");
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_time_budget_stops_retries_too() {
+    let mut stack = Stack::new(
+        "up-time-budget",
+        &[
+            ("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "1000"),
+            ("EXAI_STORAGE_RETRY_MAX_SECS", "1"),
+            ("EXAI_STORAGE_RETRY_BASE_MS", "100"),
+        ],
+    )
+    .await;
+    stack
+        .sim
+        .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 500}))
+        .unwrap();
+    stack.start_worker();
+    let item = upload_path(&stack, &stack.write_file("t.txt", b"time budget")).await;
+    let row = stack
+        .wait_status(
+            item["file_id"].as_str().unwrap(),
+            UploadStatus::StorageFailed,
+        )
+        .await;
+    let attempts = stack.requests("supabase.object.upload");
+    assert!((2..=6).contains(&attempts), "{attempts} attempts");
+    assert!(row.last_error.unwrap().contains("retry budget spent"));
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storage_attempt_past_kimi_supabase_timeout_is_cut_and_retried() {
+    let mut stack = Stack::new("up-timeout", &[("KIMI_SUPABASE_TIMEOUT", "0.3")]).await;
+    stack
+        .sim
+        .add_fault(json!({"route": "supabase.object.upload", "count": 1, "action": "delay", "delay_ms": 3000}))
+        .unwrap();
+    stack.start_worker();
+    let data = bytes(8_000, 10);
+    let item = upload_path(&stack, &stack.write_file("slow.txt", &data)).await;
+    let file_id = item["file_id"].as_str().unwrap();
+    let row = stack.wait_status(file_id, UploadStatus::Completed).await;
+    assert_eq!(row.storage_attempts, 2);
+    let push = stack
+        .finished(queue::STORAGE_PUSH, &format!("push-{}", row.id))
+        .await;
+    assert_eq!(push.attempts, 2);
+    let object = stack.object(&format!("kimi-uploads/{file_id}")).unwrap();
+    assert_eq!(object["sha256"], sha256(&data));
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storage_403_fails_the_row_at_once() {
+    let mut stack = Stack::new("up-403", &[]).await;
+    stack
+        .sim
+        .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 403}))
+        .unwrap();
+    stack.start_worker();
+    let item = upload_path(&stack, &stack.write_file("x.txt", b"forbidden")).await;
+    let file_id = item["file_id"].as_str().unwrap();
+    let row = stack
+        .wait_status(file_id, UploadStatus::StorageFailed)
+        .await;
+    assert_eq!(stack.requests("supabase.object.upload"), 1);
+    assert_eq!(row.storage_attempts, 1);
+    let error = row.last_error.unwrap();
+    assert!(error.contains("403"), "{error}");
+    assert_eq!(stack.moonshot_files().len(), 1);
+    // The download tool says why there is no copy.
+    let err = stack
+        .call("kimi_download_file", json!({"file_id": file_id}))
+        .await
+        .unwrap_err();
+    assert!(err.contains("never reached storage"), "{err}");
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kimi_upload_to_supabase_toggles_the_push() {
+    let mut stack = Stack::new("up-toggle", &[("KIMI_UPLOAD_TO_SUPABASE", "false")]).await;
+    stack.start_worker();
+    let off = upload_path(&stack, &stack.write_file("off.txt", b"not pushed")).await;
+    assert_eq!(off["storage_status"], "completed");
+    let row = stack.row(off["file_id"].as_str().unwrap()).await;
+    assert_eq!(row.status, UploadStatus::Completed);
+    assert!(row.storage_path.is_none());
+    assert_eq!(stack.requests("supabase.object.upload"), 0);
+    let counts = stack.queue(queue::STORAGE_PUSH).counts().await.unwrap();
+    assert_eq!(counts.queued + counts.scheduled + counts.completed, 0);
+    let err = stack
+        .call("kimi_download_file", json!({"file_id": off["file_id"]}))
+        .await
+        .unwrap_err();
+    assert!(err.contains("KIMI_UPLOAD_TO_SUPABASE=false"), "{err}");
+    stack.stop_worker().await;
+
+    // Turned back on: the next upload is pushed.
+    stack.env.retain(|(k, _)| k != "KIMI_UPLOAD_TO_SUPABASE");
+    stack.start_worker();
+    let on = upload_path(&stack, &stack.write_file("on.txt", b"pushed")).await;
+    let file_id = on["file_id"].as_str().unwrap();
+    stack.wait_status(file_id, UploadStatus::Completed).await;
+    assert!(stack.object(&format!("kimi-uploads/{file_id}")).is_some());
+    assert_eq!(stack.requests("supabase.object.upload"), 1);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detectable_orphan() {
+    use sqlx::Connection;
+    let mut stack = Stack::new(
+        "up-crash",
+        &[
+            ("EXAI_JOB_LEASE_MS", "1000"),
+            ("EXAI_SEMAPHORE_LEASE_MS", "1000"),
+        ],
+    )
+    .await;
+    let data = bytes(40_000, 5);
+    let path = stack.write_file("crash.bin", &data);
+    // Hold writes to the table: the worker's upload reaches Moonshot, then its INSERT waits.
+    let mut blocker = sqlx::PgConnection::connect(&stack.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE provider_file_uploads IN EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let worker = stack.spawn_worker(&["--concurrency", "4"]);
+    stack
+        .enqueue_tool(
+            "crash-call",
+            "kimi_upload_files",
+            json!({"files": [path.display().to_string()]}),
+        )
+        .await;
+    let uploaded = wait_until(WAIT, || async { stack.moonshot_files().len() == 1 }).await;
+    assert!(uploaded, "the first attempt never reached Moonshot");
+    // The row write is stuck behind the lock.
+    let waiting = wait_until(WAIT, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&stack.db.name)
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+        n > 0
+    })
+    .await;
+    assert!(waiting, "the worker's row write is not waiting on the lock");
+    send_signal(worker.pid(), "KILL");
+    drop(worker);
+    // The dead worker's session goes with it (Postgres would notice the closed socket later).
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+    )
+    .bind(&stack.db.name)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    drop(blocker);
+    assert!(stack.rows().await.is_empty());
+
+    // Another worker re-runs the job once its lease expires.
+    stack.start_worker();
+    let r = stack.finished(queue::TOOL_CALLS, "crash-call").await;
+    let text = uploads_support::tool_outcome(r).expect("the re-run succeeds");
+    let item: Value = serde_json::from_str(&text).unwrap();
+    let kept = item[0]["file_id"].as_str().unwrap().to_owned();
+
+    let rows = stack.rows().await;
+    assert_eq!(rows.len(), 1, "exactly one row: {rows:?}");
+    assert_eq!(rows[0].provider_file_id, kept);
+    let files = stack.moonshot_files();
+    assert_eq!(
+        files.len(),
+        2,
+        "the crashed attempt's file is still on Moonshot"
+    );
+    // The orphan is detectable: a Moonshot file no row names, holding the same bytes.
+    let orphans: Vec<_> = files.iter().filter(|(id, _)| *id != kept).collect();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].1, sha256(&data));
+    assert!(
+        exai_shared::db::find_by_provider_file_id(&stack.pool, "kimi", &orphans[0].0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    stack.wait_status(&kept, UploadStatus::Completed).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_moonshot_429_is_retried_after_the_wait_it_names() {
+    let mut stack = Stack::new("up-429", &[]).await;
+    stack
+        .sim
+        .add_fault(json!({"route": "moonshot.files.upload", "count": 1, "action": "rate_limit", "retry_after_secs": 1}))
+        .unwrap();
+    stack.start_worker();
+    let id = "call-429";
+    let path = stack.write_file("rl.txt", b"rate limited once");
+    stack
+        .enqueue_tool(
+            id,
+            "kimi_upload_files",
+            json!({"files": [path.display().to_string()]}),
+        )
+        .await;
+    let r = stack.finished(queue::TOOL_CALLS, id).await;
+    assert_eq!(r.attempts, 2);
+    uploads_support::tool_outcome(r).expect("the retry succeeds");
+    let uploads: Vec<_> = stack
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.route == "moonshot.files.upload")
+        .collect();
+    assert_eq!(uploads.len(), 2);
+    assert_eq!(uploads[0].status, Some(429));
+    let waited = uploads[1].time_ms - uploads[0].time_ms;
+    assert!(
+        waited >= 1000,
+        "retried after {waited} ms, not the 1 s named"
+    );
+    assert_eq!(stack.moonshot_files().len(), 1);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_paths_and_sizes_are_refused_and_nothing_is_uploaded() {
+    let mut stack = Stack::new("up-paths", &[("EXAI_MAX_UPLOAD_BYTES", "1024")]).await;
+    stack.start_worker();
+    let good = stack.write_file("good.txt", b"fine");
+    std::fs::write(stack.dir.join("secret.txt"), b"top secret").unwrap();
+    let escape = stack.root.join("escape.txt");
+    std::os::unix::fs::symlink(stack.dir.join("secret.txt"), &escape).unwrap();
+    let empty = stack.write_file("empty.txt", b"");
+    let big = stack.write_file("big.bin", &bytes(2048, 6));
+    let traversal = format!("{}/../secret.txt", stack.root.display());
+
+    let cases: Vec<(String, &str)> = vec![
+        (traversal, "outside the allowed upload roots"),
+        (
+            escape.display().to_string(),
+            "outside the allowed upload roots",
+        ),
+        (empty.display().to_string(), "empty (0 bytes)"),
+        (
+            big.display().to_string(),
+            "over the upload limit of 1024 bytes",
+        ),
+        ("good.txt".to_owned(), "must be absolute"),
+        (stack.root.display().to_string(), "not a regular file"),
+        (
+            format!("{}/missing.txt", stack.root.display()),
+            "cannot be resolved",
+        ),
+    ];
+    for (path, expected) in &cases {
+        // A bad file next to a good one: the whole call is refused.
+        let err = stack
+            .call(
+                "kimi_upload_files",
+                json!({"files": [good.display().to_string(), path]}),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("dead"), "{path}: {err}");
+        assert!(err.contains(expected), "{path}: {err}");
+        assert!(!err.contains("top secret"));
+    }
+    let err = stack
+        .call(
+            "kimi_upload_bytes",
+            json!({"filename": "big.bin", "content_base64": base64::engine::general_purpose::STANDARD.encode(bytes(4096, 7))}),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.contains("over the upload limit"), "{err}");
+    assert_eq!(stack.requests("moonshot.files.upload"), 0);
+    assert!(stack.moonshot_files().is_empty());
+    assert!(stack.rows().await.is_empty());
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_uploads_job_runs_the_same_pipeline() {
+    let mut stack = Stack::new("up-job", &[]).await;
+    stack.start_worker();
+    let data = bytes(5_000, 8);
+    let staging = exai_shared::staging::Staging::from_config(&stack.config().uploads);
+    let blob = staging
+        .stage_bytes("staged.txt", data.clone().into())
+        .await
+        .unwrap();
+    let job = exai_shared::jobs::UploadJob {
+        sha256: blob.sha256.clone(),
+        filename: "staged.txt".to_owned(),
+        size_bytes: blob.size,
+        purpose: "file-extract".to_owned(),
+        provider: "kimi".to_owned(),
+        mime_type: None,
+    };
+    let q = stack.queue(queue::UPLOADS);
+    q.enqueue(
+        &exai_shared::queue::NewJob::json(&job)
+            .unwrap()
+            .with_id("upload-1"),
+    )
+    .await
+    .unwrap();
+    let r = stack.finished(queue::UPLOADS, "upload-1").await;
+    assert_eq!(r.state, JobState::Completed, "{:?}", r.error);
+    let out: exai_shared::jobs::UploadedFile = serde_json::from_slice(&r.result.unwrap()).unwrap();
+    assert_eq!(out.sha256, sha256(&data));
+    assert!(!out.deduplicated);
+    let row = stack
+        .wait_status(&out.file_id, UploadStatus::Completed)
+        .await;
+    assert_eq!(row.mime_type.as_deref(), Some("text/plain"));
+    // A job whose bytes were never staged fails permanently, naming them.
+    let missing = exai_shared::jobs::UploadJob {
+        sha256: "0".repeat(64),
+        ..job
+    };
+    q.enqueue(
+        &exai_shared::queue::NewJob::json(&missing)
+            .unwrap()
+            .with_id("upload-2"),
+    )
+    .await
+    .unwrap();
+    let r = stack.finished(queue::UPLOADS, "upload-2").await;
+    assert_eq!(r.state, JobState::Dead);
+    assert!(r.error.unwrap().contains("missing"));
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_moonshot_lost_is_restored_from_storage() {
+    let mut stack = Stack::new("up-restore", &[]).await;
+    stack.start_worker();
+    let text = "The quarterly numbers are up eleven percent.";
+    let item = upload_path(&stack, &stack.write_file("q.txt", text.as_bytes())).await;
+    let old_id = item["file_id"].as_str().unwrap().to_owned();
+    stack.wait_status(&old_id, UploadStatus::Completed).await;
+    // Moonshot loses the file.
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/files/{old_id}", stack.sim.moonshot_url()))
+        .bearer_auth(uploads_support::KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    assert!(stack.moonshot_files().is_empty());
+
+    let out = stack
+        .call(
+            "kimi_chat_with_files",
+            json!({"prompt": "what are the numbers?", "file_ids": [old_id]}),
+        )
+        .await
+        .unwrap();
+    let out: Value = serde_json::from_str(&out).unwrap();
+    let new_id = out["file_ids"][0].as_str().unwrap().to_owned();
+    assert_ne!(new_id, old_id);
+    // The model saw the file's text.
+    assert!(
+        out["content"].as_str().unwrap().contains("eleven percent"),
+        "{out}"
+    );
+    assert_eq!(
+        stack.moonshot_files(),
+        [(new_id.clone(), sha256(text.as_bytes()))]
+    );
+    assert_eq!(stack.row(&old_id).await.status, UploadStatus::Deleted);
+    stack.wait_status(&new_id, UploadStatus::Completed).await;
+    // A later call with the old id uses the restored file without another upload.
+    let again = stack
+        .call(
+            "kimi_chat_with_files",
+            json!({"prompt": "again", "file_ids": [old_id]}),
+        )
+        .await
+        .unwrap();
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["file_ids"][0], new_id.as_str());
+    assert_eq!(stack.requests("moonshot.files.upload"), 2);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_push_creates_a_bucket_deleted_behind_its_back() {
+    let mut stack = Stack::new("up-bucket", &[]).await;
+    stack.start_worker();
+    let ok = wait_until(WAIT, || async {
+        !stack.sim.state()["supabase"]["buckets"]["user-files"].is_null()
+    })
+    .await;
+    assert!(ok, "the worker did not create the bucket at start");
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/storage/v1/bucket/user-files", stack.sim.url()))
+        .bearer_auth(uploads_support::KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let item = upload_path(&stack, &stack.write_file("b.txt", b"bucket")).await;
+    stack
+        .wait_status(item["file_id"].as_str().unwrap(), UploadStatus::Completed)
+        .await;
+    stack.cleanup().await;
+}
+
+/// The worker's peak resident set (`VmHWM`) in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streaming_a_100_mb_file_keeps_the_worker_rss_bounded() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let stack = Stack::new("up-rss", &[]).await;
+    // The file is written in pieces, so the test itself never needs it whole either.
+    let path = stack.root.join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let piece = bytes(1024 * 1024, 9);
+        for i in 0..SIZE / piece.len() {
+            let mut p = piece.clone();
+            p[0] = i as u8;
+            f.write_all(&p).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let worker = stack.spawn_worker(&["--concurrency", "2"]);
+    // A small upload first: the baseline of a worker that has done the whole pipeline once.
+    let small = upload_path(&stack, &stack.write_file("small.txt", b"warm up")).await;
+    stack
+        .wait_status(small["file_id"].as_str().unwrap(), UploadStatus::Completed)
+        .await;
+    let baseline = peak_rss(worker.pid());
+    let item = upload_path(&stack, &path).await;
+    let file_id = item["file_id"].as_str().unwrap().to_owned();
+    assert_eq!(item["size_bytes"], SIZE);
+    stack.wait_status(&file_id, UploadStatus::Completed).await;
+    let object = stack.object(&format!("kimi-uploads/{file_id}")).unwrap();
+    assert_eq!(object["size"], SIZE);
+    assert_eq!(object["sha256"], item["sha256"]);
+    let peak = peak_rss(worker.pid());
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "worker peak RSS: {:.1} MiB after a small upload, {:.1} MiB after staging, uploading and pushing {} MiB",
+        mib(baseline),
+        mib(peak),
+        SIZE >> 20
+    );
+    // Streaming 100 MiB costs the worker a few buffers, not the file.
+    assert!(
+        peak < baseline + 24 * 1024 * 1024,
+        "peak RSS grew from {baseline} to {peak} bytes for a {SIZE}-byte file"
+    );
+    drop(worker);
+    stack.cleanup().await;
+}

@@ -1,0 +1,372 @@
+//! The file tools: `kimi_upload_files`, `kimi_upload_bytes`, `kimi_download_file`,
+//! `kimi_manage_files`.
+//!
+//! Uploads check everything before anything leaves the machine: every path must resolve (symlinks
+//! followed) inside `EXAI_UPLOAD_ROOTS`, be a regular file and have 1 byte to
+//! `EXAI_MAX_UPLOAD_BYTES` (from its metadata, before any byte is read); inline bytes are
+//! bounded before they are decoded. A call with one bad file uploads none. The files are then
+//! staged (content-addressed, atomically), and uploaded to Moonshot under the call's permits by
+//! the same code the `uploads` queue runs ([`uploads::upload_staged`]); the call returns per file
+//! `{filename, file_id, sha256, size_bytes, deduplicated, storage_status}` as soon as Moonshot has
+//! it, while the push to Supabase Storage continues as a `storage_push` job.
+
+use base64::Engine as _;
+use exai_shared::db::{self, FileUpload, UploadStatus};
+use exai_shared::jobs::{JobError, ToolResult, UploadJob, UploadedFile};
+use exai_shared::providers::guess_mime;
+use exai_shared::staging::{StagingError, validate_upload_path};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use super::{ToolCtx, json_result};
+use crate::permits;
+use crate::uploads::{self, KIMI, db_error};
+
+#[derive(Debug, Deserialize)]
+struct UploadFilesArgs {
+    files: Vec<String>,
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadBytesArgs {
+    filename: String,
+    content_base64: String,
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DownloadArgs {
+    #[serde(default)]
+    file_id: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManageArgs {
+    operation: String,
+    #[serde(default)]
+    file_id: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `kimi_upload_files`: returns a JSON array, one item per file, in the order given.
+pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
+    let args: UploadFilesArgs = ctx.args()?;
+    let purpose = purpose(args.purpose.as_deref())?;
+    let uploads_config = &ctx.state.config.uploads;
+    let mut checked = Vec::with_capacity(args.files.len());
+    for path in &args.files {
+        let file = validate_upload_path(path, &uploads_config.roots, uploads_config.max_bytes)
+            .await
+            .map_err(StagingError::into_job_error)?;
+        checked.push(file);
+    }
+    let mut jobs = Vec::with_capacity(checked.len());
+    for file in checked {
+        let blob = ctx
+            .state
+            .staging
+            .stage_file(&file.filename, &file.path)
+            .await?;
+        jobs.push(UploadJob {
+            sha256: blob.sha256,
+            size_bytes: blob.size,
+            mime_type: Some(guess_mime(&file.filename)),
+            filename: file.filename,
+            purpose: purpose.clone(),
+            provider: KIMI.to_owned(),
+        });
+    }
+    let guard = ctx.permits().await?;
+    let results = permits::holding(guard, async {
+        let mut results: Vec<UploadedFile> = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            results.push(uploads::upload_staged(ctx.state, job).await?);
+        }
+        Ok(results)
+    })
+    .await?;
+    json_result(&results)
+}
+
+/// `kimi_upload_bytes`: returns one JSON object.
+pub async fn upload_bytes(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
+    let args: UploadBytesArgs = ctx.args()?;
+    let purpose = purpose(args.purpose.as_deref())?;
+    let filename = plain_filename(&args.filename)?;
+    let max = ctx.state.config.uploads.max_bytes;
+    let encoded = args.content_base64.trim();
+    // Bound the size before decoding: base64 carries 3 bytes per 4 characters.
+    let decoded_len = (encoded.len() as u64 / 4) * 3;
+    if decoded_len > max + 3 {
+        return Err(StagingError::TooLarge {
+            name: filename,
+            size: decoded_len,
+            limit: max,
+        }
+        .into());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| JobError::Permanent(format!("content_base64 is not valid base64: {e}")))?;
+    let blob = ctx
+        .state
+        .staging
+        .stage_bytes(&filename, bytes.into())
+        .await?;
+    let job = UploadJob {
+        sha256: blob.sha256,
+        size_bytes: blob.size,
+        mime_type: Some(guess_mime(&filename)),
+        filename,
+        purpose,
+        provider: KIMI.to_owned(),
+    };
+    let guard = ctx.permits().await?;
+    let result = permits::holding(guard, uploads::upload_staged(ctx.state, &job)).await?;
+    json_result(&result)
+}
+
+/// The purpose argument, checked against what Moonshot accepts.
+fn purpose(requested: Option<&str>) -> Result<String, JobError> {
+    uploads::moonshot_purpose(requested.unwrap_or("file-extract")).map(str::to_owned)
+}
+
+/// A client's file name reduced to its last component; empty, `.`, `..` and control
+/// characters are refused.
+fn plain_filename(raw: &str) -> Result<String, JobError> {
+    let name = raw.rsplit(['/', '\\']).next().unwrap_or("").trim();
+    if name.is_empty() || name == "." || name == ".." || name.chars().any(char::is_control) {
+        return Err(JobError::Permanent(format!(
+            "filename `{}` is not a usable file name",
+            raw.escape_default()
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// `kimi_download_file`: the bytes of an uploaded file, read from Supabase Storage (the durable
+/// copy) and checked against the recorded sha256, as JSON
+/// `{file_id, filename, sha256, size_bytes, content_base64}`.
+pub async fn download_file(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
+    let args: DownloadArgs = ctx.args()?;
+    let db = &ctx.state.db;
+    let row = match (&args.file_id, &args.sha256) {
+        (Some(id), _) => db::find_by_provider_file_id(db, KIMI, id)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| {
+                JobError::Permanent(format!("no upload is recorded for file_id {id}"))
+            })?,
+        (None, Some(sha)) => db::find_live(db, KIMI, sha)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| JobError::Permanent(format!("no live upload has sha256 {sha}")))?,
+        (None, None) => {
+            return Err(JobError::Permanent(
+                "kimi_download_file needs file_id or sha256".to_owned(),
+            ));
+        }
+    };
+    let path = durable_path(&row)?;
+    let size = row
+        .file_size_bytes
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(0);
+    let max = ctx.state.config.uploads.download_max_bytes;
+    if size > max {
+        return Err(JobError::Permanent(format!(
+            "file {} is {size} bytes, over the inline download limit of {max} bytes (EXAI_DOWNLOAD_MAX_BYTES)",
+            row.provider_file_id
+        )));
+    }
+    let storage = ctx.state.providers.supabase.as_ref().ok_or_else(|| {
+        JobError::Permanent(
+            "Supabase Storage is not configured (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)"
+                .to_owned(),
+        )
+    })?;
+    let resp = storage.download(path).await?;
+    let mut body = resp.bytes_stream();
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let mut hasher = sha2::Sha256::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            exai_shared::providers::ProviderError::from_reqwest("supabase", "download", &e)
+        })?;
+        if (bytes.len() + chunk.len()) as u64 > max {
+            return Err(JobError::Permanent(format!(
+                "the stored object of {} is over the inline download limit of {max} bytes",
+                row.provider_file_id
+            )));
+        }
+        hasher.update(&chunk);
+        bytes.extend_from_slice(&chunk);
+    }
+    let sha256 = exai_shared::staging::hex(&hasher.finalize());
+    if let Some(expected) = row.sha256.as_deref()
+        && expected != sha256
+    {
+        return Err(JobError::Transient(format!(
+            "the stored object of {} hashes to {sha256}, expected {expected}",
+            row.provider_file_id
+        )));
+    }
+    json_result(&json!({
+        "file_id": row.provider_file_id,
+        "filename": row.filename,
+        "sha256": sha256,
+        "size_bytes": bytes.len(),
+        "content_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+    }))
+}
+
+/// Where the row's durable copy is, or why there is none (yet).
+fn durable_path(row: &FileUpload) -> Result<&str, JobError> {
+    if let Some(path) = row.storage_path.as_deref() {
+        return Ok(path);
+    }
+    let id = &row.provider_file_id;
+    Err(match row.status {
+        UploadStatus::StoragePending | UploadStatus::Uploading | UploadStatus::Pending => {
+            JobError::Transient(format!(
+                "file {id} is not in storage yet (storage_pending); try again shortly"
+            ))
+        }
+        UploadStatus::StorageFailed => JobError::Permanent(format!(
+            "file {id} never reached storage: {} (re-drive with `exai-worker storage redrive --id {}`)",
+            row.last_error.as_deref().unwrap_or("storage push failed"),
+            row.id
+        )),
+        UploadStatus::Completed => JobError::Permanent(format!(
+            "file {id} has no copy in storage (uploaded while KIMI_UPLOAD_TO_SUPABASE=false)"
+        )),
+        UploadStatus::Deleted | UploadStatus::Failed => JobError::Permanent(format!(
+            "file {id} is {} and has no copy in storage",
+            row.status
+        )),
+    })
+}
+
+/// `kimi_manage_files`.
+pub async fn manage_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
+    let args: ManageArgs = ctx.args()?;
+    match args.operation.as_str() {
+        "list" => {
+            let limit = args.limit.unwrap_or(100).clamp(1, 1000);
+            let guard = ctx.permits().await?;
+            permits::holding(guard, list(ctx, limit)).await
+        }
+        "delete" => {
+            let id = args.file_id.as_deref().ok_or_else(|| {
+                JobError::Permanent("operation `delete` needs file_id".to_owned())
+            })?;
+            let guard = ctx.permits().await?;
+            permits::holding(guard, delete(ctx, id, args.dry_run)).await
+        }
+        op @ ("cleanup_orphaned" | "cleanup_expired") => Err(JobError::Permanent(format!(
+            "kimi_manage_files `{op}` is not available yet: it arrives with the scheduled orphan cleanup"
+        ))),
+        other => Err(JobError::Permanent(format!(
+            "unknown operation `{other}` (list, delete, cleanup_orphaned, cleanup_expired)"
+        ))),
+    }
+}
+
+/// Moonshot's files (newest last, at most `limit`), each with its row when one is recorded.
+async fn list(ctx: &ToolCtx<'_>, limit: usize) -> Result<ToolResult, JobError> {
+    let files = ctx.state.providers.moonshot.list_files().await?;
+    let total = files.len();
+    let mut items = Vec::with_capacity(total.min(limit));
+    for file in files.into_iter().rev().take(limit).rev() {
+        let row = db::find_by_provider_file_id(&ctx.state.db, KIMI, &file.id)
+            .await
+            .map_err(db_error)?;
+        items.push(json!({
+            "file_id": file.id,
+            "filename": file.filename,
+            "bytes": file.bytes,
+            "created_at": file.created_at,
+            "purpose": file.purpose,
+            "recorded": row.as_ref().map(row_summary),
+        }));
+    }
+    json_result(&json!({"total": total, "files": items}))
+}
+
+fn row_summary(row: &FileUpload) -> Value {
+    json!({
+        "row_id": row.id,
+        "status": row.status.as_str(),
+        "sha256": row.sha256,
+        "storage_path": row.storage_path,
+        "reference_count": row.reference_count,
+        "last_used": row.last_used,
+    })
+}
+
+/// Deletes a Moonshot file and marks its row deleted; its storage copy is removed too.
+async fn delete(ctx: &ToolCtx<'_>, id: &str, dry_run: bool) -> Result<ToolResult, JobError> {
+    let row = db::find_by_provider_file_id(&ctx.state.db, KIMI, id)
+        .await
+        .map_err(db_error)?;
+    if dry_run {
+        let on_moonshot = match ctx.state.providers.moonshot.get_file(id).await {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        return json_result(&json!({
+            "operation": "delete",
+            "dry_run": true,
+            "file_id": id,
+            "would_delete_from_moonshot": on_moonshot,
+            "recorded": row.as_ref().map(row_summary),
+            "would_delete_storage_object": row.as_ref().and_then(|r| r.storage_path.clone()),
+        }));
+    }
+    let deleted = ctx.state.providers.moonshot.delete_file(id).await?;
+    let mut storage_deleted = None;
+    if let Some(row) = &row {
+        if let (Some(path), Some(storage)) = (
+            row.storage_path.as_deref(),
+            ctx.state.providers.supabase.as_ref(),
+        ) {
+            storage_deleted = Some(storage.delete(path).await?);
+        }
+        db::mark_deleted(&ctx.state.db, row.id, "deleted by kimi_manage_files")
+            .await
+            .map_err(db_error)?;
+    }
+    json_result(&json!({
+        "operation": "delete",
+        "file_id": id,
+        "deleted_from_moonshot": deleted,
+        "row_marked_deleted": row.is_some(),
+        "storage_object_deleted": storage_deleted,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_file_names_keep_only_their_last_component() {
+        assert_eq!(plain_filename("a.txt").unwrap(), "a.txt");
+        assert_eq!(plain_filename("../../etc/passwd").unwrap(), "passwd");
+        assert_eq!(plain_filename("C:\\x\\y.pdf").unwrap(), "y.pdf");
+        assert!(plain_filename("dir/").is_err());
+        assert!(plain_filename("..").is_err());
+        assert!(plain_filename("a\nb").is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! The upload pipeline's first half: staged bytes → Moonshot → a `provider_file_uploads` row →
+//! a `storage_push` job (DESIGN.md, "Upload pipeline", steps 2 and 4).
+//!
+//! [`upload_staged`] is what the `uploads` queue runs, and what the upload tools run inline
+//! (under the permits they already hold), so a tool call returns as soon as Moonshot has the
+//! file while the push to Supabase Storage continues as its own job.
+//!
+//! # Idempotence
+//! - **Dedup first.** A live row for `(kimi, sha256)` is reused (`record_reuse` bumps
+//!   `reference_count` and `last_used`) after checking that Moonshot still has its file; a row
+//!   whose file Moonshot lost is marked deleted and the bytes are uploaded afresh.
+//! - **One row per content.** `insert_or_get` is one upsert on the unique live index, so two
+//!   workers racing on the same bytes, or a re-run, end with one row. The loser of a race
+//!   deletes its now redundant Moonshot file.
+//! - **A crash between the Moonshot upload and the row** leaves a Moonshot file that no row
+//!   names: the re-run uploads again and records one row; the orphan is what the orphan sweep
+//!   finds (a Moonshot file without a row) and removes after its grace period.
+//! - **One push per row.** The push job's id is `push-<row id>`, so enqueueing it again (a
+//!   re-run, a dedup of a row whose push was never enqueued because of a crash) is a no-op.
+
+use exai_shared::Config;
+use exai_shared::backend::{JobLease, error_chain};
+use exai_shared::db::{self, DbError, FileUpload, NewUpload, UploadStatus};
+use exai_shared::jobs::{JobError, StoragePushJob, UploadJob, UploadedFile};
+use exai_shared::providers::moonshot::{PURPOSE_FILE_EXTRACT, PURPOSES};
+use exai_shared::providers::{ProviderError, guess_mime};
+use exai_shared::queue::{NewJob, Queue};
+use exai_shared::tools::Provider;
+use futures::StreamExt;
+
+use crate::permits;
+use crate::state::AppState;
+
+/// The provider name of Moonshot rows and semaphores.
+pub const KIMI: &str = "kimi";
+
+/// A database error as a job error: connection trouble is retried, the rest is final.
+pub fn db_error(e: DbError) -> JobError {
+    let message = format!("database: {}", error_chain(&e));
+    if e.is_transient() {
+        JobError::Transient(message)
+    } else {
+        JobError::Permanent(message)
+    }
+}
+
+/// Runs one `uploads` job: takes the Moonshot permits, then [`upload_staged`].
+pub async fn run_job(
+    state: &AppState,
+    lease: &JobLease,
+    job: &UploadJob,
+) -> Result<UploadedFile, JobError> {
+    let guard = permits::acquire(
+        state,
+        lease,
+        &[
+            exai_shared::tools::GLOBAL_SEMAPHORE,
+            Provider::Kimi.as_str(),
+        ],
+        Some(Provider::Kimi.as_str()),
+    )
+    .await?;
+    permits::holding(guard, upload_staged(state, job)).await
+}
+
+/// The purpose sent to Moonshot for a requested one. `assistants` (accepted by the original
+/// tool's schema, refused by Moonshot) means what the original always sent: `file-extract`.
+pub fn moonshot_purpose(requested: &str) -> Result<&'static str, JobError> {
+    match requested {
+        "" | "assistants" => Ok(PURPOSE_FILE_EXTRACT),
+        p => PURPOSES
+            .iter()
+            .copied()
+            .find(|known| *known == p)
+            .ok_or_else(|| {
+                JobError::Permanent(format!(
+                    "purpose `{p}` is not accepted by Moonshot (use one of {})",
+                    PURPOSES.join(", ")
+                ))
+            }),
+    }
+}
+
+/// Uploads the staged blob of `job` to Moonshot unless a live row already holds the same bytes,
+/// records the row, and enqueues its storage push. The caller holds the Moonshot permits.
+pub async fn upload_staged(state: &AppState, job: &UploadJob) -> Result<UploadedFile, JobError> {
+    if job.provider != KIMI {
+        return Err(JobError::Permanent(format!(
+            "provider `{}` takes no file uploads (only `{KIMI}` does)",
+            job.provider
+        )));
+    }
+    let purpose = moonshot_purpose(&job.purpose)?;
+    let blob = state.staging.get(&job.sha256, Some(job.size_bytes)).await?;
+
+    if let Some(row) = db::find_live(&state.db, KIMI, &job.sha256)
+        .await
+        .map_err(db_error)?
+    {
+        if provider_has_file(state, &row).await? {
+            if let Some(row) = db::record_reuse(&state.db, row.id)
+                .await
+                .map_err(db_error)?
+            {
+                ensure_push(state, &row).await?;
+                tracing::info!(row_id = %row.id, file_id = %row.provider_file_id, sha256 = %job.sha256, "upload deduplicated");
+                return Ok(uploaded(&row, &job.filename, true));
+            }
+        } else {
+            tracing::warn!(row_id = %row.id, file_id = %row.provider_file_id, "moonshot no longer has the file; uploading again");
+            db::mark_deleted(&state.db, row.id, "moonshot file missing; uploaded again")
+                .await
+                .map_err(db_error)?;
+        }
+    }
+
+    let mime = job
+        .mime_type
+        .clone()
+        .unwrap_or_else(|| guess_mime(&job.filename));
+    let object = state
+        .providers
+        .moonshot
+        .upload_file(&blob.path, &job.filename, blob.size, purpose, Some(&mime))
+        .await?;
+    tracing::info!(file_id = %object.id, sha256 = %job.sha256, size = blob.size, "uploaded to moonshot");
+    record(state, job, &object.id, purpose, &mime, blob.size).await
+}
+
+/// Records a Moonshot file just uploaded, and enqueues its push.
+async fn record(
+    state: &AppState,
+    job: &UploadJob,
+    file_id: &str,
+    purpose: &str,
+    mime: &str,
+    size: u64,
+) -> Result<UploadedFile, JobError> {
+    let status = if state.config.supabase.upload_enabled {
+        UploadStatus::StoragePending
+    } else {
+        UploadStatus::Completed
+    };
+    let new = NewUpload {
+        provider: KIMI.to_owned(),
+        provider_file_id: file_id.to_owned(),
+        sha256: job.sha256.clone(),
+        filename: job.filename.clone(),
+        file_size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
+        mime_type: Some(mime.to_owned()),
+        purpose: purpose.to_owned(),
+        status,
+    };
+    let upserted = db::insert_or_get(&state.db, &new).await.map_err(|e| {
+        // The Moonshot file stays, with no row: the orphan sweep will find it.
+        tracing::warn!(file_id, error = %error_chain(&e), "moonshot file uploaded but not recorded");
+        db_error(e)
+    })?;
+    let lost_race = upserted.lost_race(file_id);
+    if lost_race {
+        // Another upload of the same bytes recorded its file first: ours is redundant.
+        match state.providers.moonshot.delete_file(file_id).await {
+            Ok(_) => {
+                tracing::info!(file_id, kept = %upserted.row.provider_file_id, "duplicate moonshot file deleted")
+            }
+            Err(e) => {
+                tracing::warn!(file_id, error = %e, "duplicate moonshot file not deleted; the orphan sweep will")
+            }
+        }
+    }
+    ensure_push(state, &upserted.row).await?;
+    Ok(uploaded(&upserted.row, &job.filename, lost_race))
+}
+
+/// Whether Moonshot still has the row's file. A missing file (404) is `false`; other errors
+/// fail the attempt as the provider classified them.
+async fn provider_has_file(state: &AppState, row: &FileUpload) -> Result<bool, JobError> {
+    match state
+        .providers
+        .moonshot
+        .get_file(&row.provider_file_id)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Enqueues the row's storage push if it still needs one (idempotent: the job id is
+/// `push-<row id>`). Does nothing when storage is disabled.
+pub async fn ensure_push(state: &AppState, row: &FileUpload) -> Result<(), JobError> {
+    let needs_push = matches!(
+        row.status,
+        UploadStatus::StoragePending | UploadStatus::Uploading | UploadStatus::Pending
+    );
+    if !needs_push || !state.config.supabase.upload_enabled {
+        return Ok(());
+    }
+    enqueue_push(
+        &state.storage_queue,
+        &state.config,
+        row.id,
+        StoragePushJob::job_id(row.id),
+    )
+    .await
+}
+
+/// Enqueues a push of row `row_id` under `job_id` on `queue` (`storage_push`), with the storage
+/// retry budget (`EXAI_STORAGE_RETRY_MAX_ATTEMPTS`) as its attempts.
+pub async fn enqueue_push(
+    queue: &Queue,
+    config: &Config,
+    row_id: uuid::Uuid,
+    job_id: String,
+) -> Result<(), JobError> {
+    let job = NewJob::json(&StoragePushJob { row_id })
+        .map_err(JobError::permanent)?
+        .with_id(job_id)
+        .with_max_attempts(config.supabase.retry_max_attempts);
+    let outcome = queue
+        .enqueue(&job)
+        .await
+        .map_err(|e| JobError::Transient(format!("enqueue storage push: {}", error_chain(&e))))?;
+    tracing::debug!(row_id = %row_id, job_id = outcome.id(), created = outcome.is_created(), "storage push enqueued");
+    Ok(())
+}
+
+/// The per-file answer for `row`.
+pub fn uploaded(row: &FileUpload, filename: &str, deduplicated: bool) -> UploadedFile {
+    UploadedFile {
+        filename: filename.to_owned(),
+        file_id: row.provider_file_id.clone(),
+        sha256: row.sha256.clone().unwrap_or_default(),
+        size_bytes: row
+            .file_size_bytes
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0),
+        deduplicated,
+        storage_status: row.status.as_str().to_owned(),
+        row_id: Some(row.id),
+    }
+}
+
+/// Puts a file Moonshot has lost back on Moonshot from its durable copy in Supabase Storage:
+/// the copy is streamed into the staging store (its sha256 checked against the row), uploaded
+/// again, the old row marked deleted and a new row recorded (whose push copies the bytes under
+/// the new file id). Returns the new file. The caller holds the Moonshot permits.
+pub async fn restore_from_storage(
+    state: &AppState,
+    row: &FileUpload,
+) -> Result<UploadedFile, JobError> {
+    let (Some(path), Some(sha256)) = (row.storage_path.as_deref(), row.sha256.as_deref()) else {
+        return Err(JobError::Permanent(format!(
+            "moonshot no longer has file {} and it has no copy in storage (status {})",
+            row.provider_file_id, row.status
+        )));
+    };
+    let storage = state.providers.supabase.as_ref().ok_or_else(|| {
+        JobError::Permanent(
+            "moonshot lost the file and Supabase Storage is not configured (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)"
+                .to_owned(),
+        )
+    })?;
+    let filename = row
+        .filename
+        .clone()
+        .unwrap_or_else(|| row.provider_file_id.clone());
+    let resp = storage.download(path).await?;
+    let body = resp
+        .bytes_stream()
+        .map(|chunk| chunk.map_err(|e| ProviderError::from_reqwest("supabase", "download", &e)));
+    let blob = state
+        .staging
+        .stage_stream(&filename, body, Some(sha256))
+        .await?;
+    tracing::info!(old_file_id = %row.provider_file_id, sha256, "restoring a lost moonshot file from storage");
+    db::mark_deleted(
+        &state.db,
+        row.id,
+        "moonshot file missing; restored from storage",
+    )
+    .await
+    .map_err(db_error)?;
+    let job = UploadJob {
+        sha256: blob.sha256.clone(),
+        filename,
+        size_bytes: blob.size,
+        purpose: row.purpose.clone(),
+        provider: KIMI.to_owned(),
+        mime_type: row.mime_type.clone(),
+    };
+    upload_staged(state, &job).await
+}
