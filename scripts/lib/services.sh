@@ -36,6 +36,7 @@ ensure_redis() {
   mkdir -p /tmp/exai-redis
   redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
     --dir /tmp/exai-redis --logfile /tmp/exai-redis/redis.log
+  STARTED_REDIS_PORT=$port
   for _ in $(seq 1 100); do redis_ping && return 0; sleep 0.1; done
   log "redis did not come up (see /tmp/exai-redis/redis.log)"
   return 1
@@ -54,6 +55,7 @@ pg_start_local() {
   if ! pg_lsclusters -h 2>/dev/null | grep -q "online"; then
     log "starting postgresql $version"
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || pg_ctlcluster "$version" main start
+    STARTED_PG_VERSION=$version
   fi
   for _ in $(seq 1 100); do pg_isready -q -h 127.0.0.1 -p 5432 && return 0; sleep 0.1; done
   log "postgresql did not come up"
@@ -82,4 +84,41 @@ ensure_postgres() {
   fi
   pg_try "$with_password" || { log "cannot reach PostgreSQL as a superuser; set EXAI_TEST_PG_ADMIN_URL"; return 1; }
   EXAI_TEST_PG_ADMIN_URL=$with_password
+}
+
+# Stops what ensure_redis and ensure_postgres started (nothing they found running).
+stop_started_services() {
+  if [ -n "${STARTED_REDIS_PORT:-}" ]; then
+    log "stopping the redis this script started"
+    redis-cli -p "$STARTED_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  fi
+  if [ -n "${STARTED_PG_VERSION:-}" ]; then
+    log "stopping the postgresql this script started"
+    pg_ctlcluster --skip-systemctl-redirect "$STARTED_PG_VERSION" main stop >/dev/null 2>&1 ||
+      pg_ctlcluster "$STARTED_PG_VERSION" main stop >/dev/null 2>&1 || true
+  fi
+}
+
+# A TCP port free on loopback right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
+    shuf -i 20000-60000 -n 1
+}
+
+# Waits (up to 30 s) until GET $1 answers with any HTTP status, bearer token $2.
+wait_http() {
+  command -v curl >/dev/null 2>&1 || apt_install curl
+  for _ in $(seq 1 300); do
+    if curl -fsS -o /dev/null -H "Authorization: Bearer $2" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "$1 did not answer"
+  return 1
+}
+
+# docker-compose (Debian's package) validates docker-compose.yml in the tests; no engine needed.
+ensure_docker_compose() {
+  if command -v docker-compose >/dev/null 2>&1; then return 0; fi
+  log "installing docker-compose (to validate docker-compose.yml)"
+  apt_install docker-compose
 }
