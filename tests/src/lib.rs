@@ -291,6 +291,20 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server with `SHUTDOWN` (it fsyncs its AOF first, as a planned restart does),
+    /// then starts it again on the same port and directory.
+    pub async fn restart_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "shutdown"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+
     /// Starts the server again on the same port and directory (reloading its AOF if enabled).
     pub async fn restart(&mut self) {
         self.kill();

@@ -306,3 +306,327 @@ async fn workers_sigkilled_at_random_lose_nothing() {
     );
     stack.cleanup().await;
 }
+
+/// A WebSocket client that survives what the chaos does to the daemon: every failure (refused
+/// connection, dropped socket, a result that does not come) is answered by reconnecting with the
+/// same session and sending the same `request_id` again, which attaches to the same job (or
+/// returns its stored result) and never runs it twice.
+struct SturdyClient {
+    url: Arc<std::sync::Mutex<String>>,
+    session: String,
+    ws: Option<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    >,
+    /// Job id and local Unix ms of every `call_tool_ack` seen.
+    acks: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    /// Failed attempts (a reconnect followed).
+    retries: u64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+impl SturdyClient {
+    fn new(
+        url: Arc<std::sync::Mutex<String>>,
+        session: String,
+        acks: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    ) -> Self {
+        Self {
+            url,
+            session,
+            ws: None,
+            acks,
+            retries: 0,
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), String> {
+        use futures::{SinkExt, StreamExt};
+        let url = self.url.lock().unwrap().clone();
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let hello = json!({"op": "hello", "token": daemon_support::TOKEN,
+            "session_id": self.session});
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            hello.to_string(),
+        ))
+        .await
+        .map_err(|e| format!("hello: {e}"))?;
+        let ack = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| "no hello_ack".to_owned())?;
+        match ack {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))
+                if t.as_str().contains("\"ok\":true") => {}
+            other => return Err(format!("hello refused: {other:?}")),
+        }
+        self.ws = Some(ws);
+        Ok(())
+    }
+
+    /// One attempt: sends the call and reads frames until its result.
+    async fn attempt(
+        &mut self,
+        request_id: &str,
+        tool: &str,
+        args: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        use futures::{SinkExt, StreamExt};
+        if self.ws.is_none() {
+            self.connect().await?;
+        }
+        let ws = self.ws.as_mut().unwrap();
+        let call = json!({"op": "call_tool", "request_id": request_id, "name": tool,
+            "arguments": args});
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            call.to_string(),
+        ))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(15), ws.next())
+                .await
+                .map_err(|_| "no result within 15 s".to_owned())?;
+            let text = match frame {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => t,
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => {
+                    return Err(format!("closed: {c:?}"));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("socket: {e}")),
+                None => return Err("socket ended".to_owned()),
+            };
+            let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+            if v["request_id"] != request_id {
+                continue;
+            }
+            match v["op"].as_str() {
+                Some("call_tool_ack") => {
+                    let job = v["job_id"].as_str().unwrap_or_default().to_owned();
+                    self.acks.lock().unwrap().entry(job).or_insert_with(unix_ms);
+                }
+                // Not enqueued (Redis unreachable): nothing was acknowledged; try again.
+                Some("call_tool_res") if v["error"]["code"] == "SERVICE_UNAVAILABLE" => {
+                    return Err(format!("not enqueued: {v}"));
+                }
+                Some("call_tool_res") => return Ok(v),
+                Some("error") => return Err(format!("error frame: {v}")),
+                _ => {}
+            }
+        }
+    }
+
+    /// Calls until a result arrives (or `deadline` passes).
+    async fn call(
+        &mut self,
+        request_id: &str,
+        tool: &str,
+        args: serde_json::Value,
+        deadline: Instant,
+    ) -> serde_json::Value {
+        loop {
+            match self.attempt(request_id, tool, &args).await {
+                Ok(v) => return v,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "call {request_id} never got a result (last failure: {e})"
+                    );
+                    self.ws = None;
+                    self.retries += 1;
+                    // Give a restarting peer a moment before the next connect.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+#[path = "daemon_support/mod.rs"]
+#[allow(unused_imports)]
+mod daemon_support;
+
+/// Runs `clients` sturdy clients, each making `calls` test_echo calls one after another, and
+/// calls `disrupt` once `trigger` results have arrived. Returns every result by request id, the
+/// acks, and the retries.
+async fn echo_load<F, Fut>(
+    url: Arc<std::sync::Mutex<String>>,
+    clients: usize,
+    calls: usize,
+    delay_ms: u64,
+    trigger: usize,
+    disrupt: F,
+) -> (
+    HashMap<String, serde_json::Value>,
+    HashMap<String, u64>,
+    u64,
+)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let acks = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let url = url.clone();
+        let acks = acks.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = SturdyClient::new(url, format!("chaos-client-{c}"), acks);
+            let mut results = Vec::new();
+            for k in 0..calls {
+                let rid = format!("c{c}-k{k}");
+                let res = client
+                    .call(
+                        &rid,
+                        "test_echo",
+                        json!({"c": c, "k": k, "delay_ms": delay_ms}),
+                        deadline,
+                    )
+                    .await;
+                done.fetch_add(1, Ordering::Relaxed);
+                results.push((rid, res));
+            }
+            (results, client.retries)
+        }));
+    }
+    let reached = wait_until(Duration::from_secs(60), || async {
+        done.load(Ordering::Relaxed) >= trigger
+    })
+    .await;
+    assert!(reached, "the load did not get going");
+    disrupt().await;
+    let mut results = HashMap::new();
+    let mut retries = 0;
+    for t in tasks {
+        let (r, n) = t.await.expect("a client task");
+        results.extend(r);
+        retries += n;
+    }
+    let acks = acks.lock().unwrap().clone();
+    (results, acks, retries)
+}
+
+/// Every result echoes its own call's arguments.
+fn assert_own_results(results: &HashMap<String, serde_json::Value>) {
+    for (rid, res) in results {
+        let echoed = daemon_support::echoed(res);
+        let (c, k) = rid[1..].split_once("-k").unwrap();
+        assert_eq!(echoed["c"].to_string(), c, "{rid} got {res}");
+        assert_eq!(echoed["k"].to_string(), k, "{rid} got {res}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemon_sigkilled_with_calls_in_flight_clients_collect_every_result() {
+    const CLIENTS: usize = 50;
+    const CALLS: usize = 4;
+    let stack = Arc::new(tokio::sync::Mutex::new(
+        daemon_support::Stack::start("chaos-daemon", &[], 2).await,
+    ));
+    let url = Arc::new(std::sync::Mutex::new(stack.lock().await.url()));
+    let queue = stack.lock().await.queue.clone();
+
+    let kill_url = url.clone();
+    let kill_stack = stack.clone();
+    let killed_at = Arc::new(std::sync::Mutex::new(None));
+    let killed = killed_at.clone();
+    let (results, acks, retries) = echo_load(url, CLIENTS, CALLS, 300, CLIENTS, || async move {
+        let mut s = kill_stack.lock().await;
+        exai_tests::send_signal(s.daemon.child.pid(), "KILL");
+        let _ = s.daemon.child.wait_exit(Duration::from_secs(10)).await;
+        *killed.lock().unwrap() = Some(Instant::now());
+        s.restart_daemon().await;
+        *kill_url.lock().unwrap() = s.url();
+    })
+    .await;
+
+    assert_eq!(results.len(), CLIENTS * CALLS, "every call got its result");
+    assert_own_results(&results);
+    // Each job ran once: one attempt, whatever the reconnects.
+    let mut reruns = 0;
+    for job in acks.keys() {
+        let info = queue.job(job).await.unwrap().expect("the job");
+        assert_eq!(info.state, JobState::Completed);
+        if info.attempts != 1 {
+            reruns += 1;
+        }
+    }
+    println!(
+        "chaos: daemon_sigkilled clients={CLIENTS} calls={} collected={} lost=0 \
+         reconnects={retries} reruns={reruns}",
+        CLIENTS * CALLS,
+        results.len()
+    );
+    assert!(retries > 0, "the kill interrupted no client");
+    assert_eq!(reruns, 0, "a job ran more than once");
+    assert!(killed_at.lock().unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_mid_load_loses_no_acknowledged_job() {
+    const CLIENTS: usize = 10;
+    const CALLS: usize = 40;
+    let redis = Arc::new(tokio::sync::Mutex::new(
+        exai_tests::RedisServer::start(true).await,
+    ));
+    let redis_url = redis.lock().await.url();
+    let stack = daemon_support::Stack::start_on("chaos-redis", &redis_url, &[], 2).await;
+    let url = Arc::new(std::sync::Mutex::new(stack.url()));
+
+    let restarted = Arc::new(std::sync::Mutex::new(0u64));
+    let (r2, at) = (redis.clone(), restarted.clone());
+    let (results, acks, retries) = echo_load(url, CLIENTS, CALLS, 20, 100, || async move {
+        let mut server = r2.lock().await;
+        *at.lock().unwrap() = unix_ms();
+        server.restart_gracefully().await;
+    })
+    .await;
+
+    assert_eq!(results.len(), CLIENTS * CALLS);
+    assert_own_results(&results);
+    // An acknowledged job that Redis lost would have been enqueued afresh by the client's
+    // retry: its job would be younger than its first ack.
+    // The test's own connection broke with the restart; its first command reconnects it.
+    let reconnected = wait_until(Duration::from_secs(10), || async {
+        stack.queue.counts().await.is_ok()
+    })
+    .await;
+    assert!(reconnected);
+    let mut lost = Vec::new();
+    for (job, acked_ms) in &acks {
+        let info = stack.queue.job(job).await.unwrap().expect("the job");
+        assert_eq!(info.state, JobState::Completed, "{job}");
+        if info.enqueued_at_ms > *acked_ms + 1000 {
+            lost.push(job.clone());
+        }
+    }
+    println!(
+        "chaos: redis_restarted calls={} completed={} acknowledged={} lost={} reconnects={retries}",
+        CLIENTS * CALLS,
+        results.len(),
+        acks.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged jobs lost: {lost:?}");
+    assert!(*restarted.lock().unwrap() > 0);
+    // The daemon and the workers are still the processes the test started.
+    let mut stack = stack;
+    assert!(
+        stack.daemon.child.0.try_wait().unwrap().is_none(),
+        "the daemon died"
+    );
+    for w in &mut stack.workers {
+        assert!(w.0.try_wait().unwrap().is_none(), "a worker died");
+    }
+}
