@@ -34,10 +34,21 @@ use crate::state::AppState;
 /// The provider name of Moonshot rows and semaphores.
 pub const KIMI: &str = "kimi";
 
-/// A database error as a job error: connection trouble is retried, the rest is final.
+/// How long a job waits before it tries again when Postgres is out of reach.
+pub const DB_UNAVAILABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A database error as a job error. Postgres out of reach puts the job back without spending an
+/// attempt (an outage must not fail work that will succeed once it is over: uploads and pushes
+/// wait and resume); contention (deadlock, serialization) is retried as an attempt; the rest
+/// is final.
 pub fn db_error(e: DbError) -> JobError {
     let message = format!("database: {}", error_chain(&e));
-    if e.is_transient() {
+    if e.is_unavailable() {
+        JobError::PutBack {
+            reason: message,
+            after: DB_UNAVAILABLE_WAIT,
+        }
+    } else if e.is_transient() {
         JobError::Transient(message)
     } else {
         JobError::Permanent(message)

@@ -102,6 +102,23 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Whether Postgres itself is out of reach (lost or refused connections, pool timeouts, a
+    /// server shutting down, starting or out of connections), as opposed to one statement
+    /// failing. Jobs wait out an unavailable database without spending attempts.
+    pub fn is_unavailable(&self) -> bool {
+        let sqlx_error = match self {
+            DbError::Query(e) | DbError::Connect(e) => e,
+            _ => return false,
+        };
+        match sqlx_error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
+    }
+
     /// Whether retrying later may succeed: lost or refused connections, pool timeouts,
     /// serialization failures and deadlocks, a server shutting down or out of connections.
     /// Everything else (constraint violations, decoding errors, invalid transitions) is permanent.
