@@ -630,3 +630,175 @@ async fn redis_restarted_mid_load_loses_no_acknowledged_job() {
         assert!(w.0.try_wait().unwrap().is_none(), "a worker died");
     }
 }
+
+/// Enqueues one `kimi_upload_files` call per path; returns the call ids.
+async fn enqueue_uploads(stack: &Stack, tag: &str, paths: &[std::path::PathBuf]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let id = format!("{tag}-{i}");
+        stack
+            .enqueue_tool(&id, "kimi_upload_files", json!({"files": [path]}))
+            .await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// Distinct files under the stack's upload root.
+fn distinct_files(stack: &Stack, tag: &str, n: usize) -> Vec<std::path::PathBuf> {
+    (0..n)
+        .map(|i| {
+            let body = format!("{tag} file {i}\n").repeat(200 + i);
+            stack.write_file(&format!("{tag}-{i}.txt"), body.as_bytes())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopped_for_20s_mid_load_uploads_wait_and_resume() {
+    const OUTAGE: Duration = Duration::from_secs(20);
+    let pg = exai_tests::PgServer::start().await;
+    let pg_config = exai_shared::config::DatabaseConfig {
+        url: pg.url().into(),
+    };
+    let pool = db::connect(&pg_config)
+        .await
+        .expect("connect to the test's Postgres");
+    db::migrate(&pool).await.unwrap();
+    let stack = Stack::new(
+        "chaos-pg",
+        &[
+            ("DATABASE_URL", &pg.url()),
+            ("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "3"),
+        ],
+    )
+    .await;
+    // Pushes take a while, so some are in flight when Postgres goes away.
+    stack
+        .sim
+        .add_fault(json!({"route": "supabase.object.upload", "action": "delay", "delay_ms": 300}))
+        .unwrap();
+    let _workers: Vec<ChildGuard> = (0..2)
+        .map(|_| stack.spawn_worker(&["--concurrency", "8", "--poll-secs", "0.2"]))
+        .collect();
+
+    let before = distinct_files(&stack, "before", 20);
+    let during = distinct_files(&stack, "during", 20);
+    let mut ids = enqueue_uploads(&stack, "before", &before).await;
+    let some_rows = wait_until(Duration::from_secs(60), || async {
+        db::list_by_status(&pool, db::UploadStatus::StoragePending, 100)
+            .await
+            .is_ok_and(|rows| rows.len() >= 3)
+    })
+    .await;
+    assert!(some_rows, "no upload reached its row before the outage");
+
+    pg.stop();
+    let down_at = Instant::now();
+    ids.extend(enqueue_uploads(&stack, "during", &during).await);
+    // The outage is the scenario's input: Postgres stays down this long, whatever happens.
+    tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
+    pg.start_again().await;
+
+    let q = stack.queue(queue::TOOL_CALLS);
+    let all_done = wait_until(Duration::from_secs(120), || async {
+        finished_count(&q, &ids).await == ids.len()
+    })
+    .await;
+    assert!(all_done, "calls did not finish after Postgres came back");
+    let mut failed = Vec::new();
+    for id in &ids {
+        let r = q.result(id).await.unwrap().unwrap();
+        if r.state != JobState::Completed {
+            failed.push((id.clone(), r.error));
+        }
+    }
+    let pool = db::connect(&pg_config).await.unwrap();
+    let rows_done = wait_until(Duration::from_secs(120), || async {
+        db::list_by_status(&pool, db::UploadStatus::Completed, 1000)
+            .await
+            .is_ok_and(|rows| rows.len() == 40)
+    })
+    .await;
+    let mut statuses = BTreeMap::new();
+    for status in db::UploadStatus::ALL {
+        let n = db::list_by_status(&pool, status, 1000).await.unwrap().len();
+        if n > 0 {
+            statuses.insert(status.to_string(), n);
+        }
+    }
+    let moonshot = stack.moonshot_files();
+    println!(
+        "chaos: postgres_stopped outage_s={} calls={} failed={} rows={statuses:?} \
+         moonshot_files={}",
+        OUTAGE.as_secs(),
+        ids.len(),
+        failed.len(),
+        moonshot.len()
+    );
+    assert!(failed.is_empty(), "calls failed by the outage: {failed:?}");
+    assert!(rows_done, "rows after the outage: {statuses:?}");
+    assert_eq!(statuses.get("storage_failed"), None);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storage_down_past_the_budget_then_redriven_to_completed() {
+    const FILES: usize = 30;
+    let stack = Stack::new("chaos-storage", &[("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "3")]).await;
+    let fault = stack
+        .sim
+        .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 503}))
+        .unwrap();
+    let _workers: Vec<ChildGuard> = (0..2)
+        .map(|_| stack.spawn_worker(&["--concurrency", "8", "--poll-secs", "0.2"]))
+        .collect();
+    let paths = distinct_files(&stack, "s", FILES);
+    let ids = enqueue_uploads(&stack, "storage", &paths).await;
+    let q = stack.queue(queue::TOOL_CALLS);
+    let failed_rows = wait_until(Duration::from_secs(120), || async {
+        db::list_by_status(&stack.pool, db::UploadStatus::StorageFailed, 1000)
+            .await
+            .is_ok_and(|rows| rows.len() == FILES)
+    })
+    .await;
+    assert!(failed_rows, "rows did not all end storage_failed");
+    // The calls themselves succeeded: Moonshot has every file, once.
+    for id in &ids {
+        let r = q.result(id).await.unwrap().expect("the call finished");
+        assert_eq!(r.state, JobState::Completed, "{id}: {:?}", r.error);
+    }
+    assert_eq!(stack.moonshot_files().len(), FILES);
+
+    // Storage is back; the operator re-drives.
+    reqwest::Client::new()
+        .delete(format!("{}/_sim/faults/{fault}", stack.sim.url()))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let (ok, out) = stack.worker_command(&["storage", "redrive", "--all"]).await;
+    assert!(ok, "{out}");
+    let completed = wait_until(Duration::from_secs(120), || async {
+        db::list_by_status(&stack.pool, db::UploadStatus::Completed, 1000)
+            .await
+            .is_ok_and(|rows| rows.len() == FILES)
+    })
+    .await;
+    let rows = stack.rows().await;
+    for row in &rows {
+        let object = stack
+            .object(&format!("kimi-uploads/{}", row.provider_file_id))
+            .expect("the object");
+        assert_eq!(object["sha256"].as_str(), row.sha256.as_deref());
+    }
+    println!(
+        "chaos: storage_down files={FILES} storage_failed={FILES} redriven_completed={}",
+        rows.iter()
+            .filter(|r| r.status == db::UploadStatus::Completed)
+            .count()
+    );
+    assert!(completed);
+    stack.cleanup().await;
+}
