@@ -54,12 +54,16 @@ async fn finished_count(q: &Queue, ids: &[String]) -> usize {
     n
 }
 
-/// Samples the semaphores every few milliseconds until `stop`; returns the highest `in_use`
-/// seen per name and the limits.
-fn sample_semaphores(
-    sems: Semaphores,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(BTreeMap<String, usize>, BTreeMap<String, u32>, u64)> {
+/// What the semaphore sampler saw: the highest `in_use` per name, the limits, the samples.
+#[derive(Debug, Default)]
+struct Sampled {
+    peaks: BTreeMap<String, usize>,
+    limits: BTreeMap<String, u32>,
+    samples: u64,
+}
+
+/// Samples the semaphores every few milliseconds until `stop`.
+fn sample_semaphores(sems: Semaphores, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Sampled> {
     tokio::spawn(async move {
         let mut peak = BTreeMap::new();
         let mut limits = BTreeMap::new();
@@ -77,7 +81,11 @@ fn sample_semaphores(
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        (peak, limits, samples)
+        Sampled {
+            peaks: peak,
+            limits,
+            samples,
+        }
     })
 }
 
@@ -187,7 +195,11 @@ async fn workers_sigkilled_at_random_lose_nothing() {
     let elapsed = started.elapsed();
     let leak_free = wait_no_holders(&sems, Duration::from_millis(LEASE_MS + 1000)).await;
     stop_sampling.store(true, Ordering::Relaxed);
-    let (peaks, limits, samples) = sampler.await.unwrap();
+    let Sampled {
+        peaks,
+        limits,
+        samples,
+    } = sampler.await.unwrap();
 
     // Every job finished: completed, or dead with a reason. None lost.
     let mut completed = 0;
