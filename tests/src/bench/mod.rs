@@ -21,10 +21,12 @@
 //! key lives under the run's prefix; [`cleanup`] deletes them.
 
 pub mod engine;
+pub mod idle;
 pub mod measure;
 pub mod phases;
 pub mod procs;
 pub mod report;
+pub mod sem;
 pub mod tracker;
 
 use std::path::PathBuf;

@@ -15,6 +15,8 @@ pub enum Unit {
     Millis,
     /// A plain ratio.
     Ratio,
+    /// An amount in the given unit (MiB, KiB, …), compared with nothing.
+    Amount(&'static str),
 }
 
 /// One measured quantity.
@@ -67,6 +69,10 @@ pub struct Report {
     pub load: Option<RunLoad>,
     /// Remarks about this run (anomalies worth knowing when reading it).
     pub notes: Vec<String>,
+    /// The table's first line.
+    pub title: String,
+    /// What the columns and rows mean, printed under the table.
+    pub legend: &'static [&'static str],
 }
 
 /// What the table's columns mean and how each number was taken.
@@ -109,6 +115,8 @@ impl Report {
             rows: Vec::new(),
             load: None,
             notes: Vec::new(),
+            title: "exai-bench queue — EXAI Queue against raw Redis, one run".to_owned(),
+            legend: LEGEND,
         }
     }
 
@@ -144,6 +152,17 @@ impl Report {
         });
     }
 
+    /// Adds an amount in `unit`.
+    pub fn amount(&mut self, key: &str, label: String, unit: &'static str, value: f64) {
+        self.rows.push(Row {
+            key: key.to_owned(),
+            label,
+            value,
+            unit: Unit::Amount(unit),
+            cost: None,
+        });
+    }
+
     /// Adds a plain ratio.
     pub fn ratio(&mut self, key: &str, label: String, value: f64) {
         self.rows.push(Row {
@@ -159,10 +178,7 @@ impl Report {
     pub fn to_table(&self) -> String {
         let m = &self.machine;
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "exai-bench queue — EXAI Queue against raw Redis, one run"
-        );
+        let _ = writeln!(out, "{}", self.title);
         let _ = writeln!(
             out,
             "machine: {} CPUs (nproc), {}; Redis {} (load before the run: {:.1} % of a core)",
@@ -234,7 +250,7 @@ impl Report {
             line(r, &mut out);
         }
         let _ = writeln!(out);
-        for l in LEGEND {
+        for l in self.legend {
             let _ = writeln!(out, "- {l}");
         }
         for n in &self.notes {
@@ -269,6 +285,12 @@ impl Report {
             Unit::Ratio => (
                 format!("{:.2}", r.value),
                 "×".to_owned(),
+                String::new(),
+                String::new(),
+            ),
+            Unit::Amount(u) => (
+                format!("{:.1}", r.value),
+                u.to_owned(),
                 String::new(),
                 String::new(),
             ),
@@ -316,6 +338,7 @@ impl Report {
                 Unit::PerSec(_) => 1,
                 Unit::Millis => 4,
                 Unit::Ratio => 3,
+                Unit::Amount(_) => 2,
             };
             o.insert(r.key.clone(), json!(round(r.value, places)));
             if let Some((u, ops)) = &r.cost {

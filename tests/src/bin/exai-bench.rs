@@ -37,6 +37,50 @@ struct Cli {
 enum Command {
     /// The job queue: enqueue, process and latency, against raw Redis round trips.
     Queue(QueueArgs),
+    /// The leased semaphores: acquire + release rate and push wake-up latency.
+    Sem(SemArgs),
+    /// The daemon's memory with many idle WebSocket sessions.
+    Idle(IdleArgs),
+}
+
+/// Flags of `exai-bench sem`.
+#[derive(Debug, Clone, clap::Args)]
+struct SemArgs {
+    /// The Redis server (single node).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Concurrent acquire/release tasks.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    tasks: u64,
+    /// Seconds the acquire/release phase runs.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Hand-overs of the wake-up phase.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    wakeups: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `exai-bench idle`.
+#[derive(Debug, Clone, clap::Args)]
+struct IdleArgs {
+    /// The Redis server (single node) the daemon uses.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    connections: u64,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    parallel: u64,
+    /// The `exai-daemon` binary (default: next to this executable).
+    #[arg(long)]
+    daemon_bin: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `exai-bench queue`.
@@ -139,7 +183,69 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Queue(args) => queue(args).await,
+        Command::Sem(args) => {
+            anyhow::ensure!(
+                args.secs.is_finite() && args.secs > 0.0,
+                "--secs must be a positive number"
+            );
+            let options = bench::sem::SemOptions {
+                redis_url: args.redis_url.clone(),
+                tasks: args.tasks as usize,
+                duration: Duration::from_secs_f64(args.secs),
+                wakeups: args.wakeups as usize,
+            };
+            let redis_url = options.redis_url.clone();
+            guarded(&redis_url, args.json, |prefix| {
+                bench::sem::run(options, prefix)
+            })
+            .await
+        }
+        Command::Idle(args) => {
+            let options = bench::idle::IdleOptions {
+                redis_url: args.redis_url.clone(),
+                connections: args.connections as usize,
+                parallel: args.parallel as usize,
+                daemon_bin: match &args.daemon_bin {
+                    Some(p) => p.clone(),
+                    None => bench::idle::sibling_bin("exai-daemon")?,
+                },
+            };
+            let redis_url = options.redis_url.clone();
+            guarded(&redis_url, args.json, |prefix| {
+                bench::idle::run(options, prefix)
+            })
+            .await
+        }
     }
+}
+
+/// Runs one benchmark under a fresh key prefix in a task of its own, then — whatever happened
+/// to it, Ctrl-C included — deletes its keys and prints its report.
+async fn guarded<F, Fut>(redis_url: &str, json: bool, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bench::report::Report>> + Send + 'static,
+{
+    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let mut task = tokio::spawn(run(prefix.clone()));
+    let outcome = tokio::select! {
+        joined = &mut task => joined.context("the benchmark panicked").and_then(|r| r),
+        _ = tokio::signal::ctrl_c() => {
+            task.abort();
+            let _ = (&mut task).await;
+            Err(anyhow::anyhow!("interrupted"))
+        }
+    };
+    bench::cleanup(redis_url, &prefix)
+        .await
+        .with_context(|| format!("delete the benchmark's keys (prefix {prefix})"))?;
+    let report = outcome?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
 }
 
 /// Runs the queue benchmark in a task of its own, then — whatever happened to it, Ctrl-C
