@@ -1,9 +1,11 @@
-//! The admin API of a real `exai-daemon` process, against real Redis and Postgres: token
-//! checks, every endpoint's JSON against a seeded state (jobs in every state, a dead job, a held
-//! semaphore lease, upload rows, a cleanup report), and the actions (retry, kill, pause, resume).
+//! The admin API and page of a real `exai-daemon` process, against real Redis and Postgres and
+//! a real headless Chromium: token checks, every endpoint's JSON against a seeded state (jobs
+//! in every state, a dead job, a held semaphore lease, upload rows, a cleanup report), the
+//! actions (retry, kill, pause, resume), and the page rendering that state in a browser.
 
 mod daemon_support;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use daemon_support::{Client, Daemon, TOKEN, spawn_daemon};
@@ -247,9 +249,29 @@ async fn the_api_refuses_requests_without_the_right_token() {
         .expect("job");
     assert_eq!(dead.state, JobState::Dead);
 
-    // With the token: 200.
+    // With the token: 200; the page itself needs no token and holds no data.
     let (status, _) = admin.get("queues").await;
     assert_eq!(status, StatusCode::OK);
+    let page = admin
+        .http
+        .get(admin.url("/admin"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/admin/admin.js"), "{html}");
+    assert!(!html.contains(DEAD));
+    for asset in ["/admin/admin.js", "/admin/admin.css"] {
+        let res = admin.http.get(admin.url(asset)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{asset}");
+    }
 
     // A WebSocket upgrade still works on any path, /admin paths included.
     let mut ws = Client::connect(&format!("ws://{}/admin/api/queues", admin.daemon.addr)).await;
@@ -481,4 +503,204 @@ async fn storage_without_a_database_is_503_and_nothing_else_is() {
         let (status, body) = admin.get(path).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
     }
+}
+
+// ----- the page in a real browser ------------------------------------------------------------
+
+/// The Chromium binary, installed from the OS packages when missing.
+fn chromium() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/chromium");
+    if path.exists() {
+        return path;
+    }
+    let install = || {
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "chromium"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = std::process::Command::new("apt-get").arg("update").status();
+        assert!(
+            install(),
+            "chromium is not installed and `apt-get install -y chromium` failed: install it \
+             (as root: apt-get install -y chromium) to run the admin page test"
+        );
+    }
+    assert!(
+        path.exists(),
+        "chromium installed but {} is missing",
+        path.display()
+    );
+    path
+}
+
+/// Runs headless Chromium on `url` with `args` and a fresh profile; returns its standard output.
+async fn run_chromium(browser: &Path, url: &str, args: &[String]) -> String {
+    let profile = tempdir("exai-admin-chromium");
+    let mut cmd = tokio::process::Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .arg(url)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("chromium finishes within 120 s")
+        .expect("run chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tempdir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}
+
+/// The element that starts with `open` (an exact opening tag prefix) up to its `close` tag.
+fn element<'a>(dom: &'a str, open: &str, close: &str) -> &'a str {
+    let start = dom
+        .find(open)
+        .unwrap_or_else(|| panic!("the page has no `{open}`:\n{dom}"));
+    let rest = &dom[start..];
+    let end = rest.find(close).map_or(rest.len(), |i| i + close.len());
+    &rest[..end]
+}
+
+#[tokio::test]
+async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
+    let browser = chromium();
+    let admin = Admin::start("admin_page", true).await;
+    let report = json!({"dry_run": true, "finished_at_ms": 1_790_000_000_000u64,
+        "sweeps": {"staging_blobs": {"found": 7, "removed": 0, "bytes": 2048}}});
+    admin.set_cleanup_report(&report).await;
+    // The token and a job to open come in the fragment.
+    let url = admin.url(&format!("/admin#token={TOKEN}&job={DEAD}"));
+
+    let dom = run_chromium(
+        &browser,
+        &url,
+        &["--virtual-time-budget=8000".into(), "--dump-dom".into()],
+    )
+    .await;
+    assert!(
+        dom.contains(r#"data-loaded="true""#),
+        "the page never finished a refresh:\n{dom}"
+    );
+    assert!(!dom.contains("unauthorized"), "{dom}");
+
+    // Queue counts.
+    let row = element(&dom, r#"<tr data-queue="tool_calls">"#, "</tr>");
+    for (field, n) in [
+        ("queued", 3),
+        ("scheduled", 1),
+        ("running", 1),
+        ("dead", 1),
+        ("completed", 1),
+    ] {
+        assert!(
+            row.contains(&format!(r#"data-field="{field}">{n}<"#)),
+            "tool_calls {field} should be {n}: {row}"
+        );
+    }
+    let row = element(&dom, r#"<tr data-queue="storage_push">"#, "</tr>");
+    assert!(row.contains(r#"data-field="queued">2<"#), "{row}");
+
+    // The dead job, with its retry button.
+    let dead = element(&dom, "<table id=\"dead\">", "</table>");
+    let row = element(
+        dead,
+        &format!(r#"<tr class="clickable" data-job-id="{DEAD}""#),
+        "</tr>",
+    );
+    assert!(row.contains("provider said no"), "{row}");
+    assert!(
+        row.contains(&format!(
+            r#"<button type="button" class="retry" data-job-id="{DEAD}">retry</button>"#
+        )),
+        "{row}"
+    );
+
+    // The jobs of the default view (tool_calls, queued), each with a kill button.
+    let jobs = element(&dom, "<table id=\"jobs\">", "</table>");
+    for id in QUEUED {
+        assert!(
+            jobs.contains(&format!(r#"class="kill" data-job-id="{id}">kill</button>"#)),
+            "{id}: {jobs}"
+        );
+    }
+
+    // The drill-down: the job named in the fragment, in full.
+    let detail = element(&dom, "<div id=\"job-detail\"", "</div>");
+    assert!(
+        !detail.contains("hidden"),
+        "the job details are open: {detail}"
+    );
+    assert!(detail.contains(&format!(r#""id": "{DEAD}""#)), "{detail}");
+    assert!(detail.contains(r#""state": "dead""#), "{detail}");
+    assert!(detail.contains("provider said no"), "{detail}");
+
+    // The semaphore holder with its countdown.
+    let sems = element(&dom, "<table id=\"semaphores\">", "</table>");
+    let row = element(sems, r#"<tr data-semaphore="kimi""#, "</tr>");
+    assert!(row.contains(HOLDER) && row.contains(LEASE_JOB), "{row}");
+    assert!(row.contains(" s</td>"), "a lease countdown: {row}");
+
+    // Storage counts and the cleanup report.
+    let storage = element(&dom, "<table id=\"storage\">", "</table>");
+    assert!(
+        storage.contains(r#"<tr data-status="completed"><td>completed</td><td class="num" data-field="count">2</td></tr>"#),
+        "{storage}"
+    );
+    assert!(storage.contains(r#"data-field="total">5<"#), "{storage}");
+    let cleanup = element(&dom, "<table id=\"cleanup\">", "</table>");
+    assert!(
+        cleanup.contains(r#"data-sweep="staging_blobs""#),
+        "{cleanup}"
+    );
+    assert!(cleanup.contains(r#"data-field="found">7<"#), "{cleanup}");
+    assert!(dom.contains("dry run"), "{dom}");
+
+    // A screenshot of the overview, for the operator's eyes.
+    let shot = exai_tests::bin_path("exai-daemon")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("admin-screenshot.png");
+    let _ = std::fs::remove_file(&shot);
+    run_chromium(
+        &browser,
+        &admin.url(&format!("/admin#token={TOKEN}")),
+        &[
+            "--virtual-time-budget=8000".into(),
+            "--window-size=1280,1000".into(),
+            format!("--screenshot={}", shot.display()),
+        ],
+    )
+    .await;
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    println!("admin page screenshot: {}", shot.display());
 }

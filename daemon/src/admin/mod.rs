@@ -1,10 +1,12 @@
 //! The operator's view of the deployment over HTTP, on the daemon's port: the JSON API under
-//! `/admin/api/...` ([`api`]).
+//! `/admin/api/...` ([`api`]) and the `/admin` web page that reads it ([`page`]).
 //!
 //! Every API request needs `Authorization: Bearer <EXAI_WS_TOKEN>`, checked in constant time by
 //! the same check as the WebSocket hello ([`App::token_matches`]); without the token the answer
 //! is 401 with a JSON error. Only when no token is configured (which the daemon allows on a
-//! loopback address only) is the API open, like the WebSocket.
+//! loopback address only) is the API open, like the WebSocket. The page's HTML, script and style
+//! are served without the token: they are static, embedded in the binary, and hold no data; the
+//! page sends the token the operator gives it with each API call.
 //!
 //! Errors are JSON bodies `{"error": "<message>"}` with the status that says what went wrong:
 //! 400 bad input, 401 no or wrong token, 404 unknown job, queue or endpoint, 409 a job not in a
@@ -22,6 +24,7 @@ use serde_json::json;
 use crate::server::App;
 
 pub mod api;
+pub mod page;
 
 /// Whether `path` belongs to the admin API or page.
 pub(crate) fn is_admin_path(path: &str) -> bool {
@@ -39,7 +42,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(app.clone(), require_token));
-    Router::new().nest("/admin/api", api).with_state(app)
+    Router::new()
+        .nest("/admin/api", api)
+        .merge(page::routes())
+        .with_state(app)
 }
 
 /// Refuses an API request without the right bearer token (401, JSON error).
