@@ -2,7 +2,7 @@
 //! `/admin/api/...` ([`api`]) and the `/admin` web page that reads it ([`page`]).
 //!
 //! Every API request needs `Authorization: Bearer <EXAI_WS_TOKEN>`, checked in constant time by
-//! the same check as the WebSocket hello ([`App::token_matches`]); without the token the answer
+//! the same check as the WebSocket hello (`App::token_matches`); without the token the answer
 //! is 401 with a JSON error. Only when no token is configured (which the daemon allows on a
 //! loopback address only) is the API open, like the WebSocket. The page's HTML, script and style
 //! are served without the token: they are static, embedded in the binary, and hold no data; the
