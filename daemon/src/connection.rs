@@ -25,7 +25,6 @@ use exai_shared::protocol::{
 };
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use subtle::ConstantTimeEq;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::calls;
 use crate::limits::Refused;
 use crate::metrics::Metrics;
-use crate::server::{App, Socket, digest};
+use crate::server::{App, Socket};
 use crate::session::Session;
 
 /// Frames queued for the writer before senders wait (backpressure on a slow reader).
@@ -359,15 +358,12 @@ async fn hello(app: &App, out: &Outbox, stream: &mut Stream) -> Result<Arc<Sessi
             return Err(End::Closed);
         }
     };
-    if let Some(expected) = &app.token_digest {
-        let given = digest(hello.token.as_deref().unwrap_or(""));
-        if !bool::from(expected.ct_eq(&given)) {
-            app.metrics.connection_refused("unauthorized");
-            tracing::info!("hello refused: wrong token");
-            let _ = out.send(&refuse("unauthorized")).await;
-            out.close(CLOSE_UNAUTHORIZED, "unauthorized").await;
-            return Err(End::Closed);
-        }
+    if !app.token_matches(hello.token.as_deref().unwrap_or("")) {
+        app.metrics.connection_refused("unauthorized");
+        tracing::info!("hello refused: wrong token");
+        let _ = out.send(&refuse("unauthorized")).await;
+        out.close(CLOSE_UNAUTHORIZED, "unauthorized").await;
+        return Err(End::Closed);
     }
     let session_id = hello
         .session_id

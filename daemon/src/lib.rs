@@ -17,8 +17,10 @@
 //! - [`limits`]: the daemon-only settings (`EXAI_WS_MAX_CONNECTIONS`, …) and the connection
 //!   counter.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`admin`]: the operator's JSON API under `/admin/api` and the `/admin` web page.
 #![warn(missing_docs)]
 
+pub mod admin;
 mod calls;
 mod connection;
 pub mod limits;

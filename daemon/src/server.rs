@@ -1,5 +1,5 @@
 //! The server: one port for WebSocket upgrades (any path) and plain HTTP (`GET /health`,
-//! `GET /ready`, `GET /metrics`), the state every connection shares ([`App`]), and the run loop
+//! `GET /ready`, `GET /metrics`, the admin API and page under `/admin`), the state every connection shares ([`App`]), and the run loop
 //! with its graceful shutdown.
 //!
 //! Why axum plus tokio-tungstenite: axum serves the HTTP endpoints on the same listener and
@@ -31,12 +31,14 @@ use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_service::Service;
 
 use crate::connection;
 use crate::limits::{ConnectionLimiter, DaemonLimits};
@@ -56,6 +58,9 @@ pub enum DaemonError {
     /// The semaphore inspector could not be set up.
     #[error("could not set up the semaphore inspector")]
     Semaphores(#[source] exai_shared::semaphore::SemaphoreError),
+    /// `DATABASE_URL` is set but unusable.
+    #[error("invalid database configuration")]
+    Database(#[source] exai_shared::db::DbError),
     /// The listener failed.
     #[error("the listener failed")]
     Io(#[source] std::io::Error),
@@ -86,6 +91,10 @@ pub struct App {
     pub(crate) connections: ConnectionLimiter,
     /// Sessions with an open connection.
     pub(crate) sessions: Sessions,
+    /// The Postgres pool for the admin API's storage view; `None` when `DATABASE_URL` is not
+    /// set for the daemon (the daemon needs no database for anything else). Lazy: the first
+    /// query opens the first connection.
+    pub(crate) db: Option<exai_shared::db::PgPool>,
     /// SHA-256 of `EXAI_WS_TOKEN`, compared in constant time with the digest of the token a
     /// client sends (digests hide the length too); `None` when auth is off (loopback only).
     pub(crate) token_digest: Option<[u8; 32]>,
@@ -111,7 +120,10 @@ pub(crate) fn digest(token: &str) -> [u8; 32] {
 }
 
 impl App {
-    /// Connects to Redis and sets up the shared parts.
+    /// Connects to Redis and sets up the shared parts. When `DATABASE_URL` is set in the
+    /// environment (after `.env` is loaded), a lazy Postgres pool is built for the admin
+    /// API's storage view; an unusable URL is an error now, an unreachable server only fails
+    /// that view.
     pub async fn connect(
         config: Config,
         limits: DaemonLimits,
@@ -135,6 +147,10 @@ impl App {
             .await
             .map_err(DaemonError::Semaphores)?;
         let token_digest = config.ws.token.as_ref().map(|t| digest(t.expose_secret()));
+        let db = database_configured()
+            .then(|| exai_shared::db::connect_lazy(&config.database))
+            .transpose()
+            .map_err(DaemonError::Database)?;
         Ok(Arc::new(Self {
             connections: ConnectionLimiter::new(
                 limits.max_connections,
@@ -150,11 +166,22 @@ impl App {
             relay,
             metrics: Metrics::new(),
             sessions: Sessions::default(),
+            db,
             token_digest,
             shutdown,
             tasks: TaskTracker::new(),
             started: Instant::now(),
         }))
+    }
+
+    /// Whether `given` is the configured token, compared in constant time on the SHA-256
+    /// digests (which hide the length too). Always `true` when auth is off (no token
+    /// configured, loopback only).
+    pub(crate) fn token_matches(&self, given: &str) -> bool {
+        match &self.token_digest {
+            Some(expected) => bool::from(expected.ct_eq(&digest(given))),
+            None => true,
+        }
     }
 
     /// Whether Redis answers a PING within two seconds.
@@ -225,6 +252,11 @@ impl App {
     }
 }
 
+/// Whether `DATABASE_URL` is set (and not empty) in the process environment.
+fn database_configured() -> bool {
+    std::env::var("DATABASE_URL").is_ok_and(|v| !v.trim().is_empty())
+}
+
 /// Unix time in seconds, as a float.
 pub(crate) fn unix_secs() -> f64 {
     SystemTime::now()
@@ -255,7 +287,14 @@ pub async fn run(
 
 /// Serves `listener` with an already built [`App`] (see [`run`]).
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonError> {
-    let router = Router::new().fallback(handle).with_state(app.clone());
+    let admin = crate::admin::router(app.clone());
+    let router = Router::new()
+        .fallback(
+            move |state: State<Arc<App>>, peer: ConnectInfo<SocketAddr>, req: Request| {
+                handle(state, peer, admin.clone(), req)
+            },
+        )
+        .with_state(app.clone());
     let stop = app.shutdown.clone();
     axum::serve(
         listener,
@@ -277,14 +316,22 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonErr
     Ok(())
 }
 
-/// Every request: a WebSocket upgrade on any path, else the HTTP endpoints.
+/// Every request: a WebSocket upgrade on any path, else the admin API and page under
+/// `/admin`, else the HTTP endpoints.
 async fn handle(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut admin: Router,
     req: Request,
 ) -> Response {
     if wants_websocket(req.method(), req.headers()) {
         return upgrade(app, req, peer);
+    }
+    if crate::admin::is_admin_path(req.uri().path()) {
+        return match admin.call(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();

@@ -16,6 +16,7 @@
 //! | `P:sem:released` | pub/sub channel | the names of a released semaphore lease (and limit changes) |
 //! | `P:ev:<job id>` | pub/sub channel | the job's events ([`JobEvent`](crate::events::JobEvent)) |
 //! | `{P:q:<queue>}:…` | various | one queue's lists, sorted sets and job hashes: see [`crate::queue`] |
+//! | `P:cleanup:last` | string | the JSON report of the last orphan cleanup run (with `finished_at_ms`) |
 
 use std::time::Duration;
 
@@ -174,6 +175,12 @@ impl Keys {
         format!("{}:sem:released", self.prefix)
     }
 
+    /// The JSON report of the last orphan cleanup run (a plain string key, overwritten by each
+    /// run; the admin API and page show it).
+    pub fn cleanup_last(&self) -> String {
+        format!("{}:cleanup:last", self.prefix)
+    }
+
     /// The keys of queue `name`, all under the hash tag `{P:q:<name>}` (see
     /// [`crate::queue`] for the layout).
     pub fn queue(&self, name: &str) -> crate::queue::QueueKeys {
@@ -202,5 +209,10 @@ mod tests {
             tag(k.sem_names()),
         ];
         assert!(tags.iter().all(|t| t == "t1:sem"), "{tags:?}");
+    }
+
+    #[test]
+    fn the_cleanup_report_key_is_under_the_prefix() {
+        assert_eq!(Keys::new("t1").cleanup_last(), "t1:cleanup:last");
     }
 }

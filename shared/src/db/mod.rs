@@ -23,7 +23,7 @@ pub mod uploads;
 
 pub use migrate::{MIGRATOR, MigrationInfo, applied_migrations, migrate, revert_one};
 pub use uploads::{
-    FileUpload, NewUpload, UnknownStatus, UploadStatus, Upserted, find_by_id,
+    FileUpload, NewUpload, UnknownStatus, UploadStatus, Upserted, count_by_status, find_by_id,
     find_by_provider_file_id, find_live, insert_or_get, list_by_status, mark_completed,
     mark_deleted, mark_storage_failed, record_reuse, record_storage_attempt,
 };

@@ -30,6 +30,7 @@
 //! Rows written by the original system decode too: the column list casts the columns its later
 //! migrations created with other types, and gives NULLs the values the columns default to.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -620,6 +621,22 @@ pub async fn list_by_status(
         .bind(limit.max(0))
         .fetch_all(pool)
         .await?)
+}
+
+/// How many rows are in each `upload_status`, every known status included (with 0), plus any
+/// status a foreign writer left in the table. One `GROUP BY` over the table.
+pub async fn count_by_status(pool: &PgPool) -> Result<BTreeMap<String, u64>, DbError> {
+    const SQL: &str = "SELECT coalesce(upload_status, 'completed') AS status, count(*) AS n \
+                       FROM provider_file_uploads GROUP BY 1";
+    let rows: Vec<(String, i64)> = sqlx::query_as(SQL).fetch_all(pool).await?;
+    let mut out: BTreeMap<String, u64> = UploadStatus::ALL
+        .into_iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    for (status, n) in rows {
+        *out.entry(status).or_default() += u64::try_from(n).unwrap_or(0);
+    }
+    Ok(out)
 }
 
 /// Why a guarded update matched no row: the row is missing, or its status forbids the change.
