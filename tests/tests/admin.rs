@@ -505,6 +505,32 @@ async fn storage_without_a_database_is_503_and_nothing_else_is() {
     }
 }
 
+#[tokio::test]
+async fn a_daemon_without_a_token_keeps_the_admin_api_closed() {
+    let prefix = unique_prefix("admin_notoken");
+    let _keys = PrefixGuard::new(prefix.clone(), redis_url());
+    let env: Vec<(String, String)> = vec![
+        ("REDIS_URL".into(), redis_url()),
+        ("EXAI_REDIS_PREFIX".into(), prefix),
+        ("EXAI_WS_PORT".into(), "0".into()),
+    ];
+    let daemon = spawn_daemon(&env).await;
+    let http = reqwest::Client::new();
+    for path in ["queues", "semaphores", "jobs/x"] {
+        let res = http
+            .get(format!("http://{}/admin/api/{path}", daemon.addr))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("EXAI_WS_TOKEN"),
+            "{body}"
+        );
+    }
+}
+
 // ----- the page in a real browser ------------------------------------------------------------
 
 /// The Chromium binary, installed from the OS packages when missing.

@@ -3,8 +3,8 @@
 //!
 //! Every API request needs `Authorization: Bearer <EXAI_WS_TOKEN>`, checked in constant time by
 //! the same check as the WebSocket hello (`App::token_matches`); without the token the answer
-//! is 401 with a JSON error. Only when no token is configured (which the daemon allows on a
-//! loopback address only) is the API open, like the WebSocket. The page's HTML, script and style
+//! is 401 with a JSON error. A daemon without a token (allowed on a loopback address only)
+//! keeps the API closed: it can kill and retry jobs, so it is never open. The page's HTML, script and style
 //! are served without the token: they are static, embedded in the binary, and hold no data; the
 //! page sends the token the operator gives it with each API call.
 //!
@@ -50,7 +50,13 @@ pub(crate) fn router(app: Arc<App>) -> Router {
 
 /// Refuses an API request without the right bearer token (401, JSON error).
 async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if app.token_digest.is_some() {
+    if app.token_digest.is_none() {
+        return ApiError::unauthorized(
+            "the admin API needs a token: start the daemon with EXAI_WS_TOKEN set",
+        )
+        .into_response();
+    }
+    {
         match bearer(req.headers()) {
             Some(token) if app.token_matches(token) => {}
             Some(_) => {
