@@ -13,7 +13,7 @@
 //!    [`phases::latency`]).
 //! 6. **Backlog**: with the same workers, warm: queue paused, a small backlog enqueued, timed
 //!    from RESUME to the last completion (`small_rounds` times, summed); then the same with a
-//!    backlog of `jobs`. Their per-job time ratio should be ≈ 1.
+//!    backlog of `large_backlog` (default `jobs`). Their per-job time ratio should be ≈ 1.
 //! 7. **In-process engine** ([`engine`]): the same warm drain of `jobs` and the same latency
 //!    phase through one apalis worker in this process, which also stamps the handler's start.
 //!
@@ -58,6 +58,8 @@ pub struct Options {
     pub workers: usize,
     /// Jobs of the single-enqueue phase.
     pub single_jobs: u64,
+    /// The large backlog of the per-job cost comparison.
+    pub large_backlog: u64,
     /// Jobs per bulk call.
     pub batch: usize,
     /// Concurrent bulk producers.
@@ -153,6 +155,7 @@ pub async fn run(opts: Options, prefix: String, stop: CancellationToken) -> anyh
         "concurrency": opts.concurrency,
         "workers": opts.workers,
         "single_jobs": opts.single_jobs,
+        "large_backlog": opts.large_backlog,
         "batch": opts.batch,
         "bulk_producers": opts.bulk_producers,
         "latency_jobs": opts.latency_jobs,
@@ -382,7 +385,7 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
 
     progress(&format!(
         "backlog: {} × {} jobs, then {} jobs, warm",
-        o.small_rounds, o.small_backlog, o.jobs
+        o.small_rounds, o.small_backlog, o.large_backlog
     ));
     let pids = workers.pids();
     let mut small = (0.0, Usage::default());
@@ -404,15 +407,16 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
         small.0,
         Some(small.1),
     );
-    let (secs, usage) = warm_drain(ctx, &q, &mut stats, o.jobs, &pids, &mut workers).await?;
+    let (secs, usage) =
+        warm_drain(ctx, &q, &mut stats, o.large_backlog, &pids, &mut workers).await?;
     let large_rate = report.rate(
         "process_warm_per_s",
         format!(
             "process, warm: {} worker processes, backlog {}",
-            o.workers, o.jobs
+            o.workers, o.large_backlog
         ),
         "jobs/s",
-        o.jobs,
+        o.large_backlog,
         secs,
         Some(usage),
     );
@@ -420,7 +424,7 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
         "backlog_cost_ratio",
         format!(
             "per-job time at backlog {} ÷ at backlog {}",
-            o.jobs, o.small_backlog
+            o.large_backlog, o.small_backlog
         ),
         ratio(small_rate, large_rate),
     );
@@ -428,9 +432,12 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
         "backlog_redis_cpu_ratio",
         format!(
             "Redis CPU per job at backlog {} ÷ at backlog {}",
-            o.jobs, o.small_backlog
+            o.large_backlog, o.small_backlog
         ),
-        ratio(usage.redis_us_per(o.jobs), small.1.redis_us_per(small_jobs)),
+        ratio(
+            usage.redis_us_per(o.large_backlog),
+            small.1.redis_us_per(small_jobs),
+        ),
     );
     progress("stopping the worker processes");
     ctx.workers_cpu += procs_cpu_secs(&pids);

@@ -406,6 +406,81 @@ fn thousands(v: f64) -> String {
     out
 }
 
+/// The rows `exai-bench all` repeats in its summary, by JSON key.
+const HEADLINES: &[&str] = &[
+    "redis_roundtrips_per_s",
+    "enqueue_per_s",
+    "enqueue_bulk_per_s",
+    "process_per_s",
+    "process_warm_per_s",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "backlog_cost_ratio",
+    "backlog_redis_cpu_ratio",
+    "sem_acquire_release_per_s",
+    "sem_wakeup_p50_ms",
+    "sem_wakeup_p99_ms",
+    "ws_calls_per_s",
+    "ws_latency_p50_ms",
+    "ws_latency_p99_ms",
+    "queue_latency_p50_ms",
+    "queue_latency_p99_ms",
+    "small_files_per_s",
+    "large_mb_per_s",
+    "worker_idle_rss_mb",
+    "worker_peak_rss_mb_100mb",
+    "daemon_rss_idle_mib",
+    "daemon_rss_idle_connections_mib",
+    "daemon_rss_per_connection_kib",
+];
+
+/// The headline rows of several runs in one Markdown table: run, metric, value, unit.
+pub fn summary(reports: &[(&str, Report)]) -> String {
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    for key in HEADLINES {
+        for (run, report) in reports {
+            for r in report.rows.iter().filter(|r| r.key == *key) {
+                let cells = report.cells(r);
+                rows.push([
+                    (*run).to_owned(),
+                    r.label.clone(),
+                    cells[1].clone(),
+                    cells[2].clone(),
+                ]);
+            }
+        }
+    }
+    let header = ["run", "metric", "value", "unit"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::from("exai-bench all — the headline numbers of this run\n\n");
+    let line = |cells: &[String; 4], out: &mut String| {
+        out.push('|');
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            let pad = " ".repeat(w - c.chars().count());
+            if i == 2 {
+                let _ = write!(out, " {pad}{c} |");
+            } else {
+                let _ = write!(out, " {c}{pad} |");
+            }
+        }
+        out.push('\n');
+    };
+    line(&header, &mut out);
+    let rule = widths.map(|w| "-".repeat(w));
+    let mut rule = rule;
+    rule[2] = format!("{}:", "-".repeat(widths[2] - 1));
+    line(&rule, &mut out);
+    for r in &rows {
+        line(r, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,25 @@ enum Command {
     Sem(SemArgs),
     /// The daemon's memory with many idle WebSocket sessions.
     Idle(IdleArgs),
+    /// Every benchmark in one run, each table in turn, then the headline numbers together.
+    All(AllArgs),
+}
+
+/// Flags of `exai-bench all`.
+#[derive(Debug, Clone, clap::Args)]
+struct AllArgs {
+    /// The Redis server (single node).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// The large backlog of the queue's per-job cost comparison (against 1,000).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    large_backlog: u64,
+    /// Idle WebSocket connections of the daemon-memory run.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    connections: u64,
+    /// Print one JSON object (every run's, by name) instead of the tables.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `exai-bench sem`.
@@ -89,7 +108,8 @@ struct QueueArgs {
     /// The Redis server (single node).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// Jobs of the bulk-enqueue, process and large-backlog phases.
+    /// Jobs of the bulk-enqueue and process phases (and the large backlog, unless
+    /// --large-backlog says otherwise).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     jobs: u64,
     /// Jobs run at once per worker process (and in the in-process engine); also the number of
@@ -114,6 +134,9 @@ struct QueueArgs {
     /// The small backlog of the per-job cost comparison.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     small_backlog: u64,
+    /// The large backlog of the per-job cost comparison (default: --jobs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    large_backlog: Option<u64>,
     /// Rounds of the small backlog (their times are summed).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     small_rounds: u64,
@@ -164,6 +187,7 @@ impl QueueArgs {
             concurrency: self.concurrency as usize,
             workers: self.workers as usize,
             single_jobs: self.single_jobs,
+            large_backlog: self.large_backlog.unwrap_or(self.jobs),
             batch: self.batch as usize,
             bulk_producers: self.bulk_producers as usize,
             latency_jobs: self.latency_jobs,
@@ -200,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
+        Command::All(args) => all(args).await,
         Command::Idle(args) => {
             let options = bench::idle::IdleOptions {
                 redis_url: args.redis_url.clone(),
@@ -219,9 +244,82 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs one benchmark under a fresh key prefix in a task of its own, then — whatever happened
-/// to it, Ctrl-C included — deletes its keys and prints its report.
+/// Runs one benchmark under a fresh key prefix (see [`measured`]) and prints its report.
 async fn guarded<F, Fut>(redis_url: &str, json: bool, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bench::report::Report>> + Send + 'static,
+{
+    let report = measured(redis_url, run).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+/// `exai-bench all`: every benchmark with its defaults (the queue's large backlog and the
+/// daemon's connections from the flags), one after the other, then a summary of the headline
+/// numbers of all of them.
+async fn all(args: AllArgs) -> anyhow::Result<()> {
+    let url = args.redis_url.clone();
+    let large = args.large_backlog.to_string();
+    // The queue run's defaults, as `exai-bench queue --large-backlog N` would have them.
+    let cli = Cli::try_parse_from(["exai-bench", "queue", "--large-backlog", large.as_str()])?;
+    let Command::Queue(queue_args) = cli.command else {
+        unreachable!("parsed as the queue command")
+    };
+    let mut queue_options = queue_args.options()?;
+    queue_options.redis_url = url.clone();
+    let mut reports: Vec<(&str, bench::report::Report)> = Vec::new();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    reports.push((
+        "queue",
+        measured(&url, move |prefix| bench::run(queue_options, prefix, s)).await?,
+    ));
+    stop.cancel();
+    let sem = bench::sem::SemOptions {
+        redis_url: url.clone(),
+        tasks: 50,
+        duration: Duration::from_secs(3),
+        wakeups: 500,
+    };
+    reports.push((
+        "sem",
+        measured(&url, |prefix| bench::sem::run(sem, prefix)).await?,
+    ));
+    let idle = bench::idle::IdleOptions {
+        redis_url: url.clone(),
+        connections: args.connections as usize,
+        parallel: 200,
+        daemon_bin: bench::idle::sibling_bin("exai-daemon")?,
+    };
+    reports.push((
+        "idle",
+        measured(&url, |prefix| bench::idle::run(idle, prefix)).await?,
+    ));
+
+    if args.json {
+        let all: serde_json::Map<String, serde_json::Value> = reports
+            .iter()
+            .map(|(name, r)| ((*name).to_owned(), r.to_json()))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    for (_, r) in &reports {
+        print!("{}", r.to_table());
+        println!();
+    }
+    print!("{}", bench::report::summary(&reports));
+    Ok(())
+}
+
+/// Runs one benchmark under a fresh key prefix in a task of its own, then — whatever happened
+/// to it, Ctrl-C included — deletes its keys and returns its report.
+async fn measured<F, Fut>(redis_url: &str, run: F) -> anyhow::Result<bench::report::Report>
 where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bench::report::Report>> + Send + 'static,
@@ -239,13 +337,7 @@ where
     bench::cleanup(redis_url, &prefix)
         .await
         .with_context(|| format!("delete the benchmark's keys (prefix {prefix})"))?;
-    let report = outcome?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-    } else {
-        print!("{}", report.to_table());
-    }
-    Ok(())
+    outcome
 }
 
 /// Runs the queue benchmark in a task of its own, then — whatever happened to it, Ctrl-C
