@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::queue::{self, JobInfo, Queue, QueueCounts, QueueError};
+use crate::queue::{self, JobInfo, Queue, QueueError};
 use crate::semaphore::{SemaphoreError, SemaphoreState, Semaphores};
 
 /// `{"queues":{"<name>":{...}}}`: every queue's counts.
@@ -16,49 +16,16 @@ pub struct QueuesReport {
     pub queues: BTreeMap<String, QueueStats>,
 }
 
-/// One queue's counts. `completed` and `cancelled` count since the queue was created; the
-/// other numbers are current sizes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct QueueStats {
-    /// Waiting to run now.
-    pub queued: u64,
-    /// Delayed until a run-at time.
-    pub scheduled: u64,
-    /// Leased by a worker.
-    pub running: u64,
-    /// Waiting for the backoff of a failed attempt.
-    pub retrying: u64,
-    /// Gave up (attempts exhausted, permanent error, or killed); kept for inspection.
-    pub dead: u64,
-    /// Completed.
-    pub completed: u64,
-    /// Cancelled.
-    pub cancelled: u64,
-    /// Workers take no job from it while paused.
-    pub paused: bool,
-}
-
-impl From<QueueCounts> for QueueStats {
-    fn from(c: QueueCounts) -> Self {
-        Self {
-            queued: c.queued,
-            scheduled: c.scheduled,
-            running: c.running,
-            retrying: c.retrying,
-            dead: c.dead,
-            completed: c.completed,
-            cancelled: c.cancelled,
-            paused: c.paused,
-        }
-    }
-}
+/// One queue's counts (`completed` and `cancelled` count since the queue was created; the other
+/// numbers are current sizes), as the queue engine reports them.
+pub use crate::queue::QueueCounts as QueueStats;
 
 impl QueuesReport {
     /// Reads the counts of `queues`, one round trip each.
     pub async fn collect(queues: &[Queue]) -> Result<Self, QueueError> {
         let mut out = BTreeMap::new();
         for q in queues {
-            out.insert(q.name().to_owned(), q.counts().await?.into());
+            out.insert(q.name().to_owned(), q.counts().await?);
         }
         Ok(Self { queues: out })
     }

@@ -273,13 +273,10 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     let mut queue_options = queue_args.options()?;
     queue_options.redis_url = url.clone();
     let mut reports: Vec<(&str, bench::report::Report)> = Vec::new();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
     reports.push((
         "queue",
-        measured(&url, move |prefix| bench::run(queue_options, prefix, s)).await?,
+        measured(&url, move |prefix| queue_run(queue_options, prefix)).await?,
     ));
-    stop.cancel();
     let sem = bench::sem::SemOptions {
         redis_url: url.clone(),
         tasks: 50,
@@ -340,35 +337,27 @@ where
     outcome
 }
 
-/// Runs the queue benchmark in a task of its own, then — whatever happened to it, Ctrl-C
-/// included — stops what it started and deletes its keys.
+/// Runs the queue benchmark (see [`guarded`]).
 async fn queue(args: QueueArgs) -> anyhow::Result<()> {
     let options = args.options()?;
-    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let redis_url = options.redis_url.clone();
+    guarded(&redis_url, args.json, |prefix| queue_run(options, prefix)).await
+}
+
+/// The queue benchmark; the in-process engines it started stop when it ends, however it ends
+/// (error, Ctrl-C), before its keys are deleted.
+async fn queue_run(
+    options: bench::Options,
+    prefix: String,
+) -> anyhow::Result<bench::report::Report> {
     let stop = CancellationToken::new();
-    let mut task = tokio::spawn(bench::run(options.clone(), prefix.clone(), stop.clone()));
-    let outcome = tokio::select! {
-        joined = &mut task => joined.context("the benchmark panicked").and_then(|r| r),
-        _ = tokio::signal::ctrl_c() => {
-            task.abort();
-            let _ = (&mut task).await;
-            Err(anyhow::anyhow!("interrupted"))
-        }
-    };
-    // Engines still running (after an error) stop on this; worker processes were killed when
-    // the task's guards dropped. Give both a moment before the keys go.
-    stop.cancel();
+    let _stop_engines = stop.clone().drop_guard();
+    let outcome = bench::run(options, prefix, stop.clone()).await;
     if outcome.is_err() {
+        stop.cancel();
+        // Worker processes were killed when the run's guards dropped; give them and the
+        // engines a moment before the keys go.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    bench::cleanup(&options.redis_url, &prefix)
-        .await
-        .with_context(|| format!("delete the benchmark's keys (prefix {prefix})"))?;
-    let report = outcome?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-    } else {
-        print!("{}", report.to_table());
-    }
-    Ok(())
+    outcome
 }
