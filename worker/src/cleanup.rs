@@ -316,12 +316,26 @@ impl Cleanup {
     }
 }
 
+/// The sweeps `kimi_manage_files` `cleanup_orphaned` runs: what no row accounts for.
+pub const ORPHAN_SWEEPS: [&str; 4] = [
+    "rows_missing_file",
+    "moonshot_orphans",
+    "supabase_orphans",
+    "staging_orphans",
+];
+
 /// Runs every sweep (see the [module docs](self)) and reports. Never fails as a whole: what
 /// went wrong is in the sweeps' `errors`.
 pub async fn run(ctx: &Cleanup, dry_run: bool) -> CleanupReport {
+    run_only(ctx, dry_run, &SWEEPS).await
+}
+
+/// Runs only the named sweeps (names of [`SWEEPS`]); the others report nothing found.
+pub async fn run_only(ctx: &Cleanup, dry_run: bool, only: &[&str]) -> CleanupReport {
     let started_at = Utc::now();
     let snapshot = Snapshot::take(ctx).await;
-    let plan = Plan::make(ctx, &snapshot, started_at).await;
+    let mut plan = Plan::make(ctx, &snapshot, started_at).await;
+    plan.keep_only(only);
     let mut sweeps = plan.report_found();
     if dry_run {
         for (plan_bytes, report) in plan.bytes().into_iter().zip(sweeps.iter_mut()) {
@@ -759,6 +773,33 @@ impl Plan {
             moonshot,
             supabase,
             staging,
+        }
+    }
+
+    /// Drops the candidates and errors of the sweeps not named in `only`.
+    fn keep_only(&mut self, only: &[&str]) {
+        fn clear<T>(plan: &mut SweepPlan<T>) {
+            plan.items.clear();
+            plan.errors.clear();
+        }
+        let on = |name: &str| only.contains(&name);
+        if !on(SWEEPS[0]) {
+            clear(&mut self.missing);
+        }
+        if !on(SWEEPS[1]) {
+            clear(&mut self.expired);
+        }
+        if !on(SWEEPS[2]) {
+            clear(&mut self.quota);
+        }
+        if !on(SWEEPS[3]) {
+            clear(&mut self.moonshot);
+        }
+        if !on(SWEEPS[4]) {
+            clear(&mut self.supabase);
+        }
+        if !on(SWEEPS[5]) {
+            clear(&mut self.staging);
         }
     }
 
