@@ -268,6 +268,21 @@ async fn orphans_go_what_is_held_or_young_stays_and_a_dry_run_reports_the_real_r
         )
         .await;
 
+    // A row whose push gave up (storage_failed): a re-drive pushes from staging, so file and
+    // blob stay.
+    let failed = s.content("failed-push", 115);
+    let failed_file = s.moonshot_file("failed-push", &failed, Some(OLD)).await;
+    let failed_blob = s.blob(&failed, Some(OLD)).await;
+    let failed_row = s
+        .row(
+            &failed_file.id,
+            &failed,
+            UploadStatus::StorageFailed,
+            OLD,
+            OLD,
+        )
+        .await;
+
     // A row of the original system (no sha256): its file stays.
     let legacy = s.content("legacy", 120);
     let legacy_file = s.moonshot_file("legacy", &legacy, Some(OLD)).await;
@@ -404,6 +419,9 @@ async fn orphans_go_what_is_held_or_young_stays_and_a_dry_run_reports_the_real_r
     assert!(!s.has_object(orphan_object));
     assert!(!s.has_object(&expired_path));
     assert!(s.blob_exists(&pending_blob));
+    assert!(s.blob_exists(&failed_blob));
+    assert!(files.contains(&failed_file.id));
+    assert_eq!(s.status(failed_row.id).await, UploadStatus::StorageFailed);
     assert!(s.blob_exists(&queued_blob));
     assert!(s.blob_exists(&young_blob));
     assert!(!s.blob_exists(&kept_blob));
