@@ -221,6 +221,12 @@ pub struct CleanupConfig {
     pub cron: String,
     /// `EXAI_ORPHAN_GRACE_SECS` (86400): nothing younger is ever removed.
     pub orphan_grace: Duration,
+    /// `EXAI_FILE_RETENTION_DAYS` (30): a file unused for this long is removed (Moonshot,
+    /// Supabase Storage) and its row marked `deleted`.
+    pub file_retention: Duration,
+    /// `EXAI_STORAGE_QUOTA_BYTES` (unset: no quota): above it, least-recently-used completed
+    /// files are removed until under.
+    pub storage_quota_bytes: Option<u64>,
 }
 
 impl Config {
@@ -378,6 +384,22 @@ impl Config {
                     expr
                 },
                 orphan_grace: Duration::from_secs(v.parse("EXAI_ORPHAN_GRACE_SECS", 86_400u64)?),
+                file_retention: {
+                    let days: u64 = v.positive("EXAI_FILE_RETENTION_DAYS", 30)?;
+                    days.checked_mul(86_400)
+                        .filter(|secs| *secs <= i64::MAX as u64 / 1000)
+                        .map(Duration::from_secs)
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                "EXAI_FILE_RETENTION_DAYS",
+                                format!("`{days}` is too large"),
+                            )
+                        })?
+                },
+                storage_quota_bytes: v
+                    .get("EXAI_STORAGE_QUOTA_BYTES")
+                    .map(|_| v.positive("EXAI_STORAGE_QUOTA_BYTES", 1u64))
+                    .transpose()?,
             },
             log_format: v.parse("EXAI_LOG_FORMAT", LogFormat::Human)?,
         })
@@ -497,6 +519,10 @@ mod tests {
         assert!(c.ws.token.is_none());
         assert_eq!(c.uploads.max_bytes, 100 * 1024 * 1024);
         assert_eq!(c.supabase.retry_base, Duration::from_secs(1));
+        assert_eq!(c.cleanup.file_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.cleanup.storage_quota_bytes, None);
+        let c = cfg(&[("EXAI_STORAGE_QUOTA_BYTES", "1000")]).unwrap();
+        assert_eq!(c.cleanup.storage_quota_bytes, Some(1000));
     }
 
     #[test]
@@ -517,6 +543,10 @@ mod tests {
             ("EXAI_MAX_UPLOAD_BYTES", "0"),
             ("EXAI_DOWNLOAD_MAX_BYTES", "lots"),
             ("EXAI_STORAGE_RETRY_BASE_MS", "0"),
+            ("EXAI_FILE_RETENTION_DAYS", "0"),
+            ("EXAI_FILE_RETENTION_DAYS", "99999999999999"),
+            ("EXAI_STORAGE_QUOTA_BYTES", "0"),
+            ("EXAI_STORAGE_QUOTA_BYTES", "10GB"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

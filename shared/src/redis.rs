@@ -15,6 +15,8 @@
 //! | `{P:sem}:fence` | string | the monotonic fencing counter of all grants |
 //! | `P:sem:released` | pub/sub channel | the names of a released semaphore lease (and limit changes) |
 //! | `P:ev:<job id>` | pub/sub channel | the job's events ([`JobEvent`](crate::events::JobEvent)) |
+//! | `{P:cleanup}:last` | string | the last orphan cleanup report (JSON, with its time and tick) |
+//! | `{P:cleanup}:history` | list | the recent cleanup reports, newest first (capped) |
 //! | `{P:q:<queue>}:…` | various | one queue's lists, sorted sets and job hashes: see [`crate::queue`] |
 //! | `P:cleanup:last` | string | the JSON report of the last orphan cleanup run (with `finished_at_ms`) |
 
@@ -175,10 +177,14 @@ impl Keys {
         format!("{}:sem:released", self.prefix)
     }
 
-    /// The JSON report of the last orphan cleanup run (a plain string key, overwritten by each
-    /// run; the admin API and page show it).
+    /// The last orphan cleanup report (a JSON string: when, which tick, the report).
     pub fn cleanup_last(&self) -> String {
-        format!("{}:cleanup:last", self.prefix)
+        format!("{{{}:cleanup}}:last", self.prefix)
+    }
+
+    /// The recent orphan cleanup reports, newest first (a capped list of the same JSON).
+    pub fn cleanup_history(&self) -> String {
+        format!("{{{}:cleanup}}:history", self.prefix)
     }
 
     /// The keys of queue `name`, all under the hash tag `{P:q:<name>}` (see

@@ -16,7 +16,9 @@
 //! and nothing is staged.
 //!
 //! Blobs are not removed by the upload pipeline (a concurrent job of the same content may still
-//! be reading one); the orphan sweep removes those no pending job refers to.
+//! be reading one); the orphan sweep removes those no pending job refers to, once they are older
+//! than its grace period. Staging content that is already there refreshes the blob's
+//! modification time, so the grace period counts from the latest staging.
 //!
 //! # Upload paths
 //! [`validate_upload_path`] is the gate for uploads by path: the path must be absolute, resolve
@@ -324,8 +326,9 @@ impl Staging {
             .await
             .map_err(|e| StagingError::io(format!("create {}", parent.display()), e))?;
         match tokio::fs::metadata(&path).await {
-            // The same content is already staged (same hash, same size): keep that blob.
-            Ok(m) if m.len() == size => {}
+            // The same content is already staged (same hash, same size): keep that blob, and
+            // make it recent again, so the orphan sweep's grace period counts from now.
+            Ok(m) if m.len() == size => touch(&path).await,
             _ => {
                 tokio::fs::rename(&tmp.0, &path)
                     .await
@@ -335,6 +338,136 @@ impl Staging {
         }
         Ok(StagedBlob { sha256, size, path })
     }
+}
+
+/// Sets a file's modification time to now. Best effort: a blob that cannot be touched keeps
+/// its older time (the sweep's grace period still protects it from its first staging).
+async fn touch(path: &Path) {
+    let owned = path.to_owned();
+    let touched = tokio::task::spawn_blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&owned)?
+            .set_modified(std::time::SystemTime::now())
+    })
+    .await;
+    match touched {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot refresh a staged blob's time")
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot refresh a staged blob's time")
+        }
+    }
+}
+
+/// One file of the staging store, as [`Staging::entries`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagingEntry {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The blob's sha256; `None` for a partial write (`tmp/*.part`) or a stray file.
+    pub sha256: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification: when it was staged (or staged again).
+    pub modified: std::time::SystemTime,
+}
+
+impl Staging {
+    /// Every blob (`blobs/ab/<sha256>`) and partial write (`tmp/*.part`) in the store. A store
+    /// that was never written to has none.
+    pub async fn entries(&self) -> Result<Vec<StagingEntry>, StagingError> {
+        let mut out = Vec::new();
+        let blobs = self.dir.join("blobs");
+        for shard in read_dir(&blobs).await? {
+            if !shard.1.is_dir() {
+                continue;
+            }
+            for (path, meta) in read_dir(&shard.0).await? {
+                if !meta.is_file() {
+                    continue;
+                }
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                out.push(StagingEntry {
+                    sha256: is_sha256(name).then(|| name.to_owned()),
+                    size: meta.len(),
+                    modified: modified(&path, &meta)?,
+                    path,
+                });
+            }
+        }
+        for (path, meta) in read_dir(&self.dir.join("tmp")).await? {
+            if meta.is_file() && path.extension().is_some_and(|e| e == "part") {
+                out.push(StagingEntry {
+                    sha256: None,
+                    size: meta.len(),
+                    modified: modified(&path, &meta)?,
+                    path,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one listed entry if it has not been modified since it was listed (a blob staged
+    /// again in the meantime is kept); whether it was removed.
+    pub async fn remove_entry(&self, entry: &StagingEntry) -> Result<bool, StagingError> {
+        let meta = match tokio::fs::metadata(&entry.path).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(StagingError::io(
+                    format!("stat {}", entry.path.display()),
+                    e,
+                ));
+            }
+        };
+        if modified(&entry.path, &meta)? != entry.modified {
+            return Ok(false);
+        }
+        match tokio::fs::remove_file(&entry.path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StagingError::io(
+                format!("remove {}", entry.path.display()),
+                e,
+            )),
+        }
+    }
+}
+
+/// The entries of a directory with their metadata; none when it does not exist.
+async fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, StagingError> {
+    let mut rd = match tokio::fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StagingError::io(format!("read {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    loop {
+        match rd.next_entry().await {
+            Ok(Some(entry)) => match entry.metadata().await {
+                Ok(meta) => out.push((entry.path(), meta)),
+                // Removed while listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StagingError::io(
+                        format!("stat {}", entry.path().display()),
+                        e,
+                    ));
+                }
+            },
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(StagingError::io(format!("read {}", dir.display()), e)),
+        }
+    }
+}
+
+fn modified(path: &Path, meta: &std::fs::Metadata) -> Result<std::time::SystemTime, StagingError> {
+    meta.modified()
+        .map_err(|e| StagingError::io(format!("mtime of {}", path.display()), e))
 }
 
 /// A temporary file removed when dropped (after a successful rename there is nothing left to

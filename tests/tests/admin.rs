@@ -404,9 +404,12 @@ async fn the_api_reports_the_seeded_state() {
     let (status, body) = admin.get("cleanup").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"report": null}));
-    let report = json!({"dry_run": false, "finished_at_ms": 1_790_000_000_000u64,
-        "sweeps": {"supabase_orphans": {"found": 4, "removed": 3, "bytes": 3072},
-                   "moonshot_orphans": {"found": 1, "removed": 1, "bytes": 10}}});
+    // The shape the worker stores (exai_worker::cleanup::StoredReport).
+    let report = json!({"stored_at": "2026-09-21T12:00:01Z", "tick": 1_790_000_000u64,
+        "report": {"dry_run": false, "started_at": "2026-09-21T12:00:00Z",
+            "finished_at": "2026-09-21T12:00:01Z",
+            "sweeps": {"supabase_orphans": {"found": 4, "removed": 3, "bytes": 3072},
+                       "moonshot_orphans": {"found": 1, "removed": 1, "bytes": 10}}}});
     admin.set_cleanup_report(&report).await;
     let (status, body) = admin.get("cleanup").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -619,8 +622,10 @@ fn element<'a>(dom: &'a str, open: &str, close: &str) -> &'a str {
 async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
     let browser = chromium();
     let admin = Admin::start("admin_page", true).await;
-    let report = json!({"dry_run": true, "finished_at_ms": 1_790_000_000_000u64,
-        "sweeps": {"staging_blobs": {"found": 7, "removed": 0, "bytes": 2048}}});
+    let report = json!({"stored_at": "2026-09-21T12:00:01Z", "tick": 0,
+        "report": {"dry_run": true, "started_at": "2026-09-21T12:00:00Z",
+            "finished_at": "2026-09-21T12:00:01Z",
+            "sweeps": {"staging_orphans": {"found": 7, "removed": 7, "bytes": 2048}}}});
     admin.set_cleanup_report(&report).await;
     // The token and a job to open come in the fragment.
     let url = admin.url(&format!("/admin#token={TOKEN}&job={DEAD}"));
@@ -703,11 +708,12 @@ async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
     assert!(storage.contains(r#"data-field="total">5<"#), "{storage}");
     let cleanup = element(&dom, "<table id=\"cleanup\">", "</table>");
     assert!(
-        cleanup.contains(r#"data-sweep="staging_blobs""#),
+        cleanup.contains(r#"data-sweep="staging_orphans""#),
         "{cleanup}"
     );
     assert!(cleanup.contains(r#"data-field="found">7<"#), "{cleanup}");
     assert!(dom.contains("dry run"), "{dom}");
+    assert!(dom.contains("run by hand"), "{dom}");
 
     // A screenshot of the overview, for the operator's eyes.
     let shot = exai_tests::bin_path("exai-daemon")

@@ -1332,3 +1332,61 @@ async fn the_in_process_handle_controls_the_emulator() {
     assert!(back, "the outage ends by itself");
     sim.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn backdate_ages_files_and_objects_or_changes_nothing() {
+    let (sim, client) = start().await;
+    let (_, file) = upload_file(&client, &sim, "a.txt", b"abc".to_vec(), "file-extract").await;
+    let id = file["id"].as_str().unwrap().to_owned();
+    let (status, _) = put_object(&client, &sim, "user-files/kimi-uploads/x", b"x", false).await;
+    assert_eq!(status, StatusCode::OK);
+    let now = chrono::Utc::now().timestamp();
+
+    // One unknown name: a 404 naming it, and nothing changes.
+    let resp = client
+        .post(format!("{}/_sim/backdate", sim.url()))
+        .json(&json!({"age_secs": 7200, "files": [id], "objects": ["user-files/nope"]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(resp).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("user-files/nope"));
+    let get_file = || async {
+        let resp = client
+            .get(format!("{}/files/{id}", sim.moonshot_url()))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        json_of(resp).await.1
+    };
+    assert!(get_file().await["created_at"].as_i64().unwrap() >= now - 5);
+
+    let done = control(
+        &client,
+        &sim,
+        "backdate",
+        json!({"age_secs": 7200, "files": [id], "objects": ["user-files/kimi-uploads/x"]}),
+    )
+    .await;
+    assert_eq!(done["changed"], 2);
+    let created = get_file().await["created_at"].as_i64().unwrap();
+    assert!((now - 7205..=now - 7195).contains(&created), "{created}");
+    let (_, rows) = json_of(
+        client
+            .post(format!("{}/storage/v1/object/list/user-files", sim.url()))
+            .bearer_auth(KEY)
+            .json(&json!({"prefix": "kimi-uploads"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let stamp = rows[0]["created_at"].as_str().unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(stamp)
+        .unwrap()
+        .timestamp();
+    assert!((now - 7205..=now - 7195).contains(&at), "{stamp}");
+    assert_eq!(rows[0]["updated_at"], rows[0]["created_at"]);
+}

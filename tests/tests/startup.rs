@@ -61,6 +61,11 @@ async fn sigterm_stops_the_daemon_and_an_idle_worker_cleanly() {
         ("REDIS_URL", exai_tests::redis_url()),
         ("EXAI_REDIS_PREFIX", prefix),
         ("EXAI_AUTO_MIGRATE", "false".to_owned()),
+        // No cleanup run may reach a real database.
+        (
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/exai_absent_startup".to_owned(),
+        ),
         ("EXAI_WS_PORT", "0".to_owned()),
         ("EXAI_LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", "info".to_owned()),

@@ -249,14 +249,52 @@ async fn kimi_manage_files_lists_and_deletes() {
     assert!(stack.object(&format!("kimi-uploads/{file_id}")).is_none());
     assert_eq!(stack.row(&file_id).await.status, UploadStatus::Deleted);
 
-    let err = stack
-        .call(
-            "kimi_manage_files",
-            json!({"operation": "cleanup_orphaned"}),
-        )
+    // The cleanup operations run the orphan cleanup's sweeps: a Moonshot file no row holds,
+    // two days old (past the default grace period), is found by `cleanup_orphaned` only.
+    let providers = exai_shared::providers::Providers::from_config(&stack.config()).unwrap();
+    let orphan_path = stack.write_file("orphan.txt", b"no row holds me");
+    let orphan = providers
+        .moonshot
+        .upload_file(&orphan_path, "orphan.txt", 15, "file-extract", None)
         .await
-        .unwrap_err();
-    assert!(err.contains("not available yet"), "{err}");
+        .unwrap();
+    stack
+        .sim
+        .backdate(
+            std::time::Duration::from_secs(2 * 86_400),
+            &[&orphan.id],
+            &[],
+        )
+        .unwrap();
+    let manage = |op: &'static str, dry_run: bool| {
+        let stack = &stack;
+        async move {
+            let out = stack
+                .call(
+                    "kimi_manage_files",
+                    json!({"operation": op, "dry_run": dry_run}),
+                )
+                .await
+                .unwrap();
+            serde_json::from_str::<Value>(&out).unwrap()
+        }
+    };
+    let expired = manage("cleanup_expired", true).await;
+    assert_eq!(expired["dry_run"], true, "{expired}");
+    assert_eq!(
+        expired["sweeps"]["moonshot_orphans"]["found"], 0,
+        "{expired}"
+    );
+    let dry = manage("cleanup_orphaned", true).await;
+    assert_eq!(dry["sweeps"]["moonshot_orphans"]["removed"], 1, "{dry}");
+    assert_eq!(stack.moonshot_files().len(), 1, "a dry run removes nothing");
+    let done = manage("cleanup_orphaned", false).await;
+    assert_eq!(done["dry_run"], false, "{done}");
+    assert_eq!(
+        done["sweeps"]["moonshot_orphans"],
+        dry["sweeps"]["moonshot_orphans"]
+    );
+    assert!(stack.moonshot_files().is_empty());
     stack.cleanup().await;
 }
 

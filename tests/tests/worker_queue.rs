@@ -62,12 +62,30 @@ impl Ctx {
             ("REDIS_URL", self.redis_url.clone()),
             ("EXAI_REDIS_PREFIX", self.prefix.clone()),
             ("EXAI_AUTO_MIGRATE", "false".to_owned()),
+            // The cleanup queue's runs must never reach a real database or staging store: a
+            // database that does not exist makes every sweep fail harmlessly.
+            ("DATABASE_URL", absent_database()),
+            (
+                "EXAI_STAGING_DIR",
+                std::env::temp_dir()
+                    .join(format!("{}-staging", self.prefix))
+                    .display()
+                    .to_string(),
+            ),
         ];
         env.extend(self.env.iter().cloned());
         let mut full = vec!["run"];
         full.extend_from_slice(args);
         spawn_bin("exai-worker", &full, &env)
     }
+}
+
+/// The URL of a Postgres database that does not exist.
+fn absent_database() -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:5432/exai_absent_{}",
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 fn echo(args: serde_json::Value) -> NewJob {

@@ -8,7 +8,7 @@
 //! | `tool_calls` | [`tool_call`] | runs a tool ([`crate::tools`]) under its provider permits |
 //! | `uploads` | [`upload`] | staged bytes → Moonshot → row → push job ([`crate::uploads`]) |
 //! | `storage_push` | [`storage_push`] | staged bytes → Supabase Storage → row `completed` ([`crate::storage`]) |
-//! | `cleanup` | [`cleanup`] | the orphan sweep (arrives with the cleanup work) |
+//! | `cleanup` | [`cleanup`] | the orphan cleanup of one cron tick, its report stored ([`crate::cleanup`]) |
 
 use std::sync::Arc;
 
@@ -54,11 +54,12 @@ pub async fn storage_push(
     crate::storage::push(&state, &lease, &job).await
 }
 
-/// Runs one orphan cleanup (the sweeps arrive with the cleanup issue; a tick is recorded).
+/// Runs the orphan cleanup of one cron tick and stores its report.
+#[tracing::instrument(skip_all, fields(job_id = %lease.lease.id, tick = job.tick, dry_run = job.dry_run))]
 pub async fn cleanup(
     job: CleanupJob,
     lease: Data<JobLease>,
+    state: Data<Arc<AppState>>,
 ) -> Result<serde_json::Value, JobError> {
-    tracing::info!(tick = job.tick, dry_run = job.dry_run, job_id = %lease.lease.id, "cleanup run");
-    Ok(serde_json::json!({ "tick": job.tick, "dry_run": job.dry_run }))
+    crate::cleanup::run_job(&state, &job).await
 }

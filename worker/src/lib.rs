@@ -11,8 +11,10 @@
 //! - [`tools`]: the tools `tool_calls` jobs run (chat, uploads, downloads, file management).
 //! - [`uploads`]: staged bytes → Moonshot → `provider_file_uploads` row → storage push job.
 //! - [`storage`]: the `storage_push` job (Supabase Storage, retried by the queue) and re-drive.
+//! - [`cleanup`]: the orphan cleanup (scheduled job and `exai-worker cleanup`) and its reports.
 #![warn(missing_docs)]
 
+pub mod cleanup;
 pub mod handlers;
 pub mod permits;
 pub mod runtime;

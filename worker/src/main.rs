@@ -27,6 +27,8 @@ enum Command {
         #[arg(long)]
         revert: bool,
     },
+    /// Run the orphan cleanup now, in this process, and print its report.
+    Cleanup(exai_worker::cleanup::CleanupArgs),
     /// Supabase Storage pushes.
     Storage {
         #[command(subcommand)]
@@ -102,6 +104,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Storage {
             command: StorageCommand::Redrive(args),
         } => storage_redrive(&config, &args).await,
+        Command::Cleanup(args) => {
+            let ok = exai_worker::cleanup::cli(&config, &args).await?;
+            anyhow::ensure!(ok, "some cleanup sweeps failed (see the errors above)");
+            Ok(())
+        }
     }
 }
 

@@ -141,9 +141,11 @@ pub async fn run(
             queue::CLEANUP => {
                 let cron_queue = q.clone();
                 let cron_name = format!("{worker_id}/cleanup-cron");
+                let state = state.clone();
                 monitor = monitor.register(move |_| {
                     WorkerBuilder::new(worker_name.clone())
                         .backend(RedisBackend::new(q.clone(), waker.clone(), bo.clone()))
+                        .data(state.clone())
                         .concurrency(1)
                         .build(handlers::cleanup)
                 });

@@ -36,6 +36,10 @@ pub struct AppState {
     pub storage_backoff: Backoff,
     /// This process's worker id, recorded as the holder of its semaphore leases.
     pub worker_id: String,
+    /// The Redis connection (for what handlers record besides job results: cleanup reports).
+    pub redis: RedisHandle,
+    /// The deployment's key layout.
+    pub keys: Keys,
 }
 
 impl AppState {
@@ -66,8 +70,10 @@ impl AppState {
             staging: Staging::from_config(&config.uploads),
             events: EventPublisher::new(conn.clone(), keys.clone()),
             storage_backoff: storage_policy.backoff,
-            storage_queue: Queue::new(conn, &keys, queue::STORAGE_PUSH, storage_policy),
+            storage_queue: Queue::new(conn.clone(), &keys, queue::STORAGE_PUSH, storage_policy),
             worker_id: worker_id.to_owned(),
+            redis: conn,
+            keys,
         })
     }
 

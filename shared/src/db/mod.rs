@@ -24,8 +24,9 @@ pub mod uploads;
 pub use migrate::{MIGRATOR, MigrationInfo, applied_migrations, migrate, revert_one};
 pub use uploads::{
     FileUpload, NewUpload, UnknownStatus, UploadStatus, Upserted, count_by_status, find_by_id,
-    find_by_provider_file_id, find_live, insert_or_get, list_by_status, mark_completed,
-    mark_deleted, mark_storage_failed, record_reuse, record_storage_attempt,
+    find_by_provider_file_id, find_live, insert_or_get, is_file_held, is_sha256_pending,
+    list_by_status, list_holding, mark_completed, mark_deleted, mark_deleted_unused,
+    mark_storage_failed, record_reuse, record_storage_attempt,
 };
 
 /// The most connections one process opens. A worker's database work is a few short statements

@@ -125,6 +125,18 @@ impl UploadStatus {
         !matches!(self, UploadStatus::Deleted | UploadStatus::Failed)
     }
 
+    /// Whether a row in this status may still read its staged bytes: its upload or its storage
+    /// push is not finished (`storage_failed` included: a re-drive pushes from staging).
+    pub const fn needs_staged_bytes(self) -> bool {
+        matches!(
+            self,
+            UploadStatus::Uploading
+                | UploadStatus::StoragePending
+                | UploadStatus::StorageFailed
+                | UploadStatus::Pending
+        )
+    }
+
     /// Whether the state machine (see the [module docs](self)) lets a row go from `self` to
     /// `next`. Staying in `completed` or `storage_failed` is allowed, so that a job re-run after
     /// a crash can repeat its last write.
@@ -637,6 +649,94 @@ pub async fn count_by_status(pool: &PgPool) -> Result<BTreeMap<String, u64>, DbE
         *out.entry(status).or_default() += u64::try_from(n).unwrap_or(0);
     }
     Ok(out)
+}
+
+/// The predicate of a row that still holds its files: not marked deleted and not failed. Wider
+/// than [`live!`] (rows of the original system without a sha256 count too), so the orphan sweep
+/// never removes anything such a row names.
+macro_rules! holding {
+    () => {
+        "deleted_at IS NULL AND upload_status NOT IN ('deleted', 'failed')"
+    };
+}
+
+/// Every row that still holds its files (not deleted, not failed), in any provider: what the
+/// orphan sweep keeps.
+pub async fn list_holding(pool: &PgPool) -> Result<Vec<FileUpload>, DbError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        upload_columns!(),
+        " FROM provider_file_uploads WHERE ",
+        holding!(),
+        " ORDER BY created_at, id"
+    );
+    Ok(sqlx::query_as(SQL).fetch_all(pool).await?)
+}
+
+/// Whether a row that still holds its files names this provider file id or storage path.
+pub async fn is_file_held(
+    pool: &PgPool,
+    provider_file_id: Option<&str>,
+    storage_path: Option<&str>,
+) -> Result<bool, DbError> {
+    const SQL: &str = concat!(
+        "SELECT EXISTS (SELECT 1 FROM provider_file_uploads WHERE ",
+        holding!(),
+        " AND (provider_file_id = $1 OR storage_path = $2))"
+    );
+    Ok(sqlx::query_scalar(SQL)
+        .bind(provider_file_id)
+        .bind(storage_path)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Whether a row whose work is not finished (see [`UploadStatus::needs_staged_bytes`]) has
+/// this sha256: its staged bytes may still be read.
+pub async fn is_sha256_pending(pool: &PgPool, sha256: &str) -> Result<bool, DbError> {
+    const SQL: &str = "SELECT EXISTS (SELECT 1 FROM provider_file_uploads \
+                       WHERE sha256 = $1 AND deleted_at IS NULL AND upload_status = ANY($2))";
+    let pending: Vec<&str> = UploadStatus::ALL
+        .into_iter()
+        .filter(|s| s.needs_staged_bytes())
+        .map(UploadStatus::as_str)
+        .collect();
+    Ok(sqlx::query_scalar(SQL)
+        .bind(sha256)
+        .bind(pending)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Marks the row deleted (`deleted_at = now()`, `deletion_reason`) only if it is still in one
+/// of `statuses`, not deleted, and not used since `used_before` (`last_used`, else
+/// `created_at`). `None` when the guard refused: the row changed, or was used again, since it
+/// was chosen. One statement, so a concurrent reuse either happens first (and the row is kept)
+/// or finds the row deleted (and uploads afresh).
+pub async fn mark_deleted_unused(
+    pool: &PgPool,
+    id: Uuid,
+    reason: &str,
+    statuses: &[UploadStatus],
+    used_before: DateTime<Utc>,
+) -> Result<Option<FileUpload>, DbError> {
+    const SQL: &str = concat!(
+        "UPDATE provider_file_uploads \
+         SET upload_status = 'deleted', deleted_at = now(), deletion_reason = $2, \
+             updated_at = now() \
+         WHERE id = $1 AND deleted_at IS NULL AND upload_status = ANY($3) \
+           AND coalesce(last_used, created_at) <= $4 \
+         RETURNING ",
+        upload_columns!()
+    );
+    let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+    Ok(sqlx::query_as(SQL)
+        .bind(id)
+        .bind(reason)
+        .bind(statuses)
+        .bind(used_before)
+        .fetch_optional(pool)
+        .await?)
 }
 
 /// Why a guarded update matched no row: the row is missing, or its status forbids the change.

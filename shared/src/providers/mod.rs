@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use error::{ErrorKind, ProviderError};
 pub use moonshot::{FileObject, MoonshotClient};
 pub use openai::{ChatClient, ChatCompletion, ChatMessage, ChatRequest};
-pub use supabase::{StoredObject, SupabaseStorage};
+pub use supabase::{ListedObject, StoredObject, SupabaseStorage};
 
 use crate::config::Config;
 

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -24,6 +25,29 @@ pub const KIMI_UPLOADS_PREFIX: &str = "kimi-uploads";
 /// The object path of a Moonshot file's copy: `kimi-uploads/{provider_file_id}`.
 pub fn kimi_object_path(provider_file_id: &str) -> String {
     format!("{KIMI_UPLOADS_PREFIX}/{provider_file_id}")
+}
+
+/// How many objects one list request asks for (the server's default page).
+pub const LIST_PAGE: usize = 100;
+
+/// An object as the list call describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// The object's full path inside the bucket (`folder/name`).
+    pub path: String,
+    /// Size in bytes (`metadata.size`; 0 when the server gives none).
+    pub size: u64,
+    /// When it was created.
+    pub created_at: Option<DateTime<Utc>>,
+    /// When it was last written.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl ListedObject {
+    /// The later of its creation and last write: how recent the object is.
+    pub fn last_written(&self) -> Option<DateTime<Utc>> {
+        self.created_at.max(self.updated_at)
+    }
 }
 
 /// What an upload stored.
@@ -198,6 +222,66 @@ impl SupabaseStorage {
             .http
             .get(self.url(&["object", &self.bucket], Some(object_path))?);
         self.send("download", builder).await
+    }
+
+    /// Every object directly inside `folder` (`POST /object/list/{bucket}`, paged by
+    /// [`LIST_PAGE`] in name order); sub-folders are left out. Paths come back whole
+    /// (`folder/name`).
+    pub async fn list_objects(&self, folder: &str) -> Result<Vec<ListedObject>, ProviderError> {
+        let op = "list";
+        let folder = folder.trim_end_matches('/');
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        loop {
+            let body = json!({
+                "prefix": folder,
+                "limit": LIST_PAGE,
+                "offset": offset,
+                "sortBy": {"column": "name", "order": "asc"},
+            });
+            let builder = self
+                .http
+                .post(self.url(&["object", "list", &self.bucket], None)?)
+                .timeout(self.timeout)
+                .json(&body);
+            let resp = self.send(op, builder).await?;
+            let page: Vec<Value> = resp.json().await.map_err(|e| {
+                ProviderError::transient(PROVIDER, op, format!("unexpected object list: {e}"))
+            })?;
+            let rows = page.len();
+            for row in page {
+                let Some(name) = row.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                // Sub-folders come back with a null id.
+                if row.get("id").is_none_or(Value::is_null) {
+                    continue;
+                }
+                let time = |field: &str| {
+                    row.get(field)
+                        .and_then(Value::as_str)
+                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                        .map(|t| t.with_timezone(&Utc))
+                };
+                out.push(ListedObject {
+                    path: if folder.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{folder}/{name}")
+                    },
+                    size: row
+                        .pointer("/metadata/size")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    created_at: time("created_at"),
+                    updated_at: time("updated_at"),
+                });
+            }
+            if rows < LIST_PAGE {
+                return Ok(out);
+            }
+            offset += rows;
+        }
     }
 
     /// Deletes an object; `false` when it was not there.

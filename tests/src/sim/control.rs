@@ -34,6 +34,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/_sim/faults/{id}", delete(remove_fault))
         .route("/_sim/down", post(go_down))
         .route("/_sim/up", post(come_up))
+        .route("/_sim/backdate", post(backdate))
 }
 
 fn bad_request(message: impl std::fmt::Display) -> Response {
@@ -252,4 +253,78 @@ async fn come_up(State(sh): State<Arc<Shared>>) -> Json<Value> {
     lock(&sh.faults).set_up();
     sh.down_changed.send_modify(|v| *v += 1);
     Json(json!({"ok": true}))
+}
+
+/// The body of `POST /_sim/backdate`: make Moonshot files and Supabase objects `age_secs` old.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackdateRequest {
+    /// The age to give them, in seconds (their creation time becomes now minus this).
+    pub age_secs: u64,
+    /// Moonshot file ids.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Supabase objects as `bucket/name` (the bucket id is the first path segment).
+    #[serde(default)]
+    pub objects: Vec<String>,
+}
+
+/// Sets the creation time of the named files, and the creation and update times of the named
+/// objects, to now minus `age_secs`. Names nothing that does not exist: when one is missing,
+/// nothing changes and the error names it.
+pub(crate) fn apply_backdate(sh: &Shared, request: &BackdateRequest) -> Result<usize, String> {
+    let secs = i64::try_from(request.age_secs).map_err(|_| "age_secs is too large".to_owned())?;
+    let at = chrono::Utc::now() - chrono::Duration::seconds(secs);
+    let mut store = lock(&sh.store);
+    for id in &request.files {
+        if store.file(id).is_none() {
+            return Err(format!("no such file: {id}"));
+        }
+    }
+    let mut objects = Vec::with_capacity(request.objects.len());
+    for full in &request.objects {
+        let (bucket, name) = full
+            .split_once('/')
+            .ok_or_else(|| format!("`{full}` is not bucket/name"))?;
+        let exists = store
+            .buckets
+            .get(bucket)
+            .is_some_and(|b| b.objects.contains_key(name));
+        if !exists {
+            return Err(format!("no such object: {full}"));
+        }
+        objects.push((bucket.to_owned(), name.to_owned()));
+    }
+    for file in store.files.iter_mut() {
+        if request.files.contains(&file.id) {
+            file.created_at = at.timestamp();
+        }
+    }
+    for (bucket, name) in &objects {
+        if let Some(o) = store
+            .buckets
+            .get_mut(bucket)
+            .and_then(|b| b.objects.get_mut(name))
+        {
+            o.created_at = at;
+            o.updated_at = at;
+        }
+    }
+    Ok(request.files.len() + objects.len())
+}
+
+/// `POST /_sim/backdate` `{"age_secs", "files"?, "objects"?}` → `{"ok":true,"changed":n}`; an
+/// unknown file or object is a 404 and changes nothing.
+async fn backdate(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let request: BackdateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    match apply_backdate(&sh, &request) {
+        Ok(changed) => Json(json!({"ok": true, "changed": changed})).into_response(),
+        Err(e) if e.starts_with("no such") => {
+            (StatusCode::NOT_FOUND, Json(json!({"error": e}))).into_response()
+        }
+        Err(e) => bad_request(e),
+    }
 }

@@ -97,6 +97,7 @@
 //! | `GET`/`DELETE /_sim/faults`, `DELETE /_sim/faults/{id}` | lists / removes rules |
 //! | `POST /_sim/down` `{"mode"?, "status"?, "for_ms"?}` | goes down (see below) |
 //! | `POST /_sim/up` | comes back |
+//! | `POST /_sim/backdate` `{"age_secs", "files"?: [ids], "objects"?: ["bucket/name"]}` | sets those files' `created_at` (and those objects' `created_at`/`updated_at`) to now − `age_secs`, so tests can seed old items; an unknown one → 404, nothing changed |
 //!
 //! # Fault semantics
 //!
@@ -244,6 +245,23 @@ impl Sim {
     pub fn add_fault(&self, rule: serde_json::Value) -> Result<u64, serde_json::Error> {
         let spec: faults::RuleSpec = serde_json::from_value(rule)?;
         Ok(lock(&self.shared.faults).add(spec))
+    }
+
+    /// Makes Moonshot files (by id) and Supabase objects (`bucket/name`) `age` old, as
+    /// `POST /_sim/backdate` does; returns how many changed, or names the first that is missing
+    /// (then nothing changed).
+    pub fn backdate(
+        &self,
+        age: Duration,
+        files: &[&str],
+        objects: &[&str],
+    ) -> Result<usize, String> {
+        let request = control::BackdateRequest {
+            age_secs: age.as_secs(),
+            files: files.iter().map(|s| (*s).to_owned()).collect(),
+            objects: objects.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        control::apply_backdate(&self.shared, &request)
     }
 
     /// Patches the tunables, as `POST /_sim/config` does.

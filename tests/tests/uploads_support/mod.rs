@@ -152,8 +152,14 @@ impl Stack {
         spawn_bin("exai-worker", &full, &env)
     }
 
-    /// Runs `exai-worker <args>` to completion; returns (success, stdout).
+    /// Runs `exai-worker <args>` to completion; returns (success, stdout and stderr).
     pub async fn worker_command(&self, args: &[&str]) -> (bool, String) {
+        let (ok, stdout, stderr) = self.worker_output(args).await;
+        (ok, stdout + &stderr)
+    }
+
+    /// Runs `exai-worker <args>` to completion; returns (success, stdout, stderr).
+    pub async fn worker_output(&self, args: &[&str]) -> (bool, String, String) {
         let mut cmd = tokio::process::Command::new(exai_tests::bin_path("exai-worker"));
         cmd.args(args)
             .env_clear()
@@ -166,8 +172,8 @@ impl Stack {
         let out = cmd.output().await.expect("run exai-worker");
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 

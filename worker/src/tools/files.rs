@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use super::{ToolCtx, json_result};
-use crate::permits;
 use crate::uploads::{self, KIMI, db_error};
+use crate::{cleanup, permits};
 
 #[derive(Debug, Deserialize)]
 struct UploadFilesArgs {
@@ -273,9 +273,19 @@ pub async fn manage_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
             let guard = ctx.permits().await?;
             permits::holding(guard, delete(ctx, id, args.dry_run)).await
         }
-        op @ ("cleanup_orphaned" | "cleanup_expired") => Err(JobError::Permanent(format!(
-            "kimi_manage_files `{op}` is not available yet: it arrives with the scheduled orphan cleanup"
-        ))),
+        op @ ("cleanup_orphaned" | "cleanup_expired") => {
+            let sweeps: &[&str] = if op == "cleanup_orphaned" {
+                &cleanup::ORPHAN_SWEEPS
+            } else {
+                &["rows_expired"]
+            };
+            let guard = ctx.permits().await?;
+            permits::holding(guard, async {
+                let runner = cleanup::Cleanup::from_state(ctx.state);
+                json_result(&cleanup::run_only(&runner, args.dry_run, sweeps).await)
+            })
+            .await
+        }
         other => Err(JobError::Permanent(format!(
             "unknown operation `{other}` (list, delete, cleanup_orphaned, cleanup_expired)"
         ))),

@@ -264,14 +264,19 @@ async function renderCleanup() {
   const res = await api("cleanup");
   const summary = document.getElementById("cleanup-summary");
   const tbody = document.querySelector("#cleanup tbody");
-  const report = res.report;
-  if (!report) {
+  // As the worker stores it: {stored_at, tick (0: run by hand), report: {dry_run, sweeps, …}}.
+  const stored = res.report;
+  if (!stored) {
     summary.textContent = "no cleanup has run yet";
     tbody.replaceChildren();
     return;
   }
-  const when = report.finished_at_ms ? new Date(report.finished_at_ms).toLocaleString() : "unknown time";
-  summary.textContent = `finished ${when}` + (report.dry_run ? " (dry run: nothing removed)" : "");
+  const report = stored.report || {};
+  const finished = report.finished_at || stored.stored_at;
+  const when = finished ? new Date(finished).toLocaleString() : "unknown time";
+  summary.textContent = `finished ${when}` +
+    (stored.tick ? ` (cron tick ${stored.tick})` : " (run by hand)") +
+    (report.dry_run ? " — dry run: nothing removed" : "");
   const sweeps = report.sweeps || {};
   tbody.replaceChildren(...Object.entries(sweeps).map(([name, s]) =>
     el("tr", { "data-sweep": name }, el("td", {}, name), num("found", s.found), num("removed", s.removed),
