@@ -24,8 +24,8 @@ pub mod uploads;
 pub use migrate::{MIGRATOR, MigrationInfo, applied_migrations, migrate, revert_one};
 pub use uploads::{
     FileUpload, NewUpload, UnknownStatus, UploadStatus, Upserted, find_by_id,
-    find_by_provider_file_id, find_live, insert_or_get, list_by_status, mark_completed,
-    mark_deleted, mark_storage_failed, record_reuse, record_storage_attempt,
+    find_by_provider_file_id, find_live, insert_or_get, list_by_status, list_recent,
+    mark_completed, mark_deleted, mark_storage_failed, record_reuse, record_storage_attempt,
 };
 
 /// The most connections one process opens. A worker's database work is a few short statements
