@@ -79,6 +79,8 @@ pub struct Config {
     pub uploads: UploadConfig,
     /// Orphan cleanup.
     pub cleanup: CleanupConfig,
+    /// Worker process settings.
+    pub worker: WorkerConfig,
     /// Log output.
     pub log_format: LogFormat,
 }
@@ -159,6 +161,14 @@ pub struct JobConfig {
     pub result_ttl: Duration,
     /// `EXAI_AUTO_MIGRATE` (true): `exai-worker run` applies pending migrations at start.
     pub auto_migrate: bool,
+}
+
+/// Settings of `exai-worker run`.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `EXAI_WORKER_METRICS_ADDR` (unset: off): where `exai-worker run` serves Prometheus
+    /// metrics on `/metrics`, e.g. `127.0.0.1:9464`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// An HTTP provider (Moonshot or GLM).
@@ -379,6 +389,19 @@ impl Config {
                 },
                 orphan_grace: Duration::from_secs(v.parse("EXAI_ORPHAN_GRACE_SECS", 86_400u64)?),
             },
+            worker: WorkerConfig {
+                metrics_addr: v
+                    .get("EXAI_WORKER_METRICS_ADDR")
+                    .map(|raw| {
+                        raw.parse().map_err(|e| {
+                            ConfigError::new(
+                                "EXAI_WORKER_METRICS_ADDR",
+                                format!("`{raw}`: {e} (expected host:port, e.g. 127.0.0.1:9464)"),
+                            )
+                        })
+                    })
+                    .transpose()?,
+            },
             log_format: v.parse("EXAI_LOG_FORMAT", LogFormat::Human)?,
         })
     }
@@ -497,6 +520,12 @@ mod tests {
         assert!(c.ws.token.is_none());
         assert_eq!(c.uploads.max_bytes, 100 * 1024 * 1024);
         assert_eq!(c.supabase.retry_base, Duration::from_secs(1));
+        assert!(c.worker.metrics_addr.is_none());
+        let on = cfg(&[("EXAI_WORKER_METRICS_ADDR", "127.0.0.1:9464")]).unwrap();
+        assert_eq!(
+            on.worker.metrics_addr,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
     }
 
     #[test]
@@ -517,6 +546,7 @@ mod tests {
             ("EXAI_MAX_UPLOAD_BYTES", "0"),
             ("EXAI_DOWNLOAD_MAX_BYTES", "lots"),
             ("EXAI_STORAGE_RETRY_BASE_MS", "0"),
+            ("EXAI_WORKER_METRICS_ADDR", "localhost"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

@@ -1,5 +1,5 @@
-//! The operator CLI (`exai-worker queue …`, `sem`, `files list`, `storage retry-failed`), with
-//! the real `exai-worker` binary against real Redis and Postgres.
+//! The operator CLI (`exai-worker queue …`, `sem`, `files list`, `storage retry-failed`) and the
+//! worker's metrics endpoint, with the real `exai-worker` binary against real Redis and Postgres.
 //!
 //! Every test seeds its own key prefix (and database) through the library APIs, runs the
 //! command, and checks both the table and the `--json` output. Commands that only read Redis run
@@ -13,7 +13,9 @@ use exai_shared::jobs::ToolCallJob;
 use exai_shared::queue::{self, FailKind, FailOutcome, Fetched, JobState, NewJob, Queue};
 use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{HolderInfo, Semaphores};
-use exai_tests::{PrefixGuard, TestDb, redis_url, test_config, unique_prefix};
+use exai_tests::{
+    PrefixGuard, TestDb, free_port, redis_url, spawn_bin, test_config, unique_prefix, wait_until,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -716,4 +718,195 @@ async fn storage_retry_failed_enqueues_a_push_for_every_failed_row() {
         legacy.ok() && legacy.stdout.contains("re-driven"),
         "{legacy:?}"
     );
+}
+
+/// The value of the series `series` (name and labels, exactly as rendered) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+async fn scrape(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .expect("scrape")
+        .error_for_status()
+        .expect("200")
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn worker_metrics_report_jobs_queues_and_semaphores() {
+    let ctx = Ctx::new("cli-metrics").await;
+    let port = free_port();
+    let closed = free_port();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let env = [
+        ("REDIS_URL", redis_url()),
+        ("EXAI_REDIS_PREFIX", ctx.prefix.clone()),
+        ("EXAI_AUTO_MIGRATE", "false".to_owned()),
+        ("DATABASE_URL", NO_POSTGRES.to_owned()),
+        ("EXAI_WORKER_METRICS_ADDR", format!("127.0.0.1:{port}")),
+        ("EXAI_WS_KIMI_MAX_INFLIGHT", "1".to_owned()),
+        ("KIMI_SEMAPHORE_TIMEOUT", "0.1".to_owned()),
+        ("KIMI_API_KEY", "sk-test".to_owned()),
+        // Nothing listens there: every chat attempt fails with a transient connection error.
+        ("KIMI_API_URL", format!("http://127.0.0.1:{closed}/v1")),
+    ];
+    let _worker = spawn_bin("exai-worker", &["run", "--queues", "tool_calls"], &env);
+    let q = ctx.queue(queue::TOOL_CALLS);
+
+    // Three echo jobs complete; an unknown tool is dead at once.
+    for i in 0..3 {
+        q.enqueue(&echo(&format!("ok-{i}"))).await.unwrap();
+    }
+    let bad = NewJob::json(&ToolCallJob {
+        tool: "no_such_tool".into(),
+        arguments: json!({}),
+        session_id: "s".into(),
+        request_id: None,
+        deadline_ms: None,
+    })
+    .unwrap()
+    .with_id("bad");
+    q.enqueue(&bad).await.unwrap();
+    let settled = wait_until(WAIT, || {
+        let url = url.clone();
+        async move {
+            match reqwest::get(&url).await {
+                Ok(r) => {
+                    let text = r.text().await.unwrap_or_default();
+                    sample(
+                        &text,
+                        r#"exai_worker_job_duration_seconds_count{queue="tool_calls",outcome="completed"}"#,
+                    ) == Some(3.0)
+                        && sample(
+                            &text,
+                            r#"exai_worker_job_duration_seconds_count{queue="tool_calls",outcome="dead"}"#,
+                        ) == Some(1.0)
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(settled, "the jobs settle and the endpoint reports them");
+    let text = scrape(&url).await;
+    for (series, value) in [
+        (
+            r#"exai_worker_queue_jobs{queue="tool_calls",state="completed"}"#,
+            3.0,
+        ),
+        (
+            r#"exai_worker_queue_jobs{queue="tool_calls",state="dead"}"#,
+            1.0,
+        ),
+        (
+            r#"exai_worker_queue_jobs{queue="tool_calls",state="queued"}"#,
+            0.0,
+        ),
+        (
+            r#"exai_worker_queue_jobs{queue="uploads",state="queued"}"#,
+            0.0,
+        ),
+        (r#"exai_worker_queue_paused{queue="tool_calls"}"#, 0.0),
+        (r#"exai_worker_jobs_dead_total{queue="tool_calls"}"#, 1.0),
+        (r#"exai_worker_job_retries_total{queue="tool_calls"}"#, 0.0),
+        (r#"exai_worker_semaphore_limit{semaphore="kimi"}"#, 1.0),
+        (r#"exai_worker_semaphore_limit{semaphore="global"}"#, 24.0),
+        (r#"exai_worker_semaphore_in_use{semaphore="kimi"}"#, 0.0),
+        (
+            r#"exai_worker_semaphore_leases_lost_total{semaphore="kimi"}"#,
+            0.0,
+        ),
+        ("exai_worker_scrape_errors_total", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    assert!(text.contains("# TYPE exai_worker_job_duration_seconds histogram"));
+
+    // The test holds the only kimi permit: a chat job waits, times out and is put back.
+    let semaphores = Semaphores::from_config(&test_config(
+        &ctx.prefix,
+        &[("EXAI_WS_KIMI_MAX_INFLIGHT", "1")],
+    ))
+    .await
+    .unwrap();
+    let guard = semaphores
+        .try_acquire(&["global", "kimi"], &HolderInfo::new("test", "held", 1))
+        .await
+        .unwrap()
+        .expect("the kimi permit is free");
+    assert_eq!(
+        sample(
+            &scrape(&url).await,
+            r#"exai_worker_semaphore_in_use{semaphore="kimi"}"#
+        ),
+        Some(1.0)
+    );
+    let chat = NewJob::json(&ToolCallJob {
+        tool: "chat".into(),
+        arguments: json!({"prompt": "hi", "model": "kimi-k2-0905-preview"}),
+        session_id: "s".into(),
+        request_id: None,
+        deadline_ms: None,
+    })
+    .unwrap()
+    .with_id("chat")
+    .with_max_attempts(2);
+    q.enqueue(&chat).await.unwrap();
+    let waited = wait_until(WAIT, || {
+        let url = url.clone();
+        async move {
+            let text = scrape(&url).await;
+            sample(
+                &text,
+                r#"exai_worker_semaphore_waits_total{semaphore="kimi",outcome="timed_out"}"#,
+            )
+            .is_some_and(|n| n >= 1.0)
+                && sample(
+                    &text,
+                    r#"exai_worker_job_duration_seconds_count{queue="tool_calls",outcome="put_back"}"#,
+                )
+                .is_some_and(|n| n >= 1.0)
+        }
+    })
+    .await;
+    assert!(waited, "the wait and the put-back are counted");
+
+    // With the permit back, the chat runs, fails transiently, retries once, and is dead.
+    guard.release().await.unwrap();
+    let dead = wait_until(WAIT, || {
+        let q = q.clone();
+        async move { q.job("chat").await.unwrap().unwrap().state == JobState::Dead }
+    })
+    .await;
+    assert!(dead, "the chat job ends dead after its two attempts");
+    let job = q.job("chat").await.unwrap().unwrap();
+    assert_eq!(job.attempts, 2, "put-backs burnt no attempt: {job:?}");
+    let text = scrape(&url).await;
+    for (series, value) in [
+        (r#"exai_worker_job_retries_total{queue="tool_calls"}"#, 1.0),
+        (r#"exai_worker_jobs_dead_total{queue="tool_calls"}"#, 2.0),
+        (
+            r#"exai_worker_job_duration_seconds_count{queue="tool_calls",outcome="retrying"}"#,
+            1.0,
+        ),
+        (
+            r#"exai_worker_job_duration_seconds_count{queue="tool_calls",outcome="dead"}"#,
+            2.0,
+        ),
+        (
+            r#"exai_worker_queue_jobs{queue="tool_calls",state="dead"}"#,
+            2.0,
+        ),
+        (r#"exai_worker_semaphore_in_use{semaphore="kimi"}"#, 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
 }

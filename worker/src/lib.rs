@@ -11,11 +11,13 @@
 //! - [`tools`]: the tools `tool_calls` jobs run (chat, uploads, downloads, file management).
 //! - [`uploads`]: staged bytes → Moonshot → `provider_file_uploads` row → storage push job.
 //! - [`storage`]: the `storage_push` job (Supabase Storage, retried by the queue) and re-drive.
+//! - [`metrics`]: the Prometheus metrics of `exai-worker run` (`EXAI_WORKER_METRICS_ADDR`).
 //! - [`cli`]: the operator commands (`queue …`, `sem`, `storage retry-failed`, `files list`).
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod handlers;
+pub mod metrics;
 pub mod permits;
 pub mod runtime;
 pub mod state;

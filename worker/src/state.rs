@@ -12,6 +12,8 @@ use exai_shared::redis::{Keys, RedisHandle};
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
 
+use crate::metrics::WorkerMetrics;
+
 /// What every handler can reach. Shared by all jobs of the process behind one `Arc`; every field
 /// is a cheap handle (pools, clients), so nothing here is locked while a job runs.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub struct AppState {
     pub storage_backoff: Backoff,
     /// This process's worker id, recorded as the holder of its semaphore leases.
     pub worker_id: String,
+    /// The process's metrics (semaphore waits, lost leases, storage pushes, cleanup).
+    pub metrics: WorkerMetrics,
 }
 
 impl AppState {
@@ -47,6 +51,7 @@ impl AppState {
         keys: Keys,
         worker_id: &str,
         storage_policy: QueuePolicy,
+        metrics: WorkerMetrics,
     ) -> anyhow::Result<Self> {
         let db = db::connect_lazy(&config.database).context("DATABASE_URL")?;
         let semaphores = Semaphores::new(
@@ -68,6 +73,7 @@ impl AppState {
             storage_backoff: storage_policy.backoff,
             storage_queue: Queue::new(conn, &keys, queue::STORAGE_PUSH, storage_policy),
             worker_id: worker_id.to_owned(),
+            metrics,
         })
     }
 

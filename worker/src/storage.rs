@@ -37,11 +37,34 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::metrics::PushOutcome;
 use crate::state::AppState;
 use crate::uploads::{db_error, enqueue_push};
 
-/// Runs one `storage_push` attempt.
+/// Runs one `storage_push` attempt and counts its outcome in the worker's metrics.
 pub async fn push(
+    state: &AppState,
+    lease: &JobLease,
+    job: &StoragePushJob,
+) -> Result<Value, JobError> {
+    let result = push_once(state, lease, job).await;
+    let outcome = match &result {
+        Ok(v) => match v["outcome"].as_str() {
+            Some("pushed") => Some(PushOutcome::Pushed),
+            Some("storage disabled") => Some(PushOutcome::Failed),
+            _ => Some(PushOutcome::Skipped),
+        },
+        Err(JobError::Permanent(_)) => Some(PushOutcome::Failed),
+        Err(JobError::Transient(_) | JobError::RetryAfter { .. }) => Some(PushOutcome::Retry),
+        Err(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        state.metrics.storage_push(outcome);
+    }
+    result
+}
+
+async fn push_once(
     state: &AppState,
     lease: &JobLease,
     job: &StoragePushJob,
