@@ -132,11 +132,21 @@ impl Ctx {
             .await
             .expect("the command finishes")
             .expect("run exai-worker");
-        Out {
+        let out = Out {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if std::env::var_os("TEST_LOG").is_some() {
+            eprintln!(
+                "$ exai-worker {}\n{}{}(exit {:?})",
+                args.join(" "),
+                out.stdout,
+                out.stderr,
+                out.code
+            );
         }
+        out
     }
 
     /// `tool_calls` with one job in each state: `job-done` (completed with `{"ok":true}`),
