@@ -5,6 +5,8 @@
 //! command, and checks both the table and the `--json` output. Commands that only read Redis run
 //! with an unreachable `DATABASE_URL`, which proves they never touch Postgres.
 
+mod uploads_support;
+
 use std::time::Duration;
 
 use exai_shared::Config;
@@ -919,4 +921,85 @@ async fn worker_metrics_report_jobs_queues_and_semaphores() {
     ] {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_metrics_count_storage_push_outcomes() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let addr = format!("127.0.0.1:{port}");
+    let stack = uploads_support::Stack::new(
+        "cli-push-metrics",
+        &[
+            ("EXAI_WORKER_METRICS_ADDR", addr.as_str()),
+            ("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    let _worker = stack.spawn_worker(&[]);
+    let upload = |name: &'static str, data: &'static [u8]| {
+        let path = stack.write_file(name, data);
+        let stack = &stack;
+        async move {
+            let text = stack
+                .call(
+                    "kimi_upload_files",
+                    json!({"files": [path.display().to_string()]}),
+                )
+                .await
+                .expect("the upload succeeds");
+            let items: Value = serde_json::from_str(&text).unwrap();
+            items[0]["file_id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // Storage is down: the push is retried once, then gives up.
+    stack
+        .sim
+        .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 503}))
+        .unwrap();
+    let down = upload("down.txt", b"bytes storage never gets").await;
+    stack.wait_status(&down, UploadStatus::StorageFailed).await;
+    // Storage is back: the next push succeeds.
+    let cleared = reqwest::Client::new()
+        .delete(format!("{}/_sim/faults", stack.sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(cleared.status().is_success());
+    let up = upload("up.txt", b"bytes storage keeps").await;
+    stack.wait_status(&up, UploadStatus::Completed).await;
+
+    let expected = [
+        (r#"exai_worker_storage_pushes_total{outcome="retry"}"#, 1.0),
+        (r#"exai_worker_storage_pushes_total{outcome="failed"}"#, 1.0),
+        (r#"exai_worker_storage_pushes_total{outcome="pushed"}"#, 1.0),
+        (
+            r#"exai_worker_job_retries_total{queue="storage_push"}"#,
+            1.0,
+        ),
+        (r#"exai_worker_jobs_dead_total{queue="storage_push"}"#, 1.0),
+        (
+            r#"exai_worker_queue_jobs{queue="storage_push",state="dead"}"#,
+            1.0,
+        ),
+        (
+            r#"exai_worker_queue_jobs{queue="storage_push",state="completed"}"#,
+            1.0,
+        ),
+    ];
+    // The last push settles just after its row is written: wait for the counts to catch up.
+    let all_there = wait_until(WAIT, || {
+        let url = url.clone();
+        async move {
+            let text = scrape(&url).await;
+            expected
+                .iter()
+                .all(|(series, value)| sample(&text, series) == Some(*value))
+        }
+    })
+    .await;
+    let text = scrape(&url).await;
+    assert!(all_there, "expected {expected:?} in\n{text}");
+    stack.cleanup().await;
 }
