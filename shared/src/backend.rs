@@ -12,7 +12,8 @@
 //!    handler raced against the job's cancellation token, then settles the attempt with fenced
 //!    writes: results are acknowledged in batches by an **acker** task
 //!    ([`Queue::complete_many`]); a [`JobError`] decides between retry, dead, put-back and
-//!    cancel. Settling removes the job from the in-flight table, which frees its slot.
+//!    cancel. Settling removes the job from the in-flight table, which frees its slot; the
+//!    options' [`AttemptObserver`] (metrics) is then told the [`AttemptOutcome`] and duration.
 //! 3. A **heartbeat** task renews every in-flight lease with one script call per period
 //!    (lease/3). A lease reported lost, or not renewed for a whole lease period (Redis
 //!    unreachable), cancels the handler; its result is never written. A cancel request — heard on
@@ -79,6 +80,8 @@ pub struct BackendOptions {
     /// Where to announce that a job started and finished (for queues whose results someone
     /// waits on, such as `tool_calls`); `None` publishes nothing.
     pub events: Option<EventPublisher>,
+    /// Told how every attempt ended and how long it ran (metrics); `None` tells no one.
+    pub observer: Option<Arc<dyn AttemptObserver>>,
 }
 
 impl BackendOptions {
@@ -93,8 +96,50 @@ impl BackendOptions {
             grace: Duration::from_secs(10),
             shutdown: CancellationToken::new(),
             events: None,
+            observer: None,
         }
     }
+}
+
+/// How the lease layer settled one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    /// The result was stored: the job is completed.
+    Completed,
+    /// A transient failure with attempts left: the job waits out its backoff.
+    Retrying,
+    /// A permanent failure, or the last attempt failed: the job is dead.
+    Dead,
+    /// A requested cancel ended the job.
+    Cancelled,
+    /// The job went back to its queue without burning the attempt (no permit, shutdown).
+    PutBack,
+    /// The lease was lost before the outcome could be written; nothing was written.
+    LeaseLost,
+    /// Redis did not take the outcome; the lease expires and the sweep re-runs the job.
+    Unsettled,
+}
+
+impl AttemptOutcome {
+    /// A stable lowercase name (a metrics label value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Retrying => "retrying",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+            Self::PutBack => "put_back",
+            Self::LeaseLost => "lease_lost",
+            Self::Unsettled => "unsettled",
+        }
+    }
+}
+
+/// Told of every attempt the lease layer settles, with the time from the handler's start to
+/// the settled write (a worker's metrics implement it).
+pub trait AttemptObserver: std::fmt::Debug + Send + Sync {
+    /// An attempt of a job of `queue` ended with `outcome` after `elapsed`.
+    fn attempt_settled(&self, queue: &str, outcome: AttemptOutcome, elapsed: Duration);
 }
 
 /// Why a running job's cancellation token fired.
@@ -640,6 +685,7 @@ where
         let job = task.parts_job_lease();
         let fut = self.inner.call(task);
         let shared = self.shared.clone();
+        let started_at = Instant::now();
         Box::pin(async move {
             let Some(job) = job else {
                 // Not one of ours (cannot happen with this backend): just run it.
@@ -663,10 +709,17 @@ where
                     .to_owned(),
                 )) as BoxDynError),
             };
-            if let Err(e) = settle(&shared, &job, &outcome).await {
-                tracing::error!(queue = %job.queue, job_id = %job.lease.id, error = %error_chain(&e), "could not settle the attempt; its lease will expire and the sweep will re-run it");
-            }
+            let settled = match settle(&shared, &job, &outcome).await {
+                Ok(settled) => settled,
+                Err(e) => {
+                    tracing::error!(queue = %job.queue, job_id = %job.lease.id, error = %error_chain(&e), "could not settle the attempt; its lease will expire and the sweep will re-run it");
+                    AttemptOutcome::Unsettled
+                }
+            };
             shared.settle(&job.lease.id);
+            if let Some(observer) = &shared.options.observer {
+                observer.attempt_settled(&job.queue, settled, started_at.elapsed());
+            }
             if let Some(events) = events {
                 events.publish(&job.lease.id, &JobEvent::Finished).await;
             }
@@ -675,12 +728,12 @@ where
     }
 }
 
-/// Records the outcome of one attempt in Redis.
+/// Records the outcome of one attempt in Redis and says what became of the job.
 async fn settle<Res: Serialize>(
     shared: &Shared,
     job: &JobLease,
     outcome: &Result<Res, BoxDynError>,
-) -> Result<(), SettleError> {
+) -> Result<AttemptOutcome, SettleError> {
     let queue = &shared.queue;
     let lease = &job.lease;
     match outcome {
@@ -700,49 +753,55 @@ async fn settle<Res: Serialize>(
                 .map_err(|_| SettleError::Ack("acknowledger stopped".to_owned()))??;
             if ack == Ack::LeaseLost {
                 tracing::warn!(queue = %job.queue, job_id = %lease.id, "result discarded: the lease was lost");
+                return Ok(AttemptOutcome::LeaseLost);
             }
+            Ok(AttemptOutcome::Completed)
         }
         Err(e) => {
             let error = e.downcast_ref::<JobError>();
             let message = e.to_string();
+            let put_back = |ack| match ack {
+                Ack::Done => AttemptOutcome::PutBack,
+                Ack::LeaseLost => AttemptOutcome::LeaseLost,
+            };
             let failed = match error {
                 Some(JobError::PutBack { after, .. }) => {
-                    queue.release(lease, *after).await?;
-                    None
+                    return Ok(put_back(queue.release(lease, *after).await?));
                 }
                 Some(JobError::Cancelled(_)) => match job.cancel_reason() {
-                    Some(CancelReason::LeaseLost) => None,
+                    Some(CancelReason::LeaseLost) => return Ok(AttemptOutcome::LeaseLost),
                     Some(CancelReason::Shutdown) => {
-                        queue.release(lease, Duration::ZERO).await?;
-                        None
+                        return Ok(put_back(queue.release(lease, Duration::ZERO).await?));
                     }
                     // A requested cancel ends the job as cancelled whatever the kind.
-                    _ => Some(queue.fail(lease, &message, FailKind::Permanent).await?),
+                    _ => queue.fail(lease, &message, FailKind::Permanent).await?,
                 },
                 Some(JobError::Permanent(_)) => {
-                    Some(queue.fail(lease, &message, FailKind::Permanent).await?)
+                    queue.fail(lease, &message, FailKind::Permanent).await?
                 }
-                Some(JobError::RetryAfter { after, .. }) => Some(
+                Some(JobError::RetryAfter { after, .. }) => {
                     queue
                         .fail(lease, &message, FailKind::RetryAfter(*after))
-                        .await?,
-                ),
+                        .await?
+                }
                 Some(JobError::Transient(_)) | None => {
-                    Some(queue.fail(lease, &message, FailKind::Transient).await?)
+                    queue.fail(lease, &message, FailKind::Transient).await?
                 }
             };
-            match failed {
-                Some(FailOutcome::Dead) => {
-                    tracing::warn!(queue = %job.queue, job_id = %lease.id, attempt = lease.attempt, error = %message, "job dead")
+            Ok(match failed {
+                FailOutcome::Dead => {
+                    tracing::warn!(queue = %job.queue, job_id = %lease.id, attempt = lease.attempt, error = %message, "job dead");
+                    AttemptOutcome::Dead
                 }
-                Some(FailOutcome::Retrying { at_ms }) => {
-                    tracing::info!(queue = %job.queue, job_id = %lease.id, attempt = lease.attempt, retry_at_ms = at_ms, error = %message, "job will retry")
+                FailOutcome::Retrying { at_ms } => {
+                    tracing::info!(queue = %job.queue, job_id = %lease.id, attempt = lease.attempt, retry_at_ms = at_ms, error = %message, "job will retry");
+                    AttemptOutcome::Retrying
                 }
-                _ => {}
-            }
+                FailOutcome::Cancelled => AttemptOutcome::Cancelled,
+                FailOutcome::LeaseLost => AttemptOutcome::LeaseLost,
+            })
         }
     }
-    Ok(())
 }
 
 /// An error with its sources, `outer: inner: innermost`, for log lines.

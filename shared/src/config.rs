@@ -79,6 +79,8 @@ pub struct Config {
     pub uploads: UploadConfig,
     /// Orphan cleanup.
     pub cleanup: CleanupConfig,
+    /// Worker process settings.
+    pub worker: WorkerConfig,
     /// Log output.
     pub log_format: LogFormat,
 }
@@ -159,6 +161,14 @@ pub struct JobConfig {
     pub result_ttl: Duration,
     /// `EXAI_AUTO_MIGRATE` (true): `exai-worker run` applies pending migrations at start.
     pub auto_migrate: bool,
+}
+
+/// Settings of `exai-worker run`.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `EXAI_WORKER_METRICS_ADDR` (unset: off): where `exai-worker run` serves Prometheus
+    /// metrics on `/metrics`, e.g. `127.0.0.1:9464`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// An HTTP provider (Moonshot or GLM).
@@ -401,6 +411,19 @@ impl Config {
                     .map(|_| v.positive("EXAI_STORAGE_QUOTA_BYTES", 1u64))
                     .transpose()?,
             },
+            worker: WorkerConfig {
+                metrics_addr: v
+                    .get("EXAI_WORKER_METRICS_ADDR")
+                    .map(|raw| {
+                        raw.parse().map_err(|e| {
+                            ConfigError::new(
+                                "EXAI_WORKER_METRICS_ADDR",
+                                format!("`{raw}`: {e} (expected host:port, e.g. 127.0.0.1:9464)"),
+                            )
+                        })
+                    })
+                    .transpose()?,
+            },
             log_format: v.parse("EXAI_LOG_FORMAT", LogFormat::Human)?,
         })
     }
@@ -523,6 +546,12 @@ mod tests {
         assert_eq!(c.cleanup.storage_quota_bytes, None);
         let c = cfg(&[("EXAI_STORAGE_QUOTA_BYTES", "1000")]).unwrap();
         assert_eq!(c.cleanup.storage_quota_bytes, Some(1000));
+        assert!(c.worker.metrics_addr.is_none());
+        let on = cfg(&[("EXAI_WORKER_METRICS_ADDR", "127.0.0.1:9464")]).unwrap();
+        assert_eq!(
+            on.worker.metrics_addr,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
     }
 
     #[test]
@@ -547,6 +576,7 @@ mod tests {
             ("EXAI_FILE_RETENTION_DAYS", "99999999999999"),
             ("EXAI_STORAGE_QUOTA_BYTES", "0"),
             ("EXAI_STORAGE_QUOTA_BYTES", "10GB"),
+            ("EXAI_WORKER_METRICS_ADDR", "localhost"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

@@ -433,6 +433,11 @@ pub async fn run_job(
 ) -> Result<serde_json::Value, JobError> {
     let ctx = Cleanup::from_state(state);
     let report = run(&ctx, job.dry_run).await;
+    if !report.dry_run {
+        for (sweep, s) in report.sweeps.iter() {
+            state.metrics.record_cleanup(sweep, s.removed, s.bytes);
+        }
+    }
     store_report(&ctx.redis, &ctx.keys, job.tick, &report)
         .await
         .map_err(|e| JobError::Transient(format!("{e:#}")))?;

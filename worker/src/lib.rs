@@ -1,5 +1,5 @@
 //! `exai-worker`, the library behind the binary: the worker runtime that serves our Redis queues
-//! through apalis, the job handlers, and (later) the operator commands.
+//! through apalis, the job handlers, and the operator commands.
 //!
 //! - [`runtime`]: builds one apalis worker per queue on [`RedisBackend`](exai_shared::backend::RedisBackend),
 //!   plus the cron scheduler of the `cleanup` queue, and runs them under one `Monitor` until
@@ -12,10 +12,14 @@
 //! - [`uploads`]: staged bytes → Moonshot → `provider_file_uploads` row → storage push job.
 //! - [`storage`]: the `storage_push` job (Supabase Storage, retried by the queue) and re-drive.
 //! - [`cleanup`]: the orphan cleanup (scheduled job and `exai-worker cleanup`) and its reports.
+//! - [`metrics`]: the Prometheus metrics of `exai-worker run` (`EXAI_WORKER_METRICS_ADDR`).
+//! - [`cli`]: the operator commands (`queue …`, `sem`, `storage retry-failed`, `files list`).
 #![warn(missing_docs)]
 
 pub mod cleanup;
+pub mod cli;
 pub mod handlers;
+pub mod metrics;
 pub mod permits;
 pub mod runtime;
 pub mod state;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::time::Duration;
 
 use exai_shared::{Config, db, queue, shutdown, telemetry};
+use exai_worker::cli;
 use exai_worker::runtime::{self, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,18 @@ enum Command {
         #[command(subcommand)]
         command: StorageCommand,
     },
+    /// Inspect and steer the job queues (Redis only).
+    Queue {
+        #[command(subcommand)]
+        command: cli::queue::QueueCommand,
+    },
+    /// The fleet-wide semaphores: limits, permits in use, live leases (Redis only).
+    Sem(cli::sem::SemArgs),
+    /// The provider_file_uploads rows (Postgres only).
+    Files {
+        #[command(subcommand)]
+        command: cli::files::FilesCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -41,6 +54,8 @@ enum StorageCommand {
     /// Enqueue a fresh push (with a full retry budget) for rows whose push gave up
     /// (`storage_failed`), or for one row (`storage_failed` or `storage_pending`).
     Redrive(RedriveArgs),
+    /// Enqueue a fresh push (with a full retry budget) for every storage_failed row.
+    RetryFailed(cli::storage::RetryFailedArgs),
 }
 
 /// Flags of `exai-worker storage redrive`.
@@ -109,6 +124,12 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(ok, "some cleanup sweeps failed (see the errors above)");
             Ok(())
         }
+        Command::Storage {
+            command: StorageCommand::RetryFailed(args),
+        } => cli::storage::retry_failed(&config, &args).await,
+        Command::Queue { command } => cli::queue::run(&config, command).await,
+        Command::Sem(args) => cli::sem::run(&config, &args).await,
+        Command::Files { command } => cli::files::run(&config, command).await,
     }
 }
 
@@ -165,30 +186,12 @@ async fn migrate(config: &Config, revert: bool) -> anyhow::Result<()> {
 
 /// `exai-worker storage redrive (--all [--limit N] | --id ID)`.
 async fn storage_redrive(config: &Config, args: &RedriveArgs) -> anyhow::Result<()> {
-    use exai_worker::storage::{self, Redrive};
-    let pool = db::connect(&config.database).await?;
-    let conn = exai_shared::redis::RedisHandle::connect(&config.redis).await?;
-    let keys = exai_shared::redis::Keys::new(&config.redis.prefix);
-    let push_queue = queue::Queue::new(
-        conn,
-        &keys,
-        queue::STORAGE_PUSH,
-        exai_worker::state::storage_policy(config),
-    );
+    use exai_worker::storage::Redrive;
     let which = match args.id {
         Some(id) => Redrive::Row(id),
         None => Redrive::AllFailed {
             limit: i64::from(args.limit),
         },
     };
-    let redriven = storage::redrive(&pool, &push_queue, config, which).await;
-    pool.close().await;
-    let redriven = redriven.map_err(|e| anyhow::anyhow!("{e}"))?;
-    if redriven.is_empty() {
-        println!("no storage_failed rows to re-drive");
-    }
-    for r in &redriven {
-        println!("re-driven {} as job {}", r.row_id, r.job_id);
-    }
-    Ok(())
+    cli::storage::redrive(config, which, false).await
 }

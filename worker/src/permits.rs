@@ -13,6 +13,7 @@ use exai_shared::backend::JobLease;
 use exai_shared::jobs::JobError;
 use exai_shared::semaphore::{Acquire, HolderInfo, LeaseGuard};
 
+use crate::metrics::WaitOutcome;
 use crate::state::{AppState, PUT_BACK_AFTER};
 
 /// Takes a permit of every semaphore in `names` for the job of `lease`; `None` when `names` is
@@ -50,12 +51,18 @@ pub async fn acquire(
             format!("waiting for provider capacity ({what})"),
         )
         .await;
-    match state
+    let acquired = state
         .semaphores
         .acquire(names, &holder, wait, &lease.cancel)
         .await
-        .map_err(failed)?
-    {
+        .map_err(failed)?;
+    let waited = match &acquired {
+        Acquire::Acquired(_) => WaitOutcome::Acquired,
+        Acquire::TimedOut => WaitOutcome::TimedOut,
+        Acquire::Cancelled => WaitOutcome::Cancelled,
+    };
+    state.metrics.semaphore_wait(names, waited);
+    match acquired {
         Acquire::Acquired(guard) => {
             state
                 .progress(&lease.lease.id, "running", "provider capacity acquired")
@@ -73,9 +80,10 @@ pub async fn acquire(
 }
 
 /// Runs `work` while `guard` holds its permits, then releases them. If the lease is lost
-/// meanwhile, `work` is dropped and the attempt fails transiently (it is retried; nothing it
-/// would have returned is written).
+/// meanwhile, `work` is dropped, the loss is counted in the metrics, and the attempt fails
+/// transiently (it is retried; nothing it would have returned is written).
 pub async fn holding<T>(
+    state: &AppState,
     guard: Option<LeaseGuard>,
     work: impl Future<Output = Result<T, JobError>>,
 ) -> Result<T, JobError> {
@@ -85,9 +93,12 @@ pub async fn holding<T>(
     let lost = guard.lost().clone();
     let outcome = tokio::select! {
         r = work => r,
-        _ = lost.cancelled() => Err(JobError::Transient(
-            "the provider permit's lease was lost; stopping".to_owned(),
-        )),
+        _ = lost.cancelled() => {
+            state.metrics.semaphore_lease_lost(guard.names());
+            Err(JobError::Transient(
+                "the provider permit's lease was lost; stopping".to_owned(),
+            ))
+        }
     };
     if let Err(e) = guard.release().await {
         tracing::warn!(error = %exai_shared::backend::error_chain(&e), "permit release failed; it expires with its lease");

@@ -17,6 +17,7 @@ use exai_shared::redis::{Keys, RedisHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{self, AppState};
+use crate::metrics::WorkerMetrics;
 
 /// The name under which the `cleanup` queue's cron ticks are deduplicated.
 pub const CLEANUP_SCHEDULE: &str = "cleanup";
@@ -85,6 +86,20 @@ pub async fn run(
     let worker_id = worker_id();
     let policy = QueuePolicy::from_config(&config.jobs);
     let storage_policy = crate::state::storage_policy(config);
+    let metrics = WorkerMetrics::new();
+    let semaphore_names: Vec<String> = config
+        .semaphores
+        .default_limits()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    metrics.register_names(
+        &queue_names,
+        &semaphore_names
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     let state = Arc::new(
         AppState::build(
             config,
@@ -92,9 +107,20 @@ pub async fn run(
             keys.clone(),
             &worker_id,
             storage_policy.clone(),
+            metrics.clone(),
         )
         .await?,
     );
+    if let Some(addr) = config.worker.metrics_addr {
+        crate::metrics::serve(
+            addr,
+            metrics.clone(),
+            crate::cli::queue_handles(config, conn.clone()),
+            state.semaphores.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+    }
     if options.queues.iter().any(|q| q == queue::STORAGE_PUSH) {
         crate::storage::spawn_ensure_bucket(state.clone(), shutdown.clone());
     }
@@ -109,6 +135,7 @@ pub async fn run(
         o.grace = options.grace;
         o.poll_fallback = options.poll_fallback;
         o.shutdown = shutdown.clone();
+        o.observer = Some(Arc::new(metrics.clone()));
         o
     };
 

@@ -12,6 +12,8 @@ use exai_shared::redis::{Keys, RedisHandle};
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
 
+use crate::metrics::WorkerMetrics;
+
 /// What every handler can reach. Shared by all jobs of the process behind one `Arc`; every field
 /// is a cheap handle (pools, clients), so nothing here is locked while a job runs.
 #[derive(Debug)]
@@ -40,6 +42,8 @@ pub struct AppState {
     pub redis: RedisHandle,
     /// The deployment's key layout.
     pub keys: Keys,
+    /// The process's metrics (semaphore waits, lost leases, storage pushes, cleanup).
+    pub metrics: WorkerMetrics,
 }
 
 impl AppState {
@@ -51,6 +55,7 @@ impl AppState {
         keys: Keys,
         worker_id: &str,
         storage_policy: QueuePolicy,
+        metrics: WorkerMetrics,
     ) -> anyhow::Result<Self> {
         let db = db::connect_lazy(&config.database).context("DATABASE_URL")?;
         let semaphores = Semaphores::new(
@@ -74,6 +79,7 @@ impl AppState {
             worker_id: worker_id.to_owned(),
             redis: conn,
             keys,
+            metrics,
         })
     }
 

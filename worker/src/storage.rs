@@ -37,11 +37,34 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::metrics::PushOutcome;
 use crate::state::AppState;
 use crate::uploads::{db_error, enqueue_push};
 
-/// Runs one `storage_push` attempt.
+/// Runs one `storage_push` attempt and counts its outcome in the worker's metrics.
 pub async fn push(
+    state: &AppState,
+    lease: &JobLease,
+    job: &StoragePushJob,
+) -> Result<Value, JobError> {
+    let result = push_once(state, lease, job).await;
+    let outcome = match &result {
+        Ok(v) => match v["outcome"].as_str() {
+            Some("pushed") => Some(PushOutcome::Pushed),
+            Some("storage disabled") => Some(PushOutcome::Failed),
+            _ => Some(PushOutcome::Skipped),
+        },
+        Err(JobError::Permanent(_)) => Some(PushOutcome::Failed),
+        Err(JobError::Transient(_) | JobError::RetryAfter { .. }) => Some(PushOutcome::Retry),
+        Err(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        state.metrics.storage_push(outcome);
+    }
+    result
+}
+
+async fn push_once(
     state: &AppState,
     lease: &JobLease,
     job: &StoragePushJob,
@@ -200,7 +223,7 @@ pub enum Redrive {
 }
 
 /// One re-driven row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Redriven {
     /// The row.
     pub row_id: Uuid,
@@ -208,15 +231,26 @@ pub struct Redriven {
     pub job_id: String,
 }
 
-/// Enqueues a fresh push for the rows `which` names, each with a full retry budget. The job id is
-/// `push-<row id>-r<attempts so far>`, so re-driving twice before the push runs enqueues one job.
+/// Enqueues a fresh push for the rows `which` names, each with a full retry budget (see
+/// [`redrive_row`]).
 pub async fn redrive(
     pool: &PgPool,
     queue: &Queue,
     config: &Config,
     which: Redrive,
 ) -> Result<Vec<Redriven>, JobError> {
-    let rows = match which {
+    let rows = redrive_rows(pool, which).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(redrive_row(queue, config, row).await?);
+    }
+    Ok(out)
+}
+
+/// The rows `which` names: every `storage_failed` row up to the limit, least recently changed
+/// first, or the one row (an error unless it is `storage_failed` or `storage_pending`).
+pub async fn redrive_rows(pool: &PgPool, which: Redrive) -> Result<Vec<FileUpload>, JobError> {
+    Ok(match which {
         Redrive::AllFailed { limit } => {
             db::list_by_status(pool, UploadStatus::StorageFailed, limit)
                 .await
@@ -238,17 +272,22 @@ pub async fn redrive(
             }
             vec![row]
         }
-    };
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let job_id = StoragePushJob::redrive_job_id(row.id, row.storage_attempts);
-        enqueue_push(queue, config, row.id, job_id.clone()).await?;
-        out.push(Redriven {
-            row_id: row.id,
-            job_id,
-        });
-    }
-    Ok(out)
+    })
+}
+
+/// Enqueues a fresh push of `row` with a full retry budget. The job id is
+/// `push-<row id>-r<attempts so far>`, so re-driving twice before the push runs enqueues one job.
+pub async fn redrive_row(
+    queue: &Queue,
+    config: &Config,
+    row: &FileUpload,
+) -> Result<Redriven, JobError> {
+    let job_id = StoragePushJob::redrive_job_id(row.id, row.storage_attempts);
+    enqueue_push(queue, config, row.id, job_id.clone()).await?;
+    Ok(Redriven {
+        row_id: row.id,
+        job_id,
+    })
 }
 
 /// Creates the bucket (private) when it is missing, in the background: retried with a growing

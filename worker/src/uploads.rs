@@ -71,7 +71,7 @@ pub async fn run_job(
         Some(Provider::Kimi.as_str()),
     )
     .await?;
-    permits::holding(guard, upload_staged(state, job)).await
+    permits::holding(state, guard, upload_staged(state, job)).await
 }
 
 /// The purpose sent to Moonshot for a requested one. `assistants` (accepted by the original

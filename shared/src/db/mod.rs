@@ -25,7 +25,7 @@ pub use migrate::{MIGRATOR, MigrationInfo, applied_migrations, migrate, revert_o
 pub use uploads::{
     FileUpload, NewUpload, UnknownStatus, UploadStatus, Upserted, count_by_status, find_by_id,
     find_by_provider_file_id, find_live, insert_or_get, is_file_held, is_sha256_pending,
-    list_by_status, list_holding, mark_completed, mark_deleted, mark_deleted_unused,
+    list_by_status, list_holding, list_recent, mark_completed, mark_deleted, mark_deleted_unused,
     mark_storage_failed, record_reuse, record_storage_attempt,
 };
 

@@ -739,6 +739,25 @@ pub async fn mark_deleted_unused(
         .await?)
 }
 
+/// Up to `limit` rows, in `status` when given, newest first (for operators: `files list`).
+pub async fn list_recent(
+    pool: &PgPool,
+    status: Option<UploadStatus>,
+    limit: i64,
+) -> Result<Vec<FileUpload>, DbError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        upload_columns!(),
+        " FROM provider_file_uploads WHERE ($1::text IS NULL OR upload_status = $1) \
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    );
+    Ok(sqlx::query_as(SQL)
+        .bind(status.map(UploadStatus::as_str))
+        .bind(limit.max(0))
+        .fetch_all(pool)
+        .await?)
+}
+
 /// Why a guarded update matched no row: the row is missing, or its status forbids the change.
 async fn refusal(pool: &PgPool, id: Uuid, to: UploadStatus) -> DbError {
     match find_by_id(pool, id).await {

@@ -65,7 +65,7 @@ pub async fn chat(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         )));
     }
     let guard = ctx.permits().await?;
-    permits::holding(guard, async {
+    permits::holding(ctx.state, guard, async {
         let mut messages = Vec::new();
         if let Some(system) = args.system_prompt.filter(|s| !s.is_empty()) {
             messages.push(ChatMessage::system(system));
@@ -98,7 +98,7 @@ pub async fn chat_with_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> 
         )));
     }
     let guard = ctx.permits().await?;
-    permits::holding(guard, async {
+    permits::holding(ctx.state, guard, async {
         let (mut messages, used) = file_messages(ctx, &args.file_ids).await?;
         messages.push(ChatMessage::user(args.prompt));
         let request = ChatRequest {

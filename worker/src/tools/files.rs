@@ -87,7 +87,7 @@ pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         });
     }
     let guard = ctx.permits().await?;
-    let results = permits::holding(guard, async {
+    let results = permits::holding(ctx.state, guard, async {
         let mut results: Vec<UploadedFile> = Vec::with_capacity(jobs.len());
         for job in &jobs {
             results.push(uploads::upload_staged(ctx.state, job).await?);
@@ -132,7 +132,8 @@ pub async fn upload_bytes(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         provider: KIMI.to_owned(),
     };
     let guard = ctx.permits().await?;
-    let result = permits::holding(guard, uploads::upload_staged(ctx.state, &job)).await?;
+    let result =
+        permits::holding(ctx.state, guard, uploads::upload_staged(ctx.state, &job)).await?;
     json_result(&result)
 }
 
@@ -264,14 +265,14 @@ pub async fn manage_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         "list" => {
             let limit = args.limit.unwrap_or(100).clamp(1, 1000);
             let guard = ctx.permits().await?;
-            permits::holding(guard, list(ctx, limit)).await
+            permits::holding(ctx.state, guard, list(ctx, limit)).await
         }
         "delete" => {
             let id = args.file_id.as_deref().ok_or_else(|| {
                 JobError::Permanent("operation `delete` needs file_id".to_owned())
             })?;
             let guard = ctx.permits().await?;
-            permits::holding(guard, delete(ctx, id, args.dry_run)).await
+            permits::holding(ctx.state, guard, delete(ctx, id, args.dry_run)).await
         }
         op @ ("cleanup_orphaned" | "cleanup_expired") => {
             let sweeps: &[&str] = if op == "cleanup_orphaned" {
@@ -280,7 +281,7 @@ pub async fn manage_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
                 &["rows_expired"]
             };
             let guard = ctx.permits().await?;
-            permits::holding(guard, async {
+            permits::holding(ctx.state, guard, async {
                 let runner = cleanup::Cleanup::from_state(ctx.state);
                 json_result(&cleanup::run_only(&runner, args.dry_run, sweeps).await)
             })

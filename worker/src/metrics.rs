@@ -1,0 +1,574 @@
+//! The worker's Prometheus metrics, served as text on `GET /metrics` at
+//! `EXAI_WORKER_METRICS_ADDR` while `exai-worker run` runs.
+//!
+//! Two kinds of series:
+//! - **read at scrape time** from Redis: queue depth per queue and state, paused queues, and
+//!   every semaphore's permits in use and limit. They describe the deployment, not this
+//!   process, so every worker reports the same values (aggregate with `max`, not `sum`);
+//! - **counted by this process**: job durations per queue and outcome (from the lease layer,
+//!   through [`AttemptObserver`]), retries, dead jobs, semaphore waits and lost leases,
+//!   storage push outcomes, and cleanup removals.
+//!
+//! Label values come from closed sets (queue names, semaphore names, fixed outcome names), so
+//! no job input can grow the number of series.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use exai_shared::backend::{AttemptObserver, AttemptOutcome};
+use exai_shared::inspect::{QueuesReport, SemaphoresReport};
+use exai_shared::queue::{JobState, Queue};
+use exai_shared::semaphore::Semaphores;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueStateLabels {
+    queue: String,
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueOutcomeLabels {
+    queue: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SemaphoreLabels {
+    semaphore: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SemaphoreOutcomeLabels {
+    semaphore: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SweepLabels {
+    sweep: String,
+}
+
+/// How a wait for semaphore permits ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The permits came within the wait.
+    Acquired,
+    /// The wait ran out; the job was put back.
+    TimedOut,
+    /// The job was cancelled while waiting.
+    Cancelled,
+}
+
+impl WaitOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Acquired => "acquired",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How one storage push attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The bytes reached Supabase Storage; the row is completed.
+    Pushed,
+    /// A transient failure; the queue retries the push.
+    Retry,
+    /// The push gave up (budget spent, permanent error, storage off); the row is
+    /// `storage_failed`.
+    Failed,
+    /// Nothing to push (the row was completed, deleted or failed meanwhile).
+    Skipped,
+}
+
+impl PushOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pushed => "pushed",
+            Self::Retry => "retry",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The worker's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    queue_jobs: Family<QueueStateLabels, Gauge>,
+    queue_paused: Family<QueueLabels, Gauge>,
+    job_duration: HistogramFamily<QueueOutcomeLabels>,
+    job_retries: Family<QueueLabels, Counter>,
+    jobs_dead: Family<QueueLabels, Counter>,
+    semaphore_in_use: Family<SemaphoreLabels, Gauge>,
+    semaphore_limit: Family<SemaphoreLabels, Gauge>,
+    semaphore_waits: Family<SemaphoreOutcomeLabels, Counter>,
+    semaphore_leases_lost: Family<SemaphoreLabels, Counter>,
+    storage_pushes: Family<OutcomeLabels, Counter>,
+    cleanup_sweeps: Family<SweepLabels, Counter>,
+    cleanup_removed: Family<SweepLabels, Counter>,
+    cleanup_removed_bytes: Family<SweepLabels, Counter>,
+    scrape_errors: Counter,
+}
+
+impl std::fmt::Debug for WorkerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerMetrics")
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn job_duration_histogram() -> Histogram {
+    // 1 ms to ~524 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+impl WorkerMetrics {
+    /// A fresh registry with every metric registered (prefix `exai_worker`).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("exai_worker");
+        let queue_jobs = Family::<QueueStateLabels, Gauge>::default();
+        registry.register(
+            "queue_jobs",
+            "Jobs per queue and state, read from Redis at scrape time (completed and cancelled: since the queue was created)",
+            queue_jobs.clone(),
+        );
+        let queue_paused = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_paused",
+            "1 while the queue is paused, read at scrape time",
+            queue_paused.clone(),
+        );
+        let job_duration: HistogramFamily<QueueOutcomeLabels> =
+            Family::new_with_constructor(job_duration_histogram);
+        registry.register(
+            "job_duration_seconds",
+            "Time from an attempt's start to its settled outcome, by queue and outcome",
+            job_duration.clone(),
+        );
+        let job_retries = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "job_retries",
+            "Attempts that failed transiently and were scheduled for a retry",
+            job_retries.clone(),
+        );
+        let jobs_dead = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "jobs_dead",
+            "Jobs this process's attempts made dead (permanent error or attempts exhausted)",
+            jobs_dead.clone(),
+        );
+        let semaphore_in_use = Family::<SemaphoreLabels, Gauge>::default();
+        registry.register(
+            "semaphore_in_use",
+            "Permits held by live leases, read at scrape time",
+            semaphore_in_use.clone(),
+        );
+        let semaphore_limit = Family::<SemaphoreLabels, Gauge>::default();
+        registry.register(
+            "semaphore_limit",
+            "The effective permit limit, read at scrape time",
+            semaphore_limit.clone(),
+        );
+        let semaphore_waits = Family::<SemaphoreOutcomeLabels, Counter>::default();
+        registry.register(
+            "semaphore_waits",
+            "Jobs that found no free permit at once and waited, by semaphore and how the wait ended",
+            semaphore_waits.clone(),
+        );
+        let semaphore_leases_lost = Family::<SemaphoreLabels, Counter>::default();
+        registry.register(
+            "semaphore_leases_lost",
+            "Permit leases lost while a job held them (its provider work was stopped)",
+            semaphore_leases_lost.clone(),
+        );
+        let storage_pushes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "storage_pushes",
+            "Supabase Storage push attempts by outcome (pushed, retry, failed, skipped)",
+            storage_pushes.clone(),
+        );
+        let cleanup_sweeps = Family::<SweepLabels, Counter>::default();
+        registry.register(
+            "cleanup_sweeps",
+            "Cleanup sweeps run, by sweep",
+            cleanup_sweeps.clone(),
+        );
+        let cleanup_removed = Family::<SweepLabels, Counter>::default();
+        registry.register(
+            "cleanup_removed",
+            "Items removed by cleanup sweeps, by sweep",
+            cleanup_removed.clone(),
+        );
+        let cleanup_removed_bytes = Family::<SweepLabels, Counter>::default();
+        registry.register(
+            "cleanup_removed_bytes",
+            "Bytes freed by cleanup sweeps, by sweep",
+            cleanup_removed_bytes.clone(),
+        );
+        let scrape_errors = Counter::default();
+        registry.register(
+            "scrape_errors",
+            "Scrapes whose Redis reads (queue counts, semaphores) failed",
+            scrape_errors.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                queue_jobs,
+                queue_paused,
+                job_duration,
+                job_retries,
+                jobs_dead,
+                semaphore_in_use,
+                semaphore_limit,
+                semaphore_waits,
+                semaphore_leases_lost,
+                storage_pushes,
+                cleanup_sweeps,
+                cleanup_removed,
+                cleanup_removed_bytes,
+                scrape_errors,
+            }),
+        }
+    }
+
+    /// Creates the counted series of `queues` and `semaphores` at zero, so that they exist
+    /// before the first event.
+    pub fn register_names(&self, queues: &[&str], semaphores: &[&str]) {
+        for q in queues {
+            let l = QueueLabels {
+                queue: (*q).to_owned(),
+            };
+            let _ = self.inner.job_retries.get_or_create(&l);
+            let _ = self.inner.jobs_dead.get_or_create(&l);
+        }
+        for s in semaphores {
+            let _ = self
+                .inner
+                .semaphore_leases_lost
+                .get_or_create(&SemaphoreLabels {
+                    semaphore: (*s).to_owned(),
+                });
+        }
+    }
+
+    /// A job of `queue` waited for the permits of `semaphores`; the wait ended with `outcome`.
+    pub fn semaphore_wait(&self, semaphores: &[&str], outcome: WaitOutcome) {
+        for s in semaphores {
+            self.inner
+                .semaphore_waits
+                .get_or_create(&SemaphoreOutcomeLabels {
+                    semaphore: (*s).to_owned(),
+                    outcome: outcome.as_str().to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// A lease on `semaphores` was lost while its job held it.
+    pub fn semaphore_lease_lost<S: AsRef<str>>(&self, semaphores: &[S]) {
+        for s in semaphores {
+            self.inner
+                .semaphore_leases_lost
+                .get_or_create(&SemaphoreLabels {
+                    semaphore: s.as_ref().to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// A storage push attempt ended with `outcome`.
+    pub fn storage_push(&self, outcome: PushOutcome) {
+        self.inner
+            .storage_pushes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// A cleanup sweep named `sweep` (a fixed name such as `supabase_objects`) ran and removed
+    /// `removed` items holding `bytes` bytes.
+    pub fn record_cleanup(&self, sweep: &str, removed: u64, bytes: u64) {
+        let l = SweepLabels {
+            sweep: sweep.to_owned(),
+        };
+        self.inner.cleanup_sweeps.get_or_create(&l).inc();
+        self.inner.cleanup_removed.get_or_create(&l).inc_by(removed);
+        self.inner
+            .cleanup_removed_bytes
+            .get_or_create(&l)
+            .inc_by(bytes);
+    }
+
+    /// An attempt of a job of `queue` was settled with `outcome` after `elapsed`.
+    pub fn job_settled(&self, queue: &str, outcome: AttemptOutcome, elapsed: Duration) {
+        self.inner
+            .job_duration
+            .get_or_create(&QueueOutcomeLabels {
+                queue: queue.to_owned(),
+                outcome: outcome.as_str().to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        let l = QueueLabels {
+            queue: queue.to_owned(),
+        };
+        match outcome {
+            AttemptOutcome::Retrying => self.inner.job_retries.get_or_create(&l).inc(),
+            AttemptOutcome::Dead => self.inner.jobs_dead.get_or_create(&l).inc(),
+            _ => 0,
+        };
+    }
+
+    /// Reads the queue counts and the semaphores from Redis into the scrape-time gauges. A
+    /// failed read clears its gauges (no stale values) and counts a scrape error.
+    pub async fn refresh(&self, queues: &[Queue], semaphores: &Semaphores) {
+        match QueuesReport::collect(queues).await {
+            Ok(report) => {
+                for (name, s) in report.queues {
+                    let states = [
+                        (JobState::Queued, s.queued),
+                        (JobState::Scheduled, s.scheduled),
+                        (JobState::Running, s.running),
+                        (JobState::Retrying, s.retrying),
+                        (JobState::Dead, s.dead),
+                        (JobState::Completed, s.completed),
+                        (JobState::Cancelled, s.cancelled),
+                    ];
+                    for (state, n) in states {
+                        self.inner
+                            .queue_jobs
+                            .get_or_create(&QueueStateLabels {
+                                queue: name.clone(),
+                                state: state.as_str().to_owned(),
+                            })
+                            .set(gauge_value(n));
+                    }
+                    self.inner
+                        .queue_paused
+                        .get_or_create(&QueueLabels { queue: name })
+                        .set(i64::from(s.paused));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %exai_shared::backend::error_chain(&e), "metrics: queue counts unreadable");
+                self.inner.queue_jobs.clear();
+                self.inner.queue_paused.clear();
+                self.inner.scrape_errors.inc();
+            }
+        }
+        match SemaphoresReport::collect(semaphores).await {
+            Ok(report) => {
+                for (name, s) in report.semaphores {
+                    let l = SemaphoreLabels { semaphore: name };
+                    self.inner
+                        .semaphore_in_use
+                        .get_or_create(&l)
+                        .set(gauge_value(s.in_use as u64));
+                    match s.limit {
+                        Some(limit) => {
+                            self.inner
+                                .semaphore_limit
+                                .get_or_create(&l)
+                                .set(i64::from(limit));
+                        }
+                        None => {
+                            self.inner.semaphore_limit.remove(&l);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %exai_shared::backend::error_chain(&e), "metrics: semaphores unreadable");
+                self.inner.semaphore_in_use.clear();
+                self.inner.semaphore_limit.clear();
+                self.inner.scrape_errors.inc();
+            }
+        }
+    }
+
+    /// The metrics in the Prometheus/OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
+            tracing::warn!(error = %e, "metrics could not be encoded");
+        }
+        out
+    }
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl AttemptObserver for WorkerMetrics {
+    fn attempt_settled(&self, queue: &str, outcome: AttemptOutcome, elapsed: Duration) {
+        self.job_settled(queue, outcome, elapsed);
+    }
+}
+
+/// What `GET /metrics` reads at scrape time.
+#[derive(Clone, Debug)]
+struct Scrape {
+    metrics: WorkerMetrics,
+    queues: Arc<Vec<Queue>>,
+    semaphores: Semaphores,
+}
+
+/// Binds `addr` and serves `GET /metrics` until `shutdown` fires; returns the bound address
+/// (port 0 picks a free port). The queue gauges cover `queues`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: WorkerMetrics,
+    queues: Vec<Queue>,
+    semaphores: Semaphores,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("EXAI_WORKER_METRICS_ADDR: bind {addr}"))?;
+    let bound = listener.local_addr()?;
+    let scrape = Scrape {
+        metrics,
+        queues: Arc::new(queues),
+        semaphores,
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(render))
+        .with_state(scrape);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "metrics on /metrics");
+    Ok(bound)
+}
+
+async fn render(
+    axum::extract::State(scrape): axum::extract::State<Scrape>,
+) -> impl axum::response::IntoResponse {
+    scrape
+        .metrics
+        .refresh(&scrape.queues, &scrape.semaphores)
+        .await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        scrape.metrics.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    #[test]
+    fn counted_series_render_with_their_labels() {
+        let m = WorkerMetrics::new();
+        m.register_names(&["uploads"], &["kimi"]);
+        m.record_cleanup("supabase_objects", 3, 3000);
+        m.record_cleanup("supabase_objects", 1, 500);
+        m.record_cleanup("staging_blobs", 0, 0);
+        m.storage_push(PushOutcome::Pushed);
+        m.storage_push(PushOutcome::Pushed);
+        m.storage_push(PushOutcome::Failed);
+        m.semaphore_wait(&["global", "kimi"], WaitOutcome::TimedOut);
+        m.semaphore_lease_lost(&["kimi"]);
+        m.job_settled(
+            "uploads",
+            AttemptOutcome::Retrying,
+            Duration::from_millis(20),
+        );
+        m.job_settled("uploads", AttemptOutcome::Dead, Duration::from_millis(30));
+        let text = m.render();
+        for (series, value) in [
+            (
+                r#"exai_worker_cleanup_sweeps_total{sweep="supabase_objects"}"#,
+                2.0,
+            ),
+            (
+                r#"exai_worker_cleanup_removed_total{sweep="supabase_objects"}"#,
+                4.0,
+            ),
+            (
+                r#"exai_worker_cleanup_removed_bytes_total{sweep="supabase_objects"}"#,
+                3500.0,
+            ),
+            (
+                r#"exai_worker_cleanup_sweeps_total{sweep="staging_blobs"}"#,
+                1.0,
+            ),
+            (r#"exai_worker_storage_pushes_total{outcome="pushed"}"#, 2.0),
+            (r#"exai_worker_storage_pushes_total{outcome="failed"}"#, 1.0),
+            (
+                r#"exai_worker_semaphore_waits_total{semaphore="kimi",outcome="timed_out"}"#,
+                1.0,
+            ),
+            (
+                r#"exai_worker_semaphore_waits_total{semaphore="global",outcome="timed_out"}"#,
+                1.0,
+            ),
+            (
+                r#"exai_worker_semaphore_leases_lost_total{semaphore="kimi"}"#,
+                1.0,
+            ),
+            (r#"exai_worker_job_retries_total{queue="uploads"}"#, 1.0),
+            (r#"exai_worker_jobs_dead_total{queue="uploads"}"#, 1.0),
+            (
+                r#"exai_worker_job_duration_seconds_count{queue="uploads",outcome="dead"}"#,
+                1.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+    }
+}
