@@ -63,11 +63,11 @@ pub async fn run_job(
     permits::holding(guard, upload_staged(state, job)).await
 }
 
-/// The purpose sent to Moonshot for a requested one. `assistants` (accepted by the original
-/// tool's schema, refused by Moonshot) means what the original always sent: `file-extract`.
+/// The purpose sent to Moonshot for a requested one (empty means `file-extract`); one Moonshot
+/// refuses (such as the original tool's `assistants`) is a permanent error.
 pub fn moonshot_purpose(requested: &str) -> Result<&'static str, JobError> {
     match requested {
-        "" | "assistants" => Ok(PURPOSE_FILE_EXTRACT),
+        "" => Ok(PURPOSE_FILE_EXTRACT),
         p => PURPOSES
             .iter()
             .copied()
