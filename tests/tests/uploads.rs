@@ -137,6 +137,69 @@ async fn the_same_bytes_twice_are_one_moonshot_file_with_two_references() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_multi_file_call_counts_each_file_once() {
+    let mut stack = Stack::new("up-refs", &[]).await;
+    stack.start_worker();
+    let (a, b, c) = (bytes(3_000, 21), bytes(3_000, 22), bytes(3_000, 23));
+    let (pa, pb, pc) = (
+        stack.write_file("a.txt", &a),
+        stack.write_file("b.txt", &b),
+        stack.write_file("c.txt", &c),
+    );
+    // An earlier call holds c.
+    let earlier = upload_path(&stack, &pc).await;
+    // The next call records a and b, then fails on c: Moonshot answers its check of c's file
+    // with a 500 once, so the whole call runs again.
+    stack
+        .sim
+        .add_fault(
+            json!({"route": "moonshot.files.get", "count": 1, "action": "fail", "status": 500}),
+        )
+        .unwrap();
+    let files: Vec<String> = [&pa, &pb, &pc]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    stack
+        .enqueue_tool("refs-call", "kimi_upload_files", json!({"files": files}))
+        .await;
+    let r = stack.finished(queue::TOOL_CALLS, "refs-call").await;
+    assert_eq!(r.attempts, 2, "the call ran twice");
+    let text = uploads_support::tool_outcome(r).expect("the second attempt succeeds");
+    let items: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(items[2]["file_id"], earlier["file_id"]);
+    assert_eq!(
+        stack.requests("moonshot.files.upload"),
+        3,
+        "each content uploaded once"
+    );
+
+    // a and b were recorded by the first attempt and found again by the second: one reference
+    // each, the call's. c has two: the earlier call's and this one's.
+    for (data, expected) in [(&a, 1), (&b, 1), (&c, 2)] {
+        let row = exai_shared::db::find_live(&stack.pool, "kimi", &sha256(data))
+            .await
+            .unwrap()
+            .expect("a live row");
+        assert_eq!(row.reference_count, expected, "{}", row.provider_file_id);
+    }
+    // Another call of the same content is another reference.
+    stack
+        .call(
+            "kimi_upload_files",
+            json!({"files": [pa.display().to_string()]}),
+        )
+        .await
+        .unwrap();
+    let row = exai_shared::db::find_live(&stack.pool, "kimi", &sha256(&a))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.reference_count, 2, "another call is another reference");
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn storage_failing_five_times_then_recovering_completes_after_retries() {
     let mut stack = Stack::new("up-retry", &[]).await;
     stack

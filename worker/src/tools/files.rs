@@ -90,7 +90,7 @@ pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     let results = permits::holding(guard, async {
         let mut results: Vec<UploadedFile> = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            results.push(uploads::upload_staged(ctx.state, job).await?);
+            results.push(uploads::upload_staged(ctx.state, job, ctx.job_id()).await?);
         }
         Ok(results)
     })
@@ -132,7 +132,8 @@ pub async fn upload_bytes(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         provider: KIMI.to_owned(),
     };
     let guard = ctx.permits().await?;
-    let result = permits::holding(guard, uploads::upload_staged(ctx.state, &job)).await?;
+    let result =
+        permits::holding(guard, uploads::upload_staged(ctx.state, &job, ctx.job_id())).await?;
     json_result(&result)
 }
 
