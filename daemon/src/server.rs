@@ -26,6 +26,7 @@ use exai_shared::events::EventPublisher;
 use exai_shared::queue::{self, Queue, QueuePolicy};
 use exai_shared::redis::{Keys, RedisHandle};
 use exai_shared::semaphore::Semaphores;
+use exai_shared::staging::Staging;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
@@ -95,6 +96,9 @@ pub struct App {
     pub(crate) tasks: TaskTracker,
     /// When the daemon started.
     pub(crate) started: Instant,
+    /// The staging store (`EXAI_STAGING_DIR`), where `kimi_upload_bytes` content is written
+    /// before its job is enqueued.
+    pub(crate) staging: Staging,
 }
 
 impl std::fmt::Debug for App {
@@ -135,6 +139,7 @@ impl App {
             .await
             .map_err(DaemonError::Semaphores)?;
         let token_digest = config.ws.token.as_ref().map(|t| digest(t.expose_secret()));
+        let staging = Staging::from_config(&config.uploads);
         Ok(Arc::new(Self {
             connections: ConnectionLimiter::new(
                 limits.max_connections,
@@ -154,6 +159,7 @@ impl App {
             shutdown,
             tasks: TaskTracker::new(),
             started: Instant::now(),
+            staging,
         }))
     }
 

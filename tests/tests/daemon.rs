@@ -351,6 +351,7 @@ async fn a_result_stored_before_anyone_listened_is_delivered() {
         session_id: session.into(),
         request_id: Some("r-1".into()),
         deadline_ms: None,
+        staged: None,
     };
     stack
         .queue

@@ -118,6 +118,7 @@ fn noop_payload() -> anyhow::Result<Vec<u8>> {
         session_id: "bench".to_owned(),
         request_id: None,
         deadline_ms: None,
+        staged: None,
     })?)
 }
 
