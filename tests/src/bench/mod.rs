@@ -26,6 +26,7 @@ pub mod phases;
 pub mod procs;
 pub mod report;
 pub mod tracker;
+pub mod uploads;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -198,41 +198,8 @@ impl Report {
             "scripts/job",
             "client CPU/job",
         ];
-        let rows: Vec<[String; 11]> = self.rows.iter().map(|r| self.cells(r)).collect();
-        let mut widths = header.map(|h| h.chars().count());
-        for r in &rows {
-            for (w, c) in widths.iter_mut().zip(r) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |cells: &[String], out: &mut String| {
-            out.push('|');
-            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-                let pad = w - c.chars().count();
-                if i == 0 || i == 2 {
-                    let _ = write!(out, " {c}{} |", " ".repeat(pad));
-                } else {
-                    let _ = write!(out, " {}{c} |", " ".repeat(pad));
-                }
-            }
-            out.push('\n');
-        };
-        line(&header.map(str::to_owned), &mut out);
-        let rule: Vec<String> = widths
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                if i == 0 || i == 2 {
-                    "-".repeat(*w)
-                } else {
-                    format!("{}:", "-".repeat(w - 1))
-                }
-            })
-            .collect();
-        line(&rule, &mut out);
-        for r in &rows {
-            line(r, &mut out);
-        }
+        let rows: Vec<Vec<String>> = self.rows.iter().map(|r| self.cells(r).into()).collect();
+        out.push_str(&markdown_table(&header, &rows, &[0, 2]));
         let _ = writeln!(out);
         for l in LEGEND {
             let _ = writeln!(out, "- {l}");
@@ -354,8 +321,50 @@ impl Report {
     }
 }
 
+/// A Markdown table: `header`, then `rows`; the columns in `left` are aligned left, the others
+/// (numbers) right, and every cell is padded to its column's width.
+pub fn markdown_table(header: &[&str], rows: &[Vec<String>], left: &[usize]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        out.push('|');
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            let pad = w - c.chars().count();
+            if left.contains(&i) {
+                let _ = write!(out, " {c}{} |", " ".repeat(pad));
+            } else {
+                let _ = write!(out, " {}{c} |", " ".repeat(pad));
+            }
+        }
+        out.push('\n');
+    };
+    let head: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    line(&head, &mut out);
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if left.contains(&i) {
+                "-".repeat(*w)
+            } else {
+                format!("{}:", "-".repeat(w - 1))
+            }
+        })
+        .collect();
+    line(&rule, &mut out);
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
+
 /// `key value, key value, …` from the parameters object.
-fn params_line(params: &Value) -> String {
+pub fn params_line(params: &Value) -> String {
     match params {
         Value::Object(m) => m
             .iter()
@@ -370,7 +379,7 @@ fn params_line(params: &Value) -> String {
 }
 
 /// A rate rounded to an integer, with thousands separators.
-fn thousands(v: f64) -> String {
+pub fn thousands(v: f64) -> String {
     let n = v.round().max(0.0) as u64;
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);

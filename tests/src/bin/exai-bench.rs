@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release -p exai-worker -p exai-tests
 //! cargo run --release -p exai-tests --bin exai-bench -- queue [--jobs N] [--concurrency C] [--workers W] [--json]
+//! cargo run --release -p exai-tests --bin exai-bench -- uploads [--small-files N] [--large-files N] [--json]
 //! ```
 //!
 //! `queue` measures, on `REDIS_URL`, raw Redis round trips (the baseline), enqueue rates
@@ -11,6 +12,10 @@
 //! the engine in this process, enqueue→start and enqueue→completed latency, and the per-job cost
 //! at a small and a large backlog, with the Redis CPU each job costs. See `tests/src/bench/` for
 //! what each number measures exactly.
+//!
+//! `uploads` measures the upload pipeline (tool calls → worker processes → `exai-sim`'s Moonshot
+//! and Supabase Storage, on a fresh Postgres database) against the same files POSTed straight to
+//! the emulator, and the worker's memory while it streams a large file (`tests/src/bench/uploads.rs`).
 //!
 //! Everything lives under a key prefix of its own (`bench-<uuid>`), deleted at the end — also on
 //! error or Ctrl-C — after the worker processes it started are stopped.
@@ -37,6 +42,75 @@ struct Cli {
 enum Command {
     /// The job queue: enqueue, process and latency, against raw Redis round trips.
     Queue(QueueArgs),
+    /// Uploads: files/s, MB/s and worker memory, against direct uploads to exai-sim.
+    Uploads(UploadsArgs),
+}
+
+/// Flags of `exai-bench uploads`.
+#[derive(Debug, Clone, clap::Args)]
+struct UploadsArgs {
+    /// The Redis server (single node).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Files of the small-file phase, one tool call each.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    small_files: u64,
+    /// Size of each small file, in bytes.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=MAX_UPLOAD))]
+    small_bytes: u64,
+    /// Files of the large-file phase.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    large_files: u64,
+    /// Size of each large file, in bytes.
+    #[arg(long, default_value_t = 20 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=MAX_UPLOAD))]
+    large_bytes: u64,
+    /// Size of the file whose upload the worker's peak memory is measured on, in bytes.
+    #[arg(long, default_value_t = MAX_UPLOAD, value_parser = clap::value_parser!(u64).range(1..=MAX_UPLOAD))]
+    rss_bytes: u64,
+    /// `exai-worker` processes of the throughput phases.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    workers: u64,
+    /// Jobs run at once per worker process (`exai-worker run --concurrency`).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    concurrency: u64,
+    /// Uploads in flight at once in the direct baseline (default: the `kimi` semaphore's
+    /// permits, which bound the queue path too).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    baseline_concurrency: u64,
+    /// The `exai-worker` binary (default: next to this executable).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+    /// The `exai-sim` binary (default: next to this executable).
+    #[arg(long)]
+    sim_bin: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The largest upload (`EXAI_MAX_UPLOAD_BYTES`'s default, Moonshot's limit): 100 MiB.
+const MAX_UPLOAD: u64 = 100 * 1024 * 1024;
+
+impl UploadsArgs {
+    fn options(&self) -> anyhow::Result<bench::uploads::Options> {
+        let bin = |given: &Option<PathBuf>, name: &str| match given {
+            Some(p) => Ok(p.clone()),
+            None => bench::procs::default_bin(name),
+        };
+        Ok(bench::uploads::Options {
+            redis_url: self.redis_url.clone(),
+            small_files: self.small_files,
+            small_bytes: self.small_bytes,
+            large_files: self.large_files,
+            large_bytes: self.large_bytes,
+            rss_bytes: self.rss_bytes,
+            workers: self.workers as usize,
+            concurrency: self.concurrency as usize,
+            baseline_concurrency: self.baseline_concurrency as usize,
+            worker_bin: bin(&self.worker_bin, "exai-worker")?,
+            sim_bin: bin(&self.sim_bin, "exai-sim")?,
+        })
+    }
 }
 
 /// Flags of `exai-bench queue`.
@@ -139,7 +213,29 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Queue(args) => queue(args).await,
+        Command::Uploads(args) => uploads(args).await,
     }
+}
+
+/// Runs the uploads benchmark; whatever happens to it, Ctrl-C included, its processes, database
+/// and files go with it (dropping the run removes them), and its keys are deleted.
+async fn uploads(args: UploadsArgs) -> anyhow::Result<()> {
+    let options = args.options()?;
+    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let outcome = tokio::select! {
+        r = bench::uploads::run(options.clone(), prefix.clone()) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    bench::cleanup(&options.redis_url, &prefix)
+        .await
+        .with_context(|| format!("delete the benchmark's keys (prefix {prefix})"))?;
+    let report = outcome?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
 }
 
 /// Runs the queue benchmark in a task of its own, then — whatever happened to it, Ctrl-C
