@@ -1,5 +1,6 @@
 //! The requests of a connection: the simple ones answered at once, and the ones about jobs —
-//! `call_tool` (validate, enqueue durably, ack, then follow the job until its result), and
+//! `call_tool` (validate, stage `kimi_upload_bytes` content, enqueue durably, ack, then follow
+//! the job until its result), and
 //! `get_result`, `job_status`, `cancel`, which find a session's call by its request id.
 //!
 //! # Following a job
@@ -21,13 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exai_shared::events::JobEvent;
-use exai_shared::jobs::{ToolCallJob, ToolContent, ToolResult};
+use exai_shared::jobs::{StagedRef, ToolCallJob, ToolContent, ToolResult};
 use exai_shared::protocol::{
     self, CallState, CallTool, CallToolAck, CallToolRes, CancelWas, Cancelled, ErrorCode,
     ErrorFrame, HealthRes, Inbound, JobStatusRes, ListToolsRes, Pong, Progress, QueueStatsRes,
     ReplyTo, Request, ServerMessage, StreamChunk, WireError,
 };
 use exai_shared::queue::{Cancel, JobInfo, JobState, NewJob, QueueError};
+use exai_shared::staging::{self, StagingError};
 use exai_shared::tools;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -35,7 +37,7 @@ use tokio::time::Instant;
 use crate::connection::{Closed, Conn};
 use crate::metrics::Outcome;
 use crate::relay::RelayEvent;
-use crate::server::{unix_ms, unix_secs};
+use crate::server::{App, unix_ms, unix_secs};
 use crate::session::CallSlot;
 
 /// The largest frame a single-frame reply may be: under the stdio shim's 1 MiB message limit,
@@ -170,6 +172,25 @@ async fn call_tool(conn: &Arc<Conn>, reply_to: ReplyTo, call: CallTool) -> Resul
             .await;
     }
 
+    // Inline upload bytes go to the staging store now; the job carries only their hash.
+    let mut arguments = call.arguments;
+    let staged = if tool.name == tools::KIMI_UPLOAD_BYTES {
+        match stage_inline(app, &mut arguments).await {
+            Ok(staged) => Some(staged),
+            Err(error) => {
+                let outcome = if error.code == ErrorCode::ValidationError {
+                    Outcome::Invalid
+                } else {
+                    Outcome::Error
+                };
+                app.metrics.call(tool.name, outcome);
+                return conn.out.send(&refuse(error)).await;
+            }
+        }
+    } else {
+        None
+    };
+
     let job_id = match (&reply_to.request_id, single) {
         (Some(rid), false) => protocol::call_job_id(&conn.session.id, rid),
         _ => protocol::fresh_call_job_id(),
@@ -212,7 +233,8 @@ async fn call_tool(conn: &Arc<Conn>, reply_to: ReplyTo, call: CallTool) -> Resul
 
     let job = ToolCallJob {
         tool: tool.name.to_owned(),
-        arguments: call.arguments,
+        arguments,
+        staged,
         session_id: conn.session.id.clone(),
         request_id: if single {
             None
@@ -262,6 +284,68 @@ async fn call_tool(conn: &Arc<Conn>, reply_to: ReplyTo, call: CallTool) -> Resul
     let task_conn = conn.clone();
     conn.tasks.spawn(async move { follow.run(task_conn).await });
     Ok(())
+}
+
+/// `kimi_upload_bytes`: checks the file name and the size (from the length of the base64 text,
+/// before decoding), decodes the content and writes it to the staging store. `content_base64`
+/// leaves the arguments; the returned reference takes its place in the job. A repeated call
+/// stages the same blob again, which changes nothing (the store is content-addressed).
+async fn stage_inline(app: &App, arguments: &mut Value) -> Result<StagedRef, WireError> {
+    let invalid = |path: &str, e: StagingError| {
+        WireError::new(
+            ErrorCode::ValidationError,
+            format!(
+                "Invalid arguments for {}: {path}: {e}",
+                tools::KIMI_UPLOAD_BYTES
+            ),
+        )
+        .with_details(json!({"path": path}))
+    };
+    // The schema made both strings; anything else is refused the same way.
+    let field = |arguments: &Value, name: &str| {
+        arguments
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let filename = staging::plain_filename(&field(arguments, "filename"))
+        .map_err(|e| invalid("/filename", e))?;
+    let encoded = field(arguments, "content_base64");
+    let max = app.config.uploads.max_bytes;
+    let name = filename.clone();
+    let bytes = tokio::task::spawn_blocking(move || staging::decode_inline(&name, &encoded, max))
+        .await
+        .map_err(|e| {
+            WireError::new(
+                ErrorCode::InternalError,
+                format!("decoding content_base64 failed: {e}"),
+            )
+        })?
+        .map_err(|e| invalid("/content_base64", e))?;
+    let blob = app
+        .staging
+        .stage_bytes(&filename, bytes)
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                tracing::error!(error = %exai_shared::backend::error_chain(&e), "staging failed");
+                WireError::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("the upload could not be staged: {e}"),
+                )
+            } else {
+                invalid("/content_base64", e)
+            }
+        })?;
+    if let Some(object) = arguments.as_object_mut() {
+        object.remove("content_base64");
+    }
+    tracing::debug!(sha256 = %blob.sha256, size = blob.size, "inline upload staged");
+    Ok(StagedRef {
+        sha256: blob.sha256,
+        size_bytes: blob.size,
+    })
 }
 
 /// What a call's `call_tool_res` carries: the outputs, or the error.

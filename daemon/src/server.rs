@@ -26,6 +26,7 @@ use exai_shared::events::EventPublisher;
 use exai_shared::queue::{self, Queue, QueuePolicy};
 use exai_shared::redis::{Keys, RedisHandle};
 use exai_shared::semaphore::Semaphores;
+use exai_shared::staging::Staging;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
@@ -104,6 +105,9 @@ pub struct App {
     pub(crate) tasks: TaskTracker,
     /// When the daemon started.
     pub(crate) started: Instant,
+    /// The staging store (`EXAI_STAGING_DIR`), where `kimi_upload_bytes` content is written
+    /// before its job is enqueued.
+    pub(crate) staging: Staging,
 }
 
 impl std::fmt::Debug for App {
@@ -151,6 +155,7 @@ impl App {
             .then(|| exai_shared::db::connect_lazy(&config.database))
             .transpose()
             .map_err(DaemonError::Database)?;
+        let staging = Staging::from_config(&config.uploads);
         Ok(Arc::new(Self {
             connections: ConnectionLimiter::new(
                 limits.max_connections,
@@ -171,6 +176,7 @@ impl App {
             shutdown,
             tasks: TaskTracker::new(),
             started: Instant::now(),
+            staging,
         }))
     }
 

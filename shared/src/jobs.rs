@@ -24,6 +24,19 @@ pub struct ToolCallJob {
     /// Unix milliseconds after which the result is of no use to anyone.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Upload bytes the daemon already wrote to the staging store (`kimi_upload_bytes`): the
+    /// arguments then carry no `content_base64`, and the worker reads the blob by its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedRef>,
+}
+
+/// A reference to a blob of the staging store: what travels in a job instead of the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedRef {
+    /// Lowercase hex sha256 of the bytes: the blob's name.
+    pub sha256: String,
+    /// Size in bytes (checked against the blob when it is read).
+    pub size_bytes: u64,
 }
 
 /// A scheduled or manual orphan cleanup, enqueued on `cleanup`.

@@ -15,10 +15,21 @@
 //! first blob. Sizes are bounded while writing: a source that grows past the limit is cut off
 //! and nothing is staged.
 //!
-//! Blobs are not removed by the upload pipeline (a concurrent job of the same content may still
-//! be reading one); the orphan sweep removes those no pending job refers to, once they are older
-//! than its grace period. Staging content that is already there refreshes the blob's
-//! modification time, so the grace period counts from the latest staging.
+//! # Lifetime of a blob
+//! A blob is written by whoever receives the bytes: the daemon for `kimi_upload_bytes` (its job
+//! then carries only the blob's sha256, see [`crate::jobs::StagedRef`]), a worker for an upload
+//! by path or a file restored from Supabase Storage. It is read by the Moonshot upload and again
+//! by the row's `storage_push` (every retry of it, and every re-drive), so it must outlive both.
+//! The upload pipeline therefore never removes a blob (a concurrent job of the same content may
+//! still be reading it); the orphan sweep removes those no pending job refers to, once older than
+//! `EXAI_ORPHAN_GRACE_SECS`; staging content that is already there refreshes the blob's
+//! modification time, so the grace period counts from the latest staging. The daemon and the workers must see the same `EXAI_STAGING_DIR`
+//! (one machine, or a shared volume).
+//!
+//! # Inline bytes
+//! [`plain_filename`] and [`decode_inline`] are the checks of `kimi_upload_bytes`: the file name
+//! is reduced to its last component, and the size is checked against the limit from the length
+//! of the base64 text, before anything is decoded or written.
 //!
 //! # Upload paths
 //! [`validate_upload_path`] is the gate for uploads by path: the path must be absolute, resolve
@@ -113,6 +124,12 @@ pub enum StagingError {
     /// The source stream failed (a download cut short, a client gone).
     #[error("reading the content failed: {0}")]
     Source(String),
+    /// A client's file name that names no file (empty, `.`, `..`, control characters).
+    #[error("filename `{0}` is not a usable file name")]
+    InvalidName(String),
+    /// Inline content that is not base64.
+    #[error("content_base64 is not valid base64: {0}")]
+    InvalidBase64(String),
 }
 
 impl StagingError {
@@ -500,6 +517,47 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// A client's file name reduced to its last component (after `/` or `\\`); empty, `.`, `..`
+/// and names with control characters are refused.
+pub fn plain_filename(raw: &str) -> Result<String, StagingError> {
+    let name = raw.rsplit(['/', '\\']).next().unwrap_or("").trim();
+    if name.is_empty() || name == "." || name == ".." || name.chars().any(char::is_control) {
+        return Err(StagingError::InvalidName(raw.escape_default().to_string()));
+    }
+    Ok(name.to_owned())
+}
+
+/// Decodes the inline content of `name` (standard base64, surrounding whitespace ignored). The
+/// size is checked first, from the length of the text (3 bytes per 4 characters), so content
+/// over `max_bytes` is refused without being decoded; empty content is refused too.
+pub fn decode_inline(name: &str, encoded: &str, max_bytes: u64) -> Result<Bytes, StagingError> {
+    use base64::Engine as _;
+    let encoded = encoded.trim();
+    let padding = encoded
+        .bytes()
+        .rev()
+        .take_while(|b| *b == b'=')
+        .count()
+        .min(2) as u64;
+    let decoded_len = (encoded.len() as u64).div_ceil(4) * 3 - padding;
+    if decoded_len > max_bytes {
+        return Err(StagingError::TooLarge {
+            name: name.to_owned(),
+            size: decoded_len,
+            limit: max_bytes,
+        });
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| StagingError::InvalidBase64(e.to_string()))?;
+    if bytes.is_empty() {
+        return Err(StagingError::Empty {
+            name: name.to_owned(),
+        });
+    }
+    Ok(bytes.into())
+}
+
 /// A path accepted for upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidatedFile {
@@ -657,6 +715,43 @@ mod tests {
             0
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn client_file_names_keep_only_their_last_component() {
+        assert_eq!(plain_filename("a.txt").unwrap(), "a.txt");
+        assert_eq!(plain_filename("../../etc/passwd").unwrap(), "passwd");
+        assert_eq!(plain_filename("C:\\x\\y.pdf").unwrap(), "y.pdf");
+        assert!(plain_filename("dir/").is_err());
+        assert!(plain_filename("..").is_err());
+        assert!(plain_filename("a\nb").is_err());
+    }
+
+    #[test]
+    fn inline_content_is_bounded_before_it_is_decoded() {
+        assert_eq!(&decode_inline("a", "aGVsbG8=", 5).unwrap()[..], b"hello");
+        assert_eq!(&decode_inline("a", " aGk= ", 2).unwrap()[..], b"hi");
+        assert!(matches!(
+            decode_inline("a", "aGVsbG8=", 4),
+            Err(StagingError::TooLarge {
+                size: 5,
+                limit: 4,
+                ..
+            })
+        ));
+        // Far over the limit and not even base64: refused for its size, never decoded.
+        assert!(matches!(
+            decode_inline("a", &"!".repeat(4000), 100),
+            Err(StagingError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_inline("a", "not base64!", 100),
+            Err(StagingError::InvalidBase64(_))
+        ));
+        assert!(matches!(
+            decode_inline("a", "", 100),
+            Err(StagingError::Empty { .. })
+        ));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::sync::LazyLock;
 
 use serde_json::{Value, json};
 
+use crate::providers::moonshot::{PURPOSE_FILE_EXTRACT, PURPOSES};
+
 /// The suffixes some clients append to tool names; one trailing occurrence is stripped.
 pub const NAME_SUFFIXES: [&str; 4] = ["_EXAI-WS", "-EXAI-WS", "_EXAI_WS", "-EXAI_WS"];
 
@@ -219,6 +221,13 @@ pub fn all() -> &'static [Tool] {
 const MODEL_PATTERN: &str = "^(kimi|moonshot|glm)-[A-Za-z0-9._-]+$";
 const KIMI_MODEL_PATTERN: &str = "^(kimi|moonshot)-[A-Za-z0-9._-]+$";
 
+/// The schema of an upload's `purpose`: exactly what Moonshot accepts on upload, so a purpose it
+/// would refuse (such as the original tool's `assistants`) is refused before anything is enqueued.
+fn purpose_schema() -> Value {
+    json!({"type": "string", "enum": PURPOSES, "default": PURPOSE_FILE_EXTRACT,
+           "description": "Moonshot file purpose; file-extract makes the text readable by chat."})
+}
+
 static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
     vec![
         Tool::new(
@@ -254,8 +263,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "properties": {
                     "files": {"type": "array", "minItems": 1, "maxItems": 100,
                               "items": {"type": "string", "minLength": 1, "maxLength": 4096}},
-                    "purpose": {"type": "string", "enum": ["file-extract", "assistants"],
-                                "default": "file-extract"}
+                    "purpose": purpose_schema()
                 }
             }),
             Needs::Provider(Provider::Kimi),
@@ -272,8 +280,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "properties": {
                     "filename": {"type": "string", "minLength": 1, "maxLength": 255},
                     "content_base64": {"type": "string", "minLength": 1},
-                    "purpose": {"type": "string", "enum": ["file-extract", "assistants"],
-                                "default": "file-extract"}
+                    "purpose": purpose_schema()
                 }
             }),
             Needs::Provider(Provider::Kimi),
@@ -437,6 +444,24 @@ mod tests {
         let download = find(KIMI_DOWNLOAD_FILE).unwrap();
         assert!(download.validate(&json!({})).is_err());
         assert!(download.validate(&json!({"file_id": "abc"})).is_ok());
+
+        let upload = find(KIMI_UPLOAD_BYTES).unwrap();
+        let args = |purpose: &str| json!({"filename": "a.txt", "content_base64": "YQ==", "purpose": purpose});
+        for accepted in PURPOSES {
+            assert!(upload.validate(&args(accepted)).is_ok(), "{accepted}");
+        }
+        assert_eq!(
+            upload.validate(&args("assistants")).unwrap_err().path,
+            "/purpose"
+        );
+        let files = find(KIMI_UPLOAD_FILES).unwrap();
+        assert_eq!(
+            files
+                .validate(&json!({"files": ["/a"], "purpose": "assistants"}))
+                .unwrap_err()
+                .path,
+            "/purpose"
+        );
 
         let echo = find(TEST_ECHO).unwrap();
         assert!(echo.validate(&json!({"anything": [1, 2]})).is_ok());

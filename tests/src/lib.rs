@@ -95,21 +95,29 @@ pub struct TestDb {
 impl TestDb {
     /// Creates an empty database with a unique name.
     pub async fn new() -> Self {
+        Self::try_new()
+            .await
+            .expect("create a test database on EXAI_TEST_PG_ADMIN_URL")
+    }
+
+    /// Creates an empty database with a unique name, or says why it could not.
+    pub async fn try_new() -> anyhow::Result<Self> {
+        use anyhow::Context;
         use sqlx::Connection;
         let name = format!("exai_t_{}", uuid::Uuid::new_v4().simple());
         let admin = pg_admin_url();
+        let Some(slash) = admin.rfind('/') else {
+            anyhow::bail!("EXAI_TEST_PG_ADMIN_URL has no database part");
+        };
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .expect("connect to the Postgres maintenance database");
+            .context("connect to the Postgres maintenance database (EXAI_TEST_PG_ADMIN_URL)")?;
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await
-            .expect("create test database");
-        let url = match admin.rfind('/') {
-            Some(i) => format!("{}/{name}", &admin[..i]),
-            None => panic!("EXAI_TEST_PG_ADMIN_URL has no database part"),
-        };
-        Self { name, url }
+            .with_context(|| format!("create database {name}"))?;
+        let url = format!("{}/{name}", &admin[..slash]);
+        Ok(Self { name, url })
     }
 
     /// A connection pool to the test database.

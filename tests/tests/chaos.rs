@@ -38,6 +38,7 @@ fn tool_job(id: &str, tool: &str, arguments: serde_json::Value) -> NewJob {
         session_id: "chaos".to_owned(),
         request_id: Some(id.to_owned()),
         deadline_ms: None,
+        staged: None,
     })
     .unwrap()
     .with_id(id)

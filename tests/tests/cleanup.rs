@@ -154,6 +154,7 @@ impl Seeder {
             } else {
                 UploadStatus::StoragePending
             },
+            reference: format!("seed-{file_id}"),
         };
         let row = db::insert_or_get(pool, &new).await.unwrap().row;
         match status {

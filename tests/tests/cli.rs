@@ -185,6 +185,7 @@ fn echo(id: &str) -> NewJob {
         session_id: "s".into(),
         request_id: None,
         deadline_ms: None,
+        staged: None,
     })
     .unwrap()
     .with_id(id)
@@ -604,6 +605,7 @@ fn upload(file_id: &str, status: UploadStatus) -> NewUpload {
         mime_type: Some("text/plain".into()),
         purpose: "file-extract".into(),
         status,
+        reference: format!("job-{file_id}"),
     }
 }
 
@@ -783,6 +785,7 @@ async fn worker_metrics_report_jobs_queues_and_semaphores() {
         session_id: "s".into(),
         request_id: None,
         deadline_ms: None,
+        staged: None,
     })
     .unwrap()
     .with_id("bad");
@@ -867,6 +870,7 @@ async fn worker_metrics_report_jobs_queues_and_semaphores() {
         session_id: "s".into(),
         request_id: None,
         deadline_ms: None,
+        staged: None,
     })
     .unwrap()
     .with_id("chat")

@@ -18,6 +18,7 @@ fn echo(n: u64) -> NewJob {
         session_id: "s".into(),
         request_id: None,
         deadline_ms: None,
+        staged: None,
     })
     .unwrap()
 }

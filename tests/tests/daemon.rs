@@ -351,6 +351,7 @@ async fn a_result_stored_before_anyone_listened_is_delivered() {
         session_id: session.into(),
         request_id: Some("r-1".into()),
         deadline_ms: None,
+        staged: None,
     };
     stack
         .queue
@@ -501,6 +502,49 @@ async fn cancelling_a_running_call_stops_its_worker() {
 }
 
 // ----- errors -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_upload_purpose_moonshot_refuses_is_an_invalid_arguments_error() {
+    let stack = Stack::start("d-purpose", &[], 0).await;
+    let (mut c, session) = stack.client(None).await;
+    let calls = [
+        (
+            "p-bytes",
+            "kimi_upload_bytes",
+            json!({"filename": "a.txt", "content_base64": "aGk=", "purpose": "assistants"}),
+        ),
+        (
+            "p-files",
+            "kimi_upload_files",
+            json!({"files": ["/tmp/a.txt"], "purpose": "assistants"}),
+        ),
+    ];
+    for (request_id, tool, args) in calls {
+        let (res, _) = c.call(request_id, tool, args).await;
+        assert_eq!(res["error"]["code"], "VALIDATION_ERROR", "{res}");
+        assert_eq!(res["error"]["details"]["path"], "/purpose", "{res}");
+        // Nothing was enqueued.
+        assert!(
+            stack
+                .job(&call_job_id(&session, request_id))
+                .await
+                .is_none()
+        );
+    }
+    // The listed schema names exactly what Moonshot accepts.
+    let tools = c.op("list_tools", "p-list").await;
+    let upload = tools["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "kimi_upload_bytes")
+        .unwrap();
+    assert_eq!(
+        upload["inputSchema"]["properties"]["purpose"]["enum"],
+        json!(["file-extract", "image", "video", "batch"])
+    );
+    stack.cleanup().await;
+}
 
 #[tokio::test]
 async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable() {

@@ -148,6 +148,7 @@ fn new_upload(sha256: &str, provider_file_id: &str) -> NewUpload {
         mime_type: Some("text/plain".into()),
         purpose: "file-extract".into(),
         status: UploadStatus::StoragePending,
+        reference: format!("job-{provider_file_id}"),
     }
 }
 
@@ -1000,14 +1001,40 @@ async fn reuse_bumps_the_reference_count_of_live_rows_only() {
         created
     );
 
-    let reused = db::record_reuse(&pool, live.id).await.unwrap().unwrap();
+    let reused = db::record_reuse(&pool, live.id, "call-2")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reused.reference_count, 2);
     assert!(reused.last_used > created.last_used);
-    let reused = db::record_reuse(&pool, live.id).await.unwrap().unwrap();
+    let reused = db::record_reuse(&pool, live.id, "call-3")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reused.reference_count, 3);
+    // A job that runs again counts once: neither a reuser nor the creator is counted twice.
+    for again in ["call-3", "call-2", "job-file-1"] {
+        let reused = db::record_reuse(&pool, live.id, again)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reused.reference_count, 3, "{again}");
+    }
 
     db::mark_deleted(&pool, live.id, "expired").await.unwrap();
-    assert!(db::record_reuse(&pool, live.id).await.unwrap().is_none());
+    assert!(
+        db::record_reuse(&pool, live.id, "call-4")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let refs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM provider_file_upload_refs WHERE upload_id = $1")
+            .bind(live.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(refs, 3, "a row no longer live records no reference");
     assert!(
         db::find_live(&pool, "kimi", "bytes")
             .await
@@ -1042,6 +1069,8 @@ async fn a_deleted_provider_file_uploaded_again_is_revived_not_duplicated() {
     assert!(revived.created);
     assert_eq!(revived.row.id, first.id);
     assert!(revived.row.is_live());
+    // The revived row counts only the upload that revived it.
+    assert_eq!(revived.row.reference_count, 1);
     assert_eq!(revived.row.status, UploadStatus::StoragePending);
     assert_eq!(revived.row.deletion_reason, None);
 

@@ -3,10 +3,13 @@
 //! (exai-sim), with real Redis queues and semaphores, and workers in process or as real
 //! processes (crash tests). Faults are injected into the emulator.
 
+mod daemon_support;
 mod uploads_support;
 
 use base64::Engine as _;
 use exai_shared::db::UploadStatus;
+use exai_shared::jobs::ToolCallJob;
+use exai_shared::protocol::call_job_id;
 use exai_shared::queue::{self, JobState};
 use exai_tests::{send_signal, wait_until};
 use serde_json::{Value, json};
@@ -133,6 +136,191 @@ async fn the_same_bytes_twice_are_one_moonshot_file_with_two_references() {
     let file_id = first["file_id"].as_str().unwrap();
     stack.wait_status(file_id, UploadStatus::Completed).await;
     assert_eq!(stack.requests("supabase.object.upload"), 1);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daemon_stages_inline_bytes_and_enqueues_only_their_hash() {
+    let stack = Stack::new("up-daemon", &[("EXAI_MAX_UPLOAD_BYTES", "65536")]).await;
+    let _worker = stack.spawn_worker(&["--concurrency", "4"]);
+    let mut env: Vec<(String, String)> = vec![
+        ("REDIS_URL".into(), exai_tests::redis_url()),
+        ("EXAI_REDIS_PREFIX".into(), stack.prefix.clone()),
+        ("EXAI_WS_PORT".into(), "0".into()),
+        ("EXAI_WS_TOKEN".into(), daemon_support::TOKEN.into()),
+    ];
+    env.extend(stack.env.iter().cloned());
+    let daemon = daemon_support::spawn_daemon(&env).await;
+    let mut c = daemon_support::Client::connect(&format!("ws://{}/", daemon.addr)).await;
+    let ack = c
+        .hello(json!({"op": "hello", "token": daemon_support::TOKEN}))
+        .await;
+    let session = ack["session_id"].as_str().unwrap().to_owned();
+    let staging = exai_shared::staging::Staging::from_config(&stack.config().uploads);
+    let encode = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+
+    let data = bytes(50_000, 31);
+    let (res, _) = c
+        .call(
+            "b-1",
+            "kimi_upload_bytes",
+            json!({"filename": "notes/inline.txt", "content_base64": encode(&data)}),
+        )
+        .await;
+    let item: Value = serde_json::from_str(&daemon_support::result_text(&res)).unwrap();
+    assert_eq!(item["filename"], "inline.txt");
+    assert_eq!(item["sha256"], sha256(&data));
+    assert_eq!(item["size_bytes"], data.len());
+    // The job carried the blob's hash, not the bytes.
+    let job = stack
+        .queue(queue::TOOL_CALLS)
+        .job(&call_job_id(&session, "b-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(job.payload.len() < 1024, "{} bytes", job.payload.len());
+    let payload: ToolCallJob = serde_json::from_slice(&job.payload).unwrap();
+    assert!(payload.arguments.get("content_base64").is_none());
+    let staged = payload.staged.expect("a staged reference");
+    assert_eq!(staged.sha256, sha256(&data));
+    assert_eq!(staged.size_bytes, data.len() as u64);
+    // The blob the daemon wrote is the one the worker uploaded and pushed.
+    let blob = staging
+        .get(&staged.sha256, Some(staged.size_bytes))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&blob.path).unwrap(), data);
+    let file_id = item["file_id"].as_str().unwrap();
+    assert_eq!(
+        stack.moonshot_files(),
+        [(file_id.to_owned(), sha256(&data))]
+    );
+    stack.wait_status(file_id, UploadStatus::Completed).await;
+    let object = stack.object(&format!("kimi-uploads/{file_id}")).unwrap();
+    assert_eq!(object["sha256"], sha256(&data));
+
+    // Over EXAI_MAX_UPLOAD_BYTES, not base64, or no usable name: refused by the daemon before
+    // anything is staged or enqueued.
+    let blobs = || walk_files(&staging.dir().join("blobs"));
+    let before = blobs();
+    let cases = [
+        (
+            "b-2",
+            json!({"filename": "big.bin", "content_base64": encode(&bytes(70_000, 32))}),
+            "/content_base64",
+            "over the upload limit of 65536 bytes",
+        ),
+        (
+            "b-3",
+            json!({"filename": "x.txt", "content_base64": "not base64!"}),
+            "/content_base64",
+            "not valid base64",
+        ),
+        (
+            "b-4",
+            json!({"filename": "..", "content_base64": encode(b"x")}),
+            "/filename",
+            "not a usable file name",
+        ),
+    ];
+    for (request_id, args, path, message) in cases {
+        let (res, _) = c.call(request_id, "kimi_upload_bytes", args).await;
+        assert_eq!(res["error"]["code"], "VALIDATION_ERROR", "{res}");
+        assert_eq!(res["error"]["details"]["path"], path, "{res}");
+        let text = res["error"]["message"].as_str().unwrap();
+        assert!(text.contains(message), "{text}");
+        assert!(
+            stack
+                .queue(queue::TOOL_CALLS)
+                .job(&call_job_id(&session, request_id))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_eq!(blobs(), before, "nothing was staged");
+    assert_eq!(stack.requests("moonshot.files.upload"), 1);
+    drop(daemon);
+    stack.cleanup().await;
+}
+
+/// Every file below `dir`, sorted.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_multi_file_call_counts_each_file_once() {
+    let mut stack = Stack::new("up-refs", &[]).await;
+    stack.start_worker();
+    let (a, b, c) = (bytes(3_000, 21), bytes(3_000, 22), bytes(3_000, 23));
+    let (pa, pb, pc) = (
+        stack.write_file("a.txt", &a),
+        stack.write_file("b.txt", &b),
+        stack.write_file("c.txt", &c),
+    );
+    // An earlier call holds c.
+    let earlier = upload_path(&stack, &pc).await;
+    // The next call records a and b, then fails on c: Moonshot answers its check of c's file
+    // with a 500 once, so the whole call runs again.
+    stack
+        .sim
+        .add_fault(
+            json!({"route": "moonshot.files.get", "count": 1, "action": "fail", "status": 500}),
+        )
+        .unwrap();
+    let files: Vec<String> = [&pa, &pb, &pc]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    stack
+        .enqueue_tool("refs-call", "kimi_upload_files", json!({"files": files}))
+        .await;
+    let r = stack.finished(queue::TOOL_CALLS, "refs-call").await;
+    assert_eq!(r.attempts, 2, "the call ran twice");
+    let text = uploads_support::tool_outcome(r).expect("the second attempt succeeds");
+    let items: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(items[2]["file_id"], earlier["file_id"]);
+    assert_eq!(
+        stack.requests("moonshot.files.upload"),
+        3,
+        "each content uploaded once"
+    );
+
+    // a and b were recorded by the first attempt and found again by the second: one reference
+    // each, the call's. c has two: the earlier call's and this one's.
+    for (data, expected) in [(&a, 1), (&b, 1), (&c, 2)] {
+        let row = exai_shared::db::find_live(&stack.pool, "kimi", &sha256(data))
+            .await
+            .unwrap()
+            .expect("a live row");
+        assert_eq!(row.reference_count, expected, "{}", row.provider_file_id);
+    }
+    // Another call of the same content is another reference.
+    stack
+        .call(
+            "kimi_upload_files",
+            json!({"files": [pa.display().to_string()]}),
+        )
+        .await
+        .unwrap();
+    let row = exai_shared::db::find_live(&stack.pool, "kimi", &sha256(&a))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.reference_count, 2, "another call is another reference");
     stack.cleanup().await;
 }
 

@@ -95,6 +95,7 @@ fn echo(args: serde_json::Value) -> NewJob {
         session_id: "s".into(),
         request_id: None,
         deadline_ms: None,
+        staged: None,
     })
     .unwrap()
 }

@@ -9,7 +9,7 @@
 //! | `quota` | with `EXAI_STORAGE_QUOTA_BYTES` set and the bytes held by rows above it: `completed` rows, least recently used first, until under | as `rows_expired` |
 //! | `moonshot_orphans` | Moonshot files no row holds | deleted |
 //! | `supabase_orphans` | objects under `kimi-uploads/` no row holds (by `storage_path` or file id) | deleted |
-//! | `staging_orphans` | staged blobs no unfinished row (`uploading`, `pending`, `storage_pending`, `storage_failed`) and no unfinished `uploads` job (queued, scheduled, running, retrying) refers to by sha256; partial writes (`tmp/*.part`) | deleted |
+//! | `staging_orphans` | staged blobs no unfinished row (`uploading`, `pending`, `storage_pending`, `storage_failed`) and no unfinished `uploads` job or tool call with daemon-staged bytes (queued, scheduled, running, retrying) refers to by sha256; partial writes (`tmp/*.part`) | deleted |
 //!
 //! A row *holds* its files while it is neither `deleted` nor `failed` (rows of the original
 //! system without a sha256 included).
@@ -45,7 +45,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use exai_shared::Config;
 use exai_shared::db::{self, FileUpload, PgPool, UploadStatus};
-use exai_shared::jobs::{CleanupJob, JobError, UploadJob};
+use exai_shared::jobs::{CleanupJob, JobError, ToolCallJob, UploadJob};
 use exai_shared::providers::supabase::{KIMI_UPLOADS_PREFIX, kimi_object_path};
 use exai_shared::providers::{FileObject, ListedObject, Providers};
 use exai_shared::queue::{self, JobState, Queue, QueuePolicy};
@@ -263,6 +263,8 @@ pub struct Cleanup {
     pub staging: Staging,
     /// The `uploads` queue, whose unfinished jobs keep their staged blobs.
     pub uploads_queue: Queue,
+    /// The `tool_calls` queue (its calls may carry bytes the daemon staged).
+    pub tool_calls_queue: Queue,
     /// Redis, where reports are stored.
     pub redis: RedisHandle,
     /// The key layout.
@@ -291,6 +293,12 @@ impl Cleanup {
                 queue::UPLOADS,
                 QueuePolicy::from_config(&config.jobs),
             ),
+            tool_calls_queue: Queue::new(
+                redis.clone(),
+                &keys,
+                queue::TOOL_CALLS,
+                QueuePolicy::from_config(&config.jobs),
+            ),
             redis,
             keys,
             settings: CleanupSettings::from_config(config),
@@ -307,6 +315,12 @@ impl Cleanup {
                 state.redis.clone(),
                 &state.keys,
                 queue::UPLOADS,
+                QueuePolicy::from_config(&state.config.jobs),
+            ),
+            tool_calls_queue: Queue::new(
+                state.redis.clone(),
+                &state.keys,
+                queue::TOOL_CALLS,
                 QueuePolicy::from_config(&state.config.jobs),
             ),
             redis: state.redis.clone(),
@@ -477,7 +491,7 @@ struct Snapshot {
     /// `None`: Supabase Storage is not configured.
     supabase: Result<Option<Vec<ListedObject>>, String>,
     staging: Result<Vec<StagingEntry>, String>,
-    /// The sha256 of every unfinished `uploads` job.
+    /// The sha256 of every blob an unfinished `uploads` job or tool call will read.
     queued: Result<HashSet<String>, String>,
     /// Every row that holds its files.
     rows: Result<Vec<FileUpload>, String>,
@@ -504,9 +518,16 @@ impl Snapshot {
             .entries()
             .await
             .map_err(|e| format!("list the staging store: {e}"));
-        let queued = unfinished_upload_hashes(&ctx.uploads_queue)
-            .await
-            .map_err(|e| format!("list unfinished uploads jobs: {e}"));
+        let queued = match unfinished_staged_hashes(&ctx.uploads_queue).await {
+            Ok(mut hashes) => unfinished_staged_hashes(&ctx.tool_calls_queue)
+                .await
+                .map(|more| {
+                    hashes.extend(more);
+                    hashes
+                })
+                .map_err(|e| format!("list unfinished tool calls: {e}")),
+            Err(e) => Err(format!("list unfinished uploads jobs: {e}")),
+        };
         let rows = db::list_holding(&ctx.db)
             .await
             .map_err(|e| format!("read provider_file_uploads: {}", error_chain(&e)));
@@ -520,8 +541,9 @@ impl Snapshot {
     }
 }
 
-/// The sha256 of every `uploads` job that may still run (queued, scheduled, running, retrying).
-async fn unfinished_upload_hashes(q: &Queue) -> Result<HashSet<String>, queue::QueueError> {
+/// The staged blobs (sha256) that jobs of `q` which may still run (queued, scheduled, running,
+/// retrying) will read: an `uploads` job's content, a tool call's bytes the daemon staged.
+async fn unfinished_staged_hashes(q: &Queue) -> Result<HashSet<String>, queue::QueueError> {
     let counts = q.counts().await?;
     let mut hashes = HashSet::new();
     for (state, count) in [
@@ -537,6 +559,10 @@ async fn unfinished_upload_hashes(q: &Queue) -> Result<HashSet<String>, queue::Q
             for job in &page {
                 if let Ok(upload) = serde_json::from_slice::<UploadJob>(&job.payload) {
                     hashes.insert(upload.sha256);
+                } else if let Ok(call) = serde_json::from_slice::<ToolCallJob>(&job.payload)
+                    && let Some(staged) = call.staged
+                {
+                    hashes.insert(staged.sha256);
                 }
             }
             offset += queue::MAX_PAGE;

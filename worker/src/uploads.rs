@@ -7,8 +7,12 @@
 //!
 //! # Idempotence
 //! - **Dedup first.** A live row for `(kimi, sha256)` is reused (`record_reuse` bumps
-//!   `reference_count` and `last_used`) after checking that Moonshot still has its file; a row
-//!   whose file Moonshot lost is marked deleted and the bytes are uploaded afresh.
+//!   `last_used`, and `reference_count` once per asking job) after checking that Moonshot still
+//!   has its file; a row whose file Moonshot lost is marked deleted and the bytes are uploaded
+//!   afresh.
+//! - **One reference per job.** The job's id (the tool call's, or the `uploads` job's) is the
+//!   reference a row counts, recorded with the count in one statement; a call re-run after a
+//!   crash, which finds the rows it recorded before, leaves their counts as they were.
 //! - **One row per content.** `insert_or_get` is one upsert on the unique live index, so two
 //!   workers racing on the same bytes, or a re-run, end with one row. The loser of a race
 //!   deletes its now redundant Moonshot file.
@@ -71,14 +75,14 @@ pub async fn run_job(
         Some(Provider::Kimi.as_str()),
     )
     .await?;
-    permits::holding(state, guard, upload_staged(state, job)).await
+    permits::holding(state, guard, upload_staged(state, job, &lease.lease.id)).await
 }
 
-/// The purpose sent to Moonshot for a requested one. `assistants` (accepted by the original
-/// tool's schema, refused by Moonshot) means what the original always sent: `file-extract`.
+/// The purpose sent to Moonshot for a requested one (empty means `file-extract`); one Moonshot
+/// refuses (such as the original tool's `assistants`) is a permanent error.
 pub fn moonshot_purpose(requested: &str) -> Result<&'static str, JobError> {
     match requested {
-        "" | "assistants" => Ok(PURPOSE_FILE_EXTRACT),
+        "" => Ok(PURPOSE_FILE_EXTRACT),
         p => PURPOSES
             .iter()
             .copied()
@@ -93,8 +97,14 @@ pub fn moonshot_purpose(requested: &str) -> Result<&'static str, JobError> {
 }
 
 /// Uploads the staged blob of `job` to Moonshot unless a live row already holds the same bytes,
-/// records the row, and enqueues its storage push. The caller holds the Moonshot permits.
-pub async fn upload_staged(state: &AppState, job: &UploadJob) -> Result<UploadedFile, JobError> {
+/// records the row, and enqueues its storage push. `reference` is the id of the job asking (a
+/// tool call or an `uploads` job): the row counts it once however often the job runs. The caller
+/// holds the Moonshot permits.
+pub async fn upload_staged(
+    state: &AppState,
+    job: &UploadJob,
+    reference: &str,
+) -> Result<UploadedFile, JobError> {
     if job.provider != KIMI {
         return Err(JobError::Permanent(format!(
             "provider `{}` takes no file uploads (only `{KIMI}` does)",
@@ -109,7 +119,7 @@ pub async fn upload_staged(state: &AppState, job: &UploadJob) -> Result<Uploaded
         .map_err(db_error)?
     {
         if provider_has_file(state, &row).await? {
-            if let Some(row) = db::record_reuse(&state.db, row.id)
+            if let Some(row) = db::record_reuse(&state.db, row.id, reference)
                 .await
                 .map_err(db_error)?
             {
@@ -135,13 +145,14 @@ pub async fn upload_staged(state: &AppState, job: &UploadJob) -> Result<Uploaded
         .upload_file(&blob.path, &job.filename, blob.size, purpose, Some(&mime))
         .await?;
     tracing::info!(file_id = %object.id, sha256 = %job.sha256, size = blob.size, "uploaded to moonshot");
-    record(state, job, &object.id, purpose, &mime, blob.size).await
+    record(state, job, reference, &object.id, purpose, &mime, blob.size).await
 }
 
 /// Records a Moonshot file just uploaded, and enqueues its push.
 async fn record(
     state: &AppState,
     job: &UploadJob,
+    reference: &str,
     file_id: &str,
     purpose: &str,
     mime: &str,
@@ -161,6 +172,7 @@ async fn record(
         mime_type: Some(mime.to_owned()),
         purpose: purpose.to_owned(),
         status,
+        reference: reference.to_owned(),
     };
     let upserted = db::insert_or_get(&state.db, &new).await.map_err(|e| {
         // The Moonshot file stays, with no row: the orphan sweep will find it.
@@ -256,10 +268,12 @@ pub fn uploaded(row: &FileUpload, filename: &str, deduplicated: bool) -> Uploade
 /// Puts a file Moonshot has lost back on Moonshot from its durable copy in Supabase Storage:
 /// the copy is streamed into the staging store (its sha256 checked against the row), uploaded
 /// again, the old row marked deleted and a new row recorded (whose push copies the bytes under
-/// the new file id). Returns the new file. The caller holds the Moonshot permits.
+/// the new file id). Returns the new file; `reference` is the id of the job asking. The caller
+/// holds the Moonshot permits.
 pub async fn restore_from_storage(
     state: &AppState,
     row: &FileUpload,
+    reference: &str,
 ) -> Result<UploadedFile, JobError> {
     let (Some(path), Some(sha256)) = (row.storage_path.as_deref(), row.sha256.as_deref()) else {
         return Err(JobError::Permanent(format!(
@@ -301,5 +315,5 @@ pub async fn restore_from_storage(
         provider: KIMI.to_owned(),
         mime_type: row.mime_type.clone(),
     };
-    upload_staged(state, &job).await
+    upload_staged(state, &job, reference).await
 }

@@ -267,6 +267,10 @@ pub struct NewUpload {
     pub purpose: String,
     /// [`UploadStatus::StoragePending`], or [`UploadStatus::Completed`] when storage is disabled.
     pub status: UploadStatus,
+    /// Who this upload answers: the id of the job that made it (a tool call or an `uploads`
+    /// job). A row counts each reference once in `reference_count`, so a re-run is not a new
+    /// reference.
+    pub reference: String,
 }
 
 /// The outcome of [`insert_or_get`].
@@ -345,20 +349,59 @@ pub async fn find_by_provider_file_id(
 }
 
 /// Records that an upload was answered with this existing row (sha256 dedup): bumps
-/// `reference_count` and `last_used`. Returns `None` when the row is no longer live (deleted in
-/// the meantime): the caller then uploads the bytes afresh.
-pub async fn record_reuse(pool: &PgPool, id: Uuid) -> Result<Option<FileUpload>, DbError> {
+/// `last_used`, and `reference_count` when `reference` (the id of the job asking) has not been
+/// counted on this row before, so a job that runs again after a crash counts once. Returns `None`
+/// when the row is no longer live (deleted in the meantime): the caller then uploads the bytes
+/// afresh.
+pub async fn record_reuse(
+    pool: &PgPool,
+    id: Uuid,
+    reference: &str,
+) -> Result<Option<FileUpload>, DbError> {
+    // The reference is recorded and counted in one statement; a concurrent insert of the same
+    // (row, reference) waits for this one and then counts nothing.
     const SQL: &str = concat!(
-        "UPDATE provider_file_uploads \
+        "WITH claimed AS ( \
+             INSERT INTO provider_file_upload_refs (upload_id, reference) \
+             SELECT id, $2 FROM provider_file_uploads WHERE id = $1 AND ",
+        live!(),
+        "    ON CONFLICT DO NOTHING RETURNING upload_id) \
+         UPDATE provider_file_uploads \
          SET last_used = now(), \
-             reference_count = coalesce(reference_count, 1) + 1, \
+             reference_count = coalesce(reference_count, 1) + (SELECT count(*) FROM claimed), \
              updated_at = now() \
          WHERE id = $1 AND ",
         live!(),
         " RETURNING ",
         upload_columns!()
     );
-    Ok(sqlx::query_as(SQL).bind(id).fetch_optional(pool).await?)
+    Ok(sqlx::query_as(SQL)
+        .bind(id)
+        .bind(reference)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Counts `reference` on row `id` inside `tx`, unless it is counted already; returns the row.
+async fn claim_reference(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    reference: &str,
+) -> Result<FileUpload, sqlx::Error> {
+    const SQL: &str = concat!(
+        "WITH claimed AS ( \
+             INSERT INTO provider_file_upload_refs (upload_id, reference) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING RETURNING upload_id) \
+         UPDATE provider_file_uploads \
+         SET reference_count = coalesce(reference_count, 1) + (SELECT count(*) FROM claimed) \
+         WHERE id = $1 RETURNING ",
+        upload_columns!()
+    );
+    sqlx::query_as(SQL)
+        .bind(id)
+        .bind(reference)
+        .fetch_one(tx)
+        .await
 }
 
 /// Records a successful provider upload, or returns the live row that already holds the same
@@ -367,8 +410,9 @@ pub async fn record_reuse(pool: &PgPool, id: Uuid) -> Result<Option<FileUpload>,
 /// row it wrote before instead of adding one.
 ///
 /// When the row already exists it is returned as it is (its status and provider file are kept)
-/// with `last_used` bumped, and `reference_count` bumped unless it names the same provider file
-/// (a re-run is not a new reference). When the provider file is already recorded on a row that is
+/// with `last_used` bumped. `reference_count` counts `new.reference` once per row: the row and
+/// its reference are written in one transaction, so a job re-run after a crash, which finds its
+/// own row, is not a new reference. When the provider file is already recorded on a row that is
 /// not live (deleted, failed, or without sha256), that row is brought back for this upload rather
 /// than a second row added: `(provider, provider_file_id)` stays unique.
 pub async fn insert_or_get(pool: &PgPool, new: &NewUpload) -> Result<Upserted, DbError> {
@@ -419,23 +463,22 @@ pub async fn insert_or_get(pool: &PgPool, new: &NewUpload) -> Result<Upserted, D
 }
 
 async fn upsert_live(pool: &PgPool, new: &NewUpload) -> Result<Upserted, sqlx::Error> {
-    // `xmax = 0` holds for a row version this statement inserted, not for one it updated.
+    // `xmax = 0` holds for a row version this statement inserted, not for one it updated. A new
+    // row starts with no reference: `claim_reference` counts this upload's, in the same
+    // transaction.
     const SQL: &str = concat!(
         "INSERT INTO provider_file_uploads AS u \
              (provider, provider_file_id, sha256, filename, file_size_bytes, mime_type, purpose, \
               upload_status, reference_count, last_used) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, now()) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, now()) \
          ON CONFLICT (provider, sha256) WHERE ",
         live!(),
-        " DO UPDATE SET \
-             last_used = now(), \
-             reference_count = coalesce(u.reference_count, 1) \
-                 + CASE WHEN u.provider_file_id = EXCLUDED.provider_file_id THEN 0 ELSE 1 END, \
-             updated_at = now() \
+        " DO UPDATE SET last_used = now(), updated_at = now() \
          RETURNING ",
         upload_columns!(),
         ", (xmax = 0) AS created"
     );
+    let mut tx = pool.begin().await?;
     let row: UpsertRow = sqlx::query_as(SQL)
         .bind(&new.provider)
         .bind(&new.provider_file_id)
@@ -445,30 +488,32 @@ async fn upsert_live(pool: &PgPool, new: &NewUpload) -> Result<Upserted, sqlx::E
         .bind(&new.mime_type)
         .bind(&new.purpose)
         .bind(new.status.as_str())
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?;
+    let counted = claim_reference(&mut tx, row.row.id, &new.reference).await?;
+    tx.commit().await?;
     Ok(Upserted {
-        row: row.row,
+        row: counted,
         created: row.created,
     })
 }
 
-/// Brings the non-live row of this provider file back as the live row of this upload.
+/// Brings the non-live row of this provider file back as the live row of this upload; the
+/// references of its earlier life are forgotten and this upload's is counted.
 async fn revive(pool: &PgPool, new: &NewUpload) -> Result<Option<Upserted>, sqlx::Error> {
     const SQL: &str = concat!(
         "UPDATE provider_file_uploads \
          SET sha256 = $3, filename = $4, file_size_bytes = $5, mime_type = $6, purpose = $7, \
              upload_status = $8, supabase_file_id = NULL, storage_path = NULL, \
              storage_attempts = 0, last_error = NULL, error_message = NULL, \
-             reference_count = 1, last_used = now(), deleted_at = NULL, \
+             reference_count = 0, last_used = now(), deleted_at = NULL, \
              deletion_reason = NULL, updated_at = now() \
          WHERE provider = $1 AND provider_file_id = $2 AND NOT (",
         live!(),
-        ") RETURNING ",
-        upload_columns!(),
-        ", true AS created"
+        ") RETURNING id"
     );
-    let row: Option<UpsertRow> = sqlx::query_as(SQL)
+    let mut tx = pool.begin().await?;
+    let id: Option<Uuid> = sqlx::query_scalar(SQL)
         .bind(&new.provider)
         .bind(&new.provider_file_id)
         .bind(&new.sha256)
@@ -477,12 +522,18 @@ async fn revive(pool: &PgPool, new: &NewUpload) -> Result<Option<Upserted>, sqlx
         .bind(&new.mime_type)
         .bind(&new.purpose)
         .bind(new.status.as_str())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?;
-    Ok(row.map(|r| Upserted {
-        row: r.row,
-        created: r.created,
-    }))
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    sqlx::query("DELETE FROM provider_file_upload_refs WHERE upload_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let row = claim_reference(&mut tx, id, &new.reference).await?;
+    tx.commit().await?;
+    Ok(Some(Upserted { row, created: true }))
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -44,12 +44,6 @@ pub struct IdleOptions {
     pub daemon_bin: PathBuf,
 }
 
-/// Where a sibling binary of this executable is (`target/<profile>/<name>`).
-pub fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
-    let worker = super::procs::default_worker_bin()?;
-    Ok(worker.with_file_name(name))
-}
-
 /// The soft limit on open files of this process.
 fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;

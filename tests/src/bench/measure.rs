@@ -146,6 +146,20 @@ pub fn proc_cpu_secs(pid: Option<u32>) -> f64 {
     (ticks(11) + ticks(12)) / clk_tck()
 }
 
+/// A size field of `/proc/<pid>/status` (`VmRSS`, the resident set now; `VmHWM`, its peak so
+/// far), in bytes; `None` when the process or the field is gone.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// The CPU used by the client side of a phase, summed over its processes.
 pub fn procs_cpu_secs(pids: &[u32]) -> f64 {
     pids.iter().map(|p| proc_cpu_secs(Some(*p))).sum()

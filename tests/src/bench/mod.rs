@@ -28,6 +28,7 @@ pub mod procs;
 pub mod report;
 pub mod sem;
 pub mod tracker;
+pub mod uploads;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -122,6 +123,7 @@ fn noop_payload() -> anyhow::Result<Vec<u8>> {
         session_id: "bench".to_owned(),
         request_id: None,
         deadline_ms: None,
+        staged: None,
     })?)
 }
 

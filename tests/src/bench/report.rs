@@ -214,41 +214,8 @@ impl Report {
             "scripts/job",
             "client CPU/job",
         ];
-        let rows: Vec<[String; 11]> = self.rows.iter().map(|r| self.cells(r)).collect();
-        let mut widths = header.map(|h| h.chars().count());
-        for r in &rows {
-            for (w, c) in widths.iter_mut().zip(r) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |cells: &[String], out: &mut String| {
-            out.push('|');
-            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-                let pad = w - c.chars().count();
-                if i == 0 || i == 2 {
-                    let _ = write!(out, " {c}{} |", " ".repeat(pad));
-                } else {
-                    let _ = write!(out, " {}{c} |", " ".repeat(pad));
-                }
-            }
-            out.push('\n');
-        };
-        line(&header.map(str::to_owned), &mut out);
-        let rule: Vec<String> = widths
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                if i == 0 || i == 2 {
-                    "-".repeat(*w)
-                } else {
-                    format!("{}:", "-".repeat(w - 1))
-                }
-            })
-            .collect();
-        line(&rule, &mut out);
-        for r in &rows {
-            line(r, &mut out);
-        }
+        let rows: Vec<Vec<String>> = self.rows.iter().map(|r| self.cells(r).into()).collect();
+        out.push_str(&markdown_table(&header, &rows, &[0, 2]));
         let _ = writeln!(out);
         for l in self.legend {
             let _ = writeln!(out, "- {l}");
@@ -377,8 +344,50 @@ impl Report {
     }
 }
 
+/// A Markdown table: `header`, then `rows`; the columns in `left` are aligned left, the others
+/// (numbers) right, and every cell is padded to its column's width.
+pub fn markdown_table(header: &[&str], rows: &[Vec<String>], left: &[usize]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        out.push('|');
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            let pad = w - c.chars().count();
+            if left.contains(&i) {
+                let _ = write!(out, " {c}{} |", " ".repeat(pad));
+            } else {
+                let _ = write!(out, " {}{c} |", " ".repeat(pad));
+            }
+        }
+        out.push('\n');
+    };
+    let head: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    line(&head, &mut out);
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if left.contains(&i) {
+                "-".repeat(*w)
+            } else {
+                format!("{}:", "-".repeat(w - 1))
+            }
+        })
+        .collect();
+    line(&rule, &mut out);
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
+
 /// `key value, key value, …` from the parameters object.
-fn params_line(params: &Value) -> String {
+pub fn params_line(params: &Value) -> String {
     match params {
         Value::Object(m) => m
             .iter()
@@ -393,7 +402,7 @@ fn params_line(params: &Value) -> String {
 }
 
 /// A rate rounded to an integer, with thousands separators.
-fn thousands(v: f64) -> String {
+pub fn thousands(v: f64) -> String {
     let n = v.round().max(0.0) as u64;
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
@@ -404,6 +413,23 @@ fn thousands(v: f64) -> String {
         out.push(ch);
     }
     out
+}
+
+/// What every benchmark's report can do: print itself as a table, or as one JSON object.
+pub trait Printable: Send {
+    /// The table, its header and its legend.
+    fn table(&self) -> String;
+    /// One JSON object of every number.
+    fn json(&self) -> Value;
+}
+
+impl Printable for Report {
+    fn table(&self) -> String {
+        self.to_table()
+    }
+    fn json(&self) -> Value {
+        self.to_json()
+    }
 }
 
 /// The rows `exai-bench all` repeats in its summary, by JSON key.
@@ -434,50 +460,27 @@ const HEADLINES: &[&str] = &[
     "daemon_rss_per_connection_kib",
 ];
 
-/// The headline rows of several runs in one Markdown table: run, metric, value, unit.
-pub fn summary(reports: &[(&str, Report)]) -> String {
-    let mut rows: Vec<[String; 4]> = Vec::new();
+/// The headline numbers of several runs in one Markdown table (run, metric, value), taken from
+/// their JSON by key; the key's suffix says the unit (`_per_s`, `_ms`, `_mb`, `_mib`, `_kib`).
+pub fn summary(reports: &[(&str, Box<dyn Printable>)]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let jsons: Vec<(&str, Value)> = reports.iter().map(|(n, r)| (*n, r.json())).collect();
     for key in HEADLINES {
-        for (run, report) in reports {
-            for r in report.rows.iter().filter(|r| r.key == *key) {
-                let cells = report.cells(r);
-                rows.push([
-                    (*run).to_owned(),
-                    r.label.clone(),
-                    cells[1].clone(),
-                    cells[2].clone(),
-                ]);
+        for (run, json) in &jsons {
+            if let Some(v) = json.get(*key).and_then(Value::as_f64) {
+                let shown = if key.ends_with("_per_s") {
+                    thousands(v)
+                } else if key.ends_with("_ms") {
+                    format!("{v:.3}")
+                } else {
+                    format!("{v:.2}")
+                };
+                rows.push(vec![(*run).to_owned(), (*key).to_owned(), shown]);
             }
-        }
-    }
-    let header = ["run", "metric", "value", "unit"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::from("exai-bench all — the headline numbers of this run\n\n");
-    let line = |cells: &[String; 4], out: &mut String| {
-        out.push('|');
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            let pad = " ".repeat(w - c.chars().count());
-            if i == 2 {
-                let _ = write!(out, " {pad}{c} |");
-            } else {
-                let _ = write!(out, " {c}{pad} |");
-            }
-        }
-        out.push('\n');
-    };
-    line(&header, &mut out);
-    let rule = widths.map(|w| "-".repeat(w));
-    let mut rule = rule;
-    rule[2] = format!("{}:", "-".repeat(widths[2] - 1));
-    line(&rule, &mut out);
-    for r in &rows {
-        line(r, &mut out);
-    }
+    out.push_str(&markdown_table(&["run", "metric", "value"], &rows, &[0, 1]));
     out
 }
 

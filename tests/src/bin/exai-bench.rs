@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use bench::report::Printable;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,8 @@ enum Command {
     Sem(SemArgs),
     /// The daemon's memory with many idle WebSocket sessions.
     Idle(IdleArgs),
+    /// Uploads: files/s, MB/s and worker memory, against direct uploads to exai-sim.
+    Uploads(UploadsArgs),
     /// Every benchmark in one run, each table in turn, then the headline numbers together.
     All(AllArgs),
 }
@@ -60,6 +63,73 @@ struct AllArgs {
     /// Print one JSON object (every run's, by name) instead of the tables.
     #[arg(long)]
     json: bool,
+}
+
+/// Flags of `exai-bench uploads`.
+#[derive(Debug, Clone, clap::Args)]
+struct UploadsArgs {
+    /// The Redis server (single node).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Files of the small-file phase, one tool call each.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    small_files: u64,
+    /// Size of each small file, in bytes.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=MAX_UPLOAD))]
+    small_bytes: u64,
+    /// Files of the large-file phase.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    large_files: u64,
+    /// Size of each large file, in bytes.
+    #[arg(long, default_value_t = 20 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=MAX_UPLOAD))]
+    large_bytes: u64,
+    /// Size of the file whose upload the worker's peak memory is measured on, in bytes.
+    #[arg(long, default_value_t = MAX_UPLOAD, value_parser = clap::value_parser!(u64).range(1..=MAX_UPLOAD))]
+    rss_bytes: u64,
+    /// `exai-worker` processes of the throughput phases.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    workers: u64,
+    /// Jobs run at once per worker process (`exai-worker run --concurrency`).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    concurrency: u64,
+    /// Uploads in flight at once in the direct baseline (default: the `kimi` semaphore's
+    /// permits, which bound the queue path too).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    baseline_concurrency: u64,
+    /// The `exai-worker` binary (default: next to this executable).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+    /// The `exai-sim` binary (default: next to this executable).
+    #[arg(long)]
+    sim_bin: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The largest upload (`EXAI_MAX_UPLOAD_BYTES`'s default, Moonshot's limit): 100 MiB.
+const MAX_UPLOAD: u64 = 100 * 1024 * 1024;
+
+impl UploadsArgs {
+    fn options(&self) -> anyhow::Result<bench::uploads::Options> {
+        let bin = |given: &Option<PathBuf>, name: &str| match given {
+            Some(p) => Ok(p.clone()),
+            None => bench::procs::default_bin(name),
+        };
+        Ok(bench::uploads::Options {
+            redis_url: self.redis_url.clone(),
+            small_files: self.small_files,
+            small_bytes: self.small_bytes,
+            large_files: self.large_files,
+            large_bytes: self.large_bytes,
+            rss_bytes: self.rss_bytes,
+            workers: self.workers as usize,
+            concurrency: self.concurrency as usize,
+            baseline_concurrency: self.baseline_concurrency as usize,
+            worker_bin: bin(&self.worker_bin, "exai-worker")?,
+            sim_bin: bin(&self.sim_bin, "exai-sim")?,
+        })
+    }
 }
 
 /// Flags of `exai-bench sem`.
@@ -224,6 +294,14 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Uploads(args) => {
+            let options = args.options()?;
+            let redis_url = options.redis_url.clone();
+            guarded(&redis_url, args.json, |prefix| {
+                bench::uploads::run(options, prefix)
+            })
+            .await
+        }
         Command::All(args) => all(args).await,
         Command::Idle(args) => {
             let options = bench::idle::IdleOptions {
@@ -232,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
                 parallel: args.parallel as usize,
                 daemon_bin: match &args.daemon_bin {
                     Some(p) => p.clone(),
-                    None => bench::idle::sibling_bin("exai-daemon")?,
+                    None => bench::procs::default_bin("exai-daemon")?,
                 },
             };
             let redis_url = options.redis_url.clone();
@@ -245,16 +323,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Runs one benchmark under a fresh key prefix (see [`measured`]) and prints its report.
-async fn guarded<F, Fut>(redis_url: &str, json: bool, run: F) -> anyhow::Result<()>
+async fn guarded<R, F, Fut>(redis_url: &str, json: bool, run: F) -> anyhow::Result<()>
 where
+    R: Printable,
     F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bench::report::Report>> + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
 {
     let report = measured(redis_url, run).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
     } else {
-        print!("{}", report.to_table());
+        print!("{}", report.table());
     }
     Ok(())
 }
@@ -272,64 +351,62 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     };
     let mut queue_options = queue_args.options()?;
     queue_options.redis_url = url.clone();
-    let mut reports: Vec<(&str, bench::report::Report)> = Vec::new();
-    reports.push((
-        "queue",
-        measured(&url, move |prefix| queue_run(queue_options, prefix)).await?,
-    ));
+    let mut reports: Vec<(&str, Box<dyn Printable>)> = Vec::new();
+    let queue = measured(&url, move |prefix| queue_run(queue_options, prefix)).await?;
+    reports.push(("queue", Box::new(queue)));
     let sem = bench::sem::SemOptions {
         redis_url: url.clone(),
         tasks: 50,
         duration: Duration::from_secs(3),
         wakeups: 500,
     };
-    reports.push((
-        "sem",
-        measured(&url, |prefix| bench::sem::run(sem, prefix)).await?,
-    ));
+    let sem = measured(&url, |prefix| bench::sem::run(sem, prefix)).await?;
+    reports.push(("sem", Box::new(sem)));
+    let cli = Cli::try_parse_from(["exai-bench", "uploads"])?;
+    let Command::Uploads(uploads_args) = cli.command else {
+        unreachable!("parsed as the uploads command")
+    };
+    let mut uploads_options = uploads_args.options()?;
+    uploads_options.redis_url = url.clone();
+    let uploads = measured(&url, |prefix| bench::uploads::run(uploads_options, prefix)).await?;
+    reports.push(("uploads", Box::new(uploads)));
     let idle = bench::idle::IdleOptions {
         redis_url: url.clone(),
         connections: args.connections as usize,
         parallel: 200,
-        daemon_bin: bench::idle::sibling_bin("exai-daemon")?,
+        daemon_bin: bench::procs::default_bin("exai-daemon")?,
     };
-    reports.push((
-        "idle",
-        measured(&url, |prefix| bench::idle::run(idle, prefix)).await?,
-    ));
+    let idle = measured(&url, |prefix| bench::idle::run(idle, prefix)).await?;
+    reports.push(("idle", Box::new(idle)));
 
     if args.json {
         let all: serde_json::Map<String, serde_json::Value> = reports
             .iter()
-            .map(|(name, r)| ((*name).to_owned(), r.to_json()))
+            .map(|(name, r)| ((*name).to_owned(), r.json()))
             .collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
     for (_, r) in &reports {
-        print!("{}", r.to_table());
+        print!("{}", r.table());
         println!();
     }
     print!("{}", bench::report::summary(&reports));
     Ok(())
 }
 
-/// Runs one benchmark under a fresh key prefix in a task of its own, then — whatever happened
-/// to it, Ctrl-C included — deletes its keys and returns its report.
-async fn measured<F, Fut>(redis_url: &str, run: F) -> anyhow::Result<bench::report::Report>
+/// Runs one benchmark under a fresh key prefix, then — whatever happened to it, Ctrl-C
+/// included — deletes its keys and returns its report.
+async fn measured<R, F, Fut>(redis_url: &str, run: F) -> anyhow::Result<R>
 where
     F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bench::report::Report>> + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
 {
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let mut task = tokio::spawn(run(prefix.clone()));
+    // On Ctrl-C the run's future is dropped: its guards kill what it spawned.
     let outcome = tokio::select! {
-        joined = &mut task => joined.context("the benchmark panicked").and_then(|r| r),
-        _ = tokio::signal::ctrl_c() => {
-            task.abort();
-            let _ = (&mut task).await;
-            Err(anyhow::anyhow!("interrupted"))
-        }
+        r = run(prefix.clone()) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     bench::cleanup(redis_url, &prefix)
         .await

@@ -195,6 +195,7 @@ impl Stack {
             session_id: "s".to_owned(),
             request_id: Some(id.to_owned()),
             deadline_ms: None,
+            staged: None,
         })
         .unwrap()
         .with_id(id);

@@ -169,7 +169,7 @@ async fn file_text(ctx: &ToolCtx<'_>, id: &str) -> Result<(String, String), JobE
     }
     ctx.progress(format!("restoring file {id} from storage"))
         .await;
-    let restored = uploads::restore_from_storage(ctx.state, &row).await?;
+    let restored = uploads::restore_from_storage(ctx.state, &row, ctx.job_id()).await?;
     let text = moonshot.file_content(&restored.file_id).await?;
     Ok((restored.file_id, text))
 }

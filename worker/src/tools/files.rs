@@ -3,8 +3,10 @@
 //!
 //! Uploads check everything before anything leaves the machine: every path must resolve (symlinks
 //! followed) inside `EXAI_UPLOAD_ROOTS`, be a regular file and have 1 byte to
-//! `EXAI_MAX_UPLOAD_BYTES` (from its metadata, before any byte is read); inline bytes are
-//! bounded before they are decoded. A call with one bad file uploads none. The files are then
+//! `EXAI_MAX_UPLOAD_BYTES` (from its metadata, before any byte is read). Inline bytes arrive
+//! staged by the daemon (the job carries their sha256); a job that still carries
+//! `content_base64` (enqueued by something else) has it bounded before it is decoded and staged
+//! here. A call with one bad file uploads none. The files are then
 //! staged (content-addressed, atomically), and uploaded to Moonshot under the call's permits by
 //! the same code the `uploads` queue runs ([`uploads::upload_staged`]); the call returns per file
 //! `{filename, file_id, sha256, size_bytes, deduplicated, storage_status}` as soon as Moonshot has
@@ -14,7 +16,7 @@ use base64::Engine as _;
 use exai_shared::db::{self, FileUpload, UploadStatus};
 use exai_shared::jobs::{JobError, ToolResult, UploadJob, UploadedFile};
 use exai_shared::providers::guess_mime;
-use exai_shared::staging::{StagingError, validate_upload_path};
+use exai_shared::staging::{StagingError, decode_inline, plain_filename, validate_upload_path};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -34,7 +36,8 @@ struct UploadFilesArgs {
 #[derive(Debug, Deserialize)]
 struct UploadBytesArgs {
     filename: String,
-    content_base64: String,
+    #[serde(default)]
+    content_base64: Option<String>,
     #[serde(default)]
     purpose: Option<String>,
 }
@@ -90,7 +93,7 @@ pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     let results = permits::holding(ctx.state, guard, async {
         let mut results: Vec<UploadedFile> = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            results.push(uploads::upload_staged(ctx.state, job).await?);
+            results.push(uploads::upload_staged(ctx.state, job, ctx.job_id()).await?);
         }
         Ok(results)
     })
@@ -98,61 +101,46 @@ pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     json_result(&results)
 }
 
-/// `kimi_upload_bytes`: returns one JSON object.
+/// `kimi_upload_bytes`: returns one JSON object. The bytes are the blob the daemon staged, or
+/// the job's own `content_base64`.
 pub async fn upload_bytes(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     let args: UploadBytesArgs = ctx.args()?;
     let purpose = purpose(args.purpose.as_deref())?;
     let filename = plain_filename(&args.filename)?;
-    let max = ctx.state.config.uploads.max_bytes;
-    let encoded = args.content_base64.trim();
-    // Bound the size before decoding: base64 carries 3 bytes per 4 characters.
-    let decoded_len = (encoded.len() as u64 / 4) * 3;
-    if decoded_len > max + 3 {
-        return Err(StagingError::TooLarge {
-            name: filename,
-            size: decoded_len,
-            limit: max,
+    let (sha256, size_bytes) = match (&ctx.staged, &args.content_base64) {
+        (Some(staged), _) => (staged.sha256.clone(), staged.size_bytes),
+        (None, Some(encoded)) => {
+            let bytes = decode_inline(&filename, encoded, ctx.state.config.uploads.max_bytes)?;
+            let blob = ctx.state.staging.stage_bytes(&filename, bytes).await?;
+            (blob.sha256, blob.size)
         }
-        .into());
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|e| JobError::Permanent(format!("content_base64 is not valid base64: {e}")))?;
-    let blob = ctx
-        .state
-        .staging
-        .stage_bytes(&filename, bytes.into())
-        .await?;
+        (None, None) => {
+            return Err(JobError::Permanent(
+                "kimi_upload_bytes needs content_base64".to_owned(),
+            ));
+        }
+    };
     let job = UploadJob {
-        sha256: blob.sha256,
-        size_bytes: blob.size,
+        sha256,
+        size_bytes,
         mime_type: Some(guess_mime(&filename)),
         filename,
         purpose,
         provider: KIMI.to_owned(),
     };
     let guard = ctx.permits().await?;
-    let result =
-        permits::holding(ctx.state, guard, uploads::upload_staged(ctx.state, &job)).await?;
+    let result = permits::holding(
+        ctx.state,
+        guard,
+        uploads::upload_staged(ctx.state, &job, ctx.job_id()),
+    )
+    .await?;
     json_result(&result)
 }
 
 /// The purpose argument, checked against what Moonshot accepts.
 fn purpose(requested: Option<&str>) -> Result<String, JobError> {
     uploads::moonshot_purpose(requested.unwrap_or("file-extract")).map(str::to_owned)
-}
-
-/// A client's file name reduced to its last component; empty, `.`, `..` and control
-/// characters are refused.
-fn plain_filename(raw: &str) -> Result<String, JobError> {
-    let name = raw.rsplit(['/', '\\']).next().unwrap_or("").trim();
-    if name.is_empty() || name == "." || name == ".." || name.chars().any(char::is_control) {
-        return Err(JobError::Permanent(format!(
-            "filename `{}` is not a usable file name",
-            raw.escape_default()
-        )));
-    }
-    Ok(name.to_owned())
 }
 
 /// `kimi_download_file`: the bytes of an uploaded file, read from Supabase Storage (the durable
@@ -365,19 +353,4 @@ async fn delete(ctx: &ToolCtx<'_>, id: &str, dry_run: bool) -> Result<ToolResult
         "row_marked_deleted": row.is_some(),
         "storage_object_deleted": storage_deleted,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_file_names_keep_only_their_last_component() {
-        assert_eq!(plain_filename("a.txt").unwrap(), "a.txt");
-        assert_eq!(plain_filename("../../etc/passwd").unwrap(), "passwd");
-        assert_eq!(plain_filename("C:\\x\\y.pdf").unwrap(), "y.pdf");
-        assert!(plain_filename("dir/").is_err());
-        assert!(plain_filename("..").is_err());
-        assert!(plain_filename("a\nb").is_err());
-    }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exai_shared::backend::JobLease;
 use exai_shared::events::JobEvent;
-use exai_shared::jobs::{JobError, ToolCallJob, ToolResult};
+use exai_shared::jobs::{JobError, StagedRef, ToolCallJob, ToolResult};
 use exai_shared::semaphore::LeaseGuard;
 use exai_shared::tools::{self, Tool};
 use futures::future::BoxFuture;
@@ -38,6 +38,8 @@ pub struct ToolCtx<'a> {
     pub tool: &'static Tool,
     /// The call's arguments.
     pub arguments: serde_json::Value,
+    /// The bytes the daemon staged for this call (`kimi_upload_bytes`), if any.
+    pub staged: Option<StagedRef>,
 }
 
 impl ToolCtx<'_> {
@@ -106,13 +108,26 @@ pub async fn run(
         }
     }
     // The daemon validated the arguments already; a job enqueued some other way is checked too.
-    tool.validate(&job.arguments)
-        .map_err(|e| JobError::Permanent(e.to_string()))?;
+    // Staged bytes stand for `content_base64`, which the daemon took out of the arguments: the
+    // tool itself checks what is left (file name, purpose).
+    match &job.staged {
+        None => tool
+            .validate(&job.arguments)
+            .map_err(|e| JobError::Permanent(e.to_string()))?,
+        Some(_) if tool.name == tools::KIMI_UPLOAD_BYTES => {}
+        Some(_) => {
+            return Err(JobError::Permanent(format!(
+                "tool `{}` takes no staged bytes",
+                tool.name
+            )));
+        }
+    }
     let ctx = ToolCtx {
         state,
         lease,
         tool,
         arguments: job.arguments,
+        staged: job.staged,
     };
     match tool.name {
         tools::CHAT => chat::chat(&ctx).await,
