@@ -21,6 +21,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use exai_shared::Config;
 use exai_shared::events::EventPublisher;
 use exai_shared::queue::{self, Queue, QueuePolicy};
@@ -257,6 +258,13 @@ pub async fn run(
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonError> {
     let router = Router::new().fallback(handle).with_state(app.clone());
     let stop = app.shutdown.clone();
+    // A call's ack, progress and result are small frames written one after the other: with
+    // Nagle's algorithm on, each waits for the client's delayed ACK (about 40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
