@@ -334,6 +334,7 @@ async fn a_client_that_reconnects_collects_its_result() {
     let status = c.op("job_status", "r-1").await;
     assert_eq!(status["state"], "completed");
     assert_eq!(status["attempt"], 1);
+    assert!(status.get("queue_position").is_none(), "{status}");
     let job = stack.job(&call_job_id(&session, "r-1")).await.unwrap();
     assert_eq!(job.attempts, 1, "the job ran once");
     stack.cleanup().await;
@@ -439,6 +440,60 @@ async fn two_sessions_with_the_same_request_id_never_see_each_others_results() {
     for s in shims {
         s.await.unwrap();
     }
+    stack.cleanup().await;
+}
+
+// ----- job status ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn job_status_reports_a_waiting_calls_place_in_line() {
+    let stack = Stack::start("d-position", &[], 0).await;
+    let (mut c, _) = stack.client(None).await;
+    for r in ["r-1", "r-2", "r-3"] {
+        c.send(json!({"op": "call_tool", "request_id": r, "name": "test_echo", "arguments": {}}))
+            .await;
+        let (ack, _) = c.until("call_tool_ack", r).await;
+        assert_eq!(ack["accepted"], true, "{ack}");
+    }
+    // First in, first out: r-1 is the next job a worker takes.
+    for (r, place) in [("r-1", 1), ("r-2", 2), ("r-3", 3)] {
+        let status = c.op("job_status", r).await;
+        assert_eq!(status["op"], "job_status_res", "{status}");
+        assert_eq!(status["state"], "queued", "{status}");
+        assert_eq!(status["attempt"], 0, "{status}");
+        assert_eq!(status["queue_position"], place, "{status}");
+    }
+    // get_result of an unfinished call answers with the same status.
+    let res = c.op("get_result", "r-2").await;
+    assert_eq!(res["op"], "job_status_res", "{res}");
+    assert_eq!(res["queue_position"], 2, "{res}");
+
+    // Behind a backlog deeper than the bounded search, a waiting call has no position (the
+    // reply never costs a scan of the whole backlog); those ahead keep theirs.
+    let payload = serde_json::to_vec(&ToolCallJob {
+        tool: "test_echo".into(),
+        arguments: json!({}),
+        session_id: "backlog".into(),
+        request_id: None,
+        deadline_ms: None,
+    })
+    .unwrap();
+    let backlog = exai_shared::queue::POSITION_SCAN_MAX;
+    for _ in 0..backlog / 1000 {
+        let jobs: Vec<NewJob> = (0..1000).map(|_| NewJob::new(payload.clone())).collect();
+        stack.queue.enqueue_bulk(&jobs).await.unwrap();
+    }
+    c.send(json!({"op": "call_tool", "request_id": "r-4", "name": "test_echo", "arguments": {}}))
+        .await;
+    c.until("call_tool_ack", "r-4").await;
+    let status = c.op("job_status", "r-4").await;
+    assert_eq!(status["state"], "queued", "{status}");
+    assert!(status.get("queue_position").is_none(), "{status}");
+    assert_eq!(c.op("job_status", "r-3").await["queue_position"], 3);
+    // Unknown calls have no position either.
+    let status = c.op("job_status", "never-made").await;
+    assert_eq!(status["state"], "unknown");
+    assert!(status.get("queue_position").is_none(), "{status}");
     stack.cleanup().await;
 }
 
