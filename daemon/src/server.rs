@@ -1,6 +1,6 @@
-//! The server: one port for WebSocket upgrades (any path) and plain HTTP (`GET /health`,
-//! `GET /ready`, `GET /metrics`), the state every connection shares ([`App`]), and the run loop
-//! with its graceful shutdown.
+//! The server: one port for WebSocket upgrades (any path) and plain HTTP (`GET /health`, which
+//! lists the live workers, `GET /ready`, `GET /metrics`), the state every connection shares
+//! ([`App`]), and the run loop with its graceful shutdown.
 //!
 //! Why axum plus tokio-tungstenite: axum serves the HTTP endpoints on the same listener and
 //! `serve(..).with_graceful_shutdown` stops accepting on the shutdown token; the WebSocket
@@ -27,6 +27,7 @@ use exai_shared::events::EventPublisher;
 use exai_shared::queue::{self, Queue, QueuePolicy};
 use exai_shared::redis::{Keys, RedisHandle};
 use exai_shared::semaphore::Semaphores;
+use exai_shared::workers::WorkerRegistry;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
@@ -76,6 +77,8 @@ pub struct App {
     pub(crate) queues: Vec<Queue>,
     /// Read-only use: `inspect` for `health` and `queue_stats`. The daemon never acquires.
     pub(crate) semaphores: Semaphores,
+    /// The live worker processes, for `health` and `/health`.
+    pub(crate) workers: WorkerRegistry,
     /// The shared job-event subscription.
     pub(crate) relay: Relay,
     /// Publishes `Finished` for jobs the daemon cancels while they wait, so every waiter
@@ -141,6 +144,7 @@ impl App {
                 limits.max_connections,
                 limits.max_connections_per_ip,
             ),
+            workers: WorkerRegistry::new(redis.clone(), &keys),
             events: EventPublisher::new(redis.clone(), keys),
             config,
             limits,
@@ -201,6 +205,27 @@ impl App {
         Ok(Value::Object(out))
     }
 
+    /// The live worker processes (see `exai_shared::workers`), under `workers` (and their
+    /// number under `worker_count`), or the error under `workers_error`, into `out`.
+    pub(crate) async fn add_workers(&self, out: &mut Value) -> bool {
+        let live = tokio::time::timeout(Duration::from_secs(2), self.workers.live()).await;
+        match live.unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        }) {
+            Ok(w) => {
+                out["worker_count"] = json!(w.len());
+                out["workers"] = serde_json::to_value(w).unwrap_or(Value::Null);
+                true
+            }
+            Err(e) => {
+                out["workers_error"] = json!(e.to_string());
+                false
+            }
+        }
+    }
+
     /// The body of `health_res.health` and of the WebSocket `health` op.
     pub(crate) async fn health(&self) -> (bool, Value) {
         let queues = self.queue_counts().await;
@@ -222,7 +247,8 @@ impl App {
             Ok(s) => health["semaphores"] = s,
             Err(e) => health["semaphores_error"] = json!(e.to_string()),
         }
-        (ok, health)
+        let workers_ok = self.add_workers(&mut health).await;
+        (ok && workers_ok, health)
     }
 }
 
@@ -298,13 +324,16 @@ async fn handle(
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
     match req.uri().path() {
-        "/health" => axum::Json(json!({
-            "status": "healthy",
-            "service": "exai-daemon",
-            "timestamp": unix_secs(),
-            "connections": app.connections.open(),
-        }))
-        .into_response(),
+        "/health" => {
+            let mut body = json!({
+                "status": "healthy",
+                "service": "exai-daemon",
+                "timestamp": unix_secs(),
+                "connections": app.connections.open(),
+            });
+            app.add_workers(&mut body).await;
+            axum::Json(body).into_response()
+        }
         "/ready" => {
             if app.redis_ready().await {
                 axum::Json(json!({"ready": true})).into_response()

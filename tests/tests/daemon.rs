@@ -792,6 +792,93 @@ async fn health_and_queue_stats_report_queues_and_semaphores() {
     stack.cleanup().await;
 }
 
+/// The pids of the workers `/health` lists, and the whole reply.
+async fn health_worker_pids(http: &reqwest::Client, base: &str) -> (Vec<u64>, Value) {
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut pids: Vec<u64> = health["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no workers list: {health}"))
+        .iter()
+        .map(|w| w["pid"].as_u64().expect("a pid"))
+        .collect();
+    pids.sort_unstable();
+    (pids, health)
+}
+
+#[tokio::test]
+async fn health_lists_live_workers_and_forgets_a_killed_one_after_its_ttl() {
+    let mut stack = Stack::start("d-health-workers", &[], 0).await;
+    // The registration lasts one job lease without a renewal.
+    let lease = [("EXAI_JOB_LEASE_MS", "1500")];
+    stack.start_worker_with(&lease);
+    stack.start_worker_with(&lease);
+    let pid = |i: usize| u64::from(stack.workers[i].pid());
+    let mut both = vec![pid(0), pid(1)];
+    both.sort_unstable();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", stack.daemon.addr);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            health_worker_pids(&http, &base).await.0 == both
+        })
+        .await,
+        "both workers listed: {}",
+        health_worker_pids(&http, &base).await.1
+    );
+    let (_, health) = health_worker_pids(&http, &base).await;
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["worker_count"], 2, "{health}");
+    for w in health["workers"].as_array().unwrap() {
+        assert_eq!(w["queues"], json!(["tool_calls"]), "{w}");
+        assert_eq!(w["concurrency"], 16, "{w}");
+        assert_eq!(w["ttl_ms"], 1500, "{w}");
+        assert!(!w["host"].as_str().unwrap().is_empty(), "{w}");
+        assert!(
+            w["id"].as_str().unwrap().contains(&w["pid"].to_string()),
+            "{w}"
+        );
+        let (started, seen) = (w["started_at_ms"].as_u64(), w["last_seen_ms"].as_u64());
+        assert!(started.is_some() && seen >= started, "{w}");
+    }
+    // The WebSocket health op lists the same workers.
+    let (mut c, _) = stack.client(None).await;
+    let op = c.op("health", "h").await;
+    assert_eq!(op["ok"], true, "{op}");
+    assert_eq!(op["health"]["worker_count"], 2, "{op}");
+
+    // SIGKILL: no goodbye; the worker drops out once its TTL has passed, while the other one,
+    // renewing, stays (by then more than a TTL has passed since it registered).
+    send_signal(stack.workers[0].pid(), "KILL");
+    let survivor = vec![pid(1)];
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            health_worker_pids(&http, &base).await.0 == survivor
+        })
+        .await,
+        "only the survivor listed: {}",
+        health_worker_pids(&http, &base).await.1
+    );
+    // SIGTERM: a clean stop deregisters at once.
+    send_signal(stack.workers[1].pid(), "TERM");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            health_worker_pids(&http, &base).await.0.is_empty()
+        })
+        .await,
+        "no worker listed: {}",
+        health_worker_pids(&http, &base).await.1
+    );
+    assert_eq!(health_worker_pids(&http, &base).await.1["worker_count"], 0);
+    stack.cleanup().await;
+}
+
 #[tokio::test]
 async fn http_health_ready_and_metrics() {
     let redis = exai_tests::RedisServer::start(false).await;
