@@ -19,6 +19,9 @@ use crate::redis::{Keys, RedisHandle};
 /// Most expired entries one script call deletes (the rest go on the next call).
 const PURGE_BATCH: usize = 100;
 
+/// The longest a stopping worker waits to deregister.
+const DEREGISTER_WAIT: Duration = Duration::from_secs(2);
+
 /// Upsert: `KEYS` 1 live set, 2 info hash; `ARGV` 1 id, 2 JSON info (without the stamps),
 /// 3 TTL in ms, 4 purge batch. Stamps `last_seen_ms` and `started_at_ms` (kept from the first
 /// registration) with Redis time, and deletes up to a batch of expired entries.
@@ -179,15 +182,24 @@ impl WorkerRegistry {
 pub async fn run_heartbeat(registry: WorkerRegistry, worker: WorkerInfo, stop: CancellationToken) {
     let period = Duration::from_millis((worker.ttl_ms / 3).max(10));
     loop {
-        if let Err(e) = registry.heartbeat(&worker).await {
-            tracing::warn!(worker_id = %worker.id, error = %e, "worker registry heartbeat failed");
+        // A heartbeat stuck on an unreachable Redis never delays the stop.
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = registry.heartbeat(&worker) => if let Err(e) = r {
+                tracing::warn!(worker_id = %worker.id, error = %e, "worker registry heartbeat failed");
+            },
         }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(period) => {}
         }
     }
-    if let Err(e) = registry.deregister(&worker.id).await {
-        tracing::warn!(worker_id = %worker.id, error = %e, "worker registry: deregister failed");
+    // Best effort, and short: without it the entry still expires after its TTL.
+    match tokio::time::timeout(DEREGISTER_WAIT, registry.deregister(&worker.id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(worker_id = %worker.id, error = %e, "worker registry: deregister failed")
+        }
+        Err(_) => tracing::warn!(worker_id = %worker.id, "worker registry: deregister timed out"),
     }
 }
