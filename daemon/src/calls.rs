@@ -706,13 +706,22 @@ async fn about_call(
     request: Request,
 ) -> Result<ServerMessage, QueueError> {
     let found = resolve(conn, request_id).await?;
+    // A waiting job's place in line (a bounded search: see `Queue::wait_position`).
+    let queue_position = match (&request, &found) {
+        (Request::JobStatus | Request::GetResult, Some((id, info)))
+            if info.state == JobState::Queued =>
+        {
+            conn.app.tool_calls.wait_position(id).await?
+        }
+        _ => None,
+    };
     let status = |found: Option<&(String, JobInfo)>| {
         ServerMessage::JobStatusRes(JobStatusRes {
             reply_to: reply_to.clone(),
             state: found.map_or(CallState::Unknown, |(_, info)| call_state(info.state)),
             attempt: found.map_or(0, |(_, info)| info.attempts),
             job_id: found.map(|(id, _)| id.clone()),
-            queue_position: None,
+            queue_position,
         })
     };
     Ok(match request {

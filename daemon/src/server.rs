@@ -1,6 +1,6 @@
-//! The server: one port for WebSocket upgrades (any path) and plain HTTP (`GET /health`,
-//! `GET /ready`, `GET /metrics`, the admin API and page under `/admin`), the state every connection shares ([`App`]), and the run loop
-//! with its graceful shutdown.
+//! The server: one port for WebSocket upgrades (any path) and plain HTTP (`GET /health`, which
+//! lists the live workers, `GET /ready`, `GET /metrics`, the admin API and page under `/admin`),
+//! the state every connection shares ([`App`]), and the run loop with its graceful shutdown.
 //!
 //! Why axum plus tokio-tungstenite: axum serves the HTTP endpoints on the same listener and
 //! `serve(..).with_graceful_shutdown` stops accepting on the shutdown token; the WebSocket
@@ -21,12 +21,14 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use exai_shared::Config;
 use exai_shared::events::EventPublisher;
 use exai_shared::queue::{self, Queue, QueuePolicy};
 use exai_shared::redis::{Keys, RedisHandle};
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
+use exai_shared::workers::WorkerRegistry;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
@@ -81,6 +83,8 @@ pub struct App {
     pub(crate) queues: Vec<Queue>,
     /// Read-only use: `inspect` for `health` and `queue_stats`. The daemon never acquires.
     pub(crate) semaphores: Semaphores,
+    /// The live worker processes, for `health` and `/health`.
+    pub(crate) workers: WorkerRegistry,
     /// The shared job-event subscription.
     pub(crate) relay: Relay,
     /// Publishes `Finished` for jobs the daemon cancels while they wait, so every waiter
@@ -161,6 +165,7 @@ impl App {
                 limits.max_connections,
                 limits.max_connections_per_ip,
             ),
+            workers: WorkerRegistry::new(redis.clone(), &keys),
             events: EventPublisher::new(redis.clone(), keys),
             config,
             limits,
@@ -233,6 +238,27 @@ impl App {
         Ok(Value::Object(out))
     }
 
+    /// The live worker processes (see `exai_shared::workers`), under `workers` (and their
+    /// number under `worker_count`), or the error under `workers_error`, into `out`.
+    pub(crate) async fn add_workers(&self, out: &mut Value) -> bool {
+        let live = tokio::time::timeout(Duration::from_secs(2), self.workers.live()).await;
+        match live.unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        }) {
+            Ok(w) => {
+                out["worker_count"] = json!(w.len());
+                out["workers"] = serde_json::to_value(w).unwrap_or(Value::Null);
+                true
+            }
+            Err(e) => {
+                out["workers_error"] = json!(e.to_string());
+                false
+            }
+        }
+    }
+
     /// The body of `health_res.health` and of the WebSocket `health` op.
     pub(crate) async fn health(&self) -> (bool, Value) {
         let queues = self.queue_counts().await;
@@ -254,7 +280,8 @@ impl App {
             Ok(s) => health["semaphores"] = s,
             Err(e) => health["semaphores_error"] = json!(e.to_string()),
         }
-        (ok, health)
+        let workers_ok = self.add_workers(&mut health).await;
+        (ok && workers_ok, health)
     }
 }
 
@@ -302,6 +329,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonErr
         )
         .with_state(app.clone());
     let stop = app.shutdown.clone();
+    // A call's ack, progress and result are small frames written one after the other: with
+    // Nagle's algorithm on, each waits for the client's delayed ACK (about 40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -343,13 +377,16 @@ async fn handle(
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
     match req.uri().path() {
-        "/health" => axum::Json(json!({
-            "status": "healthy",
-            "service": "exai-daemon",
-            "timestamp": unix_secs(),
-            "connections": app.connections.open(),
-        }))
-        .into_response(),
+        "/health" => {
+            let mut body = json!({
+                "status": "healthy",
+                "service": "exai-daemon",
+                "timestamp": unix_secs(),
+                "connections": app.connections.open(),
+            });
+            app.add_workers(&mut body).await;
+            axum::Json(body).into_response()
+        }
         "/ready" => {
             if app.redis_ready().await {
                 axum::Json(json!({"ready": true})).into_response()

@@ -25,6 +25,8 @@
 //!   streaming, with errors classified transient or permanent.
 //! - [`staging`]: the content-addressed staging store of upload bytes, and the upload-path gate
 //!   (`EXAI_UPLOAD_ROOTS`, symlinks followed, sizes checked before any read).
+//! - [`workers`]: the registry of live worker processes (heartbeat with a TTL) that `/health`
+//!   lists.
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -42,5 +44,6 @@ pub mod shutdown;
 pub mod staging;
 pub mod telemetry;
 pub mod tools;
+pub mod workers;
 
 pub use config::Config;

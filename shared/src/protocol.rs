@@ -746,7 +746,8 @@ pub struct JobStatusRes {
     /// The job id, when there is a job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
-    /// The position in the wait list, when known.
+    /// A queued job's place in line: 1 for the next job a worker takes. Absent when the job is
+    /// not waiting, or deeper than the bounded search (`queue::POSITION_SCAN_MAX` jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u64>,
 }

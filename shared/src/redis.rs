@@ -187,6 +187,17 @@ impl Keys {
         format!("{{{}:cleanup}}:history", self.prefix)
     }
 
+    /// The sorted set of registered worker processes: member = worker id, score = when its
+    /// registration expires (Unix ms, Redis clock).
+    pub fn workers_live(&self) -> String {
+        format!("{{{}:workers}}:live", self.prefix)
+    }
+
+    /// Worker id → JSON description of the worker process (see [`crate::workers`]).
+    pub fn workers_info(&self) -> String {
+        format!("{{{}:workers}}:info", self.prefix)
+    }
+
     /// The keys of queue `name`, all under the hash tag `{P:q:<name>}` (see
     /// [`crate::queue`] for the layout).
     pub fn queue(&self, name: &str) -> crate::queue::QueueKeys {
@@ -215,6 +226,7 @@ mod tests {
             tag(k.sem_names()),
         ];
         assert!(tags.iter().all(|t| t == "t1:sem"), "{tags:?}");
+        assert_eq!(tag(k.workers_live()), tag(k.workers_info()));
     }
 
     #[test]

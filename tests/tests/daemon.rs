@@ -334,6 +334,7 @@ async fn a_client_that_reconnects_collects_its_result() {
     let status = c.op("job_status", "r-1").await;
     assert_eq!(status["state"], "completed");
     assert_eq!(status["attempt"], 1);
+    assert!(status.get("queue_position").is_none(), "{status}");
     let job = stack.job(&call_job_id(&session, "r-1")).await.unwrap();
     assert_eq!(job.attempts, 1, "the job ran once");
     stack.cleanup().await;
@@ -440,6 +441,61 @@ async fn two_sessions_with_the_same_request_id_never_see_each_others_results() {
     for s in shims {
         s.await.unwrap();
     }
+    stack.cleanup().await;
+}
+
+// ----- job status ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn job_status_reports_a_waiting_calls_place_in_line() {
+    let stack = Stack::start("d-position", &[], 0).await;
+    let (mut c, _) = stack.client(None).await;
+    for r in ["r-1", "r-2", "r-3"] {
+        c.send(json!({"op": "call_tool", "request_id": r, "name": "test_echo", "arguments": {}}))
+            .await;
+        let (ack, _) = c.until("call_tool_ack", r).await;
+        assert_eq!(ack["accepted"], true, "{ack}");
+    }
+    // First in, first out: r-1 is the next job a worker takes.
+    for (r, place) in [("r-1", 1), ("r-2", 2), ("r-3", 3)] {
+        let status = c.op("job_status", r).await;
+        assert_eq!(status["op"], "job_status_res", "{status}");
+        assert_eq!(status["state"], "queued", "{status}");
+        assert_eq!(status["attempt"], 0, "{status}");
+        assert_eq!(status["queue_position"], place, "{status}");
+    }
+    // get_result of an unfinished call answers with the same status.
+    let res = c.op("get_result", "r-2").await;
+    assert_eq!(res["op"], "job_status_res", "{res}");
+    assert_eq!(res["queue_position"], 2, "{res}");
+
+    // Behind a backlog deeper than the bounded search, a waiting call has no position (the
+    // reply never costs a scan of the whole backlog); those ahead keep theirs.
+    let payload = serde_json::to_vec(&ToolCallJob {
+        tool: "test_echo".into(),
+        arguments: json!({}),
+        session_id: "backlog".into(),
+        request_id: None,
+        deadline_ms: None,
+        staged: None,
+    })
+    .unwrap();
+    let backlog = exai_shared::queue::POSITION_SCAN_MAX;
+    for _ in 0..backlog / 1000 {
+        let jobs: Vec<NewJob> = (0..1000).map(|_| NewJob::new(payload.clone())).collect();
+        stack.queue.enqueue_bulk(&jobs).await.unwrap();
+    }
+    c.send(json!({"op": "call_tool", "request_id": "r-4", "name": "test_echo", "arguments": {}}))
+        .await;
+    c.until("call_tool_ack", "r-4").await;
+    let status = c.op("job_status", "r-4").await;
+    assert_eq!(status["state"], "queued", "{status}");
+    assert!(status.get("queue_position").is_none(), "{status}");
+    assert_eq!(c.op("job_status", "r-3").await["queue_position"], 3);
+    // Unknown calls have no position either.
+    let status = c.op("job_status", "never-made").await;
+    assert_eq!(status["state"], "unknown");
+    assert!(status.get("queue_position").is_none(), "{status}");
     stack.cleanup().await;
 }
 
@@ -778,6 +834,93 @@ async fn health_and_queue_stats_report_queues_and_semaphores() {
     }
     assert_eq!(stats["semaphores"]["global"]["limit"], 24);
     assert_eq!(stats["semaphores"]["kimi"]["in_use"], 0);
+    stack.cleanup().await;
+}
+
+/// The pids of the workers `/health` lists, and the whole reply.
+async fn health_worker_pids(http: &reqwest::Client, base: &str) -> (Vec<u64>, Value) {
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut pids: Vec<u64> = health["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no workers list: {health}"))
+        .iter()
+        .map(|w| w["pid"].as_u64().expect("a pid"))
+        .collect();
+    pids.sort_unstable();
+    (pids, health)
+}
+
+#[tokio::test]
+async fn health_lists_live_workers_and_forgets_a_killed_one_after_its_ttl() {
+    let mut stack = Stack::start("d-health-workers", &[], 0).await;
+    // The registration lasts one job lease without a renewal.
+    let lease = [("EXAI_JOB_LEASE_MS", "1500")];
+    stack.start_worker_with(&lease);
+    stack.start_worker_with(&lease);
+    let pid = |i: usize| u64::from(stack.workers[i].pid());
+    let mut both = vec![pid(0), pid(1)];
+    both.sort_unstable();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", stack.daemon.addr);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            health_worker_pids(&http, &base).await.0 == both
+        })
+        .await,
+        "both workers listed: {}",
+        health_worker_pids(&http, &base).await.1
+    );
+    let (_, health) = health_worker_pids(&http, &base).await;
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["worker_count"], 2, "{health}");
+    for w in health["workers"].as_array().unwrap() {
+        assert_eq!(w["queues"], json!(["tool_calls"]), "{w}");
+        assert_eq!(w["concurrency"], 16, "{w}");
+        assert_eq!(w["ttl_ms"], 1500, "{w}");
+        assert!(!w["host"].as_str().unwrap().is_empty(), "{w}");
+        assert!(
+            w["id"].as_str().unwrap().contains(&w["pid"].to_string()),
+            "{w}"
+        );
+        let (started, seen) = (w["started_at_ms"].as_u64(), w["last_seen_ms"].as_u64());
+        assert!(started.is_some() && seen >= started, "{w}");
+    }
+    // The WebSocket health op lists the same workers.
+    let (mut c, _) = stack.client(None).await;
+    let op = c.op("health", "h").await;
+    assert_eq!(op["ok"], true, "{op}");
+    assert_eq!(op["health"]["worker_count"], 2, "{op}");
+
+    // SIGKILL: no goodbye; the worker drops out once its TTL has passed, while the other one,
+    // renewing, stays (by then more than a TTL has passed since it registered).
+    send_signal(stack.workers[0].pid(), "KILL");
+    let survivor = vec![pid(1)];
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            health_worker_pids(&http, &base).await.0 == survivor
+        })
+        .await,
+        "only the survivor listed: {}",
+        health_worker_pids(&http, &base).await.1
+    );
+    // SIGTERM: a clean stop deregisters at once.
+    send_signal(stack.workers[1].pid(), "TERM");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            health_worker_pids(&http, &base).await.0.is_empty()
+        })
+        .await,
+        "no worker listed: {}",
+        health_worker_pids(&http, &base).await.1
+    );
+    assert_eq!(health_worker_pids(&http, &base).await.1["worker_count"], 0);
     stack.cleanup().await;
 }
 

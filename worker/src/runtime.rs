@@ -14,6 +14,7 @@ use exai_shared::events::EventPublisher;
 use exai_shared::jobs::{CleanupJob, JobError};
 use exai_shared::queue::{self, Queue, QueuePolicy, Waker};
 use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::workers::{self, WorkerInfo, WorkerRegistry};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{self, AppState};
@@ -46,15 +47,19 @@ impl Default for WorkerOptions {
     }
 }
 
-/// A unique id for this worker process: host, pid and a random suffix.
-pub fn worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
+/// This machine's host name (`/etc/hostname`), or `host` when it has none.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_owned());
+        .unwrap_or_else(|| "host".to_owned())
+}
+
+/// A unique id for this worker process: host, pid and a random suffix.
+pub fn worker_id() -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+    format!("{}-{}-{}", host_name(), std::process::id(), &suffix[..8])
 }
 
 /// Serves the queues until `shutdown` is cancelled, then drains (see
@@ -215,14 +220,35 @@ pub async fn run(
         }
     }
 
+    // Listed by the daemon's /health while it runs (one job lease without a renewal and it is
+    // gone); removed once drained.
+    let registered = CancellationToken::new();
+    let registry = tokio::spawn(workers::run_heartbeat(
+        WorkerRegistry::new(conn.clone(), &keys),
+        WorkerInfo {
+            id: worker_id.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            queues: options.queues.clone(),
+            concurrency: options.concurrency,
+            ttl_ms: u64::try_from(config.jobs.lease.as_millis()).unwrap_or(u64::MAX),
+            started_at_ms: None,
+            last_seen_ms: None,
+        },
+        registered.clone(),
+    ));
+
     let stop = shutdown.clone();
-    monitor
+    let ran = monitor
         .run_with_signal(async move {
             stop.cancelled().await;
             Ok(())
         })
         .await
-        .context("worker monitor")?;
+        .context("worker monitor");
+    registered.cancel();
+    let _ = registry.await;
+    ran?;
     tracing::info!("exai-worker drained");
     Ok(())
 }

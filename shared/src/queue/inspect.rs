@@ -17,6 +17,10 @@ const LIST_FIELDS: [&str; 13] = [
 /// The most jobs one page may hold.
 pub const MAX_PAGE: usize = 1000;
 
+/// How many wait-list entries [`Queue::wait_position`] searches, from the end fetches take
+/// from: a job deeper than this in a backlog has no known position.
+pub const POSITION_SCAN_MAX: usize = 10_000;
+
 impl Queue {
     /// The number of jobs per state, from one consistent snapshot. `completed` and
     /// `cancelled` are counters since the queue was created; the others are current sizes.
@@ -43,6 +47,22 @@ impl Queue {
             cancelled: at(6),
             paused: at(8) == 1,
         })
+    }
+
+    /// Where queued job `id` stands in the wait list: 1 for the next job a fetch takes, 2 for
+    /// the one after, and so on (cancelled entries not yet dropped by a fetch count too).
+    /// `None` when the id is not among the [`POSITION_SCAN_MAX`] entries nearest the fetch end —
+    /// not waiting (scheduled, retrying, running, finished), or deeper in a larger backlog. One
+    /// `LPOS` with `MAXLEN`: the cost is bounded by the scan, never by the backlog.
+    pub async fn wait_position(&self, id: &str) -> Result<Option<u64>, QueueError> {
+        check_id(id)?;
+        let pos: i64 = scripts::POSITION
+            .key(&self.inner.wait)
+            .arg(id)
+            .arg(POSITION_SCAN_MAX)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(u64::try_from(pos).ok().filter(|p| *p > 0))
     }
 
     /// One page of the jobs in `state`, `limit` (at most [`MAX_PAGE`]) from `offset`:

@@ -108,7 +108,7 @@ use std::time::{Duration, SystemTime};
 use redis::{ScriptInvocation, Value};
 
 pub use error::QueueError;
-pub use inspect::MAX_PAGE;
+pub use inspect::{MAX_PAGE, POSITION_SCAN_MAX};
 pub use job::{
     Ack, Cancel, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord, JobInfo,
     JobResult, JobState, Lease, LeaseState, NewJob, QueueCounts, SweepReport,

@@ -75,3 +75,7 @@ script!(
     /// One page of jobs in one state.
     LIST = "lua/list.lua"
 );
+script!(
+    /// A queued job's place in the wait list, from a bounded search.
+    POSITION = "lua/position.lua"
+);

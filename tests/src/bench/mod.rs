@@ -1,4 +1,4 @@
-//! `exai-bench queue`: the phases of one run, in order, and what each number measures.
+//! `exai-bench queue`: the phases of one run (`exai-bench ws` is in [`ws`]), in order, and what each number measures.
 //!
 //! 1. **Raw Redis** (the baseline every ratio is taken against): sequential PING round trips on
 //!    one connection, then PINGs from `concurrency` tasks on one multiplexed connection (which
@@ -29,6 +29,7 @@ pub mod report;
 pub mod sem;
 pub mod tracker;
 pub mod uploads;
+pub mod ws;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

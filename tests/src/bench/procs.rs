@@ -1,7 +1,8 @@
-//! The processes a benchmark starts (`exai-worker run`, `exai-sim`): spawned with a clean
-//! environment pointing at the bench's prefix, watched for early exits, stopped with SIGTERM at
-//! the end, and killed by their guards if the bench fails first.
+//! The processes a benchmark starts — `exai-worker run`, `exai-daemon`, `exai-sim` — spawned
+//! with a clean environment pointing at the bench's prefix, watched for early exits, stopped
+//! with SIGTERM at the end, and killed by their guards if the bench fails first.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,13 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use exai_shared::queue::TOOL_CALLS;
 use exai_tests::ChildGuard;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// Where `exai-worker` is when nobody says: see [`default_bin`].
+/// Where `exai-worker` is when nobody says (see [`default_bin`]).
 pub fn default_worker_bin() -> anyhow::Result<PathBuf> {
     default_bin("exai-worker")
 }
 
-/// Where the workspace binary `name` is when nobody says: next to this executable
+/// Where binary `name` of the workspace is when nobody says: next to this executable
 /// (`target/<profile>/`), or one level up when this runs from `target/<profile>/deps/`.
 pub fn default_bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locate the current executable")?;
@@ -32,15 +34,160 @@ pub fn default_bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(here)
 }
 
-/// One process and the file its output goes to.
+/// Fails unless `bin` exists, saying how to build it; warns when it is older than this
+/// executable.
+pub fn ensure_built(bin: &Path, flag: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        bin.exists(),
+        "{} does not exist: build it first (cargo build --release -p exai-daemon -p exai-worker \
+         -p exai-tests) or pass {flag}",
+        bin.display()
+    );
+    warn_if_older(bin);
+    Ok(())
+}
+
+/// A command for `bin` with a clean environment (`PATH`, `HOME`, `RUST_LOG` kept) serving
+/// `prefix` on `redis_url`, run from the temporary directory, its standard error going to `log`.
+fn command(
+    bin: &Path,
+    redis_url: &str,
+    prefix: &str,
+    log: &Path,
+) -> anyhow::Result<tokio::process::Command> {
+    let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.env_clear()
+        .current_dir(std::env::temp_dir())
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.try_clone()?))
+        .stderr(Stdio::from(out))
+        .env("REDIS_URL", redis_url)
+        .env("EXAI_REDIS_PREFIX", prefix);
+    for var in ["PATH", "HOME", "RUST_LOG"] {
+        if let Ok(v) = std::env::var(var) {
+            cmd.env(var, v);
+        }
+    }
+    Ok(cmd)
+}
+
+/// Sends SIGTERM to `pid`.
+fn sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Fails when `guard`'s process has exited, with the end of `log`.
+fn check_alive(guard: &mut ChildGuard, what: &str, log: &Path) -> anyhow::Result<()> {
+    if let Some(status) = guard.0.try_wait()? {
+        anyhow::bail!(
+            "{what} exited early ({status}); its log, {}, ends with:\n{}",
+            log.display(),
+            tail(log, 20)
+        );
+    }
+    Ok(())
+}
+
+/// Waits up to `grace` for `guard`'s process to exit, then kills it.
+async fn wait_or_kill(guard: &mut ChildGuard, grace: Duration) -> anyhow::Result<()> {
+    if tokio::time::timeout(grace, guard.0.wait()).await.is_err() {
+        guard.0.kill().await?;
+    }
+    Ok(())
+}
+
+/// A running `exai-daemon` and the address it printed. Dropping it kills it (SIGKILL);
+/// [`DaemonProc::stop`] is the orderly way.
+pub struct DaemonProc {
+    guard: ChildGuard,
+    log: PathBuf,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl DaemonProc {
+    /// Spawns `exai-daemon` on a free loopback port serving `prefix` on `redis_url`, with
+    /// `env` on top, and waits (up to 20 s) for the `listening on ADDR` line it prints once it
+    /// is ready. Its log goes to a file, kept when something fails.
+    pub async fn spawn(
+        bin: &Path,
+        redis_url: &str,
+        prefix: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        ensure_built(bin, "--daemon-bin")?;
+        let log = std::env::temp_dir().join(format!("{prefix}-daemon.log"));
+        let mut cmd = command(bin, redis_url, prefix, &log)?;
+        cmd.stdout(Stdio::piped())
+            .env("EXAI_WS_HOST", "127.0.0.1")
+            .env("EXAI_WS_PORT", "0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let stdout = child.stdout.take().context("the daemon's stdout")?;
+        let mut guard = ChildGuard(child);
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+        let line = match first {
+            Ok(Ok(Some(line))) => line,
+            _ => {
+                check_alive(&mut guard, "exai-daemon", &log)?;
+                anyhow::bail!(
+                    "exai-daemon printed no address within 20 s (log: {})",
+                    log.display()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| {
+                format!("exai-daemon's first line is not `listening on ADDR`: {line}")
+            })?;
+        // Keep the pipe open (and drained) for the daemon's lifetime.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { guard, log, addr })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.0.id()
+    }
+
+    /// Fails when the daemon has exited, with the end of its log.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        check_alive(&mut self.guard, "exai-daemon", &self.log)
+    }
+
+    /// Stops the daemon with SIGTERM (killing it when still running after `grace`) and removes
+    /// its log.
+    pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
+        if let Some(pid) = self.pid() {
+            sigterm(pid);
+        }
+        wait_or_kill(&mut self.guard, grace).await?;
+        let _ = std::fs::remove_file(&self.log);
+        Ok(())
+    }
+}
+
+/// One worker process and the file its output goes to.
 struct WorkerProc {
     guard: ChildGuard,
     log: PathBuf,
     name: String,
 }
 
-/// The processes of a run (worker processes, or the emulator). Dropping them kills them
-/// (SIGKILL); [`WorkerProcs::stop`] is the orderly way.
+/// The worker processes of a run. Dropping them kills them (SIGKILL); [`WorkerProcs::stop`] is
+/// the orderly way.
 pub struct WorkerProcs {
     procs: Vec<WorkerProc>,
 }
@@ -56,18 +203,24 @@ impl WorkerProcs {
         redis_url: &str,
         prefix: &str,
     ) -> anyhow::Result<Self> {
-        let concurrency = concurrency.to_string();
-        Self::spawn_with(
-            bin,
-            n,
-            &["run", "--queues", TOOL_CALLS, "--concurrency", &concurrency],
-            &[
-                ("REDIS_URL", redis_url),
-                ("EXAI_REDIS_PREFIX", prefix),
-                ("EXAI_AUTO_MIGRATE", "false"),
-            ],
-            &format!("{prefix}-worker"),
-        )
+        ensure_built(bin, "--worker-bin")?;
+        let mut procs = Vec::with_capacity(n);
+        for i in 0..n {
+            let log = std::env::temp_dir().join(format!("{prefix}-worker-{i}.log"));
+            let mut cmd = command(bin, redis_url, prefix, &log)?;
+            cmd.args(["run", "--queues", TOOL_CALLS, "--concurrency"])
+                .arg(concurrency.to_string())
+                .env("EXAI_AUTO_MIGRATE", "false");
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("spawn {}", bin.display()))?;
+            procs.push(WorkerProc {
+                guard: ChildGuard(child),
+                log,
+                name: "exai-worker".to_owned(),
+            });
+        }
+        Ok(Self { procs })
     }
 
     /// Spawns `n` × `bin args…` with a clean environment plus `env` (and `PATH`, `HOME`,
@@ -79,13 +232,11 @@ impl WorkerProcs {
         env: &[(&str, &str)],
         log_stem: &str,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            bin.exists(),
-            "{} does not exist: build it first (cargo build --release -p exai-worker -p exai-tests) \
-             or pass its path",
-            bin.display()
-        );
-        warn_if_older(bin);
+        ensure_built(bin, "its --…-bin flag")?;
+        let name = bin
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut procs = Vec::with_capacity(n);
         for i in 0..n {
             let log = std::env::temp_dir().join(format!("{log_stem}-{i}.log"));
@@ -111,10 +262,7 @@ impl WorkerProcs {
             procs.push(WorkerProc {
                 guard: ChildGuard(child),
                 log,
-                name: bin
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                name: name.clone(),
             });
         }
         Ok(Self { procs })
@@ -125,44 +273,32 @@ impl WorkerProcs {
         self.procs.iter().filter_map(|p| p.guard.0.id()).collect()
     }
 
-    /// Fails when a process has exited, with the end of its log.
+    /// Fails when a worker has exited, with the end of its log.
     pub fn check(&mut self) -> anyhow::Result<()> {
         for p in &mut self.procs {
-            if let Some(status) = p.guard.0.try_wait()? {
-                anyhow::bail!(
-                    "{} exited early ({status}); its log, {}, ends with:\n{}",
-                    p.name,
-                    p.log.display(),
-                    tail(&p.log, 20)
-                );
-            }
+            check_alive(&mut p.guard, &p.name, &p.log)?;
         }
         Ok(())
     }
 
-    /// Stops the processes with SIGTERM (killing any still running after `grace`) and removes
+    /// Stops the workers with SIGTERM (killing any still running after `grace`) and removes
     /// their logs.
     pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
         for p in &self.procs {
             if let Some(pid) = p.guard.0.id() {
-                let _ = std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
+                sigterm(pid);
             }
         }
         for p in &mut self.procs {
-            if tokio::time::timeout(grace, p.guard.0.wait()).await.is_err() {
-                p.guard.0.kill().await?;
-            }
+            wait_or_kill(&mut p.guard, grace).await?;
             let _ = std::fs::remove_file(&p.log);
         }
         Ok(())
     }
 }
 
-/// Prints a warning when a binary is older than this executable: it may predate the code being
-/// measured.
+/// Prints a warning when the worker binary is older than this executable: it may predate the
+/// code being measured.
 fn warn_if_older(bin: &Path) {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let exe = std::env::current_exe().ok();
@@ -171,7 +307,7 @@ fn warn_if_older(bin: &Path) {
     {
         eprintln!(
             "exai-bench: note: {} is older than this exai-bench; rebuild both if the engine changed \
-             (cargo build --release -p exai-worker -p exai-tests)",
+             (cargo build --release -p exai-daemon -p exai-worker -p exai-tests)",
             bin.display()
         );
     }

@@ -71,12 +71,12 @@ pub struct Report {
     pub notes: Vec<String>,
     /// The table's first line.
     pub title: String,
-    /// What the columns and rows mean, printed under the table.
+    /// How this mode's numbers were taken, printed after [`COLUMNS_LEGEND`].
     pub legend: &'static [&'static str],
 }
 
-/// What the table's columns mean and how each number was taken.
-const LEGEND: &[&str] = &[
+/// What the table's columns mean, in every mode.
+const COLUMNS_LEGEND: &[&str] = &[
     "× raw RT: a rate ÷ the sequential PING round trips/s (1 connection), a latency ÷ one such round trip. \
      × raw pipelined: a rate ÷ the PINGs/s of `concurrency` tasks on one multiplexed connection.",
     "Redis CPU/job: the Redis server's used_cpu_user + used_cpu_sys (INFO cpu) over the phase ÷ jobs; \
@@ -87,6 +87,10 @@ const LEGEND: &[&str] = &[
      scripts/job: EVAL/EVALSHA calls ÷ jobs, i.e. 1 ÷ the average batch.",
     "client CPU/job: utime + stime (/proc/<pid>/stat, 10 ms ticks) of whoever did the work ÷ jobs: the bench \
      process for enqueue and in-process rows, the exai-worker processes for worker rows (cold: start-up included).",
+];
+
+/// How the numbers of `exai-bench queue` were taken.
+pub const QUEUE_LEGEND: &[&str] = &[
     "enqueue: fresh ids (UUIDv7), payload = the ToolCallJob {tool: test_echo, arguments: {}} as JSON, \
      the queue empty of workers. Bulk: one enqueue_bulk call per batch, one call in flight per producer.",
     "process cold: the backlog enqueued first, timed from spawning the exai-worker processes (process start-up, \
@@ -116,8 +120,15 @@ impl Report {
             load: None,
             notes: Vec::new(),
             title: "exai-bench queue — EXAI Queue against raw Redis, one run".to_owned(),
-            legend: LEGEND,
+            legend: QUEUE_LEGEND,
         }
+    }
+
+    /// Sets the table's first line and the mode's legend.
+    pub fn with_heading(mut self, title: &str, legend: &'static [&'static str]) -> Self {
+        self.title = title.to_owned();
+        self.legend = legend;
+        self
     }
 
     /// Adds a rate: `ops` operations in `secs`.
@@ -217,7 +228,7 @@ impl Report {
         let rows: Vec<Vec<String>> = self.rows.iter().map(|r| self.cells(r).into()).collect();
         out.push_str(&markdown_table(&header, &rows, &[0, 2]));
         let _ = writeln!(out);
-        for l in self.legend {
+        for l in COLUMNS_LEGEND.iter().chain(self.legend) {
             let _ = writeln!(out, "- {l}");
         }
         for n in &self.notes {

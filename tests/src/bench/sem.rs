@@ -25,7 +25,6 @@ use super::{config, phases, progress};
 
 /// What the rows mean.
 const LEGEND: &[&str] = &[
-    "× raw RT: a rate ÷ the sequential PING round trips/s, a latency ÷ one such round trip.",
     "acquire + release: each task takes one lease on `global` and `kimi` together (one Lua script, \
      all or nothing, fencing token, holder record) and releases it (one script that also publishes \
      the release), limits high enough that nobody waits; Redis CPU/job and cmds/job are per pair.",

@@ -42,6 +42,9 @@ enum Command {
     Sem(SemArgs),
     /// The daemon's memory with many idle WebSocket sessions.
     Idle(IdleArgs),
+    /// The WebSocket daemon: streaming calls/s and latency, against the queue alone and raw
+    /// Redis round trips.
+    Ws(WsArgs),
     /// Uploads: files/s, MB/s and worker memory, against direct uploads to exai-sim.
     Uploads(UploadsArgs),
     /// Every benchmark in one run, each table in turn, then the headline numbers together.
@@ -63,6 +66,76 @@ struct AllArgs {
     /// Print one JSON object (every run's, by name) instead of the tables.
     #[arg(long)]
     json: bool,
+}
+
+/// Flags of `exai-bench ws`.
+#[derive(Debug, Clone, clap::Args)]
+struct WsArgs {
+    /// The Redis server (single node).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// WebSocket clients of the throughput phase, each on its own connection and session.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=900))]
+    clients: u64,
+    /// Calls each client keeps in flight.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    inflight: u64,
+    /// Calls of the throughput phase, all clients together (also the jobs of the queue
+    /// throughput phase).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    calls: u64,
+    /// Calls of the one-at-a-time phase (also the jobs of the queue latency phase).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    seq_calls: u64,
+    /// `exai-worker` processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    /// Jobs run at once per worker process.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    /// Seconds the raw Redis baselines run each.
+    #[arg(long, default_value_t = 1.0)]
+    raw_secs: f64,
+    /// The `exai-worker` binary (default: next to this executable).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+    /// The `exai-daemon` binary (default: next to this executable).
+    #[arg(long)]
+    daemon_bin: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl WsArgs {
+    fn options(&self) -> anyhow::Result<bench::ws::WsOptions> {
+        anyhow::ensure!(
+            self.raw_secs.is_finite() && self.raw_secs > 0.0,
+            "--raw-secs must be a positive number"
+        );
+        let worker_bin = match &self.worker_bin {
+            Some(p) => p.clone(),
+            None => bench::procs::default_bin("exai-worker")?,
+        };
+        let daemon_bin = match &self.daemon_bin {
+            Some(p) => p.clone(),
+            None => bench::procs::default_bin("exai-daemon")?,
+        };
+        bench::procs::ensure_built(&worker_bin, "--worker-bin")?;
+        bench::procs::ensure_built(&daemon_bin, "--daemon-bin")?;
+        Ok(bench::ws::WsOptions {
+            redis_url: self.redis_url.clone(),
+            clients: self.clients as usize,
+            inflight: self.inflight as usize,
+            calls: self.calls,
+            seq_calls: self.seq_calls,
+            workers: self.workers as usize,
+            concurrency: self.concurrency as usize,
+            raw_for: Duration::from_secs_f64(self.raw_secs),
+            worker_bin,
+            daemon_bin,
+        })
+    }
 }
 
 /// Flags of `exai-bench uploads`.
@@ -294,6 +367,14 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Ws(args) => {
+            let options = args.options()?;
+            let redis_url = options.redis_url.clone();
+            guarded(&redis_url, args.json, |prefix| {
+                bench::ws::run(options, prefix)
+            })
+            .await
+        }
         Command::Uploads(args) => {
             let options = args.options()?;
             let redis_url = options.redis_url.clone();
@@ -368,6 +449,14 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     };
     let mut uploads_options = uploads_args.options()?;
     uploads_options.redis_url = url.clone();
+    let cli = Cli::try_parse_from(["exai-bench", "ws"])?;
+    let Command::Ws(ws_args) = cli.command else {
+        unreachable!("parsed as the ws command")
+    };
+    let mut ws_options = ws_args.options()?;
+    ws_options.redis_url = url.clone();
+    let ws = measured(&url, |prefix| bench::ws::run(ws_options, prefix)).await?;
+    reports.push(("ws", Box::new(ws)));
     let uploads = measured(&url, |prefix| bench::uploads::run(uploads_options, prefix)).await?;
     reports.push(("uploads", Box::new(uploads)));
     let idle = bench::idle::IdleOptions {

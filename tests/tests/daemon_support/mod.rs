@@ -96,11 +96,17 @@ impl Stack {
 
     /// Starts one more `exai-worker run --queues tool_calls`.
     pub fn start_worker(&mut self) {
-        let env = [
+        self.start_worker_with(&[]);
+    }
+
+    /// The same with `extra` variables in its environment.
+    pub fn start_worker_with(&mut self, extra: &[(&str, &str)]) {
+        let mut env = vec![
             ("REDIS_URL", self.redis_url.clone()),
             ("EXAI_REDIS_PREFIX", self.prefix.clone()),
             ("EXAI_AUTO_MIGRATE", "false".to_owned()),
         ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         self.workers.push(exai_tests::spawn_bin(
             "exai-worker",
             &["run", "--queues", "tool_calls", "--concurrency", "16"],

@@ -1,0 +1,484 @@
+//! `exai-bench ws`: the WebSocket daemon end to end, next to the queue alone and raw Redis, in
+//! one run on one Redis with the same worker processes.
+//!
+//! 1. **Raw Redis**: sequential PINGs on one connection (the baseline of every ratio), and
+//!    PINGs from `clients` tasks on one multiplexed connection.
+//! 2. `workers` × `exai-worker run --queues tool_calls --concurrency C` and one `exai-daemon`
+//!    (token set, a free loopback port, connection limits raised for the clients) are spawned.
+//! 3. **Queue latency**: `test_echo` jobs enqueued one at a time through the queue API, each
+//!    after the previous completed ([`phases::latency`]): enqueue → completed.
+//! 4. **Queue throughput**: `calls` jobs enqueued by `clients × inflight` concurrent callers
+//!    (one `enqueue` call each), timed until the last completion.
+//! 5. **WebSocket, one call at a time**: one client, `seq_calls` streaming `call_tool`s of
+//!    `test_echo`, each sent once the previous result arrived.
+//! 6. **WebSocket throughput**: `clients` connections (each its own session, hello done before
+//!    the clock starts), each keeping `inflight` streaming calls in flight, `calls` in all.
+//!
+//! A call's latency is taken by the client: from just before its `call_tool` frame is sent to
+//! the arrival of its `call_tool_res`. Every key lives under the run's prefix; the caller
+//! deletes them with [`super::cleanup`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::measure::{self, Meter, RunMeter, percentile, procs_cpu_secs, sorted};
+use super::procs::{DaemonProc, WorkerProcs};
+use super::report::Report;
+use super::tracker::Tracker;
+use super::{config, noop_payload, phases, progress, queue, redact};
+
+/// What to run (see the flags of `exai-bench ws`).
+#[derive(Debug, Clone)]
+pub struct WsOptions {
+    /// The Redis server.
+    pub redis_url: String,
+    /// WebSocket clients of the throughput phase.
+    pub clients: usize,
+    /// Calls each client keeps in flight.
+    pub inflight: usize,
+    /// Calls of the throughput phase (all clients together), and jobs of the queue throughput
+    /// phase.
+    pub calls: u64,
+    /// Calls of the one-at-a-time phase, and jobs of the queue latency phase.
+    pub seq_calls: u64,
+    /// Worker processes.
+    pub workers: usize,
+    /// Jobs at once per worker process.
+    pub concurrency: usize,
+    /// How long each raw baseline runs.
+    pub raw_for: Duration,
+    /// The `exai-worker` binary.
+    pub worker_bin: PathBuf,
+    /// The `exai-daemon` binary.
+    pub daemon_bin: PathBuf,
+}
+
+/// The token the bench's daemon requires.
+const TOKEN: &str = "exai-bench-token-0123456789";
+
+/// Calls each client makes before the clock starts (connections warm, scripts loaded).
+const WARMUP_CALLS: u64 = 20;
+
+/// How long one expected frame may take before the run gives up.
+const FRAME_WAIT: Duration = Duration::from_secs(30);
+
+/// How the numbers of `exai-bench ws` were taken.
+pub const WS_LEGEND: &[&str] = &[
+    "client CPU/job of the ws and queue throughput rows: the exai-daemon and exai-worker processes; the \
+     bench's WebSocket clients and producers are not counted.",
+    "queue latency: test_echo jobs ({tool: test_echo, arguments: {}}) enqueued one at a time through the \
+     queue API onto the idle workers, each once the previous completed, 20 warm-up jobs unreported; \
+     completed = Redis ran its completion (the job hash's invalidation push).",
+    "queue throughput: the same jobs, one enqueue call each, from clients × inflight concurrent callers, \
+     timed from the first enqueue until the last completion.",
+    "ws: streaming call_tool of test_echo with arguments {} (request_id set); latency = from just before \
+     the call_tool frame is sent until its call_tool_res arrives, as the client sees it (ack and progress \
+     frames in between). One at a time: one client, each call sent once the previous result arrived, \
+     20 warm-up calls. Throughput: clients connections, each its own session (hello and 20 warm-up calls \
+     before the clock), each keeping inflight calls in flight; timed from the first call until the last \
+     result.",
+    "ratios: ws ÷ queue of the same run, same Redis, same worker processes.",
+];
+
+/// Runs every phase under key prefix `prefix` and returns the report. Keys are left for
+/// [`super::cleanup`]; the processes are stopped (or killed by their guards, on error).
+pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
+    let base = config(&opts.redis_url, &prefix)?;
+    let conn = exai_shared::redis::RedisHandle::connect(&base.redis)
+        .await
+        .context("connect to redis")?;
+    let mut info = exai_shared::redis::RedisHandle::connect(&base.redis)
+        .await
+        .context("connect to redis")?;
+    progress("machine and Redis background load");
+    let machine = measure::machine(&mut info).await?;
+    let params = json!({
+        "clients": opts.clients,
+        "inflight": opts.inflight,
+        "calls": opts.calls,
+        "seq_calls": opts.seq_calls,
+        "workers": opts.workers,
+        "concurrency": opts.concurrency,
+        "redis_url": redact(&opts.redis_url),
+        "prefix": prefix,
+        "daemon_bin": opts.daemon_bin.display().to_string(),
+        "worker_bin": opts.worker_bin.display().to_string(),
+    });
+    let mut report = Report::new(machine, params).with_heading(
+        "exai-bench ws — the WebSocket daemon against the queue alone and raw Redis, one run",
+        WS_LEGEND,
+    );
+    let run_meter = RunMeter::start(&mut info).await?;
+
+    progress("raw Redis: sequential PING");
+    let (n, secs) = phases::ping_sequential(&conn, opts.raw_for).await?;
+    report.baseline.sequential_per_s = report.rate(
+        "redis_roundtrips_per_s",
+        "raw Redis: PING round trips, sequential, 1 connection".to_owned(),
+        "ops/s",
+        n,
+        secs,
+        None,
+    );
+    progress("raw Redis: concurrent PING");
+    let (n, secs) = phases::ping_concurrent(&conn, opts.clients, opts.raw_for).await?;
+    report.baseline.pipelined_per_s = report.rate(
+        "redis_pipelined_per_s",
+        format!(
+            "raw Redis: PING, {} concurrent tasks on 1 multiplexed connection",
+            opts.clients
+        ),
+        "ops/s",
+        n,
+        secs,
+        None,
+    );
+
+    progress(&format!(
+        "starting {} exai-worker processes × {} and exai-daemon",
+        opts.workers, opts.concurrency
+    ));
+    let (q, keys) = queue(&conn, &base);
+    let mut workers = WorkerProcs::spawn(
+        &opts.worker_bin,
+        opts.workers,
+        opts.concurrency,
+        &opts.redis_url,
+        &prefix,
+    )?;
+    let conns = (opts.clients + 10).to_string();
+    let daemon_env = [
+        ("EXAI_WS_TOKEN", TOKEN.to_owned()),
+        ("EXAI_WS_MAX_CONNECTIONS", conns.clone()),
+        ("EXAI_WS_MAX_CONNECTIONS_PER_IP", conns),
+        (
+            "EXAI_WS_SESSION_MAX_INFLIGHT",
+            opts.inflight.max(100).to_string(),
+        ),
+        ("EXAI_AUTO_MIGRATE", "false".to_owned()),
+    ];
+    let mut daemon =
+        DaemonProc::spawn(&opts.daemon_bin, &opts.redis_url, &prefix, &daemon_env).await?;
+    let url = format!("ws://{}/", daemon.addr);
+    let mut pids = workers.pids();
+    pids.extend(daemon.pid());
+    let payload = noop_payload()?;
+
+    progress(&format!(
+        "queue latency: {} jobs one at a time",
+        opts.seq_calls
+    ));
+    let lat = phases::latency(
+        &q,
+        &opts.redis_url,
+        &keys.job_prefix(),
+        &payload,
+        opts.seq_calls,
+        None,
+    )
+    .await?;
+    workers.check()?;
+    let queue_p = [0.5, 0.99].map(|p| percentile(&sorted(lat.completed.clone()), p));
+    super::latency_rows(
+        &mut report,
+        "queue_",
+        &format!("{} idle worker processes", opts.workers),
+        lat,
+    );
+
+    let callers = opts.clients * opts.inflight;
+    progress(&format!(
+        "queue throughput: {} jobs from {callers} concurrent callers",
+        opts.calls
+    ));
+    let mut stats = Tracker::start(&opts.redis_url, &[keys.stats()]).await?;
+    let before = q.counts().await?.completed;
+    stats.clear();
+    let meter = Meter::start(&mut info, procs_cpu_secs(&pids)).await?;
+    let t0 = Instant::now();
+    phases::enqueue_single(&q, &payload, opts.calls, callers).await?;
+    let done = phases::wait_completed(
+        &q,
+        &mut stats,
+        before + opts.calls,
+        Some(&mut workers),
+        super::drain_limit(opts.calls),
+    )
+    .await?;
+    let usage = meter.stop(&mut info, procs_cpu_secs(&pids)).await?;
+    let queue_rate = report.rate(
+        "queue_calls_per_s",
+        format!(
+            "queue: enqueue → completed, {callers} concurrent callers, {} worker processes",
+            opts.workers
+        ),
+        "jobs/s",
+        opts.calls,
+        (done - t0).as_secs_f64(),
+        Some(usage),
+    );
+
+    progress(&format!("ws: {} calls one at a time", opts.seq_calls));
+    let mut client = connect(&url, 0).await?;
+    client.calls(WARMUP_CALLS, 1, None).await?;
+    let t0 = Instant::now();
+    let samples = client.calls(opts.seq_calls, 1, None).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    client.close().await;
+    daemon.check()?;
+    let seq = sorted(samples);
+    let ws_seq_p = [0.5, 0.99].map(|p| percentile(&seq, p));
+    report.rate(
+        "ws_seq_calls_per_s",
+        "ws: one client, one call at a time".to_owned(),
+        "calls/s",
+        opts.seq_calls,
+        secs,
+        None,
+    );
+    for (v, tag) in ws_seq_p.iter().zip(["p50", "p99"]) {
+        report.millis(
+            &format!("ws_seq_latency_{tag}_ms"),
+            format!("ws latency {tag}, call_tool sent → call_tool_res received, one at a time"),
+            *v,
+        );
+    }
+
+    progress(&format!(
+        "ws throughput: {} clients × {} in flight, {} calls",
+        opts.clients, opts.inflight, opts.calls
+    ));
+    let (ws_rate, lat) = throughput(&opts, &url, &mut info, &pids).await?;
+    daemon.check()?;
+    workers.check()?;
+    let ws_rate = report.rate(
+        "ws_calls_per_s",
+        format!(
+            "ws: {} clients × {} calls in flight, {} worker processes",
+            opts.clients, opts.inflight, opts.workers
+        ),
+        "calls/s",
+        opts.calls,
+        ws_rate.0,
+        Some(ws_rate.1),
+    );
+    let lat = sorted(lat);
+    for (p, tag) in [(0.5, "p50"), (0.99, "p99")] {
+        report.millis(
+            &format!("ws_latency_{tag}_ms"),
+            format!(
+                "ws latency {tag}, call_tool sent → call_tool_res received, {} clients × {}",
+                opts.clients, opts.inflight
+            ),
+            percentile(&lat, p),
+        );
+    }
+
+    for (i, tag) in ["p50", "p99"].iter().enumerate() {
+        report.ratio(
+            &format!("ws_vs_queue_latency_{tag}_ratio"),
+            format!("latency {tag}: ws one at a time ÷ queue enqueue → completed"),
+            ratio(ws_seq_p[i], queue_p[i]),
+        );
+    }
+    report.ratio(
+        "ws_vs_queue_rate_ratio",
+        "throughput: ws calls/s ÷ queue jobs/s (same concurrency)".to_owned(),
+        ratio(ws_rate, queue_rate),
+    );
+
+    progress("stopping exai-daemon and the worker processes");
+    let spent = procs_cpu_secs(&pids);
+    daemon.stop(Duration::from_secs(15)).await?;
+    workers.stop(Duration::from_secs(15)).await?;
+    report.load = Some(run_meter.stop(&mut info, spent).await?);
+    if let Some(l) = &report.load
+        && l.other_cores > 0.25
+    {
+        report.notes.push(format!(
+            "other processes kept {:.2} of {} cores busy during the run: rates and tail latencies \
+             are pessimistic",
+            l.other_cores, report.machine.nproc
+        ));
+    }
+    Ok(report)
+}
+
+/// `a ÷ b`, 0 when `b` is not positive.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// The throughput phase: connects every client and warms it up, then times `calls` calls
+/// spread over the clients. Returns ((seconds, usage), latencies in ms).
+async fn throughput(
+    opts: &WsOptions,
+    url: &str,
+    info: &mut exai_shared::redis::RedisHandle,
+    pids: &[u32],
+) -> anyhow::Result<((f64, measure::Usage), Vec<f64>)> {
+    let mut clients = Vec::with_capacity(opts.clients);
+    for i in 0..opts.clients {
+        clients.push(connect(url, i + 1).await?);
+    }
+    let mut warm = JoinSet::new();
+    for mut c in clients {
+        warm.spawn(async move {
+            c.calls(WARMUP_CALLS, 1, None).await?;
+            anyhow::Ok(c)
+        });
+    }
+    let mut clients = Vec::with_capacity(opts.clients);
+    while let Some(c) = warm.join_next().await {
+        clients.push(c??);
+    }
+    let left = Arc::new(AtomicU64::new(opts.calls));
+    let meter = Meter::start(info, procs_cpu_secs(pids)).await?;
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for mut c in clients {
+        let (left, inflight) = (left.clone(), opts.inflight);
+        set.spawn(async move {
+            let samples = c.calls(u64::MAX, inflight, Some(&left)).await?;
+            c.close().await;
+            anyhow::Ok(samples)
+        });
+    }
+    let mut latencies = Vec::with_capacity(opts.calls as usize);
+    while let Some(r) = set.join_next().await {
+        latencies.extend(r??);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let usage = meter.stop(info, procs_cpu_secs(pids)).await?;
+    anyhow::ensure!(
+        latencies.len() as u64 == opts.calls,
+        "{} of {} calls returned a result",
+        latencies.len(),
+        opts.calls
+    );
+    Ok(((secs, usage), latencies))
+}
+
+/// One WebSocket client of the bench, past its hello.
+struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Distinguishes the client's request ids in messages.
+    name: String,
+    /// The next request id's number.
+    next: u64,
+}
+
+/// Connects to `url` and says hello with the bench's token.
+async fn connect(url: &str, index: usize) -> anyhow::Result<WsClient> {
+    // Small frames, sent at once (no Nagle delay), as an interactive client would.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    let mut c = WsClient {
+        ws,
+        name: format!("c{index}"),
+        next: 0,
+    };
+    c.send(&json!({"op": "hello", "token": TOKEN, "clientInfo": {"name": "exai-bench"}}))
+        .await?;
+    let ack = c.recv().await?;
+    anyhow::ensure!(
+        ack["op"] == "hello_ack" && ack["ok"] == true,
+        "hello refused: {ack}"
+    );
+    Ok(c)
+}
+
+impl WsClient {
+    /// Sends one JSON frame.
+    async fn send(&mut self, v: &Value) -> anyhow::Result<()> {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .context("send a frame")
+    }
+
+    /// The next JSON frame (pings are answered by the library), failing after [`FRAME_WAIT`].
+    async fn recv(&mut self) -> anyhow::Result<Value> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no frame from the daemon for {FRAME_WAIT:?}"))?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str()).context("a frame that is not JSON");
+                }
+                Some(Ok(Message::Close(frame))) => anyhow::bail!("the daemon closed: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e).context("read a frame"),
+                None => anyhow::bail!("the daemon ended the connection"),
+            }
+        }
+    }
+
+    /// Makes streaming `test_echo` calls, keeping up to `inflight` in flight: `n` of them, or —
+    /// when `left` is given — as long as taking one from `left` succeeds. Returns each call's
+    /// latency in milliseconds. A call that fails ends the run.
+    async fn calls(
+        &mut self,
+        n: u64,
+        inflight: usize,
+        left: Option<&AtomicU64>,
+    ) -> anyhow::Result<Vec<f64>> {
+        let mut pending: HashMap<String, Instant> = HashMap::with_capacity(inflight);
+        let mut out = Vec::new();
+        let mut sent = 0u64;
+        let take = |sent: u64| match left {
+            Some(l) => l
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+                .is_ok(),
+            None => sent < n,
+        };
+        loop {
+            while pending.len() < inflight && take(sent) {
+                let id = format!("{}-{}", self.name, self.next);
+                self.next += 1;
+                sent += 1;
+                let call = json!({"op": "call_tool", "request_id": id, "name": "test_echo", "arguments": {}});
+                pending.insert(id, Instant::now());
+                self.send(&call).await?;
+            }
+            if pending.is_empty() {
+                return Ok(out);
+            }
+            let frame = self.recv().await?;
+            match frame["op"].as_str() {
+                Some("call_tool_res") => {
+                    let id = frame["request_id"].as_str().unwrap_or_default();
+                    let Some(t0) = pending.remove(id) else {
+                        anyhow::bail!("a result for a call not in flight: {frame}");
+                    };
+                    let at = Instant::now();
+                    anyhow::ensure!(frame.get("error").is_none(), "a call failed: {frame}");
+                    out.push(at.duration_since(t0).as_secs_f64() * 1e3);
+                }
+                Some("call_tool_ack") => {
+                    anyhow::ensure!(frame["accepted"] == true, "a call was refused: {frame}");
+                }
+                Some("progress" | "stream_chunk") => {}
+                _ => anyhow::bail!("unexpected frame: {frame}"),
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
