@@ -231,6 +231,6 @@ mod tests {
 
     #[test]
     fn the_cleanup_report_key_is_under_the_prefix() {
-        assert_eq!(Keys::new("t1").cleanup_last(), "t1:cleanup:last");
+        assert_eq!(Keys::new("t1").cleanup_last(), "{t1:cleanup}:last");
     }
 }
