@@ -1,10 +1,16 @@
-//! The daemon's Prometheus metrics, served as text on `GET /metrics`.
+//! The daemon's Prometheus metrics, served as text on `GET /metrics`: its own counters
+//! (connections, frames, calls by tool and outcome, enqueue latency) and the fleet-wide gauges
+//! read from Redis at each scrape ([`FleetGauges`]: jobs per queue and state, paused queues,
+//! semaphore permits in use and limits).
 //!
 //! Label values come from closed sets (the registered tool names plus `unknown`, and the
 //! [`Outcome`] names), so no client input can grow the number of series.
 
 use std::sync::Arc;
 
+use exai_shared::fleet_metrics::FleetGauges;
+use exai_shared::queue::Queue;
+use exai_shared::semaphore::Semaphores;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -75,6 +81,7 @@ pub struct Metrics {
 
 struct Inner {
     registry: Registry,
+    fleet: FleetGauges,
     connections: Gauge,
     connections_opened: Counter,
     connections_refused: Family<ReasonLabels, Counter>,
@@ -100,6 +107,7 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("exai_daemon");
+        let fleet = FleetGauges::register(&mut registry);
         let connections = Gauge::default();
         registry.register(
             "connections",
@@ -141,6 +149,7 @@ impl Metrics {
         Self {
             inner: Arc::new(Inner {
                 registry,
+                fleet,
                 connections,
                 connections_opened,
                 connections_refused,
@@ -212,6 +221,12 @@ impl Metrics {
     /// An enqueue took `seconds`.
     pub fn enqueue_took(&self, seconds: f64) {
         self.inner.enqueue_seconds.observe(seconds);
+    }
+
+    /// Reads the fleet-wide gauges (queue depth per state, paused queues, semaphore permits in
+    /// use and limits) from Redis, for the scrape about to be rendered.
+    pub async fn refresh(&self, queues: &[Queue], semaphores: &Semaphores) {
+        self.inner.fleet.refresh(queues, semaphores).await;
     }
 
     /// The metrics in the Prometheus/OpenMetrics text format.

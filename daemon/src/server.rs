@@ -398,14 +398,17 @@ async fn handle(
                     .into_response()
             }
         }
-        "/metrics" => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            app.metrics.render(),
-        )
-            .into_response(),
+        "/metrics" => {
+            app.metrics.refresh(&app.queues, &app.semaphores).await;
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                app.metrics.render(),
+            )
+                .into_response()
+        }
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }

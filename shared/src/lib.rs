@@ -15,6 +15,8 @@
 //! - [`backend`]: the queue as an apalis 1.0 backend: fetcher, heartbeat, sweeper, batched
 //!   fenced acknowledgement, cancellation (see its module docs for where it steps outside apalis).
 //! - [`events`]: job events (started, progress, chunks, finished) on each job's channel.
+//! - [`fleet_metrics`]: the fleet-wide Prometheus gauges (queue depth, semaphores) the daemon and
+//!   the workers read from Redis at scrape time.
 //! - [`inspect`]: the operator views (queue counts, semaphore holders) with the one JSON shape
 //!   the CLI, the admin API and the admin page share.
 //! - [`jobs`]: job payloads and [`JobError`](jobs::JobError), whose variant is the retry policy.
@@ -33,6 +35,7 @@ pub mod backend;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod fleet_metrics;
 pub mod inspect;
 pub mod jobs;
 pub mod protocol;

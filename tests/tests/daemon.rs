@@ -960,6 +960,12 @@ async fn http_health_ready_and_metrics() {
         r#"exai_daemon_calls_total{tool="test_echo",outcome="completed"} 1"#,
         "exai_daemon_enqueue_seconds_count 1",
         r#"exai_daemon_frames_total{direction="in"}"#,
+        // The fleet-wide gauges, read from Redis at the scrape.
+        r#"exai_daemon_queue_jobs{queue="tool_calls",state="completed"} 1"#,
+        r#"exai_daemon_queue_jobs{queue="tool_calls",state="queued"} 0"#,
+        r#"exai_daemon_queue_paused{queue="uploads"} 0"#,
+        r#"exai_daemon_semaphore_limit{semaphore="kimi"} 6"#,
+        r#"exai_daemon_semaphore_in_use{semaphore="global"} 0"#,
     ] {
         assert!(
             metrics.contains(needle),

@@ -18,13 +18,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use exai_shared::backend::{AttemptObserver, AttemptOutcome};
-use exai_shared::inspect::{QueuesReport, SemaphoresReport};
-use exai_shared::queue::{JobState, Queue};
+use exai_shared::fleet_metrics::FleetGauges;
+use exai_shared::queue::Queue;
 use exai_shared::semaphore::Semaphores;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -32,12 +31,6 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     queue: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct QueueStateLabels {
-    queue: String,
-    state: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,20 +116,16 @@ pub struct WorkerMetrics {
 
 struct Inner {
     registry: Registry,
-    queue_jobs: Family<QueueStateLabels, Gauge>,
-    queue_paused: Family<QueueLabels, Gauge>,
+    fleet: FleetGauges,
     job_duration: HistogramFamily<QueueOutcomeLabels>,
     job_retries: Family<QueueLabels, Counter>,
     jobs_dead: Family<QueueLabels, Counter>,
-    semaphore_in_use: Family<SemaphoreLabels, Gauge>,
-    semaphore_limit: Family<SemaphoreLabels, Gauge>,
     semaphore_waits: Family<SemaphoreOutcomeLabels, Counter>,
     semaphore_leases_lost: Family<SemaphoreLabels, Counter>,
     storage_pushes: Family<OutcomeLabels, Counter>,
     cleanup_sweeps: Family<SweepLabels, Counter>,
     cleanup_removed: Family<SweepLabels, Counter>,
     cleanup_removed_bytes: Family<SweepLabels, Counter>,
-    scrape_errors: Counter,
 }
 
 impl std::fmt::Debug for WorkerMetrics {
@@ -160,18 +149,7 @@ impl WorkerMetrics {
     /// A fresh registry with every metric registered (prefix `exai_worker`).
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("exai_worker");
-        let queue_jobs = Family::<QueueStateLabels, Gauge>::default();
-        registry.register(
-            "queue_jobs",
-            "Jobs per queue and state, read from Redis at scrape time (completed and cancelled: since the queue was created)",
-            queue_jobs.clone(),
-        );
-        let queue_paused = Family::<QueueLabels, Gauge>::default();
-        registry.register(
-            "queue_paused",
-            "1 while the queue is paused, read at scrape time",
-            queue_paused.clone(),
-        );
+        let fleet = FleetGauges::register(&mut registry);
         let job_duration: HistogramFamily<QueueOutcomeLabels> =
             Family::new_with_constructor(job_duration_histogram);
         registry.register(
@@ -190,18 +168,6 @@ impl WorkerMetrics {
             "jobs_dead",
             "Jobs this process's attempts made dead (permanent error or attempts exhausted)",
             jobs_dead.clone(),
-        );
-        let semaphore_in_use = Family::<SemaphoreLabels, Gauge>::default();
-        registry.register(
-            "semaphore_in_use",
-            "Permits held by live leases, read at scrape time",
-            semaphore_in_use.clone(),
-        );
-        let semaphore_limit = Family::<SemaphoreLabels, Gauge>::default();
-        registry.register(
-            "semaphore_limit",
-            "The effective permit limit, read at scrape time",
-            semaphore_limit.clone(),
         );
         let semaphore_waits = Family::<SemaphoreOutcomeLabels, Counter>::default();
         registry.register(
@@ -239,29 +205,19 @@ impl WorkerMetrics {
             "Bytes freed by cleanup sweeps, by sweep",
             cleanup_removed_bytes.clone(),
         );
-        let scrape_errors = Counter::default();
-        registry.register(
-            "scrape_errors",
-            "Scrapes whose Redis reads (queue counts, semaphores) failed",
-            scrape_errors.clone(),
-        );
         Self {
             inner: Arc::new(Inner {
                 registry,
-                queue_jobs,
-                queue_paused,
+                fleet,
                 job_duration,
                 job_retries,
                 jobs_dead,
-                semaphore_in_use,
-                semaphore_limit,
                 semaphore_waits,
                 semaphore_leases_lost,
                 storage_pushes,
                 cleanup_sweeps,
                 cleanup_removed,
                 cleanup_removed_bytes,
-                scrape_errors,
             }),
         }
     }
@@ -357,68 +313,7 @@ impl WorkerMetrics {
     /// Reads the queue counts and the semaphores from Redis into the scrape-time gauges. A
     /// failed read clears its gauges (no stale values) and counts a scrape error.
     pub async fn refresh(&self, queues: &[Queue], semaphores: &Semaphores) {
-        match QueuesReport::collect(queues).await {
-            Ok(report) => {
-                for (name, s) in report.queues {
-                    let states = [
-                        (JobState::Queued, s.queued),
-                        (JobState::Scheduled, s.scheduled),
-                        (JobState::Running, s.running),
-                        (JobState::Retrying, s.retrying),
-                        (JobState::Dead, s.dead),
-                        (JobState::Completed, s.completed),
-                        (JobState::Cancelled, s.cancelled),
-                    ];
-                    for (state, n) in states {
-                        self.inner
-                            .queue_jobs
-                            .get_or_create(&QueueStateLabels {
-                                queue: name.clone(),
-                                state: state.as_str().to_owned(),
-                            })
-                            .set(gauge_value(n));
-                    }
-                    self.inner
-                        .queue_paused
-                        .get_or_create(&QueueLabels { queue: name })
-                        .set(i64::from(s.paused));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %exai_shared::backend::error_chain(&e), "metrics: queue counts unreadable");
-                self.inner.queue_jobs.clear();
-                self.inner.queue_paused.clear();
-                self.inner.scrape_errors.inc();
-            }
-        }
-        match SemaphoresReport::collect(semaphores).await {
-            Ok(report) => {
-                for (name, s) in report.semaphores {
-                    let l = SemaphoreLabels { semaphore: name };
-                    self.inner
-                        .semaphore_in_use
-                        .get_or_create(&l)
-                        .set(gauge_value(s.in_use as u64));
-                    match s.limit {
-                        Some(limit) => {
-                            self.inner
-                                .semaphore_limit
-                                .get_or_create(&l)
-                                .set(i64::from(limit));
-                        }
-                        None => {
-                            self.inner.semaphore_limit.remove(&l);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %exai_shared::backend::error_chain(&e), "metrics: semaphores unreadable");
-                self.inner.semaphore_in_use.clear();
-                self.inner.semaphore_limit.clear();
-                self.inner.scrape_errors.inc();
-            }
-        }
+        self.inner.fleet.refresh(queues, semaphores).await;
     }
 
     /// The metrics in the Prometheus/OpenMetrics text format.
@@ -429,10 +324,6 @@ impl WorkerMetrics {
         }
         out
     }
-}
-
-fn gauge_value(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl AttemptObserver for WorkerMetrics {
