@@ -446,6 +446,13 @@ async fn two_sessions_with_the_same_request_id_never_see_each_others_results() {
 
 // ----- job status ---------------------------------------------------------------------------
 
+/// Sends `{op, request_id}` and returns its `job_status_res`, skipping the progress frames the
+/// calls in flight keep sending meanwhile.
+async fn status_of(c: &mut Client, op: &str, request_id: &str) -> Value {
+    c.send(json!({"op": op, "request_id": request_id})).await;
+    c.until("job_status_res", request_id).await.0
+}
+
 #[tokio::test]
 async fn job_status_reports_a_waiting_calls_place_in_line() {
     let stack = Stack::start("d-position", &[], 0).await;
@@ -458,14 +465,14 @@ async fn job_status_reports_a_waiting_calls_place_in_line() {
     }
     // First in, first out: r-1 is the next job a worker takes.
     for (r, place) in [("r-1", 1), ("r-2", 2), ("r-3", 3)] {
-        let status = c.op("job_status", r).await;
+        let status = status_of(&mut c, "job_status", r).await;
         assert_eq!(status["op"], "job_status_res", "{status}");
         assert_eq!(status["state"], "queued", "{status}");
         assert_eq!(status["attempt"], 0, "{status}");
         assert_eq!(status["queue_position"], place, "{status}");
     }
     // get_result of an unfinished call answers with the same status.
-    let res = c.op("get_result", "r-2").await;
+    let res = status_of(&mut c, "get_result", "r-2").await;
     assert_eq!(res["op"], "job_status_res", "{res}");
     assert_eq!(res["queue_position"], 2, "{res}");
 
@@ -488,12 +495,15 @@ async fn job_status_reports_a_waiting_calls_place_in_line() {
     c.send(json!({"op": "call_tool", "request_id": "r-4", "name": "test_echo", "arguments": {}}))
         .await;
     c.until("call_tool_ack", "r-4").await;
-    let status = c.op("job_status", "r-4").await;
+    let status = status_of(&mut c, "job_status", "r-4").await;
     assert_eq!(status["state"], "queued", "{status}");
     assert!(status.get("queue_position").is_none(), "{status}");
-    assert_eq!(c.op("job_status", "r-3").await["queue_position"], 3);
+    assert_eq!(
+        status_of(&mut c, "job_status", "r-3").await["queue_position"],
+        3
+    );
     // Unknown calls have no position either.
-    let status = c.op("job_status", "never-made").await;
+    let status = status_of(&mut c, "job_status", "never-made").await;
     assert_eq!(status["state"], "unknown");
     assert!(status.get("queue_position").is_none(), "{status}");
     stack.cleanup().await;
@@ -508,7 +518,10 @@ async fn cancelling_a_queued_call_removes_it() {
     c.send(json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo", "arguments": {}}))
         .await;
     assert_eq!(c.recv().await["op"], "call_tool_ack");
-    assert_eq!(c.op("job_status", "r-1").await["state"], "queued");
+    assert_eq!(
+        status_of(&mut c, "job_status", "r-1").await["state"],
+        "queued"
+    );
     c.send(json!({"op": "cancel", "request_id": "r-1"})).await;
     let (cancelled, _) = c.until("cancelled", "r-1").await;
     assert_eq!(cancelled["was"], "queued");
@@ -517,10 +530,12 @@ async fn cancelling_a_queued_call_removes_it() {
     let job = stack.job(&call_job_id(&session, "r-1")).await.unwrap();
     assert_eq!(job.state, JobState::Cancelled);
     assert_eq!(job.attempts, 0, "it never ran");
-    // Cancelling again finds it finished; an unknown request id is NOT_FOUND.
-    assert_eq!(c.op("cancel", "r-1").await["was"], "finished");
-    let res = c.op("cancel", "nope").await;
-    assert_eq!(res["op"], "error");
+    // Cancelling again finds it finished; an unknown request id is NOT_FOUND. (Replies are
+    // matched by op and request id: progress frames of the call may still be on their way.)
+    c.send(json!({"op": "cancel", "request_id": "r-1"})).await;
+    assert_eq!(c.until("cancelled", "r-1").await.0["was"], "finished");
+    c.send(json!({"op": "cancel", "request_id": "nope"})).await;
+    let (res, _) = c.until("error", "nope").await;
     assert_eq!(res["error"]["code"], "NOT_FOUND");
     stack.cleanup().await;
 }
