@@ -136,6 +136,16 @@ impl FleetGauges {
     }
 }
 
+/// `registry` in the Prometheus/OpenMetrics text format (an encoding error is logged and
+/// yields what was encoded so far).
+pub fn encode_text(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::warn!(error = %e, "metrics could not be encoded");
+    }
+    out
+}
+
 fn gauge_value(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -318,11 +318,7 @@ impl WorkerMetrics {
 
     /// The metrics in the Prometheus/OpenMetrics text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
-            tracing::warn!(error = %e, "metrics could not be encoded");
-        }
-        out
+        exai_shared::fleet_metrics::encode_text(&self.inner.registry)
     }
 }
 
