@@ -511,6 +511,24 @@ async fn job_status_reports_a_waiting_calls_place_in_line() {
 
 // ----- cancel -------------------------------------------------------------------------------
 
+/// The `cancelled` reply to a cancel of `request_id` and the call's `call_tool_res`, which may
+/// come in either order (the result can overtake the reply).
+async fn cancel_replies(c: &mut Client, request_id: &str) -> (Value, Value) {
+    let (mut cancelled, mut res) = (None, None);
+    while cancelled.is_none() || res.is_none() {
+        let frame = c.recv().await;
+        if frame["request_id"] != request_id {
+            continue;
+        }
+        match frame["op"].as_str() {
+            Some("cancelled") => cancelled = Some(frame),
+            Some("call_tool_res") => res = Some(frame),
+            _ => {}
+        }
+    }
+    (cancelled.unwrap(), res.unwrap())
+}
+
 #[tokio::test]
 async fn cancelling_a_queued_call_removes_it() {
     let stack = Stack::start("d-cancel-queued", &[], 0).await;
@@ -523,9 +541,8 @@ async fn cancelling_a_queued_call_removes_it() {
         "queued"
     );
     c.send(json!({"op": "cancel", "request_id": "r-1"})).await;
-    let (cancelled, _) = c.until("cancelled", "r-1").await;
+    let (cancelled, res) = cancel_replies(&mut c, "r-1").await;
     assert_eq!(cancelled["was"], "queued");
-    let (res, _) = c.until("call_tool_res", "r-1").await;
     assert_eq!(res["error"]["code"], "CANCELLED");
     let job = stack.job(&call_job_id(&session, "r-1")).await.unwrap();
     assert_eq!(job.state, JobState::Cancelled);
@@ -558,9 +575,8 @@ async fn cancelling_a_running_call_stops_its_worker() {
     }
     let started = std::time::Instant::now();
     c.send(json!({"op": "cancel", "request_id": "r-1"})).await;
-    let (cancelled, _) = c.until("cancelled", "r-1").await;
+    let (cancelled, res) = cancel_replies(&mut c, "r-1").await;
     assert_eq!(cancelled["was"], "running");
-    let (res, _) = c.until("call_tool_res", "r-1").await;
     assert_eq!(res["error"]["code"], "CANCELLED");
     assert!(
         started.elapsed() < Duration::from_secs(10),
