@@ -90,6 +90,17 @@ fn sample_semaphores(sems: Semaphores, stop: Arc<AtomicBool>) -> tokio::task::Jo
     })
 }
 
+/// SIGKILLs the worker processes and waits for them to exit, so none re-creates a key (its
+/// registration, a job) after the test's keys are deleted.
+async fn stop_workers(workers: Vec<ChildGuard>) {
+    for mut w in workers {
+        if w.0.try_wait().ok().flatten().is_none() {
+            exai_tests::send_signal(w.pid(), "KILL");
+        }
+        let _ = w.wait_exit(Duration::from_secs(10)).await;
+    }
+}
+
 /// Waits until no semaphore has a live lease; returns how long that took.
 async fn wait_no_holders(sems: &Semaphores, within: Duration) -> Option<Duration> {
     let t0 = Instant::now();
@@ -317,6 +328,7 @@ async fn workers_sigkilled_at_random_lose_nothing() {
         moonshot.len() - orphans == live.len(),
         "Moonshot files named by rows ≠ rows"
     );
+    stop_workers(workers).await;
     stack.cleanup().await;
 }
 
@@ -691,7 +703,7 @@ async fn postgres_stopped_for_20s_mid_load_uploads_wait_and_resume() {
         .sim
         .add_fault(json!({"route": "supabase.object.upload", "action": "delay", "delay_ms": 300}))
         .unwrap();
-    let _workers: Vec<ChildGuard> = (0..2)
+    let workers: Vec<ChildGuard> = (0..2)
         .map(|_| stack.spawn_worker(&["--concurrency", "8", "--poll-secs", "0.2"]))
         .collect();
 
@@ -752,6 +764,7 @@ async fn postgres_stopped_for_20s_mid_load_uploads_wait_and_resume() {
     assert!(failed.is_empty(), "calls failed by the outage: {failed:?}");
     assert!(rows_done, "rows after the outage: {statuses:?}");
     assert_eq!(statuses.get("storage_failed"), None);
+    stop_workers(workers).await;
     stack.cleanup().await;
 }
 
@@ -763,7 +776,7 @@ async fn storage_down_past_the_budget_then_redriven_to_completed() {
         .sim
         .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 503}))
         .unwrap();
-    let _workers: Vec<ChildGuard> = (0..2)
+    let workers: Vec<ChildGuard> = (0..2)
         .map(|_| stack.spawn_worker(&["--concurrency", "8", "--poll-secs", "0.2"]))
         .collect();
     let paths = distinct_files(&stack, "s", FILES);
@@ -813,5 +826,6 @@ async fn storage_down_past_the_budget_then_redriven_to_completed() {
             .count()
     );
     assert!(completed);
+    stop_workers(workers).await;
     stack.cleanup().await;
 }
