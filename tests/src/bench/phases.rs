@@ -38,6 +38,25 @@ pub async fn ping_sequential(conn: &RedisHandle, dur: Duration) -> anyhow::Resul
     Ok((n, t0.elapsed().as_secs_f64()))
 }
 
+/// Measures sequential PING round trips for `dur` and records them as the run's baseline row
+/// (`redis_roundtrips_per_s`, the denominator of the × raw RT column).
+pub async fn sequential_baseline(
+    conn: &RedisHandle,
+    dur: Duration,
+    report: &mut super::report::Report,
+) -> anyhow::Result<()> {
+    let (n, secs) = ping_sequential(conn, dur).await?;
+    report.baseline.sequential_per_s = report.rate(
+        "redis_roundtrips_per_s",
+        "raw Redis: PING round trips, sequential, 1 connection".to_owned(),
+        "ops/s",
+        n,
+        secs,
+        None,
+    );
+    Ok(())
+}
+
 /// PINGs from `tasks` concurrent tasks sharing one multiplexed connection (which pipelines
 /// what they send) for `dur`: returns (PINGs, seconds until the last task finished).
 pub async fn ping_concurrent(

@@ -47,14 +47,9 @@ pub fn ensure_built(bin: &Path, flag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A command for `bin` with a clean environment (`PATH`, `HOME`, `RUST_LOG` kept) serving
-/// `prefix` on `redis_url`, run from the temporary directory, its standard error going to `log`.
-fn command(
-    bin: &Path,
-    redis_url: &str,
-    prefix: &str,
-    log: &Path,
-) -> anyhow::Result<tokio::process::Command> {
+/// A command for `bin` with a clean environment (`PATH`, `HOME`, `RUST_LOG` kept), run from
+/// the temporary directory, its standard output and error going to `log`.
+fn clean_command(bin: &Path, log: &Path) -> anyhow::Result<tokio::process::Command> {
     let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     let mut cmd = tokio::process::Command::new(bin);
     cmd.env_clear()
@@ -62,14 +57,25 @@ fn command(
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out.try_clone()?))
-        .stderr(Stdio::from(out))
-        .env("REDIS_URL", redis_url)
-        .env("EXAI_REDIS_PREFIX", prefix);
+        .stderr(Stdio::from(out));
     for var in ["PATH", "HOME", "RUST_LOG"] {
         if let Ok(v) = std::env::var(var) {
             cmd.env(var, v);
         }
     }
+    Ok(cmd)
+}
+
+/// [`clean_command`] serving `prefix` on `redis_url`.
+fn command(
+    bin: &Path,
+    redis_url: &str,
+    prefix: &str,
+    log: &Path,
+) -> anyhow::Result<tokio::process::Command> {
+    let mut cmd = clean_command(bin, log)?;
+    cmd.env("REDIS_URL", redis_url)
+        .env("EXAI_REDIS_PREFIX", prefix);
     Ok(cmd)
 }
 
@@ -204,23 +210,18 @@ impl WorkerProcs {
         prefix: &str,
     ) -> anyhow::Result<Self> {
         ensure_built(bin, "--worker-bin")?;
-        let mut procs = Vec::with_capacity(n);
-        for i in 0..n {
-            let log = std::env::temp_dir().join(format!("{prefix}-worker-{i}.log"));
-            let mut cmd = command(bin, redis_url, prefix, &log)?;
-            cmd.args(["run", "--queues", TOOL_CALLS, "--concurrency"])
-                .arg(concurrency.to_string())
-                .env("EXAI_AUTO_MIGRATE", "false");
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("spawn {}", bin.display()))?;
-            procs.push(WorkerProc {
-                guard: ChildGuard(child),
-                log,
-                name: "exai-worker".to_owned(),
-            });
-        }
-        Ok(Self { procs })
+        let concurrency = concurrency.to_string();
+        Self::spawn_with(
+            bin,
+            n,
+            &["run", "--queues", TOOL_CALLS, "--concurrency", &concurrency],
+            &[
+                ("REDIS_URL", redis_url),
+                ("EXAI_REDIS_PREFIX", prefix),
+                ("EXAI_AUTO_MIGRATE", "false"),
+            ],
+            &format!("{prefix}-worker"),
+        )
     }
 
     /// Spawns `n` × `bin args…` with a clean environment plus `env` (and `PATH`, `HOME`,
@@ -240,22 +241,8 @@ impl WorkerProcs {
         let mut procs = Vec::with_capacity(n);
         for i in 0..n {
             let log = std::env::temp_dir().join(format!("{log_stem}-{i}.log"));
-            let out =
-                std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-            let mut cmd = tokio::process::Command::new(bin);
-            cmd.args(args)
-                .env_clear()
-                .current_dir(std::env::temp_dir())
-                .kill_on_drop(true)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(out.try_clone()?))
-                .stderr(Stdio::from(out))
-                .envs(env.iter().copied());
-            for var in ["PATH", "HOME", "RUST_LOG"] {
-                if let Ok(v) = std::env::var(var) {
-                    cmd.env(var, v);
-                }
-            }
+            let mut cmd = clean_command(bin, &log)?;
+            cmd.args(args).envs(env.iter().copied());
             let child = cmd
                 .spawn()
                 .with_context(|| format!("spawn {}", bin.display()))?;

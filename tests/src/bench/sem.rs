@@ -65,15 +65,7 @@ pub async fn run(opts: SemOptions, prefix: String) -> anyhow::Result<Report> {
     report.legend = LEGEND;
 
     progress("raw Redis: sequential PING");
-    let (n, secs) = phases::ping_sequential(&conn, Duration::from_secs(1)).await?;
-    report.baseline.sequential_per_s = report.rate(
-        "redis_roundtrips_per_s",
-        "raw Redis: PING round trips, sequential, 1 connection".to_owned(),
-        "ops/s",
-        n,
-        secs,
-        None,
-    );
+    phases::sequential_baseline(&conn, Duration::from_secs(1), &mut report).await?;
 
     let pubsub = RedisHandle::pubsub_client(&base.redis)?;
     let sems = Semaphores::new(conn, pubsub, Keys::new(&prefix), &base.semaphores)

@@ -122,15 +122,7 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
     let run_meter = RunMeter::start(&mut info).await?;
 
     progress("raw Redis: sequential PING");
-    let (n, secs) = phases::ping_sequential(&conn, opts.raw_for).await?;
-    report.baseline.sequential_per_s = report.rate(
-        "redis_roundtrips_per_s",
-        "raw Redis: PING round trips, sequential, 1 connection".to_owned(),
-        "ops/s",
-        n,
-        secs,
-        None,
-    );
+    phases::sequential_baseline(&conn, opts.raw_for, &mut report).await?;
     progress("raw Redis: concurrent PING");
     let (n, secs) = phases::ping_concurrent(&conn, opts.clients, opts.raw_for).await?;
     report.baseline.pipelined_per_s = report.rate(

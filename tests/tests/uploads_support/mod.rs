@@ -15,7 +15,9 @@ use exai_shared::jobs::{ToolCallJob, ToolResult};
 use exai_shared::queue::{self, JobResult, JobState, NewJob, Queue, QueuePolicy};
 use exai_shared::redis::{Keys, RedisHandle};
 use exai_tests::sim::{Sim, SimConfig};
-use exai_tests::{ChildGuard, TestDb, spawn_bin, test_config, unique_prefix, wait_until};
+use exai_tests::{
+    ChildGuard, PrefixGuard, TestDb, spawn_bin, test_config, unique_prefix, wait_until,
+};
 use exai_worker::runtime::{self, WorkerOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +52,8 @@ pub struct Stack {
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     )>,
+    /// Deletes the test's keys when the stack is dropped, also after a failed assertion.
+    _keys: PrefixGuard,
 }
 
 impl Stack {
@@ -92,6 +96,7 @@ impl Stack {
         }
         let config = test_config(&prefix, &[]);
         let conn = RedisHandle::connect(&config.redis).await.expect("redis");
+        let keys_guard = PrefixGuard::new(prefix.clone(), exai_tests::redis_url());
         Self {
             sim,
             db,
@@ -103,6 +108,7 @@ impl Stack {
             root,
             env,
             worker: None,
+            _keys: keys_guard,
         }
     }
 
