@@ -2,27 +2,30 @@
 //! (`WorkerBuilder`, `Monitor`, tower layers) while the queue protocol is ours.
 //!
 //! # How a job flows
-//! 1. A **fetcher** task takes as many free slots as it can (a local semaphore of
-//!    `concurrency` permits), fetches up to that many jobs in one [`Queue::fetch_batch`] call,
-//!    registers each in the **in-flight table** (lease, cancellation token, slot permit) and hands
-//!    it to apalis through a channel that [`Backend::poll_next`] reads. With nothing to fetch it
-//!    waits for the queue's push wake-up ([`WakeSignal`]), or the poll fallback, or the next
-//!    delayed job's due time, whichever is first.
+//! 1. A **driver** task owns the queue round trips. It holds the free slots (a local semaphore
+//!    of `concurrency` permits) and the completions waiting to be acknowledged, and whenever
+//!    either is non-empty it sends both in one [`Queue::complete_and_fetch`] call: the
+//!    completions are stored (fenced) and the free slots, the completed attempts' own
+//!    included, are refilled. Each leased job is registered in the **in-flight table** (lease,
+//!    cancellation token, slot permit) and handed to apalis through a channel that
+//!    [`Backend::poll_next`] reads. A short fetch makes the driver wait for the queue's push
+//!    wake-up ([`WakeSignal`]), the poll fallback, or the next delayed job's due time,
+//!    whichever is first; completions meanwhile are acknowledged alone.
 //! 2. The **lease layer** ([`LeaseLayer`], returned by [`BackendConfig::middleware`]) runs the
 //!    handler raced against the job's cancellation token, then settles the attempt with fenced
-//!    writes: results are acknowledged in batches by an **acker** task
-//!    ([`Queue::complete_many`]); a [`JobError`] decides between retry, dead, put-back and
-//!    cancel. Settling removes the job from the in-flight table, which frees its slot; the
-//!    options' [`AttemptObserver`] (metrics) is then told the [`AttemptOutcome`] and duration.
+//!    writes: a result goes to the driver, which acknowledges it in its next round trip; a
+//!    [`JobError`] decides between retry, dead, put-back and cancel. Settling removes the job
+//!    from the in-flight table, which frees its slot; the options' [`AttemptObserver`]
+//!    (metrics) is then told the [`AttemptOutcome`] and duration.
 //! 3. A **heartbeat** task renews every in-flight lease with one script call per period
 //!    (lease/3). A lease reported lost, or not renewed for a whole lease period (Redis
 //!    unreachable), cancels the handler; its result is never written. A cancel request — heard on
 //!    the queue's cancel channel or reported by a heartbeat — cancels the handler too.
 //! 4. A **sweeper** task returns expired leases of crashed workers and promotes due delayed
 //!    jobs, every sweep interval, in bounded steps.
-//! 5. On shutdown the fetcher stops at once; running handlers get `grace` to finish; then they
-//!    are cancelled and their jobs put back without burning an attempt, as are jobs fetched but
-//!    not yet started.
+//! 5. On shutdown the driver stops fetching at once (it still acknowledges); running handlers
+//!    get `grace` to finish; then they are cancelled and their jobs put back without burning an
+//!    attempt, as are jobs fetched but not yet started.
 //!
 //! # Where we step outside apalis
 //! apalis's [`Backend`] yields one task at a time and has no notion of leases, fenced
@@ -54,11 +57,15 @@ use tower_service::Service;
 
 use crate::events::{EventPublisher, JobEvent};
 use crate::jobs::JobError;
-use crate::queue::{Ack, FailKind, FailOutcome, Fetched, Lease, LeaseState, Queue, QueueError};
+use crate::queue::{
+    Ack, Cycle, FailKind, FailOutcome, Fetched, Lease, LeaseState, Queue, QueueError,
+};
 use crate::queue::{WakeSignal, Waker};
 
-/// How many completions one acknowledgement round trip may carry.
+/// How many completions one round trip may carry (at most [`crate::queue::MAX_BATCH`]).
 const ACK_BATCH: usize = 512;
+/// How often a stopping backend checks whether its last jobs have settled.
+const STOPPING_POLL: Duration = Duration::from_millis(50);
 
 /// Tuning of one backend (one queue in one worker process).
 #[derive(Debug, Clone)]
@@ -67,7 +74,7 @@ pub struct BackendOptions {
     pub worker_id: String,
     /// Jobs of this queue run at once in this process (also the fetch batch bound).
     pub concurrency: usize,
-    /// The longest an idle fetcher waits without a wake-up before it fetches anyway.
+    /// The longest an idle driver waits without a wake-up before it fetches anyway.
     pub poll_fallback: Duration,
     /// How often in-flight leases are renewed; a third of the job lease.
     pub heartbeat: Duration,
@@ -78,7 +85,9 @@ pub struct BackendOptions {
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
     /// Where to announce that a job started and finished (for queues whose results someone
-    /// waits on, such as `tool_calls`); `None` publishes nothing.
+    /// waits on, such as `tool_calls`); `None` publishes nothing. The fetch and complete
+    /// scripts announce `Started` and a success's `Finished` themselves (no round trip of
+    /// their own); this publisher announces the other outcomes.
     pub events: Option<EventPublisher>,
     /// Told how every attempt ended and how long it ran (metrics); `None` tells no one.
     pub observer: Option<Arc<dyn AttemptObserver>>,
@@ -186,7 +195,7 @@ impl JobLease {
 /// process's concurrency for this queue taken.
 struct InFlight {
     job: JobLease,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 }
 
 /// State shared by the backend's tasks and its layer.
@@ -261,6 +270,12 @@ where
 {
     /// A backend for `queue`, woken by `waker` (which must listen to this queue).
     pub fn new(queue: Queue, waker: Waker, options: BackendOptions) -> Self {
+        // `Started` and a success's `Finished` are published by the fetch and complete
+        // scripts themselves; the layer publishes only the other outcomes' `Finished`.
+        let queue = match &options.events {
+            Some(events) => queue.with_job_events(events.channel_prefix()),
+            None => queue,
+        };
         let mut backend = Self {
             queue,
             waker,
@@ -288,10 +303,9 @@ where
             .waker
             .signal(self.queue.name())
             .expect("the waker listens to the backend's queue");
-        tokio::spawn(fetcher(shared.clone(), tx, signal, stop.clone()));
+        tokio::spawn(driver(shared.clone(), tx, signal, stop.clone(), ack_rx));
         tokio::spawn(heartbeat(shared.clone(), stop.clone()));
         tokio::spawn(sweeper(shared.clone(), stop.clone()));
-        tokio::spawn(acker(shared.queue.clone(), ack_rx));
         tokio::spawn(cancel_listener(
             shared.clone(),
             self.waker.clone(),
@@ -305,47 +319,140 @@ where
     }
 }
 
-/// Takes free slots, fetches that many jobs, and hands them over; waits for work when idle.
-async fn fetcher<Args: DeserializeOwned + Send + 'static>(
+/// The backend's one loop of queue round trips. Whenever completions are waiting or slots
+/// are free, it acknowledges the completions and refills the free slots — the completed
+/// attempts' own included — in one round trip ([`Queue::complete_and_fetch`]), and hands the
+/// leased jobs to apalis. Whatever queued up while a round trip was in flight goes in the
+/// next one, so batches grow with the load by themselves. When a fetch comes back short, it
+/// fetches again only once woken by an enqueue, at the poll fallback, or when the next
+/// delayed job is due, whichever is first; completions meanwhile are acknowledged alone.
+/// Once stopped it fetches nothing more but keeps acknowledging until no job is in flight.
+async fn driver<Args: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared>,
     tx: mpsc::Sender<Task<Args>>,
     mut signal: WakeSignal,
     stop: CancellationToken,
+    mut acks_rx: mpsc::UnboundedReceiver<AckRequest>,
 ) {
     let slots = Arc::new(Semaphore::new(shared.options.concurrency));
+    // Free slots held by this loop: taken from `slots`, or left by completed attempts.
+    let mut free: Vec<OwnedSemaphorePermit> = Vec::new();
+    let mut acks: Vec<AckRequest> = Vec::with_capacity(ACK_BATCH);
+    // Set while the queue has nothing for us: fetch again once woken or at this instant.
+    let mut idle_until: Option<Instant> = None;
     let mut error_delay = Duration::from_millis(50);
     loop {
-        let first = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("slots are never closed"),
-        };
-        let mut permits = vec![first];
-        while let Ok(p) = slots.clone().try_acquire_owned() {
-            permits.push(p);
+        let stopping = stop.is_cancelled();
+        if stopping {
+            free.clear();
+            if acks.is_empty() {
+                if shared.inflight().is_empty() {
+                    return;
+                }
+                let more =
+                    tokio::time::timeout(STOPPING_POLL, acks_rx.recv_many(&mut acks, ACK_BATCH));
+                if let Ok(0) = more.await {
+                    return;
+                }
+                continue;
+            }
+        } else {
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                free.push(p);
+            }
+            while acks.len() < ACK_BATCH {
+                match acks_rx.try_recv() {
+                    Ok(a) => acks.push(a),
+                    Err(_) => break,
+                }
+            }
+            if idle_until.is_some_and(|until| signal.woken() || Instant::now() >= until) {
+                idle_until = None;
+            }
         }
-        let asked = permits.len();
-        let batch = match shared
-            .queue
-            .fetch_batch(&shared.options.worker_id, asked)
-            .await
-        {
-            Ok(b) => {
+        let fetch = !stopping && idle_until.is_none();
+        let refill = fetch && !free.is_empty();
+        if acks.is_empty() && !refill {
+            let idle_for = idle_until.map(|u| u.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = stop.cancelled(), if !stopping => {}
+                n = acks_rx.recv_many(&mut acks, ACK_BATCH) => if n == 0 {
+                    return;
+                },
+                p = slots.clone().acquire_owned(), if idle_until.is_none() => {
+                    free.push(p.expect("slots are never closed"));
+                }
+                _ = signal.wait(idle_for.unwrap_or_default()), if idle_for.is_some() => {
+                    idle_until = None;
+                }
+            }
+            continue;
+        }
+
+        let asked = if fetch { free.len() } else { 0 };
+        if fetch {
+            // Wake-ups from now on are news for the next round.
+            signal.mark_seen();
+        }
+        let items: Vec<(Lease, &[u8])> = acks
+            .iter()
+            .map(|r| (r.lease.clone(), r.result.as_slice()))
+            .collect();
+        let outcome = if fetch {
+            shared
+                .queue
+                .complete_and_fetch(&items, &shared.options.worker_id, asked)
+                .await
+        } else {
+            shared.queue.complete_many(&items).await.map(|acks| Cycle {
+                acks,
+                ..Cycle::default()
+            })
+        };
+        drop(items);
+        let cycle = match outcome {
+            Ok(c) => {
                 error_delay = Duration::from_millis(50);
-                b
+                c
             }
             Err(e) => {
-                tracing::warn!(queue = shared.queue.name(), error = %error_chain(&e), "fetch failed; retrying");
+                let message = error_chain(&e);
+                tracing::warn!(queue = shared.queue.name(), error = %message, "queue round trip failed; retrying");
+                for req in acks.drain(..) {
+                    let _ = req.done.send(Err(SettleError::Ack(message.clone())));
+                }
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => {}
                     _ = tokio::time::sleep(error_delay) => {}
                 }
                 error_delay = (error_delay * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
-        let got = batch.jobs.len();
-        for job in batch.jobs {
-            let slot = permits.pop().expect("never more jobs than permits");
+
+        // The completed attempts' slots are free now: the jobs just leased take them.
+        let completed = reclaim_slots(&shared, &acks, &cycle.acks, &mut free);
+        for (req, ack) in acks.drain(..).zip(cycle.acks) {
+            let _ = req.done.send(Ok(ack));
+        }
+        if !fetch {
+            continue;
+        }
+        let got = cycle.batch.jobs.len();
+        if cycle.batch.paused || (got < asked + completed && !cycle.more) {
+            let mut wait = shared.options.poll_fallback;
+            if let Some(due) = cycle.batch.next_due_in {
+                wait = wait.min(due);
+            }
+            idle_until = Some(Instant::now() + wait);
+        }
+        for job in cycle.batch.jobs {
+            let Some(slot) = free.pop() else {
+                // More jobs than free slots (cannot happen while the table and Redis agree):
+                // give this one back unstarted.
+                let _ = shared.queue.release(&job.lease, Duration::ZERO).await;
+                continue;
+            };
             match into_task::<Args>(&shared, job, slot) {
                 Ok(task) => {
                     if tx.send(task).await.is_err() {
@@ -364,18 +471,32 @@ async fn fetcher<Args: DeserializeOwned + Send + 'static>(
                 }
             }
         }
-        drop(permits);
-        if got < asked {
-            let mut wait = shared.options.poll_fallback;
-            if let Some(due) = batch.next_due_in {
-                wait = wait.min(due);
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = signal.wait(wait) => {}
-            }
+    }
+}
+
+/// Moves the slots of the attempts Redis confirmed complete from the in-flight table into
+/// `free`; returns how many there were.
+fn reclaim_slots(
+    shared: &Shared,
+    requests: &[AckRequest],
+    acks: &[Ack],
+    free: &mut Vec<OwnedSemaphorePermit>,
+) -> usize {
+    let mut inflight = shared.inflight();
+    let mut completed = 0;
+    for (req, ack) in requests.iter().zip(acks) {
+        if *ack != Ack::Done {
+            continue;
+        }
+        completed += 1;
+        let ours = inflight
+            .get(&req.lease.id)
+            .is_some_and(|f| f.job.lease.fence == req.lease.fence);
+        if let Some(f) = ours.then(|| inflight.remove(&req.lease.id)).flatten() {
+            free.push(f.slot);
         }
     }
+    completed
 }
 
 /// Registers a fetched job as in flight and builds its apalis task; a payload that does not
@@ -409,7 +530,7 @@ fn into_task<Args: DeserializeOwned>(
         job.lease.id.clone(),
         InFlight {
             job: lease.clone(),
-            _slot: slot,
+            slot,
         },
     );
     Ok(TaskBuilder::new(args)
@@ -430,7 +551,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            // Keep renewing during the shutdown grace period: only the fetcher stops at once.
+            // Keep renewing during the shutdown grace period: only fetching stops at once.
             _ = stop.cancelled(), if shared.inflight().is_empty() => return,
             _ = tick.tick() => {}
         }
@@ -486,32 +607,6 @@ async fn sweeper(shared: Arc<Shared>, stop: CancellationToken) {
                 Err(e) => {
                     tracing::warn!(queue = shared.queue.name(), error = %error_chain(&e), "sweep failed");
                     break;
-                }
-            }
-        }
-    }
-}
-
-/// Acknowledges completions in batches: whatever is queued when a round trip starts goes in it.
-async fn acker(queue: Queue, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
-    let mut batch = Vec::with_capacity(ACK_BATCH);
-    while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
-        let items: Vec<(Lease, &[u8])> = batch
-            .iter()
-            .map(|r| (r.lease.clone(), r.result.as_slice()))
-            .collect();
-        let outcome = queue.complete_many(&items).await;
-        drop(items);
-        match outcome {
-            Ok(acks) => {
-                for (req, ack) in batch.drain(..).zip(acks) {
-                    let _ = req.done.send(Ok(ack));
-                }
-            }
-            Err(e) => {
-                let message = error_chain(&e);
-                for req in batch.drain(..) {
-                    let _ = req.done.send(Err(SettleError::Ack(message.clone())));
                 }
             }
         }
@@ -692,12 +787,6 @@ where
                 return fut.await.map_err(Into::into);
             };
             let events = shared.options.events.as_ref();
-            if let Some(events) = events {
-                let started = JobEvent::Started {
-                    attempt: job.lease.attempt,
-                };
-                events.publish(&job.lease.id, &started).await;
-            }
             let outcome = tokio::select! {
                 r = fut => r.map_err(Into::into),
                 _ = job.cancel.cancelled() => Err(Box::new(JobError::Cancelled(
@@ -720,7 +809,8 @@ where
             if let Some(observer) = &shared.options.observer {
                 observer.attempt_settled(&job.queue, settled, started_at.elapsed());
             }
-            if let Some(events) = events {
+            // A completion's `Finished` went out with its result, from the script.
+            if let Some(events) = events.filter(|_| settled != AttemptOutcome::Completed) {
                 events.publish(&job.lease.id, &JobEvent::Finished).await;
             }
             outcome

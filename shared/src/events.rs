@@ -50,6 +50,12 @@ impl EventPublisher {
         Self { conn, keys }
     }
 
+    /// The prefix of every job's event channel: the channel of job `id` is this followed by
+    /// `id` (what [`Queue::with_job_events`](crate::queue::Queue::with_job_events) takes).
+    pub fn channel_prefix(&self) -> String {
+        self.keys.job_events("")
+    }
+
     /// Publishes `event` for `job_id`. Best effort: a failure is logged, never returned, since the
     /// durable state in the queue is what listeners rely on.
     pub async fn publish(&self, job_id: &str, event: &JobEvent) {

@@ -5,7 +5,10 @@
 //! - delayed jobs are not fetched before they are due; fetch never returns more than asked;
 //! - an expired lease is rescued by sweep and the crash counts as an attempt; a heartbeat keeps
 //!   the lease; a job that crashes every time ends dead with a reason;
-//! - acks are fenced: a rescued job's old worker cannot overwrite the new attempt;
+//! - acks are fenced: a rescued job's old worker cannot overwrite the new attempt; one
+//!   complete-and-fetch call acknowledges a batch and refills exactly the freed slots;
+//! - a queue asked to announce job events publishes `started` at the fetch and `finished` with
+//!   the result, and one not asked publishes nothing;
 //! - transient failures retry with backoff then die, permanent ones die at once, release does
 //!   not burn an attempt; cancel, pause/resume, retry of dead jobs, removal;
 //! - counts and pages match reality after a mixed workload; results expire after their ttl and
@@ -452,6 +455,119 @@ async fn complete_many_is_fenced_per_job() {
     assert_eq!((counts.completed, counts.running), (4, 1));
     let r = q.result("m3").await.unwrap().unwrap();
     assert_eq!(r.result.as_deref(), Some(&b"m3"[..]));
+}
+
+#[tokio::test]
+async fn complete_and_fetch_refills_the_completed_slots_in_one_call() {
+    let ctx = Ctx::new("q-cycle").await;
+    let q = ctx.queue(fast_policy());
+    let jobs: Vec<NewJob> = (0..6)
+        .map(|i| NewJob::new("p").with_id(format!("c{i}")))
+        .collect();
+    q.enqueue_bulk(&jobs).await.unwrap();
+    let fetched = q.fetch("w", 3).await.unwrap();
+    let mut items: Vec<_> = fetched
+        .iter()
+        .map(|f| (f.lease.clone(), f.id().as_bytes().to_vec()))
+        .collect();
+    // A stale fence: that attempt is not completed and its slot is not counted as free.
+    items[1].0.fence += 1_000_000;
+    let cycle = q.complete_and_fetch(&items, "w", 1).await.unwrap();
+    assert_eq!(cycle.acks, vec![Ack::Done, Ack::LeaseLost, Ack::Done]);
+    // One free slot plus the two completed attempts' slots, oldest first.
+    let ids: Vec<&str> = cycle.batch.jobs.iter().map(|j| j.id()).collect();
+    assert_eq!(ids, vec!["c3", "c4", "c5"]);
+    assert!(cycle.batch.jobs.iter().all(|j| j.lease.attempt == 1));
+    assert!(!cycle.more && !cycle.batch.paused);
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.running, counts.queued), (2, 4, 0));
+    assert_eq!(
+        q.result("c2").await.unwrap().unwrap().result.as_deref(),
+        Some(&b"c2"[..])
+    );
+
+    // Nothing left to fetch: the short fetch says so and still acknowledges.
+    let items: Vec<_> = cycle
+        .batch
+        .jobs
+        .iter()
+        .map(|f| (f.lease.clone(), b"r".to_vec()))
+        .collect();
+    let cycle = q.complete_and_fetch(&items, "w", 5).await.unwrap();
+    assert_eq!(cycle.acks, vec![Ack::Done; 3]);
+    assert!(cycle.batch.jobs.is_empty());
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.running), (5, 1));
+}
+
+#[tokio::test]
+async fn fetch_and_complete_announce_started_and_finished_only_when_asked() {
+    use exai_shared::events::JobEvent;
+    use futures::StreamExt;
+
+    let ctx = Ctx::new("q-events").await;
+    let plain = ctx.queue(fast_policy());
+    let announcing = plain.with_job_events(ctx.keys.job_events(""));
+    let client = redis::Client::open(exai_tests::redis_url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    for id in ["e1", "e2"] {
+        pubsub.subscribe(ctx.keys.job_events(id)).await.unwrap();
+    }
+    let mut messages = pubsub.into_on_message();
+    let mut next = async || {
+        let msg = tokio::time::timeout(DEADLINE, messages.next())
+            .await
+            .expect("an event within the deadline")
+            .expect("the subscription is open");
+        let payload: String = msg.get_payload().unwrap();
+        let event: JobEvent = serde_json::from_str(&payload).unwrap();
+        (msg.get_channel_name().to_owned(), event)
+    };
+    let publish = async |id: &str| {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(ctx.keys.job_events(id))
+            .arg(serde_json::to_string(&JobEvent::Finished).unwrap())
+            .query_async(&mut ctx.conn.clone())
+            .await
+            .unwrap();
+    };
+
+    // Without events asked for, a fetch and a completion publish nothing: the next message
+    // is the marker published after them.
+    plain
+        .enqueue_bulk(&[NewJob::new("p").with_id("e1")])
+        .await
+        .unwrap();
+    let job = plain.fetch("w", 1).await.unwrap().pop().unwrap();
+    assert_eq!(plain.complete(&job.lease, b"r").await.unwrap(), Ack::Done);
+    publish("e2").await;
+    assert_eq!(next().await.0, ctx.keys.job_events("e2"));
+
+    // With them: `started` with the attempt at the fetch, `finished` with the result.
+    announcing
+        .enqueue_bulk(&[NewJob::new("p").with_id("e2")])
+        .await
+        .unwrap();
+    let cycle = announcing
+        .complete_and_fetch::<exai_shared::queue::Lease, &[u8]>(&[], "w", 1)
+        .await
+        .unwrap();
+    let job = &cycle.batch.jobs[0];
+    assert_eq!(
+        next().await,
+        (
+            ctx.keys.job_events("e2"),
+            JobEvent::Started { attempt: 1 }
+        )
+    );
+    let cycle = announcing
+        .complete_and_fetch(&[(job.lease.clone(), b"r".as_slice())], "w", 0)
+        .await
+        .unwrap();
+    assert_eq!(cycle.acks, vec![Ack::Done]);
+    assert_eq!(next().await, (ctx.keys.job_events("e2"), JobEvent::Finished));
+    let r = announcing.result("e2").await.unwrap().unwrap();
+    assert_eq!(r.state, JobState::Completed);
 }
 
 #[tokio::test]

@@ -142,6 +142,17 @@ pub const MAX_PIPELINE: usize = 16;
 /// Error messages longer than this (bytes) are truncated before they are stored.
 pub const MAX_ERROR_LEN: usize = 4096;
 
+/// What one worker round trip ([`Queue::complete_and_fetch`]) did.
+#[derive(Debug, Default)]
+pub struct Cycle {
+    /// One [`Ack`] per completion, in order.
+    pub acks: Vec<Ack>,
+    /// The jobs leased for the free slots.
+    pub batch: FetchBatch,
+    /// The call used up its budget on stale ids (a mass cancel): fetch again at once.
+    pub more: bool,
+}
+
 /// A handle on one named queue. Cheap to clone: clones share the connection and key strings.
 #[derive(Clone, Debug)]
 pub struct Queue {
@@ -151,7 +162,7 @@ pub struct Queue {
 }
 
 /// The key strings of the queue, formatted once, and its policy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     keys: QueueKeys,
     policy: QueuePolicy,
@@ -166,6 +177,8 @@ struct Inner {
     job_prefix: String,
     wake_channel: String,
     cancel_channel: String,
+    /// Where job events go (`<prefix><job id>`), when the scripts announce them.
+    events: Option<String>,
 }
 
 impl Queue {
@@ -184,11 +197,26 @@ impl Queue {
             job_prefix: qk.job_prefix(),
             wake_channel: qk.wake_channel(),
             cancel_channel: qk.cancel_channel(),
+            events: None,
             keys: qk,
             policy,
         };
         Self {
             conn,
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same queue, whose fetches and completions also announce each job's
+    /// [`JobEvent::Started`](crate::events::JobEvent) and, on success,
+    /// [`JobEvent::Finished`](crate::events::JobEvent) on channel `<channel_prefix><job id>`,
+    /// from inside their scripts: no extra round trip per job, and a `Finished` is published
+    /// only together with the result it announces.
+    pub fn with_job_events(&self, channel_prefix: impl Into<String>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.events = Some(channel_prefix.into());
+        Self {
+            conn: self.conn.clone(),
             inner: Arc::new(inner),
         }
     }
@@ -363,6 +391,7 @@ impl Queue {
                 .arg(worker)
                 .arg(self.inner.policy.lease_ms())
                 .arg(self.inner.policy.promote_chunk.clamp(1, MAX_BATCH))
+                .arg(self.inner.events.as_deref().unwrap_or(""))
                 .invoke_async(&mut conn)
                 .await?;
             let (batch, more) = parse_fetch(reply)?;
@@ -439,7 +468,8 @@ impl Queue {
                     .key(&self.inner.stats)
                     .arg(self.plen())
                     .arg(policy.result_ttl_ms())
-                    .arg(policy.completed_index_max.max(1));
+                    .arg(policy.completed_index_max.max(1))
+                    .arg(self.inner.events.as_deref().unwrap_or(""));
                 for (lease, result) in chunk {
                     let lease = lease.borrow();
                     inv.key(self.job_key(&lease.id))
@@ -461,6 +491,77 @@ impl Queue {
         }
         check_len(out.len(), items.len(), "complete")?;
         Ok(out)
+    }
+
+    /// One worker round trip, in one script call: completes `items` as
+    /// [`Queue::complete_many`] does, then leases up to `free` jobs plus one for each attempt
+    /// it completed (whose slot is now free) as [`Queue::fetch_batch`] does. A worker that
+    /// acknowledges and refills in the same call needs one round trip per cycle instead of two.
+    /// At most [`MAX_BATCH`] items; `free` is capped at [`MAX_BATCH`].
+    pub async fn complete_and_fetch<L, R>(
+        &self,
+        items: &[(L, R)],
+        worker: &str,
+        free: usize,
+    ) -> Result<Cycle, QueueError>
+    where
+        L: Borrow<Lease>,
+        R: AsRef<[u8]>,
+    {
+        if items.len() > MAX_BATCH {
+            return Err(QueueError::Protocol(format!(
+                "complete_and_fetch: {} completions, at most {MAX_BATCH}",
+                items.len()
+            )));
+        }
+        let policy = &self.inner.policy;
+        let events = self.inner.events.as_deref().unwrap_or("");
+        let mut inv = scripts::COMPLETE_FETCH.prepare_invoke();
+        inv.key(&self.inner.wait)
+            .key(&self.inner.scheduled)
+            .key(&self.inner.retry)
+            .key(&self.inner.active)
+            .key(&self.inner.stats)
+            .key(&self.inner.paused)
+            .key(&self.inner.job_prefix)
+            .key(&self.inner.completed)
+            .arg(free.min(MAX_BATCH))
+            .arg(worker)
+            .arg(policy.lease_ms())
+            .arg(policy.promote_chunk.clamp(1, MAX_BATCH))
+            .arg(events)
+            .arg(self.plen())
+            .arg(policy.result_ttl_ms())
+            .arg(policy.completed_index_max.max(1));
+        for (lease, result) in items {
+            let lease = lease.borrow();
+            inv.key(self.job_key(&lease.id))
+                .arg(lease.member())
+                .arg(result.as_ref());
+        }
+        let reply = inv.invoke_async(&mut self.conn.clone()).await?;
+        let mut items_out = reply::array(reply, "complete_and_fetch")?.into_iter();
+        let n = items_out
+            .next()
+            .map(|v| reply::int(&v, "complete_and_fetch"))
+            .transpose()?
+            .unwrap_or(-1);
+        check_len(
+            usize::try_from(n).unwrap_or(usize::MAX),
+            items.len(),
+            "complete_and_fetch",
+        )?;
+        let mut acks = Vec::with_capacity(items.len());
+        for v in items_out.by_ref().take(items.len()) {
+            acks.push(if reply::int(&v, "complete_and_fetch")? == 1 {
+                Ack::Done
+            } else {
+                Ack::LeaseLost
+            });
+        }
+        check_len(acks.len(), items.len(), "complete_and_fetch")?;
+        let (batch, more) = parse_fetch(Value::Array(items_out.collect()))?;
+        Ok(Cycle { acks, batch, more })
     }
 
     /// Ends one attempt as failed, only if the lease is still ours. `Transient` retries after

@@ -40,6 +40,10 @@ script!(
     COMPLETE = "lua/complete.lua"
 );
 script!(
+    /// One worker round trip: fenced, batched completion, then a fetch for the freed slots.
+    COMPLETE_FETCH = "lua/complete_fetch.lua"
+);
+script!(
     /// Fenced failure of one attempt.
     FAIL = "lua/fail.lua"
 );

@@ -154,6 +154,11 @@ impl WakeSignal {
         }
     }
 
+    /// Whether a wake-up not yet observed has arrived (without waiting or observing it).
+    pub fn woken(&self) -> bool {
+        self.rx.has_changed().unwrap_or(false)
+    }
+
     /// Marks every wake-up so far as observed.
     pub fn mark_seen(&mut self) {
         self.rx.mark_unchanged();

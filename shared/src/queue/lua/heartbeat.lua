@@ -8,10 +8,11 @@ local members = {}
 for i = 1, n do members[i] = ARGV[1 + i] end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local out = {lease_until}
+local lease_s = int(lease_until)
 local zargs = {}
 for i = 1, n do
   if scores[i] then
-    zargs[#zargs + 1] = lease_until
+    zargs[#zargs + 1] = lease_s
     zargs[#zargs + 1] = members[i]
     if redis.call('HEXISTS', KEYS[1 + i], 'c') == 1 then out[#out + 1] = 2 else out[#out + 1] = 1 end
   else

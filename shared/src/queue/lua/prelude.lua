@@ -14,6 +14,13 @@ local function split_member(m)
   return string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
 end
 
+-- `n`, a whole number, as a decimal string. Lua 5.1 formats numbers as floats (`%.14g`, and
+-- Redis formats numeric command arguments with `%.17g`), which is slow; `%d` is not. Per-job
+-- numbers go to Redis through this.
+local function int(n)
+  return string.format('%d', n)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -109,6 +116,7 @@ local function enqueue_jobs(wait_key, sched_key, paused_key, channel, plen, firs
   local later = {}
   local soonest, soonest_id = nil, nil
   local n = #KEYS - first + 1
+  local now_s = int(now)
   for i = 1, n do
     local jk = KEYS[first + i - 1]
     local b = base + (i - 1) * 4
@@ -120,12 +128,13 @@ local function enqueue_jobs(wait_key, sched_key, paused_key, channel, plen, firs
       local delay = tonumber(ARGV[b + 2])
       if delay > 0 then at = now + delay end
       if at > now then
-        redis.call('HSET', jk, 'p', ARGV[b + 1], 's', 'scheduled', 'm', ARGV[b + 4], 'e', now, 'r', at)
-        later[#later + 1] = at
+        local at_s = int(at)
+        redis.call('HSET', jk, 'p', ARGV[b + 1], 's', 'scheduled', 'm', ARGV[b + 4], 'e', now_s, 'r', at_s)
+        later[#later + 1] = at_s
         later[#later + 1] = id
         if soonest == nil or at < soonest then soonest, soonest_id = at, id end
       else
-        redis.call('HSET', jk, 'p', ARGV[b + 1], 's', 'queued', 'm', ARGV[b + 4], 'e', now)
+        redis.call('HSET', jk, 'p', ARGV[b + 1], 's', 'queued', 'm', ARGV[b + 4], 'e', now_s)
         ready[#ready + 1] = id
       end
       res[i] = 1
@@ -140,4 +149,128 @@ local function enqueue_jobs(wait_key, sched_key, paused_key, channel, plen, firs
     wake_if_first(sched_key, soonest_id, paused_key, channel)
   end
   return res
+end
+
+-- Leases up to `want` queued jobs to `worker`, after promoting due delayed and retrying jobs.
+-- `k` holds the queue's keys: wait, scheduled, retry, active, stats, paused, job prefix.
+-- With `events` not '', each leased job's `started` event is published on `<events><id>`.
+-- Returns {paused, next_due_in_ms or -1, more, lease_until, then per job:
+--          id, payload, attempt, max attempts, enqueued at, fence}
+local function fetch_jobs(k, want, worker, lease_ms, chunk, events, now)
+  if redis.call('EXISTS', k.paused) == 1 then return {1, -1, 0, 0} end
+  local lease_until = now + lease_ms
+  local jp = k.jp
+
+  promote(k.scheduled, k.wait, jp, now, chunk)
+  promote(k.retry, k.wait, jp, now, chunk)
+
+  -- Ids whose job is no longer queued (cancelled, removed, expired) are skipped and dropped
+  -- here, once each; the budget bounds the work of one call however many there are.
+  local budget = want * 4 + 64
+  local ids, rows = {}, {}
+  local ghosts = 0
+  local more = 0
+  while #ids < want do
+    if budget <= 0 then more = 1 break end
+    local ask = math.min(want - #ids, budget)
+    local popped = redis.call('RPOP', k.wait, ask)
+    if not popped then break end
+    budget = budget - #popped
+    for _, id in ipairs(popped) do
+      local jk = jp .. id
+      local h = redis.call('HMGET', jk, 's', 'p', 'a', 'm', 'e')
+      if h[1] == 'queued' then
+        ids[#ids + 1] = id
+        h[1] = jk
+        rows[#rows + 1] = h
+      else
+        ghosts = ghosts + 1
+      end
+    end
+    if #popped < ask then break end
+  end
+  if ghosts > 0 then redis.call('HINCRBY', k.stats, 'ghosts', -ghosts) end
+
+  local n = #ids
+  local next_due = -1
+  if n < want and more == 0 then
+    local due = nil
+    for _, z in ipairs({k.scheduled, k.retry}) do
+      local r = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+      if #r > 0 then
+        local s = tonumber(r[2])
+        if due == nil or s < due then due = s end
+      end
+    end
+    if due ~= nil then next_due = math.max(0, due - now) end
+  end
+
+  local out = {0, next_due, more, lease_until}
+  if n == 0 then return out end
+
+  local last = redis.call('HINCRBY', k.stats, 'fence', n)
+  local first = last - n
+  local now_s, lease_s = int(now), int(lease_until)
+  local zargs = {}
+  for i = 1, n do
+    local id = ids[i]
+    local h = rows[i]
+    local a = (tonumber(h[3]) or 0) + 1
+    local a_s = int(a)
+    local fence = first + i
+    local fence_s = int(fence)
+    redis.call('HSET', h[1], 's', 'running', 'a', a_s, 'f', fence_s, 'w', worker, 't', now_s)
+    if events ~= '' then
+      redis.call('PUBLISH', events .. id, '{"event":"started","attempt":' .. a_s .. '}')
+    end
+    zargs[#zargs + 1] = lease_s
+    zargs[#zargs + 1] = fence_s .. ':' .. id
+    out[#out + 1] = id
+    out[#out + 1] = h[2]
+    out[#out + 1] = a
+    out[#out + 1] = tonumber(h[4]) or 1
+    out[#out + 1] = tonumber(h[5]) or 0
+    out[#out + 1] = fence
+  end
+  batched('ZADD', k.active, zargs)
+  return out
+end
+
+-- Stores the results of `n` attempts and releases their leases, only where the attempt is
+-- still the running one (its `<fence>:<id>` member is in the active set). The attempts' job
+-- hashes are KEYS[kj..]; their members and results alternate in ARGV from ARGV[a]. Completed
+-- ids go to the head of the completed index, trimmed to `keep`. With `events` not '', each
+-- completed job's `finished` event is published on `<events><id>`. `ttl` (ms) is a string.
+-- Returns one 1 (done) or 0 (lease lost) per attempt, and how many were done.
+local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl, keep, events, now)
+  local res = {}
+  if n == 0 then return res, 0 end
+  local members = {}
+  for i = 1, n do members[i] = ARGV[a + 2 * (i - 1)] end
+  local scores = redis.call('ZMSCORE', k_active, unpack(members))
+  local now_s = int(now)
+  local done, live, seen = {}, {}, {}
+  for i = 1, n do
+    local m = members[i]
+    if scores[i] and not seen[m] then
+      seen[m] = true
+      local jk = KEYS[kj + i - 1]
+      redis.call('HSET', jk, 's', 'completed', 'x', ARGV[a + 2 * (i - 1) + 1], 'd', now_s)
+      redis.call('PEXPIRE', jk, ttl)
+      local id = string.sub(jk, plen + 1)
+      if events ~= '' then redis.call('PUBLISH', events .. id, '{"event":"finished"}') end
+      done[#done + 1] = id
+      live[#live + 1] = m
+      res[i] = 1
+    else
+      res[i] = 0
+    end
+  end
+  if #done > 0 then
+    batched('ZREM', k_active, live)
+    batched('LPUSH', k_completed, done)
+    redis.call('LTRIM', k_completed, 0, keep - 1)
+    redis.call('HINCRBY', k_stats, 'completed', #done)
+  end
+  return res, #done
 end
