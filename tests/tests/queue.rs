@@ -555,17 +555,17 @@ async fn fetch_and_complete_announce_started_and_finished_only_when_asked() {
     let job = &cycle.batch.jobs[0];
     assert_eq!(
         next().await,
-        (
-            ctx.keys.job_events("e2"),
-            JobEvent::Started { attempt: 1 }
-        )
+        (ctx.keys.job_events("e2"), JobEvent::Started { attempt: 1 })
     );
     let cycle = announcing
         .complete_and_fetch(&[(job.lease.clone(), b"r".as_slice())], "w", 0)
         .await
         .unwrap();
     assert_eq!(cycle.acks, vec![Ack::Done]);
-    assert_eq!(next().await, (ctx.keys.job_events("e2"), JobEvent::Finished));
+    assert_eq!(
+        next().await,
+        (ctx.keys.job_events("e2"), JobEvent::Finished)
+    );
     let r = announcing.result("e2").await.unwrap().unwrap();
     assert_eq!(r.state, JobState::Completed);
 }

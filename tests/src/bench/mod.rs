@@ -14,12 +14,16 @@
 //! 6. **Backlog**: with the same workers, warm: queue paused, a small backlog enqueued, timed
 //!    from RESUME to the last completion (`small_rounds` times, summed); then the same with a
 //!    backlog of `large_backlog` (default `jobs`). Their per-job time ratio should be ≈ 1.
-//! 7. **In-process engine** ([`engine`]): the same warm drain of `jobs` and the same latency
+//! 7. **The BullMQ Rust port** ([`bullmq`]), the baseline engine: the same bulk enqueue, cold
+//!    drain by as many worker processes at the same concurrency, and latency; then our rows ÷
+//!    theirs.
+//! 8. **In-process engine** ([`engine`]): the same warm drain of `jobs` and the same latency
 //!    phase through one apalis worker in this process, which also stamps the handler's start.
 //!
 //! Each phase's Redis CPU (from `INFO cpu`) and client CPU (`/proc`) is recorded with it. Every
 //! key lives under the run's prefix; [`cleanup`] deletes them.
 
+pub mod bullmq;
 pub mod engine;
 pub mod idle;
 pub mod measure;
@@ -80,6 +84,9 @@ pub struct Options {
     pub raw_for: Duration,
     /// Run the in-process engine phases.
     pub in_process: bool,
+    /// `exai-bench` itself, whose `bullmq-worker` command serves the BullMQ baseline; `None`
+    /// skips the baseline.
+    pub bullmq_bin: Option<PathBuf>,
     /// The `exai-worker` binary.
     pub worker_bin: PathBuf,
 }
@@ -183,6 +190,10 @@ pub async fn run(opts: Options, prefix: String, stop: CancellationToken) -> anyh
     enqueue_single(&mut ctx, &mut report, &prefix).await?;
     protocol(&mut ctx, &mut report, &prefix).await?;
     worker_processes(&mut ctx, &mut report, &prefix).await?;
+    if let Some(bin) = ctx.opts.bullmq_bin.clone() {
+        let theirs = bullmq::run(&mut ctx, &mut report, &prefix, &bin).await?;
+        side_by_side(&mut report, &theirs);
+    }
     if ctx.opts.in_process {
         in_process(&mut ctx, &mut report, &prefix, &stop).await?;
     }
@@ -197,6 +208,36 @@ pub async fn run(opts: Options, prefix: String, stop: CancellationToken) -> anyh
         ));
     }
     Ok(report)
+}
+
+/// The ratios of our worker-process rows to the BullMQ Rust port's, measured in this run.
+fn side_by_side(report: &mut Report, theirs: &bullmq::Baseline) {
+    let ours = |key: &str| report.value(key).unwrap_or(f64::NAN);
+    let rows = [
+        (
+            "vs_bullmq_enqueue_bulk_ratio",
+            "EXAI ÷ BullMQ Rust port: bulk enqueue rate",
+            ours("enqueue_bulk_per_s") / theirs.enqueue_bulk_per_s,
+        ),
+        (
+            "vs_bullmq_process_ratio",
+            "EXAI ÷ BullMQ Rust port: process rate, cold, worker processes",
+            ours("process_per_s") / theirs.process_per_s,
+        ),
+        (
+            "vs_bullmq_latency_p50_ratio",
+            "EXAI ÷ BullMQ Rust port: latency p50, enqueue → completed (lower is better)",
+            ours("latency_p50_ms") / theirs.latency_p50_ms,
+        ),
+        (
+            "vs_bullmq_latency_p99_ratio",
+            "EXAI ÷ BullMQ Rust port: latency p99, enqueue → completed (lower is better)",
+            ours("latency_p99_ms") / theirs.latency_p99_ms,
+        ),
+    ];
+    for (key, label, value) in rows {
+        report.ratio(key, label.to_owned(), value);
+    }
 }
 
 /// Deletes every key of the run (prefix `prefix`, all its phases).

@@ -104,6 +104,10 @@ pub const QUEUE_LEGEND: &[&str] = &[
     "protocol only: the queue API called directly, no apalis and no handler: each task fetches up to B jobs \
      and completes them with one complete_many, until the backlog (enqueued untimed) is empty; the row with \
      one task per worker process and B = concurrency is the protocol's ceiling for the process rows.",
+    "BullMQ Rust port: bullmq-official 1.4.4 on the same Redis, same payload (as JSON data), same batch, same \
+     number of worker processes and concurrency (exai-bench bullmq-worker: a Worker with a no-op processor, \
+     default options otherwise); its latency is timed like ours, by the invalidation of the job's hash that \
+     carries finishedOn. The EXAI ÷ BullMQ rows divide our worker-process rows by these.",
     "backlog ratios: per-job time (1 / warm rate) and Redis CPU per job at the large backlog ÷ the same at \
      the small one; 1.0 means the per-job cost does not depend on the backlog. The small rounds include \
      each round's ramp-up and ramp-down, and their rate is the noisier of the two.",
@@ -183,6 +187,11 @@ impl Report {
             unit: Unit::Ratio,
             cost: None,
         });
+    }
+
+    /// The value of the row named `key`, if there is one.
+    pub fn value(&self, key: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.key == key).map(|r| r.value)
     }
 
     /// The table, its header and its legend.

@@ -49,6 +49,24 @@ enum Command {
     Uploads(UploadsArgs),
     /// Every benchmark in one run, each table in turn, then the headline numbers together.
     All(AllArgs),
+    /// One BullMQ Rust port worker with a no-op processor, until SIGTERM (started by the
+    /// queue benchmark for its baseline).
+    #[command(hide = true)]
+    BullmqWorker(BullmqWorkerArgs),
+}
+
+/// Flags of `exai-bench bullmq-worker`.
+#[derive(Debug, Clone, clap::Args)]
+struct BullmqWorkerArgs {
+    /// The Redis server.
+    #[arg(long)]
+    redis_url: String,
+    /// BullMQ's key prefix.
+    #[arg(long)]
+    prefix: String,
+    /// Jobs at once.
+    #[arg(long)]
+    concurrency: usize,
 }
 
 /// Flags of `exai-bench all`.
@@ -295,6 +313,9 @@ struct QueueArgs {
     /// Skip the in-process engine phases.
     #[arg(long)]
     no_in_process: bool,
+    /// Skip the BullMQ Rust port baseline.
+    #[arg(long)]
+    no_bullmq: bool,
     /// The `exai-worker` binary (default: next to this executable).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
@@ -340,6 +361,11 @@ impl QueueArgs {
             protocol_batches: self.protocol_batches.clone(),
             raw_for: Duration::from_secs_f64(self.raw_secs),
             in_process: !self.no_in_process,
+            bullmq_bin: if self.no_bullmq {
+                None
+            } else {
+                Some(std::env::current_exe().context("locate exai-bench")?)
+            },
             worker_bin,
         })
     }
@@ -350,6 +376,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Queue(args) => queue(args).await,
+        Command::BullmqWorker(args) => {
+            bench::bullmq::worker(&args.redis_url, &args.prefix, args.concurrency).await
+        }
         Command::Sem(args) => {
             anyhow::ensure!(
                 args.secs.is_finite() && args.secs > 0.0,
