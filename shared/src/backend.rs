@@ -13,7 +13,9 @@
 //!    whichever is first; completions meanwhile are acknowledged alone.
 //! 2. The **lease layer** ([`LeaseLayer`], returned by [`BackendConfig::middleware`]) runs the
 //!    handler raced against the job's cancellation token, then settles the attempt with fenced
-//!    writes: a result goes to the driver, which acknowledges it in its next round trip; a
+//!    writes: a result goes to the driver, which acknowledges it in its next round trip (or,
+//!    while the driver waits for work and has nothing to batch it with, the layer acknowledges
+//!    it itself, one hand-off sooner); a
 //!    [`JobError`] decides between retry, dead, put-back and cancel. Settling removes the job
 //!    from the in-flight table, which frees its slot; the options' [`AttemptObserver`]
 //!    (metrics) is then told the [`AttemptOutcome`] and duration.
@@ -36,6 +38,7 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -204,6 +207,9 @@ struct Shared {
     options: BackendOptions,
     inflight: Mutex<HashMap<String, InFlight>>,
     acks: mpsc::UnboundedSender<AckRequest>,
+    /// The driver is waiting for work (its last fetch came back short): a result has nothing
+    /// to share a round trip with, so the layer acknowledges it itself, one hand-off sooner.
+    driver_idle: AtomicBool,
 }
 
 impl Shared {
@@ -295,6 +301,7 @@ where
             queue: self.queue.clone(),
             options: self.options.clone(),
             inflight: Mutex::new(HashMap::new()),
+            driver_idle: AtomicBool::new(false),
             acks: ack_tx,
         });
         let stop = self.options.shutdown.child_token();
@@ -371,6 +378,7 @@ async fn driver<Args: DeserializeOwned + Send + 'static>(
             }
         }
         let fetch = !stopping && idle_until.is_none();
+        shared.driver_idle.store(!fetch, Ordering::Relaxed);
         let refill = fetch && !free.is_empty();
         if acks.is_empty() && !refill {
             let idle_for = idle_until.map(|u| u.saturating_duration_since(Instant::now()));
@@ -829,6 +837,16 @@ async fn settle<Res: Serialize>(
     match outcome {
         Ok(res) => {
             let result = serde_json::to_vec(res).map_err(QueueError::from)?;
+            if shared.driver_idle.load(Ordering::Relaxed) {
+                let ack = queue.complete(lease, &result).await?;
+                return Ok(match ack {
+                    Ack::Done => AttemptOutcome::Completed,
+                    Ack::LeaseLost => {
+                        tracing::warn!(queue = %job.queue, job_id = %lease.id, "result discarded: the lease was lost");
+                        AttemptOutcome::LeaseLost
+                    }
+                });
+            }
             let (tx, rx) = oneshot::channel();
             shared
                 .acks

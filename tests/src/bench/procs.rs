@@ -58,7 +58,7 @@ fn clean_command(bin: &Path, log: &Path) -> anyhow::Result<tokio::process::Comma
         .stdin(Stdio::null())
         .stdout(Stdio::from(out.try_clone()?))
         .stderr(Stdio::from(out));
-    for var in ["PATH", "HOME", "RUST_LOG"] {
+    for var in ["PATH", "HOME", "RUST_LOG", "TOKIO_WORKER_THREADS"] {
         if let Ok(v) = std::env::var(var) {
             cmd.env(var, v);
         }

@@ -229,14 +229,9 @@ impl Stack {
 
     /// Every row of `provider_file_uploads` (any status), oldest first.
     pub async fn rows(&self) -> Vec<FileUpload> {
-        let mut rows = Vec::new();
-        for status in db::UploadStatus::ALL {
-            rows.extend(
-                db::list_by_status(&self.pool, status, 10_000)
-                    .await
-                    .unwrap(),
-            );
-        }
+        // One statement, one snapshot: a row changing status meanwhile (a storage push
+        // finishing) is seen once.
+        let mut rows = db::list_recent(&self.pool, None, 10_000).await.unwrap();
         rows.sort_by_key(|r| r.created_at);
         rows
     }
