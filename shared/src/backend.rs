@@ -409,7 +409,12 @@ async fn driver<Args: DeserializeOwned + Send + 'static>(
         let outcome = if fetch {
             shared
                 .queue
-                .complete_and_fetch(&items, &shared.options.worker_id, asked)
+                .complete_and_fetch(
+                    &items,
+                    &shared.options.worker_id,
+                    asked,
+                    shared.options.poll_fallback,
+                )
                 .await
         } else {
             shared.queue.complete_many(&items).await.map(|acks| Cycle {

@@ -14,7 +14,8 @@
 //! - counts and pages match reality after a mixed workload; results expire after their ttl and
 //!   memory stays flat over many completed jobs;
 //! - 20,000 jobs drain through concurrent workers, each completed exactly once;
-//! - an idle worker is woken by a push within milliseconds; a cron tick fires once.
+//! - an idle worker is woken by a push within milliseconds; an enqueue wakes one idle worker
+//!   and a fetch that fills its batch wakes the next; a cron tick fires once.
 //!
 //! Each test works under its own key prefix and deletes it at the end, even when it fails.
 
@@ -24,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use exai_shared::queue::{
-    Ack, Backoff, Cancel, Enqueued, FailKind, FailOutcome, Fetched, JobState, LeaseState, NewJob,
-    Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
+    Ack, Backoff, Cancel, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobState,
+    LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
 };
 use exai_shared::redis::{Keys, RedisHandle};
 use exai_tests::{test_config, unique_prefix, wait_until};
@@ -68,7 +69,7 @@ impl Ctx {
 
     async fn waker(&self) -> Waker {
         let client = RedisHandle::pubsub_client(&self.config.redis).expect("pubsub client");
-        Waker::connect(client, &self.keys, &[TOOL_CALLS])
+        Waker::connect(client, &self.keys, &[(TOOL_CALLS, "w")])
             .await
             .expect("subscribe")
     }
@@ -472,7 +473,10 @@ async fn complete_and_fetch_refills_the_completed_slots_in_one_call() {
         .collect();
     // A stale fence: that attempt is not completed and its slot is not counted as free.
     items[1].0.fence += 1_000_000;
-    let cycle = q.complete_and_fetch(&items, "w", 1).await.unwrap();
+    let cycle = q
+        .complete_and_fetch(&items, "w", 1, SLOW_POLL)
+        .await
+        .unwrap();
     assert_eq!(cycle.acks, vec![Ack::Done, Ack::LeaseLost, Ack::Done]);
     // One free slot plus the two completed attempts' slots, oldest first.
     let ids: Vec<&str> = cycle.batch.jobs.iter().map(|j| j.id()).collect();
@@ -493,7 +497,10 @@ async fn complete_and_fetch_refills_the_completed_slots_in_one_call() {
         .iter()
         .map(|f| (f.lease.clone(), b"r".to_vec()))
         .collect();
-    let cycle = q.complete_and_fetch(&items, "w", 5).await.unwrap();
+    let cycle = q
+        .complete_and_fetch(&items, "w", 5, SLOW_POLL)
+        .await
+        .unwrap();
     assert_eq!(cycle.acks, vec![Ack::Done; 3]);
     assert!(cycle.batch.jobs.is_empty());
     let counts = q.counts().await.unwrap();
@@ -549,7 +556,7 @@ async fn fetch_and_complete_announce_started_and_finished_only_when_asked() {
         .await
         .unwrap();
     let cycle = announcing
-        .complete_and_fetch::<exai_shared::queue::Lease, &[u8]>(&[], "w", 1)
+        .complete_and_fetch::<exai_shared::queue::Lease, &[u8]>(&[], "w", 1, SLOW_POLL)
         .await
         .unwrap();
     let job = &cycle.batch.jobs[0];
@@ -558,7 +565,7 @@ async fn fetch_and_complete_announce_started_and_finished_only_when_asked() {
         (ctx.keys.job_events("e2"), JobEvent::Started { attempt: 1 })
     );
     let cycle = announcing
-        .complete_and_fetch(&[(job.lease.clone(), b"r".as_slice())], "w", 0)
+        .complete_and_fetch(&[(job.lease.clone(), b"r".as_slice())], "w", 0, SLOW_POLL)
         .await
         .unwrap();
     assert_eq!(cycle.acks, vec![Ack::Done]);
@@ -1277,6 +1284,79 @@ async fn twenty_thousand_jobs_drain_exactly_once_through_concurrent_workers() {
         assert_eq!(r.result.unwrap(), info.payload);
         assert_eq!(info.attempts, 1);
     }
+}
+
+#[tokio::test]
+async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
+    let ctx = Ctx::new("q-wake-one").await;
+    let q = ctx.queue(fast_policy());
+    let client = || RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
+    let (a, b) = (
+        Waker::connect(client(), &ctx.keys, &[(TOOL_CALLS, "a")])
+            .await
+            .unwrap(),
+        Waker::connect(client(), &ctx.keys, &[(TOOL_CALLS, "b")])
+            .await
+            .unwrap(),
+    );
+    let mut signals = [a.signal(TOOL_CALLS).unwrap(), b.signal(TOOL_CALLS).unwrap()];
+    let mut cancels = [a.cancellations(), b.cancellations()];
+    let names = ["a", "b"];
+    // Both idle: their fetches came back empty.
+    for name in names {
+        assert!(
+            q.fetch_batch_idle(name, 5, SLOW_POLL)
+                .await
+                .unwrap()
+                .jobs
+                .is_empty()
+        );
+    }
+    // Everything published before it has reached both wakers once this marker has.
+    let settle = async |cancels: &mut [tokio::sync::broadcast::Receiver<CancelSignal>; 2],
+                        tag: &str| {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(ctx.keys.queue(TOOL_CALLS).cancel_channel())
+            .arg(tag)
+            .query_async(&mut ctx.conn.clone())
+            .await
+            .unwrap();
+        for rx in cancels.iter_mut() {
+            let got = tokio::time::timeout(DEADLINE, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.job_id, tag);
+        }
+    };
+
+    // Three jobs: exactly one idle worker hears about them.
+    let jobs: Vec<NewJob> = (0..3)
+        .map(|i| NewJob::new("p").with_id(format!("w{i}")))
+        .collect();
+    q.enqueue_bulk(&jobs).await.unwrap();
+    settle(&mut cancels, "marker-1").await;
+    let woken: Vec<usize> = (0..2).filter(|&i| signals[i].woken()).collect();
+    assert_eq!(woken.len(), 1, "exactly one idle worker woken: {woken:?}");
+    let (first, other) = (woken[0], 1 - woken[0]);
+    signals[first].mark_seen();
+
+    // It takes one job, a full batch, with jobs left behind: the other idle worker is woken.
+    let got = q
+        .fetch_batch_idle(names[first], 1, SLOW_POLL)
+        .await
+        .unwrap();
+    assert_eq!(got.jobs.len(), 1);
+    let start = Instant::now();
+    assert_eq!(signals[other].wait(SLOW_POLL).await, Wake::Notified);
+    assert!(start.elapsed() < SLOW_POLL / 10);
+    let got = q
+        .fetch_batch_idle(names[other], 5, SLOW_POLL)
+        .await
+        .unwrap();
+    assert_eq!(got.jobs.len(), 2);
+    settle(&mut cancels, "marker-2").await;
+    assert!(!signals[first].woken(), "the first worker was woken twice");
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
     let waker = Waker::connect(
         RedisHandle::pubsub_client(&config.redis).expect("pubsub client"),
         &keys,
-        &[TOOL_CALLS],
+        &[(TOOL_CALLS, "w")],
     )
     .await
     .expect("subscribe");

@@ -81,14 +81,16 @@ pub async fn run(
         .context("connect to redis")?;
     let keys = Keys::new(&config.redis.prefix);
     let queue_names: Vec<&str> = options.queues.iter().map(String::as_str).collect();
-    let waker = Waker::connect(
-        RedisHandle::pubsub_client(&config.redis)?,
-        &keys,
-        &queue_names,
-    )
-    .await
-    .context("subscribe to queue wake-ups")?;
     let worker_id = worker_id();
+    // Each queue's backend fetches (and registers idle) as `<worker id>/<queue>`.
+    let fetchers: Vec<(&str, String)> = queue_names
+        .iter()
+        .map(|&q| (q, format!("{worker_id}/{q}")))
+        .collect();
+    let listens: Vec<(&str, &str)> = fetchers.iter().map(|(q, w)| (*q, w.as_str())).collect();
+    let waker = Waker::connect(RedisHandle::pubsub_client(&config.redis)?, &keys, &listens)
+        .await
+        .context("subscribe to queue wake-ups")?;
     let policy = QueuePolicy::from_config(&config.jobs);
     let storage_policy = crate::state::storage_policy(config);
     let metrics = WorkerMetrics::new();

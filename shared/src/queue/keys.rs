@@ -77,6 +77,13 @@ impl QueueKeys {
         format!("{}:paused", self.tag)
     }
 
+    /// Sorted set of the workers waiting for work (member: worker id, score: until when the
+    /// registration holds, Unix ms): an enqueue wakes one of them, on its own channel, instead
+    /// of every worker.
+    pub fn idle(&self) -> String {
+        format!("{}:idle", self.tag)
+    }
+
     /// The prefix of job hashes; a job's hash is this prefix followed by its id.
     pub fn job_prefix(&self) -> String {
         format!("{}:j:", self.tag)
@@ -93,9 +100,15 @@ impl QueueKeys {
         format!("{}:cron:{schedule}", self.tag)
     }
 
-    /// Channel on which the queue announces that its wait list became non-empty.
+    /// Channel on which the queue announces to every worker that its wait list became
+    /// non-empty (when no worker is registered idle, and on resume, release, rescue, retry).
     pub fn wake_channel(&self) -> String {
         format!("{}:wake", self.channel_base)
+    }
+
+    /// The channel on which worker `worker` alone is woken (see [`QueueKeys::idle`]).
+    pub fn wake_channel_of(&self, worker: &str) -> String {
+        format!("{}:wake:{worker}", self.channel_base)
     }
 
     /// Channel on which the ids of running jobs asked to stop are published.

@@ -139,6 +139,11 @@ pub const MAX_BATCH: usize = 1000;
 /// The most script calls sent in one pipeline (one round trip): a batch of up to
 /// `MAX_PIPELINE × MAX_BATCH` jobs takes one round trip, a larger one several.
 pub const MAX_PIPELINE: usize = 16;
+/// How long a caller of [`Queue::fetch_batch`] is taken to wait, when its batch comes back
+/// short, before it fetches again (its idle registration lasts that long, plus a second).
+pub const DEFAULT_IDLE_FOR: Duration = Duration::from_secs(10);
+/// The longest idle registration a fetch records.
+const MAX_IDLE_FOR: Duration = Duration::from_secs(86_400);
 /// Error messages longer than this (bytes) are truncated before they are stored.
 pub const MAX_ERROR_LEN: usize = 4096;
 
@@ -174,6 +179,7 @@ struct Inner {
     completed: String,
     stats: String,
     paused: String,
+    idle: String,
     job_prefix: String,
     wake_channel: String,
     cancel_channel: String,
@@ -194,6 +200,7 @@ impl Queue {
             completed: qk.completed(),
             stats: qk.stats(),
             paused: qk.paused(),
+            idle: qk.idle(),
             job_prefix: qk.job_prefix(),
             wake_channel: qk.wake_channel(),
             cancel_channel: qk.cancel_channel(),
@@ -278,6 +285,7 @@ impl Queue {
             inv.key(&self.inner.wait)
                 .key(&self.inner.scheduled)
                 .key(&self.inner.paused)
+                .key(&self.inner.idle)
                 .arg(self.plen())
                 .arg(&self.inner.wake_channel);
             for (job, id) in chunk.iter().zip(chunk_ids) {
@@ -340,6 +348,7 @@ impl Queue {
             .key(&self.inner.scheduled)
             .key(&self.inner.paused)
             .key(self.inner.keys.cron_ticks(schedule))
+            .key(&self.inner.idle)
             .key(self.job_key(&id))
             .arg(self.plen())
             .arg(&self.inner.wake_channel)
@@ -371,6 +380,19 @@ impl Queue {
     /// [`fetch`](Self::fetch), also telling whether the queue is paused and when the next
     /// delayed job is due — what an idle worker needs to choose how long to wait.
     pub async fn fetch_batch(&self, worker: &str, max: usize) -> Result<FetchBatch, QueueError> {
+        self.fetch_batch_idle(worker, max, DEFAULT_IDLE_FOR).await
+    }
+
+    /// [`Queue::fetch_batch`] by a caller that, when the batch comes back short, waits at most
+    /// `idle_for` before it fetches again: until then it is registered idle, and the next
+    /// enqueue wakes it alone on [`QueueKeys::wake_channel_of`] (a [`Waker`] made for this
+    /// worker hears it).
+    pub async fn fetch_batch_idle(
+        &self,
+        worker: &str,
+        max: usize,
+        idle_for: Duration,
+    ) -> Result<FetchBatch, QueueError> {
         let max = max.min(MAX_BATCH);
         if max == 0 {
             return Ok(FetchBatch::default());
@@ -387,11 +409,14 @@ impl Queue {
                 .key(&self.inner.stats)
                 .key(&self.inner.paused)
                 .key(&self.inner.job_prefix)
+                .key(&self.inner.idle)
                 .arg(max)
                 .arg(worker)
                 .arg(self.inner.policy.lease_ms())
                 .arg(self.inner.policy.promote_chunk.clamp(1, MAX_BATCH))
                 .arg(self.inner.events.as_deref().unwrap_or(""))
+                .arg(&self.inner.wake_channel)
+                .arg(millis(idle_for.min(MAX_IDLE_FOR)))
                 .invoke_async(&mut conn)
                 .await?;
             let (batch, more) = parse_fetch(reply)?;
@@ -497,12 +522,14 @@ impl Queue {
     /// [`Queue::complete_many`] does, then leases up to `free` jobs plus one for each attempt
     /// it completed (whose slot is now free) as [`Queue::fetch_batch`] does. A worker that
     /// acknowledges and refills in the same call needs one round trip per cycle instead of two.
-    /// At most [`MAX_BATCH`] items; `free` is capped at [`MAX_BATCH`].
+    /// At most [`MAX_BATCH`] items; `free` is capped at [`MAX_BATCH`]; `idle_for` as in
+    /// [`Queue::fetch_batch_idle`].
     pub async fn complete_and_fetch<L, R>(
         &self,
         items: &[(L, R)],
         worker: &str,
         free: usize,
+        idle_for: Duration,
     ) -> Result<Cycle, QueueError>
     where
         L: Borrow<Lease>,
@@ -525,6 +552,7 @@ impl Queue {
             .key(&self.inner.paused)
             .key(&self.inner.job_prefix)
             .key(&self.inner.completed)
+            .key(&self.inner.idle)
             .arg(free.min(MAX_BATCH))
             .arg(worker)
             .arg(policy.lease_ms())
@@ -532,7 +560,9 @@ impl Queue {
             .arg(events)
             .arg(self.plen())
             .arg(policy.result_ttl_ms())
-            .arg(policy.completed_index_max.max(1));
+            .arg(policy.completed_index_max.max(1))
+            .arg(&self.inner.wake_channel)
+            .arg(millis(idle_for.min(MAX_IDLE_FOR)));
         for (lease, result) in items {
             let lease = lease.borrow();
             inv.key(self.job_key(&lease.id))

@@ -1,9 +1,15 @@
 //! Push wake-ups for idle workers, and cancel signals for running jobs, over Redis pub/sub.
 //!
-//! Every script that makes the wait list go from empty to non-empty on a running queue
-//! (enqueue, release, rescue, promotion, retry of a dead job, resume) publishes on the queue's
-//! wake channel, so an idle worker starts a new job within milliseconds instead of at its next
-//! poll. Pub/sub is at-most-once — a message published while the subscription reconnects is
+//! An enqueue wakes **one** idle worker: a worker whose fetch came back short registers itself
+//! in the queue's idle set ([`QueueKeys::idle`](super::QueueKeys::idle)) for as long as it will
+//! wait, and the enqueue script pops the most recent live registration and publishes on that
+//! worker's own channel ([`QueueKeys::wake_channel_of`](super::QueueKeys::wake_channel_of)).
+//! A worker that takes a full batch and leaves jobs behind wakes the next idle one the same way,
+//! so a burst spreads over as many workers as it needs, and an idle fleet of N workers costs one
+//! fetch per enqueue, not N. With nobody registered idle, and for the rarer events (release,
+//! rescue, promotion, retry of a dead job, resume), the queue's wake channel reaches every
+//! worker. Either way an idle worker starts a new job within milliseconds instead of at its
+//! next poll. Pub/sub is at-most-once — a message published while the subscription reconnects is
 //! lost — so a worker always waits with a timeout (the poll fallback), and the subscription
 //! marks every queue as woken after each reconnect.
 //!
@@ -82,24 +88,28 @@ impl std::fmt::Debug for Waker {
 }
 
 impl Waker {
-    /// Subscribes to the wake and cancel channels of `queues` on a dedicated connection from
-    /// `client` (see [`RedisHandle::pubsub_client`](crate::redis::RedisHandle::pubsub_client)).
-    /// Returns once subscribed, so no wake-up published afterwards is missed; the subscription
-    /// then reconnects by itself with backoff.
+    /// Subscribes to the wake and cancel channels of each `(queue, worker id)` of `queues` —
+    /// the wake channel every worker hears and the one of that worker id alone (the id its
+    /// fetches register under) — on a dedicated connection from `client` (see
+    /// [`RedisHandle::pubsub_client`](crate::redis::RedisHandle::pubsub_client)). Returns once
+    /// subscribed, so no wake-up published afterwards is missed; the subscription then
+    /// reconnects by itself with backoff.
     pub async fn connect(
         client: redis::Client,
         keys: &Keys,
-        queues: &[&str],
+        queues: &[(&str, &str)],
     ) -> Result<Self, QueueError> {
         let mut wakes = HashMap::new();
         let mut routes = HashMap::new();
         let mut channels = Vec::new();
-        for &queue in queues {
+        for &(queue, worker) in queues {
             let qk = keys.queue(queue);
             let (tx, _) = watch::channel(0u64);
             routes.insert(qk.wake_channel(), Route::Wake(tx.clone()));
+            routes.insert(qk.wake_channel_of(worker), Route::Wake(tx.clone()));
             routes.insert(qk.cancel_channel(), Route::Cancel(queue.to_owned()));
             channels.push(qk.wake_channel());
+            channels.push(qk.wake_channel_of(worker));
             channels.push(qk.cancel_channel());
             wakes.insert(queue.to_owned(), tx);
         }

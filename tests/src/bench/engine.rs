@@ -49,10 +49,11 @@ impl Engine {
             .await
             .context("connect to redis")?;
         let keys = Keys::new(&config.redis.prefix);
+        let name = format!("exai-bench-{}/{TOOL_CALLS}", std::process::id());
         let waker = Waker::connect(
             RedisHandle::pubsub_client(&config.redis)?,
             &keys,
-            &[TOOL_CALLS],
+            &[(TOOL_CALLS, &name)],
         )
         .await
         .context("subscribe to queue wake-ups")?;
@@ -63,7 +64,6 @@ impl Engine {
             QueuePolicy::from_config(&config.jobs),
         );
         let shutdown = parent.child_token();
-        let name = format!("exai-bench-{}/{TOOL_CALLS}", std::process::id());
         let mut options = BackendOptions::new(name.clone(), concurrency, config.jobs.lease);
         options.shutdown = shutdown.clone();
         let (tx, starts) = mpsc::unbounded_channel();

@@ -57,6 +57,22 @@ local function wake_if_first(zkey, id, paused_key, channel)
   end
 end
 
+-- Wakes one idle worker: the most recently registered live one of sorted set `idle_key`
+-- (member: worker id, score: until when the registration holds, ms), with a message on its own
+-- channel `<channel>:<worker id>`; registrations of workers that died idle are dropped on the
+-- way. Returns whether a worker was woken.
+local function wake_one(idle_key, channel, now)
+  for _ = 1, 16 do
+    local w = redis.call('ZPOPMAX', idle_key)
+    if #w == 0 then return false end
+    if tonumber(w[2]) >= now then
+      redis.call('PUBLISH', channel .. ':' .. w[1], '')
+      return true
+    end
+  end
+  return false
+end
+
 -- Appends one record to the job's error history, keeping the last `keep`.
 local function push_error(jk, keep, attempt, now, kind, message)
   local raw = redis.call('HGET', jk, 'errors')
@@ -109,8 +125,9 @@ end
 
 -- Creates the jobs whose keys are KEYS[first..] and whose arguments are four per job from
 -- ARGV[base + 1]: payload, delay ms, run-at ms (0 = none), max attempts. A job whose hash
--- already exists is left alone. Returns one 1 (created) or 0 (duplicate) per job.
-local function enqueue_jobs(wait_key, sched_key, paused_key, channel, plen, first, base, now)
+-- already exists is left alone. Ready jobs wake one idle worker (`wake_one`). Returns one 1
+-- (created) or 0 (duplicate) per job.
+local function enqueue_jobs(wait_key, sched_key, paused_key, idle_key, channel, plen, first, base, now)
   local res = {}
   local ready = {}
   local later = {}
@@ -142,7 +159,11 @@ local function enqueue_jobs(wait_key, sched_key, paused_key, channel, plen, firs
   end
   if #ready > 0 then
     local len = batched('LPUSH', wait_key, ready)
-    wake(len, #ready, paused_key, channel)
+    -- One idle worker is woken (it wakes the next if it cannot take everything); with none
+    -- registered idle, a list that was empty is announced to every worker.
+    if redis.call('EXISTS', paused_key) == 0 and not wake_one(idle_key, channel, now) then
+      wake(len, #ready, paused_key, channel)
+    end
   end
   if #later > 0 then
     batched('ZADD', sched_key, later)
@@ -152,11 +173,14 @@ local function enqueue_jobs(wait_key, sched_key, paused_key, channel, plen, firs
 end
 
 -- Leases up to `want` queued jobs to `worker`, after promoting due delayed and retrying jobs.
--- `k` holds the queue's keys: wait, scheduled, retry, active, stats, paused, job prefix.
+-- `k` holds the queue's keys: wait, scheduled, retry, active, stats, paused, job prefix, idle.
 -- With `events` not '', each leased job's `started` event is published on `<events><id>`.
+-- A fetch that comes back short registers `worker` as idle for `idle_ms` (plus a second of
+-- slack), so the next enqueue wakes it alone (`wake_one` on channel `wake`); one that fills
+-- every slot it asked for unregisters it and, when jobs are left, wakes another idle worker.
 -- Returns {paused, next_due_in_ms or -1, more, lease_until, then per job:
 --          id, payload, attempt, max attempts, enqueued at, fence}
-local function fetch_jobs(k, want, worker, lease_ms, chunk, events, now)
+local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_ms, now)
   if redis.call('EXISTS', k.paused) == 1 then return {1, -1, 0, 0} end
   local lease_until = now + lease_ms
   local jp = k.jp
@@ -203,6 +227,14 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, now)
       end
     end
     if due ~= nil then next_due = math.max(0, due - now) end
+  end
+
+  if n < want and more == 0 then
+    redis.call('ZREMRANGEBYSCORE', k.idle, '-inf', '(' .. int(now))
+    redis.call('ZADD', k.idle, int(now + idle_ms + 1000), worker)
+  elseif n > 0 then
+    redis.call('ZREM', k.idle, worker)
+    if n == want and redis.call('LLEN', k.wait) > 0 then wake_one(k.idle, wake, now) end
   end
 
   local out = {0, next_due, more, lease_until}
