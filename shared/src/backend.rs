@@ -348,8 +348,16 @@ async fn driver<Args: DeserializeOwned + Send + 'static>(
     // Set while the queue has nothing for us: fetch again once woken or at this instant.
     let mut idle_until: Option<Instant> = None;
     let mut error_delay = Duration::from_millis(50);
+    let mut left_idle = false;
     loop {
         let stopping = stop.is_cancelled();
+        if stopping && !left_idle {
+            // No more fetches from here: enqueues must wake someone else.
+            left_idle = true;
+            if let Err(e) = shared.queue.leave_idle(&shared.options.worker_id).await {
+                tracing::debug!(queue = shared.queue.name(), error = %error_chain(&e), "could not withdraw the idle registration");
+            }
+        }
         if stopping {
             free.clear();
             if acks.is_empty() {

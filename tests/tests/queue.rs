@@ -1360,6 +1360,66 @@ async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
 }
 
 #[tokio::test]
+async fn idle_registration_follows_the_fetches_and_is_withdrawn_on_leave() {
+    let ctx = Ctx::new("q-idle-reg").await;
+    let q = ctx.queue(fast_policy());
+    let idle = ctx.keys.queue(TOOL_CALLS).idle();
+    let until = async |worker: &str| -> Option<u64> {
+        redis::cmd("ZSCORE")
+            .arg(&idle)
+            .arg(worker)
+            .query_async(&mut ctx.conn.clone())
+            .await
+            .unwrap()
+    };
+    let before = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A short fetch registers the worker for as long as it will wait, plus a second.
+    assert!(
+        q.fetch_batch_idle("w", 5, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .jobs
+            .is_empty()
+    );
+    let registered = until("w").await.expect("registered idle");
+    assert!(
+        registered >= before + 4_000 && registered < before + 4_000 + DEADLINE.as_millis() as u64,
+        "registered until {registered}, fetched at about {before}"
+    );
+    // A fetch that fills its batch is not idle.
+    q.enqueue_bulk(&[
+        NewJob::new("p").with_id("r1"),
+        NewJob::new("p").with_id("r2"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        q.fetch_batch_idle("w", 1, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .jobs
+            .len(),
+        1
+    );
+    assert_eq!(until("w").await, None);
+    // Idle again, then leaving: no registration remains for enqueues to wake.
+    assert_eq!(
+        q.fetch_batch_idle("w", 5, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .jobs
+            .len(),
+        1
+    );
+    assert!(until("w").await.is_some());
+    q.leave_idle("w").await.unwrap();
+    assert_eq!(until("w").await, None);
+}
+
+#[tokio::test]
 async fn an_idle_worker_is_woken_by_an_enqueue_not_by_its_poll() {
     let ctx = Ctx::new("q-wake").await;
     let q = ctx.queue(fast_policy());

@@ -383,6 +383,17 @@ impl Queue {
         self.fetch_batch_idle(worker, max, DEFAULT_IDLE_FOR).await
     }
 
+    /// Withdraws `worker`'s idle registration (a worker that stops fetching: enqueues then wake
+    /// someone else).
+    pub async fn leave_idle(&self, worker: &str) -> Result<(), QueueError> {
+        let _: i64 = redis::cmd("ZREM")
+            .arg(&self.inner.idle)
+            .arg(worker)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     /// [`Queue::fetch_batch`] by a caller that, when the batch comes back short, waits at most
     /// `idle_for` before it fetches again: until then it is registered idle, and the next
     /// enqueue wakes it alone on [`QueueKeys::wake_channel_of`] (a [`Waker`] made for this
