@@ -67,6 +67,8 @@ use crate::queue::{WakeSignal, Waker};
 
 /// How many completions one round trip may carry (at most [`crate::queue::MAX_BATCH`]).
 const ACK_BATCH: usize = 512;
+/// How long a cancel heard for a job not in flight is kept, in case its fetch reply is late.
+const EARLY_CANCEL_KEPT: Duration = Duration::from_secs(5);
 /// How often a stopping backend checks whether its last jobs have settled.
 const STOPPING_POLL: Duration = Duration::from_millis(50);
 
@@ -207,6 +209,10 @@ struct Shared {
     options: BackendOptions,
     inflight: Mutex<HashMap<String, InFlight>>,
     acks: mpsc::UnboundedSender<AckRequest>,
+    /// Cancel requests heard for jobs not (yet) in flight, and when: the fetch script marks a
+    /// job running before its reply reaches us, so a cancel can overtake it. Always locked
+    /// after `inflight`, never alone around a registration.
+    early_cancels: Mutex<HashMap<String, Instant>>,
     /// The driver is waiting for work (its last fetch came back short): a result has nothing
     /// to share a round trip with, so the layer acknowledges it itself, one hand-off sooner.
     driver_idle: AtomicBool,
@@ -215,6 +221,10 @@ struct Shared {
 impl Shared {
     fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn early_cancels(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.early_cancels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn settle(&self, id: &str) {
@@ -301,6 +311,7 @@ where
             queue: self.queue.clone(),
             options: self.options.clone(),
             inflight: Mutex::new(HashMap::new()),
+            early_cancels: Mutex::new(HashMap::new()),
             driver_idle: AtomicBool::new(false),
             acks: ack_tx,
         });
@@ -547,13 +558,19 @@ fn into_task<Args: DeserializeOwned>(
         cancel: CancellationToken::new(),
         reason: Arc::new(OnceLock::new()),
     };
-    shared.inflight().insert(
-        job.lease.id.clone(),
-        InFlight {
-            job: lease.clone(),
-            slot,
-        },
-    );
+    {
+        let mut inflight = shared.inflight();
+        if shared.early_cancels().remove(&job.lease.id).is_some() {
+            lease.cancel_with(CancelReason::Requested);
+        }
+        inflight.insert(
+            job.lease.id.clone(),
+            InFlight {
+                job: lease.clone(),
+                slot,
+            },
+        );
+    }
     Ok(TaskBuilder::new(args)
         .task_id(TaskId::from_string(job.lease.id.clone()))
         .attempt(job.lease.attempt as usize)
@@ -644,8 +661,16 @@ async fn cancel_listener(shared: Arc<Shared>, waker: Waker, stop: CancellationTo
         };
         match signal {
             Ok(s) if s.queue == shared.queue.name() => {
-                if let Some(f) = shared.inflight().get(&s.job_id) {
-                    f.job.cancel_with(CancelReason::Requested);
+                let inflight = shared.inflight();
+                match inflight.get(&s.job_id) {
+                    Some(f) => f.job.cancel_with(CancelReason::Requested),
+                    None => {
+                        // Perhaps leased by us with the reply still on its way: remember it
+                        // for a while (the heartbeat reports the cancel later in any case).
+                        let mut early = shared.early_cancels();
+                        early.retain(|_, at| at.elapsed() < EARLY_CANCEL_KEPT);
+                        early.insert(s.job_id, Instant::now());
+                    }
                 }
             }
             Ok(_) => {}

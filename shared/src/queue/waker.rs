@@ -13,17 +13,18 @@
 //! lost — so a worker always waits with a timeout (the poll fallback), and the subscription
 //! marks every queue as woken after each reconnect.
 //!
-//! One [`Waker`] per process holds one dedicated connection (never the shared multiplexed one):
-//! it subscribes once and fans messages out to any number of [`WakeSignal`]s and cancel
-//! receivers. In cluster mode, classic `PUBLISH` reaches every node, so one subscription to any
+//! One [`Waker`] per process holds one dedicated RESP3 connection (never the shared multiplexed
+//! one): it subscribes once, and the connection's reader hands each message straight to the
+//! [`WakeSignal`]s and cancel receivers it concerns (no task hop in between). In cluster mode, classic `PUBLISH` reaches every node, so one subscription to any
 //! node hears every queue.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::sync::{broadcast, watch};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, FromRedisValue, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::error::QueueError;
@@ -114,7 +115,8 @@ impl Waker {
             wakes.insert(queue.to_owned(), tx);
         }
         let (cancels, _) = broadcast::channel(CANCEL_CAPACITY);
-        let first = subscribe(&client, &channels).await?;
+        let routes = Arc::new(routes);
+        let first = subscribe(&client, &channels, &routes, &cancels).await?;
         let task = tokio::spawn(run(client, channels, routes, cancels.clone(), first));
         Ok(Self {
             shared: Arc::new(Shared {
@@ -175,65 +177,105 @@ impl WakeSignal {
     }
 }
 
+/// The subscription's connection: RESP3, so messages arrive as pushes that the connection's
+/// own reader hands to [`route`] the moment they are read — no task in between — and a lost
+/// connection is reported through `lost`.
+struct Subscription {
+    _conn: MultiplexedConnection,
+    lost: Arc<Notify>,
+}
+
 async fn subscribe(
     client: &redis::Client,
     channels: &[String],
-) -> Result<redis::aio::PubSub, QueueError> {
-    let mut pubsub = client.get_async_pubsub().await?;
+    routes: &Arc<HashMap<String, Route>>,
+    cancels: &broadcast::Sender<CancelSignal>,
+) -> Result<Subscription, QueueError> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let lost = Arc::new(Notify::new());
+    let sender = {
+        let (routes, cancels, lost) = (routes.clone(), cancels.clone(), lost.clone());
+        move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            match push.kind {
+                PushKind::Message => route(&routes, &cancels, push.data),
+                PushKind::Disconnection => lost.notify_one(),
+                _ => {}
+            }
+            Ok(())
+        }
+    };
+    let config = AsyncConnectionConfig::new().set_push_sender(sender);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     if !channels.is_empty() {
-        pubsub.subscribe(channels).await?;
+        conn.subscribe(channels).await?;
     }
-    Ok(pubsub)
+    Ok(Subscription { _conn: conn, lost })
 }
 
-/// Reads the subscription until the task is aborted, reconnecting with backoff when the
-/// connection drops; after each reconnect every queue is marked woken (messages may have
-/// been lost meanwhile).
+/// Delivers one pub/sub message (`[channel, payload]`) to its wake counter or as a cancel.
+fn route(
+    routes: &HashMap<String, Route>,
+    cancels: &broadcast::Sender<CancelSignal>,
+    data: Vec<Value>,
+) {
+    let mut it = data.into_iter();
+    let (Some(channel), payload) = (it.next(), it.next()) else {
+        return;
+    };
+    let Ok(channel) = String::from_redis_value(channel) else {
+        return;
+    };
+    match routes.get(&channel) {
+        Some(Route::Wake(tx)) => tx.send_modify(|v| *v += 1),
+        Some(Route::Cancel(queue)) => {
+            if let Some(Ok(job_id)) = payload.map(String::from_redis_value) {
+                let _ = cancels.send(CancelSignal {
+                    queue: queue.clone(),
+                    job_id,
+                });
+            }
+        }
+        None => {}
+    }
+}
+
+/// Keeps the subscription up until the task is aborted: when the connection drops it
+/// reconnects with backoff, and after each reconnect marks every queue woken (messages may
+/// have been lost meanwhile).
 async fn run(
     client: redis::Client,
     channels: Vec<String>,
-    routes: HashMap<String, Route>,
+    routes: Arc<HashMap<String, Route>>,
     cancels: broadcast::Sender<CancelSignal>,
-    first: redis::aio::PubSub,
+    first: Subscription,
 ) {
-    let mut pubsub = Some(first);
+    let mut current = first;
     let mut delay = Duration::from_millis(50);
     loop {
-        let conn = match pubsub.take() {
-            Some(c) => c,
-            None => match subscribe(&client, &channels).await {
-                Ok(c) => {
-                    delay = Duration::from_millis(50);
-                    for route in routes.values() {
-                        if let Route::Wake(tx) = route {
-                            tx.send_modify(|v| *v += 1);
-                        }
-                    }
-                    c
-                }
+        current.lost.notified().await;
+        tracing::warn!("queue wake-up subscription lost; reconnecting");
+        current = loop {
+            match subscribe(&client, &channels, &routes, &cancels).await {
+                Ok(sub) => break sub,
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "queue wake-up subscription failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
-                    continue;
                 }
-            },
+            }
         };
-        let mut stream = conn.into_on_message();
-        while let Some(msg) = stream.next().await {
-            match routes.get(msg.get_channel_name()) {
-                Some(Route::Wake(tx)) => tx.send_modify(|v| *v += 1),
-                Some(Route::Cancel(queue)) => {
-                    if let Ok(job_id) = msg.get_payload::<String>() {
-                        let _ = cancels.send(CancelSignal {
-                            queue: queue.clone(),
-                            job_id,
-                        });
-                    }
-                }
-                None => {}
+        delay = Duration::from_millis(50);
+        for route in routes.values() {
+            if let Route::Wake(tx) = route {
+                tx.send_modify(|v| *v += 1);
             }
         }
-        tracing::warn!("queue wake-up subscription lost; reconnecting");
     }
 }
