@@ -47,7 +47,8 @@ pub fn ensure_built(bin: &Path, flag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A command for `bin` with a clean environment (`PATH`, `HOME`, `RUST_LOG` kept), run from
+/// A command for `bin` with a clean environment (`PATH`, `HOME`, `RUST_LOG` and
+/// `TOKIO_WORKER_THREADS`, which sizes a spawned process's runtime, kept), run from
 /// the temporary directory, its standard output and error going to `log`.
 fn clean_command(bin: &Path, log: &Path) -> anyhow::Result<tokio::process::Command> {
     let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
@@ -224,8 +225,8 @@ impl WorkerProcs {
         )
     }
 
-    /// Spawns `n` × `bin args…` with a clean environment plus `env` (and `PATH`, `HOME`,
-    /// `RUST_LOG`); process `i` writes its output to `<tmp>/<log_stem>-<i>.log`.
+    /// Spawns `n` × `bin args…` with a clean environment plus `env` (and what
+    /// [`clean_command`] keeps); process `i` writes its output to `<tmp>/<log_stem>-<i>.log`.
     pub fn spawn_with(
         bin: &Path,
         n: usize,
