@@ -22,7 +22,9 @@
 //! 3. A **heartbeat** task renews every in-flight lease with one script call per period
 //!    (lease/3). A lease reported lost, or not renewed for a whole lease period (Redis
 //!    unreachable), cancels the handler; its result is never written. A cancel request — heard on
-//!    the queue's cancel channel or reported by a heartbeat — cancels the handler too.
+//!    the queue's cancel channel or reported by a heartbeat — cancels the handler too. A cancel
+//!    heard before its job's fetch reply arrived makes the heartbeat renew as soon as the job
+//!    registers, so Redis decides whether this attempt was the one cancelled.
 //! 4. A **sweeper** task returns expired leases of crashed workers and promotes due delayed
 //!    jobs, every sweep interval, in bounded steps.
 //! 5. On shutdown the driver stops fetching at once (it still acknowledges); running handlers
@@ -53,7 +55,7 @@ use apalis_core::worker::context::WorkerContext;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -213,6 +215,8 @@ struct Shared {
     /// job running before its reply reaches us, so a cancel can overtake it. Always locked
     /// after `inflight`, never alone around a registration.
     early_cancels: Mutex<HashMap<String, Instant>>,
+    /// Asks the heartbeat to renew (and so check) every lease now rather than at its tick.
+    check_leases: Notify,
     /// The driver is waiting for work (its last fetch came back short): a result has nothing
     /// to share a round trip with, so the layer acknowledges it itself, one hand-off sooner.
     driver_idle: AtomicBool,
@@ -312,6 +316,7 @@ where
             options: self.options.clone(),
             inflight: Mutex::new(HashMap::new()),
             early_cancels: Mutex::new(HashMap::new()),
+            check_leases: Notify::new(),
             driver_idle: AtomicBool::new(false),
             acks: ack_tx,
         });
@@ -561,7 +566,9 @@ fn into_task<Args: DeserializeOwned>(
     {
         let mut inflight = shared.inflight();
         if shared.early_cancels().remove(&job.lease.id).is_some() {
-            lease.cancel_with(CancelReason::Requested);
+            // The cancel may concern an earlier job of the same id: the heartbeat asks Redis,
+            // which knows whether this attempt's cancel was requested.
+            shared.check_leases.notify_one();
         }
         inflight.insert(
             job.lease.id.clone(),
@@ -592,6 +599,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             // Keep renewing during the shutdown grace period: only fetching stops at once.
             _ = stop.cancelled(), if shared.inflight().is_empty() => return,
             _ = tick.tick() => {}
+            _ = shared.check_leases.notified() => {}
         }
         let jobs: Vec<JobLease> = shared.inflight().values().map(|f| f.job.clone()).collect();
         if jobs.is_empty() {
@@ -666,7 +674,7 @@ async fn cancel_listener(shared: Arc<Shared>, waker: Waker, stop: CancellationTo
                     Some(f) => f.job.cancel_with(CancelReason::Requested),
                     None => {
                         // Perhaps leased by us with the reply still on its way: remember it
-                        // for a while (the heartbeat reports the cancel later in any case).
+                        // for a while, so the lease is checked as soon as it registers.
                         let mut early = shared.early_cancels();
                         early.retain(|_, at| at.elapsed() < EARLY_CANCEL_KEPT);
                         early.insert(s.job_id, Instant::now());

@@ -408,29 +408,12 @@ impl Queue {
         if max == 0 {
             return Ok(FetchBatch::default());
         }
-        let mut conn = self.conn.clone();
         // A call pops a bounded number of stale ids; with a very long run of them (a mass
         // cancel), it reports `more` and the next call continues.
         for _ in 0..1000 {
-            let reply: Value = scripts::FETCH
-                .key(&self.inner.wait)
-                .key(&self.inner.scheduled)
-                .key(&self.inner.retry)
-                .key(&self.inner.active)
-                .key(&self.inner.stats)
-                .key(&self.inner.paused)
-                .key(&self.inner.job_prefix)
-                .key(&self.inner.idle)
-                .arg(max)
-                .arg(worker)
-                .arg(self.inner.policy.lease_ms())
-                .arg(self.inner.policy.promote_chunk.clamp(1, MAX_BATCH))
-                .arg(self.inner.events.as_deref().unwrap_or(""))
-                .arg(&self.inner.wake_channel)
-                .arg(millis(idle_for.min(MAX_IDLE_FOR)))
-                .invoke_async(&mut conn)
+            let Cycle { batch, more, .. } = self
+                .complete_and_fetch::<Lease, &[u8]>(&[], worker, max, idle_for)
                 .await?;
-            let (batch, more) = parse_fetch(reply)?;
             if batch.jobs.is_empty() && more {
                 continue;
             }

@@ -28,10 +28,6 @@ script!(
     ENQUEUE_TICK = "lua/enqueue_tick.lua"
 );
 script!(
-    /// Promote due jobs, pop and lease up to `max` queued jobs.
-    FETCH = "lua/fetch.lua"
-);
-script!(
     /// Renew a batch of leases.
     HEARTBEAT = "lua/heartbeat.lua"
 );
@@ -40,7 +36,8 @@ script!(
     COMPLETE = "lua/complete.lua"
 );
 script!(
-    /// One worker round trip: fenced, batched completion, then a fetch for the freed slots.
+    /// One worker round trip: fenced, batched completion (possibly of nothing), then a fetch
+    /// for the free slots and the freed ones.
     COMPLETE_FETCH = "lua/complete_fetch.lua"
 );
 script!(

@@ -22,6 +22,7 @@ use bullmq::options::RedisConnectionOptions;
 use bullmq::{BulkJob, Queue, QueueOptions, Worker, WorkerOptions};
 
 use super::measure::{Meter, percentile, proc_cpu_secs, procs_cpu_secs, sorted};
+use super::phases::wait_count;
 use super::procs::WorkerProcs;
 use super::report::Report;
 use super::tracker::Tracker;
@@ -128,27 +129,14 @@ pub(super) async fn run(
         &[],
         &format!("{prefix}-bullmq-worker"),
     )?;
-    let deadline = Instant::now() + drain_limit(o.jobs);
-    let mut last_event = None;
-    let done = loop {
-        if let Some(at) = done_tracker.latest() {
-            last_event = Some(at);
-        }
-        if queue.get_completed_count().await? >= o.jobs {
-            let seen = Instant::now();
-            while let Some((at, _)) = done_tracker.next(Duration::from_millis(5)).await {
-                last_event = Some(at);
-            }
-            break last_event.map_or(seen, |at| at.min(seen));
-        }
-        workers.check()?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "BullMQ workers did not complete {} jobs in time",
-            o.jobs
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
+    let done = wait_count(
+        async || Ok(queue.get_completed_count().await?),
+        &mut done_tracker,
+        o.jobs,
+        Some(&mut workers),
+        drain_limit(o.jobs),
+    )
+    .await?;
     let usage = meter
         .stop(&mut ctx.info, procs_cpu_secs(&workers.pids()))
         .await?;

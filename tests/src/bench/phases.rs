@@ -189,14 +189,42 @@ pub async fn fetch_complete_loop(
     Ok((done.load(Ordering::Relaxed), t0.elapsed().as_secs_f64()))
 }
 
-/// Waits until `queue`'s completed counter reaches `target` and returns when the last
-/// completion happened: the arrival of the newest invalidation of the stats hash (`stats`
-/// tracks it; every completion batch changes it), capped by the moment the counter was seen at
-/// `target`. The counter is read every millisecond; the result does not depend on that period.
-/// Fails when a job went dead, a worker process exited, or `limit` passed.
+/// Waits until `queue`'s completed counter reaches `target` (see [`wait_count`]; the stats
+/// hash changes on every completion batch). Fails when a job went dead, a worker process
+/// exited, or `limit` passed.
 pub async fn wait_completed(
     queue: &Queue,
     stats: &mut Tracker,
+    target: u64,
+    workers: Option<&mut WorkerProcs>,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
+    wait_count(
+        async || {
+            let counts = queue.counts().await?;
+            anyhow::ensure!(
+                counts.dead == 0,
+                "{} jobs went dead (the no-op handler failed?): {counts:?}",
+                counts.dead
+            );
+            Ok(counts.completed)
+        },
+        stats,
+        target,
+        workers,
+        limit,
+    )
+    .await
+}
+
+/// Waits until `count` reaches `target` and returns when that happened: the arrival of the
+/// newest invalidation `tracker` received (it tracks the keys each completion changes),
+/// capped by the moment the count was seen at `target`. The count is read every millisecond;
+/// the result does not depend on that period. Fails when `count` fails, a worker process
+/// exited, or `limit` passed.
+pub async fn wait_count(
+    mut count: impl AsyncFnMut() -> anyhow::Result<u64>,
+    tracker: &mut Tracker,
     target: u64,
     mut workers: Option<&mut WorkerProcs>,
     limit: Duration,
@@ -204,30 +232,25 @@ pub async fn wait_completed(
     let deadline = Instant::now() + limit;
     let mut last_event = None;
     loop {
-        let counts = queue.counts().await?;
-        if let Some(at) = stats.latest() {
+        let n = count().await?;
+        if let Some(at) = tracker.latest() {
             last_event = Some(at);
         }
-        if counts.completed >= target {
+        if n >= target {
             let seen = Instant::now();
-            // The push of the final completion travels on another connection than the
-            // counter's reply: let it land.
-            while let Some((at, _)) = stats.next(Duration::from_millis(5)).await {
+            // The push of the final change travels on another connection than the count's
+            // reply: let it land.
+            while let Some((at, _)) = tracker.next(Duration::from_millis(5)).await {
                 last_event = Some(at);
             }
             return Ok(last_event.map_or(seen, |at| at.min(seen)));
         }
-        anyhow::ensure!(
-            counts.dead == 0,
-            "{} jobs went dead (the no-op handler failed?): {counts:?}",
-            counts.dead
-        );
         if let Some(w) = workers.as_deref_mut() {
             w.check()?;
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "gave up after {limit:?} waiting for {target} completions: {counts:?}"
+            "gave up after {limit:?} waiting for {target} completions ({n} so far)"
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
