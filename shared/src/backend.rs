@@ -10,7 +10,12 @@
 //!    cancellation token, slot permit) and handed to apalis through a channel that
 //!    [`Backend::poll_next`] reads. A short fetch makes the driver wait for the queue's push
 //!    wake-up ([`WakeSignal`]), the poll fallback, or the next delayed job's due time,
-//!    whichever is first; completions meanwhile are acknowledged alone.
+//!    whichever is first; completions meanwhile are acknowledged alone. Its queue handle takes
+//!    **hand-offs** ([`Queue::with_hand_offs`]): a lone job enqueued while this worker is
+//!    registered idle arrives already leased on the wake-up subscription, and the taker
+//!    installed on the [`Waker`] starts it right there (a free slot, the in-flight table, the
+//!    channel to apalis) with no fetch; the driver then registers idle again. A hand-off that
+//!    finds no free slot, or a stopping backend, goes back to the queue unstarted.
 //! 2. The **lease layer** ([`LeaseLayer`], returned by [`BackendConfig::middleware`]) runs the
 //!    handler raced against the job's cancellation token, then settles the attempt with fenced
 //!    writes: a result goes to the driver, which acknowledges it in its next round trip (or,
@@ -209,6 +214,17 @@ struct InFlight {
 struct Shared {
     queue: Queue,
     options: BackendOptions,
+    /// The process's concurrency for this queue: a running job holds one permit. The driver
+    /// holds the free ones while it fetches and returns them while it waits for work, so a
+    /// hand-off can take one without waiting for the driver.
+    slots: Arc<Semaphore>,
+    /// Cancelled when the backend stops fetching.
+    stop: CancellationToken,
+    /// Hand-offs the taker could not start itself (no free slot, stopping): the driver
+    /// starts or releases them.
+    hand_offs: mpsc::UnboundedSender<Fetched>,
+    /// A hand-off consumed the idle registration: the driver registers again.
+    refresh_idle: Notify,
     inflight: Mutex<HashMap<String, InFlight>>,
     acks: mpsc::UnboundedSender<AckRequest>,
     /// Cancel requests heard for jobs not (yet) in flight, and when: the fetch script marks a
@@ -295,7 +311,8 @@ where
         let queue = match &options.events {
             Some(events) => queue.with_job_events(events.channel_prefix()),
             None => queue,
-        };
+        }
+        .with_hand_offs();
         let mut backend = Self {
             queue,
             waker,
@@ -311,22 +328,38 @@ where
 
     fn start(&mut self) {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (hand_off_tx, hand_off_rx) = mpsc::unbounded_channel();
+        let stop = self.options.shutdown.child_token();
         let shared = Arc::new(Shared {
             queue: self.queue.clone(),
             options: self.options.clone(),
+            slots: Arc::new(Semaphore::new(self.options.concurrency)),
+            stop: stop.clone(),
+            hand_offs: hand_off_tx,
+            refresh_idle: Notify::new(),
             inflight: Mutex::new(HashMap::new()),
             early_cancels: Mutex::new(HashMap::new()),
             check_leases: Notify::new(),
             driver_idle: AtomicBool::new(false),
             acks: ack_tx,
         });
-        let stop = self.options.shutdown.child_token();
         let (tx, rx) = mpsc::channel(self.options.concurrency);
         let signal = self
             .waker
             .signal(self.queue.name())
             .expect("the waker listens to the backend's queue");
-        tokio::spawn(driver(shared.clone(), tx, signal, stop.clone(), ack_rx));
+        {
+            let (shared, tx) = (shared.clone(), tx.clone());
+            self.waker.on_hand_off(self.queue.name(), move |job| {
+                take_hand_off(&shared, &tx, job);
+            });
+        }
+        let channels = DriverChannels {
+            tasks: tx,
+            acks: ack_rx,
+            hand_offs: hand_off_rx,
+        };
+        tokio::spawn(driver(shared.clone(), channels, signal, self.waker.clone()));
         tokio::spawn(heartbeat(shared.clone(), stop.clone()));
         tokio::spawn(sweeper(shared.clone(), stop.clone()));
         tokio::spawn(cancel_listener(
@@ -342,23 +375,33 @@ where
     }
 }
 
+/// The driver's channels: tasks to apalis, results to acknowledge, hand-offs to start.
+struct DriverChannels<Args> {
+    tasks: mpsc::Sender<Task<Args>>,
+    acks: mpsc::UnboundedReceiver<AckRequest>,
+    hand_offs: mpsc::UnboundedReceiver<Fetched>,
+}
+
 /// The backend's one loop of queue round trips. Whenever completions are waiting or slots
 /// are free, it acknowledges the completions and refills the free slots — the completed
 /// attempts' own included — in one round trip ([`Queue::complete_and_fetch`]), and hands the
 /// leased jobs to apalis. Whatever queued up while a round trip was in flight goes in the
 /// next one, so batches grow with the load by themselves. When a fetch comes back short, it
 /// fetches again only once woken by an enqueue, at the poll fallback, or when the next
-/// delayed job is due, whichever is first; completions meanwhile are acknowledged alone.
-/// Once stopped it fetches nothing more but keeps acknowledging until no job is in flight.
+/// delayed job is due, whichever is first; completions meanwhile are acknowledged alone, and
+/// a hand-off (which used up the idle registration) makes it register again while a slot is
+/// free, without leaving its idle state. Once stopped it fetches nothing more but keeps
+/// acknowledging until no job is in flight.
 async fn driver<Args: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Task<Args>>,
+    mut ch: DriverChannels<Args>,
     mut signal: WakeSignal,
-    stop: CancellationToken,
-    mut acks_rx: mpsc::UnboundedReceiver<AckRequest>,
+    waker: Waker,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.options.concurrency));
-    // Free slots held by this loop: taken from `slots`, or left by completed attempts.
+    let stop = shared.stop.clone();
+    let slots = shared.slots.clone();
+    // Free slots held by this loop while it fetches: taken from `slots`, or left by completed
+    // attempts. While it waits for work it holds none (a hand-off takes one directly).
     let mut free: Vec<OwnedSemaphorePermit> = Vec::new();
     let mut acks: Vec<AckRequest> = Vec::with_capacity(ACK_BATCH);
     // Set while the queue has nothing for us: fetch again once woken or at this instant.
@@ -368,10 +411,19 @@ async fn driver<Args: DeserializeOwned + Send + 'static>(
     loop {
         let stopping = stop.is_cancelled();
         if stopping && !left_idle {
-            // No more fetches from here: enqueues must wake someone else.
+            // No more fetches from here: enqueues must wake someone else, and every hand-off
+            // made before the withdrawal is heard before we go on.
             left_idle = true;
             if let Err(e) = shared.queue.leave_idle(&shared.options.worker_id).await {
                 tracing::debug!(queue = shared.queue.name(), error = %error_chain(&e), "could not withdraw the idle registration");
+            }
+            if let Err(e) = waker.sync().await {
+                tracing::debug!(queue = shared.queue.name(), error = %error_chain(&e), "could not flush the hand-offs");
+            }
+        }
+        while let Ok(job) = ch.hand_offs.try_recv() {
+            if !start_hand_off(&shared, &ch.tasks, &mut free, job, stopping).await {
+                return;
             }
         }
         if stopping {
@@ -381,24 +433,28 @@ async fn driver<Args: DeserializeOwned + Send + 'static>(
                     return;
                 }
                 let more =
-                    tokio::time::timeout(STOPPING_POLL, acks_rx.recv_many(&mut acks, ACK_BATCH));
+                    tokio::time::timeout(STOPPING_POLL, ch.acks.recv_many(&mut acks, ACK_BATCH));
                 if let Ok(0) = more.await {
                     return;
                 }
                 continue;
             }
         } else {
-            while let Ok(p) = slots.clone().try_acquire_owned() {
-                free.push(p);
+            if idle_until.is_some_and(|until| signal.woken() || Instant::now() >= until) {
+                idle_until = None;
+            }
+            if idle_until.is_none() {
+                while let Ok(p) = slots.clone().try_acquire_owned() {
+                    free.push(p);
+                }
+            } else {
+                free.clear();
             }
             while acks.len() < ACK_BATCH {
-                match acks_rx.try_recv() {
+                match ch.acks.try_recv() {
                     Ok(a) => acks.push(a),
                     Err(_) => break,
                 }
-            }
-            if idle_until.is_some_and(|until| signal.woken() || Instant::now() >= until) {
-                idle_until = None;
             }
         }
         let fetch = !stopping && idle_until.is_none();
@@ -408,9 +464,24 @@ async fn driver<Args: DeserializeOwned + Send + 'static>(
             let idle_for = idle_until.map(|u| u.saturating_duration_since(Instant::now()));
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => {}
-                n = acks_rx.recv_many(&mut acks, ACK_BATCH) => if n == 0 {
+                n = ch.acks.recv_many(&mut acks, ACK_BATCH) => if n == 0 {
                     return;
                 },
+                Some(job) = ch.hand_offs.recv() => {
+                    if !start_hand_off(&shared, &ch.tasks, &mut free, job, stopping).await {
+                        return;
+                    }
+                }
+                _ = shared.refresh_idle.notified(), if idle_until.is_some() => {
+                    // A hand-off used the idle registration up: register again while a slot
+                    // is free (no fetch: anything enqueued meanwhile woke someone).
+                    if slots.available_permits() > 0 {
+                        let wait = idle_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(Instant::now()));
+                        if let Err(e) = shared.queue.register_idle(&shared.options.worker_id, wait).await {
+                            tracing::debug!(queue = shared.queue.name(), error = %error_chain(&e), "could not register idle again");
+                        }
+                    }
+                }
                 p = slots.clone().acquire_owned(), if idle_until.is_none() => {
                     free.push(p.expect("slots are never closed"));
                 }
@@ -490,23 +561,89 @@ async fn driver<Args: DeserializeOwned + Send + 'static>(
                 let _ = shared.queue.release(&job.lease, Duration::ZERO).await;
                 continue;
             };
-            match into_task::<Args>(&shared, job, slot) {
-                Ok(task) => {
-                    if tx.send(task).await.is_err() {
-                        return;
-                    }
-                }
-                Err((lease, message)) => {
-                    shared.settle(&lease.id);
-                    if let Err(e) = shared
-                        .queue
-                        .fail(&lease, &message, FailKind::Permanent)
-                        .await
-                    {
-                        tracing::error!(job_id = %lease.id, error = %error_chain(&e), "could not record an undecodable job");
-                    }
-                }
+            if !dispatch(&shared, &ch.tasks, job, slot).await {
+                return;
             }
+        }
+    }
+}
+
+/// Registers `job` in flight on `slot` and hands it to apalis, or records it as dead when its
+/// payload does not decode. False once apalis has stopped taking tasks.
+async fn dispatch<Args: DeserializeOwned>(
+    shared: &Shared,
+    tasks: &mpsc::Sender<Task<Args>>,
+    job: Fetched,
+    slot: OwnedSemaphorePermit,
+) -> bool {
+    match into_task::<Args>(shared, &job, slot) {
+        Ok(task) => tasks.send(task).await.is_ok(),
+        Err(message) => {
+            shared.settle(&job.lease.id);
+            if let Err(e) = shared
+                .queue
+                .fail(&job.lease, &message, FailKind::Permanent)
+                .await
+            {
+                tracing::error!(job_id = %job.lease.id, error = %error_chain(&e), "could not record an undecodable job");
+            }
+            true
+        }
+    }
+}
+
+/// Starts a job handed off by an enqueue (see [`Queue::with_hand_offs`]), on the wake-up
+/// subscription's reader: with a free slot it goes straight to apalis (no hop through the
+/// driver); otherwise, or while stopping, the driver takes it ([`start_hand_off`]).
+fn take_hand_off<Args: DeserializeOwned + Send + 'static>(
+    shared: &Arc<Shared>,
+    tasks: &mpsc::Sender<Task<Args>>,
+    job: Fetched,
+) {
+    if !shared.stop.is_cancelled()
+        && let Ok(slot) = shared.slots.clone().try_acquire_owned()
+        && let Ok(place) = tasks.try_reserve()
+        && let Ok(task) = into_task::<Args>(shared, &job, slot)
+    {
+        place.send(task);
+        // The enqueue used up our idle registration.
+        shared.refresh_idle.notify_one();
+        return;
+    }
+    if let Err(mpsc::error::SendError(job)) = shared.hand_offs.send(job) {
+        // The driver is gone: give the job back unstarted.
+        let queue = shared.queue.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = queue.release(&job.lease, Duration::ZERO).await;
+            });
+        }
+    }
+}
+
+/// Starts a hand-off the taker could not: on a free slot of the driver's or the semaphore's,
+/// else (all slots busy, or stopping) it goes back to the queue without burning its attempt.
+/// False once apalis has stopped taking tasks.
+async fn start_hand_off<Args: DeserializeOwned>(
+    shared: &Shared,
+    tasks: &mpsc::Sender<Task<Args>>,
+    free: &mut Vec<OwnedSemaphorePermit>,
+    job: Fetched,
+    stopping: bool,
+) -> bool {
+    let slot = match stopping {
+        true => None,
+        false => free
+            .pop()
+            .or_else(|| shared.slots.clone().try_acquire_owned().ok()),
+    };
+    match slot {
+        Some(slot) => dispatch(shared, tasks, job, slot).await,
+        None => {
+            if let Err(e) = shared.queue.release(&job.lease, Duration::ZERO).await {
+                tracing::warn!(queue = shared.queue.name(), job_id = %job.lease.id, error = %error_chain(&e), "could not give back a hand-off; it runs again once its lease expires");
+            }
+            true
         }
     }
 }
@@ -537,24 +674,18 @@ fn reclaim_slots(
 }
 
 /// Registers a fetched job as in flight and builds its apalis task; a payload that does not
-/// decode is returned as an error (it can never succeed).
+/// decode is returned as an error message (it can never succeed).
 fn into_task<Args: DeserializeOwned>(
     shared: &Shared,
-    job: Fetched,
+    job: &Fetched,
     slot: OwnedSemaphorePermit,
-) -> Result<Task<Args>, (Lease, String)> {
-    let args: Args = match serde_json::from_slice(&job.payload) {
-        Ok(a) => a,
-        Err(e) => {
-            return Err((
-                job.lease,
-                format!(
-                    "payload does not decode as a {} job: {e}",
-                    shared.queue.name()
-                ),
-            ));
-        }
-    };
+) -> Result<Task<Args>, String> {
+    let args: Args = serde_json::from_slice(&job.payload).map_err(|e| {
+        format!(
+            "payload does not decode as a {} job: {e}",
+            shared.queue.name()
+        )
+    })?;
     let lease = JobLease {
         queue: shared.queue.name().to_owned(),
         lease: job.lease.clone(),

@@ -15,7 +15,9 @@
 //!   memory stays flat over many completed jobs;
 //! - 20,000 jobs drain through concurrent workers, each completed exactly once;
 //! - an idle worker is woken by a push within milliseconds; an enqueue wakes one idle worker
-//!   and a fetch that fills its batch wakes the next; a cron tick fires once.
+//!   and a fetch that fills its batch wakes the next; a cron tick fires once;
+//! - an idle worker that takes hand-offs is handed a lone new job already leased to it, once
+//!   per registration, never behind queued jobs, and never when nobody hears the hand-off.
 //!
 //! Each test works under its own key prefix and deletes it at the end, even when it fails.
 
@@ -1357,6 +1359,144 @@ async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
     assert_eq!(got.jobs.len(), 2);
     settle(&mut cancels, "marker-2").await;
     assert!(!signals[first].woken(), "the first worker was woken twice");
+}
+
+/// The state of job `id`, if it exists.
+async fn state(q: &Queue, id: &str) -> Option<JobState> {
+    q.job(id).await.unwrap().map(|j| j.state)
+}
+
+/// A waker for worker `worker` whose hand-offs arrive on the returned receiver.
+async fn hand_off_waker(
+    ctx: &Ctx,
+    worker: &str,
+) -> (Waker, tokio::sync::mpsc::UnboundedReceiver<Fetched>) {
+    let client = RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
+    let waker = Waker::connect(client, &ctx.keys, &[(TOOL_CALLS, worker)])
+        .await
+        .expect("subscribe");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    assert!(waker.on_hand_off(TOOL_CALLS, move |job| {
+        let _ = tx.send(job);
+    }));
+    (waker, rx)
+}
+
+#[tokio::test]
+async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased() {
+    let ctx = Ctx::new("q-hand-off").await;
+    let producer = ctx.queue(fast_policy());
+    let worker = producer.with_hand_offs();
+    let (waker, mut handed) = hand_off_waker(&ctx, "w").await;
+    let mut signal = waker.signal(TOOL_CALLS).unwrap();
+    assert!(
+        worker
+            .fetch_batch_idle("w", 5, SLOW_POLL)
+            .await
+            .unwrap()
+            .jobs
+            .is_empty()
+    );
+
+    // The lone job arrives leased: running, first attempt, held by the worker.
+    producer
+        .enqueue(&NewJob::new("payload\nwith a newline").with_id("h1"))
+        .await
+        .unwrap();
+    let job = tokio::time::timeout(DEADLINE, handed.recv())
+        .await
+        .expect("handed off in time")
+        .unwrap();
+    assert_eq!(job.id(), "h1");
+    assert_eq!(job.attempt(), 1);
+    assert_eq!(job.payload, b"payload\nwith a newline");
+    assert_eq!(job.max_attempts, fast_policy().max_attempts);
+    let info = producer.job("h1").await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Running);
+    assert_eq!(info.attempts, 1);
+    assert_eq!(info.worker.as_deref(), Some("w"));
+    assert_eq!(info.fence, Some(job.lease.fence));
+    assert_eq!(info.lease_until_ms, Some(job.lease_until_ms));
+    assert!(!signal.woken(), "a hand-off is not also a wake-up");
+    // Its lease is the worker's to complete, fenced like a fetched one.
+    assert_eq!(
+        worker.complete(&job.lease, b"done").await.unwrap(),
+        Ack::Done
+    );
+
+    // The hand-off used the registration up: the next job waits in the queue and wakes the
+    // worker, which fetches it (and so registers again).
+    producer
+        .enqueue(&NewJob::new("p").with_id("h2"))
+        .await
+        .unwrap();
+    assert_eq!(signal.wait(SLOW_POLL).await, Wake::Notified);
+    assert_eq!(state(&producer, "h2").await, Some(JobState::Queued));
+    let got = worker.fetch_batch_idle("w", 5, SLOW_POLL).await.unwrap();
+    assert_eq!(got.jobs.len(), 1);
+    assert_eq!(got.jobs[0].id(), "h2");
+
+    // Registered again, but a job queued ahead (the queue is paused) keeps its place: the
+    // next enqueue goes behind it, not to the worker.
+    producer.pause().await.unwrap();
+    producer
+        .enqueue(&NewJob::new("p").with_id("h3"))
+        .await
+        .unwrap();
+    producer.resume().await.unwrap();
+    producer
+        .enqueue(&NewJob::new("p").with_id("h4"))
+        .await
+        .unwrap();
+    assert_eq!(state(&producer, "h3").await, Some(JobState::Queued));
+    assert_eq!(state(&producer, "h4").await, Some(JobState::Queued));
+    let got = worker.fetch_batch_idle("w", 5, SLOW_POLL).await.unwrap();
+    let ids: Vec<&str> = got.jobs.iter().map(Fetched::id).collect();
+    assert_eq!(ids, ["h3", "h4"]);
+    waker.sync().await.unwrap();
+    assert!(handed.try_recv().is_err(), "nothing else was handed off");
+
+    // Leaving withdraws the hand-off terms with the registration.
+    let terms = ctx.keys.queue(TOOL_CALLS).hand_offs();
+    let held = async || -> bool {
+        redis::cmd("HEXISTS")
+            .arg(&terms)
+            .arg("w")
+            .query_async(&mut ctx.conn.clone())
+            .await
+            .unwrap()
+    };
+    assert!(held().await);
+    worker.leave_idle("w").await.unwrap();
+    assert!(!held().await);
+}
+
+#[tokio::test]
+async fn a_hand_off_nobody_hears_is_not_made() {
+    let ctx = Ctx::new("q-hand-off-deaf").await;
+    let producer = ctx.queue(fast_policy());
+    // Registered idle and taking hand-offs, but not listening (it died, or its subscription
+    // is reconnecting).
+    assert!(
+        producer
+            .with_hand_offs()
+            .fetch_batch_idle("gone", 5, SLOW_POLL)
+            .await
+            .unwrap()
+            .jobs
+            .is_empty()
+    );
+    producer
+        .enqueue(&NewJob::new("p").with_id("d1"))
+        .await
+        .unwrap();
+    let info = producer.job("d1").await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Queued);
+    assert_eq!(info.attempts, 0);
+    // Anyone else fetches it at once, as its first attempt.
+    let got = producer.fetch("other", 5).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attempt(), 1);
 }
 
 #[tokio::test]

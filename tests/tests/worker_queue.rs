@@ -5,6 +5,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use exai_shared::jobs::{CleanupJob, ToolCallJob, ToolResult};
 use exai_shared::queue::{self, JobState, NewJob, Queue, QueuePolicy};
 use exai_shared::redis::{Keys, RedisHandle};
@@ -307,6 +309,79 @@ async fn an_idle_worker_starts_a_new_job_at_once() {
         *worst < Duration::from_secs(3),
         "wake-up came from polling: {latencies:?}"
     );
+}
+
+#[tokio::test]
+async fn a_hand_off_to_a_busy_worker_goes_back_without_burning_an_attempt() {
+    let ctx = Ctx::new("wq-hand-off", &exai_tests::redis_url(), &[]).await;
+    let q = ctx.queue(queue::TOOL_CALLS);
+    let qk = ctx.keys.queue(queue::TOOL_CALLS);
+    let _w = ctx.worker(&["--queues", "tool_calls", "--concurrency", "1"]);
+    // The worker registers idle, taking hand-offs.
+    let mut conn = ctx.conn.clone();
+    let registered = async || -> Option<(String, String)> {
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(qk.hand_offs())
+            .query_async(&mut ctx.conn.clone())
+            .await
+            .unwrap();
+        all.into_iter().next()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            registered().await.is_some()
+        })
+        .await
+    );
+    let (worker, terms) = registered().await.unwrap();
+    let client = redis::Client::open(exai_tests::redis_url()).unwrap();
+    let mut watch = client.get_async_pubsub().await.unwrap();
+    watch.subscribe(qk.wake_channel_of(&worker)).await.unwrap();
+    let mut heard = watch.on_message();
+    let mut next_hand_off = async || -> String {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), heard.next())
+                .await
+                .expect("a message on the worker's channel")
+                .unwrap();
+            let body: Vec<u8> = msg.get_payload().unwrap();
+            if let Some(job) = queue::Fetched::from_hand_off(&body) {
+                return job.lease.id;
+            }
+        }
+    };
+
+    // A lone job goes straight to the idle worker, which runs it on its only slot.
+    let busy = q
+        .enqueue(&echo(serde_json::json!({"delay_ms": 1500})))
+        .await
+        .unwrap();
+    assert_eq!(next_hand_off().await, busy.id());
+    assert!(wait_state(&q, busy.id(), JobState::Running, Duration::from_secs(10)).await);
+
+    // Registered again as if idle (a stale registration): the next job is handed to it while
+    // its slot is taken, so it gives the job back, without burning the attempt.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 10_000;
+    let _: () = redis::pipe()
+        .zadd(qk.idle(), &worker, until)
+        .ignore()
+        .hset(qk.hand_offs(), &worker, &terms)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let next = q.enqueue(&echo(serde_json::json!({}))).await.unwrap();
+    assert_eq!(next_hand_off().await, next.id());
+    assert!(wait_state(&q, next.id(), JobState::Completed, Duration::from_secs(20)).await);
+    assert!(wait_state(&q, busy.id(), JobState::Completed, Duration::from_secs(20)).await);
+    for id in [busy.id(), next.id()] {
+        let info = q.job(id).await.unwrap().unwrap();
+        assert_eq!(info.attempts, 1, "{id} ran on its first attempt");
+    }
 }
 
 #[tokio::test]

@@ -204,6 +204,33 @@ impl Fetched {
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, QueueError> {
         Ok(serde_json::from_slice(&self.payload)?)
     }
+
+    /// Decodes a hand-off as an enqueue publishes it on an idle worker's own channel:
+    /// `<fence> <attempt> <max attempts> <enqueued ms> <lease until ms> <id length>\n<id><payload>`
+    /// (see [`Queue::with_hand_offs`](super::Queue::with_hand_offs)). `None` when `msg` is not
+    /// one (an empty message is a plain wake-up).
+    pub fn from_hand_off(msg: &[u8]) -> Option<Self> {
+        let nl = msg.iter().position(|&b| b == b'\n')?;
+        let head = std::str::from_utf8(&msg[..nl]).ok()?;
+        let mut nums = head.split(' ').map(|n| n.parse::<u64>().ok());
+        let mut next = || nums.next().flatten();
+        let (fence, attempt, max, enqueued, until, id_len) =
+            (next()?, next()?, next()?, next()?, next()?, next()?);
+        let rest = &msg[nl + 1..];
+        let id_len = usize::try_from(id_len).ok().filter(|&l| l <= rest.len())?;
+        let id = std::str::from_utf8(&rest[..id_len]).ok()?.to_owned();
+        Some(Self {
+            lease: Lease {
+                id,
+                fence,
+                attempt: u32::try_from(attempt).ok()?,
+            },
+            payload: rest[id_len..].to_vec(),
+            max_attempts: u32::try_from(max).ok()?,
+            enqueued_at_ms: enqueued,
+            lease_until_ms: until,
+        })
+    }
 }
 
 /// The result of one fetch call.
@@ -409,5 +436,41 @@ fn opt_payload_as_json<S: serde::Serializer>(
     match bytes {
         Some(b) => payload_as_json(b, s),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_off_decodes_with_any_bytes_in_id_and_payload() {
+        let msg = b"42 1 3 1700000000000 1700000030000 6\nid 1\n2{\"a\":\"b c\"}\n";
+        let job = Fetched::from_hand_off(msg).expect("a hand-off");
+        assert_eq!(
+            job.lease,
+            Lease {
+                id: "id 1\n2".into(),
+                fence: 42,
+                attempt: 1,
+            }
+        );
+        assert_eq!(job.payload, b"{\"a\":\"b c\"}\n");
+        assert_eq!(job.max_attempts, 3);
+        assert_eq!(job.enqueued_at_ms, 1_700_000_000_000);
+        assert_eq!(job.lease_until_ms, 1_700_000_030_000);
+    }
+
+    #[test]
+    fn anything_else_is_not_a_hand_off() {
+        for msg in [
+            &b""[..],
+            b"42 1 3 1 2\nid",
+            b"42 1 3 1 2 9\nshort",
+            b"x 1 3 1 2 2\nid",
+            b"42 1 3 1 2 2 id",
+        ] {
+            assert_eq!(Fetched::from_hand_off(msg), None, "{msg:?}");
+        }
     }
 }

@@ -84,6 +84,13 @@ impl QueueKeys {
         format!("{}:idle", self.tag)
     }
 
+    /// Hash of the hand-off terms of the idle workers that take hand-offs (field: worker id,
+    /// value: `<lease ms> <job events channel prefix>`): an enqueue leases a lone new job to
+    /// such a worker itself and publishes it on the worker's channel, saving it the fetch.
+    pub fn hand_offs(&self) -> String {
+        format!("{}:handoff", self.tag)
+    }
+
     /// The prefix of job hashes; a job's hash is this prefix followed by its id.
     pub fn job_prefix(&self) -> String {
         format!("{}:j:", self.tag)
@@ -139,6 +146,8 @@ mod tests {
             k.completed(),
             k.stats(),
             k.paused(),
+            k.idle(),
+            k.hand_offs(),
             k.job_prefix(),
             k.job("abc"),
             k.cron_ticks("hourly"),

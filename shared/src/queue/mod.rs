@@ -115,7 +115,7 @@ pub use job::{
 };
 pub use keys::QueueKeys;
 pub use policy::{Backoff, QueuePolicy};
-pub use waker::{CancelSignal, Wake, WakeSignal, Waker};
+pub use waker::{CancelSignal, HandOffTaker, Wake, WakeSignal, Waker};
 
 use crate::redis::{Keys, RedisHandle};
 use policy::millis;
@@ -180,11 +180,14 @@ struct Inner {
     stats: String,
     paused: String,
     idle: String,
+    hand_offs: String,
     job_prefix: String,
     wake_channel: String,
     cancel_channel: String,
     /// Where job events go (`<prefix><job id>`), when the scripts announce them.
     events: Option<String>,
+    /// Idle registrations of this handle take hand-offs (see [`Queue::with_hand_offs`]).
+    takes_hand_offs: bool,
 }
 
 impl Queue {
@@ -201,10 +204,12 @@ impl Queue {
             stats: qk.stats(),
             paused: qk.paused(),
             idle: qk.idle(),
+            hand_offs: qk.hand_offs(),
             job_prefix: qk.job_prefix(),
             wake_channel: qk.wake_channel(),
             cancel_channel: qk.cancel_channel(),
             events: None,
+            takes_hand_offs: false,
             keys: qk,
             policy,
         };
@@ -222,6 +227,27 @@ impl Queue {
     pub fn with_job_events(&self, channel_prefix: impl Into<String>) -> Self {
         let mut inner = (*self.inner).clone();
         inner.events = Some(channel_prefix.into());
+        Self {
+            conn: self.conn.clone(),
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same queue, whose idle registrations take **hand-offs**: while this worker is
+    /// registered idle, an enqueue of a lone job with nothing queued ahead of it leases the
+    /// job to this worker itself and publishes the lease and the payload on the worker's own
+    /// channel (payloads up to 64 KiB), so the worker starts it without a fetch round trip.
+    /// Only for a worker whose [`Waker`] delivers hand-offs to a taker
+    /// ([`Waker::on_hand_off`]); a hand-off it cannot run must be released, and one received
+    /// by a worker that then dies runs again once its lease expires, like a crashed attempt.
+    ///
+    /// An enqueue hands a job off only when the worker's subscription received the message
+    /// (PUBLISH counts the receivers), so a worker that died or is reconnecting is never
+    /// given one. On a Redis Cluster, where PUBLISH counts only the receiving node's
+    /// subscribers, hand-offs are off and the worker is woken to fetch as usual.
+    pub fn with_hand_offs(&self) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.takes_hand_offs = !matches!(self.conn, RedisHandle::Cluster(_));
         Self {
             conn: self.conn.clone(),
             inner: Arc::new(inner),
@@ -286,6 +312,10 @@ impl Queue {
                 .key(&self.inner.scheduled)
                 .key(&self.inner.paused)
                 .key(&self.inner.idle)
+                .key(&self.inner.hand_offs)
+                .key(&self.inner.active)
+                .key(&self.inner.stats)
+                .key(&self.inner.job_prefix)
                 .arg(self.plen())
                 .arg(&self.inner.wake_channel);
             for (job, id) in chunk.iter().zip(chunk_ids) {
@@ -349,6 +379,10 @@ impl Queue {
             .key(&self.inner.paused)
             .key(self.inner.keys.cron_ticks(schedule))
             .key(&self.inner.idle)
+            .key(&self.inner.hand_offs)
+            .key(&self.inner.active)
+            .key(&self.inner.stats)
+            .key(&self.inner.job_prefix)
             .key(self.job_key(&id))
             .arg(self.plen())
             .arg(&self.inner.wake_channel)
@@ -386,10 +420,34 @@ impl Queue {
     /// Withdraws `worker`'s idle registration (a worker that stops fetching: enqueues then wake
     /// someone else).
     pub async fn leave_idle(&self, worker: &str) -> Result<(), QueueError> {
-        let _: i64 = redis::cmd("ZREM")
-            .arg(&self.inner.idle)
-            .arg(worker)
+        // Registration first: once it is gone no enqueue can take the terms.
+        let _: (i64, i64) = redis::pipe()
+            .zrem(&self.inner.idle, worker)
+            .hdel(&self.inner.hand_offs, worker)
             .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Registers `worker` as idle again, for `idle_for`, without fetching: for a worker whose
+    /// registration a hand-off used up while it still has free slots. Safe without a fetch:
+    /// whatever was enqueued while it was not registered woke another worker or every worker.
+    pub async fn register_idle(&self, worker: &str, idle_for: Duration) -> Result<(), QueueError> {
+        let terms = match self.inner.takes_hand_offs {
+            true => format!(
+                "{} {}",
+                self.inner.policy.lease_ms(),
+                self.inner.events.as_deref().unwrap_or("")
+            ),
+            false => String::new(),
+        };
+        let _: Value = scripts::REGISTER_IDLE
+            .key(&self.inner.idle)
+            .key(&self.inner.hand_offs)
+            .arg(worker)
+            .arg(millis(idle_for.min(MAX_IDLE_FOR)))
+            .arg(terms)
+            .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
@@ -547,6 +605,7 @@ impl Queue {
             .key(&self.inner.job_prefix)
             .key(&self.inner.completed)
             .key(&self.inner.idle)
+            .key(&self.inner.hand_offs)
             .arg(free.min(MAX_BATCH))
             .arg(worker)
             .arg(policy.lease_ms())
@@ -556,7 +615,8 @@ impl Queue {
             .arg(policy.result_ttl_ms())
             .arg(policy.completed_index_max.max(1))
             .arg(&self.inner.wake_channel)
-            .arg(millis(idle_for.min(MAX_IDLE_FOR)));
+            .arg(millis(idle_for.min(MAX_IDLE_FOR)))
+            .arg(if self.inner.takes_hand_offs { "1" } else { "0" });
         for (lease, result) in items {
             let lease = lease.borrow();
             inv.key(self.job_key(&lease.id))

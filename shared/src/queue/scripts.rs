@@ -61,6 +61,10 @@ script!(
     REMOVE = "lua/remove.lua"
 );
 script!(
+    /// Register an idle worker again without fetching.
+    REGISTER_IDLE = "lua/register_idle.lua"
+);
+script!(
     /// Requeue a dead job.
     RETRY_DEAD = "lua/retry_dead.lua"
 );

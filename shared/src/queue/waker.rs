@@ -13,13 +13,17 @@
 //! lost — so a worker always waits with a timeout (the poll fallback), and the subscription
 //! marks every queue as woken after each reconnect.
 //!
+//! A worker whose fetches take **hand-offs** ([`Queue::with_hand_offs`](super::Queue::with_hand_offs))
+//! may receive, on its own channel, not a wake-up but a job already leased to it by the
+//! enqueue: the waker passes it to the taker the worker installed ([`Waker::on_hand_off`]).
+//!
 //! One [`Waker`] per process holds one dedicated RESP3 connection (never the shared multiplexed
 //! one): it subscribes once, and the connection's reader hands each message straight to the
 //! [`WakeSignal`]s and cancel receivers it concerns (no task hop in between). In cluster mode, classic `PUBLISH` reaches every node, so one subscription to any
 //! node hears every queue.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -28,6 +32,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::error::QueueError;
+use super::job::Fetched;
 use crate::redis::Keys;
 
 /// A cancel request for a running job, as published by [`Queue::cancel`](super::Queue::cancel)
@@ -53,9 +58,18 @@ pub enum Wake {
 /// still report the cancel).
 const CANCEL_CAPACITY: usize = 1024;
 
+/// Receives the jobs handed off to this process's worker of one queue (see
+/// [`Waker::on_hand_off`]). It runs on the subscription's reader: it must not block.
+pub type HandOffTaker = Arc<dyn Fn(Fetched) + Send + Sync>;
+
+/// The taker of one queue's hand-offs, once installed.
+type TakerSlot = Arc<Mutex<Option<HandOffTaker>>>;
+
 /// Where a channel's messages go.
 enum Route {
     Wake(watch::Sender<u64>),
+    /// A worker's own channel: an empty message wakes it, any other is a hand-off.
+    Own(watch::Sender<u64>, TakerSlot, String),
     Cancel(String),
 }
 
@@ -64,6 +78,10 @@ enum Route {
 struct Shared {
     /// The wake counter of each queue, bumped on every wake message.
     wakes: HashMap<String, watch::Sender<u64>>,
+    /// The hand-off taker of each queue.
+    takers: HashMap<String, TakerSlot>,
+    /// The current subscription connection (replaced on reconnect), for [`Waker::sync`].
+    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     cancels: broadcast::Sender<CancelSignal>,
     task: JoinHandle<()>,
 }
@@ -101,13 +119,19 @@ impl Waker {
         queues: &[(&str, &str)],
     ) -> Result<Self, QueueError> {
         let mut wakes = HashMap::new();
+        let mut takers = HashMap::new();
         let mut routes = HashMap::new();
         let mut channels = Vec::new();
         for &(queue, worker) in queues {
             let qk = keys.queue(queue);
             let (tx, _) = watch::channel(0u64);
+            let taker = TakerSlot::default();
             routes.insert(qk.wake_channel(), Route::Wake(tx.clone()));
-            routes.insert(qk.wake_channel_of(worker), Route::Wake(tx.clone()));
+            routes.insert(
+                qk.wake_channel_of(worker),
+                Route::Own(tx.clone(), taker.clone(), queue.to_owned()),
+            );
+            takers.insert(queue.to_owned(), taker);
             routes.insert(qk.cancel_channel(), Route::Cancel(queue.to_owned()));
             channels.push(qk.wake_channel());
             channels.push(qk.wake_channel_of(worker));
@@ -117,14 +141,63 @@ impl Waker {
         let (cancels, _) = broadcast::channel(CANCEL_CAPACITY);
         let routes = Arc::new(routes);
         let first = subscribe(&client, &channels, &routes, &cancels).await?;
-        let task = tokio::spawn(run(client, channels, routes, cancels.clone(), first));
+        let conn = Arc::new(Mutex::new(Some(first.conn.clone())));
+        let task = tokio::spawn(run(
+            client,
+            channels,
+            routes,
+            cancels.clone(),
+            first,
+            conn.clone(),
+        ));
         Ok(Self {
             shared: Arc::new(Shared {
                 wakes,
+                takers,
+                conn,
                 cancels,
                 task,
             }),
         })
+    }
+
+    /// Installs `taker` as the receiver of the jobs handed off to this process's worker of
+    /// `queue` (replacing any earlier one); returns false when this waker does not listen to
+    /// `queue`. The taker runs on the subscription's reader, so it must not block; a job it
+    /// cannot start must be released, or it runs again only once its lease expires.
+    pub fn on_hand_off(
+        &self,
+        queue: &str,
+        taker: impl Fn(Fetched) + Send + Sync + 'static,
+    ) -> bool {
+        match self.shared.takers.get(queue) {
+            Some(slot) => {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(taker));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Returns once every message published before this call has been delivered (a round
+    /// trip on the subscription's own connection, whose reply follows those messages) — e.g.
+    /// so a worker that withdrew its idle registration has seen every hand-off made before.
+    pub async fn sync(&self) -> Result<(), QueueError> {
+        let conn = self
+            .shared
+            .conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match conn {
+            Some(mut conn) => {
+                let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
+                Ok(())
+            }
+            None => Err(QueueError::Protocol(
+                "the wake-up subscription is reconnecting".into(),
+            )),
+        }
     }
 
     /// The wake signal of `queue`, or `None` when this waker does not listen to it. Each
@@ -181,7 +254,7 @@ impl WakeSignal {
 /// own reader hands to [`route`] the moment they are read — no task in between — and a lost
 /// connection is reported through `lost`.
 struct Subscription {
-    _conn: MultiplexedConnection,
+    conn: MultiplexedConnection,
     lost: Arc<Notify>,
 }
 
@@ -216,7 +289,7 @@ async fn subscribe(
     if !channels.is_empty() {
         conn.subscribe(channels).await?;
     }
-    Ok(Subscription { _conn: conn, lost })
+    Ok(Subscription { conn, lost })
 }
 
 /// Delivers one pub/sub message (`[channel, payload]`) to its wake counter or as a cancel.
@@ -234,6 +307,13 @@ fn route(
     };
     match routes.get(&channel) {
         Some(Route::Wake(tx)) => tx.send_modify(|v| *v += 1),
+        Some(Route::Own(tx, taker, queue)) => {
+            let msg = payload.and_then(|p| Vec::<u8>::from_redis_value(p).ok());
+            match msg.filter(|m| !m.is_empty()) {
+                None => tx.send_modify(|v| *v += 1),
+                Some(msg) => hand_off(taker, queue, &msg),
+            }
+        }
         Some(Route::Cancel(queue)) => {
             if let Some(Ok(job_id)) = payload.map(String::from_redis_value) {
                 let _ = cancels.send(CancelSignal {
@@ -246,6 +326,24 @@ fn route(
     }
 }
 
+/// Gives a hand-off to the queue's taker.
+fn hand_off(taker: &TakerSlot, queue: &str, msg: &[u8]) {
+    let Some(job) = Fetched::from_hand_off(msg) else {
+        tracing::warn!(
+            queue,
+            "undecodable hand-off ignored; its job runs again once its lease expires"
+        );
+        return;
+    };
+    let taker = taker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match taker {
+        Some(take) => take(job),
+        None => {
+            tracing::warn!(queue, job_id = %job.lease.id, "hand-off with no taker; the job runs again once its lease expires");
+        }
+    }
+}
+
 /// Keeps the subscription up until the task is aborted: when the connection drops it
 /// reconnects with backoff, and after each reconnect marks every queue woken (messages may
 /// have been lost meanwhile).
@@ -255,11 +353,13 @@ async fn run(
     routes: Arc<HashMap<String, Route>>,
     cancels: broadcast::Sender<CancelSignal>,
     first: Subscription,
+    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
 ) {
     let mut current = first;
     let mut delay = Duration::from_millis(50);
     loop {
         current.lost.notified().await;
+        *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::warn!("queue wake-up subscription lost; reconnecting");
         current = loop {
             match subscribe(&client, &channels, &routes, &cancels).await {
@@ -272,6 +372,7 @@ async fn run(
             }
         };
         delay = Duration::from_millis(50);
+        *conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(current.conn.clone());
         for route in routes.values() {
             if let Route::Wake(tx) = route {
                 tx.send_modify(|v| *v += 1);

@@ -1,5 +1,6 @@
 -- Enqueue the job of one cron tick, at most once per (schedule, tick) across the fleet.
--- KEYS: 1 wait, 2 scheduled, 3 paused, 4 fired ticks of the schedule, 5 idle workers, 6 job hash
+-- KEYS: 1 wait, 2 scheduled, 3 paused, 4 fired ticks of the schedule, 5 idle workers,
+--       6 hand-off terms, 7 active, 8 stats, 9 job prefix, 10 job hash
 -- ARGV: 1 job-prefix length, 2 wake channel, 3 tick (unix secs), 4 dedup window (secs),
 --       5..8 the job (payload, delay ms, run-at ms, max attempts)
 -- Returns {1} created, {0} duplicate (tick fired already, or older than the window).
@@ -14,4 +15,8 @@ if #newest > 0 then
 end
 if redis.call('ZADD', KEYS[4], 'NX', tick, ARGV[3]) == 0 then return {0} end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (top - window))
-return enqueue_jobs(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[2], tonumber(ARGV[1]), 6, 4, now_ms())
+local q = {
+  wait = KEYS[1], scheduled = KEYS[2], paused = KEYS[3], idle = KEYS[5], handoff = KEYS[6],
+  active = KEYS[7], stats = KEYS[8], jp = KEYS[9],
+}
+return enqueue_jobs(q, ARGV[2], tonumber(ARGV[1]), 10, 4, now_ms())

@@ -57,20 +57,71 @@ local function wake_if_first(zkey, id, paused_key, channel)
   end
 end
 
--- Wakes one idle worker: the most recently registered live one of sorted set `idle_key`
--- (member: worker id, score: until when the registration holds, ms), with a message on its own
--- channel `<channel>:<worker id>`; registrations of workers that died idle are dropped on the
--- way. Returns whether a worker was woken.
-local function wake_one(idle_key, channel, now)
+-- Pops the most recently registered live idle worker of sorted set `idle_key` (member: worker
+-- id, score: until when the registration holds, ms), dropping registrations of workers that died
+-- idle on the way. Returns its id and its hand-off terms (`<lease ms> <events prefix>`, from hash
+-- `handoff_key`; false when it takes no hand-offs), or nil when no worker is idle.
+local function take_idle(idle_key, handoff_key, now)
   for _ = 1, 16 do
     local w = redis.call('ZPOPMAX', idle_key)
-    if #w == 0 then return false end
-    if tonumber(w[2]) >= now then
-      redis.call('PUBLISH', channel .. ':' .. w[1], '')
-      return true
-    end
+    if #w == 0 then return nil end
+    local terms = redis.call('HGET', handoff_key, w[1])
+    if terms then redis.call('HDEL', handoff_key, w[1]) end
+    if tonumber(w[2]) >= now then return w[1], terms end
+  end
+  return nil
+end
+
+-- Wakes one idle worker (see `take_idle`) with an empty message on its own channel
+-- `<channel>:<worker id>`; a worker nobody listens for any more (it died, or its subscription is
+-- reconnecting) is skipped for the next. Returns whether a worker was woken.
+local function wake_one(idle_key, handoff_key, channel, now)
+  for _ = 1, 16 do
+    local w = take_idle(idle_key, handoff_key, now)
+    if w == nil then return false end
+    if redis.call('PUBLISH', channel .. ':' .. w, '') > 0 then return true end
   end
   return false
+end
+
+-- Drops the idle registrations that expired, and their hand-off terms.
+local function drop_stale_idle(idle_key, handoff_key, now)
+  local old = redis.call('ZRANGEBYSCORE', idle_key, '-inf', '(' .. int(now), 'LIMIT', 0, 100)
+  if #old > 0 then
+    redis.call('ZREM', idle_key, unpack(old))
+    redis.call('HDEL', handoff_key, unpack(old))
+  end
+end
+
+-- Marks job hash `jk` as running attempt `a_s` (fence `fence_s`) of `worker` since `now_s` (all
+-- strings), and with `events` not '' publishes the job's `started` event on `<events><id>`.
+-- The caller adds the attempt's member to the active set.
+local function start_attempt(jk, id, a_s, fence_s, worker, now_s, events)
+  redis.call('HSET', jk, 's', 'running', 'a', a_s, 'f', fence_s, 'w', worker, 't', now_s)
+  if events ~= '' then
+    redis.call('PUBLISH', events .. id, '{"event":"started","attempt":' .. a_s .. '}')
+  end
+end
+
+-- Hands the new job `id` (hash `jk`, already stored as queued) straight to idle worker `worker`
+-- whose hand-off terms are `terms`: publishes the lease and the payload on the worker's own
+-- channel and, when the worker's subscription received it, leases the job's first attempt to
+-- that worker as a fetch would. The message is
+-- `<fence> <attempt> <max attempts> <enqueued ms> <lease until ms> <id length>\n<id><payload>`.
+-- Returns false when nobody received it (the job is left as it was).
+local function hand_off(q, jk, id, payload, max, worker, terms, channel, now)
+  local sp = string.find(terms, ' ', 1, true)
+  local lease_ms = tonumber(string.sub(terms, 1, sp - 1))
+  local events = string.sub(terms, sp + 1)
+  local fence_s = int(redis.call('HINCRBY', q.stats, 'fence', 1))
+  local now_s = int(now)
+  local until_s = int(now + lease_ms)
+  local heard = redis.call('PUBLISH', channel .. ':' .. worker, fence_s .. ' 1 ' .. max .. ' '
+    .. now_s .. ' ' .. until_s .. ' ' .. #id .. '\n' .. id .. payload)
+  if heard == 0 then return false end
+  start_attempt(jk, id, '1', fence_s, worker, now_s, events)
+  redis.call('ZADD', q.active, until_s, fence_s .. ':' .. id)
+  return true
 end
 
 -- Appends one record to the job's error history, keeping the last `keep`.
@@ -123,13 +174,20 @@ local function promote(zkey, wait_key, jp, now, limit)
   return n
 end
 
+-- Hand-offs carry the payload over pub/sub: larger payloads are fetched instead.
+local HAND_OFF_MAX = 65536
+
 -- Creates the jobs whose keys are KEYS[first..] and whose arguments are four per job from
 -- ARGV[base + 1]: payload, delay ms, run-at ms (0 = none), max attempts. A job whose hash
--- already exists is left alone. Ready jobs wake one idle worker (`wake_one`). Returns one 1
--- (created) or 0 (duplicate) per job.
-local function enqueue_jobs(wait_key, sched_key, paused_key, idle_key, channel, plen, first, base, now)
+-- already exists is left alone. `q` holds the queue's keys: wait, scheduled, paused, idle,
+-- handoff, active, stats. Ready jobs wake one idle worker (`wake_one`); a lone ready job with
+-- nothing queued ahead of it is handed straight to that worker when it takes hand-offs
+-- (`hand_off`), which saves the worker its fetch. Returns one 1 (created) or 0 (duplicate) per
+-- job.
+local function enqueue_jobs(q, channel, plen, first, base, now)
   local res = {}
   local ready = {}
+  local ready_args = {}
   local later = {}
   local soonest, soonest_id = nil, nil
   local n = #KEYS - first + 1
@@ -153,34 +211,51 @@ local function enqueue_jobs(wait_key, sched_key, paused_key, idle_key, channel, 
       else
         redis.call('HSET', jk, 'p', ARGV[b + 1], 's', 'queued', 'm', ARGV[b + 4], 'e', now_s)
         ready[#ready + 1] = id
+        ready_args[#ready] = b
       end
       res[i] = 1
     end
   end
-  if #ready > 0 then
-    local len = batched('LPUSH', wait_key, ready)
+  if #ready > 0 and redis.call('EXISTS', q.paused) == 1 then
+    batched('LPUSH', q.wait, ready)
+  elseif #ready == 1 and redis.call('LLEN', q.wait) == 0 then
+    local id, b = ready[1], ready_args[1]
+    local w, terms = take_idle(q.idle, q.handoff, now)
+    if not (w and terms and #ARGV[b + 1] <= HAND_OFF_MAX
+        and hand_off(q, q.jp .. id, id, ARGV[b + 1], ARGV[b + 4], w, terms, channel, now)) then
+      redis.call('LPUSH', q.wait, id)
+      -- The worker taken (if it still listens) is woken alone; else another idle one; with
+      -- none, every worker.
+      local woken = w and redis.call('PUBLISH', channel .. ':' .. w, '') > 0
+      if not woken and not wake_one(q.idle, q.handoff, channel, now) then
+        redis.call('PUBLISH', channel, '')
+      end
+    end
+  elseif #ready > 0 then
+    local len = batched('LPUSH', q.wait, ready)
     -- One idle worker is woken (it wakes the next if it cannot take everything); with none
     -- registered idle, a list that was empty is announced to every worker.
-    if redis.call('EXISTS', paused_key) == 0 and not wake_one(idle_key, channel, now) then
-      wake(len, #ready, paused_key, channel)
+    if not wake_one(q.idle, q.handoff, channel, now) then
+      wake(len, #ready, q.paused, channel)
     end
   end
   if #later > 0 then
-    batched('ZADD', sched_key, later)
-    wake_if_first(sched_key, soonest_id, paused_key, channel)
+    batched('ZADD', q.scheduled, later)
+    wake_if_first(q.scheduled, soonest_id, q.paused, channel)
   end
   return res
 end
 
 -- Leases up to `want` queued jobs to `worker`, after promoting due delayed and retrying jobs.
--- `k` holds the queue's keys: wait, scheduled, retry, active, stats, paused, job prefix, idle.
--- With `events` not '', each leased job's `started` event is published on `<events><id>`.
--- A fetch that comes back short registers `worker` as idle for `idle_ms` (plus a second of
--- slack), so the next enqueue wakes it alone (`wake_one` on channel `wake`); one that fills
--- every slot it asked for unregisters it and, when jobs are left, wakes another idle worker.
+-- `k` holds the queue's keys: wait, scheduled, retry, active, stats, paused, job prefix, idle,
+-- handoff. With `events` not '', each leased job's `started` event is published on
+-- `<events><id>`. A fetch that comes back short registers `worker` as idle for `idle_ms` (plus
+-- a second of slack), so the next enqueue wakes it alone (`wake_one` on channel `wake`) or,
+-- with `takes_hand_offs`, hands it its job (`hand_off`); one that fills every slot it asked for
+-- unregisters it and, when jobs are left, wakes another idle worker.
 -- Returns {paused, next_due_in_ms or -1, more, lease_until, then per job:
 --          id, payload, attempt, max attempts, enqueued at, fence}
-local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_ms, now)
+local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_ms, takes_hand_offs, now)
   if redis.call('EXISTS', k.paused) == 1 then return {1, -1, 0, 0} end
   local lease_until = now + lease_ms
   local jp = k.jp
@@ -230,11 +305,14 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
   end
 
   if n < want and more == 0 then
-    redis.call('ZREMRANGEBYSCORE', k.idle, '-inf', '(' .. int(now))
+    drop_stale_idle(k.idle, k.handoff, now)
     redis.call('ZADD', k.idle, int(now + idle_ms + 1000), worker)
+    if takes_hand_offs then
+      redis.call('HSET', k.handoff, worker, int(lease_ms) .. ' ' .. events)
+    end
   elseif n > 0 then
-    redis.call('ZREM', k.idle, worker)
-    if n == want and redis.call('LLEN', k.wait) > 0 then wake_one(k.idle, wake, now) end
+    if redis.call('ZREM', k.idle, worker) == 1 then redis.call('HDEL', k.handoff, worker) end
+    if n == want and redis.call('LLEN', k.wait) > 0 then wake_one(k.idle, k.handoff, wake, now) end
   end
 
   local out = {0, next_due, more, lease_until}
@@ -251,10 +329,7 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
     local a_s = int(a)
     local fence = first + i
     local fence_s = int(fence)
-    redis.call('HSET', h[1], 's', 'running', 'a', a_s, 'f', fence_s, 'w', worker, 't', now_s)
-    if events ~= '' then
-      redis.call('PUBLISH', events .. id, '{"event":"started","attempt":' .. a_s .. '}')
-    end
+    start_attempt(h[1], id, a_s, fence_s, worker, now_s, events)
     zargs[#zargs + 1] = lease_s
     zargs[#zargs + 1] = fence_s .. ':' .. id
     out[#out + 1] = id
