@@ -544,13 +544,14 @@ fn latency_rows(report: &mut Report, key: &str, who: &str, lat: phases::Latency)
         "enqueue call (until its reply)",
         lat.enqueue_call,
     );
-    add("start_latency", "enqueue → leased (fetch ran)", lat.leased);
+    add("start_latency", "enqueue → leased by a fetch", lat.leased);
     add("handler_start", "enqueue → handler start", lat.handler);
     add("latency", "enqueue → completed", lat.completed);
     if lat.merged > 0 {
         report.notes.push(format!(
-            "{who}: {} of {n} latency jobs had their enqueue and lease in one Redis event-loop \
-             iteration (a poll-fallback fetch arrived with the enqueue); their lease time is left out",
+            "{who}: {} of {n} latency jobs were leased by their enqueue itself (handed off to an \
+             idle worker, no fetch), so enqueue and lease share one invalidation and the \
+             'leased' row leaves them out",
             lat.merged
         ));
     }

@@ -312,6 +312,17 @@ pub async fn latency(
                 Some((at, keys)) => {
                     if keys.contains(&key) {
                         events.push(at);
+                        // Two steps in one script (a hand-off leases the job in its enqueue)
+                        // share one invalidation: once two have come, ask whether it is done
+                        // rather than wait out a quiet period (which would leave the machine
+                        // idle between jobs and measure cold wake-ups).
+                        if events.len() == 2
+                            && queue.result(&id).await?.map(|r| r.state)
+                                == Some(JobState::Completed)
+                        {
+                            merged = true;
+                            break;
+                        }
                     }
                 }
                 None => {
