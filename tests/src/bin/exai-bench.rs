@@ -304,8 +304,9 @@ struct QueueArgs {
     /// Jobs per batch size of the protocol-only phase.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     protocol_jobs: u64,
-    /// Batch sizes of the protocol-only phase, comma-separated (each ≤ 1000; empty skips it).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    /// Batch sizes of the protocol-only phase, comma-separated (each ≤ 1000; the flag with no
+    /// value skips the phase).
+    #[arg(long, value_delimiter = ',', num_args = 0..=1, default_value = "1,10,100")]
     protocol_batches: Vec<usize>,
     /// Seconds the raw Redis baselines run each.
     #[arg(long, default_value_t = 1.0)]
@@ -555,4 +556,24 @@ async fn queue_run(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_batches_with_no_value_skip_the_phase() {
+        let parse = |args: &[&str]| -> Vec<usize> {
+            let mut full = vec!["exai-bench", "queue"];
+            full.extend_from_slice(args);
+            match Cli::try_parse_from(full).expect("parses").command {
+                Command::Queue(q) => q.protocol_batches,
+                _ => unreachable!("parsed as the queue command"),
+            }
+        };
+        assert_eq!(parse(&[]), [1, 10, 100]);
+        assert_eq!(parse(&["--protocol-batches", "5,50"]), [5, 50]);
+        assert!(parse(&["--protocol-batches", "--no-bullmq"]).is_empty());
+    }
 }
