@@ -1306,13 +1306,7 @@ async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
     let names = ["a", "b"];
     // Both idle: their fetches came back empty.
     for name in names {
-        assert!(
-            q.fetch_batch_idle(name, 5, SLOW_POLL)
-                .await
-                .unwrap()
-                .jobs
-                .is_empty()
-        );
+        go_idle(&q, name).await;
     }
     // Everything published before it has reached both wakers once this marker has.
     let settle = async |cancels: &mut [tokio::sync::broadcast::Receiver<CancelSignal>; 2],
@@ -1361,6 +1355,12 @@ async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
     assert!(!signals[first].woken(), "the first worker was woken twice");
 }
 
+/// Fetches from the empty queue as `worker`, which registers it idle.
+async fn go_idle(q: &Queue, worker: &str) {
+    let got = q.fetch_batch_idle(worker, 5, SLOW_POLL).await.unwrap();
+    assert!(got.jobs.is_empty(), "the queue was expected empty");
+}
+
 /// The state of job `id`, if it exists.
 async fn state(q: &Queue, id: &str) -> Option<JobState> {
     q.job(id).await.unwrap().map(|j| j.state)
@@ -1389,14 +1389,7 @@ async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased
     let worker = producer.with_hand_offs();
     let (waker, mut handed) = hand_off_waker(&ctx, "w").await;
     let mut signal = waker.signal(TOOL_CALLS).unwrap();
-    assert!(
-        worker
-            .fetch_batch_idle("w", 5, SLOW_POLL)
-            .await
-            .unwrap()
-            .jobs
-            .is_empty()
-    );
+    go_idle(&worker, "w").await;
 
     // The lone job arrives leased: running, first attempt, held by the worker.
     producer
@@ -1417,6 +1410,7 @@ async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased
     assert_eq!(info.worker.as_deref(), Some("w"));
     assert_eq!(info.fence, Some(job.lease.fence));
     assert_eq!(info.lease_until_ms, Some(job.lease_until_ms));
+    waker.sync().await.unwrap();
     assert!(!signal.woken(), "a hand-off is not also a wake-up");
     // Its lease is the worker's to complete, fenced like a fetched one.
     assert_eq!(
@@ -1456,6 +1450,20 @@ async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased
     waker.sync().await.unwrap();
     assert!(handed.try_recv().is_err(), "nothing else was handed off");
 
+    // A worker whose registration a hand-off used up registers again without fetching.
+    for id in ["h5", "h6"] {
+        producer
+            .enqueue(&NewJob::new("p").with_id(id))
+            .await
+            .unwrap();
+        let job = tokio::time::timeout(DEADLINE, handed.recv())
+            .await
+            .expect("handed off in time")
+            .unwrap();
+        assert_eq!(job.id(), id);
+        worker.register_idle("w", SLOW_POLL).await.unwrap();
+    }
+
     // Leaving withdraws the hand-off terms with the registration.
     let terms = ctx.keys.queue(TOOL_CALLS).hand_offs();
     let held = async || -> bool {
@@ -1477,15 +1485,7 @@ async fn a_hand_off_nobody_hears_is_not_made() {
     let producer = ctx.queue(fast_policy());
     // Registered idle and taking hand-offs, but not listening (it died, or its subscription
     // is reconnecting).
-    assert!(
-        producer
-            .with_hand_offs()
-            .fetch_batch_idle("gone", 5, SLOW_POLL)
-            .await
-            .unwrap()
-            .jobs
-            .is_empty()
-    );
+    go_idle(&producer.with_hand_offs(), "gone").await;
     producer
         .enqueue(&NewJob::new("p").with_id("d1"))
         .await

@@ -276,6 +276,11 @@ impl Queue {
         k
     }
 
+    /// The scripts' "takes hand-offs" argument.
+    fn hand_offs_flag(&self) -> &'static str {
+        if self.inner.takes_hand_offs { "1" } else { "0" }
+    }
+
     fn plen(&self) -> usize {
         self.inner.job_prefix.len()
     }
@@ -433,20 +438,14 @@ impl Queue {
     /// registration a hand-off used up while it still has free slots. Safe without a fetch:
     /// whatever was enqueued while it was not registered woke another worker or every worker.
     pub async fn register_idle(&self, worker: &str, idle_for: Duration) -> Result<(), QueueError> {
-        let terms = match self.inner.takes_hand_offs {
-            true => format!(
-                "{} {}",
-                self.inner.policy.lease_ms(),
-                self.inner.events.as_deref().unwrap_or("")
-            ),
-            false => String::new(),
-        };
         let _: Value = scripts::REGISTER_IDLE
             .key(&self.inner.idle)
             .key(&self.inner.hand_offs)
             .arg(worker)
             .arg(millis(idle_for.min(MAX_IDLE_FOR)))
-            .arg(terms)
+            .arg(self.hand_offs_flag())
+            .arg(self.inner.policy.lease_ms())
+            .arg(self.inner.events.as_deref().unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
@@ -616,7 +615,7 @@ impl Queue {
             .arg(policy.completed_index_max.max(1))
             .arg(&self.inner.wake_channel)
             .arg(millis(idle_for.min(MAX_IDLE_FOR)))
-            .arg(if self.inner.takes_hand_offs { "1" } else { "0" });
+            .arg(self.hand_offs_flag());
         for (lease, result) in items {
             let lease = lease.borrow();
             inv.key(self.job_key(&lease.id))

@@ -93,6 +93,16 @@ local function drop_stale_idle(idle_key, handoff_key, now)
   end
 end
 
+-- Registers `worker` idle until `now + idle_ms` plus a second of slack (dropping expired
+-- registrations first), with its hand-off terms when it takes hand-offs (see `hand_off`).
+local function register_idle(idle_key, handoff_key, worker, idle_ms, takes_hand_offs, lease_ms, events, now)
+  drop_stale_idle(idle_key, handoff_key, now)
+  redis.call('ZADD', idle_key, int(now + idle_ms + 1000), worker)
+  if takes_hand_offs then
+    redis.call('HSET', handoff_key, worker, int(lease_ms) .. ' ' .. events)
+  end
+end
+
 -- Marks job hash `jk` as running attempt `a_s` (fence `fence_s`) of `worker` since `now_s` (all
 -- strings), and with `events` not '' publishes the job's `started` event on `<events><id>`.
 -- The caller adds the attempt's member to the active set.
@@ -305,11 +315,7 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
   end
 
   if n < want and more == 0 then
-    drop_stale_idle(k.idle, k.handoff, now)
-    redis.call('ZADD', k.idle, int(now + idle_ms + 1000), worker)
-    if takes_hand_offs then
-      redis.call('HSET', k.handoff, worker, int(lease_ms) .. ' ' .. events)
-    end
+    register_idle(k.idle, k.handoff, worker, idle_ms, takes_hand_offs, lease_ms, events, now)
   elseif n > 0 then
     if redis.call('ZREM', k.idle, worker) == 1 then redis.call('HDEL', k.handoff, worker) end
     if n == want and redis.call('LLEN', k.wait) > 0 then wake_one(k.idle, k.handoff, wake, now) end
