@@ -420,3 +420,26 @@ mod tests {
         assert!(proc_cpu_secs(None) > 0.0);
     }
 }
+
+/// The Redis server's memory and key count at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisFootprint {
+    /// `used_memory` of `INFO memory`: bytes allocated by Redis.
+    pub used_memory: u64,
+    /// `DBSIZE`: keys of the selected database.
+    pub keys: u64,
+}
+
+/// Samples `used_memory` and `DBSIZE` in one pipeline.
+pub async fn redis_footprint(conn: &mut RedisHandle) -> anyhow::Result<RedisFootprint> {
+    let (info, keys): (String, u64) = redis::pipe()
+        .cmd("INFO")
+        .arg("memory")
+        .cmd("DBSIZE")
+        .query_async(conn)
+        .await?;
+    let used_memory = info_field(&info, "used_memory")
+        .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))?
+        .parse()?;
+    Ok(RedisFootprint { used_memory, keys })
+}

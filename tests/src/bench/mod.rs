@@ -5,20 +5,25 @@
 //!    pipelines them) — the same client stack (`RedisHandle`) the queue uses.
 //! 2. **Enqueue, single**: `single_jobs` jobs, one `Queue::enqueue` call each, from
 //!    `concurrency` concurrent callers, on a queue nobody serves.
-//! 3. **Enqueue, bulk**: `jobs` jobs in `Queue::enqueue_bulk` calls of `batch`, one call in
-//!    flight per producer. These jobs are the backlog of phase 4.
-//! 4. **Process, cold**: `workers` × `exai-worker run --queues tool_calls --concurrency C` are
+//! 3. **Protocol only**: the queue API without apalis, per batch size (see
+//!    [`phases::fetch_complete_loop`]).
+//! 4. **Retention** ([`retention`]): `retention_jobs` jobs enqueued and completed through the
+//!    protocol in chunks, with results kept [`RETENTION_TTL`]: Redis memory sampled as it goes
+//!    and once the results expired.
+//! 5. **Enqueue, bulk**: `jobs` jobs in `Queue::enqueue_bulk` calls of `batch`, one call in
+//!    flight per producer. These jobs are the backlog of phase 6.
+//! 6. **Process, cold**: `workers` × `exai-worker run --queues tool_calls --concurrency C` are
 //!    spawned on that backlog; timed from the spawn until the last completion.
-//! 5. **Latency**, on those workers now idle: jobs enqueued one at a time (see
+//! 7. **Latency**, on those workers now idle: jobs enqueued one at a time (see
 //!    [`phases::latency`]).
-//! 6. **Backlog**: with the same workers, warm: queue paused, a small backlog enqueued, timed
+//! 8. **Backlog**: with the same workers, warm: queue paused, a small backlog enqueued, timed
 //!    from RESUME to the last completion (`small_rounds` times, summed); then the same with a
 //!    backlog of `large_backlog` (default `jobs`). Their per-job time ratio should be ≈ 1.
-//! 7. **The BullMQ Rust port** ([`bullmq`]), the baseline engine: the same bulk enqueue, cold
+//! 9. **The BullMQ Rust port** ([`bullmq`]), the baseline engine: the same bulk enqueue, cold
 //!    drain by as many worker processes at the same concurrency, and latency; then our rows ÷
 //!    theirs.
-//! 8. **In-process engine** ([`engine`]): the same warm drain of `jobs` and the same latency
-//!    phase through one apalis worker in this process, which also stamps the handler's start.
+//! 10. **In-process engine** ([`engine`]): the same warm drain of `jobs` and the same latency
+//!     phase through one apalis worker in this process, which also stamps the handler's start.
 //!
 //! Each phase's Redis CPU (from `INFO cpu`) and client CPU (`/proc`) is recorded with it. Every
 //! key lives under the run's prefix; [`cleanup`] deletes them.
@@ -80,6 +85,8 @@ pub struct Options {
     pub protocol_jobs: u64,
     /// The batch sizes of the protocol-only phase (none skips it).
     pub protocol_batches: Vec<usize>,
+    /// Jobs of the retention phase (0 skips it).
+    pub retention_jobs: u64,
     /// How long each raw baseline runs.
     pub raw_for: Duration,
     /// Run the in-process engine phases.
@@ -173,6 +180,7 @@ pub async fn run(opts: Options, prefix: String, stop: CancellationToken) -> anyh
         "small_rounds": opts.small_rounds,
         "protocol_jobs": opts.protocol_jobs,
         "protocol_batches": opts.protocol_batches,
+        "retention_jobs": opts.retention_jobs,
         "redis_url": redact(&opts.redis_url),
         "prefix": prefix,
         "worker_bin": opts.worker_bin.display().to_string(),
@@ -189,6 +197,9 @@ pub async fn run(opts: Options, prefix: String, stop: CancellationToken) -> anyh
     raw(&mut ctx, &mut report).await?;
     enqueue_single(&mut ctx, &mut report, &prefix).await?;
     protocol(&mut ctx, &mut report, &prefix).await?;
+    if ctx.opts.retention_jobs > 0 {
+        retention(&mut ctx, &mut report, &prefix).await?;
+    }
     worker_processes(&mut ctx, &mut report, &prefix).await?;
     if let Some(bin) = ctx.opts.bullmq_bin.clone() {
         let theirs = bullmq::run(&mut ctx, &mut report, &prefix, &bin).await?;
@@ -349,7 +360,128 @@ async fn protocol(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyhow::R
     cleanup(&o.redis_url, &cfg.redis.prefix).await
 }
 
-/// Phases 4 to 7: bulk enqueue, then the worker processes: cold drain, latency, backlogs.
+/// Results are kept this long in the retention phase, so they expire while it runs.
+pub const RETENTION_TTL: Duration = Duration::from_secs(1);
+
+/// Jobs per chunk of the retention phase: enqueued in bulk, then completed.
+const RETENTION_CHUNK: u64 = 10_000;
+
+/// How long the retention phase waits for its last results to expire (Redis expires keys in
+/// the background, a slice of its time at a time).
+const RETENTION_EXPIRY_LIMIT: Duration = Duration::from_secs(120);
+
+/// Phase 4: Redis memory over `retention_jobs` completed jobs. On a queue of its own with a
+/// [`RETENTION_TTL`] result retention, chunks of [`RETENTION_CHUNK`] jobs are enqueued in bulk
+/// and completed by the engine-shaped protocol loop; `used_memory` is sampled after each chunk.
+/// Flat means the second half's peak is no higher than the first's (what is alive is the last
+/// TTL's results, however many jobs ran before) and, once the last results expired, Redis holds
+/// little more than before the phase.
+async fn retention(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyhow::Result<()> {
+    let o = ctx.opts.clone();
+    let n = o.retention_jobs;
+    progress(&format!(
+        "retention: {n} jobs completed in chunks of {RETENTION_CHUNK}, results kept {} s",
+        RETENTION_TTL.as_secs_f64()
+    ));
+    let cfg = config(&o.redis_url, &format!("{prefix}-retention"))?;
+    let keys = Keys::new(&cfg.redis.prefix);
+    let policy = QueuePolicy {
+        result_ttl: RETENTION_TTL,
+        ..QueuePolicy::from_config(&cfg.jobs)
+    };
+    let q = Queue::new(ctx.conn.clone(), &keys, TOOL_CALLS, policy);
+    let start = measure::redis_footprint(&mut ctx.info).await?;
+    let mib = |bytes: u64| bytes.saturating_sub(start.used_memory) as f64 / (1024.0 * 1024.0);
+    let (mut first_half, mut second_half) = (0u64, 0u64);
+    let mut done = 0;
+    let meter = Meter::start(&mut ctx.info, proc_cpu_secs(None)).await?;
+    let t0 = Instant::now();
+    while done < n {
+        let chunk = RETENTION_CHUNK.min(n - done);
+        phases::enqueue_bulk(&q, &ctx.payload, chunk, o.batch, 1).await?;
+        let (ran, _) =
+            phases::fetch_complete_loop(&q, o.concurrency.min(1000), o.workers.max(1)).await?;
+        anyhow::ensure!(
+            ran == chunk,
+            "a retention chunk completed {ran} of {chunk} jobs"
+        );
+        done += chunk;
+        let now = measure::redis_footprint(&mut ctx.info).await?.used_memory;
+        let half = if done * 2 <= n {
+            &mut first_half
+        } else {
+            &mut second_half
+        };
+        *half = (*half).max(now);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let usage = meter.stop(&mut ctx.info, proc_cpu_secs(None)).await?;
+    let completed = q.counts().await?.completed;
+    anyhow::ensure!(
+        completed == n,
+        "the retention queue counts {completed} completed jobs, not {n}"
+    );
+    // Wait for the last results to expire: the key count back to where it was, give or take the
+    // queue's own few keys, or no longer falling.
+    let expiry_from = Instant::now();
+    let (mut last, mut falling_at) = (u64::MAX, Instant::now());
+    let end = loop {
+        let f = measure::redis_footprint(&mut ctx.info).await?;
+        if f.keys < last {
+            (last, falling_at) = (f.keys, Instant::now());
+        }
+        if f.keys <= start.keys + 16
+            || falling_at.elapsed() > Duration::from_secs(5)
+            || expiry_from.elapsed() > RETENTION_EXPIRY_LIMIT
+        {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    report.rate(
+        "retention_per_s",
+        format!(
+            "retention: {n} jobs enqueued and completed (protocol, {} task(s) × {}), results kept {} s",
+            o.workers.max(1),
+            o.concurrency.min(1000),
+            RETENTION_TTL.as_secs_f64()
+        ),
+        "jobs/s",
+        n,
+        secs,
+        Some(usage),
+    );
+    report.amount(
+        "retention_first_half_peak_mib",
+        "retention: Redis memory above the start, peak over the first half of the jobs".to_owned(),
+        "MiB",
+        mib(first_half),
+    );
+    report.amount(
+        "retention_second_half_peak_mib",
+        "retention: Redis memory above the start, peak over the second half of the jobs".to_owned(),
+        "MiB",
+        mib(second_half),
+    );
+    report.amount(
+        "retention_after_expiry_mib",
+        format!(
+            "retention: Redis memory above the start once the results expired ({:.1} s after the last)",
+            expiry_from.elapsed().as_secs_f64()
+        ),
+        "MiB",
+        mib(end.used_memory),
+    );
+    report.amount(
+        "retention_keys_left",
+        format!("retention: keys left of {n} completed jobs once the results expired"),
+        "keys",
+        end.keys.saturating_sub(start.keys) as f64,
+    );
+    cleanup(&o.redis_url, &cfg.redis.prefix).await
+}
+
+/// Phases 5 to 8: bulk enqueue, then the worker processes: cold drain, latency, backlogs.
 async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyhow::Result<()> {
     let o = ctx.opts.clone();
     let cfg = config(&o.redis_url, &format!("{prefix}-proc"))?;
@@ -557,7 +689,7 @@ fn latency_rows(report: &mut Report, key: &str, who: &str, lat: phases::Latency)
     }
 }
 
-/// Phase 7: the engine in this process — warm drain of `jobs`, then latency.
+/// Phase 10: the engine in this process — warm drain of `jobs`, then latency.
 async fn in_process(
     ctx: &mut Ctx,
     report: &mut Report,

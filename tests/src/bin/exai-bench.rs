@@ -75,7 +75,8 @@ struct AllArgs {
     /// The Redis server (single node).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// The large backlog of the queue's per-job cost comparison (against 1,000).
+    /// The large backlog of the queue's per-job cost comparison (against 1,000), and the jobs of
+    /// its retention phase.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     large_backlog: u64,
     /// Idle WebSocket connections of the daemon-memory run.
@@ -111,6 +112,11 @@ struct WsArgs {
     /// Jobs run at once per worker process.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,
+    /// Jobs of the retention phase: enqueued and completed in chunks with results kept 1 s,
+    /// Redis memory sampled as they run and once the results expired (default: --jobs; 0 skips
+    /// the phase).
+    #[arg(long)]
+    retention_jobs: Option<u64>,
     /// Seconds the raw Redis baselines run each.
     #[arg(long, default_value_t = 1.0)]
     raw_secs: f64,
@@ -308,6 +314,11 @@ struct QueueArgs {
     /// value skips the phase).
     #[arg(long, value_delimiter = ',', num_args = 0..=1, default_value = "1,10,100")]
     protocol_batches: Vec<usize>,
+    /// Jobs of the retention phase: enqueued and completed in chunks with results kept 1 s,
+    /// Redis memory sampled as they run and once the results expired (default: --jobs; 0 skips
+    /// the phase).
+    #[arg(long)]
+    retention_jobs: Option<u64>,
     /// Seconds the raw Redis baselines run each.
     #[arg(long, default_value_t = 1.0)]
     raw_secs: f64,
@@ -360,6 +371,7 @@ impl QueueArgs {
             small_rounds: self.small_rounds,
             protocol_jobs: self.protocol_jobs,
             protocol_batches: self.protocol_batches.clone(),
+            retention_jobs: self.retention_jobs.unwrap_or(self.jobs),
             raw_for: Duration::from_secs_f64(self.raw_secs),
             in_process: !self.no_in_process,
             bullmq_bin: if self.no_bullmq {
@@ -456,7 +468,14 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     let url = args.redis_url.clone();
     let large = args.large_backlog.to_string();
     // The queue run's defaults, as `exai-bench queue --large-backlog N` would have them.
-    let cli = Cli::try_parse_from(["exai-bench", "queue", "--large-backlog", large.as_str()])?;
+    let cli = Cli::try_parse_from([
+        "exai-bench",
+        "queue",
+        "--large-backlog",
+        large.as_str(),
+        "--retention-jobs",
+        large.as_str(),
+    ])?;
     let Command::Queue(queue_args) = cli.command else {
         unreachable!("parsed as the queue command")
     };
@@ -575,5 +594,21 @@ mod tests {
         assert_eq!(parse(&[]), [1, 10, 100]);
         assert_eq!(parse(&["--protocol-batches", "5,50"]), [5, 50]);
         assert!(parse(&["--protocol-batches", "--no-bullmq"]).is_empty());
+    }
+
+    #[test]
+    fn retention_jobs_default_to_the_jobs_and_zero_skips_the_phase() {
+        let retention = |args: &[&str]| -> u64 {
+            let mut full = vec!["exai-bench", "queue", "--worker-bin", "/bin/sh"];
+            full.extend_from_slice(args);
+            match Cli::try_parse_from(full).expect("parses").command {
+                Command::Queue(q) => q.options().expect("valid options").retention_jobs,
+                _ => unreachable!("parsed as the queue command"),
+            }
+        };
+        assert_eq!(retention(&[]), 100_000);
+        assert_eq!(retention(&["--jobs", "5000"]), 5000);
+        assert_eq!(retention(&["--jobs", "5000", "--retention-jobs", "7"]), 7);
+        assert_eq!(retention(&["--retention-jobs", "0"]), 0);
     }
 }
