@@ -14,7 +14,8 @@
 //!    flight per producer. These jobs are the backlog of phase 6.
 //! 6. **Process, cold**: `workers` × `exai-worker run --queues tool_calls --concurrency C` are
 //!    spawned on that backlog; timed from the spawn until the last completion.
-//! 7. **Latency**, on those workers now idle: jobs enqueued one at a time (see
+//! 7. **Latency**, on those workers now idle: first its floor, keys relayed through a process
+//!    of their own with plain commands ([`relay`]), then jobs enqueued one at a time (see
 //!    [`phases::latency`]).
 //! 8. **Backlog**: with the same workers, warm: queue paused, a small backlog enqueued, timed
 //!    from RESUME to the last completion (`small_rounds` times, summed); then the same with a
@@ -34,6 +35,7 @@ pub mod idle;
 pub mod measure;
 pub mod phases;
 pub mod procs;
+pub mod relay;
 pub mod report;
 pub mod sem;
 pub mod tracker;
@@ -545,6 +547,28 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
         Some(usage),
     );
 
+    // The latency phases watch the job's own hash only, as BullMQ's does: a tracker on the
+    // stats hash would be pushed to at every enqueue and completion, waking this process twice
+    // per job while it measures.
+    drop(stats);
+    progress(&format!(
+        "latency floor: {} keys relayed one at a time",
+        o.latency_jobs
+    ));
+    let bench_bin = std::env::current_exe().context("locate exai-bench")?;
+    let floor = relay::measure(
+        &mut ctx.info,
+        &o.redis_url,
+        prefix,
+        &bench_bin,
+        o.latency_jobs,
+    )
+    .await?;
+    let floor_label = "raw Redis relay: PUBLISH → another process → SET, until its invalidation \
+                       (the floor of enqueue → completed)";
+    report.millis("relay_p50_ms", format!("{floor_label}, p50"), floor.p50());
+    report.millis("relay_p99_ms", format!("{floor_label}, p99"), floor.p99());
+
     progress(&format!("latency: {} jobs one at a time", o.latency_jobs));
     let lat = phases::latency(
         &q,
@@ -558,11 +582,22 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
     workers.check()?;
     let who = format!("{} idle worker processes", o.workers);
     latency_rows(report, "", &who, lat);
+    for (tag, floor) in [("p50", floor.p50()), ("p99", floor.p99())] {
+        let ours = report
+            .value(&format!("latency_{tag}_ms"))
+            .unwrap_or(f64::NAN);
+        report.ratio(
+            &format!("vs_relay_latency_{tag}_ratio"),
+            format!("latency {tag}, enqueue → completed ÷ the relay floor's {tag}"),
+            ours / floor,
+        );
+    }
 
     progress(&format!(
         "backlog: {} × {} jobs, then {} jobs, warm",
         o.small_rounds, o.small_backlog, o.large_backlog
     ));
+    let mut stats = Tracker::start(&o.redis_url, &[keys.stats()]).await?;
     let pids = workers.pids();
     let mut small = (0.0, Usage::default());
     for _ in 0..o.small_rounds {
@@ -727,6 +762,7 @@ async fn in_process(
         Some(usage),
     );
 
+    drop(stats);
     progress(&format!(
         "in-process latency: {} jobs one at a time",
         o.latency_jobs

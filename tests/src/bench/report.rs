@@ -101,6 +101,10 @@ pub const QUEUE_LEGEND: &[&str] = &[
      unreported; t0 just before the enqueue call. leased = Redis ran the fetch that leased the job, \
      completed = Redis ran its completion (each timed by the arrival of the job hash's invalidation push); \
      handler start = the in-process handler's first line.",
+    "relay floor: the four hops of enqueue → completed with one plain command each and no queue: the bench \
+     PUBLISHes a key name, an `exai-bench relay` process (RESP3 subscription, its reader hands the message \
+     to a task, like a worker's wake-ups) SETs it, timed by the key's invalidation like the latency rows, \
+     one at a time, 20 warm-up rounds; measured just before our latency phase, with the worker processes idle.",
     "protocol only: the queue API called directly, no apalis and no handler: each task fetches up to B jobs \
      and completes them with one complete_many, until the backlog (enqueued untimed) is empty; the row with \
      one task per worker process and B = concurrency is the protocol's ceiling for the process rows.",
@@ -465,6 +469,10 @@ const HEADLINES: &[&str] = &[
     "process_warm_per_s",
     "latency_p50_ms",
     "latency_p99_ms",
+    "relay_p50_ms",
+    "relay_p99_ms",
+    "vs_relay_latency_p50_ratio",
+    "vs_relay_latency_p99_ratio",
     "bullmq_enqueue_bulk_per_s",
     "bullmq_process_per_s",
     "bullmq_latency_p50_ms",

@@ -53,6 +53,21 @@ enum Command {
     /// queue benchmark for its baseline).
     #[command(hide = true)]
     BullmqWorker(BullmqWorkerArgs),
+    /// The latency floor's relay: SETs every key name published on a channel (spawned by the
+    /// queue benchmark).
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+/// Flags of `exai-bench relay`.
+#[derive(Debug, Clone, clap::Args)]
+struct RelayArgs {
+    /// The Redis server.
+    #[arg(long)]
+    redis_url: String,
+    /// The channel whose messages are key names to SET.
+    #[arg(long)]
+    channel: String,
 }
 
 /// Flags of `exai-bench bullmq-worker`.
@@ -392,6 +407,7 @@ async fn main() -> anyhow::Result<()> {
         Command::BullmqWorker(args) => {
             bench::bullmq::worker(&args.redis_url, &args.prefix, args.concurrency).await
         }
+        Command::Relay(args) => bench::relay::serve(&args.redis_url, &args.channel).await,
         Command::Sem(args) => {
             anyhow::ensure!(
                 args.secs.is_finite() && args.secs > 0.0,
