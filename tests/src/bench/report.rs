@@ -114,8 +114,9 @@ pub const QUEUE_LEGEND: &[&str] = &[
      carries finishedOn. The EXAI ÷ BullMQ rows divide our worker-process rows by these.",
     "retention: chunks of 10,000 jobs enqueued in bulk, then fetched and completed by the protocol loop, on \
      a queue whose results are kept 1 s; Redis used_memory (INFO memory) above its value before the phase, \
-     sampled after each chunk, and once DBSIZE is back to where it was (give or take the queue's own keys) \
-     or stops falling. Flat: the second half's peak no higher than the first's.",
+     sampled after each chunk (median of each half of the jobs, and the peak), and once DBSIZE is back to \
+     where it was (give or take the queue's own keys) or stops falling. Flat: the second half's median \
+     about the first's.",
     "backlog ratios: per-job time (1 / warm rate) and Redis CPU per job at the large backlog ÷ the same at \
      the small one; 1.0 means the per-job cost does not depend on the backlog. The small rounds include \
      each round's ramp-up and ramp-down, and their rate is the noisier of the two.",
@@ -483,8 +484,9 @@ const HEADLINES: &[&str] = &[
     "vs_bullmq_latency_p99_ratio",
     "backlog_cost_ratio",
     "backlog_redis_cpu_ratio",
-    "retention_first_half_peak_mib",
-    "retention_second_half_peak_mib",
+    "retention_first_half_median_mib",
+    "retention_second_half_median_mib",
+    "retention_peak_mib",
     "retention_after_expiry_mib",
     "retention_keys_left",
     "sem_acquire_release_per_s",
