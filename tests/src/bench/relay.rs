@@ -12,12 +12,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
+use redis::{AsyncConnectionConfig, PushInfo, PushKind};
 use tokio::sync::mpsc;
 
 use super::measure::{percentile, sorted};
 use super::procs::WorkerProcs;
-use super::tracker::Tracker;
+use super::tracker::{Tracker, resp3_client};
 
 /// Rounds run before the measured ones.
 const WARMUP: u64 = 20;
@@ -25,12 +25,7 @@ const WARMUP: u64 = 20;
 /// `exai-bench relay`: subscribes to `channel` and SETs every key name published on it, until
 /// killed.
 pub async fn serve(redis_url: &str, channel: &str) -> anyhow::Result<()> {
-    let info = redis_url.into_connection_info()?;
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let client = resp3_client(redis_url)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let sender = move |push: PushInfo| -> Result<(), ()> {
         if push.kind == PushKind::Message

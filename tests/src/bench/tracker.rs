@@ -14,6 +14,16 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::mpsc;
 
+/// A client for `url` whose connections speak RESP3, so they can receive pushes.
+pub fn resp3_client(url: &str) -> anyhow::Result<redis::Client> {
+    let info = url.into_connection_info()?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    Ok(redis::Client::open(info.set_redis_settings(settings))?)
+}
+
 /// One invalidation: when it arrived, and the keys it names.
 pub type Event = (Instant, Vec<String>);
 
@@ -28,12 +38,7 @@ pub struct Tracker {
 impl Tracker {
     /// Opens a RESP3 connection to `url` tracking every key that starts with one of `prefixes`.
     pub async fn start(url: &str, prefixes: &[String]) -> anyhow::Result<Self> {
-        let info = url.into_connection_info()?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let client = resp3_client(url)?;
         let (tx, rx) = mpsc::unbounded_channel();
         // Timestamped on arrival, in the connection's reader: nothing queues before the stamp.
         let sender = move |push: PushInfo| -> Result<(), ()> {
