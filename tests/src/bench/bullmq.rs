@@ -8,8 +8,9 @@
 //!    backlog; timed from the spawn until the completed set holds every job (its last
 //!    invalidation, as for ours).
 //! 3. **Latency**: on those workers now idle, jobs added one at a time, each after the previous
-//!    completed; enqueue → completed is the arrival of the invalidation of the job's hash that
-//!    carries `finishedOn` — the same clock and the same observer as our latency rows.
+//!    completed; enqueue → completed is the arrival of the invalidation of the queue's
+//!    completed set, which only a completion writes (the job's `finishedOn` then checked) —
+//!    the same clock and the same observer as our latency rows.
 //!
 //! Its keys live under `<run prefix>-bull` (BullMQ's own key prefix), so the run's cleanup
 //! deletes them with ours.
@@ -159,8 +160,9 @@ pub(super) async fn run(
     ));
     let run = uuid::Uuid::new_v4().simple().to_string();
     let id_prefix = format!("lat-{}-", &run[..8]);
-    let job_prefix = format!("{bull_prefix}:{QUEUE}:{id_prefix}");
-    let mut tracker = Tracker::start(&o.redis_url, std::slice::from_ref(&job_prefix)).await?;
+    // Timed like ours: by the invalidation of the completed set, which only a completion
+    // writes, then the job's `finishedOn` checked.
+    let mut tracker = Tracker::start(&o.redis_url, std::slice::from_ref(&completed_key)).await?;
     let mut conn = ctx.conn.clone();
     let mut samples = Vec::with_capacity(o.latency_jobs as usize);
     for i in 0..WARMUP + o.latency_jobs {
@@ -175,17 +177,14 @@ pub(super) async fn run(
             .context("BullMQ add")?;
         let wait_from = Instant::now();
         let finished = loop {
-            match tracker.next(Duration::from_millis(200)).await {
-                Some((at, keys)) if keys.contains(&key) => {
-                    let finished: bool = redis::cmd("HEXISTS")
-                        .arg(&key)
-                        .arg("finishedOn")
-                        .query_async(&mut conn)
-                        .await?;
-                    if finished {
-                        break at;
-                    }
-                }
+            let event = tracker.next(Duration::from_millis(200)).await;
+            let finished: bool = redis::cmd("HEXISTS")
+                .arg(&key)
+                .arg("finishedOn")
+                .query_async(&mut conn)
+                .await?;
+            match event {
+                Some((at, keys)) if finished && keys.contains(&completed_key) => break at,
                 _ => {}
             }
             workers.check()?;

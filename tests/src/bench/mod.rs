@@ -587,7 +587,7 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
     let lat = phases::latency(
         &q,
         &o.redis_url,
-        &keys.job_prefix(),
+        &keys.completed(),
         &ctx.payload,
         o.latency_jobs,
         None,
@@ -706,7 +706,6 @@ async fn warm_drain(
 /// The latency rows of one latency phase; `key` prefixes the JSON names (`""` for the worker
 /// processes, whose end-to-end numbers are `latency_p50_ms` and `latency_p99_ms`).
 fn latency_rows(report: &mut Report, key: &str, who: &str, lat: phases::Latency) {
-    let n = lat.completed.len();
     let mut add = |name: &str, what: &str, samples: Vec<f64>| {
         if samples.is_empty() {
             return;
@@ -725,17 +724,8 @@ fn latency_rows(report: &mut Report, key: &str, who: &str, lat: phases::Latency)
         "enqueue call (until its reply)",
         lat.enqueue_call,
     );
-    add("start_latency", "enqueue → leased by a fetch", lat.leased);
     add("handler_start", "enqueue → handler start", lat.handler);
     add("latency", "enqueue → completed", lat.completed);
-    if lat.merged > 0 {
-        report.notes.push(format!(
-            "{who}: {} of {n} latency jobs were leased by their enqueue itself (handed off to an \
-             idle worker, no fetch), so enqueue and lease share one invalidation and the \
-             'leased' row leaves them out",
-            lat.merged
-        ));
-    }
 }
 
 /// Phase 10: the engine in this process — warm drain of `jobs`, then latency.
@@ -785,7 +775,7 @@ async fn in_process(
     let lat = phases::latency(
         &q,
         &o.redis_url,
-        &keys.job_prefix(),
+        &keys.completed(),
         &ctx.payload,
         o.latency_jobs,
         Some(&mut engine.starts),

@@ -261,39 +261,35 @@ pub async fn wait_count(
 pub struct Latency {
     /// The `enqueue` call, until its reply.
     pub enqueue_call: Vec<f64>,
-    /// Until Redis ran the fetch that leased the job.
-    pub leased: Vec<f64>,
     /// Until the handler started (in-process engine only).
     pub handler: Vec<f64>,
     /// Until Redis ran the completion.
     pub completed: Vec<f64>,
-    /// Jobs whose enqueue and lease changed the job in one Redis event-loop iteration (one
-    /// invalidation for both): their lease time is unknown and left out.
-    pub merged: u64,
 }
 
 /// Jobs run before the measured ones, so scripts are loaded and connections warm.
 const LATENCY_WARMUP: u64 = 20;
 
 /// Enqueues `n` jobs one at a time onto idle workers, each after the previous one completed,
-/// and times every step from just before the `enqueue` call: the call's reply, the lease and
-/// the completion (invalidations of the job's hash, from a tracker on `job_prefix`), and the
-/// handler's start when `starts` reports it.
+/// and times every step from just before the `enqueue` call: the call's reply, the completion,
+/// and the handler's start when `starts` reports it. The completion is the arrival of the
+/// invalidation of `done_key` — the queue's completed index, which only a completion writes —
+/// so the observer is pushed nothing while the job is on its way, as a producer waiting for a
+/// result would not be; the job's state is checked once that push came.
 pub async fn latency(
     queue: &Queue,
     redis_url: &str,
-    job_prefix: &str,
+    done_key: &str,
     payload: &[u8],
     n: u64,
     mut starts: Option<&mut mpsc::UnboundedReceiver<Start>>,
 ) -> anyhow::Result<Latency> {
-    let mut tracker = Tracker::start(redis_url, &[job_prefix.to_owned()]).await?;
+    let mut tracker = Tracker::start(redis_url, &[done_key.to_owned()]).await?;
     let mut out = Latency::default();
     let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1e3;
     let run = uuid::Uuid::new_v4().simple().to_string();
     for i in 0..LATENCY_WARMUP + n {
         let id = format!("lat-{}-{i}", &run[..8]);
-        let key = format!("{job_prefix}{id}");
         tracker.clear();
         if let Some(s) = starts.as_deref_mut() {
             while s.try_recv().is_ok() {}
@@ -303,49 +299,31 @@ pub async fn latency(
         let enqueued = queue.enqueue(&job).await?;
         let acked = Instant::now();
         anyhow::ensure!(enqueued.is_created(), "latency job {id} already existed");
-        // Expected: one invalidation at enqueue, one at the lease, one at completion.
-        let mut events = Vec::with_capacity(3);
-        let mut merged = false;
         let wait_from = Instant::now();
-        while events.len() < 3 {
-            match tracker.next(Duration::from_millis(200)).await {
-                Some((at, keys)) => {
-                    if keys.contains(&key) {
-                        events.push(at);
-                        // Two steps in one script (a hand-off leases the job in its enqueue)
-                        // share one invalidation: once two have come, ask whether it is done
-                        // rather than wait out a quiet period (which would leave the machine
-                        // idle between jobs and measure cold wake-ups).
-                        if events.len() == 2
-                            && queue.result(&id).await?.map(|r| r.state)
-                                == Some(JobState::Completed)
-                        {
-                            merged = true;
-                            break;
-                        }
-                    }
+        let done = loop {
+            let event = tracker.next(Duration::from_millis(200)).await;
+            // Only this job runs: a push is its completion, a quiet spell a stuck or failed job.
+            let state = queue.result(&id).await?.map(|r| r.state);
+            match (event, state) {
+                (Some((at, keys)), Some(JobState::Completed))
+                    if keys.iter().any(|k| k == done_key) =>
+                {
+                    break at;
                 }
-                None => {
-                    // Quiet for a while: either two steps shared one invalidation, or the job
-                    // is stuck.
-                    let result = queue.result(&id).await?;
-                    match result.map(|r| r.state) {
-                        Some(JobState::Completed) if events.len() == 2 => {
-                            merged = true;
-                            break;
-                        }
-                        Some(state) if state != JobState::Completed => {
-                            anyhow::bail!("latency job {id} ended {state}")
-                        }
-                        _ => anyhow::ensure!(
-                            wait_from.elapsed() < Duration::from_secs(10),
-                            "latency job {id} did not complete within 10 s ({} invalidations seen)",
-                            events.len()
-                        ),
-                    }
+                (_, Some(state))
+                    if !matches!(
+                        state,
+                        JobState::Queued | JobState::Running | JobState::Completed
+                    ) =>
+                {
+                    anyhow::bail!("latency job {id} ended {state}")
                 }
+                _ => anyhow::ensure!(
+                    wait_from.elapsed() < Duration::from_secs(10),
+                    "latency job {id} did not complete within 10 s"
+                ),
             }
-        }
+        };
         let handler = match starts.as_deref_mut() {
             Some(s) => {
                 let mut found = None;
@@ -362,13 +340,7 @@ pub async fn latency(
             continue;
         }
         out.enqueue_call.push(ms(t0, acked));
-        out.completed
-            .push(ms(t0, *events.last().expect("at least two events")));
-        if merged {
-            out.merged += 1;
-        } else {
-            out.leased.push(ms(t0, events[1]));
-        }
+        out.completed.push(ms(t0, done));
         if let Some(at) = handler {
             out.handler.push(ms(t0, at));
         }

@@ -98,9 +98,9 @@ pub const QUEUE_LEGEND: &[&str] = &[
      the backlog enqueued, timed from RESUME until the last completion. The last completion is when the \
      invalidation push of the queue's stats hash (CLIENT TRACKING BCAST, RESP3) reached the bench.",
     "latency: one job at a time on idle workers, each enqueued once the previous completed, 20 warm-up jobs \
-     unreported; t0 just before the enqueue call. leased = Redis ran the fetch that leased the job, \
-     completed = Redis ran its completion (each timed by the arrival of the job hash's invalidation push); \
-     handler start = the in-process handler's first line.",
+     unreported; t0 just before the enqueue call. completed = Redis ran its completion, timed by the arrival \
+     of the invalidation push of the queue's completed index, which only a completion writes (so the bench \
+     is pushed nothing while the job is on its way); handler start = the in-process handler's first line.",
     "relay floor: the four hops of enqueue → completed with one plain command each and no queue: the bench \
      PUBLISHes a key name, an `exai-bench relay` process (RESP3 subscription, its reader hands the message \
      to a task, like a worker's wake-ups) SETs it, timed by the key's invalidation like the latency rows, \
@@ -110,8 +110,8 @@ pub const QUEUE_LEGEND: &[&str] = &[
      one task per worker process and B = concurrency is the protocol's ceiling for the process rows.",
     "BullMQ Rust port: bullmq-official 1.4.4 on the same Redis, same payload (as JSON data), same batch, same \
      number of worker processes and concurrency (exai-bench bullmq-worker: a Worker with a no-op processor, \
-     default options otherwise); its latency is timed like ours, by the invalidation of the job's hash that \
-     carries finishedOn. The EXAI ÷ BullMQ rows divide our worker-process rows by these.",
+     default options otherwise); its latency is timed like ours, by the invalidation of its completed set \
+     (then the job's finishedOn checked). The EXAI ÷ BullMQ rows divide our worker-process rows by these.",
     "retention: chunks of 10,000 jobs enqueued in bulk, then fetched and completed by the protocol loop, on \
      a queue whose results are kept 1 s; Redis used_memory (INFO memory) above its value before the phase, \
      sampled after each chunk (median of each half of the jobs, and the peak), and once DBSIZE is back to \

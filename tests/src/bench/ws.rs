@@ -79,7 +79,7 @@ pub const WS_LEGEND: &[&str] = &[
      bench's WebSocket clients and producers are not counted.",
     "queue latency: test_echo jobs ({tool: test_echo, arguments: {}}) enqueued one at a time through the \
      queue API onto the idle workers, each once the previous completed, 20 warm-up jobs unreported; \
-     completed = Redis ran its completion (the job hash's invalidation push).",
+     completed = Redis ran its completion (the invalidation push of the queue's completed index).",
     "queue throughput: the same jobs, one enqueue call each, from clients × inflight concurrent callers, \
      timed from the first enqueue until the last completion.",
     "ws: streaming call_tool of test_echo with arguments {} (request_id set); latency = from just before \
@@ -174,7 +174,7 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
     let lat = phases::latency(
         &q,
         &opts.redis_url,
-        &keys.job_prefix(),
+        &keys.completed(),
         &payload,
         opts.seq_calls,
         None,
