@@ -162,6 +162,13 @@ impl ChildGuard {
     pub fn pid(&self) -> u32 {
         self.0.id().expect("child is running")
     }
+
+    /// Kills the process (SIGKILL) and waits until it is gone, so nothing it does can land
+    /// after what the test does next (such as deleting its keys).
+    pub async fn kill_and_wait(mut self) {
+        let _ = self.0.start_kill();
+        let _ = self.0.wait().await;
+    }
 }
 
 impl Drop for ChildGuard {

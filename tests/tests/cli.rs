@@ -940,7 +940,7 @@ async fn worker_metrics_count_storage_push_outcomes() {
         ],
     )
     .await;
-    let _worker = stack.spawn_worker(&[]);
+    let worker = stack.spawn_worker(&[]);
     let upload = |name: &'static str, data: &'static [u8]| {
         let path = stack.write_file(name, data);
         let stack = &stack;
@@ -1005,5 +1005,6 @@ async fn worker_metrics_count_storage_push_outcomes() {
     .await;
     let text = scrape(&url).await;
     assert!(all_there, "expected {expected:?} in\n{text}");
+    worker.kill_and_wait().await;
     stack.cleanup().await;
 }

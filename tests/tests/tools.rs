@@ -90,7 +90,7 @@ async fn twenty_chats_never_exceed_a_provider_limit_of_three() {
         .unwrap();
     // Two worker processes' worth of slots: one in process, one spawned.
     stack.start_worker();
-    let _other = stack.spawn_worker(&["--queues", "tool_calls", "--concurrency", "16"]);
+    let other = stack.spawn_worker(&["--queues", "tool_calls", "--concurrency", "16"]);
     let ids: Vec<String> = (0..20).map(|i| format!("chat-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         stack
@@ -106,6 +106,7 @@ async fn twenty_chats_never_exceed_a_provider_limit_of_three() {
     let chat = &stack.sim.state()["chat"];
     assert_eq!(chat["peak"], 3, "{chat}");
     assert_eq!(chat["completed"], 20, "{chat}");
+    other.kill_and_wait().await;
     stack.cleanup().await;
 }
 

@@ -142,7 +142,7 @@ async fn the_same_bytes_twice_are_one_moonshot_file_with_two_references() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_daemon_stages_inline_bytes_and_enqueues_only_their_hash() {
     let stack = Stack::new("up-daemon", &[("EXAI_MAX_UPLOAD_BYTES", "65536")]).await;
-    let _worker = stack.spawn_worker(&["--concurrency", "4"]);
+    let worker = stack.spawn_worker(&["--concurrency", "4"]);
     let mut env: Vec<(String, String)> = vec![
         ("REDIS_URL".into(), exai_tests::redis_url()),
         ("EXAI_REDIS_PREFIX".into(), stack.prefix.clone()),
@@ -241,6 +241,7 @@ async fn the_daemon_stages_inline_bytes_and_enqueues_only_their_hash() {
     assert_eq!(blobs(), before, "nothing was staged");
     assert_eq!(stack.requests("moonshot.files.upload"), 1);
     drop(daemon);
+    worker.kill_and_wait().await;
     stack.cleanup().await;
 }
 
@@ -545,7 +546,7 @@ async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detec
     .await;
     assert!(waiting, "the worker's row write is not waiting on the lock");
     send_signal(worker.pid(), "KILL");
-    drop(worker);
+    worker.kill_and_wait().await;
     // The dead worker's session goes with it (Postgres would notice the closed socket later).
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
@@ -866,6 +867,6 @@ async fn streaming_a_100_mb_file_keeps_the_worker_rss_bounded() {
         peak < baseline + 24 * 1024 * 1024,
         "peak RSS grew from {baseline} to {peak} bytes for a {SIZE}-byte file"
     );
-    drop(worker);
+    worker.kill_and_wait().await;
     stack.cleanup().await;
 }
