@@ -1382,6 +1382,26 @@ async fn hand_off_waker(
     (waker, rx)
 }
 
+/// Enqueues job `id` and returns it as the hand-off `handed` received (failing after
+/// [`DEADLINE`] or when another job arrives).
+async fn enqueue_handed_off(
+    producer: &Queue,
+    handed: &mut tokio::sync::mpsc::UnboundedReceiver<Fetched>,
+    id: &str,
+    payload: &str,
+) -> Fetched {
+    producer
+        .enqueue(&NewJob::new(payload).with_id(id))
+        .await
+        .unwrap();
+    let job = tokio::time::timeout(DEADLINE, handed.recv())
+        .await
+        .expect("handed off in time")
+        .unwrap();
+    assert_eq!(job.id(), id);
+    job
+}
+
 #[tokio::test]
 async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased() {
     let ctx = Ctx::new("q-hand-off").await;
@@ -1392,14 +1412,7 @@ async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased
     go_idle(&worker, "w").await;
 
     // The lone job arrives leased: running, first attempt, held by the worker.
-    producer
-        .enqueue(&NewJob::new("payload\nwith a newline").with_id("h1"))
-        .await
-        .unwrap();
-    let job = tokio::time::timeout(DEADLINE, handed.recv())
-        .await
-        .expect("handed off in time")
-        .unwrap();
+    let job = enqueue_handed_off(&producer, &mut handed, "h1", "payload\nwith a newline").await;
     assert_eq!(job.id(), "h1");
     assert_eq!(job.attempt(), 1);
     assert_eq!(job.payload, b"payload\nwith a newline");
@@ -1452,15 +1465,7 @@ async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased
 
     // A worker whose registration a hand-off used up registers again without fetching.
     for id in ["h5", "h6"] {
-        producer
-            .enqueue(&NewJob::new("p").with_id(id))
-            .await
-            .unwrap();
-        let job = tokio::time::timeout(DEADLINE, handed.recv())
-            .await
-            .expect("handed off in time")
-            .unwrap();
-        assert_eq!(job.id(), id);
+        enqueue_handed_off(&producer, &mut handed, id, "p").await;
         worker.register_idle("w", SLOW_POLL).await.unwrap();
     }
 
