@@ -1,69 +1,176 @@
 # Shared by scripts/test and scripts/up: make Redis and PostgreSQL reachable, installing them from
-# Debian's packages and starting them when needed. Sourced, not executed.
+# Debian's packages and starting them when needed, and install the tools the tests call. Sourced,
+# not executed, by scripts that run under `set -Eeuo pipefail`.
+#
+# Every install or start step runs under `step NAME HINT`: when a command of the step fails, the
+# ERR trap below names the step, the command and the hint (what the user can do), so a failure is
+# never a silent exit.
+# shellcheck shell=bash
 
 : "${REDIS_URL:=redis://127.0.0.1:6379}"
 PG_DEFAULT_ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"
 
+# How many times an apt-get download is tried before the step fails (default 3).
+: "${EXAI_APT_ATTEMPTS:=3}"
+
 log() { printf '==> %s\n' "$*" >&2; }
 
+STEP=""
+STEP_HINT=""
+
+# Starts step $1 (printed) whose failure the ERR trap explains with hint $2.
+step() {
+  STEP=$1
+  STEP_HINT=${2:-}
+  log "$STEP"
+}
+
+# The ERR trap: which step failed, at which command, and what to do. Reported once, by the
+# top-level shell (a failing command substitution reports through the command that used it).
+on_error() {
+  local status=$1 line=$2 command=$3
+  if [ "${BASH_SUBSHELL:-0}" -ne 0 ]; then return 0; fi
+  trap - ERR
+  log "FAILED: ${STEP:-$(basename "$0")} (exit status $status)"
+  log "  the failing command, line $line: $command"
+  if [ -n "$STEP_HINT" ]; then log "  what to do: $STEP_HINT"; fi
+}
+trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
+
+# Runs `apt-get "$@"` non-interactively, waiting for another apt to release its lock, retrying
+# (EXAI_APT_ATTEMPTS times in all) when a download fails.
+apt_get() {
+  local attempt=1
+  while true; do
+    if DEBIAN_FRONTEND=noninteractive apt-get -qq -o Acquire::Retries=3 \
+      -o DPkg::Lock::Timeout=300 "$@" >/dev/null; then
+      return 0
+    fi
+    if [ "$attempt" -ge "$EXAI_APT_ATTEMPTS" ]; then
+      log "apt-get $* failed $attempt times"
+      return 1
+    fi
+    log "apt-get $* failed (attempt $attempt of $EXAI_APT_ATTEMPTS); trying again in $((attempt * 5)) s"
+    sleep $((attempt * 5))
+    attempt=$((attempt + 1))
+  done
+}
+
+# Installs Debian packages "$@" (without recommends). Needs apt-get and root.
 apt_install() {
   if ! command -v apt-get >/dev/null 2>&1; then
-    log "cannot install $*: no apt-get; install it yourself and re-run"
+    log "cannot install $*: this system has no apt-get; install them yourself and re-run"
     return 1
   fi
   if [ "$(id -u)" -ne 0 ]; then
-    log "installing $* needs root (or install it yourself and re-run)"
+    log "installing $* needs root: re-run as root, or install them yourself and re-run"
     return 1
   fi
   if [ -z "${_APT_UPDATED:-}" ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    log "apt-get update"
+    if ! apt_get update; then
+      log "apt-get update failed: check the network and the sources in /etc/apt/ (apt-get update shows the error)"
+      return 1
+    fi
     _APT_UPDATED=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  log "apt-get install $*"
+  if ! apt_get install -y --no-install-recommends "$@"; then
+    log "apt-get install $* failed: run it by hand to see why, fix that, and re-run"
+    return 1
+  fi
+}
+
+# Installs the packages of the pairs "command package ..." whose command is missing, in one go.
+ensure_commands() {
+  local missing=()
+  while [ $# -ge 2 ]; do
+    if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "$1" ]; then missing+=("$2"); fi
+    shift 2
+  done
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
 redis_ping() { redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep -q PONG; }
 
 ensure_redis() {
-  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    log "installing redis"
-    apt_install redis-server redis-tools
-  fi
+  step "checking Redis at $REDIS_URL" \
+    "install Redis (as root: apt-get install redis-server redis-tools) or set REDIS_URL to a running server, then re-run"
+  ensure_commands redis-server redis-server redis-cli redis-tools
   if redis_ping; then return 0; fi
   local port
   port=$(printf '%s' "$REDIS_URL" | sed -E 's#.*:([0-9]+)(/.*)?$#\1#')
-  log "starting redis on 127.0.0.1:${port}"
+  step "starting redis on 127.0.0.1:${port}" \
+    "see /tmp/exai-redis/redis.log; or start Redis yourself (or set REDIS_URL to a running server) and re-run"
   mkdir -p /tmp/exai-redis
   redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
     --dir /tmp/exai-redis --logfile /tmp/exai-redis/redis.log
   STARTED_REDIS_PORT=$port
-  for _ in $(seq 1 100); do redis_ping && return 0; sleep 0.1; done
-  log "redis did not come up (see /tmp/exai-redis/redis.log)"
+  for _ in $(seq 1 100); do
+    if redis_ping; then return 0; fi
+    sleep 0.1
+  done
+  log "redis did not answer PING on port $port within 10 s"
   return 1
 }
 
 pg_try() { psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
 
+# The newest PostgreSQL server version installed (a directory of /usr/lib/postgresql with a
+# pg_ctl), or nothing.
+pg_installed_version() {
+  local dir newest=""
+  for dir in /usr/lib/postgresql/*/bin/pg_ctl; do
+    [ -x "$dir" ] || continue
+    dir=${dir#/usr/lib/postgresql/}
+    dir=${dir%%/*}
+    if [ -z "$newest" ] || [ "$(printf '%s\n%s\n' "$newest" "$dir" | sort -V | tail -n1)" = "$dir" ]; then
+      newest=$dir
+    fi
+  done
+  printf '%s' "$newest"
+}
+
 pg_start_local() {
   local version
-  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1)
-  if [ -z "$version" ]; then
-    log "installing postgresql"
+  version=$(pg_installed_version)
+  if [ -z "$version" ] || ! command -v pg_lsclusters >/dev/null 2>&1; then
+    step "installing postgresql" \
+      "install PostgreSQL (as root: apt-get install postgresql postgresql-client) or set EXAI_TEST_PG_ADMIN_URL to a superuser URL of a running server, then re-run"
     apt_install postgresql postgresql-client
-    version=$(ls /etc/postgresql | sort -V | tail -n1)
+    version=$(pg_installed_version)
+    if [ -z "$version" ]; then
+      log "the postgresql package installed no server under /usr/lib/postgresql"
+      return 1
+    fi
+  fi
+  # Debian's package usually creates (and starts) the cluster `main`; create it when it did not.
+  if [ ! -d "/etc/postgresql/$version/main" ]; then
+    step "creating the postgresql $version cluster main" \
+      "create it yourself (as root: pg_createcluster $version main) and re-run"
+    pg_createcluster "$version" main >/dev/null
   fi
   if ! pg_lsclusters -h 2>/dev/null | grep -q "online"; then
-    log "starting postgresql $version"
+    step "starting postgresql $version" \
+      "see /var/log/postgresql/postgresql-$version-main.log; start it yourself (as root: pg_ctlcluster $version main start) and re-run"
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || pg_ctlcluster "$version" main start
     STARTED_PG_VERSION=$version
   fi
-  for _ in $(seq 1 100); do pg_isready -q -h 127.0.0.1 -p 5432 && return 0; sleep 0.1; done
-  log "postgresql did not come up"
+  for _ in $(seq 1 100); do
+    if pg_isready -q -h 127.0.0.1 -p 5432; then return 0; fi
+    sleep 0.1
+  done
+  log "postgresql did not accept connections on 127.0.0.1:5432 within 10 s (is the cluster on another port? pg_lsclusters tells)"
   return 1
 }
 
 ensure_postgres() {
-  if [ -n "${EXAI_TEST_PG_ADMIN_URL:-}" ] && pg_try "$EXAI_TEST_PG_ADMIN_URL"; then return 0; fi
+  step "checking PostgreSQL" \
+    "install PostgreSQL (as root: apt-get install postgresql postgresql-client) or set EXAI_TEST_PG_ADMIN_URL to a superuser URL of a running server, then re-run"
+  if [ -n "${EXAI_TEST_PG_ADMIN_URL:-}" ] && command -v psql >/dev/null 2>&1 &&
+    pg_try "$EXAI_TEST_PG_ADMIN_URL"; then
+    return 0
+  fi
   if ! command -v psql >/dev/null 2>&1 || ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     pg_start_local
   fi
@@ -75,14 +182,18 @@ ensure_postgres() {
   # password through the Unix socket (peer auth as the postgres OS user).
   local with_password="postgres://postgres:postgres@127.0.0.1:5432/postgres"
   if ! pg_try "$with_password"; then
-    log "setting a password for the local postgres superuser (test machine)"
+    step "setting a password for the local postgres superuser (test machine)" \
+      "set EXAI_TEST_PG_ADMIN_URL to a superuser URL that works (psql URL -c 'select 1' tells) and re-run"
     if [ "$(id -u)" -eq 0 ]; then
-      su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+      su postgres -s /bin/sh -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
     else
       sudo -u postgres psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
     fi
   fi
-  pg_try "$with_password" || { log "cannot reach PostgreSQL as a superuser; set EXAI_TEST_PG_ADMIN_URL"; return 1; }
+  if ! pg_try "$with_password"; then
+    log "cannot reach PostgreSQL as a superuser at 127.0.0.1:5432"
+    return 1
+  fi
   EXAI_TEST_PG_ADMIN_URL=$with_password
 }
 
@@ -107,18 +218,41 @@ free_port() {
 
 # Waits (up to 30 s) until GET $1 answers with any HTTP status, bearer token $2.
 wait_http() {
-  command -v curl >/dev/null 2>&1 || apt_install curl
+  if ! command -v curl >/dev/null 2>&1; then
+    step "installing curl" "install it (as root: apt-get install curl) and re-run"
+    apt_install curl
+  fi
   for _ in $(seq 1 300); do
     if curl -fsS -o /dev/null -H "Authorization: Bearer $2" "$1" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  log "$1 did not answer"
+  log "$1 did not answer within 30 s"
   return 1
 }
 
-# docker-compose (Debian's package) validates docker-compose.yml in the tests; no engine needed.
-ensure_docker_compose() {
-  if command -v docker-compose >/dev/null 2>&1; then return 0; fi
-  log "installing docker-compose (to validate docker-compose.yml)"
-  apt_install docker-compose
+# The tools the tests run besides Redis and PostgreSQL, as "command package" pairs:
+# docker-compose validates docker-compose.yml (no engine needed) and brings python3 with PyYAML,
+# which the compose test uses; Chromium drives the admin page; curl is what scripts/up waits
+# with (the quick-start test runs it); procps has the `kill` the tests signal processes with;
+# runuser (util-linux) runs PostgreSQL tools as the postgres user.
+TEST_TOOLS=(
+  docker-compose docker-compose
+  python3 python3
+  /usr/bin/chromium chromium
+  curl curl
+  kill procps
+  runuser util-linux
+)
+
+ensure_test_tools() {
+  step "checking the tools the tests run (docker-compose, python3 with PyYAML, chromium, curl, kill)" \
+    "install them (as root: apt-get install docker-compose python3-yaml chromium curl procps) and re-run"
+  ensure_commands "${TEST_TOOLS[@]}"
+  if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    apt_install python3-yaml
+    if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+      log "the python3 on PATH ($(command -v python3)) cannot import yaml even with python3-yaml installed: install PyYAML for it (python3 -m pip install pyyaml) and re-run"
+      return 1
+    fi
+  fi
 }
