@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""A small forwarding HTTP proxy for apt inside scripts/fresh-check's chroot.
+
+The chroot runs in a network namespace of its own, so it reaches nothing of the host but this
+proxy, which listens on the host end of the namespace's veth pair. apt sends it absolute
+`http://` URLs (Acquire::http::Proxy); it forwards GET and HEAD requests to the allowed hosts
+only (the Debian mirrors in the chroot's sources, given with --allow) and answers 403 to
+anything else. No CONNECT, no other scheme, no other port than 80.
+
+Usage: apt-proxy.py --listen ADDRESS --port PORT --allow HOST [--allow HOST ...]
+"""
+
+import argparse
+import http.client
+import http.server
+import shutil
+import sys
+import urllib.parse
+
+# Headers that describe one connection, not the resource: never forwarded.
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+
+# Seconds the proxy waits for an upstream connection or read before it gives up (apt retries).
+UPSTREAM_TIMEOUT_SECS = 60
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Forwards one client connection's requests, in order, to the allowed mirrors."""
+
+    protocol_version = "HTTP/1.1"
+    allowed: frozenset = frozenset()
+
+    def do_GET(self):  # noqa: N802 (the name http.server dispatches to)
+        self.forward()
+
+    def do_HEAD(self):  # noqa: N802
+        self.forward()
+
+    def forward(self):
+        url = urllib.parse.urlsplit(self.path)
+        if url.scheme != "http" or url.hostname not in self.allowed or (url.port or 80) != 80:
+            self.send_error(
+                403, "only http://HOST/ of " + ", ".join(sorted(self.allowed)) + " is forwarded"
+            )
+            return
+        target = (url.path or "/") + ("?" + url.query if url.query else "")
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["Host"] = url.hostname
+        upstream = http.client.HTTPConnection(url.hostname, 80, timeout=UPSTREAM_TIMEOUT_SECS)
+        try:
+            upstream.request(self.command, target, headers=headers)
+            response = upstream.getresponse()
+        except OSError as err:
+            upstream.close()
+            self.send_error(502, f"{url.hostname}: {err}")
+            return
+        try:
+            self.send_response_only(response.status, response.reason)
+            length = response.getheader("Content-Length")
+            for name, value in response.getheaders():
+                if name.lower() not in HOP_BY_HOP:
+                    self.send_header(name, value)
+            has_body = self.command != "HEAD" and response.status not in (204, 304)
+            if has_body and length is None:
+                # The body ends where the connection does.
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            if has_body:
+                shutil.copyfileobj(response, self.wfile, 64 * 1024)
+            self.log_request(response.status)
+        finally:
+            upstream.close()
+
+    def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+        sys.stderr.write("%s %s\n" % (self.address_string(), format % args))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", required=True, help="the address to listen on")
+    parser.add_argument("--port", type=int, required=True, help="the TCP port to listen on")
+    parser.add_argument(
+        "--allow", action="append", required=True, help="a host requests may go to (repeatable)"
+    )
+    args = parser.parse_args()
+    Handler.allowed = frozenset(args.allow)
+    server = http.server.ThreadingHTTPServer((args.listen, args.port), Handler)
+    server.daemon_threads = True
+    print(f"apt proxy on {args.listen}:{args.port} for {', '.join(args.allow)}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
