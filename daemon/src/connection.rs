@@ -21,7 +21,7 @@ use std::time::Duration;
 use exai_shared::protocol::{
     self, CLOSE_GOING_AWAY, CLOSE_HELLO_TIMEOUT, CLOSE_INTERNAL, CLOSE_INVALID_MESSAGE,
     CLOSE_MISSING_HELLO, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED, HelloAck,
-    HelloFrame, ServerMessage,
+    HelloError, HelloFrame, ServerMessage,
 };
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -336,11 +336,11 @@ async fn hello(app: &App, out: &Outbox, stream: &mut Stream) -> Result<Arc<Sessi
         }
     };
     app.metrics.frame_in();
-    let refuse = |error: &str| {
+    let refuse = |error: HelloError| {
         ServerMessage::HelloAck(HelloAck {
             ok: false,
             session_id: None,
-            error: Some(error.to_owned()),
+            error: Some(error.as_str().to_owned()),
         })
     };
     let hello = match protocol::parse_hello(&text) {
@@ -352,7 +352,7 @@ async fn hello(app: &App, out: &Outbox, stream: &mut Stream) -> Result<Arc<Sessi
         }
         HelloFrame::NotHello => {
             app.metrics.connection_refused("missing_hello");
-            let _ = out.send(&refuse("missing_hello")).await;
+            let _ = out.send(&refuse(HelloError::MissingHello)).await;
             out.close(CLOSE_MISSING_HELLO, "unrecognized protocol")
                 .await;
             return Err(End::Closed);
@@ -361,7 +361,7 @@ async fn hello(app: &App, out: &Outbox, stream: &mut Stream) -> Result<Arc<Sessi
     if !app.token_matches(hello.token.as_deref().unwrap_or("")) {
         app.metrics.connection_refused("unauthorized");
         tracing::info!("hello refused: wrong token");
-        let _ = out.send(&refuse("unauthorized")).await;
+        let _ = out.send(&refuse(HelloError::Unauthorized)).await;
         out.close(CLOSE_UNAUTHORIZED, "unauthorized").await;
         return Err(End::Closed);
     }

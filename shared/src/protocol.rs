@@ -1,5 +1,8 @@
-//! The daemon's WebSocket messages (PROTOCOL.md is the contract; where this module and it
-//! disagree, it wins).
+//! The daemon's WebSocket messages. `docs/protocol.md` is their reference, and the
+//! `protocol_doc` integration test keeps it in step with this module: the ops a client may send
+//! ([`ClientOp`]), the ops the daemon sends ([`ServerOp`]), the error codes ([`ErrorCode`]), the
+//! close codes ([`CloseCode`]) and the hello refusals ([`HelloError`]) each have an `ALL` list
+//! that the compiler checks against the enum, so a new variant cannot be left out of it.
 //!
 //! Inbound frames are parsed leniently and never panic: unknown fields are ignored (the stdio
 //! shim's hello carries `protocolVersion`, `capabilities`, `clientInfo`), optional fields default,
@@ -19,24 +22,94 @@ use sha2::{Digest, Sha256};
 
 use crate::jobs::ToolContent;
 
+/// Defines `ALL`, every variant of a field-less enum, from one list, together with a `match`
+/// over the same list that has no wildcard arm: a variant missing from the list is a compile
+/// error ("non-exhaustive patterns"), and one listed twice is an unreachable-pattern warning.
+macro_rules! every_variant {
+    ($ty:ident { $($variant:ident),+ $(,)? }) => {
+        impl $ty {
+            /// Every variant, in the order of the list (checked exhaustive at compile time).
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+        }
+
+        const _: () = {
+            /// Never called: it only makes the compiler check that the list is exhaustive.
+            #[allow(dead_code)]
+            fn listed_exhaustively(value: $ty) {
+                match value {
+                    $($ty::$variant)|+ => {}
+                }
+            }
+        };
+    };
+}
+
+/// The close codes the daemon sends, with their numbers on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// Normal closure (used for the idle timeout).
+    Normal = 1000,
+    /// The daemon is shutting down.
+    GoingAway = 1001,
+    /// Policy violation: a connection limit (total or per IP) was hit.
+    Policy = 1008,
+    /// An inbound frame exceeded `EXAI_WS_MAX_BYTES`.
+    TooBig = 1009,
+    /// The client stopped answering the keepalive pings (the connection cannot be trusted).
+    Internal = 1011,
+    /// The first frame was not JSON.
+    InvalidMessage = 4000,
+    /// The first frame was JSON but not a hello.
+    MissingHello = 4001,
+    /// No hello within the hello timeout, or the client left before sending one.
+    HelloTimeout = 4002,
+    /// The hello's token was wrong.
+    Unauthorized = 4003,
+}
+
+every_variant!(CloseCode {
+    Normal,
+    GoingAway,
+    Policy,
+    TooBig,
+    Internal,
+    InvalidMessage,
+    MissingHello,
+    HelloTimeout,
+    Unauthorized,
+});
+
+impl CloseCode {
+    /// The number on the wire.
+    pub const fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The close code with this number, if the daemon sends it.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.code() == code)
+    }
+}
+
 /// Normal closure (used for the idle timeout).
-pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_NORMAL: u16 = CloseCode::Normal.code();
 /// The daemon is shutting down.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_GOING_AWAY: u16 = CloseCode::GoingAway.code();
 /// Policy violation: a connection limit (total or per IP) was hit.
-pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_POLICY: u16 = CloseCode::Policy.code();
 /// An inbound frame exceeded `EXAI_WS_MAX_BYTES`.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// The daemon hit an internal error it cannot recover the connection from.
-pub const CLOSE_INTERNAL: u16 = 1011;
+pub const CLOSE_TOO_BIG: u16 = CloseCode::TooBig.code();
+/// The client stopped answering the keepalive pings.
+pub const CLOSE_INTERNAL: u16 = CloseCode::Internal.code();
 /// The first frame was not JSON.
-pub const CLOSE_INVALID_MESSAGE: u16 = 4000;
+pub const CLOSE_INVALID_MESSAGE: u16 = CloseCode::InvalidMessage.code();
 /// The first frame was JSON but not a hello.
-pub const CLOSE_MISSING_HELLO: u16 = 4001;
+pub const CLOSE_MISSING_HELLO: u16 = CloseCode::MissingHello.code();
 /// No hello within the hello timeout, or the client left before sending one.
-pub const CLOSE_HELLO_TIMEOUT: u16 = 4002;
+pub const CLOSE_HELLO_TIMEOUT: u16 = CloseCode::HelloTimeout.code();
 /// The hello's token was wrong.
-pub const CLOSE_UNAUTHORIZED: u16 = 4003;
+pub const CLOSE_UNAUTHORIZED: u16 = CloseCode::Unauthorized.code();
 
 /// The longest `request_id` accepted (characters).
 pub const MAX_REQUEST_ID_LEN: usize = 256;
@@ -79,6 +152,22 @@ pub enum ErrorCode {
     Cancelled,
 }
 
+every_variant!(ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    NotFound,
+    Timeout,
+    ValidationError,
+    OverCapacity,
+    InternalError,
+    ServiceUnavailable,
+    ToolNotFound,
+    ToolExecutionError,
+    ProviderError,
+    ProtocolError,
+    Cancelled,
+});
+
 impl ErrorCode {
     /// The wire string.
     pub fn as_str(self) -> &'static str {
@@ -103,6 +192,161 @@ impl ErrorCode {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a hello was refused: the `error` of a `hello_ack` with `"ok":false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HelloError {
+    /// The token was wrong (the connection is then closed with 4003).
+    Unauthorized,
+    /// The first frame was JSON but not a hello (the connection is then closed with 4001).
+    MissingHello,
+}
+
+every_variant!(HelloError {
+    Unauthorized,
+    MissingHello,
+});
+
+impl HelloError {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::MissingHello => "missing_hello",
+        }
+    }
+}
+
+/// The ops a client may send, with their wire names. Any other op is answered with
+/// `INVALID_REQUEST` ("Unknown operation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientOp {
+    /// `hello`: the first frame of a connection (a second one is a `PROTOCOL_ERROR`).
+    Hello,
+    /// `list_tools`.
+    ListTools,
+    /// `call_tool`.
+    CallTool,
+    /// `tool_call`: the older clients' spelling of `call_tool`.
+    ToolCall,
+    /// `job_status`.
+    JobStatus,
+    /// `get_result`.
+    GetResult,
+    /// `cancel`.
+    Cancel,
+    /// `ping`.
+    Ping,
+    /// `health`.
+    Health,
+    /// `queue_stats`.
+    QueueStats,
+}
+
+every_variant!(ClientOp {
+    Hello,
+    ListTools,
+    CallTool,
+    ToolCall,
+    JobStatus,
+    GetResult,
+    Cancel,
+    Ping,
+    Health,
+    QueueStats,
+});
+
+impl ClientOp {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::ListTools => "list_tools",
+            Self::CallTool => "call_tool",
+            Self::ToolCall => "tool_call",
+            Self::JobStatus => "job_status",
+            Self::GetResult => "get_result",
+            Self::Cancel => "cancel",
+            Self::Ping => "ping",
+            Self::Health => "health",
+            Self::QueueStats => "queue_stats",
+        }
+    }
+
+    /// The op with this wire name, if it is one (names are case-sensitive).
+    pub fn from_wire(op: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|o| o.as_str() == op)
+    }
+
+    /// Whether this op asks for a tool call (`call_tool` or `tool_call`).
+    pub fn is_call(self) -> bool {
+        matches!(self, Self::CallTool | Self::ToolCall)
+    }
+}
+
+/// The ops of the frames the daemon sends: the `op` tag of each [`ServerMessage`] variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerOp {
+    /// `hello_ack`.
+    HelloAck,
+    /// `list_tools_res`.
+    ListToolsRes,
+    /// `call_tool_ack`.
+    CallToolAck,
+    /// `progress`.
+    Progress,
+    /// `stream_chunk`.
+    StreamChunk,
+    /// `call_tool_res`.
+    CallToolRes,
+    /// `job_status_res`.
+    JobStatusRes,
+    /// `cancelled`.
+    Cancelled,
+    /// `pong`.
+    Pong,
+    /// `health_res`.
+    HealthRes,
+    /// `queue_stats_res`.
+    QueueStatsRes,
+    /// `error`.
+    Error,
+}
+
+every_variant!(ServerOp {
+    HelloAck,
+    ListToolsRes,
+    CallToolAck,
+    Progress,
+    StreamChunk,
+    CallToolRes,
+    JobStatusRes,
+    Cancelled,
+    Pong,
+    HealthRes,
+    QueueStatsRes,
+    Error,
+});
+
+impl ServerOp {
+    /// The wire name (what serde writes as the frame's `op`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HelloAck => "hello_ack",
+            Self::ListToolsRes => "list_tools_res",
+            Self::CallToolAck => "call_tool_ack",
+            Self::Progress => "progress",
+            Self::StreamChunk => "stream_chunk",
+            Self::CallToolRes => "call_tool_res",
+            Self::JobStatusRes => "job_status_res",
+            Self::Cancelled => "cancelled",
+            Self::Pong => "pong",
+            Self::HealthRes => "health_res",
+            Self::QueueStatsRes => "queue_stats_res",
+            Self::Error => "error",
+        }
     }
 }
 
@@ -255,7 +499,7 @@ pub fn parse_hello(text: &str) -> HelloFrame {
     let Ok(value) = serde_json::from_str::<Value>(text) else {
         return HelloFrame::NotJson;
     };
-    if value.get("op").and_then(Value::as_str) != Some("hello") {
+    if value.get("op").and_then(Value::as_str) != Some(ClientOp::Hello.as_str()) {
         return HelloFrame::NotHello;
     }
     match serde_json::from_value::<Hello>(value) {
@@ -359,15 +603,21 @@ impl RequestError {
     /// The reply frame: a `call_tool_res` carrying the error for a call (clients wait for that
     /// op), an `error` frame otherwise.
     pub fn reply(&self) -> ServerMessage {
-        match self.op.as_deref() {
-            Some("call_tool" | "tool_call") => ServerMessage::CallToolRes(CallToolRes::failed(
+        let is_call = self
+            .op
+            .as_deref()
+            .and_then(ClientOp::from_wire)
+            .is_some_and(ClientOp::is_call);
+        if is_call {
+            ServerMessage::CallToolRes(CallToolRes::failed(
                 self.reply_to.clone(),
                 self.error.clone(),
-            )),
-            _ => ServerMessage::Error(ErrorFrame {
+            ))
+        } else {
+            ServerMessage::Error(ErrorFrame {
                 reply_to: self.reply_to.clone(),
                 error: self.error.clone(),
-            }),
+            })
         }
     }
 }
@@ -436,9 +686,16 @@ pub fn parse_request(text: &str) -> Result<Inbound, Box<RequestError>> {
             "Invalid message: op is missing or not a string".to_owned(),
         ));
     };
-    let request = match op.as_str() {
-        "list_tools" => Request::ListTools,
-        "call_tool" | "tool_call" => {
+    let Some(known) = ClientOp::from_wire(&op) else {
+        return Ok(Inbound {
+            reply_to,
+            request: Request::Unknown(op.clone()),
+            op,
+        });
+    };
+    let request = match known {
+        ClientOp::ListTools => Request::ListTools,
+        ClientOp::CallTool | ClientOp::ToolCall => {
             let fields: CallToolFields =
                 serde_json::from_value(Value::Object(obj)).map_err(|e| {
                     RequestError::new(
@@ -480,14 +737,13 @@ pub fn parse_request(text: &str) -> Result<Inbound, Box<RequestError>> {
             };
             Request::CallTool(CallTool { name, arguments })
         }
-        "job_status" => Request::JobStatus,
-        "get_result" => Request::GetResult,
-        "cancel" => Request::Cancel,
-        "ping" => Request::Ping,
-        "health" => Request::Health,
-        "queue_stats" => Request::QueueStats,
-        "hello" => Request::Hello,
-        other => Request::Unknown(other.to_owned()),
+        ClientOp::JobStatus => Request::JobStatus,
+        ClientOp::GetResult => Request::GetResult,
+        ClientOp::Cancel => Request::Cancel,
+        ClientOp::Ping => Request::Ping,
+        ClientOp::Health => Request::Health,
+        ClientOp::QueueStats => Request::QueueStats,
+        ClientOp::Hello => Request::Hello,
     };
     Ok(Inbound {
         op,
@@ -558,6 +814,24 @@ impl ServerMessage {
         })
     }
 
+    /// The frame's `op`.
+    pub fn op(&self) -> ServerOp {
+        match self {
+            Self::HelloAck(_) => ServerOp::HelloAck,
+            Self::ListToolsRes(_) => ServerOp::ListToolsRes,
+            Self::CallToolAck(_) => ServerOp::CallToolAck,
+            Self::Progress(_) => ServerOp::Progress,
+            Self::StreamChunk(_) => ServerOp::StreamChunk,
+            Self::CallToolRes(_) => ServerOp::CallToolRes,
+            Self::JobStatusRes(_) => ServerOp::JobStatusRes,
+            Self::Cancelled(_) => ServerOp::Cancelled,
+            Self::Pong(_) => ServerOp::Pong,
+            Self::HealthRes(_) => ServerOp::HealthRes,
+            Self::QueueStatsRes(_) => ServerOp::QueueStatsRes,
+            Self::Error(_) => ServerOp::Error,
+        }
+    }
+
     /// The `request_id` the frame carries, if any.
     pub fn request_id(&self) -> Option<&str> {
         let to = match self {
@@ -586,7 +860,7 @@ pub struct HelloAck {
     /// The session (as given, or generated) when accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    /// `unauthorized` or `missing_hello` when refused.
+    /// Why the hello was refused (a [`HelloError`]: `unauthorized` or `missing_hello`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -732,6 +1006,15 @@ pub enum CallState {
     Unknown,
 }
 
+every_variant!(CallState {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    Unknown,
+});
+
 /// `job_status_res`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatusRes {
@@ -763,6 +1046,12 @@ pub enum CancelWas {
     /// The job had already finished.
     Finished,
 }
+
+every_variant!(CancelWas {
+    Queued,
+    Running,
+    Finished,
+});
 
 /// `cancelled`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -822,6 +1111,8 @@ pub struct ErrorFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -961,6 +1252,153 @@ mod tests {
             ack.to_json(),
             r#"{"op":"hello_ack","ok":false,"error":"unauthorized"}"#
         );
+    }
+
+    /// One frame of each op. The `match` has no wildcard, so a new op needs a sample here.
+    fn sample(op: ServerOp) -> ServerMessage {
+        let to = || ReplyTo::request("r-1");
+        match op {
+            ServerOp::HelloAck => ServerMessage::HelloAck(HelloAck {
+                ok: true,
+                session_id: Some("s-1".into()),
+                error: None,
+            }),
+            ServerOp::ListToolsRes => ServerMessage::ListToolsRes(ListToolsRes {
+                reply_to: to(),
+                tools: vec![json!({"name": "test_echo"})],
+            }),
+            ServerOp::CallToolAck => ServerMessage::CallToolAck(CallToolAck {
+                reply_to: to(),
+                accepted: true,
+                job_id: call_job_id("s-1", "r-1"),
+                timeout: 300.0,
+                name: Some("test_echo".into()),
+                duplicate: false,
+            }),
+            ServerOp::Progress => ServerMessage::Progress(Progress {
+                reply_to: to(),
+                message: "Waiting for a worker...".into(),
+                state: "queued".into(),
+                t: 1.5,
+            }),
+            ServerOp::StreamChunk => ServerMessage::StreamChunk(StreamChunk {
+                reply_to: to(),
+                chunk: "Hel".into(),
+            }),
+            ServerOp::CallToolRes => ServerMessage::CallToolRes(CallToolRes::success(
+                to(),
+                vec![ToolContent::text("hi")],
+            )),
+            ServerOp::JobStatusRes => ServerMessage::JobStatusRes(JobStatusRes {
+                reply_to: to(),
+                state: CallState::Queued,
+                attempt: 0,
+                job_id: None,
+                queue_position: Some(1),
+            }),
+            ServerOp::Cancelled => ServerMessage::Cancelled(Cancelled {
+                reply_to: to(),
+                was: CancelWas::Queued,
+                job_id: None,
+            }),
+            ServerOp::Pong => ServerMessage::Pong(Pong { reply_to: to() }),
+            ServerOp::HealthRes => ServerMessage::HealthRes(HealthRes {
+                reply_to: to(),
+                ok: true,
+                health: json!({}),
+            }),
+            ServerOp::QueueStatsRes => ServerMessage::QueueStatsRes(QueueStatsRes {
+                reply_to: to(),
+                queues: json!({}),
+                semaphores: json!({}),
+            }),
+            ServerOp::Error => ServerMessage::Error(ErrorFrame {
+                reply_to: to(),
+                error: WireError::new(ErrorCode::InvalidRequest, "Unknown operation: x"),
+            }),
+        }
+    }
+
+    #[test]
+    fn every_server_op_is_the_op_its_frame_is_serialized_with() {
+        for &op in ServerOp::ALL {
+            let msg = sample(op);
+            assert_eq!(msg.op(), op);
+            let v = serde_json::to_value(&msg).unwrap();
+            assert_eq!(v["op"], op.as_str(), "{op:?}");
+            assert_eq!(serde_json::from_value::<ServerMessage>(v).unwrap(), msg);
+        }
+        let names: HashSet<&str> = ServerOp::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names.len(), ServerOp::ALL.len());
+    }
+
+    #[test]
+    fn every_client_op_is_understood_by_the_parser() {
+        for &op in ClientOp::ALL {
+            assert_eq!(ClientOp::from_wire(op.as_str()), Some(op));
+            let text = json!({"op": op.as_str(), "request_id": "r", "name": "test_echo"});
+            let parsed = parse_request(&text.to_string()).unwrap();
+            assert!(
+                !matches!(parsed.request, Request::Unknown(_)),
+                "{op:?} parses as an unknown op"
+            );
+            assert_eq!(
+                matches!(parsed.request, Request::CallTool(_)),
+                op.is_call(),
+                "{op:?}"
+            );
+        }
+        assert_eq!(ClientOp::from_wire("CALL_TOOL"), None);
+        assert_eq!(ClientOp::from_wire("rotate_token"), None);
+        let names: HashSet<&str> = ClientOp::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names.len(), ClientOp::ALL.len());
+        // No op is spelled the same in both directions.
+        assert!(ServerOp::ALL.iter().all(|o| !names.contains(o.as_str())));
+    }
+
+    #[test]
+    fn codes_have_distinct_wire_names_and_numbers() {
+        for &code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+            assert_eq!(
+                serde_json::from_value::<ErrorCode>(json!(code.as_str())).unwrap(),
+                code
+            );
+        }
+        let codes: HashSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len());
+
+        for &close in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(close.code()), Some(close));
+        }
+        let numbers: HashSet<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(numbers.len(), CloseCode::ALL.len());
+        assert_eq!(CloseCode::from_code(1005), None);
+        assert_eq!(
+            [
+                CLOSE_NORMAL,
+                CLOSE_POLICY,
+                CLOSE_TOO_BIG,
+                CLOSE_UNAUTHORIZED
+            ],
+            [1000, 1008, 1009, 4003]
+        );
+
+        let refusals: HashSet<&str> = HelloError::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(refusals.len(), HelloError::ALL.len());
+        for states in [
+            CallState::ALL
+                .iter()
+                .map(|s| serde_json::to_value(s).unwrap())
+                .collect::<Vec<_>>(),
+            CancelWas::ALL
+                .iter()
+                .map(|s| serde_json::to_value(s).unwrap())
+                .collect(),
+        ] {
+            let distinct: HashSet<String> = states.iter().map(Value::to_string).collect();
+            assert_eq!(distinct.len(), states.len());
+        }
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
