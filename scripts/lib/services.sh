@@ -28,14 +28,18 @@ step() {
 # The ERR trap: which step failed, at which command, and what to do. Reported once, by the
 # top-level shell (a failing command substitution reports through the command that used it).
 on_error() {
-  local status=$1 line=$2 command=$3
+  local status=$1 command=$2
   if [ "${BASH_SUBSHELL:-0}" -ne 0 ]; then return 0; fi
   trap - ERR
   log "FAILED: ${STEP:-$(basename "$0")} (exit status $status)"
-  log "  the failing command, line $line: $command"
+  # A function that failed shows as its `return`, which says nothing: only the place then.
+  case "$command" in
+    return*) log "  at ${BASH_SOURCE[1]:-$0} line ${BASH_LINENO[0]}" ;;
+    *) log "  at ${BASH_SOURCE[1]:-$0} line ${BASH_LINENO[0]}: $command" ;;
+  esac
   if [ -n "$STEP_HINT" ]; then log "  what to do: $STEP_HINT"; fi
 }
-trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
+trap 'on_error $? "$BASH_COMMAND"' ERR
 
 # Runs `apt-get "$@"` non-interactively, waiting for another apt to release its lock, retrying
 # (EXAI_APT_ATTEMPTS times in all) when a download fails.
@@ -185,9 +189,9 @@ ensure_postgres() {
     step "setting a password for the local postgres superuser (test machine)" \
       "set EXAI_TEST_PG_ADMIN_URL to a superuser URL that works (psql URL -c 'select 1' tells) and re-run"
     if [ "$(id -u)" -eq 0 ]; then
-      su postgres -s /bin/sh -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+      su postgres -s /bin/sh -c "cd / && psql -qc \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
     else
-      sudo -u postgres psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
+      (cd / && sudo -u postgres psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null)
     fi
   fi
   if ! pg_try "$with_password"; then
