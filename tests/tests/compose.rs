@@ -2,14 +2,63 @@
 //! `docker-compose` (`config` parses and interpolates without a Docker engine; scripts/test
 //! installs it). The normalised YAML is turned into JSON by the PyYAML that docker-compose itself
 //! runs on.
+//!
+//! Every test runs compose in a temporary project directory holding its own `.env`, with a
+//! cleared environment: the developer's `.env` and shell never take part. Debian's
+//! docker-compose (v1) lists the services of every profile in `config`, so one `config` shows
+//! both stacks; the tests still name the profile they are about.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const TOKEN: &str = "compose-test-token-0123456789";
+
+/// The EXAI services of each profile (the ones that run an EXAI binary other than exai-sim).
+const REAL_SERVICES: [&str; 3] = ["daemon", "migrations", "worker"];
+const SIM_SERVICES: [&str; 3] = ["sim-daemon", "sim-migrations", "sim-worker"];
+
+/// What compose owns in every EXAI service, whatever `.env` says.
+const COMPOSE_OWNED: [(&str, &str); 5] = [
+    ("REDIS_URL", "redis://redis:6379"),
+    ("REDIS_CLUSTER_NODES", ""),
+    ("DATABASE_URL", "postgres://exai:exai@postgres:5432/exai"),
+    ("EXAI_STAGING_DIR", "/var/lib/exai/staging"),
+    ("EXAI_UPLOAD_ROOTS", "/var/lib/exai/uploads"),
+];
+/// What compose owns in the daemons only (the token comes from the shell or `.env`).
+const DAEMON_OWNED: [(&str, &str); 3] = [
+    ("EXAI_WS_HOST", "0.0.0.0"),
+    ("EXAI_WS_PORT", "8079"),
+    ("EXAI_WS_URL", "ws://127.0.0.1:8079"),
+];
+/// What compose owns in the workers only: the migrations service applies the migrations.
+const WORKER_OWNED: [(&str, &str); 1] = [("EXAI_AUTO_MIGRATE", "false")];
+
+/// The provider variables and their values under the `sim` profile.
+const SIM_PROVIDERS: [(&str, &str); 7] = [
+    ("EXAI_REQUIRE_REAL_PROVIDERS", "false"),
+    ("KIMI_API_URL", "http://exai-sim:9000/v1"),
+    ("KIMI_API_KEY", "sim-key"),
+    ("GLM_API_URL", "http://exai-sim:9000/v1"),
+    ("GLM_API_KEY", "sim-key"),
+    ("SUPABASE_URL", "http://exai-sim:9000"),
+    ("SUPABASE_SERVICE_ROLE_KEY", "sim-key"),
+];
+
+/// Settings pointing at the real providers, as a user's `.env` for production holds them.
+const REAL_PROVIDER_ENV: &str = "\
+EXAI_REQUIRE_REAL_PROVIDERS=true
+KIMI_API_URL=https://api.moonshot.ai/v1
+KIMI_API_KEY=sk-real-moonshot-key
+GLM_API_URL=https://api.z.ai/api/paas/v4
+GLM_API_KEY=real-glm-key
+SUPABASE_URL=https://project.supabase.co
+SUPABASE_SERVICE_ROLE_KEY=real-service-role-key
+";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,34 +67,62 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn compose(args: &[&str], token: Option<&str>) -> Output {
-    let root = repo_root();
-    let mut cmd = Command::new("docker-compose");
-    cmd.arg("--project-directory")
-        .arg(&root)
-        .arg("-f")
-        .arg(root.join("docker-compose.yml"))
-        .args(args)
-        // Only what the test sets: no .env of the developer, no variables of the shell.
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    if let Some(token) = token {
-        cmd.env("EXAI_WS_TOKEN", token);
-    }
-    cmd.output()
-        .expect("docker-compose is not installed: run scripts/test, which installs it")
+/// A temporary compose project directory holding the test's `.env` (none when `env` is `None`);
+/// removed on drop.
+struct Project {
+    dir: PathBuf,
 }
 
-/// `docker-compose config` of the file (with `extra` flags before `config`) as JSON.
-fn config(extra: &[&str]) -> Value {
-    let mut args = extra.to_vec();
-    args.push("config");
-    let out = compose(&args, Some(TOKEN));
-    assert!(
-        out.status.success(),
-        "docker-compose config failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+impl Project {
+    fn new(env: Option<&str>) -> Self {
+        let dir = std::env::temp_dir().join(format!("exai-compose-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(env) = env {
+            std::fs::write(dir.join(".env"), env).unwrap();
+        }
+        Self { dir }
+    }
+
+    /// Runs `docker-compose` on the repository's file with this directory as the project
+    /// directory, in an environment holding only PATH and `shell`.
+    fn compose(&self, args: &[&str], shell: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("--project-directory")
+            .arg(&self.dir)
+            .arg("-f")
+            .arg(repo_root().join("docker-compose.yml"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(shell.iter().copied());
+        cmd.output()
+            .expect("docker-compose is not installed: run scripts/test, which installs it")
+    }
+
+    /// `docker-compose [extra…] config` as JSON, with `EXAI_WS_TOKEN` and `shell` in the
+    /// environment.
+    fn config(&self, extra: &[&str], shell: &[(&str, &str)]) -> Value {
+        let mut args = extra.to_vec();
+        args.push("config");
+        let mut env = vec![("EXAI_WS_TOKEN", TOKEN)];
+        env.extend_from_slice(shell);
+        let out = self.compose(&args, &env);
+        assert!(
+            out.status.success(),
+            "docker-compose config failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        yaml_to_json(&out.stdout)
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn yaml_to_json(yaml: &[u8]) -> Value {
     let mut py = Command::new("python3")
         .args([
             "-c",
@@ -55,7 +132,7 @@ fn config(extra: &[&str]) -> Value {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 (docker-compose's own runtime)");
-    py.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    py.stdin.take().unwrap().write_all(yaml).unwrap();
     let converted = py.wait_with_output().unwrap();
     assert!(
         converted.status.success(),
@@ -75,9 +152,70 @@ fn services(config: &Value) -> Vec<String> {
     names
 }
 
+/// A service's environment as strings (compose writes every value as a string; null is "").
+fn environment(config: &Value, service: &str) -> BTreeMap<String, String> {
+    config["services"][service]["environment"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{service} has no environment"))
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn profiles(config: &Value, service: &str) -> Value {
+    config["services"][service]["profiles"].clone()
+}
+
+/// The variable names `.env.example` lists (`NAME=value` lines).
+fn env_example_names() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join(".env.example")).unwrap();
+    names_in(&text)
+}
+
+fn names_in(env_text: &str) -> Vec<String> {
+    env_text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(name, _)| name.trim().trim_start_matches("export ").trim().to_owned())
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect()
+}
+
+/// The value compose gives `name` in `service`, when compose owns it there.
+fn owned_value(service: &str, name: &str) -> Option<&'static str> {
+    let mut owned: Vec<(&str, &str)> = COMPOSE_OWNED.to_vec();
+    if service.ends_with("daemon") {
+        owned.extend(DAEMON_OWNED);
+    }
+    if service.ends_with("worker") {
+        owned.extend(WORKER_OWNED);
+    }
+    if SIM_SERVICES.contains(&service) {
+        owned.extend(SIM_PROVIDERS);
+    } else {
+        owned.push(("EXAI_REQUIRE_REAL_PROVIDERS", "true"));
+    }
+    owned.into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
 #[test]
 fn the_compose_file_validates_and_wires_the_stack() {
-    let cfg = config(&[]);
+    let project = Project::new(Some(""));
+    let cfg = project.config(&["--profile", "real", "--profile", "sim"], &[]);
     assert_eq!(
         services(&cfg),
         [
@@ -86,14 +224,21 @@ fn the_compose_file_validates_and_wires_the_stack() {
             "migrations",
             "postgres",
             "redis",
+            "sim-daemon",
+            "sim-migrations",
+            "sim-worker",
             "worker"
         ]
     );
-    assert_eq!(
-        cfg["services"]["exai-sim"]["profiles"],
-        serde_json::json!(["sim"]),
-        "exai-sim only runs in its profile"
-    );
+    for svc in ["redis", "postgres"] {
+        assert!(profiles(&cfg, svc).is_null(), "{svc} runs in every profile");
+    }
+    for svc in REAL_SERVICES {
+        assert_eq!(profiles(&cfg, svc), json!(["real"]), "{svc}");
+    }
+    for svc in SIM_SERVICES.iter().chain(&["exai-sim"]) {
+        assert_eq!(profiles(&cfg, svc), json!(["sim"]), "{svc}");
+    }
 
     let redis = cfg["services"]["redis"]["command"].to_string();
     for flag in [
@@ -104,23 +249,6 @@ fn the_compose_file_validates_and_wires_the_stack() {
         assert!(redis.contains(flag), "redis command lacks {flag}: {redis}");
     }
 
-    let daemon = &cfg["services"]["daemon"];
-    assert_eq!(daemon["ports"][0]["published"], 3010);
-    assert_eq!(daemon["ports"][0]["target"], 8079);
-    assert_eq!(daemon["environment"]["EXAI_WS_TOKEN"], TOKEN);
-    assert_eq!(daemon["environment"]["EXAI_WS_HOST"], "0.0.0.0");
-    assert_eq!(
-        daemon["depends_on"]["migrations"]["condition"],
-        "service_completed_successfully"
-    );
-
-    let worker = &cfg["services"]["worker"];
-    assert_eq!(worker["command"], serde_json::json!(["exai-worker", "run"]));
-    assert!(
-        worker["container_name"].is_null() && worker["ports"].is_null(),
-        "a worker must be scalable (no fixed name, no host port)"
-    );
-    // Daemon and workers share the staging directory.
     let staging = |svc: &Value| {
         svc["volumes"]
             .as_array()
@@ -128,35 +256,268 @@ fn the_compose_file_validates_and_wires_the_stack() {
             .iter()
             .any(|v| v.as_str().is_some_and(|v| v.starts_with("staging:")))
     };
-    assert!(staging(daemon) && staging(worker));
+    for (prefix, migrations) in [("", "migrations"), ("sim-", "sim-migrations")] {
+        let daemon = &cfg["services"][format!("{prefix}daemon")];
+        assert_eq!(daemon["command"], json!(["exai-daemon"]));
+        assert_eq!(daemon["ports"][0]["published"], 3010);
+        assert_eq!(daemon["ports"][0]["target"], 8079);
+        assert_eq!(daemon["environment"]["EXAI_WS_TOKEN"], TOKEN);
+        assert_eq!(
+            daemon["depends_on"][migrations]["condition"],
+            "service_completed_successfully"
+        );
 
-    assert_eq!(
-        cfg["services"]["migrations"]["command"],
-        serde_json::json!(["exai-worker", "migrate"])
-    );
-    assert!(cfg["services"]["migrations"]["build"].is_object());
+        let worker = &cfg["services"][format!("{prefix}worker")];
+        assert_eq!(worker["command"], json!(["exai-worker", "run"]));
+        assert!(
+            worker["container_name"].is_null() && worker["ports"].is_null(),
+            "a worker must be scalable (no fixed name, no host port)"
+        );
+        assert_eq!(
+            worker["depends_on"][migrations]["condition"],
+            "service_completed_successfully"
+        );
+        // Daemon and workers share the staging directory.
+        assert!(staging(daemon) && staging(worker));
+
+        let migrations = &cfg["services"][migrations];
+        assert_eq!(migrations["command"], json!(["exai-worker", "migrate"]));
+        assert!(migrations["build"].is_object());
+        assert_eq!(migrations["restart"], "no");
+    }
 }
 
 #[test]
-fn the_sim_profile_points_the_stack_at_the_emulator() {
-    let cfg = config(&["--profile", "sim"]);
+fn the_profiles_never_cross_wires() {
+    let project = Project::new(Some(""));
+    let cfg = project.config(&["--profile", "real", "--profile", "sim"], &[]);
+    // A service depends only on services of its own profile or of every profile.
+    for svc in services(&cfg) {
+        let own = profiles(&cfg, &svc);
+        let Some(deps) = cfg["services"][&svc]["depends_on"].as_object() else {
+            continue;
+        };
+        for dep in deps.keys() {
+            let theirs = profiles(&cfg, dep);
+            assert!(
+                theirs.is_null() || theirs == own,
+                "{svc} ({own}) depends on {dep} ({theirs})"
+            );
+        }
+    }
+    // Only the sim profile knows the emulator.
+    for svc in services(&cfg) {
+        if profiles(&cfg, &svc) == json!(["sim"]) {
+            continue;
+        }
+        let text = cfg["services"][&svc].to_string();
+        assert!(
+            !text.contains("exai-sim") && !text.contains("sim-key"),
+            "{svc} mentions the emulator: {text}"
+        );
+    }
+}
+
+#[test]
+fn every_env_setting_reaches_the_daemon_and_the_worker() {
+    let names = env_example_names();
+    for named in [
+        "KIMI_UPLOAD_TO_SUPABASE",
+        "KIMI_SUPABASE_TIMEOUT",
+        "KIMI_SEMAPHORE_TIMEOUT",
+        "EXAI_WS_GLOBAL_MAX_INFLIGHT",
+        "EXAI_WS_KIMI_MAX_INFLIGHT",
+        "EXAI_WS_GLM_MAX_INFLIGHT",
+        "GLM_API_KEY",
+        "EXAI_CLEANUP_CRON",
+        "EXAI_STORAGE_QUOTA_BYTES",
+    ] {
+        assert!(
+            names.iter().any(|n| n == named),
+            ".env.example lacks {named}"
+        );
+    }
+
+    // Realistic values for the settings issue reports named, a marker for every other one, and
+    // a variable .env.example does not list.
+    let realistic: BTreeMap<&str, &str> = [
+        ("KIMI_UPLOAD_TO_SUPABASE", "false"),
+        ("KIMI_SUPABASE_TIMEOUT", "45"),
+        ("KIMI_SEMAPHORE_TIMEOUT", "7"),
+        ("EXAI_WS_GLOBAL_MAX_INFLIGHT", "48"),
+        ("EXAI_WS_KIMI_MAX_INFLIGHT", "12"),
+        ("EXAI_WS_GLM_MAX_INFLIGHT", "3"),
+        ("GLM_API_KEY", "glm-key-from-env-file"),
+        ("EXAI_CLEANUP_CRON", "0 30 */2 * * *"),
+        ("EXAI_STORAGE_QUOTA_BYTES", "1073741824"),
+        ("EXAI_WS_TOKEN", TOKEN),
+    ]
+    .into_iter()
+    .collect();
+    let mut written: BTreeMap<String, String> = names
+        .iter()
+        .map(|name| {
+            let value = realistic
+                .get(name.as_str())
+                .map(|v| (*v).to_owned())
+                .unwrap_or_else(|| format!("from-env-file-{}", name.to_lowercase()));
+            (name.clone(), value)
+        })
+        .collect();
+    written.insert("RUST_LOG".into(), "exai_worker=debug,info".into());
+    let env: String = written.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+
+    let project = Project::new(Some(&env));
+    let cfg = project.config(&["--profile", "real", "--profile", "sim"], &[]);
+    for svc in REAL_SERVICES.iter().chain(&SIM_SERVICES) {
+        let got = environment(&cfg, svc);
+        for (name, value) in &written {
+            let expected = owned_value(svc, name).unwrap_or(value);
+            assert_eq!(
+                got.get(name).map(String::as_str),
+                Some(expected),
+                "{svc}: {name} (the env file says `{value}`)"
+            );
+        }
+    }
+}
+
+#[test]
+fn compose_owned_values_win_over_the_env_file() {
+    let project = Project::new(Some(
+        "REDIS_URL=redis://10.0.0.5:6379\n\
+         REDIS_CLUSTER_NODES=redis://10.0.0.6:7000\n\
+         DATABASE_URL=postgres://me@10.0.0.7:5432/other\n\
+         EXAI_STAGING_DIR=./data/staging\n\
+         EXAI_UPLOAD_ROOTS=/home/me\n\
+         EXAI_WS_HOST=127.0.0.1\n\
+         EXAI_WS_PORT=9999\n\
+         EXAI_WS_URL=ws://127.0.0.1:9999\n\
+         EXAI_AUTO_MIGRATE=true\n",
+    ));
+    let cfg = project.config(&["--profile", "real", "--profile", "sim"], &[]);
+    for svc in REAL_SERVICES.iter().chain(&SIM_SERVICES) {
+        let env = environment(&cfg, svc);
+        let mut owned: Vec<(&str, &str)> = COMPOSE_OWNED.to_vec();
+        if svc.ends_with("daemon") {
+            owned.extend(DAEMON_OWNED);
+        }
+        if svc.ends_with("worker") {
+            owned.extend(WORKER_OWNED);
+        }
+        for (name, value) in owned {
+            assert_eq!(
+                env.get(name).map(String::as_str),
+                Some(value),
+                "{svc}: {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_sim_profile_sends_every_provider_call_to_the_emulator() {
+    let project = Project::new(Some(REAL_PROVIDER_ENV));
+    // The shell names real providers too: neither reaches the simulated stack.
+    let shell = [
+        ("KIMI_API_KEY", "sk-shell-moonshot-key"),
+        ("KIMI_API_URL", "https://api.moonshot.ai/v1"),
+        ("SUPABASE_URL", "https://shell.supabase.co"),
+    ];
+    let cfg = project.config(&["--profile", "sim"], &shell);
     assert_eq!(
         cfg["services"]["exai-sim"]["command"],
-        serde_json::json!([
+        json!([
             "exai-sim", "--host", "0.0.0.0", "--port", "9000", "--key", "sim-key"
         ])
     );
-    let worker_env = &cfg["services"]["worker"]["environment"];
-    assert_eq!(worker_env["KIMI_API_URL"], "http://exai-sim:9000/v1");
-    assert_eq!(worker_env["SUPABASE_URL"], "http://exai-sim:9000");
+    let sim_services: Vec<String> = services(&cfg)
+        .into_iter()
+        .filter(|s| profiles(&cfg, s) == json!(["sim"]) && s != "exai-sim")
+        .collect();
+    assert_eq!(sim_services, SIM_SERVICES);
+    for svc in &sim_services {
+        let env = environment(&cfg, svc);
+        for (name, value) in SIM_PROVIDERS {
+            assert_eq!(
+                env.get(name).map(String::as_str),
+                Some(value),
+                "{svc}: {name}"
+            );
+        }
+        let text = cfg["services"][svc].to_string();
+        for real in ["moonshot.ai", "z.ai", "supabase.co", "real-", "sk-"] {
+            assert!(!text.contains(real), "{svc} carries `{real}`: {text}");
+        }
+    }
+}
+
+#[test]
+fn the_real_profile_requires_real_providers_and_has_no_emulator_defaults() {
+    // Nothing set: the providers stay unset (the processes then refuse to start).
+    let project = Project::new(Some(""));
+    let cfg = project.config(&["--profile", "real"], &[]);
+    for svc in REAL_SERVICES {
+        let env = environment(&cfg, svc);
+        assert_eq!(
+            env.get("EXAI_REQUIRE_REAL_PROVIDERS").map(String::as_str),
+            Some("true"),
+            "{svc}"
+        );
+        for (name, _) in &SIM_PROVIDERS[1..] {
+            assert_eq!(
+                env.get(*name).map(String::as_str),
+                Some(""),
+                "{svc}: {name}"
+            );
+        }
+    }
+
+    // Keys in the env file reach every real service; the shell's win over the file's.
+    let project = Project::new(Some(REAL_PROVIDER_ENV));
+    let shell = [("KIMI_API_KEY", "sk-shell-moonshot-key")];
+    let cfg = project.config(&["--profile", "real"], &shell);
+    for svc in REAL_SERVICES {
+        let env = environment(&cfg, svc);
+        let get = |name: &str| env.get(name).map(String::as_str);
+        assert_eq!(get("EXAI_REQUIRE_REAL_PROVIDERS"), Some("true"), "{svc}");
+        assert_eq!(get("KIMI_API_KEY"), Some("sk-shell-moonshot-key"), "{svc}");
+        assert_eq!(
+            get("KIMI_API_URL"),
+            Some("https://api.moonshot.ai/v1"),
+            "{svc}"
+        );
+        assert_eq!(get("GLM_API_KEY"), Some("real-glm-key"), "{svc}");
+        assert_eq!(
+            get("SUPABASE_URL"),
+            Some("https://project.supabase.co"),
+            "{svc}"
+        );
+        assert_eq!(
+            get("SUPABASE_SERVICE_ROLE_KEY"),
+            Some("real-service-role-key"),
+            "{svc}"
+        );
+    }
 }
 
 #[test]
 fn the_daemon_needs_a_token() {
-    let out = compose(&["config", "-q"], None);
+    let project = Project::new(Some(""));
+    let out = project.compose(&["config", "-q"], &[]);
     assert!(!out.status.success(), "config without EXAI_WS_TOKEN passed");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("EXAI_WS_TOKEN"), "{err}");
+}
+
+#[test]
+fn a_missing_env_file_is_named() {
+    let project = Project::new(None);
+    let out = project.compose(&["config", "-q"], &[("EXAI_WS_TOKEN", TOKEN)]);
+    assert!(!out.status.success(), "config without a .env passed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = project.dir.join(".env");
+    assert!(err.contains(&*expected.to_string_lossy()), "{err}");
 }
 
 #[test]
@@ -176,4 +537,14 @@ fn the_dockerfile_is_multi_stage_and_runs_unprivileged() {
     for bin in ["exai-daemon", "exai-worker", "exai-sim"] {
         assert!(dockerfile.contains(bin), "the image lacks {bin}");
     }
+    // The image carries no provider setting: the emulator is the sim profile's alone.
+    for needle in ["KIMI_", "GLM_", "SUPABASE_", "sim-key"] {
+        assert!(!dockerfile.contains(needle), "the Dockerfile sets {needle}");
+    }
+}
+
+#[test]
+fn the_env_example_parser_reads_names_only() {
+    let names = names_in("# KIMI_API_KEY=commented\nA_B=1\n\nexport C=2\nlower=3\nD=\n");
+    assert_eq!(names, ["A_B", "C", "D"]);
 }
