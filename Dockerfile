@@ -1,13 +1,15 @@
 # Multi-stage build of the EXAI Queue binaries: exai-daemon, exai-worker, exai-call and exai-sim.
 # The runtime image runs as an unprivileged user and holds only the binaries and CA certificates.
+# It carries no provider setting: docker-compose.yml passes .env and, per profile, the providers.
+#
+# Kept minimal on purpose: the image is not built in CI or by the tests (the base images cannot
+# be pulled on the build machines); tests/tests/compose.rs checks this file's shape and
+# `docker-compose config` checks docker-compose.yml.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
-      -p exai-daemon -p exai-worker -p exai-tests \
+RUN cargo build --release --locked -p exai-daemon -p exai-worker -p exai-tests \
       --bin exai-daemon --bin exai-call --bin exai-worker --bin exai-sim \
  && mkdir -p /out \
  && cp target/release/exai-daemon target/release/exai-call target/release/exai-worker \
