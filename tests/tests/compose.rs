@@ -22,9 +22,11 @@ const REAL_SERVICES: [&str; 3] = ["daemon", "migrations", "worker"];
 const SIM_SERVICES: [&str; 3] = ["sim-daemon", "sim-migrations", "sim-worker"];
 
 /// What compose owns in every EXAI service, whatever `.env` says.
-const COMPOSE_OWNED: [(&str, &str); 5] = [
+const COMPOSE_OWNED: [(&str, &str); 6] = [
     ("REDIS_URL", "redis://redis:6379"),
     ("REDIS_CLUSTER_NODES", ""),
+    // The original daemon's name: it would put a password into REDIS_URL.
+    ("REDIS_PASSWORD", ""),
     ("DATABASE_URL", "postgres://exai:exai@postgres:5432/exai"),
     ("EXAI_STAGING_DIR", "/var/lib/exai/staging"),
     ("EXAI_UPLOAD_ROOTS", "/var/lib/exai/uploads"),
@@ -387,6 +389,7 @@ fn compose_owned_values_win_over_the_env_file() {
     let project = Project::new(Some(
         "REDIS_URL=redis://10.0.0.5:6379\n\
          REDIS_CLUSTER_NODES=redis://10.0.0.6:7000\n\
+         REDIS_PASSWORD=original-daemon-password\n\
          DATABASE_URL=postgres://me@10.0.0.7:5432/other\n\
          EXAI_STAGING_DIR=./data/staging\n\
          EXAI_UPLOAD_ROOTS=/home/me\n\
