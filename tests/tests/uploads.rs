@@ -812,6 +812,88 @@ async fn the_push_creates_a_bucket_deleted_behind_its_back() {
     stack.cleanup().await;
 }
 
+/// Inserts a row exactly as the original daemon's storage fix did (the seed's insert: `provider`,
+/// `provider_file_id`, `supabase_file_id` naming its Supabase `files` row, `sha256`, `filename`,
+/// `file_size_bytes`, `upload_status`; no `storage_path`, which only the queue writes).
+async fn insert_original_row(stack: &Stack, file_id: &str, data: &[u8]) {
+    sqlx::query(
+        "INSERT INTO provider_file_uploads (provider, provider_file_id, supabase_file_id, \
+         sha256, filename, file_size_bytes, upload_status) \
+         VALUES ('kimi', $1, $2, $3, $4, $5, 'completed')",
+    )
+    .bind(file_id)
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(sha256(data))
+    .bind(format!("{file_id}.txt"))
+    .bind(data.len() as i64)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_the_original_daemon_wrote_downloads_from_where_its_fix_put_the_bytes() {
+    let mut stack = Stack::new("up-original", &[]).await;
+    let storage = exai_shared::providers::Providers::from_config(&stack.config())
+        .unwrap()
+        .supabase
+        .unwrap();
+    storage.ensure_bucket().await.unwrap();
+    // The original's object, at kimi-uploads/{file_id} in the configured bucket.
+    let data = bytes(50_000, 7);
+    let file_id = "cv-original-0001";
+    let object_path = format!("kimi-uploads/{file_id}");
+    let disk = stack.dir.join("original.bin");
+    std::fs::write(&disk, &data).unwrap();
+    storage
+        .upload_file(
+            &object_path,
+            &disk,
+            data.len() as u64,
+            "application/octet-stream",
+        )
+        .await
+        .unwrap();
+    insert_original_row(&stack, file_id, &data).await;
+    let row = stack.row(file_id).await;
+    assert!(row.storage_path.is_none() && row.supabase_file_id.is_some());
+    stack.start_worker();
+
+    for args in [
+        json!({"file_id": file_id}),
+        json!({"sha256": sha256(&data)}),
+    ] {
+        let text = stack.call("kimi_download_file", args).await.unwrap();
+        let got: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(got["file_id"], file_id);
+        assert_eq!(got["sha256"], sha256(&data));
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(got["content_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(content, data);
+    }
+
+    // A row in the same shape whose object is gone too: the error says what is missing, and
+    // does not blame KIMI_UPLOAD_TO_SUPABASE.
+    let lost = b"the original's object was removed";
+    let lost_id = "cv-original-0002";
+    insert_original_row(&stack, lost_id, lost).await;
+    let err = stack
+        .call("kimi_download_file", json!({"file_id": lost_id}))
+        .await
+        .unwrap_err();
+    assert!(err.contains(&format!("kimi-uploads/{lost_id}")), "{err}");
+    assert!(
+        err.contains("missing") && err.contains("user-files"),
+        "{err}"
+    );
+    assert!(!err.contains("KIMI_UPLOAD_TO_SUPABASE"), "{err}");
+    // Nothing was uploaded or pushed for either row.
+    assert_eq!(stack.requests("moonshot.files.upload"), 0);
+    assert_eq!(stack.rows().await.len(), 2);
+    stack.cleanup().await;
+}
+
 /// The worker's peak resident set (`VmHWM`) in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

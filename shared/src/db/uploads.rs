@@ -40,6 +40,7 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use super::DbError;
+use crate::providers::supabase::kimi_object_path;
 
 /// The columns of a [`FileUpload`], as a `SELECT` list (also used in `RETURNING`).
 macro_rules! upload_columns {
@@ -245,6 +246,26 @@ impl FileUpload {
     /// Whether this is the live row of its `(provider, sha256)`: the one dedup reuses.
     pub fn is_live(&self) -> bool {
         self.sha256.is_some() && self.deleted_at.is_none() && self.status.is_live()
+    }
+
+    /// Whether the original daemon wrote this row after its storage fix: it recorded the
+    /// Supabase object it made (`supabase_file_id`) but never a `storage_path`, which only the
+    /// queue's pushes set (together with `supabase_file_id`).
+    pub fn is_original_with_copy(&self) -> bool {
+        self.storage_path.is_none() && self.supabase_file_id.is_some()
+    }
+
+    /// Where the row's copy in Supabase Storage is, if it has one: its `storage_path`, or for a
+    /// row the original daemon wrote ([`Self::is_original_with_copy`]) the object its fix wrote,
+    /// `kimi-uploads/{provider_file_id}` in the configured bucket.
+    pub fn storage_object(&self) -> Option<String> {
+        match &self.storage_path {
+            Some(path) => Some(path.clone()),
+            None if self.supabase_file_id.is_some() => {
+                Some(kimi_object_path(&self.provider_file_id))
+            }
+            None => None,
+        }
     }
 }
 
@@ -855,5 +876,48 @@ mod tests {
             UploadStatus::sources(StorageFailed),
             ["uploading", "storage_pending", "storage_failed", "pending"]
         );
+    }
+
+    #[test]
+    fn a_row_of_the_original_finds_its_copy_where_the_original_wrote_it() {
+        let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        let row = |supabase_file_id: Option<&str>, storage_path: Option<&str>| FileUpload {
+            id: Uuid::nil(),
+            provider: "kimi".to_owned(),
+            provider_file_id: "file-1".to_owned(),
+            sha256: None,
+            filename: None,
+            file_size_bytes: None,
+            mime_type: None,
+            purpose: "file-extract".to_owned(),
+            status: UploadStatus::Completed,
+            supabase_file_id: supabase_file_id.map(str::to_owned),
+            storage_path: storage_path.map(str::to_owned),
+            storage_attempts: 0,
+            last_error: None,
+            error_message: None,
+            reference_count: 1,
+            last_used: None,
+            created_at: at,
+            updated_at: at,
+            deleted_at: None,
+            deletion_reason: None,
+            metadata: serde_json::Value::Null,
+        };
+        let ours = row(Some("obj-id"), Some("kimi-uploads/file-1"));
+        assert_eq!(
+            ours.storage_object().as_deref(),
+            Some("kimi-uploads/file-1")
+        );
+        assert!(!ours.is_original_with_copy());
+        let original = row(Some("files-row-uuid"), None);
+        assert_eq!(
+            original.storage_object().as_deref(),
+            Some("kimi-uploads/file-1")
+        );
+        assert!(original.is_original_with_copy());
+        let no_copy = row(None, None);
+        assert_eq!(no_copy.storage_object(), None);
+        assert!(!no_copy.is_original_with_copy());
     }
 }

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use exai_shared::db::{self, FileUpload, UploadStatus};
 use exai_shared::jobs::{JobError, ToolResult, UploadJob, UploadedFile};
 use exai_shared::providers::guess_mime;
+use exai_shared::providers::supabase::kimi_object_path;
 use exai_shared::staging::{StagingError, decode_inline, plain_filename, validate_upload_path};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -146,6 +147,10 @@ fn purpose(requested: Option<&str>) -> Result<String, JobError> {
 /// `kimi_download_file`: the bytes of an uploaded file, read from Supabase Storage (the durable
 /// copy) and checked against the recorded sha256, as JSON
 /// `{file_id, filename, sha256, size_bytes, content_base64}`.
+///
+/// The copy is the row's `storage_path`; a row the original daemon wrote has none, and its copy
+/// is where the original's storage fix put it, `kimi-uploads/{file_id}` in the configured bucket
+/// ([`FileUpload::storage_object`]). A finished row that links no object is looked for there too.
 pub async fn download_file(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     let args: DownloadArgs = ctx.args()?;
     let db = &ctx.state.db;
@@ -166,7 +171,7 @@ pub async fn download_file(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
             ));
         }
     };
-    let path = durable_path(&row)?;
+    let copy = durable_copy(&row)?;
     let size = row
         .file_size_bytes
         .and_then(|s| u64::try_from(s).ok())
@@ -178,13 +183,33 @@ pub async fn download_file(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
             row.provider_file_id
         )));
     }
-    let storage = ctx.state.providers.supabase.as_ref().ok_or_else(|| {
-        JobError::Permanent(
-            "Supabase Storage is not configured (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)"
-                .to_owned(),
-        )
-    })?;
-    let resp = storage.download(path).await?;
+    let Some(storage) = ctx.state.providers.supabase.as_ref() else {
+        return Err(match copy {
+            DurableCopy::Guessed(path) => no_linked_copy(&row, &path, None),
+            DurableCopy::Recorded(_) => JobError::Permanent(
+                "Supabase Storage is not configured (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)"
+                    .to_owned(),
+            ),
+        });
+    };
+    let path = copy.path();
+    let resp = match storage.download(path).await {
+        Ok(resp) => resp,
+        Err(e) if e.is_no_such_bucket() => {
+            return Err(JobError::Permanent(format!(
+                "the copy of file {} cannot be read: bucket {} does not exist (SUPABASE_BUCKET)",
+                row.provider_file_id,
+                storage.bucket()
+            )));
+        }
+        Err(e) if e.is_not_found() => {
+            return Err(match &copy {
+                DurableCopy::Recorded(path) => missing_copy(&row, path, storage.bucket()),
+                DurableCopy::Guessed(path) => no_linked_copy(&row, path, Some(storage.bucket())),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut body = resp.bytes_stream();
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     let mut hasher = sha2::Sha256::new();
@@ -219,31 +244,83 @@ pub async fn download_file(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     }))
 }
 
+/// Where a download looks for a row's durable copy.
+#[derive(Debug, PartialEq, Eq)]
+enum DurableCopy {
+    /// The row records its copy: `storage_path`, or the object the original daemon's fix wrote
+    /// (`supabase_file_id` set).
+    Recorded(String),
+    /// A finished row that links no object: the copy, if any, is at the conventional path.
+    Guessed(String),
+}
+
+impl DurableCopy {
+    fn path(&self) -> &str {
+        match self {
+            Self::Recorded(path) | Self::Guessed(path) => path,
+        }
+    }
+}
+
 /// Where the row's durable copy is, or why there is none (yet).
-fn durable_path(row: &FileUpload) -> Result<&str, JobError> {
-    if let Some(path) = row.storage_path.as_deref() {
-        return Ok(path);
+fn durable_copy(row: &FileUpload) -> Result<DurableCopy, JobError> {
+    if let Some(path) = row.storage_object() {
+        return Ok(DurableCopy::Recorded(path));
     }
     let id = &row.provider_file_id;
-    Err(match row.status {
+    match row.status {
+        UploadStatus::Completed => Ok(DurableCopy::Guessed(kimi_object_path(id))),
+        // A reused `pending` row (the original's) gets a push too, like `storage_pending`.
         UploadStatus::StoragePending | UploadStatus::Uploading | UploadStatus::Pending => {
-            JobError::Transient(format!(
+            Err(JobError::Transient(format!(
                 "file {id} is not in storage yet (storage_pending); try again shortly"
-            ))
+            )))
         }
-        UploadStatus::StorageFailed => JobError::Permanent(format!(
+        UploadStatus::StorageFailed => Err(JobError::Permanent(format!(
             "file {id} never reached storage: {} (re-drive with `exai-worker storage redrive --id {}`)",
             row.last_error.as_deref().unwrap_or("storage push failed"),
             row.id
-        )),
-        UploadStatus::Completed => JobError::Permanent(format!(
-            "file {id} has no copy in storage (uploaded while KIMI_UPLOAD_TO_SUPABASE=false)"
-        )),
-        UploadStatus::Deleted | UploadStatus::Failed => JobError::Permanent(format!(
+        ))),
+        UploadStatus::Deleted | UploadStatus::Failed => Err(JobError::Permanent(format!(
             "file {id} is {} and has no copy in storage",
             row.status
-        )),
+        ))),
+    }
+}
+
+/// The error of a recorded copy that is not in the bucket.
+fn missing_copy(row: &FileUpload, path: &str, bucket: &str) -> JobError {
+    let id = &row.provider_file_id;
+    JobError::Permanent(if row.is_original_with_copy() {
+        format!(
+            "the copy of file {id} is missing from storage: the original daemon recorded one \
+             (supabase_file_id {}) written to {path}, but bucket {bucket} has no object {path}",
+            row.supabase_file_id.as_deref().unwrap_or_default()
+        )
+    } else {
+        format!(
+            "the copy of file {id} is missing from storage: bucket {bucket} has no object {path} \
+             (the row's storage_path)"
+        )
     })
+}
+
+/// The error of a finished row that links no object, when none is at the conventional path
+/// either (`bucket` is `None` when Supabase Storage is not configured to look).
+fn no_linked_copy(row: &FileUpload, path: &str, bucket: Option<&str>) -> JobError {
+    let id = &row.provider_file_id;
+    let looked = match bucket {
+        Some(bucket) => format!("bucket {bucket} has no object {path}"),
+        None => format!(
+            "{path} cannot be looked for: Supabase Storage is not configured \
+             (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)"
+        ),
+    };
+    JobError::Permanent(format!(
+        "file {id} has no copy in storage: its row links no object (no storage_path, no \
+         supabase_file_id: uploaded while KIMI_UPLOAD_TO_SUPABASE=false, or by the original \
+         daemon without a storage copy) and {looked}"
+    ))
 }
 
 /// `kimi_manage_files`.
@@ -313,7 +390,8 @@ fn row_summary(row: &FileUpload) -> Value {
     })
 }
 
-/// Deletes a Moonshot file and marks its row deleted; its storage copy is removed too.
+/// Deletes a Moonshot file and marks its row deleted; its storage copy (also the original
+/// daemon's, see [`FileUpload::storage_object`]) is removed too.
 async fn delete(ctx: &ToolCtx<'_>, id: &str, dry_run: bool) -> Result<ToolResult, JobError> {
     let row = db::find_by_provider_file_id(&ctx.state.db, KIMI, id)
         .await
@@ -330,17 +408,16 @@ async fn delete(ctx: &ToolCtx<'_>, id: &str, dry_run: bool) -> Result<ToolResult
             "file_id": id,
             "would_delete_from_moonshot": on_moonshot,
             "recorded": row.as_ref().map(row_summary),
-            "would_delete_storage_object": row.as_ref().and_then(|r| r.storage_path.clone()),
+            "would_delete_storage_object": row.as_ref().and_then(FileUpload::storage_object),
         }));
     }
     let deleted = ctx.state.providers.moonshot.delete_file(id).await?;
     let mut storage_deleted = None;
     if let Some(row) = &row {
-        if let (Some(path), Some(storage)) = (
-            row.storage_path.as_deref(),
-            ctx.state.providers.supabase.as_ref(),
-        ) {
-            storage_deleted = Some(storage.delete(path).await?);
+        if let (Some(path), Some(storage)) =
+            (row.storage_object(), ctx.state.providers.supabase.as_ref())
+        {
+            storage_deleted = Some(storage.delete(&path).await?);
         }
         db::mark_deleted(&ctx.state.db, row.id, "deleted by kimi_manage_files")
             .await
