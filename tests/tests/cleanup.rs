@@ -22,7 +22,7 @@ use exai_shared::queue::{self, JobState, NewJob};
 use exai_shared::staging::Staging;
 use exai_tests::{ChildGuard, send_signal, wait_until};
 use exai_worker::cleanup::{self, Cleanup, CleanupReport, SweepReport};
-use serde_json::json;
+use serde_json::{Value, json};
 use uploads_support::{Stack, sha256};
 
 /// The grace period of these tests.
@@ -178,6 +178,29 @@ impl Seeder {
         db::find_by_id(pool, row.id).await.unwrap().unwrap()
     }
 
+    /// A row as the original daemon wrote it after its storage fix (the seed's insert: no
+    /// `storage_path`, `supabase_file_id` naming its Supabase `files` row), created and last
+    /// used `age` ago.
+    async fn original_row(&self, file_id: &str, data: &[u8], age: Duration) -> FileUpload {
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO provider_file_uploads (provider, provider_file_id, supabase_file_id, \
+             sha256, filename, file_size_bytes, upload_status) \
+             VALUES ('kimi', $1, $2, $3, $4, $5, 'completed') RETURNING id",
+        )
+        .bind(file_id)
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(sha256(data))
+        .bind(format!("{file_id}.txt"))
+        .bind(data.len() as i64)
+        .fetch_one(&self.stack.pool)
+        .await
+        .unwrap();
+        self.age_row(id, age, age).await;
+        let row = db::find_by_id(&self.stack.pool, id).await.unwrap().unwrap();
+        assert!(row.storage_path.is_none() && row.supabase_file_id.is_some());
+        row
+    }
+
     async fn age_row(&self, id: uuid::Uuid, age: Duration, used: Duration) {
         sqlx::query(
             "UPDATE provider_file_uploads SET created_at = now() - make_interval(secs => $2), \
@@ -230,7 +253,7 @@ fn sweep(found: u64, bytes: u64) -> SweepReport {
         found,
         removed: found,
         bytes,
-        errors: Vec::new(),
+        ..SweepReport::default()
     }
 }
 
@@ -746,5 +769,180 @@ async fn the_storage_list_pages_through_every_object_of_the_folder() {
         .filter(|r| r.route == "supabase.object.list")
         .count();
     assert_eq!(lists, 3, "pages of 100");
+    s.stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_row_the_original_wrote_keeps_its_object_and_takes_it_along_when_it_expires() {
+    let mut s = Seeder::new("cleanup-original", &[]).await;
+    // Used two hours ago: its Moonshot file and the object its storage fix wrote stay.
+    let live = s.content("original-live", 200);
+    let live_file = s.moonshot_file("original-live", &live, Some(OLD)).await;
+    let live_path = kimi_object_path(&live_file.id);
+    s.object(&live_path, &live, Some(OLD)).await;
+    let live_row = s.original_row(&live_file.id, &live, OLD).await;
+    // Unused for 40 days: file, object and row go together.
+    let old = s.content("original-expired", 210);
+    let old_file = s
+        .moonshot_file("original-expired", &old, Some(EXPIRED))
+        .await;
+    let old_path = kimi_object_path(&old_file.id);
+    s.object(&old_path, &old, Some(EXPIRED)).await;
+    let old_row = s.original_row(&old_file.id, &old, EXPIRED).await;
+
+    let ctx = s.cleanup_ctx().await;
+    let dry = cleanup::run(&ctx, true).await;
+    assert!(dry.is_ok(), "{dry:#?}");
+    assert_eq!(
+        dry.sweeps.supabase_orphans,
+        SweepReport::default(),
+        "{dry:#?}"
+    );
+    assert_eq!(
+        dry.sweeps.moonshot_orphans,
+        SweepReport::default(),
+        "{dry:#?}"
+    );
+    assert_eq!(dry.sweeps.rows_expired, sweep(1, 210), "{dry:#?}");
+    let real = cleanup::run(&ctx, false).await;
+    assert_eq!(real.sweeps, dry.sweeps, "the dry run reported the real run");
+    assert!(
+        s.has_object(&live_path),
+        "a live original row keeps its object"
+    );
+    assert!(s.moonshot_ids().contains(&live_file.id));
+    assert_eq!(s.status(live_row.id).await, UploadStatus::Completed);
+    assert!(
+        !s.has_object(&old_path),
+        "the expired row's object went with it"
+    );
+    assert!(!s.moonshot_ids().contains(&old_file.id));
+    assert_eq!(s.status(old_row.id).await, UploadStatus::Deleted);
+    assert_nothing_found(&cleanup::run(&ctx, false).await);
+
+    // Without Supabase Storage, an expiring original row's object cannot be deleted: the sweep
+    // says so (it is left for a run that reaches the bucket) rather than counting it removed.
+    let other = s.content("original-unreachable", 220);
+    let other_file = s
+        .moonshot_file("original-unreachable", &other, Some(EXPIRED))
+        .await;
+    let other_path = kimi_object_path(&other_file.id);
+    s.object(&other_path, &other, Some(EXPIRED)).await;
+    let other_row = s.original_row(&other_file.id, &other, EXPIRED).await;
+    let mut no_storage = s.cleanup_ctx().await;
+    no_storage.providers.supabase = None;
+    let report = cleanup::run(&no_storage, false).await;
+    let ex = &report.sweeps.rows_expired;
+    assert_eq!((ex.found, ex.removed), (1, 0), "{report:#?}");
+    assert_eq!(ex.errors.len(), 1, "{report:#?}");
+    assert!(
+        ex.errors[0].contains(&other_path) && ex.errors[0].contains("not configured"),
+        "{report:#?}"
+    );
+    assert_eq!(
+        report.sweeps.supabase_orphans.skipped.as_deref(),
+        Some(cleanup::SUPABASE_NOT_CONFIGURED)
+    );
+    assert_eq!(s.status(other_row.id).await, UploadStatus::Deleted);
+    assert!(s.has_object(&other_path));
+    // A run that reaches the bucket removes what was left.
+    let after = cleanup::run(&ctx, false).await;
+    assert_eq!(after.sweeps.supabase_orphans, sweep(1, 220), "{after:#?}");
+    assert!(!s.has_object(&other_path));
+    s.stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_cli_skips_the_sweeps_of_a_provider_that_is_not_configured() {
+    let mut s = Seeder::new("cleanup-unconfigured", &[]).await;
+    let file_data = s.content("orphan-file", 123);
+    let file = s.moonshot_file("orphan-file", &file_data, Some(OLD)).await;
+    let object = "kimi-uploads/orphan-object";
+    let object_data = s.content("orphan-object", 45);
+    s.object(object, &object_data, Some(OLD)).await;
+    let full_env = s.stack.env.clone();
+
+    // No Moonshot key: the Moonshot sweeps are skipped, the Supabase sweep runs, exit 0.
+    s.stack.env.retain(|(k, _)| k != "KIMI_API_KEY");
+    let (ok, out, err) = s
+        .stack
+        .worker_output(&["cleanup", "--dry-run", "--json"])
+        .await;
+    assert!(ok, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect(&out);
+    for name in cleanup::MOONSHOT_SWEEPS {
+        let sweep = &report["sweeps"][name];
+        assert_eq!(sweep["skipped"], cleanup::MOONSHOT_NOT_CONFIGURED, "{out}");
+        assert_eq!(sweep["found"], 0, "{out}");
+        assert!(sweep.get("errors").is_none(), "{out}");
+    }
+    let sb = &report["sweeps"]["supabase_orphans"];
+    assert_eq!(
+        (sb["found"].as_u64(), sb["bytes"].as_u64()),
+        (Some(1), Some(45)),
+        "{out}"
+    );
+    assert!(sb.get("skipped").is_none(), "{out}");
+    assert!(report["sweeps"]["staging_orphans"].get("skipped").is_none());
+
+    let (ok, out, err) = s.stack.worker_output(&["cleanup", "--dry-run"]).await;
+    assert!(ok, "{out}{err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("a {name} row: {out}"))
+            .to_owned()
+    };
+    assert!(
+        line("moonshot_orphans")
+            .ends_with("skipped: Moonshot is not configured (KIMI_API_KEY is not set)"),
+        "{out}"
+    );
+    let cells: Vec<String> = line("supabase_orphans")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(cells, ["supabase_orphans", "1", "1", "45", "0"], "{out}");
+    // Its stderr is a pipe: log lines, and no ANSI escape in them.
+    assert!(err.contains("cleanup sweep"), "log lines on stderr: {err}");
+    assert!(!err.contains('\x1b'), "no colour codes on a pipe: {err:?}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+    assert!(s.moonshot_ids().contains(&file.id) && s.has_object(object));
+
+    // No Supabase Storage: its sweep is skipped, the Moonshot sweeps run; a real run removes
+    // the Moonshot orphan and stores a report that says what was skipped.
+    s.stack.env = full_env;
+    s.stack
+        .env
+        .retain(|(k, _)| k != "SUPABASE_URL" && k != "SUPABASE_SERVICE_ROLE_KEY");
+    let (ok, out, err) = s.stack.worker_output(&["cleanup", "--json"]).await;
+    assert!(ok, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(
+        report["sweeps"]["supabase_orphans"]["skipped"],
+        cleanup::SUPABASE_NOT_CONFIGURED,
+        "{out}"
+    );
+    let m = &report["sweeps"]["moonshot_orphans"];
+    assert_eq!(
+        (m["removed"].as_u64(), m["bytes"].as_u64()),
+        (Some(1), Some(123)),
+        "{out}"
+    );
+    assert!(m.get("skipped").is_none(), "{out}");
+    assert!(!s.moonshot_ids().contains(&file.id));
+    assert!(
+        s.has_object(object),
+        "the unconfigured sweep touched nothing"
+    );
+    let last = cleanup::last_report(&s.stack.conn, &s.stack.keys)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        last.report.sweeps.supabase_orphans.skipped.as_deref(),
+        Some(cleanup::SUPABASE_NOT_CONFIGURED)
+    );
+    assert!(last.report.is_ok());
     s.stack.cleanup().await;
 }

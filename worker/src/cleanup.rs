@@ -12,7 +12,17 @@
 //! | `staging_orphans` | staged blobs no unfinished row (`uploading`, `pending`, `storage_pending`, `storage_failed`) and no unfinished `uploads` job or tool call with daemon-staged bytes (queued, scheduled, running, retrying) refers to by sha256; partial writes (`tmp/*.part`) | deleted |
 //!
 //! A row *holds* its files while it is neither `deleted` nor `failed` (rows of the original
-//! system without a sha256 included).
+//! system without a sha256 included). A row the original daemon wrote after its storage fix
+//! (`supabase_file_id` set, no `storage_path`) holds `kimi-uploads/{provider_file_id}`, where that
+//! fix put the bytes: the orphan sweep keeps the object by its file id, and `rows_expired` and
+//! `quota` delete it with the row.
+//!
+//! # Providers that are not configured
+//! A sweep whose provider is not configured here is skipped, and its report says so and why
+//! (`skipped`); it is not an error. Without `KIMI_API_KEY`, the four sweeps that list or delete
+//! Moonshot files (`rows_missing_file`, `rows_expired`, `quota`, `moonshot_orphans`) are skipped;
+//! without Supabase Storage (`SUPABASE_URL`, `SUPABASE_SERVICE_ROLE_KEY`), `supabase_orphans`.
+//! The other sweeps run.
 //!
 //! # One plan, then the actions
 //! A run first takes one snapshot (the Moonshot list, the Supabase list, the staging store, the
@@ -32,9 +42,9 @@
 //!
 //! # Reports
 //! [`CleanupReport`] serializes as `{"dry_run", "started_at", "finished_at", "sweeps":
-//! {"<sweep>": {"found", "removed", "bytes", "errors"?}}}`. `found` counts the candidates;
-//! `removed` and `bytes` count what was removed — in a dry run, what would be removed (then
-//! `removed` = `found`). The scheduled job and the CLI store each report in Redis
+//! {"<sweep>": {"found", "removed", "bytes", "errors"?, "skipped"?}}}`. `found` counts the
+//! candidates; `removed` and `bytes` count what was removed — in a dry run, what would be removed
+//! (then `removed` = `found`); `skipped` says why a sweep did not run (then the counts are 0). The scheduled job and the CLI store each report in Redis
 //! ([`store_report`]; [`last_report`], [`history`]).
 
 use std::collections::HashSet;
@@ -84,6 +94,9 @@ pub struct SweepReport {
     /// What went wrong; what failed is retried by the next run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Why the sweep did not run (its provider is not configured here); `None` when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl SweepReport {
@@ -191,6 +204,10 @@ impl CleanupReport {
         let mut total = SweepReport::default();
         let mut errors = 0;
         for (name, s) in self.sweeps.iter() {
+            if let Some(reason) = &s.skipped {
+                let _ = writeln!(out, "{name:<18} skipped: {reason}");
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "{name:<18} {:>8} {:>13} {:>14} {:>7}",
@@ -257,8 +274,11 @@ impl CleanupSettings {
 pub struct Cleanup {
     /// Postgres.
     pub db: PgPool,
-    /// Moonshot and Supabase Storage.
+    /// Moonshot and Supabase Storage (`None` when not configured).
     pub providers: Providers,
+    /// Whether Moonshot is configured (`KIMI_API_KEY` set); without it the sweeps that list or
+    /// delete Moonshot files are skipped.
+    pub moonshot_configured: bool,
     /// This machine's staging store.
     pub staging: Staging,
     /// The `uploads` queue, whose unfinished jobs keep their staged blobs.
@@ -286,6 +306,7 @@ impl Cleanup {
         Ok(Self {
             db,
             providers: Providers::from_config(config).context("build the HTTP clients")?,
+            moonshot_configured: config.kimi.api_key.is_some(),
             staging: Staging::from_config(&config.uploads),
             uploads_queue: Queue::new(
                 redis.clone(),
@@ -310,6 +331,7 @@ impl Cleanup {
         Self {
             db: state.db.clone(),
             providers: state.providers.clone(),
+            moonshot_configured: state.config.kimi.api_key.is_some(),
             staging: state.staging.clone(),
             uploads_queue: Queue::new(
                 state.redis.clone(),
@@ -329,6 +351,23 @@ impl Cleanup {
         }
     }
 }
+
+/// The sweeps that list or delete Moonshot files: skipped without `KIMI_API_KEY`.
+pub const MOONSHOT_SWEEPS: [&str; 4] = [
+    "rows_missing_file",
+    "rows_expired",
+    "quota",
+    "moonshot_orphans",
+];
+
+/// The sweeps that need Supabase Storage: skipped when it is not configured.
+pub const SUPABASE_SWEEPS: [&str; 1] = ["supabase_orphans"];
+
+/// Why the [`MOONSHOT_SWEEPS`] are skipped.
+pub const MOONSHOT_NOT_CONFIGURED: &str = "Moonshot is not configured (KIMI_API_KEY is not set)";
+
+/// Why the [`SUPABASE_SWEEPS`] are skipped.
+pub const SUPABASE_NOT_CONFIGURED: &str = "Supabase Storage is not configured (SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are not both set)";
 
 /// The sweeps `kimi_manage_files` `cleanup_orphaned` runs: what no row accounts for.
 pub const ORPHAN_SWEEPS: [&str; 4] = [
@@ -366,6 +405,10 @@ pub async fn run_only(ctx: &Cleanup, dry_run: bool, only: &[&str]) -> CleanupRep
         finished_at: Utc::now(),
     };
     for (name, s) in report.sweeps.iter() {
+        if let Some(reason) = &s.skipped {
+            tracing::info!(sweep = name, dry_run, reason = %reason, "cleanup sweep skipped");
+            continue;
+        }
         tracing::info!(
             sweep = name,
             dry_run,
@@ -487,7 +530,8 @@ pub async fn cli(config: &Config, args: &CleanupArgs) -> anyhow::Result<bool> {
 
 /// What one run sees, read once.
 struct Snapshot {
-    moonshot: Result<Vec<FileObject>, String>,
+    /// `None`: Moonshot is not configured.
+    moonshot: Result<Option<Vec<FileObject>>, String>,
     /// `None`: Supabase Storage is not configured.
     supabase: Result<Option<Vec<ListedObject>>, String>,
     staging: Result<Vec<StagingEntry>, String>,
@@ -499,12 +543,16 @@ struct Snapshot {
 
 impl Snapshot {
     async fn take(ctx: &Cleanup) -> Self {
-        let moonshot = ctx
-            .providers
-            .moonshot
-            .list_files()
-            .await
-            .map_err(|e| format!("list Moonshot files: {e}"));
+        let moonshot = if ctx.moonshot_configured {
+            ctx.providers
+                .moonshot
+                .list_files()
+                .await
+                .map(Some)
+                .map_err(|e| format!("list Moonshot files: {e}"))
+        } else {
+            Ok(None)
+        };
         let supabase = match &ctx.providers.supabase {
             Some(storage) => storage
                 .list_objects(KIMI_UPLOADS_PREFIX)
@@ -575,6 +623,8 @@ async fn unfinished_staged_hashes(q: &Queue) -> Result<HashSet<String>, queue::Q
 struct SweepPlan<T> {
     items: Vec<T>,
     errors: Vec<String>,
+    /// Why the sweep does not run at all.
+    skipped: Option<String>,
 }
 
 impl<T> SweepPlan<T> {
@@ -582,6 +632,7 @@ impl<T> SweepPlan<T> {
         Self {
             items,
             errors: Vec::new(),
+            skipped: None,
         }
     }
 
@@ -589,12 +640,21 @@ impl<T> SweepPlan<T> {
         Self {
             items: Vec::new(),
             errors,
+            skipped: None,
         }
+    }
+
+    /// Drops the candidates and errors: the sweep does not run, for `reason`.
+    fn skip(&mut self, reason: &str) {
+        self.items.clear();
+        self.errors.clear();
+        self.skipped = Some(reason.to_owned());
     }
 
     fn report(&self) -> SweepReport {
         let mut r = SweepReport {
             found: self.items.len() as u64,
+            skipped: self.skipped.clone(),
             ..SweepReport::default()
         };
         for e in &self.errors {
@@ -629,7 +689,37 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Plan {
+    /// Plans every sweep from one snapshot; the sweeps whose provider is not configured are
+    /// skipped.
     async fn make(ctx: &Cleanup, snap: &Snapshot, now: DateTime<Utc>) -> Self {
+        let mut plan = Self::plan(ctx, snap, now).await;
+        if !ctx.moonshot_configured {
+            for name in MOONSHOT_SWEEPS {
+                plan.skip(name, MOONSHOT_NOT_CONFIGURED);
+            }
+        }
+        if ctx.providers.supabase.is_none() {
+            for name in SUPABASE_SWEEPS {
+                plan.skip(name, SUPABASE_NOT_CONFIGURED);
+            }
+        }
+        plan
+    }
+
+    /// Marks sweep `name` skipped for `reason`.
+    fn skip(&mut self, name: &str, reason: &str) {
+        match name {
+            "rows_missing_file" => self.missing.skip(reason),
+            "rows_expired" => self.expired.skip(reason),
+            "quota" => self.quota.skip(reason),
+            "moonshot_orphans" => self.moonshot.skip(reason),
+            "supabase_orphans" => self.supabase.skip(reason),
+            "staging_orphans" => self.staging.skip(reason),
+            other => unreachable!("unknown cleanup sweep {other}"),
+        }
+    }
+
+    async fn plan(ctx: &Cleanup, snap: &Snapshot, now: DateTime<Utc>) -> Self {
         let grace = chrono::Duration::from_std(ctx.settings.grace).unwrap_or(chrono::Duration::MAX);
         let retention =
             chrono::Duration::from_std(ctx.settings.retention).unwrap_or(chrono::Duration::MAX);
@@ -668,7 +758,9 @@ impl Plan {
         // rows_missing_file: absent from the list, and confirmed missing one by one.
         let missing = match &snap.moonshot {
             Err(e) => SweepPlan::failed(vec![e.clone()]),
-            Ok(files) => {
+            // Skipped (see `make`).
+            Ok(None) => SweepPlan::of(Vec::new()),
+            Ok(Some(files)) => {
                 let listed: HashSet<&str> = files.iter().map(|f| f.id.as_str()).collect();
                 let mut plan = SweepPlan::of(Vec::new());
                 for row in rows.iter().filter(|r| {
@@ -743,7 +835,8 @@ impl Plan {
         // moonshot_orphans: files no row holds.
         let moonshot = match &snap.moonshot {
             Err(e) => SweepPlan::failed(vec![e.clone()]),
-            Ok(files) => SweepPlan::of(
+            Ok(None) => SweepPlan::of(Vec::new()),
+            Ok(Some(files)) => SweepPlan::of(
                 files
                     .iter()
                     .filter(|f| {
@@ -759,6 +852,7 @@ impl Plan {
         // supabase_orphans: objects under kimi-uploads/ no row holds.
         let supabase = match &snap.supabase {
             Err(e) => SweepPlan::failed(vec![e.clone()]),
+            // Skipped (see `make`).
             Ok(None) => SweepPlan::of(Vec::new()),
             Ok(Some(objects)) => SweepPlan::of(
                 objects
@@ -812,6 +906,7 @@ impl Plan {
         fn clear<T>(plan: &mut SweepPlan<T>) {
             plan.items.clear();
             plan.errors.clear();
+            plan.skipped = None;
         }
         let on = |name: &str| only.contains(&name);
         if !on(SWEEPS[0]) {
@@ -1009,7 +1104,7 @@ async fn remove_row(
                 ok = false;
             }
         }
-        None if row.storage_path.is_some() => {
+        None if row.storage_object().is_some() => {
             report.error(format!(
                 "object {path} of row {} kept: Supabase Storage is not configured",
                 row.id
@@ -1040,7 +1135,7 @@ mod tests {
             found: 2,
             removed: 2,
             bytes: 10,
-            errors: Vec::new(),
+            ..SweepReport::default()
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["dry_run"], true);
@@ -1053,6 +1148,53 @@ mod tests {
         let back: CleanupReport = serde_json::from_value(json).unwrap();
         assert_eq!(back, report);
         assert!(report.to_table().contains("quota"));
+    }
+
+    #[test]
+    fn a_skipped_sweep_says_why_in_json_and_in_the_table_and_is_not_an_error() {
+        let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        let mut report = CleanupReport {
+            dry_run: true,
+            sweeps: Sweeps::default(),
+            started_at: at,
+            finished_at: at,
+        };
+        report.sweeps.moonshot_orphans.skipped = Some(MOONSHOT_NOT_CONFIGURED.to_owned());
+        assert!(report.is_ok());
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["sweeps"]["moonshot_orphans"]["skipped"],
+            MOONSHOT_NOT_CONFIGURED
+        );
+        assert!(json["sweeps"]["quota"].get("skipped").is_none());
+        let table = report.to_table();
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("moonshot_orphans"))
+            .unwrap();
+        assert_eq!(
+            line,
+            format!("moonshot_orphans   skipped: {MOONSHOT_NOT_CONFIGURED}")
+        );
+
+        // A report stored before sweeps could be skipped still reads.
+        let old = serde_json::json!({"dry_run": false, "started_at": at, "finished_at": at,
+            "sweeps": {"rows_missing_file": {"found": 0, "removed": 0, "bytes": 0},
+            "rows_expired": {"found": 0, "removed": 0, "bytes": 0},
+            "quota": {"found": 0, "removed": 0, "bytes": 0},
+            "moonshot_orphans": {"found": 1, "removed": 1, "bytes": 5},
+            "supabase_orphans": {"found": 0, "removed": 0, "bytes": 0},
+            "staging_orphans": {"found": 0, "removed": 0, "bytes": 0, "errors": ["x"]}}});
+        let back: CleanupReport = serde_json::from_value(old).unwrap();
+        assert_eq!(back.sweeps.moonshot_orphans.skipped, None);
+        assert_eq!(back.sweeps.moonshot_orphans.bytes, 5);
+    }
+
+    #[test]
+    fn every_provider_sweep_is_a_sweep() {
+        for name in MOONSHOT_SWEEPS.iter().chain(&SUPABASE_SWEEPS) {
+            assert!(SWEEPS.contains(name), "{name}");
+        }
     }
 
     #[test]
