@@ -14,8 +14,8 @@
 //!   `job_status`, `cancel`, and the simple ops.
 //! - [`relay`]: one Redis pub/sub connection per daemon carrying job events to waiting calls.
 //! - `session`: the per-session count of calls in flight.
-//! - [`limits`]: the daemon-only settings (`EXAI_WS_MAX_CONNECTIONS`, …) and the connection
-//!   counter.
+//! - [`limits`]: the connection counter; the limits it enforces (`EXAI_WS_MAX_CONNECTIONS`,
+//!   …) are read with the rest of the configuration.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the operator's JSON API under `/admin/api` and the `/admin` web page.
 #![warn(missing_docs)]

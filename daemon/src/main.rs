@@ -7,7 +7,6 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
-use exai_daemon::DaemonLimits;
 use exai_shared::{Config, shutdown, telemetry};
 
 /// The EXAI Queue WebSocket daemon. All settings come from the environment (and `.env`); see
@@ -20,8 +19,8 @@ struct Args {}
 async fn main() -> anyhow::Result<()> {
     let _args = Args::parse();
     let config = Config::from_env()?;
-    let limits = DaemonLimits::from_env()?;
     telemetry::init(config.log_format);
+    config.log_legacy_notices();
     if !config.ws_is_loopback() && config.ws.token.is_none() {
         anyhow::bail!(
             "invalid configuration: EXAI_WS_TOKEN: required when EXAI_WS_HOST ({}) is not a loopback address",
@@ -36,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("bind {}:{}", config.ws.host, config.ws.port))?;
     let addr = listener.local_addr().context("listener address")?;
+    let limits = config.ws.limits.clone();
     let app = exai_daemon::server::App::connect(config, limits, shutdown)
         .await
         .context("exai-daemon")?;

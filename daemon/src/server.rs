@@ -128,10 +128,9 @@ pub(crate) fn digest(token: &str) -> [u8; 32] {
 }
 
 impl App {
-    /// Connects to Redis and sets up the shared parts. When `DATABASE_URL` is set in the
-    /// environment (after `.env` is loaded), a lazy Postgres pool is built for the admin
-    /// API's storage view; an unusable URL is an error now, an unreachable server only fails
-    /// that view.
+    /// Connects to Redis and sets up the shared parts. When `DATABASE_URL` was set (in the
+    /// environment or `.env`), a lazy Postgres pool is built for the admin API's storage view;
+    /// an unusable URL is an error now, an unreachable server only fails that view.
     pub async fn connect(
         config: Config,
         limits: DaemonLimits,
@@ -155,7 +154,9 @@ impl App {
             .await
             .map_err(DaemonError::Semaphores)?;
         let token_digest = config.ws.token.as_ref().map(|t| digest(t.expose_secret()));
-        let db = database_configured()
+        let db = config
+            .ws
+            .database_url_set
             .then(|| exai_shared::db::connect_lazy(&config.database))
             .transpose()
             .map_err(DaemonError::Database)?;
@@ -283,11 +284,6 @@ impl App {
         let workers_ok = self.add_workers(&mut health).await;
         (ok && workers_ok, health)
     }
-}
-
-/// Whether `DATABASE_URL` is set (and not empty) in the process environment.
-fn database_configured() -> bool {
-    std::env::var("DATABASE_URL").is_ok_and(|v| !v.trim().is_empty())
 }
 
 /// Unix time in seconds, as a float.

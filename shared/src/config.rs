@@ -5,8 +5,17 @@
 //! set of pairs, so tests never touch the process environment. A value that does not parse is a
 //! [`ConfigError`] naming the variable — never a silent fallback (the original daemon silently
 //! disabled auth for a short token).
+//!
+//! The original daemon's settings under other names (`MAX_CONNECTIONS`, `LOG_LEVEL`,
+//! `REDIS_PASSWORD`, …) are resolved first, in [`legacy`]: converted and used when the new name
+//! is not set, each one reported as a [`LegacyNotice`] for the process to log at start-up.
+//! [`Config::settings`] lists the effective value of every variable, secrets redacted.
 
-use std::collections::HashMap;
+mod effective;
+mod legacy;
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -14,8 +23,20 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+pub use effective::Setting;
+pub use legacy::LegacyNotice;
+
 /// The minimum length of `EXAI_WS_TOKEN` when it is set.
 pub const MIN_TOKEN_LEN: usize = 16;
+
+/// `REDIS_URL` when it is not set.
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The host name of the provider emulator in `docker-compose.yml` (`--profile sim`).
+pub const EMULATOR_HOST: &str = "exai-sim";
+
+/// The key the provider emulator accepts in `docker-compose.yml` (`--profile sim`).
+pub const EMULATOR_KEY: &str = "sim-key";
 
 /// A configuration value that could not be used; the message names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +102,20 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     /// Worker process settings.
     pub worker: WorkerConfig,
-    /// Log output.
+    /// Timeouts of the provider HTTP clients (Moonshot, GLM).
+    pub provider_timeouts: ProviderTimeouts,
+    /// `EXAI_REQUIRE_REAL_PROVIDERS` (false): when true, start-up fails unless Moonshot (and
+    /// Supabase Storage, when uploads are pushed there) are configured and none of them is the
+    /// emulator (host [`EMULATOR_HOST`] or key [`EMULATOR_KEY`]).
+    pub require_real_providers: bool,
+    /// `EXAI_LOG_FORMAT` (`human`).
     pub log_format: LogFormat,
+    /// `RUST_LOG` (`info`): the log filter (`tracing` `EnvFilter` syntax). The original
+    /// daemon's `LOG_LEVEL` stands in for it when it is unset.
+    pub log_filter: String,
+    /// The original daemon's settings found in the environment and what became of each; the
+    /// processes log them as warnings at start-up ([`Config::log_legacy_notices`]).
+    pub legacy: Vec<LegacyNotice>,
 }
 
 /// Settings of the WebSocket daemon.
@@ -100,6 +133,116 @@ pub struct WsConfig {
     pub ping_interval: Duration,
     /// `EXAI_WS_PROGRESS_INTERVAL_SECS` (5).
     pub progress_interval: Duration,
+    /// The daemon's connection limits and timeouts.
+    pub limits: WsLimits,
+    /// Whether `DATABASE_URL` was set (not left to its default): only then does the daemon open
+    /// a (lazy) Postgres pool, for the admin API's storage view.
+    pub database_url_set: bool,
+}
+
+/// The daemon's limits and timeouts. Every limit says what happens when it is hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsLimits {
+    /// `EXAI_WS_MAX_CONNECTIONS` (1000; the original daemon's `MAX_CONNECTIONS`): open WebSocket
+    /// connections in total. One more is closed at once with 1008.
+    pub max_connections: usize,
+    /// `EXAI_WS_MAX_CONNECTIONS_PER_IP` (10; the original's `MAX_CONNECTIONS_PER_IP`): open
+    /// WebSocket connections from one IP address. One more is closed at once with 1008.
+    pub max_connections_per_ip: usize,
+    /// `EXAI_WS_SESSION_MAX_INFLIGHT` (100): calls of one session (over all its connections)
+    /// whose result the daemon is still waiting for. One more is answered with
+    /// `OVER_CAPACITY` and not enqueued.
+    pub max_inflight_per_session: usize,
+    /// `EXAI_WS_HELLO_TIMEOUT` seconds (15): how long a new connection may take to say hello
+    /// before it is closed with 4002.
+    pub hello_timeout: Duration,
+    /// `EXAI_WS_IDLE_TIMEOUT_SECS` (3600; the original's `SESSION_TIMEOUT_SECS`): a connection
+    /// that sends no request and has no call in flight for this long is closed with 1000.
+    pub idle_timeout: Duration,
+    /// `EXAI_WS_PING_TIMEOUT` seconds (10): a client that sends nothing at all (not even the
+    /// pong to the daemon's ping) for `EXAI_WS_PING_INTERVAL` plus this long is closed with 1011.
+    pub ping_timeout: Duration,
+    /// `EXAI_WS_CALL_TIMEOUT_SECS` (300; the original's `WORKFLOW_TOOL_TIMEOUT_SECS`): a call's
+    /// deadline, from its enqueue. A call still not finished then is cancelled and answered
+    /// with `TIMEOUT`.
+    pub call_timeout: Duration,
+    /// `EXAI_WS_SINGLE_FRAME_TIMEOUT_SECS` (55): how long a single-frame client (the stdio shim,
+    /// which gives up after 60 s and then reads the late reply as the answer to its next
+    /// request) is kept waiting. Then it gets one `TIMEOUT` frame naming the job id, and the
+    /// job goes on; `get_result` with the job id fetches it later.
+    pub single_frame_timeout: Duration,
+    /// `EXAI_WS_SHUTDOWN_GRACE_SECS` (5): how long shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            max_connections_per_ip: 10,
+            max_inflight_per_session: 100,
+            hello_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(3600),
+            ping_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(300),
+            single_frame_timeout: Duration::from_secs(55),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Timeouts of the provider HTTP clients. A request that hits one fails with a transient
+/// provider error, so its job is retried with backoff.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProviderTimeouts {
+    /// `EXAI_PROVIDER_CONNECT_TIMEOUT_SECS` (10): establishing a connection.
+    pub connect: Duration,
+    /// `EXAI_PROVIDER_READ_TIMEOUT_SECS` (300): the longest pause between two reads of a
+    /// response; a stalled stream (a streamed chat included) fails after it.
+    pub read: Duration,
+    /// `EXAI_PROVIDER_REQUEST_TIMEOUT_SECS` (60): a whole small JSON call to Moonshot's files
+    /// API (list, get, delete).
+    pub request: Duration,
+    /// `KIMI_FILES_FETCH_TIMEOUT_SECS` (120; the original daemon's name): a whole read of a
+    /// file's extracted text (`/files/{id}/content`).
+    pub file_content: Duration,
+    /// `KIMI_FILES_UPLOAD_TIMEOUT_SECS` (120; the original daemon's name, where it was read but
+    /// unused): the fixed part of a whole upload's timeout, see [`Self::upload`].
+    pub upload_base: Duration,
+    /// `KIMI_FILES_UPLOAD_MIN_BYTES_PER_SEC` (262144, 256 KiB/s): the slowest transfer an upload
+    /// is allowed on top of its fixed part, see [`Self::upload`].
+    pub upload_min_bytes_per_sec: u64,
+    /// `KIMI_TIMEOUT_SECS` (600; the original daemon's name, whose default was 40): a whole
+    /// non-streamed Moonshot chat completion. Streamed ones are bounded by [`Self::read`]
+    /// between chunks instead.
+    pub kimi_chat: Duration,
+    /// `GLM_TIMEOUT_SECS` (600; the original daemon's name, whose default was 30): the same for
+    /// GLM.
+    pub glm_chat: Duration,
+}
+
+impl Default for ProviderTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(300),
+            request: Duration::from_secs(60),
+            file_content: Duration::from_secs(120),
+            upload_base: Duration::from_secs(120),
+            upload_min_bytes_per_sec: 256 * 1024,
+            kimi_chat: Duration::from_secs(600),
+            glm_chat: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ProviderTimeouts {
+    /// The whole-request timeout of uploading `size` bytes: the fixed part plus one second per
+    /// [`upload_min_bytes_per_sec`](Self::upload_min_bytes_per_sec) bytes. With the defaults, a
+    /// 100 MB file gets about nine minutes before it is called stuck.
+    pub fn upload(&self, size: u64) -> Duration {
+        self.upload_base + Duration::from_secs(size / self.upload_min_bytes_per_sec.max(1))
+    }
 }
 
 /// Where Redis is and how keys are named.
@@ -252,18 +395,39 @@ impl Config {
     }
 
     /// Builds the configuration from `(name, value)` pairs; names not given take their default.
+    /// The original daemon's names are resolved first (see [`legacy`]).
     pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (K, V)>,
         K: Into<String>,
         V: Into<String>,
     {
-        let v = Vars(
+        let resolved = legacy::resolve(
             vars.into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
-        );
+        )?;
+        let mut config = Self::read(&Vars::new(&resolved.vars)).map_err(|e| resolved.explain(e))?;
+        config.legacy = resolved.notices;
+        config.check_real_providers()?;
+        Ok(config)
+    }
 
+    /// Logs each of the original daemon's settings found in the environment as a warning: which
+    /// old variable, which new name, and how its value was converted (or why it was ignored).
+    /// Call once tracing is up.
+    pub fn log_legacy_notices(&self) {
+        for notice in &self.legacy {
+            tracing::warn!(
+                legacy = notice.legacy,
+                new = notice.new.unwrap_or("-"),
+                "{notice}"
+            );
+        }
+    }
+
+    /// Reads every variable (the old names already resolved).
+    fn read(v: &Vars<'_>) -> Result<Self, ConfigError> {
         let token = v.secret("EXAI_WS_TOKEN");
         if let Some(t) = &token {
             let len = t.expose_secret().chars().count();
@@ -304,7 +468,7 @@ impl Config {
             .transpose()?
             .unwrap_or_default();
 
-        let redis_url = v.string("REDIS_URL", "redis://127.0.0.1:6379");
+        let redis_url = v.string("REDIS_URL", DEFAULT_REDIS_URL);
         if !(redis_url.starts_with("redis://")
             || redis_url.starts_with("rediss://")
             || redis_url.starts_with("unix://"))
@@ -333,6 +497,31 @@ impl Config {
                 max_bytes: v.positive("EXAI_WS_MAX_BYTES", 32 * 1024 * 1024)?,
                 ping_interval: v.seconds("EXAI_WS_PING_INTERVAL", 30.0)?,
                 progress_interval: v.seconds("EXAI_WS_PROGRESS_INTERVAL_SECS", 5.0)?,
+                limits: {
+                    let d = WsLimits::default();
+                    WsLimits {
+                        max_connections: v
+                            .positive("EXAI_WS_MAX_CONNECTIONS", d.max_connections)?,
+                        max_connections_per_ip: v
+                            .positive("EXAI_WS_MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip)?,
+                        max_inflight_per_session: v
+                            .positive("EXAI_WS_SESSION_MAX_INFLIGHT", d.max_inflight_per_session)?,
+                        hello_timeout: v
+                            .positive_seconds("EXAI_WS_HELLO_TIMEOUT", d.hello_timeout)?,
+                        idle_timeout: v
+                            .positive_seconds("EXAI_WS_IDLE_TIMEOUT_SECS", d.idle_timeout)?,
+                        ping_timeout: v.positive_seconds("EXAI_WS_PING_TIMEOUT", d.ping_timeout)?,
+                        call_timeout: v
+                            .positive_seconds("EXAI_WS_CALL_TIMEOUT_SECS", d.call_timeout)?,
+                        single_frame_timeout: v.positive_seconds(
+                            "EXAI_WS_SINGLE_FRAME_TIMEOUT_SECS",
+                            d.single_frame_timeout,
+                        )?,
+                        shutdown_grace: v
+                            .positive_seconds("EXAI_WS_SHUTDOWN_GRACE_SECS", d.shutdown_grace)?,
+                    }
+                },
+                database_url_set: v.get("DATABASE_URL").is_some(),
             },
             redis: RedisConfig {
                 url: SecretString::from(redis_url),
@@ -424,14 +613,102 @@ impl Config {
                     })
                     .transpose()?,
             },
+            provider_timeouts: {
+                let d = ProviderTimeouts::default();
+                ProviderTimeouts {
+                    connect: v.positive_seconds("EXAI_PROVIDER_CONNECT_TIMEOUT_SECS", d.connect)?,
+                    read: v.positive_seconds("EXAI_PROVIDER_READ_TIMEOUT_SECS", d.read)?,
+                    request: v.positive_seconds("EXAI_PROVIDER_REQUEST_TIMEOUT_SECS", d.request)?,
+                    file_content: v
+                        .positive_seconds("KIMI_FILES_FETCH_TIMEOUT_SECS", d.file_content)?,
+                    upload_base: v
+                        .positive_seconds("KIMI_FILES_UPLOAD_TIMEOUT_SECS", d.upload_base)?,
+                    upload_min_bytes_per_sec: v.positive(
+                        "KIMI_FILES_UPLOAD_MIN_BYTES_PER_SEC",
+                        d.upload_min_bytes_per_sec,
+                    )?,
+                    kimi_chat: v.positive_seconds("KIMI_TIMEOUT_SECS", d.kimi_chat)?,
+                    glm_chat: v.positive_seconds("GLM_TIMEOUT_SECS", d.glm_chat)?,
+                }
+            },
+            require_real_providers: v.parse("EXAI_REQUIRE_REAL_PROVIDERS", Bool(false))?.0,
             log_format: v.parse("EXAI_LOG_FORMAT", LogFormat::Human)?,
+            log_filter: {
+                let filter = v.string("RUST_LOG", "info");
+                tracing_subscriber::EnvFilter::try_new(&filter)
+                    .map_err(|e| ConfigError::new("RUST_LOG", format!("`{filter}`: {e}")))?;
+                filter
+            },
+            legacy: Vec::new(),
         })
+    }
+
+    /// With `EXAI_REQUIRE_REAL_PROVIDERS` on: an error naming every provider variable that is
+    /// missing or points at the emulator.
+    fn check_real_providers(&self) -> Result<(), ConfigError> {
+        if !self.require_real_providers {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        let mut key = |var: &str, key: &Option<SecretString>, required: bool| match key {
+            None if required => problems.push(format!("{var} is not set")),
+            Some(k) if k.expose_secret() == EMULATOR_KEY => {
+                problems.push(format!("{var} is the emulator's key ({EMULATOR_KEY})"))
+            }
+            _ => {}
+        };
+        key("KIMI_API_KEY", &self.kimi.api_key, true);
+        key(
+            "SUPABASE_SERVICE_ROLE_KEY",
+            &self.supabase.service_role_key,
+            self.supabase.upload_enabled,
+        );
+        key("GLM_API_KEY", &self.glm.api_key, false);
+        let mut url = |var: &str, url: Option<&str>, required: bool| match url {
+            None if required => problems.push(format!("{var} is not set")),
+            Some(u) if is_emulator_url(u) => problems.push(format!(
+                "{var} points at the emulator (host {EMULATOR_HOST})"
+            )),
+            _ => {}
+        };
+        url("KIMI_API_URL", Some(&self.kimi.api_url), true);
+        url(
+            "SUPABASE_URL",
+            self.supabase.url.as_deref(),
+            self.supabase.upload_enabled,
+        );
+        url("GLM_API_URL", Some(&self.glm.api_url), false);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "EXAI_REQUIRE_REAL_PROVIDERS",
+            format!("real providers are required, but {}", problems.join("; ")),
+        ))
     }
 
     /// Whether the daemon's listen address is loopback (auth is then optional).
     pub fn ws_is_loopback(&self) -> bool {
         self.ws.host.is_loopback()
     }
+}
+
+/// Whether `url`'s host is the provider emulator's.
+fn is_emulator_url(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.eq_ignore_ascii_case(EMULATOR_HOST)))
+        .unwrap_or(false)
+}
+
+/// The `(name, value)` pairs of a `.env` file, read the way the processes read `.env`
+/// (`dotenvy`), without touching the process environment. An error names the file.
+pub fn read_dotenv_file(path: &std::path::Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let bad = |e: dotenvy::Error| ConfigError::new("DOTENV", format!("{}: {e}", path.display()));
+    dotenvy::from_path_iter(path)
+        .map_err(bad)?
+        .map(|item| item.map_err(bad))
+        .collect()
 }
 
 /// A boolean that accepts the spellings operators use in `.env` files.
@@ -450,19 +727,34 @@ impl FromStr for Bool {
 }
 
 /// The raw variables, with typed getters that name the variable in every error.
-struct Vars(HashMap<String, String>);
+struct Vars<'a> {
+    vars: &'a HashMap<String, String>,
+    /// Every name asked for, so a test can hold [`Config::settings`] to the names read.
+    read: RefCell<BTreeSet<&'static str>>,
+}
 
-impl Vars {
-    /// A set, non-empty value (an empty value counts as unset, as in the original daemon).
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|s| s.trim()).filter(|s| !s.is_empty())
+impl<'a> Vars<'a> {
+    fn new(vars: &'a HashMap<String, String>) -> Self {
+        Self {
+            vars,
+            read: RefCell::new(BTreeSet::new()),
+        }
     }
 
-    fn string(&self, name: &str, default: &str) -> String {
+    /// A set, non-empty value (an empty value counts as unset, as in the original daemon).
+    fn get(&self, name: &'static str) -> Option<&'a str> {
+        self.read.borrow_mut().insert(name);
+        self.vars
+            .get(name)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn string(&self, name: &'static str, default: &str) -> String {
         self.get(name).unwrap_or(default).to_owned()
     }
 
-    fn secret(&self, name: &str) -> Option<SecretString> {
+    fn secret(&self, name: &'static str) -> Option<SecretString> {
         self.get(name).map(|s| SecretString::from(s.to_owned()))
     }
 
@@ -501,6 +793,22 @@ impl Vars {
             return Err(ConfigError::new(
                 name,
                 "must be a non-negative number of seconds",
+            ));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// A positive number of seconds (fractions allowed, so tests can use short timeouts).
+    fn positive_seconds(
+        &self,
+        name: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let secs: f64 = self.parse(name, default.as_secs_f64())?;
+        if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+            return Err(ConfigError::new(
+                name,
+                "must be a positive number of seconds",
             ));
         }
         Ok(Duration::from_secs_f64(secs))
@@ -636,5 +944,230 @@ mod tests {
             c.semaphores.wait_for(Some("kimi")),
             Duration::from_millis(250)
         );
+    }
+
+    #[test]
+    fn daemon_limits_have_defaults_and_bad_values_name_their_variable() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.ws.limits, WsLimits::default());
+        assert!(!c.ws.database_url_set);
+        assert!(
+            cfg(&[("DATABASE_URL", "postgres://h/db")])
+                .unwrap()
+                .ws
+                .database_url_set
+        );
+        for (var, value) in [
+            ("EXAI_WS_MAX_CONNECTIONS", "lots"),
+            ("EXAI_WS_MAX_CONNECTIONS_PER_IP", "0"),
+            ("EXAI_WS_SESSION_MAX_INFLIGHT", "-1"),
+            ("EXAI_WS_HELLO_TIMEOUT", "soon"),
+            ("EXAI_WS_IDLE_TIMEOUT_SECS", "0"),
+            ("EXAI_WS_PING_TIMEOUT", "inf"),
+            ("EXAI_WS_CALL_TIMEOUT_SECS", "-3"),
+            ("EXAI_WS_SINGLE_FRAME_TIMEOUT_SECS", "NaN"),
+            ("EXAI_WS_SHUTDOWN_GRACE_SECS", "x"),
+            ("EXAI_PROVIDER_CONNECT_TIMEOUT_SECS", "0"),
+            ("EXAI_PROVIDER_READ_TIMEOUT_SECS", "slow"),
+            ("EXAI_PROVIDER_REQUEST_TIMEOUT_SECS", "-1"),
+            ("KIMI_FILES_FETCH_TIMEOUT_SECS", "0"),
+            ("KIMI_FILES_UPLOAD_TIMEOUT_SECS", "never"),
+            ("KIMI_FILES_UPLOAD_MIN_BYTES_PER_SEC", "0"),
+            ("KIMI_TIMEOUT_SECS", "0"),
+            ("GLM_TIMEOUT_SECS", "1e99"),
+            ("EXAI_REQUIRE_REAL_PROVIDERS", "perhaps"),
+            ("RUST_LOG", "info,[unclosed"),
+        ] {
+            let err = cfg(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{var}={value}: {err}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        let c = cfg(&[("EXAI_WS_HELLO_TIMEOUT", "0.25")]).unwrap();
+        assert_eq!(c.ws.limits.hello_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn provider_timeouts_default_to_the_former_constants_and_are_settings() {
+        let t = cfg(&[]).unwrap().provider_timeouts;
+        assert_eq!(t, ProviderTimeouts::default());
+        assert_eq!(t.connect, Duration::from_secs(10));
+        assert_eq!(t.read, Duration::from_secs(300));
+        assert_eq!(t.request, Duration::from_secs(60));
+        assert_eq!(t.file_content, Duration::from_secs(120));
+        assert_eq!(t.kimi_chat, Duration::from_secs(600));
+        assert_eq!(t.glm_chat, Duration::from_secs(600));
+        // Two minutes plus one second per 256 KiB.
+        assert_eq!(t.upload(0), Duration::from_secs(120));
+        assert_eq!(t.upload(100 * 1024 * 1024), Duration::from_secs(520));
+        let t = cfg(&[
+            ("KIMI_TIMEOUT_SECS", "40"),
+            ("GLM_TIMEOUT_SECS", "30"),
+            ("KIMI_FILES_UPLOAD_TIMEOUT_SECS", "90"),
+            ("KIMI_FILES_UPLOAD_MIN_BYTES_PER_SEC", "1048576"),
+            ("EXAI_PROVIDER_CONNECT_TIMEOUT_SECS", "2.5"),
+        ])
+        .unwrap()
+        .provider_timeouts;
+        assert_eq!(t.kimi_chat, Duration::from_secs(40));
+        assert_eq!(t.glm_chat, Duration::from_secs(30));
+        assert_eq!(t.upload(10 * 1024 * 1024), Duration::from_secs(100));
+        assert_eq!(t.connect, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn original_names_take_effect_and_the_new_names_win() {
+        let c = cfg(&[
+            ("MAX_CONNECTIONS", "50"),
+            ("MAX_CONNECTIONS_PER_IP", "3"),
+            ("EXAI_WS_MAX_CONNECTIONS_PER_IP", "4"),
+            ("RESULT_TTL_SECS", "600"),
+            ("WORKFLOW_TOOL_TIMEOUT_SECS", "180"),
+            ("SESSION_TIMEOUT_SECS", "1800"),
+            ("FILE_RETENTION_DAYS", "7"),
+            ("CLEANUP_INTERVAL_HOURS", "24"),
+            ("KIMI_FILES_MAX_SIZE_MB", "20"),
+            ("LOG_LEVEL", "WARNING"),
+            ("REDIS_PASSWORD", "s3cret"),
+        ])
+        .unwrap();
+        assert_eq!(c.ws.limits.max_connections, 50);
+        assert_eq!(c.ws.limits.max_connections_per_ip, 4);
+        assert_eq!(c.jobs.result_ttl, Duration::from_secs(600));
+        assert_eq!(c.ws.limits.call_timeout, Duration::from_secs(180));
+        assert_eq!(c.ws.limits.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(c.cleanup.file_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.cleanup.cron, "0 0 0 * * *");
+        assert_eq!(c.uploads.max_bytes, 20 * 1024 * 1024);
+        assert_eq!(c.log_filter, "warn");
+        assert_eq!(
+            c.redis.url.expose_secret(),
+            "redis://:s3cret@127.0.0.1:6379"
+        );
+        assert_eq!(c.legacy.len(), 10);
+        assert!(!format!("{:?}", c.legacy).contains("s3cret"));
+        let c = cfg(&[("LOG_LEVEL", "DEBUG"), ("RUST_LOG", "exai=trace")]).unwrap();
+        assert_eq!(c.log_filter, "exai=trace");
+        assert_eq!(cfg(&[]).unwrap().log_filter, "info");
+        assert!(cfg(&[]).unwrap().legacy.is_empty());
+    }
+
+    #[test]
+    fn a_bad_original_value_names_the_original_variable() {
+        for (var, value) in [
+            ("MAX_CONNECTIONS", "0"),
+            ("MAX_CONNECTIONS_PER_IP", "many"),
+            ("WORKFLOW_TOOL_TIMEOUT_SECS", "-1"),
+            ("FILE_RETENTION_DAYS", "0"),
+            ("REDIS_PASSWORD", "x"),
+        ] {
+            let mut pairs = vec![(var, value)];
+            if var == "REDIS_PASSWORD" {
+                // A password put into a valid URL stays valid: break the URL another way.
+                pairs.push(("REDIS_CLUSTER_NODES", "redis://a:1,b:2"));
+            }
+            let err = cfg(&pairs).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+            assert!(err.to_string().contains("read as"), "{err}");
+        }
+    }
+
+    #[test]
+    fn real_providers_are_required_only_when_asked_and_every_problem_is_named() {
+        let sim = [
+            ("KIMI_API_URL", "http://exai-sim:9000/v1"),
+            ("KIMI_API_KEY", "sim-key"),
+            ("SUPABASE_URL", "http://exai-sim:9000"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "sim-key"),
+        ];
+        assert!(cfg(&sim).is_ok());
+        assert!(cfg(&[]).is_ok());
+        let mut on = sim.to_vec();
+        on.push(("EXAI_REQUIRE_REAL_PROVIDERS", "true"));
+        let err = cfg(&on).unwrap_err();
+        assert_eq!(err.var, "EXAI_REQUIRE_REAL_PROVIDERS");
+        for var in [
+            "KIMI_API_URL",
+            "KIMI_API_KEY",
+            "SUPABASE_URL",
+            "SUPABASE_SERVICE_ROLE_KEY",
+        ] {
+            assert!(err.message.contains(var), "{var}: {err}");
+        }
+        let err = cfg(&[("EXAI_REQUIRE_REAL_PROVIDERS", "true")]).unwrap_err();
+        for var in ["KIMI_API_KEY", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"] {
+            assert!(err.message.contains(&format!("{var} is not set")), "{err}");
+        }
+        // Without the Supabase push, Supabase is not required.
+        let err = cfg(&[
+            ("EXAI_REQUIRE_REAL_PROVIDERS", "true"),
+            ("KIMI_UPLOAD_TO_SUPABASE", "false"),
+        ])
+        .unwrap_err();
+        assert!(!err.message.contains("SUPABASE"), "{err}");
+        let real = [
+            ("EXAI_REQUIRE_REAL_PROVIDERS", "true"),
+            ("KIMI_API_KEY", "sk-real-key"),
+            ("SUPABASE_URL", "https://project.supabase.co"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "service-role"),
+        ];
+        assert!(cfg(&real).unwrap().require_real_providers);
+    }
+
+    #[test]
+    fn settings_list_every_variable_read_once_with_secrets_redacted() {
+        let raw = HashMap::new();
+        let vars = Vars::new(&raw);
+        let c = Config::read(&vars).unwrap();
+        let read = vars.read.borrow().clone();
+        let settings = c.settings();
+        let listed: BTreeSet<&str> = settings.iter().map(|s| s.var).collect();
+        assert_eq!(listed.len(), settings.len(), "a variable is listed twice");
+        assert_eq!(
+            read, listed,
+            "Config::settings must list exactly the variables read"
+        );
+
+        let c = cfg(&[
+            ("EXAI_WS_TOKEN", "super-secret-token-123"),
+            ("KIMI_API_KEY", "sk-kimi-secret"),
+            ("DATABASE_URL", "postgres://u:pg-password@h/db"),
+            ("REDIS_URL", "redis://:redis-password@h:1"),
+        ])
+        .unwrap();
+        let shown = format!("{:?}", c.settings());
+        for secret in [
+            "super-secret-token-123",
+            "sk-kimi-secret",
+            "pg-password",
+            "redis-password",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked into {shown}");
+        }
+    }
+
+    #[test]
+    fn settings_read_back_give_the_same_configuration() {
+        let c = cfg(&[
+            ("EXAI_WS_PING_INTERVAL", "0.25"),
+            ("EXAI_UPLOAD_ROOTS", "/a:/b"),
+            ("EXAI_STORAGE_QUOTA_BYTES", "1000"),
+            (
+                "REDIS_CLUSTER_NODES",
+                "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+            ),
+            ("SUPABASE_URL", "https://x.supabase.co"),
+            ("EXAI_WORKER_METRICS_ADDR", "127.0.0.1:9464"),
+            ("EXAI_LOG_FORMAT", "json"),
+            ("CLEANUP_INTERVAL_HOURS", "6"),
+        ])
+        .unwrap();
+        let pairs: Vec<(&str, String)> = c
+            .settings()
+            .into_iter()
+            .filter_map(|s| s.value.map(|v| (s.var, v)))
+            .collect();
+        let again = Config::from_vars(pairs).unwrap();
+        assert_eq!(again.settings(), c.settings());
+        assert!(again.legacy.is_empty());
     }
 }

@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
+    config.log_legacy_notices();
     match cli.command {
         Command::Run(args) => run(config, args.options()?, shutdown::on_signal()).await,
         Command::Migrate { revert } => migrate(&config, revert).await,

@@ -11,7 +11,8 @@
 //! - [`supabase`]: [`SupabaseStorage`], one bucket's objects.
 //!
 //! Keys are `SecretString`s, exposed only while a request header is built; no `Debug` output or
-//! error message carries one.
+//! error message carries one. Every timeout is a setting
+//! ([`ProviderTimeouts`](crate::config::ProviderTimeouts), `KIMI_SUPABASE_TIMEOUT` for Supabase).
 
 pub mod error;
 pub mod glm;
@@ -19,39 +20,23 @@ pub mod moonshot;
 pub mod openai;
 pub mod supabase;
 
-use std::time::Duration;
-
 pub use error::{ErrorKind, ProviderError};
 pub use moonshot::{FileObject, MoonshotClient};
 pub use openai::{ChatClient, ChatCompletion, ChatMessage, ChatRequest};
 pub use supabase::{ListedObject, StoredObject, SupabaseStorage};
 
-use crate::config::Config;
+use crate::config::{Config, ProviderTimeouts};
 
 /// The piece size of streamed request bodies (files read from disk).
 pub const STREAM_CHUNK: usize = 64 * 1024;
 
-/// How long establishing a connection may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The longest pause between two reads of a response: a stalled stream fails after it.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The whole-request timeout of small JSON calls (list, get, delete).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The whole-request timeout of reading a file's extracted text.
-pub const CONTENT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The whole-request timeout of a non-streamed chat completion (streamed ones are bounded by
-/// [`READ_TIMEOUT`] between chunks instead).
-pub const CHAT_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The HTTP client every provider client shares (one connection pool per process).
-pub fn http_client() -> Result<reqwest::Client, ProviderError> {
+/// The HTTP client every provider client shares (one connection pool per process), with the
+/// connect timeout (`EXAI_PROVIDER_CONNECT_TIMEOUT_SECS`) and the longest pause between two
+/// reads of a response (`EXAI_PROVIDER_READ_TIMEOUT_SECS`).
+pub fn http_client(timeouts: &ProviderTimeouts) -> Result<reqwest::Client, ProviderError> {
     reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
+        .connect_timeout(timeouts.connect)
+        .read_timeout(timeouts.read)
         .user_agent(concat!("exai-queue/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ProviderError::permanent("http", "client", e.to_string()))
@@ -77,12 +62,13 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// The clients the configuration describes.
+    /// The clients the configuration describes, with its timeouts.
     pub fn from_config(config: &Config) -> Result<Self, ProviderError> {
-        let http = http_client()?;
+        let timeouts = &config.provider_timeouts;
+        let http = http_client(timeouts)?;
         Ok(Self {
-            moonshot: MoonshotClient::new(http.clone(), &config.kimi),
-            glm: glm::chat_client(http.clone(), &config.glm),
+            moonshot: MoonshotClient::new(http.clone(), &config.kimi).with_timeouts(timeouts),
+            glm: glm::chat_client(http.clone(), &config.glm).with_timeout(timeouts.glm_chat),
             supabase: SupabaseStorage::from_config(http, &config.supabase),
         })
     }

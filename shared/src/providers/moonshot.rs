@@ -7,7 +7,6 @@
 //! may start with `file_`): they are percent-encoded as one path segment.
 
 use std::path::Path;
-use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -15,7 +14,7 @@ use serde_json::Value;
 
 use super::error::{ProviderError, classify_openai};
 use super::openai::ChatClient;
-use crate::config::ProviderConfig;
+use crate::config::{ProviderConfig, ProviderTimeouts};
 
 const PROVIDER: &str = "moonshot";
 
@@ -55,6 +54,10 @@ pub struct MoonshotClient {
     base: String,
     key: Option<SecretString>,
     chat: ChatClient,
+    /// The files API's timeouts (`EXAI_PROVIDER_REQUEST_TIMEOUT_SECS`,
+    /// `KIMI_FILES_FETCH_TIMEOUT_SECS`, `KIMI_FILES_UPLOAD_TIMEOUT_SECS`,
+    /// `KIMI_FILES_UPLOAD_MIN_BYTES_PER_SEC`).
+    timeouts: ProviderTimeouts,
 }
 
 impl std::fmt::Debug for MoonshotClient {
@@ -67,7 +70,8 @@ impl std::fmt::Debug for MoonshotClient {
 }
 
 impl MoonshotClient {
-    /// A client for `KIMI_API_URL` / `KIMI_API_KEY`.
+    /// A client for `KIMI_API_URL` / `KIMI_API_KEY`, with the default timeouts (see
+    /// [`Self::with_timeouts`]).
     pub fn new(http: reqwest::Client, config: &ProviderConfig) -> Self {
         let base = config.api_url.trim_end_matches('/').to_owned();
         Self {
@@ -81,7 +85,15 @@ impl MoonshotClient {
             http,
             base,
             key: config.api_key.clone(),
+            timeouts: ProviderTimeouts::default(),
         }
+    }
+
+    /// The same client with these timeouts (the files API's, and `kimi_chat` for chat).
+    pub fn with_timeouts(mut self, timeouts: &ProviderTimeouts) -> Self {
+        self.chat = self.chat.with_timeout(timeouts.kimi_chat);
+        self.timeouts = *timeouts;
+        self
     }
 
     /// Chat completions on Moonshot.
@@ -209,7 +221,7 @@ impl MoonshotClient {
         let builder = self
             .http
             .post(self.files_url(None, None)?)
-            .timeout(upload_timeout(size))
+            .timeout(self.timeouts.upload(size))
             .multipart(form);
         let resp = self.send(op, builder).await?;
         let object: FileObject = Self::json(op, resp).await?;
@@ -229,7 +241,7 @@ impl MoonshotClient {
         let builder = self
             .http
             .get(self.files_url(None, None)?)
-            .timeout(super::REQUEST_TIMEOUT);
+            .timeout(self.timeouts.request);
         let value: Value = Self::json(op, self.send(op, builder).await?).await?;
         let data = value
             .get("data")
@@ -247,7 +259,7 @@ impl MoonshotClient {
         let builder = self
             .http
             .get(self.files_url(Some(id), None)?)
-            .timeout(super::REQUEST_TIMEOUT);
+            .timeout(self.timeouts.request);
         Self::json(op, self.send(op, builder).await?).await
     }
 
@@ -259,7 +271,7 @@ impl MoonshotClient {
         let builder = self
             .http
             .get(self.files_url(Some(id), Some("content"))?)
-            .timeout(super::CONTENT_TIMEOUT);
+            .timeout(self.timeouts.file_content);
         let text = self
             .send(op, builder)
             .await?
@@ -276,7 +288,7 @@ impl MoonshotClient {
         let builder = self
             .http
             .delete(self.files_url(Some(id), None)?)
-            .timeout(super::REQUEST_TIMEOUT);
+            .timeout(self.timeouts.request);
         match self.send(op, builder).await {
             Ok(resp) => {
                 let value: Value = Self::json(op, resp).await?;
@@ -300,12 +312,6 @@ fn extracted_text(body: String) -> String {
         },
         _ => body,
     }
-}
-
-/// The whole-request timeout of an upload: two minutes plus one second per 256 KiB, so a
-/// 100 MB file gets about nine minutes on a slow link before it is called stuck.
-fn upload_timeout(size: u64) -> Duration {
-    Duration::from_secs(120 + size / (256 * 1024))
 }
 
 #[cfg(test)]
@@ -342,5 +348,23 @@ mod tests {
             c.files_url(None, None).unwrap().as_str(),
             "http://h:1/v1/files"
         );
+    }
+
+    #[test]
+    fn configured_timeouts_reach_the_files_api_and_chat() {
+        let config = ProviderConfig {
+            api_key: None,
+            api_url: "http://h:1/v1".to_owned(),
+        };
+        let c = MoonshotClient::new(reqwest::Client::new(), &config);
+        assert_eq!(c.timeouts, ProviderTimeouts::default());
+        let timeouts = ProviderTimeouts {
+            kimi_chat: std::time::Duration::from_secs(40),
+            upload_base: std::time::Duration::from_secs(90),
+            ..ProviderTimeouts::default()
+        };
+        let c = c.with_timeouts(&timeouts);
+        assert_eq!(c.timeouts, timeouts);
+        assert_eq!(c.chat().timeout(), std::time::Duration::from_secs(40));
     }
 }

@@ -99,7 +99,8 @@ pub struct ChatClient {
     key: Option<SecretString>,
     /// The variable that holds the key, for the "not configured" message.
     key_var: &'static str,
-    /// The longest a whole non-streamed call may take.
+    /// The longest a whole non-streamed call may take (`KIMI_TIMEOUT_SECS`,
+    /// `GLM_TIMEOUT_SECS`).
     timeout: Duration,
 }
 
@@ -114,7 +115,9 @@ impl std::fmt::Debug for ChatClient {
 }
 
 impl ChatClient {
-    /// A client for `provider` at `base` (e.g. `https://api.moonshot.ai/v1`).
+    /// A client for `provider` at `base` (e.g. `https://api.moonshot.ai/v1`), with the default
+    /// whole-call timeout of [`ProviderTimeouts`](crate::config::ProviderTimeouts) (see
+    /// [`Self::with_timeout`]).
     pub fn new(
         http: reqwest::Client,
         provider: &'static str,
@@ -128,8 +131,20 @@ impl ChatClient {
             base: base.trim_end_matches('/').to_owned(),
             key,
             key_var,
-            timeout: super::CHAT_TIMEOUT,
+            timeout: crate::config::ProviderTimeouts::default().kimi_chat,
         }
+    }
+
+    /// The same client whose non-streamed calls may take `timeout` in all (streamed ones are
+    /// bounded by the HTTP client's read timeout between chunks instead).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The whole-call timeout of a non-streamed completion.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The provider's name (`moonshot`, `glm`).
