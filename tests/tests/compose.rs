@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+use exai_tests::bin_path;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "compose-test-token-0123456789";
@@ -175,17 +177,17 @@ fn profiles(config: &Value, service: &str) -> Value {
     config["services"][service]["profiles"].clone()
 }
 
-/// The variable names `.env.example` lists (`NAME=value` lines).
+/// The variable names `.env.example` lists: `NAME=value` lines, and `# NAME=value` lines (a
+/// variable without a default, shown commented out).
 fn env_example_names() -> Vec<String> {
     let text = std::fs::read_to_string(repo_root().join(".env.example")).unwrap();
     names_in(&text)
 }
 
 fn names_in(env_text: &str) -> Vec<String> {
-    env_text
+    let mut names: Vec<String> = env_text
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.trim().trim_start_matches('#').trim())
         .filter_map(|l| l.split_once('='))
         .map(|(name, _)| name.trim().trim_start_matches("export ").trim().to_owned())
         .filter(|name| {
@@ -194,7 +196,9 @@ fn names_in(env_text: &str) -> Vec<String> {
                     .chars()
                     .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
         })
-        .collect()
+        .collect();
+    names.dedup();
+    names
 }
 
 /// The value compose gives `name` in `service`, when compose owns it there.
@@ -504,6 +508,67 @@ fn the_real_profile_requires_real_providers_and_has_no_emulator_defaults() {
     }
 }
 
+/// Runs `bin args…` on the host with exactly the environment compose gives `service` (and a
+/// working directory without `.env`, as in the image), until it exits.
+async fn run_as(cfg: &Value, service: &str, bin: &str, args: &[&str]) -> Output {
+    let workdir = Project::new(None);
+    let mut cmd = tokio::process::Command::new(bin_path(bin));
+    cmd.args(args)
+        .current_dir(&workdir.dir)
+        .env_clear()
+        .envs(environment(cfg, service))
+        .kill_on_drop(true);
+    // A refusal is immediate; the deadline only keeps a process that went on from hanging.
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{bin} with {service}'s environment did not exit"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_real_profile_refuses_to_start_without_real_keys() {
+    // No key at all: the migrations service refuses (so nothing else starts), and so does the
+    // daemon, each naming the variables.
+    let project = Project::new(Some(""));
+    let cfg = project.config(&["--profile", "real"], &[]);
+    for (service, bin, args) in [
+        ("migrations", "exai-worker", &["migrate"][..]),
+        ("daemon", "exai-daemon", &[][..]),
+    ] {
+        let out = run_as(&cfg, service, bin, args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{service} started: {err}");
+        for var in [
+            "EXAI_REQUIRE_REAL_PROVIDERS",
+            "KIMI_API_KEY",
+            "SUPABASE_URL",
+            "SUPABASE_SERVICE_ROLE_KEY",
+        ] {
+            assert!(err.contains(var), "{service} does not name {var}: {err}");
+        }
+    }
+
+    // A .env written for the emulator: the real stack refuses instead of calling it.
+    let project = Project::new(Some(
+        "KIMI_API_URL=http://exai-sim:9000/v1\n\
+         KIMI_API_KEY=sim-key\n\
+         SUPABASE_URL=http://exai-sim:9000\n\
+         SUPABASE_SERVICE_ROLE_KEY=sim-key\n",
+    ));
+    let cfg = project.config(&["--profile", "real"], &[]);
+    let out = run_as(&cfg, "migrations", "exai-worker", &["migrate"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "migrations started: {err}");
+    for var in [
+        "KIMI_API_URL",
+        "KIMI_API_KEY",
+        "SUPABASE_URL",
+        "SUPABASE_SERVICE_ROLE_KEY",
+    ] {
+        assert!(err.contains(var), "migrations does not name {var}: {err}");
+    }
+}
+
 #[test]
 fn the_daemon_needs_a_token() {
     let project = Project::new(Some(""));
@@ -548,6 +613,14 @@ fn the_dockerfile_is_multi_stage_and_runs_unprivileged() {
 
 #[test]
 fn the_env_example_parser_reads_names_only() {
-    let names = names_in("# KIMI_API_KEY=commented\nA_B=1\n\nexport C=2\nlower=3\nD=\n");
-    assert_eq!(names, ["A_B", "C", "D"]);
+    let names = names_in(
+        "# Prose: a=b, and redis://:PASSWORD@host (or ?pass=PASSWORD).\n\
+         # KIMI_API_KEY=\n\
+         A_B=1\n\
+         \n\
+         export C=2\n\
+         lower=3\n\
+         D=\n",
+    );
+    assert_eq!(names, ["KIMI_API_KEY", "A_B", "C", "D"]);
 }
