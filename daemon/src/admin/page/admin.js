@@ -278,8 +278,11 @@ async function renderCleanup() {
     (stored.tick ? ` (cron tick ${stored.tick})` : " (run by hand)") +
     (report.dry_run ? " — dry run: nothing removed" : "");
   const sweeps = report.sweeps || {};
-  tbody.replaceChildren(...Object.entries(sweeps).map(([name, s]) =>
-    el("tr", { "data-sweep": name }, el("td", {}, name), num("found", s.found), num("removed", s.removed),
+  // A sweep whose provider is not configured did not run: its report says why (`skipped`).
+  tbody.replaceChildren(...Object.entries(sweeps).map(([name, s]) => s.skipped
+    ? el("tr", { "data-sweep": name }, el("td", {}, name),
+      el("td", { colspan: 3, class: "note", "data-field": "skipped" }, `skipped: ${s.skipped}`))
+    : el("tr", { "data-sweep": name }, el("td", {}, name), num("found", s.found), num("removed", s.removed),
       el("td", { class: "num", "data-field": "bytes" }, bytes(s.bytes)))));
 }
 
