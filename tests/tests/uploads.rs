@@ -894,6 +894,54 @@ async fn a_row_the_original_daemon_wrote_downloads_from_where_its_fix_put_the_by
     stack.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_moonshot_lost_is_restored_from_the_copy_the_original_daemon_wrote() {
+    let mut stack = Stack::new("up-original-restore", &[]).await;
+    let storage = exai_shared::providers::Providers::from_config(&stack.config())
+        .unwrap()
+        .supabase
+        .unwrap();
+    storage.ensure_bucket().await.unwrap();
+    // The original's row and object; Moonshot no longer has the file.
+    let text = "The original daemon stored this report; the margin is nine percent.";
+    let old_id = "cv-original-lost";
+    let disk = stack.dir.join("original-lost.txt");
+    std::fs::write(&disk, text).unwrap();
+    storage
+        .upload_file(
+            &format!("kimi-uploads/{old_id}"),
+            &disk,
+            text.len() as u64,
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    insert_original_row(&stack, old_id, text.as_bytes()).await;
+    stack.start_worker();
+
+    let out = stack
+        .call(
+            "kimi_chat_with_files",
+            json!({"prompt": "what is the margin?", "file_ids": [old_id]}),
+        )
+        .await
+        .unwrap();
+    let out: Value = serde_json::from_str(&out).unwrap();
+    let new_id = out["file_ids"][0].as_str().unwrap().to_owned();
+    assert_ne!(new_id, old_id);
+    assert!(
+        out["content"].as_str().unwrap().contains("nine percent"),
+        "{out}"
+    );
+    assert_eq!(
+        stack.moonshot_files(),
+        [(new_id.clone(), sha256(text.as_bytes()))]
+    );
+    assert_eq!(stack.row(old_id).await.status, UploadStatus::Deleted);
+    stack.wait_status(&new_id, UploadStatus::Completed).await;
+    stack.cleanup().await;
+}
+
 /// The worker's peak resident set (`VmHWM`) in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

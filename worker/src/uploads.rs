@@ -275,7 +275,7 @@ pub async fn restore_from_storage(
     row: &FileUpload,
     reference: &str,
 ) -> Result<UploadedFile, JobError> {
-    let (Some(path), Some(sha256)) = (row.storage_path.as_deref(), row.sha256.as_deref()) else {
+    let (Some(path), Some(sha256)) = (row.storage_object(), row.sha256.as_deref()) else {
         return Err(JobError::Permanent(format!(
             "moonshot no longer has file {} and it has no copy in storage (status {})",
             row.provider_file_id, row.status
@@ -291,7 +291,7 @@ pub async fn restore_from_storage(
         .filename
         .clone()
         .unwrap_or_else(|| row.provider_file_id.clone());
-    let resp = storage.download(path).await?;
+    let resp = storage.download(&path).await?;
     let body = resp
         .bytes_stream()
         .map(|chunk| chunk.map_err(|e| ProviderError::from_reqwest("supabase", "download", &e)));
