@@ -4,7 +4,7 @@
 //! validates the tool name and arguments against the shared tool registry, enqueues a
 //! [`ToolCallJob`](exai_shared::jobs::ToolCallJob) on the `tool_calls` queue, acknowledges once
 //! the job is durable in Redis, and relays what the workers publish until the result. The wire
-//! protocol is PROTOCOL.md; its types live in [`exai_shared::protocol`].
+//! protocol is docs/protocol.md; its types live in [`exai_shared::protocol`].
 //!
 //! Modules:
 //! - [`server`]: one port for WebSocket upgrades (any path) and `GET /health`, `/ready`,

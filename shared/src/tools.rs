@@ -3,7 +3,7 @@
 //!
 //! The daemon lists the tools (`list_tools`) and validates every call's arguments against the
 //! tool's schema before anything is enqueued; the worker looks the same names up to execute.
-//! The names are stable wire names (PROTOCOL.md, "Tools"); a trailing `_EXAI-WS`, `-EXAI-WS`,
+//! The names are stable wire names (docs/protocol.md, "Tools"); a trailing `_EXAI-WS`, `-EXAI-WS`,
 //! `_EXAI_WS` or `-EXAI_WS` that some clients append is stripped by [`normalize_name`].
 //!
 //! Validation uses compiled JSON-schema validators ([`Tool::validate`]), built once per process.

@@ -1,5 +1,5 @@
 //! The WebSocket daemon end to end: a real `exai-daemon`, real `exai-worker` processes and
-//! Redis, each test in its own key prefix. What PROTOCOL.md promises, checked on the wire.
+//! Redis, each test in its own key prefix. What docs/protocol.md promises, checked on the wire.
 
 mod daemon_support;
 

@@ -1,4 +1,4 @@
-//! The tools a `tool_calls` job runs (PROTOCOL.md, "Tools"), looked up in the shared registry
+//! The tools a `tool_calls` job runs (docs/protocol.md, "Tools"), looked up in the shared registry
 //! ([`exai_shared::tools`]) by name.
 //!
 //! Every tool follows the same shape: decode and check its arguments (a bad argument is a
