@@ -19,7 +19,7 @@ struct Args {}
 async fn main() -> anyhow::Result<()> {
     let _args = Args::parse();
     let config = Config::from_env()?;
-    telemetry::init(config.log_format);
+    telemetry::init_with_filter(config.log_format, &config.log_filter);
     config.log_legacy_notices();
     if !config.ws_is_loopback() && config.ws.token.is_none() {
         anyhow::bail!(

@@ -14,6 +14,18 @@ use crate::config::LogFormat;
 /// harmless: the second call leaves the first subscriber in place.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    install(format, filter);
+}
+
+/// The same with the configuration's filter ([`Config::log_filter`](crate::Config::log_filter):
+/// `RUST_LOG`, or the original daemon's `LOG_LEVEL` in its place); the daemon and the worker
+/// call this one.
+pub fn init_with_filter(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    install(format, filter);
+}
+
+fn install(format: LogFormat, filter: EnvFilter) {
     let ansi = colour_wanted(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),

@@ -112,7 +112,7 @@ impl RunArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env()?;
-    telemetry::init(config.log_format);
+    telemetry::init_with_filter(config.log_format, &config.log_filter);
     config.log_legacy_notices();
     match cli.command {
         Command::Run(args) => run(config, args.options()?, shutdown::on_signal()).await,
