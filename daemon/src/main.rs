@@ -1,7 +1,7 @@
-//! `exai-daemon`: loads its configuration, refuses unsafe settings, binds its port, connects to
-//! Redis, prints `listening on <addr>` as the first line of standard output once it is ready (so
-//! a supervisor or a test that asked for port 0 learns the port), and serves until SIGINT or
-//! SIGTERM.
+//! `exai-daemon`: loads its configuration (whose validation refuses unsafe settings, such as a
+//! non-loopback address without a token), binds its port, connects to Redis, prints
+//! `listening on <addr>` as the first line of standard output once it is ready (so a supervisor
+//! or a test that asked for port 0 learns the port), and serves until SIGINT or SIGTERM.
 
 use std::io::Write;
 
@@ -21,12 +21,6 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     telemetry::init_with_filter(config.log_format, &config.log_filter);
     config.log_legacy_notices();
-    if !config.ws_is_loopback() && config.ws.token.is_none() {
-        anyhow::bail!(
-            "invalid configuration: EXAI_WS_TOKEN: required when EXAI_WS_HOST ({}) is not a loopback address",
-            config.ws.host
-        );
-    }
     if config.ws.token.is_none() {
         tracing::warn!("EXAI_WS_TOKEN is not set: clients are not authenticated (loopback only)");
     }
