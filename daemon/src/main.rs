@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("bind {}:{}", config.ws.host, config.ws.port))?;
     let addr = listener.local_addr().context("listener address")?;
     let limits = config.ws.limits.clone();
-    let app = exai_daemon::server::App::connect(config, limits, shutdown)
+    let app = exai_daemon::App::connect(config, limits, shutdown)
         .await
         .context("exai-daemon")?;
     {

@@ -929,7 +929,11 @@ mod tests {
             err.to_string(),
             "invalid configuration: EXAI_WS_TOKEN: required when EXAI_WS_HOST (0.0.0.0) is not a loopback address"
         );
-        cfg(&[("EXAI_WS_HOST", "0.0.0.0"), ("EXAI_WS_TOKEN", "0123456789abcdef")]).unwrap();
+        cfg(&[
+            ("EXAI_WS_HOST", "0.0.0.0"),
+            ("EXAI_WS_TOKEN", "0123456789abcdef"),
+        ])
+        .unwrap();
         cfg(&[("EXAI_WS_HOST", "::1")]).unwrap();
     }
 
