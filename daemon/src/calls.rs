@@ -1,10 +1,11 @@
 //! The requests of a connection: the simple ones answered at once, and the ones about jobs —
 //! `call_tool` (validate, stage `kimi_upload_bytes` content, enqueue durably, ack, then follow
-//! the job until its result), and
-//! `get_result`, `job_status`, `cancel`, which find a session's call by its request id.
+//! the job until its result), and `get_result`, `job_status`, `cancel`, which find a session's
+//! call by its request id.
 //!
 //! Following an enqueued call until its result is [`crate::follow`]'s; what the client is told
-//! at the end is [`crate::answer`]'s.
+//! at the end is [`crate::answer`]'s. However a call ends — refused, answered, or its client
+//! gone — its outcome is counted once, by `end_call`.
 //!
 //! # Finding a call
 //! Streaming calls have the job id `call_job_id(session, request_id)`, so a session finds its

@@ -5,8 +5,11 @@
 //! loop only reads — reading is also what answers the client's pings, so it never waits for
 //! Redis — and hands parsed requests to the handler, which runs them one after another in the
 //! order they came (each costs a Redis round trip or two). The wait for a call's result runs as
-//! a task of its own (see [`crate::calls`]). Replies go through an [`Outbox`] (a bounded channel
-//! to the writer), so the handler and any number of call tasks can send at once.
+//! a task of its own (see `follow`). Replies go through an `Outbox` (a bounded
+//! channel to the writer), so the handler and any number of call tasks can send at once.
+//!
+//! The socket is any [`Transport`]: the server hands over the upgraded TCP connection
+//! ([`serve_upgraded`]), and a test can serve an in-memory pipe the same way.
 //!
 //! Closing: the read loop asks the writer to send a close frame and then reads until the client
 //! answers it (bounded), so the close handshake completes — except after an oversized frame,

@@ -9,7 +9,7 @@
 //! Modules, in layers: each imports only the layers below it.
 //! - [`server`]: one port for WebSocket upgrades (any path), the HTTP routes (`/health`,
 //!   `/ready`, `/metrics`, `/admin`); [`run`] and graceful shutdown.
-//! - [`app`]: the shared [`App`](app::App), the token check, the time helpers.
+//! - [`app`]: the shared [`App`], the token check, the time helpers.
 //! - `health`: the `/health` and `/ready` answers, and the `health` and `queue_stats` reports.
 //! - [`admin`]: the operator's JSON API under `/admin/api` and the `/admin` web page.
 //! - [`connection`]: one socket — connection limits, the hello, the read loop, the writer task;
