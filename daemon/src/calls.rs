@@ -1,16 +1,11 @@
 //! The requests of a connection: the simple ones answered at once, and the ones about jobs —
 //! `call_tool` (validate, stage `kimi_upload_bytes` content, enqueue durably, ack, then follow
-//! the job until its result), and
-//! `get_result`, `job_status`, `cancel`, which find a session's call by its request id.
+//! the job until its result), and `get_result`, `job_status`, `cancel`, which find a session's
+//! call by its request id.
 //!
-//! # Following a job
-//! A follower subscribes to the job's events *first* and reads the job's durable state from
-//! the queue *second*, so a result stored before the subscription is read rather than missed.
-//! After that it re-reads on every `Finished` event (and after a relay reconnect), on every
-//! progress tick, and at the call's deadline. Events in between become `progress` and
-//! `stream_chunk` frames (streaming mode only). The follower ends with exactly one
-//! `call_tool_res`; if the connection goes first, the job goes on and its result stays in
-//! Redis for `get_result`, a repeated `call_tool`, or another connection of the session.
+//! Following an enqueued call until its result is [`crate::follow`]'s; what the client is told
+//! at the end is [`crate::answer`]'s. However a call ends — refused, answered, or its client
+//! gone — its outcome is counted once, by `end_call`.
 //!
 //! # Finding a call
 //! Streaming calls have the job id `call_job_id(session, request_id)`, so a session finds its
@@ -19,14 +14,13 @@
 //! (the id is the capability: it is unguessable and only ever sent to the caller).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use exai_shared::events::JobEvent;
-use exai_shared::jobs::{StagedRef, ToolCallJob, ToolContent, ToolResult};
+use exai_shared::jobs::{StagedRef, ToolCallJob};
 use exai_shared::protocol::{
     self, CallState, CallTool, CallToolAck, CallToolRes, CancelWas, Cancelled, ErrorCode,
-    ErrorFrame, HealthRes, Inbound, JobStatusRes, ListToolsRes, Pong, Progress, QueueStatsRes,
-    ReplyTo, Request, ServerMessage, StreamChunk, WireError,
+    ErrorFrame, HealthRes, Inbound, JobStatusRes, ListToolsRes, Pong, QueueStatsRes, ReplyTo,
+    Request, ServerMessage, WireError,
 };
 use exai_shared::queue::{Cancel, JobInfo, JobState, NewJob, QueueError};
 use exai_shared::staging::{self, StagingError};
@@ -34,21 +28,16 @@ use exai_shared::tools;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::connection::{Closed, Conn};
+use crate::answer::{call_error, finished};
+use crate::app::{App, unix_ms};
+use crate::caller::Caller;
+use crate::follow::Follow;
+use crate::health;
 use crate::metrics::Outcome;
-use crate::relay::RelayEvent;
-use crate::server::{App, unix_ms, unix_secs};
-use crate::session::CallSlot;
-
-/// The largest frame a single-frame reply may be: under the stdio shim's 1 MiB message limit,
-/// with room to spare.
-pub const SINGLE_FRAME_MAX_BYTES: usize = 1_000_000;
-
-/// The shortest progress interval honoured (a zero `EXAI_WS_PROGRESS_INTERVAL_SECS` would spin).
-const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+use crate::outbox::Closed;
 
 /// Handles one request. Fails only when the connection is gone.
-pub(crate) async fn dispatch(conn: &Arc<Conn>, inbound: Inbound) -> Result<(), Closed> {
+pub(crate) async fn dispatch(conn: &Arc<Caller>, inbound: Inbound) -> Result<(), Closed> {
     let app = &conn.app;
     let Inbound {
         op,
@@ -76,14 +65,17 @@ pub(crate) async fn dispatch(conn: &Arc<Conn>, inbound: Inbound) -> Result<(), C
             format!("Unknown operation: {op}"),
         ),
         Request::Health => {
-            let (ok, health) = app.health().await;
+            let (ok, health) = health::report(app).await;
             ServerMessage::HealthRes(HealthRes {
                 reply_to,
                 ok,
                 health,
             })
         }
-        Request::QueueStats => match (app.queue_counts().await, app.semaphore_states().await) {
+        Request::QueueStats => match (
+            health::queue_counts(app).await,
+            health::semaphore_states(app).await,
+        ) {
             (Ok(queues), Ok(semaphores)) => ServerMessage::QueueStatsRes(QueueStatsRes {
                 reply_to,
                 queues,
@@ -118,58 +110,97 @@ pub(crate) async fn dispatch(conn: &Arc<Conn>, inbound: Inbound) -> Result<(), C
     conn.out.send(&reply).await
 }
 
-/// An error reply to a call: a `call_tool_res` with `error`; a single-frame client also gets the
-/// error as `result` text, since that is all the stdio shim reads.
-fn call_error(reply_to: ReplyTo, single: bool, error: WireError) -> CallToolRes {
-    let mut res = CallToolRes::failed(reply_to, error.clone());
-    if single {
-        let items = vec![ToolContent::text(format!(
-            "Error: {}: {}",
-            error.code, error.message
-        ))];
-        res.outputs = Some(items.clone());
-        res.result = Some(items);
-    }
-    res
+/// How the admission of a call ended.
+enum Admission {
+    /// The job is enqueued and acked; the follower waits for its result.
+    Following(Follow),
+    /// This connection already follows the call: it was acked again.
+    Reacked,
+    /// Refused before its job was enqueued (or the enqueue failed): how the call ended and the
+    /// error its client is told.
+    Refused(Outcome, WireError),
 }
 
-/// `call_tool`: validate, enqueue durably, ack (streaming), then follow in a task of its own.
-async fn call_tool(conn: &Arc<Conn>, reply_to: ReplyTo, call: CallTool) -> Result<(), Closed> {
-    let app = &conn.app;
+/// `call_tool`: admit the call (validate, stage, enqueue durably, ack), then follow it in a
+/// task of its own; either way, [`end_call`] records how it ended and sends its last frame.
+async fn call_tool(conn: &Arc<Caller>, reply_to: ReplyTo, call: CallTool) -> Result<(), Closed> {
     // Streaming iff the request has a request_id; anything else gets exactly one frame.
     let single = reply_to.request_id.is_none();
-    let refuse =
-        |error: WireError| ServerMessage::CallToolRes(call_error(reply_to.clone(), single, error));
+    let name = call.name.clone();
+    let follow = match admit(conn, &reply_to, single, call).await? {
+        Admission::Following(follow) => follow,
+        Admission::Reacked => return Ok(()),
+        Admission::Refused(outcome, error) => {
+            let last = ServerMessage::CallToolRes(call_error(reply_to, single, error)).to_json();
+            return end_call(conn, &name, outcome, Some(last)).await;
+        }
+    };
+    let task_conn = conn.clone();
+    conn.tasks.spawn(async move {
+        let _in_flight = task_conn.app.metrics.call_in_flight();
+        let (outcome, last) = follow.run(&task_conn).await;
+        if end_call(&task_conn, follow.tool, outcome, last)
+            .await
+            .is_err()
+        {
+            tracing::debug!(job_id = %follow.job_id, "the client left before the answer");
+        }
+        task_conn.stop_following(&follow.job_id);
+    });
+    Ok(())
+}
+
+/// Ends a call: records how it ended (`tool` as the client named it), then sends its last frame,
+/// if there is a client to send it to. The one place a call's outcome is counted; counted before
+/// the frame is sent, so a client that saw the answer sees the count.
+async fn end_call(
+    conn: &Caller,
+    tool: &str,
+    outcome: Outcome,
+    last: Option<String>,
+) -> Result<(), Closed> {
+    conn.app.metrics.call(tool, outcome);
+    match last {
+        Some(frame) => conn.out.send_text(frame).await,
+        None => Ok(()),
+    }
+}
+
+/// Validates the call, stages `kimi_upload_bytes` content, enqueues the job durably and acks it
+/// (streaming mode). Fails only when the connection is gone.
+async fn admit(
+    conn: &Caller,
+    reply_to: &ReplyTo,
+    single: bool,
+    call: CallTool,
+) -> Result<Admission, Closed> {
+    let app = &conn.app;
     let Some(tool) = tools::find(&call.name) else {
-        app.metrics.call(&call.name, Outcome::Invalid);
-        return conn
-            .out
-            .send(&refuse(WireError::new(
+        return Ok(Admission::Refused(
+            Outcome::Invalid,
+            WireError::new(
                 ErrorCode::ToolNotFound,
                 format!("Tool not found: {}", tools::normalize_name(&call.name)),
-            )))
-            .await;
+            ),
+        ));
     };
     if let Err(e) = tool.validate(&call.arguments) {
-        app.metrics.call(tool.name, Outcome::Invalid);
         let errors: Vec<Value> = e
             .all
             .iter()
             .map(|(path, message)| json!({"path": if path.is_empty() { "/" } else { path }, "message": message}))
             .collect();
-        return conn
-            .out
-            .send(&refuse(
-                WireError::new(
-                    ErrorCode::ValidationError,
-                    format!(
-                        "Invalid arguments for {}: {}: {}",
-                        tool.name, e.path, e.message
-                    ),
-                )
-                .with_details(json!({"path": e.path, "errors": errors})),
-            ))
-            .await;
+        return Ok(Admission::Refused(
+            Outcome::Invalid,
+            WireError::new(
+                ErrorCode::ValidationError,
+                format!(
+                    "Invalid arguments for {}: {}: {}",
+                    tool.name, e.path, e.message
+                ),
+            )
+            .with_details(json!({"path": e.path, "errors": errors})),
+        ));
     }
 
     // Inline upload bytes go to the staging store now; the job carries only their hash.
@@ -183,8 +214,7 @@ async fn call_tool(conn: &Arc<Conn>, reply_to: ReplyTo, call: CallTool) -> Resul
                 } else {
                     Outcome::Error
                 };
-                app.metrics.call(tool.name, outcome);
-                return conn.out.send(&refuse(error)).await;
+                return Ok(Admission::Refused(outcome, error));
             }
         }
     } else {
@@ -208,27 +238,25 @@ async fn call_tool(conn: &Arc<Conn>, reply_to: ReplyTo, call: CallTool) -> Resul
     };
     if !conn.start_following(&job_id) {
         // This connection already waits on the call: its result will come once.
-        return conn.out.send(&ack(true)).await;
+        conn.out.send(&ack(true)).await?;
+        return Ok(Admission::Reacked);
     }
     let Some(slot) = conn
         .session
         .try_reserve(app.limits.max_inflight_per_session)
     else {
         conn.stop_following(&job_id);
-        app.metrics.call(tool.name, Outcome::OverCapacity);
         let max = app.limits.max_inflight_per_session;
-        return conn
-            .out
-            .send(&refuse(
-                WireError::new(
-                    ErrorCode::OverCapacity,
-                    format!(
-                        "Session concurrency limit reached ({max} calls in flight); retry when one finishes"
-                    ),
-                )
-                .with_details(json!({"limit": max, "retry_after": 1})),
-            ))
-            .await;
+        return Ok(Admission::Refused(
+            Outcome::OverCapacity,
+            WireError::new(
+                ErrorCode::OverCapacity,
+                format!(
+                    "Session concurrency limit reached ({max} calls in flight); retry when one finishes"
+                ),
+            )
+            .with_details(json!({"limit": max, "retry_after": 1})),
+        ));
     };
 
     let job = ToolCallJob {
@@ -253,15 +281,14 @@ async fn call_tool(conn: &Arc<Conn>, reply_to: ReplyTo, call: CallTool) -> Resul
         Ok(e) => e,
         Err(e) => {
             conn.stop_following(&job_id);
-            app.metrics.call(tool.name, Outcome::Error);
             tracing::error!(error = %e, job_id, "enqueue failed");
-            return conn
-                .out
-                .send(&refuse(WireError::new(
+            return Ok(Admission::Refused(
+                Outcome::Error,
+                WireError::new(
                     ErrorCode::ServiceUnavailable,
                     format!("the call could not be enqueued: {e}"),
-                )))
-                .await;
+                ),
+            ));
         }
     };
     tracing::debug!(
@@ -274,16 +301,13 @@ async fn call_tool(conn: &Arc<Conn>, reply_to: ReplyTo, call: CallTool) -> Resul
         conn.stop_following(&job_id);
         return Err(closed);
     }
-    let follow = Follow {
+    Ok(Admission::Following(Follow {
         job_id,
-        reply_to,
+        reply_to: reply_to.clone(),
         single,
         tool: tool.name,
         _slot: slot,
-    };
-    let task_conn = conn.clone();
-    conn.tasks.spawn(async move { follow.run(task_conn).await });
-    Ok(())
+    }))
 }
 
 /// `kimi_upload_bytes`: checks the file name and the size (from the length of the base64 text,
@@ -348,338 +372,9 @@ async fn stage_inline(app: &App, arguments: &mut Value) -> Result<StagedRef, Wir
     })
 }
 
-/// What a call's `call_tool_res` carries: the outputs, or the error.
-type Answer = Result<Vec<ToolContent>, WireError>;
-
-/// One call being waited on.
-struct Follow {
-    job_id: String,
-    /// The request's ids, echoed in streaming mode; in single-frame mode only `id` is echoed
-    /// and the job id goes out as `request_id`.
-    reply_to: ReplyTo,
-    single: bool,
-    tool: &'static str,
-    /// The call's place in the session's in-flight count, given back when the follow ends.
-    _slot: CallSlot,
-}
-
-impl Follow {
-    async fn run(self, conn: Arc<Conn>) {
-        let _in_flight = conn.app.metrics.call_in_flight();
-        match self.follow(&conn).await {
-            Ok((answer, outcome)) => {
-                // Counted before it is sent, so a client that saw the answer sees the count.
-                conn.app.metrics.call(self.tool, outcome);
-                if self.deliver(&conn, answer).await.is_err() {
-                    tracing::debug!(job_id = %self.job_id, "the client left before the answer");
-                }
-            }
-            Err(Closed) => conn.app.metrics.call(self.tool, Outcome::Detached),
-        }
-        conn.stop_following(&self.job_id);
-    }
-
-    async fn progress(&self, conn: &Conn, message: &str, state: &str) -> Result<(), Closed> {
-        if self.single {
-            return Ok(());
-        }
-        conn.out
-            .send(&ServerMessage::Progress(Progress {
-                reply_to: self.reply_to.clone(),
-                message: message.to_owned(),
-                state: state.to_owned(),
-                t: unix_secs(),
-            }))
-            .await
-    }
-
-    /// Sends the call's one `call_tool_res`.
-    async fn deliver(&self, conn: &Conn, result: Answer) -> Result<(), Closed> {
-        if !self.single {
-            let res = match result {
-                Ok(outputs) => CallToolRes::success(self.reply_to.clone(), outputs),
-                Err(e) => CallToolRes::failed(self.reply_to.clone(), e),
-            };
-            return conn
-                .out
-                .send(&ServerMessage::CallToolRes(res.with_job_id(&self.job_id)))
-                .await;
-        }
-        let reply_to = ReplyTo {
-            request_id: Some(self.job_id.clone()),
-            id: self.reply_to.id.clone(),
-        };
-        let text = match result {
-            Ok(outputs) => single_frame(reply_to, outputs, &self.job_id),
-            Err(e) => ServerMessage::CallToolRes(call_error(reply_to, true, e)).to_json(),
-        };
-        conn.out.send_text(text).await
-    }
-
-    /// Waits for the job to finish (see the module docs), relaying progress; returns the answer
-    /// to deliver and how the call ended.
-    async fn follow(&self, conn: &Conn) -> Result<(Answer, Outcome), Closed> {
-        let app = &conn.app;
-        let mut watch = Some(app.relay.watch(&self.job_id).await);
-        let start = Instant::now();
-        let single_deadline = self.single.then(|| start + app.limits.single_frame_timeout);
-        let every = app.config.ws.progress_interval.max(MIN_PROGRESS_INTERVAL);
-        let mut ticker = tokio::time::interval_at(start + every, every);
-        // The state last announced to the client; the ack said "queued".
-        let mut announced = "queued";
-        let mut deadline_ms: Option<u64> = None;
-        let mut recheck = true;
-        let mut heartbeat = false;
-        loop {
-            if recheck {
-                recheck = false;
-                match app.tool_calls.job(&self.job_id).await {
-                    Ok(None) => {
-                        let gone = WireError::new(
-                            ErrorCode::NotFound,
-                            "the call's job no longer exists (it expired or was removed)",
-                        );
-                        return Ok((Err(gone), Outcome::Lost));
-                    }
-                    Ok(Some(info)) => {
-                        if let Some(done) = finished(&info) {
-                            return Ok(done);
-                        }
-                        if deadline_ms.is_none() {
-                            deadline_ms = serde_json::from_slice::<ToolCallJob>(&info.payload)
-                                .ok()
-                                .and_then(|j| j.deadline_ms);
-                        }
-                        if deadline_ms.is_some_and(|d| unix_ms() >= d) {
-                            match app.tool_calls.cancel(&self.job_id).await {
-                                Ok(Cancel::AlreadyFinished) => {
-                                    // It just finished: deliver that instead.
-                                    recheck = true;
-                                    continue;
-                                }
-                                Ok(Cancel::Removed) => {
-                                    app.events.publish(&self.job_id, &JobEvent::Finished).await;
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::warn!(error = %e, job_id = %self.job_id, "could not cancel a call past its deadline");
-                                }
-                            }
-                            let secs = app.limits.call_timeout.as_secs_f64();
-                            let late = WireError::new(
-                                ErrorCode::Timeout,
-                                format!(
-                                    "call_tool exceeded its {secs}s deadline and was cancelled"
-                                ),
-                            );
-                            return Ok((Err(late), Outcome::Timeout));
-                        }
-                        let state = progress_state(info.state);
-                        if state != announced {
-                            announced = state;
-                            heartbeat = false;
-                            self.progress(conn, &state_message(&info), state).await?;
-                        }
-                    }
-                    Err(e) => {
-                        // Redis is unreachable for now: try again at the next tick.
-                        tracing::warn!(error = %e, job_id = %self.job_id, "could not read a followed job");
-                    }
-                }
-                if heartbeat {
-                    heartbeat = false;
-                    let message = if announced == "running" {
-                        "Tool execution in progress..."
-                    } else {
-                        "Waiting for a worker..."
-                    };
-                    self.progress(conn, message, announced).await?;
-                }
-            }
-            let deadline_at = deadline_ms
-                .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(unix_ms())));
-            let event = async {
-                match watch.as_mut() {
-                    Some(w) => w.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = conn.cancel.cancelled() => return Err(Closed),
-                event = event => match event {
-                    Some(RelayEvent::Job(JobEvent::Started { attempt })) => {
-                        if announced != "running" {
-                            announced = "running";
-                            self.progress(conn, &format!("Tool execution started (attempt {attempt})"), "running").await?;
-                        }
-                    }
-                    Some(RelayEvent::Job(JobEvent::Progress { message, state })) => {
-                        self.progress(conn, &message, &state).await?;
-                    }
-                    Some(RelayEvent::Job(JobEvent::Chunk { chunk })) => {
-                        if !self.single {
-                            conn.out
-                                .send(&ServerMessage::StreamChunk(StreamChunk {
-                                    reply_to: self.reply_to.clone(),
-                                    chunk,
-                                }))
-                                .await?;
-                        }
-                    }
-                    Some(RelayEvent::Job(JobEvent::Finished) | RelayEvent::Resync) => recheck = true,
-                    None => {
-                        // The relay stopped (the daemon is shutting down): poll on the ticker.
-                        watch = None;
-                    }
-                },
-                _ = ticker.tick() => {
-                    recheck = true;
-                    heartbeat = true;
-                }
-                _ = sleep_until_opt(deadline_at) => recheck = true,
-                _ = sleep_until_opt(single_deadline) => {
-                    let secs = app.limits.single_frame_timeout.as_secs_f64();
-                    let waited = WireError::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "The call is still running after {secs}s. Its job id is {id}; fetch the result later with {{\"op\":\"get_result\",\"request_id\":\"{id}\"}}",
-                            id = self.job_id
-                        ),
-                    )
-                    .with_details(json!({"job_id": self.job_id, "still_running": true}));
-                    return Ok((Err(waited), Outcome::Timeout));
-                }
-            }
-        }
-    }
-}
-
-/// Sleeps until `at`, or forever when there is no `at`.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The state a `progress` frame reports for a job that has not finished.
-fn progress_state(state: JobState) -> &'static str {
-    match state {
-        JobState::Running => "running",
-        JobState::Retrying => "retrying",
-        _ => "queued",
-    }
-}
-
-fn state_message(info: &JobInfo) -> String {
-    match info.state {
-        JobState::Running => format!("Tool execution started (attempt {})", info.attempts),
-        JobState::Retrying => format!(
-            "The tool failed; retrying (attempt {} of {}): {}",
-            info.attempts,
-            info.max_attempts,
-            info.errors
-                .last()
-                .map(|e| e.message.as_str())
-                .unwrap_or("error")
-        ),
-        _ => "Waiting for a worker...".to_owned(),
-    }
-}
-
-/// The outcome of a finished job: its outputs, or the error to send.
-fn finished(info: &JobInfo) -> Option<(Answer, Outcome)> {
-    let last_error = || {
-        info.dead_reason
-            .clone()
-            .or_else(|| info.errors.last().map(|e| e.message.clone()))
-    };
-    match info.state {
-        JobState::Completed => Some((Ok(outputs_of(info.result.as_deref())), Outcome::Completed)),
-        JobState::Dead => Some((
-            Err(WireError::new(
-                ErrorCode::ToolExecutionError,
-                format!(
-                    "Tool execution failed: {}",
-                    last_error().unwrap_or_else(|| "unknown error".to_owned())
-                ),
-            )
-            .with_details(json!({"attempts": info.attempts}))),
-            Outcome::Failed,
-        )),
-        JobState::Cancelled => Some((
-            Err(WireError::new(
-                ErrorCode::Cancelled,
-                match last_error() {
-                    Some(e) => format!("The call was cancelled ({e})"),
-                    None => "The call was cancelled".to_owned(),
-                },
-            )),
-            Outcome::Cancelled,
-        )),
-        _ => None,
-    }
-}
-
-/// The content items of a stored result: a [`ToolResult`], or any other JSON as one text item.
-fn outputs_of(stored: Option<&[u8]>) -> Vec<ToolContent> {
-    let Some(bytes) = stored else {
-        return Vec::new();
-    };
-    if let Ok(r) = serde_json::from_slice::<ToolResult>(bytes) {
-        return r.outputs;
-    }
-    let text = match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::String(s)) => s,
-        Ok(v) => v.to_string(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    };
-    vec![ToolContent::text(text)]
-}
-
-/// The single-frame reply (`result` and `outputs`, no `text`), cut to [`SINGLE_FRAME_MAX_BYTES`]
-/// with a note saying how to fetch all of it.
-fn single_frame(reply_to: ReplyTo, outputs: Vec<ToolContent>, job_id: &str) -> String {
-    let frame = |items: Vec<ToolContent>, truncated: bool| {
-        let mut res = CallToolRes::success(reply_to.clone(), items).with_job_id(job_id);
-        res.text = None;
-        res.truncated = truncated;
-        ServerMessage::CallToolRes(res).to_json()
-    };
-    let whole = frame(outputs.clone(), false);
-    if whole.len() <= SINGLE_FRAME_MAX_BYTES {
-        return whole;
-    }
-    let full: String = outputs
-        .iter()
-        .map(|o| o.text.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let note = format!(
-        "\n\n[Result cut to fit one frame: {} bytes in all. Fetch the whole result with {{\"op\":\"get_result\",\"request_id\":\"{job_id}\"}}]",
-        full.len()
-    );
-    // The text appears twice (result and outputs); JSON escaping may grow it, so shrink until
-    // the frame fits.
-    let mut budget = SINGLE_FRAME_MAX_BYTES / 2;
-    loop {
-        let mut end = budget.min(full.len());
-        while !full.is_char_boundary(end) {
-            end -= 1;
-        }
-        let text = format!("{}{note}", &full[..end]);
-        let out = frame(vec![ToolContent::text(text)], true);
-        if out.len() <= SINGLE_FRAME_MAX_BYTES || end == 0 {
-            return out;
-        }
-        let ratio = SINGLE_FRAME_MAX_BYTES as f64 / out.len() as f64;
-        budget = ((end as f64) * ratio * 0.98) as usize;
-    }
-}
-
 /// Finds the call `request_id` of this session: by the derived job id, or — for the random ids
 /// of single-frame calls — by the job id itself.
-async fn resolve(conn: &Conn, request_id: &str) -> Result<Option<(String, JobInfo)>, QueueError> {
+async fn resolve(conn: &Caller, request_id: &str) -> Result<Option<(String, JobInfo)>, QueueError> {
     let queue = &conn.app.tool_calls;
     let derived = protocol::call_job_id(&conn.session.id, request_id);
     if let Some(info) = queue.job(&derived).await? {
@@ -700,7 +395,7 @@ async fn resolve(conn: &Conn, request_id: &str) -> Result<Option<(String, JobInf
 
 /// `job_status`, `get_result` and `cancel`.
 async fn about_call(
-    conn: &Conn,
+    conn: &Caller,
     reply_to: ReplyTo,
     request_id: &str,
     request: Request,
@@ -780,46 +475,5 @@ fn call_state(state: JobState) -> CallState {
         JobState::Completed => CallState::Completed,
         JobState::Dead => CallState::Failed,
         JobState::Cancelled => CallState::Cancelled,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_long_single_frame_result_is_cut_under_the_limit_with_a_note() {
-        let reply_to = ReplyTo {
-            request_id: Some("call-x".into()),
-            id: Some(json!("call_1")),
-        };
-        // Quotes double in JSON: the worst case for the size estimate.
-        let long = "\"é".repeat(600_000);
-        let out = single_frame(reply_to.clone(), vec![ToolContent::text(long)], "call-x");
-        assert!(out.len() <= SINGLE_FRAME_MAX_BYTES, "{}", out.len());
-        let v: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["truncated"], true);
-        assert_eq!(v["id"], "call_1");
-        let text = v["result"][0]["text"].as_str().unwrap();
-        assert!(text.contains(r#"{"op":"get_result","request_id":"call-x"}"#));
-        assert_eq!(v["result"], v["outputs"]);
-
-        let short = single_frame(reply_to, vec![ToolContent::text("hi")], "call-x");
-        let v: Value = serde_json::from_str(&short).unwrap();
-        assert_eq!(v["result"][0]["text"], "hi");
-        assert!(v.get("truncated").is_none());
-        assert!(v.get("text").is_none());
-    }
-
-    #[test]
-    fn stored_results_of_any_shape_become_outputs() {
-        let r = serde_json::to_vec(&ToolResult::text("x")).unwrap();
-        assert_eq!(outputs_of(Some(&r)), vec![ToolContent::text("x")]);
-        assert_eq!(
-            outputs_of(Some(br#"{"a":1}"#)),
-            vec![ToolContent::text(r#"{"a":1}"#)]
-        );
-        assert_eq!(outputs_of(Some(b"\"s\"")), vec![ToolContent::text("s")]);
-        assert!(outputs_of(None).is_empty());
     }
 }

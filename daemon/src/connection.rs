@@ -5,17 +5,20 @@
 //! loop only reads — reading is also what answers the client's pings, so it never waits for
 //! Redis — and hands parsed requests to the handler, which runs them one after another in the
 //! order they came (each costs a Redis round trip or two). The wait for a call's result runs as
-//! a task of its own (see [`crate::calls`]). Replies go through an [`Outbox`] (a bounded channel
-//! to the writer), so the handler and any number of call tasks can send at once.
+//! a task of its own (see `follow`). Replies go through an `Outbox` (a bounded
+//! channel to the writer), so the handler and any number of call tasks can send at once.
+//!
+//! The socket is any [`Transport`]: the server hands over the upgraded TCP connection
+//! ([`serve_upgraded`]), and a test can serve an in-memory pipe the same way.
 //!
 //! Closing: the read loop asks the writer to send a close frame and then reads until the client
 //! answers it (bounded), so the close handshake completes — except after an oversized frame,
 //! whose unread rest is never parsed: it is discarded as raw bytes (bounded in time and size),
 //! so a client still sending it reads our 1009 instead of a connection reset.
 
-use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use exai_shared::protocol::{
@@ -24,24 +27,22 @@ use exai_shared::protocol::{
     HelloError, HelloFrame, ServerMessage,
 };
 use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncReadExt;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::app::App;
+use crate::caller::Caller;
 use crate::calls;
 use crate::limits::Refused;
-use crate::metrics::Metrics;
-use crate::server::{App, Socket};
+use crate::outbox::{Outbound, Outbox};
 use crate::session::Session;
 
-/// Frames queued for the writer before senders wait (backpressure on a slow reader).
-const OUTBOX_CAPACITY: usize = 1024;
 /// How long a close waits for the client's answering close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// After an oversized frame: how long the unread rest is discarded at most, how long a pause in
@@ -49,105 +50,70 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const DISCARD_WAIT: Duration = Duration::from_secs(5);
 const DISCARD_PAUSE: Duration = Duration::from_millis(250);
 const DISCARD_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Read chunk and write batching size of each WebSocket.
+const WS_IO_BUFFER: usize = 8 * 1024;
 
-type Sink = SplitSink<Socket, Message>;
-type Stream = SplitStream<Socket>;
-
-/// What the writer is asked to send.
-#[derive(Debug)]
-enum Outbound {
-    /// A text frame.
-    Text(String),
-    /// A close frame; the writer stops after it.
-    Close(u16, String),
-}
-
-/// The sending side of a connection, shared by the read loop and the call tasks.
-#[derive(Debug, Clone)]
-pub(crate) struct Outbox {
-    tx: mpsc::Sender<Outbound>,
-    metrics: Metrics,
-}
-
-/// The connection is gone: nothing more can be sent on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Closed;
-
-impl Outbox {
-    /// Queues a frame; fails only when the connection is gone.
-    pub(crate) async fn send(&self, msg: &ServerMessage) -> Result<(), Closed> {
-        self.send_text(msg.to_json()).await
-    }
-
-    /// Queues an already serialized frame.
-    pub(crate) async fn send_text(&self, text: String) -> Result<(), Closed> {
-        self.tx
-            .send(Outbound::Text(text))
-            .await
-            .map_err(|_| Closed)?;
-        self.metrics.frame_out();
-        Ok(())
-    }
-
-    async fn close(&self, code: u16, reason: &str) {
-        let _ = self.tx.send(Outbound::Close(code, reason.to_owned())).await;
+/// A WebSocket a connection can be served on: a stream of the client's messages (a frame over
+/// `EXAI_WS_MAX_BYTES` arrives as [`WsError::Capacity`]) and a sink for ours. Implemented for
+/// tokio-tungstenite's [`WebSocketStream`] over any byte stream: the upgraded TCP connection of
+/// the server, or an in-memory pipe in a test.
+pub trait Transport:
+    Stream<Item = Result<Message, WsError>> + Sink<Message> + Unpin + Send + Sized + 'static
+{
+    /// After an oversized frame, discards its unread rest as raw bytes (its frame must not be
+    /// parsed, let alone buffered), so a client still sending it can finish and read our 1009
+    /// instead of meeting a reset. Bounded in time and size. A transport of whole messages has
+    /// no rest: the default does nothing.
+    fn discard_rest(self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 }
 
-/// Everything a call task needs from its connection.
-#[derive(Debug)]
-pub(crate) struct Conn {
-    /// The shared state.
-    pub(crate) app: Arc<App>,
-    /// The connection's session (shared with the session's other connections).
-    pub(crate) session: Arc<Session>,
-    /// Where replies go.
-    pub(crate) out: Outbox,
-    /// Fires when the connection ends (or the daemon shuts down); call tasks stop waiting then.
-    pub(crate) cancel: CancellationToken,
-    /// The call tasks of this connection.
-    pub(crate) tasks: TaskTracker,
-    /// Job ids this connection is waiting on, so a repeated `call_tool` on the same connection
-    /// re-acks instead of delivering the result twice. Held for a few instructions only.
-    pub(crate) followed: Mutex<HashSet<String>>,
-}
-
-impl Conn {
-    /// Starts following `job_id` unless this connection already does; returns whether it did.
-    pub(crate) fn start_following(&self, job_id: &str) -> bool {
-        self.followed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(job_id.to_owned())
-    }
-
-    /// Stops following `job_id`.
-    pub(crate) fn stop_following(&self, job_id: &str) {
-        self.followed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(job_id);
-    }
-
-    fn following_any(&self) -> bool {
-        !self
-            .followed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+impl<T> Transport for WebSocketStream<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async fn discard_rest(mut self) {
+        let io = self.get_mut();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut discarded = 0u64;
+        let _ = tokio::time::timeout(DISCARD_WAIT, async {
+            while discarded < DISCARD_MAX_BYTES {
+                match tokio::time::timeout(DISCARD_PAUSE, io.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => discarded += n as u64,
+                    _ => break,
+                }
+            }
+        })
+        .await;
     }
 }
 
-/// Serves one upgraded socket from `peer` until it closes.
-pub(crate) async fn serve(app: Arc<App>, socket: Socket, peer: SocketAddr) {
+/// Serves a connection whose WebSocket handshake is done (`io`, the raw byte stream after the
+/// 101 answer) from `peer` until it closes, with the daemon's frame limit and buffer sizes.
+pub async fn serve_upgraded<T>(app: Arc<App>, io: T, peer: SocketAddr)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max = app.config.ws.max_bytes;
+    // Small I/O buffers: most sessions sit idle, and the 128 KiB defaults made an idle
+    // connection cost ~146 KiB; a large frame still reads fine (the buffer grows to fit it).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_IO_BUFFER)
+        .write_buffer_size(WS_IO_BUFFER)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    serve(app, socket, peer).await;
+}
+
+/// Serves one WebSocket from `peer` until it closes: the connection limits, the hello, then the
+/// requests.
+pub async fn serve<S: Transport>(app: Arc<App>, socket: S, peer: SocketAddr) {
     let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (out, rx) = Outbox::new(app.metrics.clone());
     let ping = app.config.ws.ping_interval;
     let writer = tokio::spawn(write_loop(sink, rx, (!ping.is_zero()).then_some(ping)));
-    let out = Outbox {
-        tx,
-        metrics: app.metrics.clone(),
-    };
 
     let _permit = match app.connections.try_acquire(peer.ip()) {
         Ok(p) => p,
@@ -173,14 +139,7 @@ pub(crate) async fn serve(app: Arc<App>, socket: Socket, peer: SocketAddr) {
     };
     tracing::debug!(peer = %peer, session_id = %session.id, "hello accepted");
 
-    let conn = Arc::new(Conn {
-        cancel: app.shutdown.child_token(),
-        app: app.clone(),
-        session,
-        out: out.clone(),
-        tasks: TaskTracker::new(),
-        followed: Mutex::new(HashSet::new()),
-    });
+    let conn = Arc::new(Caller::new(app.clone(), session, out.clone()));
     let end = read_loop(&conn, &mut stream).await;
     conn.cancel.cancel();
     conn.tasks.close();
@@ -205,7 +164,12 @@ enum End {
 /// an oversized frame, discards the unread rest at the byte level (its frame must not be
 /// parsed, let alone buffered), so the client can finish sending and read our 1009 instead of
 /// meeting a reset.
-async fn finish(out: Outbox, writer: JoinHandle<Option<Sink>>, mut stream: Stream, end: End) {
+async fn finish<S: Transport>(
+    out: Outbox,
+    writer: JoinHandle<Option<SplitSink<S, Message>>>,
+    mut stream: SplitStream<S>,
+    end: End,
+) {
     drop(out);
     let sink = tokio::time::timeout(CLOSE_WAIT, writer)
         .await
@@ -225,32 +189,20 @@ async fn finish(out: Outbox, writer: JoinHandle<Option<Sink>>, mut stream: Strea
             .await;
         }
         End::TooBig => {
-            let Some(Ok(mut socket)) = sink.map(|sink| stream.reunite(sink)) else {
-                return;
-            };
-            let io = socket.get_mut();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut discarded = 0u64;
-            let _ = tokio::time::timeout(DISCARD_WAIT, async {
-                while discarded < DISCARD_MAX_BYTES {
-                    match tokio::time::timeout(DISCARD_PAUSE, io.read(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => discarded += n as u64,
-                        _ => break,
-                    }
-                }
-            })
-            .await;
+            if let Some(Ok(socket)) = sink.map(|sink| stream.reunite(sink)) {
+                socket.discard_rest().await;
+            }
         }
     }
 }
 
 /// Sends queued frames and keepalive pings until asked to close or every sender is gone.
 /// Returns the sink after a close frame, so an oversized frame's rest can be discarded.
-async fn write_loop(
-    mut sink: Sink,
+async fn write_loop<S: Transport>(
+    mut sink: SplitSink<S, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     ping: Option<Duration>,
-) -> Option<Sink> {
+) -> Option<SplitSink<S, Message>> {
     let mut ticker = ping.map(|p| tokio::time::interval_at(Instant::now() + p, p));
     loop {
         let tick = async {
@@ -289,7 +241,11 @@ async fn write_loop(
 
 /// Reads one data frame as text: `Ok(Some(text))`, `Ok(None)` for control frames, or how the
 /// connection ended.
-async fn next_text(app: &App, out: &Outbox, stream: &mut Stream) -> Result<Option<String>, End> {
+async fn next_text<S: Transport>(
+    app: &App,
+    out: &Outbox,
+    stream: &mut SplitStream<S>,
+) -> Result<Option<String>, End> {
     match stream.next().await {
         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
         Some(Ok(Message::Text(t))) => Ok(Some(t.as_str().to_owned())),
@@ -312,7 +268,11 @@ async fn next_text(app: &App, out: &Outbox, stream: &mut Stream) -> Result<Optio
 }
 
 /// Waits for the hello and answers it. On success returns the session.
-async fn hello(app: &App, out: &Outbox, stream: &mut Stream) -> Result<Arc<Session>, End> {
+async fn hello<S: Transport>(
+    app: &App,
+    out: &Outbox,
+    stream: &mut SplitStream<S>,
+) -> Result<Arc<Session>, End> {
     let deadline = Instant::now() + app.limits.hello_timeout;
     let text = loop {
         let next = tokio::select! {
@@ -380,7 +340,7 @@ async fn hello(app: &App, out: &Outbox, stream: &mut Stream) -> Result<Arc<Sessi
 }
 
 /// Reads and handles requests until the connection ends; returns how.
-async fn read_loop(conn: &Arc<Conn>, stream: &mut Stream) -> End {
+async fn read_loop<S: Transport>(conn: &Arc<Caller>, stream: &mut SplitStream<S>) -> End {
     let (requests, handler) = spawn_handler(conn.clone());
     let end = read_requests(conn, stream, &requests).await;
     drop(requests);
@@ -396,7 +356,7 @@ type Parsed = Result<protocol::Inbound, Box<protocol::RequestError>>;
 
 /// The task that handles a connection's requests one after another, in the order they came,
 /// so the read loop keeps reading (and answering pings) while a request waits on Redis.
-fn spawn_handler(conn: Arc<Conn>) -> (mpsc::Sender<Parsed>, JoinHandle<()>) {
+fn spawn_handler(conn: Arc<Caller>) -> (mpsc::Sender<Parsed>, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Parsed>(PENDING_REQUESTS);
     let handler = tokio::spawn(async move {
         while let Some(parsed) = rx.recv().await {
@@ -416,9 +376,9 @@ fn spawn_handler(conn: Arc<Conn>) -> (mpsc::Sender<Parsed>, JoinHandle<()>) {
 }
 
 /// Reads frames until the connection ends, handing requests to the handler task.
-async fn read_requests(
-    conn: &Arc<Conn>,
-    stream: &mut Stream,
+async fn read_requests<S: Transport>(
+    conn: &Arc<Caller>,
+    stream: &mut SplitStream<S>,
     requests: &mpsc::Sender<Parsed>,
 ) -> End {
     let app = &conn.app;

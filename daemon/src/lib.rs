@@ -6,28 +6,43 @@
 //! the job is durable in Redis, and relays what the workers publish until the result. The wire
 //! protocol is docs/protocol.md; its types live in [`exai_shared::protocol`].
 //!
-//! Modules:
-//! - [`server`]: one port for WebSocket upgrades (any path) and `GET /health`, `/ready`,
-//!   `/metrics`; the shared [`App`](server::App); [`run`] and graceful shutdown.
-//! - `connection`: one socket — connection limits, the hello, the read loop, the writer task.
-//! - `calls`: the requests — `call_tool` (validate, enqueue, ack, follow the job), `get_result`,
-//!   `job_status`, `cancel`, and the simple ops.
+//! Modules, in layers: each imports only the layers below it.
+//! - [`server`]: one port for WebSocket upgrades (any path), the HTTP routes (`/health`,
+//!   `/ready`, `/metrics`, `/admin`); [`run`] and graceful shutdown.
+//! - [`app`]: the shared [`App`], the token check, the time helpers.
+//! - `health`: the `/health` and `/ready` answers, and the `health` and `queue_stats` reports.
+//! - [`admin`]: the operator's JSON API under `/admin/api` and the `/admin` web page.
+//! - [`connection`]: one socket — connection limits, the hello, the read loop, the writer task;
+//!   [`connection::serve`] takes any [`Transport`](connection::Transport), so a test can drive
+//!   a connection in process.
+//! - `calls`: the requests — `call_tool` (validate, stage, enqueue, ack, then follow the job),
+//!   `get_result`, `job_status`, `cancel`, and the simple ops; a call's outcome is recorded in
+//!   one place.
+//! - `caller`: the connection as its requests and calls see it.
+//! - `follow`: the follower of one call, until its result; `answer`: what the client is told.
+//! - `outbox`: the queue of frames to a connection's writer.
 //! - [`relay`]: one Redis pub/sub connection per daemon carrying job events to waiting calls.
 //! - `session`: the per-session count of calls in flight.
 //! - [`limits`]: the connection counter; the limits it enforces (`EXAI_WS_MAX_CONNECTIONS`,
 //!   …) are read with the rest of the configuration.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`admin`]: the operator's JSON API under `/admin/api` and the `/admin` web page.
 #![warn(missing_docs)]
 
 pub mod admin;
+mod answer;
+pub mod app;
+mod caller;
 mod calls;
-mod connection;
+pub mod connection;
+mod follow;
+mod health;
 pub mod limits;
 pub mod metrics;
+mod outbox;
 pub mod relay;
 pub mod server;
 mod session;
 
+pub use app::{App, DaemonError};
 pub use limits::DaemonLimits;
-pub use server::{DaemonError, run};
+pub use server::run;

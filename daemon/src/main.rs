@@ -1,7 +1,7 @@
-//! `exai-daemon`: loads its configuration, refuses unsafe settings, binds its port, connects to
-//! Redis, prints `listening on <addr>` as the first line of standard output once it is ready (so
-//! a supervisor or a test that asked for port 0 learns the port), and serves until SIGINT or
-//! SIGTERM.
+//! `exai-daemon`: loads its configuration (whose validation refuses unsafe settings, such as a
+//! non-loopback address without a token), binds its port, connects to Redis, prints
+//! `listening on <addr>` as the first line of standard output once it is ready (so a supervisor
+//! or a test that asked for port 0 learns the port), and serves until SIGINT or SIGTERM.
 
 use std::io::Write;
 
@@ -21,12 +21,6 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     telemetry::init_with_filter(config.log_format, &config.log_filter);
     config.log_legacy_notices();
-    if !config.ws_is_loopback() && config.ws.token.is_none() {
-        anyhow::bail!(
-            "invalid configuration: EXAI_WS_TOKEN: required when EXAI_WS_HOST ({}) is not a loopback address",
-            config.ws.host
-        );
-    }
     if config.ws.token.is_none() {
         tracing::warn!("EXAI_WS_TOKEN is not set: clients are not authenticated (loopback only)");
     }
@@ -36,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("bind {}:{}", config.ws.host, config.ws.port))?;
     let addr = listener.local_addr().context("listener address")?;
     let limits = config.ws.limits.clone();
-    let app = exai_daemon::server::App::connect(config, limits, shutdown)
+    let app = exai_daemon::App::connect(config, limits, shutdown)
         .await
         .context("exai-daemon")?;
     {

@@ -409,6 +409,7 @@ impl Config {
         )?;
         let mut config = Self::read(&Vars::new(&resolved.vars)).map_err(|e| resolved.explain(e))?;
         config.legacy = resolved.notices;
+        config.check_token_off_loopback()?;
         config.check_real_providers()?;
         Ok(config)
     }
@@ -641,6 +642,22 @@ impl Config {
             },
             legacy: Vec::new(),
         })
+    }
+
+    /// No token off loopback: a daemon listening on an address other machines can reach must
+    /// authenticate its clients, so `EXAI_WS_TOKEN` is required unless `EXAI_WS_HOST` is a
+    /// loopback address.
+    fn check_token_off_loopback(&self) -> Result<(), ConfigError> {
+        if self.ws_is_loopback() || self.ws.token.is_some() {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "EXAI_WS_TOKEN",
+            format!(
+                "required when EXAI_WS_HOST ({}) is not a loopback address",
+                self.ws.host
+            ),
+        ))
     }
 
     /// With `EXAI_REQUIRE_REAL_PROVIDERS` on: an error naming every provider variable that is
@@ -902,6 +919,22 @@ mod tests {
         );
         let ok = cfg(&[("EXAI_WS_TOKEN", "0123456789abcdef")]).unwrap();
         assert_eq!(ok.ws.token.unwrap().expose_secret(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn a_non_loopback_address_needs_a_token() {
+        let err = cfg(&[("EXAI_WS_HOST", "0.0.0.0")]).unwrap_err();
+        assert_eq!(err.var, "EXAI_WS_TOKEN");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: EXAI_WS_TOKEN: required when EXAI_WS_HOST (0.0.0.0) is not a loopback address"
+        );
+        cfg(&[
+            ("EXAI_WS_HOST", "0.0.0.0"),
+            ("EXAI_WS_TOKEN", "0123456789abcdef"),
+        ])
+        .unwrap();
+        cfg(&[("EXAI_WS_HOST", "::1")]).unwrap();
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! The WebSocket daemon end to end: a real `exai-daemon`, real `exai-worker` processes and
 //! Redis, each test in its own key prefix. What docs/protocol.md promises, checked on the wire.
+//! The checks that are pure protocol (the hello, bad requests, frame, connection and call
+//! limits, timeouts) run against a daemon served in the test's process ([`LocalStack`]: the
+//! same connection code over an in-memory pipe, and the real Redis); the ones about processes
+//! (workers, restarts, signals, the HTTP endpoints) against the binaries.
 
 mod daemon_support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use daemon_support::local::LocalStack;
 use daemon_support::{Client, Seen, Stack, TOKEN, echoed};
 use exai_shared::jobs::{ToolCallJob, ToolResult};
 use exai_shared::protocol::call_job_id;
@@ -19,11 +24,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn hello_failures_close_with_the_protocols_codes() {
-    let stack = Stack::start("d-hello", &[], 0).await;
-    let url = stack.url();
+    let stack = LocalStack::start("d-hello", &[]).await;
 
     // Wrong token: hello_ack unauthorized, then 4003.
-    let mut c = Client::connect(&url).await;
+    let mut c = stack.connect().await;
     let ack = c
         .hello(json!({"op": "hello", "token": "wrong-token-0123456789"}))
         .await;
@@ -34,13 +38,13 @@ async fn hello_failures_close_with_the_protocols_codes() {
     assert_eq!(c.closed().await.0, 4003);
 
     // No token at all: the same.
-    let mut c = Client::connect(&url).await;
+    let mut c = stack.connect().await;
     let ack = c.hello(json!({"op": "hello"})).await;
     assert_eq!(ack["error"], "unauthorized");
     assert_eq!(c.closed().await.0, 4003);
 
     // Not JSON: close 4000 without a frame.
-    let mut c = Client::connect(&url).await;
+    let mut c = stack.connect().await;
     c.send_text("hello?".into()).await;
     assert_eq!(
         c.next().await,
@@ -48,7 +52,7 @@ async fn hello_failures_close_with_the_protocols_codes() {
     );
 
     // JSON but not a hello: missing_hello, then 4001.
-    let mut c = Client::connect(&url).await;
+    let mut c = stack.connect().await;
     let ack = c.hello(json!({"op": "list_tools", "token": TOKEN})).await;
     assert_eq!(
         ack,
@@ -57,7 +61,7 @@ async fn hello_failures_close_with_the_protocols_codes() {
     assert_eq!(c.closed().await.0, 4001);
 
     // The shim's hello, extra fields and all: accepted, a session id is generated.
-    let mut c = Client::connect(&url).await;
+    let mut c = stack.connect().await;
     let ack = c
         .hello(
             json!({"op": "hello", "protocolVersion": "2024-11-05", "capabilities": {},
@@ -77,8 +81,8 @@ async fn hello_failures_close_with_the_protocols_codes() {
 
 #[tokio::test]
 async fn a_silent_client_is_closed_with_4002() {
-    let stack = Stack::start("d-hello-timeout", &[("EXAI_WS_HELLO_TIMEOUT", "0.3")], 0).await;
-    let mut c = Client::connect(&stack.url()).await;
+    let stack = LocalStack::start("d-hello-timeout", &[("EXAI_WS_HELLO_TIMEOUT", "0.3")]).await;
+    let mut c = stack.connect().await;
     assert_eq!(
         c.next().await,
         Err(Seen::Close(4002, "hello timeout or disconnect".into()))
@@ -90,7 +94,7 @@ async fn a_silent_client_is_closed_with_4002() {
 
 #[tokio::test]
 async fn list_tools_answers_in_both_modes() {
-    let stack = Stack::start("d-list", &[], 0).await;
+    let stack = LocalStack::start("d-list", &[]).await;
     let (mut c, _) = stack.client(None).await;
     let res = c.op("list_tools", "l-1").await;
     assert_eq!(res["op"], "list_tools_res");
@@ -594,7 +598,7 @@ async fn cancelling_a_running_call_stops_its_worker() {
 
 #[tokio::test]
 async fn an_upload_purpose_moonshot_refuses_is_an_invalid_arguments_error() {
-    let stack = Stack::start("d-purpose", &[], 0).await;
+    let stack = LocalStack::start("d-purpose", &[]).await;
     let (mut c, session) = stack.client(None).await;
     let calls = [
         (
@@ -637,7 +641,7 @@ async fn an_upload_purpose_moonshot_refuses_is_an_invalid_arguments_error() {
 
 #[tokio::test]
 async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable() {
-    let stack = Stack::start("d-errors", &[], 0).await;
+    let stack = LocalStack::start("d-errors", &[]).await;
     let (mut c, _) = stack.client(None).await;
 
     let res = c.op("frobnicate", "e-1").await;
@@ -719,6 +723,8 @@ async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable()
 
 #[tokio::test]
 async fn an_oversized_frame_closes_the_connection_with_1009() {
+    // A daemon process: what this checks (the client reads the close, not a reset) is about a
+    // real TCP socket.
     let stack = Stack::start("d-too-big", &[("EXAI_WS_MAX_BYTES", "65536")], 0).await;
     let (mut c, _) = stack.client(None).await;
     c.send(json!({"op": "ping", "request_id": "r", "pad": "y".repeat(60_000)}))
@@ -743,10 +749,10 @@ async fn an_oversized_frame_closes_the_connection_with_1009() {
 
 #[tokio::test]
 async fn connections_over_a_limit_are_closed_with_1008() {
-    let stack = Stack::start("d-conn-ip", &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "2")], 0).await;
+    let stack = LocalStack::start("d-conn-ip", &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "2")]).await;
     let (mut a, _) = stack.client(None).await;
     let (_b, _) = stack.client(None).await;
-    let mut c = Client::connect(&stack.url()).await;
+    let mut c = stack.connect().await;
     let (code, reason) = c.closed().await;
     assert_eq!(code, 1008);
     assert!(
@@ -756,27 +762,23 @@ async fn connections_over_a_limit_are_closed_with_1008() {
     // A slot frees when a connection closes.
     a.ws.close(None).await.unwrap();
     drop(a);
-    let url = stack.url();
-    let freed = wait_until(Duration::from_secs(10), || {
-        let url = url.clone();
-        async move {
-            // Until the daemon has seen the close, a new connection is still over the limit
-            // and refused with 1008: that means "not yet", not a failure.
-            let mut c = Client::connect(&url).await;
-            let hello = json!({"op": "hello", "token": TOKEN}).to_string();
-            if c.ws.send(Message::Text(hello.into())).await.is_err() {
-                return false;
-            }
-            matches!(c.next().await, Ok(ack) if ack.get("ok") == Some(&json!(true)))
+    let freed = wait_until(Duration::from_secs(10), || async {
+        // Until the daemon has seen the close, a new connection is still over the limit and
+        // refused with 1008: that means "not yet", not a failure.
+        let mut c = stack.connect().await;
+        let hello = json!({"op": "hello", "token": TOKEN}).to_string();
+        if c.ws.send(Message::Text(hello.into())).await.is_err() {
+            return false;
         }
+        matches!(c.next().await, Ok(ack) if ack.get("ok") == Some(&json!(true)))
     })
     .await;
     assert!(freed);
     stack.cleanup().await;
 
-    let stack = Stack::start("d-conn-total", &[("EXAI_WS_MAX_CONNECTIONS", "1")], 0).await;
+    let stack = LocalStack::start("d-conn-total", &[("EXAI_WS_MAX_CONNECTIONS", "1")]).await;
     let (_a, _) = stack.client(None).await;
-    let mut c = Client::connect(&stack.url()).await;
+    let mut c = stack.connect().await;
     let (code, reason) = c.closed().await;
     assert_eq!(code, 1008);
     assert!(reason.contains("global connection limit"), "{reason}");
@@ -785,7 +787,7 @@ async fn connections_over_a_limit_are_closed_with_1008() {
 
 #[tokio::test]
 async fn calls_in_flight_per_session_are_limited() {
-    let stack = Stack::start("d-inflight", &[("EXAI_WS_SESSION_MAX_INFLIGHT", "2")], 0).await;
+    let stack = LocalStack::start("d-inflight", &[("EXAI_WS_SESSION_MAX_INFLIGHT", "2")]).await;
     let (mut c, session) = stack.client(None).await;
     for n in 1..=2 {
         c.send(json!({"op": "call_tool", "request_id": format!("r-{n}"), "name": "test_echo", "arguments": {}}))
@@ -811,7 +813,7 @@ async fn calls_in_flight_per_session_are_limited() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed() {
-    let stack = Stack::start("d-idle", &[("EXAI_WS_IDLE_TIMEOUT_SECS", "0.5")], 0).await;
+    let stack = LocalStack::start("d-idle", &[("EXAI_WS_IDLE_TIMEOUT_SECS", "0.5")]).await;
     let (mut c, _) = stack.client(None).await;
     assert_eq!(c.closed().await, (1000, "idle timeout".to_owned()));
     stack.cleanup().await;
@@ -819,13 +821,12 @@ async fn an_idle_connection_is_closed() {
 
 #[tokio::test]
 async fn a_call_past_its_deadline_times_out_and_a_single_frame_client_is_not_kept_waiting() {
-    let stack = Stack::start(
+    let stack = LocalStack::start(
         "d-timeouts",
         &[
             ("EXAI_WS_CALL_TIMEOUT_SECS", "0.5"),
             ("EXAI_WS_SINGLE_FRAME_TIMEOUT_SECS", "0.3"),
         ],
-        0,
     )
     .await;
     let (mut c, session) = stack.client(None).await;

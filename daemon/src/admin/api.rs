@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use crate::server::App;
+use crate::app::App;
 
 /// The page size when a listing names none.
 pub const DEFAULT_PAGE: usize = 50;

@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::server::App;
+use crate::app::App;
 
 pub mod api;
 pub mod page;

@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::server::App;
+use crate::app::App;
 
 /// The page.
 const INDEX_HTML: &str = include_str!("page/index.html");

@@ -1,7 +1,11 @@
 //! The harness of the daemon suites: a test's stack (its Redis prefix, a real `exai-daemon` on
-//! port 0, real `exai-worker` processes) and a WebSocket client that speaks the protocol.
+//! port 0, real `exai-worker` processes), a daemon served in the test's own process
+//! ([`local::LocalStack`], for the checks that are pure protocol), and a WebSocket client that speaks
+//! the protocol.
 
 #![allow(dead_code)]
+
+pub mod local;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -12,7 +16,7 @@ use exai_shared::redis::{Keys, RedisHandle};
 use exai_tests::{ChildGuard, PrefixGuard, bin_path, test_config, unique_prefix, wait_until};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -201,9 +205,10 @@ pub enum Seen {
     Ended,
 }
 
-/// A WebSocket client speaking JSON frames.
-pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A WebSocket client speaking JSON frames: over TCP to a daemon process, or over an in-memory
+/// pipe to a [`LocalStack`].
+pub struct Client<S = MaybeTlsStream<TcpStream>> {
+    pub ws: WebSocketStream<S>,
 }
 
 impl Client {
@@ -214,7 +219,9 @@ impl Client {
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
         Self { ws }
     }
+}
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Sends a JSON frame.
     pub async fn send(&mut self, v: Value) {
         self.send_text(v.to_string()).await;

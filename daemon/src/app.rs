@@ -1,0 +1,186 @@
+//! The state every connection and HTTP handler shares ([`App`]), built once per process: the
+//! configuration, the Redis handle and queues, the relay, the metrics, the connection and session
+//! counters, the staging store, and the token check (a constant-time compare of SHA-256 digests)
+//! that the hello and the admin API both use. Also the wall-clock helpers the replies stamp.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use exai_shared::Config;
+use exai_shared::events::EventPublisher;
+use exai_shared::queue::{self, Queue, QueuePolicy};
+use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::semaphore::Semaphores;
+use exai_shared::staging::Staging;
+use exai_shared::workers::WorkerRegistry;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::limits::{ConnectionLimiter, DaemonLimits};
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::session::Sessions;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Redis could not be reached at start-up.
+    #[error("could not connect to redis")]
+    Redis(#[source] redis::RedisError),
+    /// The semaphore inspector could not be set up.
+    #[error("could not set up the semaphore inspector")]
+    Semaphores(#[source] exai_shared::semaphore::SemaphoreError),
+    /// `DATABASE_URL` is set but unusable.
+    #[error("invalid database configuration")]
+    Database(#[source] exai_shared::db::DbError),
+    /// The listener failed.
+    #[error("the listener failed")]
+    Io(#[source] std::io::Error),
+}
+
+/// What every connection and HTTP handler shares; built once per process.
+pub struct App {
+    /// The process configuration.
+    pub(crate) config: Config,
+    /// The daemon's own limits.
+    pub(crate) limits: DaemonLimits,
+    /// The shared multiplexed Redis connection (never used for blocking commands).
+    pub(crate) redis: RedisHandle,
+    /// The `tool_calls` queue, where every call is enqueued.
+    pub(crate) tool_calls: Queue,
+    /// Every queue, for `health` and `queue_stats`.
+    pub(crate) queues: Vec<Queue>,
+    /// Read-only use: `inspect` for `health` and `queue_stats`. The daemon never acquires.
+    pub(crate) semaphores: Semaphores,
+    /// The live worker processes, for `health` and `/health`.
+    pub(crate) workers: WorkerRegistry,
+    /// The shared job-event subscription.
+    pub(crate) relay: Relay,
+    /// Publishes `Finished` for jobs the daemon cancels while they wait, so every waiter
+    /// (in this daemon or another) hears of it at once.
+    pub(crate) events: EventPublisher,
+    /// The Prometheus metrics.
+    pub(crate) metrics: Metrics,
+    /// Open connections, in total and per IP.
+    pub(crate) connections: ConnectionLimiter,
+    /// Sessions with an open connection.
+    pub(crate) sessions: Sessions,
+    /// The Postgres pool for the admin API's storage view; `None` when `DATABASE_URL` is not
+    /// set for the daemon (the daemon needs no database for anything else). Lazy: the first
+    /// query opens the first connection.
+    pub(crate) db: Option<exai_shared::db::PgPool>,
+    /// SHA-256 of `EXAI_WS_TOKEN`, compared in constant time with the digest of the token a
+    /// client sends (digests hide the length too); `None` when auth is off (loopback only).
+    pub(crate) token_digest: Option<[u8; 32]>,
+    /// Fires on shutdown; every connection watches it.
+    pub(crate) shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for the 1001 closes to go out.
+    pub(crate) tasks: TaskTracker,
+    /// When the daemon started.
+    pub(crate) started: Instant,
+    /// The staging store (`EXAI_STAGING_DIR`), where `kimi_upload_bytes` content is written
+    /// before its job is enqueued.
+    pub(crate) staging: Staging,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of a token.
+pub(crate) fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl App {
+    /// Connects to Redis and sets up the shared parts. When `DATABASE_URL` was set (in the
+    /// environment or `.env`), a lazy Postgres pool is built for the admin API's storage view;
+    /// an unusable URL is an error now, an unreachable server only fails that view.
+    pub async fn connect(
+        config: Config,
+        limits: DaemonLimits,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, DaemonError> {
+        let redis = RedisHandle::connect(&config.redis)
+            .await
+            .map_err(DaemonError::Redis)?;
+        let keys = Keys::new(config.redis.prefix.clone());
+        let policy = QueuePolicy::from_config(&config.jobs);
+        let queues: Vec<Queue> = queue::ALL_QUEUES
+            .iter()
+            .map(|name| Queue::new(redis.clone(), &keys, name, policy.clone()))
+            .collect();
+        let tool_calls = Queue::new(redis.clone(), &keys, queue::TOOL_CALLS, policy);
+        let pubsub = RedisHandle::pubsub_client(&config.redis).map_err(DaemonError::Redis)?;
+        let relay = Relay::connect(pubsub, keys.clone())
+            .await
+            .map_err(DaemonError::Redis)?;
+        let semaphores = Semaphores::from_config(&config)
+            .await
+            .map_err(DaemonError::Semaphores)?;
+        let token_digest = config.ws.token.as_ref().map(|t| digest(t.expose_secret()));
+        let db = config
+            .ws
+            .database_url_set
+            .then(|| exai_shared::db::connect_lazy(&config.database))
+            .transpose()
+            .map_err(DaemonError::Database)?;
+        let staging = Staging::from_config(&config.uploads);
+        Ok(Arc::new(Self {
+            connections: ConnectionLimiter::new(
+                limits.max_connections,
+                limits.max_connections_per_ip,
+            ),
+            workers: WorkerRegistry::new(redis.clone(), &keys),
+            events: EventPublisher::new(redis.clone(), keys),
+            config,
+            limits,
+            redis,
+            tool_calls,
+            queues,
+            semaphores,
+            relay,
+            metrics: Metrics::new(),
+            sessions: Sessions::default(),
+            db,
+            token_digest,
+            shutdown,
+            tasks: TaskTracker::new(),
+            started: Instant::now(),
+            staging,
+        }))
+    }
+
+    /// Whether `given` is the configured token, compared in constant time on the SHA-256
+    /// digests (which hide the length too). Always `true` when auth is off (no token
+    /// configured, loopback only).
+    pub(crate) fn token_matches(&self, given: &str) -> bool {
+        match &self.token_digest {
+            Some(expected) => bool::from(expected.ct_eq(&digest(given))),
+            None => true,
+        }
+    }
+}
+
+/// Unix time in seconds, as a float.
+pub(crate) fn unix_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
