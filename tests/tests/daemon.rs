@@ -820,15 +820,8 @@ async fn an_idle_connection_is_closed() {
 }
 
 #[tokio::test]
-async fn a_call_past_its_deadline_times_out_and_a_single_frame_client_is_not_kept_waiting() {
-    let stack = LocalStack::start(
-        "d-timeouts",
-        &[
-            ("EXAI_WS_CALL_TIMEOUT_SECS", "0.5"),
-            ("EXAI_WS_SINGLE_FRAME_TIMEOUT_SECS", "0.3"),
-        ],
-    )
-    .await;
+async fn a_call_past_its_deadline_times_out_and_is_cancelled() {
+    let stack = LocalStack::start("d-deadline", &[("EXAI_WS_CALL_TIMEOUT_SECS", "0.5")]).await;
     let (mut c, session) = stack.client(None).await;
     let (res, _) = c.call("r-1", "test_echo", json!({})).await;
     assert_eq!(res["error"]["code"], "TIMEOUT");
@@ -838,8 +831,22 @@ async fn a_call_past_its_deadline_times_out_and_a_single_frame_client_is_not_kep
         JobState::Cancelled,
         "a call past its deadline is cancelled"
     );
+    stack.cleanup().await;
+}
 
-    // Single-frame: one TIMEOUT frame naming the job, which is still there to collect.
+#[tokio::test]
+async fn a_single_frame_client_is_not_kept_waiting() {
+    // The call's own deadline stays far away, so only the single-frame wait can end it.
+    let stack = LocalStack::start(
+        "d-single-wait",
+        &[
+            ("EXAI_WS_CALL_TIMEOUT_SECS", "60"),
+            ("EXAI_WS_SINGLE_FRAME_TIMEOUT_SECS", "0.3"),
+        ],
+    )
+    .await;
+    let (mut c, _) = stack.client(None).await;
+    // One TIMEOUT frame naming the job, which is still there to collect.
     c.send(json!({"op": "call_tool", "id": "call_1", "name": "test_echo", "arguments": {}}))
         .await;
     let res = c.recv().await;
