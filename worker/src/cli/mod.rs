@@ -34,6 +34,7 @@ macro_rules! say {
     };
 }
 
+pub mod cleanup;
 pub mod files;
 pub mod queue;
 pub mod sem;
