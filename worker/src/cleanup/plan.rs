@@ -11,12 +11,12 @@ use exai_shared::db::{FileUpload, UploadStatus};
 use exai_shared::providers::supabase::KIMI_UPLOADS_PREFIX;
 use exai_shared::providers::{FileObject, ListedObject};
 use exai_shared::staging::StagingEntry;
+use exai_shared::tools::Provider;
 
 use super::snapshot::Snapshot;
 use super::{
     Cleanup, MOONSHOT_NOT_CONFIGURED, MOONSHOT_SWEEPS, SUPABASE_NOT_CONFIGURED, SUPABASE_SWEEPS,
 };
-use crate::uploads::KIMI;
 
 /// One sweep's candidates, or why it could not plan.
 pub struct SweepPlan<T> {
@@ -160,7 +160,7 @@ impl Plan {
                 let listed: HashSet<&str> = files.iter().map(|f| f.id.as_str()).collect();
                 let mut plan = SweepPlan::of(Vec::new());
                 for row in rows.iter().filter(|r| {
-                    r.provider == KIMI
+                    r.provider == Provider::Kimi.as_str()
                         && r.created_at <= grace_cutoff
                         && !listed.contains(r.provider_file_id.as_str())
                 }) {
@@ -182,7 +182,7 @@ impl Plan {
         let expired = SweepPlan::of(
             rows.iter()
                 .filter(|r| {
-                    r.provider == KIMI
+                    r.provider == Provider::Kimi.as_str()
                         && matches!(
                             r.status,
                             UploadStatus::Completed | UploadStatus::StorageFailed
@@ -208,7 +208,7 @@ impl Plan {
                 let mut lru: Vec<&FileUpload> = rows
                     .iter()
                     .filter(|r| {
-                        r.provider == KIMI
+                        r.provider == Provider::Kimi.as_str()
                             && r.status == UploadStatus::Completed
                             && !missing_ids.contains(&r.id)
                             && !expired_ids.contains(&r.id)
