@@ -70,52 +70,55 @@ impl Cleanup {
         let redis = RedisHandle::connect(&config.redis)
             .await
             .context("connect to Redis")?;
-        let keys = Keys::new(&config.redis.prefix);
-        Ok(Self {
+        Ok(Self::with(
+            config,
             db,
-            providers: Providers::from_config(config).context("build the HTTP clients")?,
-            moonshot_configured: config.kimi.api_key.is_some(),
-            staging: Staging::from_config(&config.uploads),
-            uploads_queue: Queue::new(
-                redis.clone(),
-                &keys,
-                queue::UPLOADS,
-                QueuePolicy::from_config(&config.jobs),
-            ),
-            tool_calls_queue: Queue::new(
-                redis.clone(),
-                &keys,
-                queue::TOOL_CALLS,
-                QueuePolicy::from_config(&config.jobs),
-            ),
+            Providers::from_config(config).context("build the HTTP clients")?,
+            Staging::from_config(&config.uploads),
             redis,
-            keys,
-            settings: CleanupSettings::from_config(config),
-        })
+            Keys::new(&config.redis.prefix),
+        ))
     }
 
     /// The handles of a worker process.
     pub fn from_state(state: &AppState) -> Self {
+        Self::with(
+            &state.config,
+            state.db.clone(),
+            state.providers.clone(),
+            state.staging.clone(),
+            state.redis.clone(),
+            state.keys.clone(),
+        )
+    }
+
+    /// A run over these handles, with the queues and limits of `config`.
+    fn with(
+        config: &Config,
+        db: PgPool,
+        providers: Providers,
+        staging: Staging,
+        redis: RedisHandle,
+        keys: Keys,
+    ) -> Self {
+        let queue_named = |name| {
+            Queue::new(
+                redis.clone(),
+                &keys,
+                name,
+                QueuePolicy::from_config(&config.jobs),
+            )
+        };
         Self {
-            db: state.db.clone(),
-            providers: state.providers.clone(),
-            moonshot_configured: state.config.kimi.api_key.is_some(),
-            staging: state.staging.clone(),
-            uploads_queue: Queue::new(
-                state.redis.clone(),
-                &state.keys,
-                queue::UPLOADS,
-                QueuePolicy::from_config(&state.config.jobs),
-            ),
-            tool_calls_queue: Queue::new(
-                state.redis.clone(),
-                &state.keys,
-                queue::TOOL_CALLS,
-                QueuePolicy::from_config(&state.config.jobs),
-            ),
-            redis: state.redis.clone(),
-            keys: state.keys.clone(),
-            settings: CleanupSettings::from_config(&state.config),
+            db,
+            providers,
+            moonshot_configured: config.kimi.api_key.is_some(),
+            staging,
+            uploads_queue: queue_named(queue::UPLOADS),
+            tool_calls_queue: queue_named(queue::TOOL_CALLS),
+            settings: CleanupSettings::from_config(config),
+            redis,
+            keys,
         }
     }
 }
