@@ -45,7 +45,7 @@ pub mod policy;
 pub mod redrive;
 
 pub use policy::{PushQueue, StoragePushPolicy};
-pub use redrive::{Redrive, Redriven, redrive, redrive_row, redrive_rows};
+pub use redrive::{Redrive, Redriven, redrive_row, redrive_rows};
 
 /// How a push attempt that did not fail ended: the job result's `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,21 +31,6 @@ pub struct Redriven {
     pub job_id: String,
 }
 
-/// Enqueues a fresh push for the rows `which` names, each with a full retry budget (see
-/// [`redrive_row`]).
-pub async fn redrive(
-    pool: &PgPool,
-    queue: &PushQueue,
-    which: Redrive,
-) -> Result<Vec<Redriven>, JobError> {
-    let rows = redrive_rows(pool, which).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        out.push(redrive_row(queue, row).await?);
-    }
-    Ok(out)
-}
-
 /// The rows `which` names: every `storage_failed` row up to the limit, least recently changed
 /// first, or the one row (an error unless it is `storage_failed` or `storage_pending`).
 pub async fn redrive_rows(pool: &PgPool, which: Redrive) -> Result<Vec<FileUpload>, JobError> {
