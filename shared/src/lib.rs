@@ -14,6 +14,8 @@
 //!   sweep, inspection) and the push wake-up of idle workers.
 //! - [`backend`]: the queue as an apalis 1.0 backend: fetcher, heartbeat, sweeper, batched
 //!   fenced acknowledgement, cancellation (see its module docs for where it steps outside apalis).
+//! - [`cleanup_report`]: the orphan cleanup's report and its storage in Redis, written by the
+//!   worker and read by the daemon's admin API.
 //! - [`events`]: job events (started, progress, chunks, finished) on each job's channel.
 //! - [`fleet_metrics`]: the fleet-wide Prometheus gauges (queue depth, semaphores) the daemon and
 //!   the workers read from Redis at scrape time.
@@ -32,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod cleanup_report;
 pub mod config;
 pub mod db;
 pub mod events;

@@ -404,12 +404,18 @@ async fn the_api_reports_the_seeded_state() {
     let (status, body) = admin.get("cleanup").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"report": null}));
-    // The shape the worker stores (exai_worker::cleanup::StoredReport).
+    // The shape the worker stores (exai_shared::cleanup_report::StoredReport).
+    let none = json!({"found": 0, "removed": 0, "bytes": 0});
     let report = json!({"stored_at": "2026-09-21T12:00:01Z", "tick": 1_790_000_000u64,
         "report": {"dry_run": false, "started_at": "2026-09-21T12:00:00Z",
             "finished_at": "2026-09-21T12:00:01Z",
-            "sweeps": {"supabase_orphans": {"found": 4, "removed": 3, "bytes": 3072},
-                       "moonshot_orphans": {"found": 1, "removed": 1, "bytes": 10}}}});
+            "sweeps": {"supabase_orphans": {"found": 4, "removed": 3, "bytes": 3072,
+                                            "errors": ["delete object x: 500"]},
+                       "moonshot_orphans": {"found": 1, "removed": 1, "bytes": 10},
+                       "rows_missing_file": none, "rows_expired": none,
+                       "quota": {"found": 0, "removed": 0, "bytes": 0,
+                                 "skipped": "Moonshot is not configured"},
+                       "staging_orphans": none}}});
     admin.set_cleanup_report(&report).await;
     let (status, body) = admin.get("cleanup").await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use exai_shared::cleanup_report::{self, CleanupReport, CleanupSweepReport};
 use exai_shared::db::{self, FileUpload, NewUpload, UploadStatus};
 use exai_shared::jobs::{CleanupJob, UploadJob};
 use exai_shared::providers::supabase::kimi_object_path;
@@ -21,7 +22,7 @@ use exai_shared::providers::{FileObject, Providers, SupabaseStorage};
 use exai_shared::queue::{self, JobState, NewJob};
 use exai_shared::staging::Staging;
 use exai_tests::{ChildGuard, send_signal, wait_until};
-use exai_worker::cleanup::{self, Cleanup, CleanupReport, SweepReport};
+use exai_worker::cleanup::{self, Cleanup};
 use serde_json::{Value, json};
 use uploads_support::{Stack, sha256};
 
@@ -248,18 +249,18 @@ fn set_mtime(path: &std::path::Path, age: Duration) {
         .unwrap();
 }
 
-fn sweep(found: u64, bytes: u64) -> SweepReport {
-    SweepReport {
+fn sweep(found: u64, bytes: u64) -> CleanupSweepReport {
+    CleanupSweepReport {
         found,
         removed: found,
         bytes,
-        ..SweepReport::default()
+        ..CleanupSweepReport::default()
     }
 }
 
 fn assert_nothing_found(report: &CleanupReport) {
     for (name, s) in report.sweeps.iter() {
-        assert_eq!(s, &SweepReport::default(), "{name}: {report:#?}");
+        assert_eq!(s, &CleanupSweepReport::default(), "{name}: {report:#?}");
     }
 }
 
@@ -405,7 +406,7 @@ async fn orphans_go_what_is_held_or_young_stays_and_a_dry_run_reports_the_real_r
     let sw = &dry.sweeps;
     assert_eq!(sw.rows_missing_file, sweep(1, 170), "{dry:#?}");
     assert_eq!(sw.rows_expired, sweep(1, 190), "{dry:#?}");
-    assert_eq!(sw.quota, SweepReport::default());
+    assert_eq!(sw.quota, CleanupSweepReport::default());
     assert_eq!(sw.moonshot_orphans, sweep(2, 140 + 150), "{dry:#?}");
     assert_eq!(sw.supabase_orphans, sweep(1, 140), "{dry:#?}");
     // The completed row's blob, the orphan blob, the partial write.
@@ -625,7 +626,7 @@ async fn a_sweep_failing_half_way_is_finished_by_the_next_run_and_spares_the_oth
         sweep(2, 60 + 70),
         "{second:#?}"
     );
-    assert_eq!(second.sweeps.rows_expired, SweepReport::default());
+    assert_eq!(second.sweeps.rows_expired, CleanupSweepReport::default());
     assert!(s.moonshot_ids().is_empty());
     assert!(!s.has_object(&expired_path) && !s.has_object(orphan_object));
 
@@ -642,7 +643,11 @@ async fn three_workers_on_a_one_second_schedule_run_each_tick_once() {
     let redis = s.stack.conn.clone();
     let keys = s.stack.keys.clone();
     let ran = wait_until(Duration::from_secs(60), || async {
-        cleanup::history(&redis, &keys, 100).await.unwrap().len() >= 5
+        cleanup_report::history(&redis, &keys, 100)
+            .await
+            .unwrap()
+            .len()
+            >= 5
     })
     .await;
     assert!(ran, "five ticks ran");
@@ -653,7 +658,7 @@ async fn three_workers_on_a_one_second_schedule_run_each_tick_once() {
         assert!(w.wait_exit(Duration::from_secs(30)).await.is_some());
     }
 
-    let history = cleanup::history(&redis, &keys, 100).await.unwrap();
+    let history = cleanup_report::history(&redis, &keys, 100).await.unwrap();
     let mut ticks = HashSet::new();
     for stored in &history {
         assert!(stored.tick > 0, "a cron run: {stored:?}");
@@ -661,7 +666,10 @@ async fn three_workers_on_a_one_second_schedule_run_each_tick_once() {
         assert!(!stored.report.dry_run);
         assert!(stored.report.is_ok(), "{stored:#?}");
     }
-    let last = cleanup::last_report(&redis, &keys).await.unwrap().unwrap();
+    let last = cleanup_report::last_report(&redis, &keys)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&last, &history[0], "the last report heads the history");
 
     // Each stored run is the one job of its tick, run once.
@@ -700,7 +708,7 @@ async fn the_cli_prints_json_or_a_table_and_stores_its_report() {
         ),
         (Some(1), Some(1), Some(321))
     );
-    for name in cleanup::SWEEPS {
+    for name in cleanup_report::SWEEPS {
         assert!(report["sweeps"][name]["found"].is_u64(), "{name} in {out}");
     }
     assert!(
@@ -722,7 +730,7 @@ async fn the_cli_prints_json_or_a_table_and_stores_its_report() {
     );
     assert!(!s.moonshot_ids().contains(&orphan.id));
 
-    let last = cleanup::last_report(&s.stack.conn, &s.stack.keys)
+    let last = cleanup_report::last_report(&s.stack.conn, &s.stack.keys)
         .await
         .unwrap()
         .unwrap();
@@ -795,12 +803,12 @@ async fn a_row_the_original_wrote_keeps_its_object_and_takes_it_along_when_it_ex
     assert!(dry.is_ok(), "{dry:#?}");
     assert_eq!(
         dry.sweeps.supabase_orphans,
-        SweepReport::default(),
+        CleanupSweepReport::default(),
         "{dry:#?}"
     );
     assert_eq!(
         dry.sweeps.moonshot_orphans,
-        SweepReport::default(),
+        CleanupSweepReport::default(),
         "{dry:#?}"
     );
     assert_eq!(dry.sweeps.rows_expired, sweep(1, 210), "{dry:#?}");
@@ -935,7 +943,7 @@ async fn the_cli_skips_the_sweeps_of_a_provider_that_is_not_configured() {
         s.has_object(object),
         "the unconfigured sweep touched nothing"
     );
-    let last = cleanup::last_report(&s.stack.conn, &s.stack.keys)
+    let last = cleanup_report::last_report(&s.stack.conn, &s.stack.keys)
         .await
         .unwrap()
         .unwrap();

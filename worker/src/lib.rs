@@ -6,14 +6,17 @@
 //!   shutdown.
 //! - [`handlers`]: what each queue's jobs do.
 //! - [`state`]: [`AppState`](state::AppState), what every handler can reach (database,
-//!   semaphores, provider clients, staging, events, the push queue).
+//!   semaphores, provider clients, staging, events, the push queue); state only, no policy.
 //! - [`permits`]: taking and holding the fleet-wide semaphore permits around provider calls.
 //! - [`tools`]: the tools `tool_calls` jobs run (chat, uploads, downloads, file management).
 //! - [`uploads`]: staged bytes → Moonshot → `provider_file_uploads` row → storage push job.
-//! - [`storage`]: the `storage_push` job (Supabase Storage, retried by the queue) and re-drive.
-//! - [`cleanup`]: the orphan cleanup (scheduled job and `exai-worker cleanup`) and its reports.
+//! - [`storage`]: the `storage_push` job (Supabase Storage, retried by the queue), its retry
+//!   policy and push queue ([`storage::policy`]), and re-drive.
+//! - [`cleanup`]: the orphan cleanup (the scheduled job, and the runs of `exai-worker cleanup`
+//!   and `kimi_manage_files`): snapshot, plan, act. Its report is `exai_shared::cleanup_report`.
 //! - [`metrics`]: the Prometheus metrics of `exai-worker run` (`EXAI_WORKER_METRICS_ADDR`).
-//! - [`cli`]: the operator commands (`queue …`, `sem`, `storage retry-failed`, `files list`).
+//! - [`cli`]: the operator commands (`cleanup`, `queue …`, `sem`, `storage retry-failed`,
+//!   `files list`).
 #![warn(missing_docs)]
 
 pub mod cleanup;

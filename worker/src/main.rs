@@ -29,7 +29,7 @@ enum Command {
         revert: bool,
     },
     /// Run the orphan cleanup now, in this process, and print its report.
-    Cleanup(exai_worker::cleanup::CleanupArgs),
+    Cleanup(cli::cleanup::CleanupArgs),
     /// Supabase Storage pushes.
     Storage {
         #[command(subcommand)]
@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
             command: StorageCommand::Redrive(args),
         } => storage_redrive(&config, &args).await,
         Command::Cleanup(args) => {
-            let ok = exai_worker::cleanup::cli(&config, &args).await?;
+            let ok = cli::cleanup::run(&config, &args).await?;
             anyhow::ensure!(ok, "some cleanup sweeps failed (see the errors above)");
             Ok(())
         }

@@ -83,7 +83,7 @@ impl WaitOutcome {
 
 /// How one storage push attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushOutcome {
+pub enum PushAttempt {
     /// The bytes reached Supabase Storage; the row is completed.
     Pushed,
     /// A transient failure; the queue retries the push.
@@ -95,7 +95,7 @@ pub enum PushOutcome {
     Skipped,
 }
 
-impl PushOutcome {
+impl PushAttempt {
     fn as_str(self) -> &'static str {
         match self {
             Self::Pushed => "pushed",
@@ -268,7 +268,7 @@ impl WorkerMetrics {
     }
 
     /// A storage push attempt ended with `outcome`.
-    pub fn storage_push(&self, outcome: PushOutcome) {
+    pub fn storage_push(&self, outcome: PushAttempt) {
         self.inner
             .storage_pushes
             .get_or_create(&OutcomeLabels {
@@ -405,9 +405,9 @@ mod tests {
         m.record_cleanup("supabase_objects", 3, 3000);
         m.record_cleanup("supabase_objects", 1, 500);
         m.record_cleanup("staging_blobs", 0, 0);
-        m.storage_push(PushOutcome::Pushed);
-        m.storage_push(PushOutcome::Pushed);
-        m.storage_push(PushOutcome::Failed);
+        m.storage_push(PushAttempt::Pushed);
+        m.storage_push(PushAttempt::Pushed);
+        m.storage_push(PushAttempt::Failed);
         m.semaphore_wait(&["global", "kimi"], WaitOutcome::TimedOut);
         m.semaphore_lease_lost(&["kimi"]);
         m.job_settled(

@@ -14,7 +14,10 @@ use exai_shared::jobs::JobError;
 use exai_shared::semaphore::{Acquire, HolderInfo, LeaseGuard};
 
 use crate::metrics::WaitOutcome;
-use crate::state::{AppState, PUT_BACK_AFTER};
+use crate::state::AppState;
+
+/// How long a job that found no permit waits before it runs again (its attempt is not counted).
+pub const PUT_BACK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Takes a permit of every semaphore in `names` for the job of `lease`; `None` when `names` is
 /// empty (a job that calls no provider).

@@ -92,7 +92,7 @@ pub async fn run(
         .await
         .context("subscribe to queue wake-ups")?;
     let policy = QueuePolicy::from_config(&config.jobs);
-    let storage_policy = crate::state::storage_policy(config);
+    let storage_policy = crate::storage::StoragePushPolicy::from_config(config);
     let metrics = WorkerMetrics::new();
     let semaphore_names: Vec<String> = config
         .semaphores
@@ -149,7 +149,7 @@ pub async fn run(
     let mut monitor = Monitor::new().shutdown_timeout(options.grace + Duration::from_secs(5));
     for name in &options.queues {
         let queue_policy = if name == queue::STORAGE_PUSH {
-            storage_policy.clone()
+            storage_policy.queue.clone()
         } else {
             policy.clone()
         };

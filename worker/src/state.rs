@@ -1,18 +1,16 @@
 //! [`AppState`]: what every handler can reach, built once per worker process.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use exai_shared::Config;
 use exai_shared::db::{self, PgPool};
 use exai_shared::events::{EventPublisher, JobEvent};
 use exai_shared::providers::Providers;
-use exai_shared::queue::{self, Backoff, Queue, QueuePolicy};
 use exai_shared::redis::{Keys, RedisHandle};
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
 
 use crate::metrics::WorkerMetrics;
+use crate::storage::{PushQueue, StoragePushPolicy};
 
 /// What every handler can reach. Shared by all jobs of the process behind one `Arc`; every field
 /// is a cheap handle (pools, clients), so nothing here is locked while a job runs.
@@ -31,11 +29,9 @@ pub struct AppState {
     pub staging: Staging,
     /// Publishes job events (progress, streamed chunks) for whoever waits on a job.
     pub events: EventPublisher,
-    /// The `storage_push` queue, for enqueueing pushes after uploads.
-    pub storage_queue: Queue,
-    /// The backoff of `storage_push` retries, to predict whether a retry would land past the
-    /// time budget.
-    pub storage_backoff: Backoff,
+    /// The `storage_push` queue and its retry policy: where uploads enqueue their pushes, and
+    /// what a push attempt checks to know whether it is the last.
+    pub storage_push: PushQueue,
     /// This process's worker id, recorded as the holder of its semaphore leases.
     pub worker_id: String,
     /// The Redis connection (for what handlers record besides job results: cleanup reports).
@@ -54,7 +50,7 @@ impl AppState {
         conn: RedisHandle,
         keys: Keys,
         worker_id: &str,
-        storage_policy: QueuePolicy,
+        storage_policy: StoragePushPolicy,
         metrics: WorkerMetrics,
     ) -> anyhow::Result<Self> {
         let db = db::connect_lazy(&config.database).context("DATABASE_URL")?;
@@ -74,8 +70,7 @@ impl AppState {
             providers,
             staging: Staging::from_config(&config.uploads),
             events: EventPublisher::new(conn.clone(), keys.clone()),
-            storage_backoff: storage_policy.backoff,
-            storage_queue: Queue::new(conn.clone(), &keys, queue::STORAGE_PUSH, storage_policy),
+            storage_push: PushQueue::new(conn.clone(), &keys, storage_policy),
             worker_id: worker_id.to_owned(),
             redis: conn,
             keys,
@@ -92,16 +87,3 @@ impl AppState {
         self.events.publish(job_id, &event).await;
     }
 }
-
-/// The queue policy of `storage_push`: the jobs' policy with the configured retry backoff
-/// (`EXAI_STORAGE_RETRY_BASE_MS`, doubling, capped at 300 s, with jitter).
-pub fn storage_policy(config: &Config) -> QueuePolicy {
-    let mut policy = QueuePolicy::from_config(&config.jobs);
-    policy.max_attempts = config.supabase.retry_max_attempts;
-    policy.backoff.min = config.supabase.retry_base;
-    policy.backoff.max = policy.backoff.max.max(config.supabase.retry_base);
-    policy
-}
-
-/// How long a job that found no permit waits before it runs again (its attempt is not counted).
-pub const PUT_BACK_AFTER: Duration = Duration::from_secs(1);

@@ -22,21 +22,16 @@
 //! - **One push per row.** The push job's id is `push-<row id>`, so enqueueing it again (a
 //!   re-run, a dedup of a row whose push was never enqueued because of a crash) is a no-op.
 
-use exai_shared::Config;
 use exai_shared::backend::{JobLease, error_chain};
 use exai_shared::db::{self, DbError, FileUpload, NewUpload, UploadStatus};
-use exai_shared::jobs::{JobError, StoragePushJob, UploadJob, UploadedFile};
+use exai_shared::jobs::{JobError, UploadJob, UploadedFile};
 use exai_shared::providers::moonshot::{PURPOSE_FILE_EXTRACT, PURPOSES};
 use exai_shared::providers::{ProviderError, guess_mime};
-use exai_shared::queue::{NewJob, Queue};
 use exai_shared::tools::Provider;
 use futures::StreamExt;
 
 use crate::permits;
 use crate::state::AppState;
-
-/// The provider name of Moonshot rows and semaphores.
-pub const KIMI: &str = "kimi";
 
 /// How long a job waits before it tries again when Postgres is out of reach.
 pub const DB_UNAVAILABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -105,16 +100,17 @@ pub async fn upload_staged(
     job: &UploadJob,
     reference: &str,
 ) -> Result<UploadedFile, JobError> {
-    if job.provider != KIMI {
+    let moonshot = Provider::Kimi.as_str();
+    if job.provider != moonshot {
         return Err(JobError::Permanent(format!(
-            "provider `{}` takes no file uploads (only `{KIMI}` does)",
+            "provider `{}` takes no file uploads (only `{moonshot}` does)",
             job.provider
         )));
     }
     let purpose = moonshot_purpose(&job.purpose)?;
     let blob = state.staging.get(&job.sha256, Some(job.size_bytes)).await?;
 
-    if let Some(row) = db::find_live(&state.db, KIMI, &job.sha256)
+    if let Some(row) = db::find_live(&state.db, Provider::Kimi.as_str(), &job.sha256)
         .await
         .map_err(db_error)?
     {
@@ -164,7 +160,7 @@ async fn record(
         UploadStatus::Completed
     };
     let new = NewUpload {
-        provider: KIMI.to_owned(),
+        provider: Provider::Kimi.as_str().to_owned(),
         provider_file_id: file_id.to_owned(),
         sha256: job.sha256.clone(),
         filename: job.filename.clone(),
@@ -210,43 +206,12 @@ async fn provider_has_file(state: &AppState, row: &FileUpload) -> Result<bool, J
     }
 }
 
-/// Enqueues the row's storage push if it still needs one (idempotent: the job id is
-/// `push-<row id>`). Does nothing when storage is disabled.
-pub async fn ensure_push(state: &AppState, row: &FileUpload) -> Result<(), JobError> {
-    let needs_push = matches!(
-        row.status,
-        UploadStatus::StoragePending | UploadStatus::Uploading | UploadStatus::Pending
-    );
-    if !needs_push || !state.config.supabase.upload_enabled {
-        return Ok(());
-    }
-    enqueue_push(
-        &state.storage_queue,
-        &state.config,
-        row.id,
-        StoragePushJob::job_id(row.id),
-    )
-    .await
-}
-
-/// Enqueues a push of row `row_id` under `job_id` on `queue` (`storage_push`), with the storage
-/// retry budget (`EXAI_STORAGE_RETRY_MAX_ATTEMPTS`) as its attempts.
-pub async fn enqueue_push(
-    queue: &Queue,
-    config: &Config,
-    row_id: uuid::Uuid,
-    job_id: String,
-) -> Result<(), JobError> {
-    let job = NewJob::json(&StoragePushJob { row_id })
-        .map_err(JobError::permanent)?
-        .with_id(job_id)
-        .with_max_attempts(config.supabase.retry_max_attempts);
-    let outcome = queue
-        .enqueue(&job)
+/// Enqueues the row's storage push if it still needs one ([`crate::storage::PushQueue::ensure`]).
+async fn ensure_push(state: &AppState, row: &FileUpload) -> Result<(), JobError> {
+    state
+        .storage_push
+        .ensure(row, state.config.supabase.upload_enabled)
         .await
-        .map_err(|e| JobError::Transient(format!("enqueue storage push: {}", error_chain(&e))))?;
-    tracing::debug!(row_id = %row_id, job_id = outcome.id(), created = outcome.is_created(), "storage push enqueued");
-    Ok(())
 }
 
 /// The per-file answer for `row`.
@@ -312,7 +277,7 @@ pub async fn restore_from_storage(
         filename,
         size_bytes: blob.size,
         purpose: row.purpose.clone(),
-        provider: KIMI.to_owned(),
+        provider: Provider::Kimi.as_str().to_owned(),
         mime_type: row.mime_type.clone(),
     };
     upload_staged(state, &job, reference).await

@@ -22,6 +22,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, http::StatusCode};
+use exai_shared::cleanup_report::{self, CleanupReportError};
 use exai_shared::inspect::{QueuesReport, SemaphoresReport, find_job, queue_named};
 use exai_shared::queue::{Cancel, JobState, MAX_PAGE, Queue};
 use exai_shared::redis::Keys;
@@ -227,23 +228,18 @@ async fn storage(State(app): State<Arc<App>>) -> ApiResult {
 
 /// `GET /admin/api/cleanup`: the last cleanup report, or `null` when no cleanup has run.
 async fn cleanup(State(app): State<Arc<App>>) -> ApiResult {
-    let key = Keys::new(app.config.redis.prefix.clone()).cleanup_last();
-    let raw: Option<String> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut app.redis.clone())
+    let keys = Keys::new(app.config.redis.prefix.clone());
+    let stored = cleanup_report::last_report(&app.redis, &keys)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "admin API: redis command failed");
-            ApiError::unavailable(format!("redis unavailable: {e}"))
-        })?;
-    let report = match raw {
-        None => Value::Null,
-        Some(raw) => serde_json::from_str(&raw).map_err(|e| {
-            ApiError::new(
+        .map_err(|e| match e {
+            CleanupReportError::Redis { source, .. } => {
+                tracing::warn!(error = %source, "admin API: redis command failed");
+                ApiError::unavailable(format!("redis unavailable: {source}"))
+            }
+            CleanupReportError::Json { source, .. } => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the stored cleanup report is not JSON: {e}"),
-            )
-        })?,
-    };
-    Ok(Json(json!({ "report": report })))
+                format!("the stored cleanup report is not JSON: {source}"),
+            ),
+        })?;
+    Ok(Json(json!({ "report": stored })))
 }

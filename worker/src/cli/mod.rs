@@ -7,6 +7,7 @@
 //! A long operation shows a progress bar when stderr is a terminal and one plain line per item
 //! otherwise. Commands that only touch Redis never open a Postgres connection.
 //!
+//! - [`cleanup`]: `cleanup [--dry-run] [--json]`, the orphan cleanup run in this process.
 //! - [`queue`]: `queue stats | list | show | retry | kill | pause | resume`.
 //! - [`sem`]: `sem`, the fleet-wide semaphores and their live leases.
 //! - [`storage`]: `storage retry-failed` (and the older `storage redrive`).
@@ -34,6 +35,7 @@ macro_rules! say {
     };
 }
 
+pub mod cleanup;
 pub mod files;
 pub mod queue;
 pub mod sem;
@@ -60,7 +62,7 @@ pub fn queue_handles(config: &Config, conn: RedisHandle) -> Vec<Queue> {
 /// The policy the workers of queue `name` use.
 fn policy_of(config: &Config, name: &str) -> QueuePolicy {
     if name == STORAGE_PUSH {
-        crate::state::storage_policy(config)
+        crate::storage::StoragePushPolicy::from_config(config).queue
     } else {
         QueuePolicy::from_config(&config.jobs)
     }

@@ -5,12 +5,11 @@ use anyhow::Context;
 use clap::Args;
 use exai_shared::Config;
 use exai_shared::db;
-use exai_shared::queue::{self, Queue};
 use exai_shared::redis::{Keys, RedisHandle};
 use serde::Serialize;
 
 use super::{Progress, print_json};
-use crate::storage::{self, Redrive, Redriven};
+use crate::storage::{self, PushQueue, Redrive, Redriven, StoragePushPolicy};
 
 /// Flags of `exai-worker storage retry-failed`.
 #[derive(Args, Debug)]
@@ -68,19 +67,14 @@ async fn redrive_with(
         .await
         .context("connect to redis")?;
     let keys = Keys::new(&config.redis.prefix);
-    let push_queue = Queue::new(
-        conn,
-        &keys,
-        queue::STORAGE_PUSH,
-        crate::state::storage_policy(config),
-    );
+    let push_queue = PushQueue::new(conn, &keys, StoragePushPolicy::from_config(config));
     let rows = storage::redrive_rows(pool, which)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let progress = Progress::new(rows.len() as u64, "re-driving storage pushes", json);
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
-        let r = storage::redrive_row(&push_queue, config, row)
+        let r = storage::redrive_row(&push_queue, row)
             .await
             .map_err(|e| anyhow::anyhow!("re-drive row {}: {e}", row.id))?;
         progress.item(|| format!("re-driven {} as job {}", r.row_id, r.job_id));

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{ToolCtx, json_result};
 use crate::permits;
-use crate::uploads::{self, KIMI, db_error};
+use crate::uploads::{self, db_error};
 
 #[derive(Debug, Deserialize)]
 struct ChatArgs {
@@ -148,7 +148,7 @@ async fn file_text(ctx: &ToolCtx<'_>, id: &str) -> Result<(String, String), JobE
         Err(e) => return Err(e.into()),
     }
     let db = &ctx.state.db;
-    let row = db::find_by_provider_file_id(db, KIMI, id)
+    let row = db::find_by_provider_file_id(db, Provider::Kimi.as_str(), id)
         .await
         .map_err(db_error)?
         .ok_or_else(|| {
@@ -158,7 +158,9 @@ async fn file_text(ctx: &ToolCtx<'_>, id: &str) -> Result<(String, String), JobE
         })?;
     // Another live row may already hold the same bytes (restored earlier, or re-uploaded).
     if let Some(sha256) = row.sha256.as_deref()
-        && let Some(live) = db::find_live(db, KIMI, sha256).await.map_err(db_error)?
+        && let Some(live) = db::find_live(db, Provider::Kimi.as_str(), sha256)
+            .await
+            .map_err(db_error)?
         && live.provider_file_id != id
     {
         match moonshot.file_content(&live.provider_file_id).await {

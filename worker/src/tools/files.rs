@@ -18,13 +18,14 @@ use exai_shared::jobs::{JobError, ToolResult, UploadJob, UploadedFile};
 use exai_shared::providers::guess_mime;
 use exai_shared::providers::supabase::kimi_object_path;
 use exai_shared::staging::{StagingError, decode_inline, plain_filename, validate_upload_path};
+use exai_shared::tools::Provider;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
 
 use super::{ToolCtx, json_result};
-use crate::uploads::{self, KIMI, db_error};
+use crate::uploads::{self, db_error};
 use crate::{cleanup, permits};
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +88,7 @@ pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
             mime_type: Some(guess_mime(&file.filename)),
             filename: file.filename,
             purpose: purpose.clone(),
-            provider: KIMI.to_owned(),
+            provider: Provider::Kimi.as_str().to_owned(),
         });
     }
     let guard = ctx.permits().await?;
@@ -127,7 +128,7 @@ pub async fn upload_bytes(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         mime_type: Some(guess_mime(&filename)),
         filename,
         purpose,
-        provider: KIMI.to_owned(),
+        provider: Provider::Kimi.as_str().to_owned(),
     };
     let guard = ctx.permits().await?;
     let result = permits::holding(
@@ -155,13 +156,13 @@ pub async fn download_file(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     let args: DownloadArgs = ctx.args()?;
     let db = &ctx.state.db;
     let row = match (&args.file_id, &args.sha256) {
-        (Some(id), _) => db::find_by_provider_file_id(db, KIMI, id)
+        (Some(id), _) => db::find_by_provider_file_id(db, Provider::Kimi.as_str(), id)
             .await
             .map_err(db_error)?
             .ok_or_else(|| {
                 JobError::Permanent(format!("no upload is recorded for file_id {id}"))
             })?,
-        (None, Some(sha)) => db::find_live(db, KIMI, sha)
+        (None, Some(sha)) => db::find_live(db, Provider::Kimi.as_str(), sha)
             .await
             .map_err(db_error)?
             .ok_or_else(|| JobError::Permanent(format!("no live upload has sha256 {sha}")))?,
@@ -364,7 +365,7 @@ async fn list(ctx: &ToolCtx<'_>, limit: usize) -> Result<ToolResult, JobError> {
     let total = files.len();
     let mut items = Vec::with_capacity(total.min(limit));
     for file in files.into_iter().rev().take(limit).rev() {
-        let row = db::find_by_provider_file_id(&ctx.state.db, KIMI, &file.id)
+        let row = db::find_by_provider_file_id(&ctx.state.db, Provider::Kimi.as_str(), &file.id)
             .await
             .map_err(db_error)?;
         items.push(json!({
@@ -393,7 +394,7 @@ fn row_summary(row: &FileUpload) -> Value {
 /// Deletes a Moonshot file and marks its row deleted; its storage copy (also the original
 /// daemon's, see [`FileUpload::storage_object`]) is removed too.
 async fn delete(ctx: &ToolCtx<'_>, id: &str, dry_run: bool) -> Result<ToolResult, JobError> {
-    let row = db::find_by_provider_file_id(&ctx.state.db, KIMI, id)
+    let row = db::find_by_provider_file_id(&ctx.state.db, Provider::Kimi.as_str(), id)
         .await
         .map_err(db_error)?;
     if dry_run {

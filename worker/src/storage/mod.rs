@@ -21,25 +21,63 @@
 //! (403, 404, 413, …), the row becomes `storage_failed` with `last_error` and the job ends dead
 //! with the same error. Moonshot's file is never touched: its upload stands.
 //!
+//! The schedule and the budget are [`StoragePushPolicy`] ([`policy`]), which is also where a
+//! push is enqueued ([`PushQueue`]); re-drives are [`redrive`].
+//!
 //! `KIMI_UPLOAD_TO_SUPABASE=false` when a push runs: the row becomes `storage_failed` ("storage
 //! disabled"), so a re-drive can push it once storage is enabled again.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use exai_shared::Config;
 use exai_shared::backend::{JobLease, error_chain};
-use exai_shared::db::{self, FileUpload, PgPool, UploadStatus};
+use exai_shared::db::{self, FileUpload, UploadStatus};
 use exai_shared::jobs::{JobError, StoragePushJob};
+use exai_shared::providers::guess_mime;
 use exai_shared::providers::supabase::kimi_object_path;
-use exai_shared::providers::{ProviderError, guess_mime};
-use exai_shared::queue::Queue;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::metrics::PushOutcome;
+use crate::metrics::PushAttempt;
 use crate::state::AppState;
-use crate::uploads::{db_error, enqueue_push};
+use crate::uploads::db_error;
+
+pub mod policy;
+pub mod redrive;
+
+pub use policy::{PushQueue, StoragePushPolicy};
+pub use redrive::{Redrive, Redriven, redrive_row, redrive_rows};
+
+/// How a push attempt that did not fail ended: the job result's `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The bytes reached Supabase Storage; the row is `completed`.
+    Pushed,
+    /// The row wanted no push any more (completed, deleted or failed meanwhile).
+    NothingToPush,
+    /// Storage was disabled (`KIMI_UPLOAD_TO_SUPABASE=false`) when the push ran; the row is
+    /// `storage_failed`, for a re-drive once storage is enabled again.
+    StorageDisabled,
+}
+
+impl PushOutcome {
+    /// The outcome's name in the job result.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pushed => "pushed",
+            Self::NothingToPush => "nothing to push",
+            Self::StorageDisabled => "storage disabled",
+        }
+    }
+
+    /// How the attempt counts in the worker's metrics.
+    pub fn attempt(self) -> PushAttempt {
+        match self {
+            Self::Pushed => PushAttempt::Pushed,
+            Self::NothingToPush => PushAttempt::Skipped,
+            Self::StorageDisabled => PushAttempt::Failed,
+        }
+    }
+}
 
 /// Runs one `storage_push` attempt and counts its outcome in the worker's metrics.
 pub async fn push(
@@ -48,34 +86,30 @@ pub async fn push(
     job: &StoragePushJob,
 ) -> Result<Value, JobError> {
     let result = push_once(state, lease, job).await;
-    let outcome = match &result {
-        Ok(v) => match v["outcome"].as_str() {
-            Some("pushed") => Some(PushOutcome::Pushed),
-            Some("storage disabled") => Some(PushOutcome::Failed),
-            _ => Some(PushOutcome::Skipped),
-        },
-        Err(JobError::Permanent(_)) => Some(PushOutcome::Failed),
-        Err(JobError::Transient(_) | JobError::RetryAfter { .. }) => Some(PushOutcome::Retry),
+    let attempt = match &result {
+        Ok((_, outcome)) => Some(outcome.attempt()),
+        Err(JobError::Permanent(_)) => Some(PushAttempt::Failed),
+        Err(JobError::Transient(_) | JobError::RetryAfter { .. }) => Some(PushAttempt::Retry),
         Err(_) => None,
     };
-    if let Some(outcome) = outcome {
-        state.metrics.storage_push(outcome);
+    if let Some(attempt) = attempt {
+        state.metrics.storage_push(attempt);
     }
-    result
+    result.map(|(row, outcome)| outcome_json(&row, outcome))
 }
 
 async fn push_once(
     state: &AppState,
     lease: &JobLease,
     job: &StoragePushJob,
-) -> Result<Value, JobError> {
+) -> Result<(FileUpload, PushOutcome), JobError> {
     let row = db::find_by_id(&state.db, job.row_id)
         .await
         .map_err(db_error)?
         .ok_or_else(|| JobError::Permanent(format!("file upload row {} not found", job.row_id)))?;
     match row.status {
         UploadStatus::Completed | UploadStatus::Deleted | UploadStatus::Failed => {
-            return Ok(outcome(&row, "nothing to push"));
+            return Ok((row, PushOutcome::NothingToPush));
         }
         _ => {}
     }
@@ -86,7 +120,7 @@ async fn push_once(
             "storage disabled (KIMI_UPLOAD_TO_SUPABASE=false) when the push ran",
         )
         .await?;
-        return Ok(outcome(&row, "storage disabled"));
+        return Ok((row, PushOutcome::StorageDisabled));
     }
     let Some(storage) = state.providers.supabase.as_ref() else {
         let message =
@@ -140,10 +174,16 @@ async fn push_once(
                 .await
                 .map_err(db_error)?;
             tracing::info!(row_id = %row.id, path = %object.path, attempt = lease.lease.attempt, "pushed to storage");
-            Ok(outcome(&row, "pushed"))
+            Ok((row, PushOutcome::Pushed))
         }
         Err(e) => {
-            let last = !e.is_transient() || is_last_attempt(state, lease, &e);
+            let last = !e.is_transient()
+                || state.storage_push.policy().is_last_attempt(
+                    lease.lease.attempt,
+                    lease.max_attempts,
+                    lease.enqueued_at_ms,
+                    e.retry_after(),
+                );
             if last {
                 let message = if e.is_transient() {
                     format!(
@@ -160,26 +200,6 @@ async fn push_once(
             }
         }
     }
-}
-
-/// Whether a failed transient attempt is the job's last: no attempts left, or even the earliest
-/// retry (the backoff without jitter, or the wait the provider named) would start after the time
-/// budget, counted from the job's enqueue.
-fn is_last_attempt(state: &AppState, lease: &JobLease, e: &ProviderError) -> bool {
-    if lease.lease.attempt >= lease.max_attempts {
-        return true;
-    }
-    let mut earliest = state.storage_backoff;
-    earliest.jitter = false;
-    let next = e
-        .retry_after()
-        .unwrap_or_else(|| earliest.delay(lease.lease.attempt));
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let elapsed = Duration::from_millis(now_ms.saturating_sub(lease.enqueued_at_ms));
-    elapsed + next > state.config.supabase.retry_max
 }
 
 /// Marks the row `storage_failed` with `message` (a row that completed meanwhile is left alone).
@@ -199,94 +219,14 @@ async fn fail_row(
     }
 }
 
-fn outcome(row: &FileUpload, what: &str) -> Value {
+/// The job's result: the row as the push left it, and the outcome.
+fn outcome_json(row: &FileUpload, outcome: PushOutcome) -> Value {
     json!({
         "row_id": row.id,
         "file_id": row.provider_file_id,
         "status": row.status.as_str(),
         "storage_path": row.storage_path,
-        "outcome": what,
-    })
-}
-
-/// Which rows to re-drive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Redrive {
-    /// Every `storage_failed` row (up to a limit).
-    AllFailed {
-        /// The most rows re-driven in one run.
-        limit: i64,
-    },
-    /// One row, `storage_failed` or `storage_pending` (a push lost to a crash on its last
-    /// attempt leaves a row pending).
-    Row(Uuid),
-}
-
-/// One re-driven row.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Redriven {
-    /// The row.
-    pub row_id: Uuid,
-    /// The push job enqueued (or already there).
-    pub job_id: String,
-}
-
-/// Enqueues a fresh push for the rows `which` names, each with a full retry budget (see
-/// [`redrive_row`]).
-pub async fn redrive(
-    pool: &PgPool,
-    queue: &Queue,
-    config: &Config,
-    which: Redrive,
-) -> Result<Vec<Redriven>, JobError> {
-    let rows = redrive_rows(pool, which).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        out.push(redrive_row(queue, config, row).await?);
-    }
-    Ok(out)
-}
-
-/// The rows `which` names: every `storage_failed` row up to the limit, least recently changed
-/// first, or the one row (an error unless it is `storage_failed` or `storage_pending`).
-pub async fn redrive_rows(pool: &PgPool, which: Redrive) -> Result<Vec<FileUpload>, JobError> {
-    Ok(match which {
-        Redrive::AllFailed { limit } => {
-            db::list_by_status(pool, UploadStatus::StorageFailed, limit)
-                .await
-                .map_err(db_error)?
-        }
-        Redrive::Row(id) => {
-            let row = db::find_by_id(pool, id)
-                .await
-                .map_err(db_error)?
-                .ok_or_else(|| JobError::Permanent(format!("file upload row {id} not found")))?;
-            if !matches!(
-                row.status,
-                UploadStatus::StorageFailed | UploadStatus::StoragePending
-            ) {
-                return Err(JobError::Permanent(format!(
-                    "row {id} is {}: only storage_failed or storage_pending rows are re-driven",
-                    row.status
-                )));
-            }
-            vec![row]
-        }
-    })
-}
-
-/// Enqueues a fresh push of `row` with a full retry budget. The job id is
-/// `push-<row id>-r<attempts so far>`, so re-driving twice before the push runs enqueues one job.
-pub async fn redrive_row(
-    queue: &Queue,
-    config: &Config,
-    row: &FileUpload,
-) -> Result<Redriven, JobError> {
-    let job_id = StoragePushJob::redrive_job_id(row.id, row.storage_attempts);
-    enqueue_push(queue, config, row.id, job_id.clone()).await?;
-    Ok(Redriven {
-        row_id: row.id,
-        job_id,
+        "outcome": outcome.as_str(),
     })
 }
 
