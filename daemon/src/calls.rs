@@ -329,7 +329,7 @@ async fn stage_inline(app: &App, arguments: &mut Value) -> Result<StagedRef, Wir
         .await
         .map_err(|e| {
             if e.is_transient() {
-                tracing::error!(error = %exai_shared::backend::error_chain(&e), "staging failed");
+                tracing::error!(error = %exai_shared::error_chain(&e), "staging failed");
                 WireError::new(
                     ErrorCode::ServiceUnavailable,
                     format!("the upload could not be staged: {e}"),

@@ -34,6 +34,7 @@
 pub mod backend;
 pub mod config;
 pub mod db;
+mod error_chain;
 pub mod events;
 pub mod fleet_metrics;
 pub mod inspect;
@@ -50,3 +51,4 @@ pub mod tools;
 pub mod workers;
 
 pub use config::Config;
+pub use error_chain::error_chain;

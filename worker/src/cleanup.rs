@@ -685,7 +685,7 @@ fn last_used(row: &FileUpload) -> DateTime<Utc> {
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    exai_shared::backend::error_chain(e)
+    exai_shared::error_chain(e)
 }
 
 impl Plan {

@@ -29,10 +29,7 @@ pub async fn acquire(
     }
     let holder = HolderInfo::new(&state.worker_id, &lease.lease.id, lease.lease.attempt);
     let failed = |e: exai_shared::semaphore::SemaphoreError| {
-        JobError::Transient(format!(
-            "semaphores: {}",
-            exai_shared::backend::error_chain(&e)
-        ))
+        JobError::Transient(format!("semaphores: {}", exai_shared::error_chain(&e)))
     };
     if let Some(guard) = state
         .semaphores
@@ -101,7 +98,7 @@ pub async fn holding<T>(
         }
     };
     if let Err(e) = guard.release().await {
-        tracing::warn!(error = %exai_shared::backend::error_chain(&e), "permit release failed; it expires with its lease");
+        tracing::warn!(error = %exai_shared::error_chain(&e), "permit release failed; it expires with its lease");
     }
     outcome
 }

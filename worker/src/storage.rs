@@ -27,8 +27,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exai_shared::Config;
-use exai_shared::backend::{JobLease, error_chain};
+use exai_shared::backend::JobLease;
 use exai_shared::db::{self, FileUpload, PgPool, UploadStatus};
+use exai_shared::error_chain;
 use exai_shared::jobs::{JobError, StoragePushJob};
 use exai_shared::providers::supabase::kimi_object_path;
 use exai_shared::providers::{ProviderError, guess_mime};

@@ -23,8 +23,9 @@
 //!   re-run, a dedup of a row whose push was never enqueued because of a crash) is a no-op.
 
 use exai_shared::Config;
-use exai_shared::backend::{JobLease, error_chain};
+use exai_shared::backend::JobLease;
 use exai_shared::db::{self, DbError, FileUpload, NewUpload, UploadStatus};
+use exai_shared::error_chain;
 use exai_shared::jobs::{JobError, StoragePushJob, UploadJob, UploadedFile};
 use exai_shared::providers::moonshot::{PURPOSE_FILE_EXTRACT, PURPOSES};
 use exai_shared::providers::{ProviderError, guess_mime};
