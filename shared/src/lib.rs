@@ -7,8 +7,9 @@
 //!   validated at start-up; secrets are wrapped so they never reach a log line.
 //! - [`telemetry`]: the one `tracing` subscriber set-up, human or JSON output.
 //! - [`shutdown`]: SIGINT and SIGTERM folded into one `CancellationToken`.
-//! - [`redis`]: connecting to a single Redis or a Redis Cluster behind one handle, and the
-//!   [`Keys`](redis::Keys) layout under `EXAI_REDIS_PREFIX` with one hash tag.
+//! - [`redis`]: connecting to a single Redis or a Redis Cluster behind one handle.
+//! - [`keys`]: the Redis key layout under `EXAI_REDIS_PREFIX` ([`Keys`](keys::Keys), and
+//!   [`QueueKeys`](keys::QueueKeys) for one queue), each script's keys under one hash tag.
 //! - [`semaphore`]: fleet-wide leased semaphores (Redis sorted sets of TTL leases).
 //! - [`queue`]: the durable job queue's Redis protocol (enqueue, leased fetch, fenced acks,
 //!   sweep, inspection) and the push wake-up of idle workers.
@@ -39,6 +40,7 @@ pub mod events;
 pub mod fleet_metrics;
 pub mod inspect;
 pub mod jobs;
+pub mod keys;
 pub mod protocol;
 pub mod providers;
 pub mod queue;

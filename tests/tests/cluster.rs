@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use exai_shared::jobs::ToolCallJob;
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, FailKind, FailOutcome, JobState, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{Acquire, HolderInfo, Semaphores};
 use exai_tests::{RedisCluster, spawn_bin, test_config, unique_prefix, wait_until};
 use tokio_util::sync::CancellationToken;

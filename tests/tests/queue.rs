@@ -26,11 +26,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use exai_shared::keys::Keys;
 use exai_shared::queue::{
     Ack, Backoff, Cancel, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobState,
     LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
 };
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_tests::{test_config, unique_prefix, wait_until};
 
 /// A poll fallback far above any push wake-up, so a fast wake-up can only come from the push.

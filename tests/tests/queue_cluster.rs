@@ -6,11 +6,12 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use exai_shared::keys::Keys;
 use exai_shared::queue::{
     Ack, Cancel, FailKind, FailOutcome, JobState, LeaseState, NewJob, Queue, QueuePolicy,
     TOOL_CALLS, Wake, Waker,
 };
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_tests::{RedisCluster, test_config, unique_prefix, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(10);

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use exai_shared::Config;
 use exai_shared::config::RedisConfig;
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::keys::Keys;
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{
     Acquire, HolderInfo, LeaseGuard, Renewal, SemaphoreError, Semaphores,
 };

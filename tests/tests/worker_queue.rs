@@ -8,8 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use exai_shared::jobs::{CleanupJob, ToolCallJob, ToolResult};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, JobState, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_tests::{
     ChildGuard, PrefixGuard, RedisServer, send_signal, spawn_bin, test_config, unique_prefix,
     wait_until,

@@ -56,10 +56,11 @@ use chrono::{DateTime, Utc};
 use exai_shared::Config;
 use exai_shared::db::{self, FileUpload, PgPool, UploadStatus};
 use exai_shared::jobs::{CleanupJob, JobError, ToolCallJob, UploadJob};
+use exai_shared::keys::Keys;
 use exai_shared::providers::supabase::{KIMI_UPLOADS_PREFIX, kimi_object_path};
 use exai_shared::providers::{FileObject, ListedObject, Providers};
 use exai_shared::queue::{self, JobState, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::staging::{Staging, StagingEntry};
 use serde::{Deserialize, Serialize};
 

@@ -12,8 +12,9 @@ use exai_shared::Config;
 use exai_shared::backend::{BackendOptions, RedisBackend};
 use exai_shared::events::EventPublisher;
 use exai_shared::jobs::{CleanupJob, JobError};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, Queue, QueuePolicy, Waker};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::workers::{self, WorkerInfo, WorkerRegistry};
 use tokio_util::sync::CancellationToken;
 

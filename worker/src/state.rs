@@ -6,9 +6,10 @@ use anyhow::Context;
 use exai_shared::Config;
 use exai_shared::db::{self, PgPool};
 use exai_shared::events::{EventPublisher, JobEvent};
+use exai_shared::keys::Keys;
 use exai_shared::providers::Providers;
 use exai_shared::queue::{self, Backoff, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
 

@@ -23,8 +23,8 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, http::StatusCode};
 use exai_shared::inspect::{QueuesReport, SemaphoresReport, find_job, queue_named};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{Cancel, JobState, MAX_PAGE, Queue};
-use exai_shared::redis::Keys;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -61,7 +61,10 @@
 //! | `{P:q:N}:paused` | string | present while paused |
 //! | `{P:q:N}:j:<id>` | hash | the job: payload, state, attempts, fence, worker, timings, errors, result |
 //! | `{P:q:N}:cron:<schedule>` | zset | cron ticks fired, for per-tick dedup |
-//! | `P:q:N:wake` | channel | published when the wait list goes from empty to non-empty |
+//! | `{P:q:N}:idle` | zset | workers waiting for work, score = until when the registration holds (ms) |
+//! | `{P:q:N}:handoff` | hash | hand-off terms of the idle workers that take hand-offs |
+//! | `P:q:N:wake` | channel | published to every worker when the wait list becomes non-empty and no worker is registered idle (and on resume, release, rescue, retry) |
+//! | `P:q:N:wake:<worker>` | channel | wakes that one idle worker, or carries a job handed off to it |
 //! | `P:q:N:cancel` | channel | ids of running jobs asked to stop |
 //!
 //! Cancelling or removing a queued job does not `LREM` the wait list: the job hash changes state
@@ -95,7 +98,6 @@
 mod error;
 mod inspect;
 mod job;
-mod keys;
 mod policy;
 mod reply;
 mod scripts;
@@ -113,11 +115,11 @@ pub use job::{
     Ack, Cancel, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord, JobInfo,
     JobResult, JobState, Lease, LeaseState, NewJob, QueueCounts, SweepReport,
 };
-pub use keys::QueueKeys;
 pub use policy::{Backoff, QueuePolicy};
 pub use waker::{CancelSignal, HandOffTaker, Wake, WakeSignal, Waker};
 
-use crate::redis::{Keys, RedisHandle};
+use crate::keys::{Keys, QueueKeys};
+use crate::redis::RedisHandle;
 use policy::millis;
 
 /// The queue of tool calls, enqueued by the daemon.

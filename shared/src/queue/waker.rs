@@ -1,9 +1,9 @@
 //! Push wake-ups for idle workers, and cancel signals for running jobs, over Redis pub/sub.
 //!
 //! An enqueue wakes **one** idle worker: a worker whose fetch came back short registers itself
-//! in the queue's idle set ([`QueueKeys::idle`](super::QueueKeys::idle)) for as long as it will
+//! in the queue's idle set ([`QueueKeys::idle`](crate::keys::QueueKeys::idle)) for as long as it will
 //! wait, and the enqueue script pops the most recent live registration and publishes on that
-//! worker's own channel ([`QueueKeys::wake_channel_of`](super::QueueKeys::wake_channel_of)).
+//! worker's own channel ([`QueueKeys::wake_channel_of`](crate::keys::QueueKeys::wake_channel_of)).
 //! A worker that takes a full batch and leaves jobs behind wakes the next idle one the same way,
 //! so a burst spreads over as many workers as it needs, and an idle fleet of N workers costs one
 //! fetch per enqueue, not N. With nobody registered idle, and for the rarer events (release,
@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use super::error::QueueError;
 use super::job::Fetched;
-use crate::redis::Keys;
+use crate::keys::Keys;
 
 /// A cancel request for a running job, as published by [`Queue::cancel`](super::Queue::cancel)
 /// or [`Queue::remove`](super::Queue::remove).

@@ -52,7 +52,8 @@ pub use guard::LeaseGuard;
 pub use scripts::Renewal;
 
 use crate::config::{Config, SemaphoreConfig};
-use crate::redis::{Keys, RedisHandle};
+use crate::keys::Keys;
+use crate::redis::RedisHandle;
 use scripts::AcquireReply;
 use wake::Wakers;
 

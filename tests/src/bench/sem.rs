@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::keys::Keys;
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{Acquire, HolderInfo, Semaphores};
 use serde_json::json;
 use tokio::task::JoinSet;
