@@ -28,7 +28,7 @@ use exai_shared::protocol::{
     ErrorFrame, HealthRes, Inbound, JobStatusRes, ListToolsRes, Pong, Progress, QueueStatsRes,
     ReplyTo, Request, ServerMessage, StreamChunk, WireError,
 };
-use exai_shared::queue::{Cancel, JobInfo, JobState, NewJob, QueueError};
+use exai_shared::queue::{CancelOutcome, JobInfo, JobState, NewJob, QueueError};
 use exai_shared::staging::{self, StagingError};
 use exai_shared::tools;
 use serde_json::{Value, json};
@@ -452,12 +452,12 @@ impl Follow {
                         }
                         if deadline_ms.is_some_and(|d| unix_ms() >= d) {
                             match app.tool_calls.cancel(&self.job_id).await {
-                                Ok(Cancel::AlreadyFinished) => {
+                                Ok(CancelOutcome::AlreadyFinished) => {
                                     // It just finished: deliver that instead.
                                     recheck = true;
                                     continue;
                                 }
-                                Ok(Cancel::Removed) => {
+                                Ok(CancelOutcome::Removed) => {
                                     app.events.publish(&self.job_id, &JobEvent::Finished).await;
                                 }
                                 Ok(_) => {}
@@ -753,14 +753,14 @@ async fn about_call(
                 return Ok(not_found());
             };
             let was = match conn.app.tool_calls.cancel(&job_id).await? {
-                Cancel::Removed => {
+                CancelOutcome::Removed => {
                     // Nobody else will announce it: wake every follower of the job.
                     conn.app.events.publish(&job_id, &JobEvent::Finished).await;
                     CancelWas::Queued
                 }
-                Cancel::Signalled => CancelWas::Running,
-                Cancel::AlreadyFinished => CancelWas::Finished,
-                Cancel::NotFound => return Ok(not_found()),
+                CancelOutcome::Signalled => CancelWas::Running,
+                CancelOutcome::AlreadyFinished => CancelWas::Finished,
+                CancelOutcome::NotFound => return Ok(not_found()),
             };
             tracing::info!(job_id, was = ?was, "call cancelled");
             ServerMessage::Cancelled(Cancelled {

@@ -29,7 +29,7 @@ use exai_shared::queue::{self, Queue, QueuePolicy};
 use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
-use exai_shared::workers::WorkerRegistry;
+use exai_shared::worker_registry::WorkerRegistry;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
@@ -240,7 +240,7 @@ impl App {
         Ok(Value::Object(out))
     }
 
-    /// The live worker processes (see `exai_shared::workers`), under `workers` (and their
+    /// The live worker processes (see `exai_shared::worker_registry`), under `workers` (and their
     /// number under `worker_count`), or the error under `workers_error`, into `out`.
     pub(crate) async fn add_workers(&self, out: &mut Value) -> bool {
         let live = tokio::time::timeout(Duration::from_secs(2), self.workers.live()).await;

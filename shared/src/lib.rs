@@ -28,7 +28,7 @@
 //!   streaming, with errors classified transient or permanent.
 //! - [`staging`]: the content-addressed staging store of upload bytes, and the upload-path gate
 //!   (`EXAI_UPLOAD_ROOTS`, symlinks followed, sizes checked before any read).
-//! - [`workers`]: the registry of live worker processes (heartbeat with a TTL) that `/health`
+//! - [`worker_registry`]: the registry of live worker processes (heartbeat with a TTL) that `/health`
 //!   lists.
 #![warn(missing_docs)]
 
@@ -50,7 +50,7 @@ pub mod shutdown;
 pub mod staging;
 pub mod telemetry;
 pub mod tools;
-pub mod workers;
+pub mod worker_registry;
 
 pub use config::Config;
 pub use error_chain::error_chain;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use exai_shared::keys::Keys;
 use exai_shared::queue::{
-    Ack, Backoff, Cancel, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobState,
+    Ack, Backoff, CancelOutcome, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobState,
     LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
 };
 use exai_shared::redis::RedisHandle;
@@ -559,7 +559,7 @@ async fn fetch_and_complete_announce_started_and_finished_only_when_asked() {
         .await
         .unwrap();
     let cycle = announcing
-        .complete_and_fetch::<exai_shared::queue::Lease, &[u8]>(&[], "w", 1, SLOW_POLL)
+        .complete_and_fetch::<exai_shared::queue::JobLease, &[u8]>(&[], "w", 1, SLOW_POLL)
         .await
         .unwrap();
     let job = &cycle.batch.jobs[0];
@@ -750,10 +750,10 @@ async fn cancel_a_queued_job() {
     )
     .await
     .unwrap();
-    assert_eq!(q.cancel("b").await.unwrap(), Cancel::Removed);
-    assert_eq!(q.cancel("s").await.unwrap(), Cancel::Removed);
-    assert_eq!(q.cancel("b").await.unwrap(), Cancel::AlreadyFinished);
-    assert_eq!(q.cancel("nope").await.unwrap(), Cancel::NotFound);
+    assert_eq!(q.cancel("b").await.unwrap(), CancelOutcome::Removed);
+    assert_eq!(q.cancel("s").await.unwrap(), CancelOutcome::Removed);
+    assert_eq!(q.cancel("b").await.unwrap(), CancelOutcome::AlreadyFinished);
+    assert_eq!(q.cancel("nope").await.unwrap(), CancelOutcome::NotFound);
     let counts = q.counts().await.unwrap();
     assert_eq!(
         (counts.queued, counts.scheduled, counts.cancelled),
@@ -801,7 +801,10 @@ async fn mass_cancel_does_not_hide_later_jobs() {
         .collect();
     q.enqueue_bulk(&jobs).await.unwrap();
     for i in 0..3000 {
-        assert_eq!(q.cancel(&format!("g{i}")).await.unwrap(), Cancel::Removed);
+        assert_eq!(
+            q.cancel(&format!("g{i}")).await.unwrap(),
+            CancelOutcome::Removed
+        );
     }
     q.enqueue(&NewJob::new("live").with_id("live"))
         .await
@@ -827,7 +830,7 @@ async fn cancel_a_running_job_signals_its_worker() {
     q.enqueue(&NewJob::new("x").with_id("run")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
 
-    assert_eq!(q.cancel("run").await.unwrap(), Cancel::Signalled);
+    assert_eq!(q.cancel("run").await.unwrap(), CancelOutcome::Signalled);
     let signal = tokio::time::timeout(DEADLINE, cancels.recv())
         .await
         .expect("the cancel signal arrives")
@@ -933,7 +936,7 @@ async fn counts_and_pages_match_reality_after_a_mixed_workload() {
             .unwrap(),
         FailOutcome::Dead
     );
-    assert_eq!(q.cancel("r9").await.unwrap(), Cancel::Removed);
+    assert_eq!(q.cancel("r9").await.unwrap(), CancelOutcome::Removed);
     assert!(q.remove("r8").await.unwrap());
     assert!(!q.remove("r8").await.unwrap());
 

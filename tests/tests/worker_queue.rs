@@ -282,7 +282,10 @@ async fn cancelling_a_running_job_stops_its_handler() {
         .await
         .unwrap();
     assert!(wait_state(&q, job.id(), JobState::Running, Duration::from_secs(20)).await);
-    assert_eq!(q.cancel(job.id()).await.unwrap(), queue::Cancel::Signalled);
+    assert_eq!(
+        q.cancel(job.id()).await.unwrap(),
+        queue::CancelOutcome::Signalled
+    );
     assert!(wait_state(&q, job.id(), JobState::Cancelled, Duration::from_secs(10)).await);
     // The worker is free again: the next job runs.
     let next = q.enqueue(&echo(serde_json::json!({}))).await.unwrap();

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 
-use exai_shared::backend::JobLease;
+use exai_shared::backend::RunningJob;
 use exai_shared::jobs::JobError;
 use exai_shared::semaphore::{Acquire, HolderInfo, LeaseGuard};
 
@@ -20,14 +20,14 @@ use crate::state::{AppState, PUT_BACK_AFTER};
 /// empty (a job that calls no provider).
 pub async fn acquire(
     state: &AppState,
-    lease: &JobLease,
+    lease: &RunningJob,
     names: &[&str],
     provider: Option<&str>,
 ) -> Result<Option<LeaseGuard>, JobError> {
     if names.is_empty() {
         return Ok(None);
     }
-    let holder = HolderInfo::new(&state.worker_id, &lease.lease.id, lease.lease.attempt);
+    let holder = HolderInfo::new(&state.worker_id, lease.id(), lease.attempt());
     let failed = |e: exai_shared::semaphore::SemaphoreError| {
         JobError::Transient(format!("semaphores: {}", exai_shared::error_chain(&e)))
     };
@@ -43,7 +43,7 @@ pub async fn acquire(
     let what = names.join(" + ");
     state
         .progress(
-            &lease.lease.id,
+            lease.id(),
             "waiting",
             format!("waiting for provider capacity ({what})"),
         )
@@ -62,7 +62,7 @@ pub async fn acquire(
     match acquired {
         Acquire::Acquired(guard) => {
             state
-                .progress(&lease.lease.id, "running", "provider capacity acquired")
+                .progress(lease.id(), "running", "provider capacity acquired")
                 .await;
             Ok(Some(guard))
         }

@@ -15,7 +15,7 @@ use exai_shared::jobs::{CleanupJob, JobError};
 use exai_shared::keys::Keys;
 use exai_shared::queue::{self, Queue, QueuePolicy, Waker};
 use exai_shared::redis::RedisHandle;
-use exai_shared::workers::{self, WorkerInfo, WorkerRegistry};
+use exai_shared::worker_registry::{self, WorkerInfo, WorkerRegistry};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{self, AppState};
@@ -226,7 +226,7 @@ pub async fn run(
     // Listed by the daemon's /health while it runs (one job lease without a renewal and it is
     // gone); removed once drained.
     let registered = CancellationToken::new();
-    let registry = tokio::spawn(workers::run_heartbeat(
+    let registry = tokio::spawn(worker_registry::run_heartbeat(
         WorkerRegistry::new(conn.clone(), &keys),
         WorkerInfo {
             id: worker_id.clone(),

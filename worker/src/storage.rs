@@ -27,7 +27,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exai_shared::Config;
-use exai_shared::backend::JobLease;
+use exai_shared::backend::RunningJob;
 use exai_shared::db::{self, FileUpload, PgPool, UploadStatus};
 use exai_shared::error_chain;
 use exai_shared::jobs::{JobError, StoragePushJob};
@@ -45,7 +45,7 @@ use crate::uploads::{db_error, enqueue_push};
 /// Runs one `storage_push` attempt and counts its outcome in the worker's metrics.
 pub async fn push(
     state: &AppState,
-    lease: &JobLease,
+    lease: &RunningJob,
     job: &StoragePushJob,
 ) -> Result<Value, JobError> {
     let result = push_once(state, lease, job).await;
@@ -67,7 +67,7 @@ pub async fn push(
 
 async fn push_once(
     state: &AppState,
-    lease: &JobLease,
+    lease: &RunningJob,
     job: &StoragePushJob,
 ) -> Result<Value, JobError> {
     let row = db::find_by_id(&state.db, job.row_id)
@@ -140,17 +140,14 @@ async fn push_once(
             let row = db::mark_completed(&state.db, row.id, &object.id, &object.path)
                 .await
                 .map_err(db_error)?;
-            tracing::info!(row_id = %row.id, path = %object.path, attempt = lease.lease.attempt, "pushed to storage");
+            tracing::info!(row_id = %row.id, path = %object.path, attempt = lease.attempt(), "pushed to storage");
             Ok(outcome(&row, "pushed"))
         }
         Err(e) => {
             let last = !e.is_transient() || is_last_attempt(state, lease, &e);
             if last {
                 let message = if e.is_transient() {
-                    format!(
-                        "retry budget spent after {} attempts: {e}",
-                        lease.lease.attempt
-                    )
+                    format!("retry budget spent after {} attempts: {e}", lease.attempt())
                 } else {
                     e.to_string()
                 };
@@ -166,15 +163,15 @@ async fn push_once(
 /// Whether a failed transient attempt is the job's last: no attempts left, or even the earliest
 /// retry (the backoff without jitter, or the wait the provider named) would start after the time
 /// budget, counted from the job's enqueue.
-fn is_last_attempt(state: &AppState, lease: &JobLease, e: &ProviderError) -> bool {
-    if lease.lease.attempt >= lease.max_attempts {
+fn is_last_attempt(state: &AppState, lease: &RunningJob, e: &ProviderError) -> bool {
+    if lease.attempt() >= lease.max_attempts {
         return true;
     }
     let mut earliest = state.storage_backoff;
     earliest.jitter = false;
     let next = e
         .retry_after()
-        .unwrap_or_else(|| earliest.delay(lease.lease.attempt));
+        .unwrap_or_else(|| earliest.delay(lease.attempt()));
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

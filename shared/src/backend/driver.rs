@@ -13,10 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::hand_off::start_hand_off;
-use super::job::JobLease;
+use super::job::RunningJob;
 use super::shared::{ACK_BATCH, AckRequest, InFlight, STOPPING_POLL, SettleError, Shared};
 use crate::error_chain;
-use crate::queue::{Ack, Cycle, FailKind, Fetched, Lease, WakeSignal, Waker};
+use crate::queue::{Ack, Cycle, FailKind, Fetched, JobLease, WakeSignal, Waker};
 
 /// The driver's channels: tasks to apalis, results to acknowledge, hand-offs to start.
 pub(super) struct DriverChannels<Args> {
@@ -140,7 +140,7 @@ pub(super) async fn driver<Args: DeserializeOwned + Send + 'static>(
             // Wake-ups from now on are news for the next round.
             signal.mark_seen();
         }
-        let items: Vec<(Lease, &[u8])> = acks
+        let items: Vec<(JobLease, &[u8])> = acks
             .iter()
             .map(|r| (r.lease.clone(), r.result.as_slice()))
             .collect();
@@ -273,7 +273,7 @@ pub(super) fn into_task<Args: DeserializeOwned>(
             shared.queue.name()
         )
     })?;
-    let lease = JobLease {
+    let lease = RunningJob {
         queue: shared.queue.name().to_owned(),
         lease: job.lease.clone(),
         max_attempts: job.max_attempts,

@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::TaskLease;
-use super::job::{CancelReason, JobLease};
+use super::job::{CancelReason, RunningJob};
 use super::options::AttemptOutcome;
 use super::shared::{AckRequest, SettleError, Shared};
 use crate::error_chain;
@@ -114,7 +114,7 @@ where
 /// Records the outcome of one attempt in Redis and says what became of the job.
 async fn settle<Res: Serialize>(
     shared: &Shared,
-    job: &JobLease,
+    job: &RunningJob,
     outcome: &Result<Res, BoxDynError>,
 ) -> Result<AttemptOutcome, SettleError> {
     let queue = &shared.queue;

@@ -67,7 +67,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use job::{CancelReason, JobLease};
+pub use job::{CancelReason, RunningJob};
 pub use lease_layer::{LeaseLayer, LeaseService};
 pub use options::{AttemptObserver, AttemptOutcome, BackendOptions};
 
@@ -237,14 +237,14 @@ where
     }
 }
 
-/// Reads the [`JobLease`] a task carries.
+/// Reads the [`RunningJob`] a task carries.
 trait TaskLease {
-    fn parts_job_lease(&self) -> Option<JobLease>;
+    fn parts_job_lease(&self) -> Option<RunningJob>;
 }
 
 impl<Args> TaskLease for Task<Args> {
-    fn parts_job_lease(&self) -> Option<JobLease> {
-        self.ctx().data().get::<JobLease>().cloned()
+    fn parts_job_lease(&self) -> Option<RunningJob> {
+        self.ctx().data().get::<RunningJob>().cloned()
     }
 }
 

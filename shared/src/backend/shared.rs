@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::job::{CancelReason, JobLease};
+use super::job::{CancelReason, RunningJob};
 use super::options::BackendOptions;
-use crate::queue::{Ack, Fetched, Lease, Queue, QueueError};
+use crate::queue::{Ack, Fetched, JobLease, Queue, QueueError};
 
 /// How many completions one round trip may carry (at most [`crate::queue::MAX_BATCH`]).
 pub(super) const ACK_BATCH: usize = 512;
@@ -23,7 +23,7 @@ pub(super) const STOPPING_POLL: Duration = Duration::from_millis(50);
 /// A fetched job, until its attempt is settled. Holding `_slot` keeps one unit of the
 /// process's concurrency for this queue taken.
 pub(super) struct InFlight {
-    pub(super) job: JobLease,
+    pub(super) job: RunningJob,
     pub(super) slot: OwnedSemaphorePermit,
 }
 
@@ -76,7 +76,7 @@ impl Shared {
 }
 
 pub(super) struct AckRequest {
-    pub(super) lease: Lease,
+    pub(super) lease: JobLease,
     pub(super) result: Vec<u8>,
     pub(super) done: oneshot::Sender<Result<Ack, SettleError>>,
 }

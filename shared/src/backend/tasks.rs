@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::job::{CancelReason, JobLease};
+use super::job::{CancelReason, RunningJob};
 use super::shared::{EARLY_CANCEL_KEPT, Shared};
 use crate::error_chain;
-use crate::queue::{Lease, LeaseState, Waker};
+use crate::queue::{JobLease, LeaseState, Waker};
 
 /// Renews every in-flight lease once per period, with one script call.
 pub(super) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
@@ -25,7 +25,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = shared.check_leases.notified() => {}
         }
-        let jobs: Vec<JobLease> = shared.inflight().values().map(|f| f.job.clone()).collect();
+        let jobs: Vec<RunningJob> = shared.inflight().values().map(|f| f.job.clone()).collect();
         if jobs.is_empty() {
             last_ok = Instant::now();
             if stop.is_cancelled() {
@@ -33,7 +33,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             }
             continue;
         }
-        let leases: Vec<Lease> = jobs.iter().map(|j| j.lease.clone()).collect();
+        let leases: Vec<JobLease> = jobs.iter().map(|j| j.lease.clone()).collect();
         match shared.queue.heartbeat(&leases).await {
             Ok(states) => {
                 last_ok = Instant::now();

@@ -112,8 +112,8 @@ use redis::{ScriptInvocation, Value};
 pub use error::QueueError;
 pub use inspect::{MAX_PAGE, POSITION_SCAN_MAX};
 pub use job::{
-    Ack, Cancel, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord, JobInfo,
-    JobResult, JobState, Lease, LeaseState, NewJob, QueueCounts, SweepReport,
+    Ack, CancelOutcome, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord,
+    JobInfo, JobLease, JobResult, JobState, LeaseState, NewJob, QueueCounts, RescueReport,
 };
 pub use policy::{Backoff, QueuePolicy};
 pub use waker::{CancelSignal, HandOffTaker, Wake, WakeSignal, Waker};
@@ -471,7 +471,7 @@ impl Queue {
         // cancel), it reports `more` and the next call continues.
         for _ in 0..1000 {
             let Cycle { batch, more, .. } = self
-                .complete_and_fetch::<Lease, &[u8]>(&[], worker, max, idle_for)
+                .complete_and_fetch::<JobLease, &[u8]>(&[], worker, max, idle_for)
                 .await?;
             if batch.jobs.is_empty() && more {
                 continue;
@@ -487,7 +487,7 @@ impl Queue {
 
     /// Renews the leases of a worker's running jobs in one script call (split per
     /// [`MAX_BATCH`], one round trip), returning one state per lease in order.
-    pub async fn heartbeat(&self, leases: &[Lease]) -> Result<Vec<LeaseState>, QueueError> {
+    pub async fn heartbeat(&self, leases: &[JobLease]) -> Result<Vec<LeaseState>, QueueError> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -520,7 +520,7 @@ impl Queue {
 
     /// Completes one attempt: stores `result` and releases the lease atomically, only if the
     /// lease is still ours. The job and its result are kept for the policy's `result_ttl`.
-    pub async fn complete(&self, lease: &Lease, result: &[u8]) -> Result<Ack, QueueError> {
+    pub async fn complete(&self, lease: &JobLease, result: &[u8]) -> Result<Ack, QueueError> {
         let mut out = self.complete_many(&[(lease, result)]).await?;
         out.pop()
             .ok_or_else(|| QueueError::Protocol("complete: empty reply".into()))
@@ -530,7 +530,7 @@ impl Queue {
     /// each fenced on its own; returns one [`Ack`] per item in order.
     pub async fn complete_many<L, R>(&self, items: &[(L, R)]) -> Result<Vec<Ack>, QueueError>
     where
-        L: Borrow<Lease>,
+        L: Borrow<JobLease>,
         R: AsRef<[u8]>,
     {
         if items.is_empty() {
@@ -585,7 +585,7 @@ impl Queue {
         idle_for: Duration,
     ) -> Result<Cycle, QueueError>
     where
-        L: Borrow<Lease>,
+        L: Borrow<JobLease>,
         R: AsRef<[u8]>,
     {
         if items.len() > MAX_BATCH {
@@ -655,7 +655,7 @@ impl Queue {
     /// cancel was requested ends as cancelled instead. The error is kept in the job's history.
     pub async fn fail(
         &self,
-        lease: &Lease,
+        lease: &JobLease,
         error: &str,
         kind: FailKind,
     ) -> Result<FailOutcome, QueueError> {
@@ -704,7 +704,7 @@ impl Queue {
     /// the worker is shutting down — only if the lease is still ours. With a zero `delay` the
     /// job goes to the head of the wait list; otherwise it is scheduled `delay` from now. A job
     /// whose cancel was requested ends as cancelled instead (still [`Ack::Done`]).
-    pub async fn release(&self, lease: &Lease, delay: Duration) -> Result<Ack, QueueError> {
+    pub async fn release(&self, lease: &JobLease, delay: Duration) -> Result<Ack, QueueError> {
         let code: i64 = scripts::RELEASE
             .key(self.job_key(&lease.id))
             .key(&self.inner.active)
@@ -726,8 +726,8 @@ impl Queue {
     /// expired go back to the head of the wait list (the crashed run counted as an attempt), or
     /// dead when that was their last attempt, or cancelled when a cancel was requested; then up
     /// to `max` due delayed and `max` due retrying jobs are promoted. When
-    /// [`SweepReport::more`] is set, call again.
-    pub async fn sweep(&self, max: usize) -> Result<SweepReport, QueueError> {
+    /// [`RescueReport::more`] is set, call again.
+    pub async fn sweep(&self, max: usize) -> Result<RescueReport, QueueError> {
         let policy = &self.inner.policy;
         let reply: Value = scripts::SWEEP
             .key(&self.inner.active)
@@ -747,7 +747,7 @@ impl Queue {
             .await?;
         let items = reply::array(reply, "sweep")?;
         let at = |i: usize| items.get(i).and_then(reply::opt_u64).unwrap_or(0);
-        Ok(SweepReport {
+        Ok(RescueReport {
             rescued: at(0),
             dead: at(1),
             cancelled: at(2),
@@ -760,7 +760,7 @@ impl Queue {
 
     /// Cancels a job: a queued, scheduled or retrying job ends at once; a running job is
     /// flagged and its worker signalled on the cancel channel (and by its next heartbeat).
-    pub async fn cancel(&self, id: &str) -> Result<Cancel, QueueError> {
+    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, QueueError> {
         check_id(id)?;
         let code: i64 = scripts::CANCEL
             .key(self.job_key(id))
@@ -773,10 +773,10 @@ impl Queue {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match code {
-            1 => Cancel::Removed,
-            2 => Cancel::Signalled,
-            3 => Cancel::AlreadyFinished,
-            _ => Cancel::NotFound,
+            1 => CancelOutcome::Removed,
+            2 => CancelOutcome::Signalled,
+            3 => CancelOutcome::AlreadyFinished,
+            _ => CancelOutcome::NotFound,
         })
     }
 
@@ -906,7 +906,7 @@ fn parse_fetch(reply: Value) -> Result<(FetchBatch, bool), QueueError> {
     ) {
         let attempt = reply::int(&a, "fetch attempt")?;
         jobs.push(Fetched {
-            lease: Lease {
+            lease: JobLease {
                 id: reply::string(id, "fetch id")?,
                 fence: reply::opt_u64(&f)
                     .ok_or_else(|| QueueError::Protocol("fetch: bad fence".into()))?,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use exai_shared::Config;
-use exai_shared::backend::{BackendOptions, JobLease, RedisBackend};
+use exai_shared::backend::{BackendOptions, RedisBackend, RunningJob};
 use exai_shared::jobs::{JobError, ToolCallJob, ToolResult};
 use exai_shared::keys::Keys;
 use exai_shared::queue::{Queue, QueuePolicy, TOOL_CALLS, Waker};
@@ -123,11 +123,11 @@ impl Engine {
 /// The no-op job: what `test_echo` with arguments `{}` does, plus a start stamp when asked.
 async fn noop(
     job: ToolCallJob,
-    lease: Data<JobLease>,
+    lease: Data<RunningJob>,
     probe: Data<Arc<Probe>>,
 ) -> Result<ToolResult, JobError> {
     if probe.on.load(Ordering::Relaxed) {
-        let _ = probe.tx.send((lease.lease.id.clone(), Instant::now()));
+        let _ = probe.tx.send((lease.id().to_owned(), Instant::now()));
     }
     Ok(ToolResult::text(job.arguments.to_string()))
 }
