@@ -10,6 +10,8 @@
 //! - [`redis`]: connecting to a single Redis or a Redis Cluster behind one handle.
 //! - [`keys`]: the Redis key layout under `EXAI_REDIS_PREFIX` ([`Keys`](keys::Keys), and
 //!   [`QueueKeys`](keys::QueueKeys) for one queue), each script's keys under one hash tag.
+//! - [`subscriber`]: the one Redis pub/sub connection of a process, with a route per channel,
+//!   shared by the semaphore wake-ups, the queue's waker and the daemon's relay.
 //! - [`semaphore`]: fleet-wide leased semaphores (Redis sorted sets of TTL leases).
 //! - [`queue`]: the durable job queue's Redis protocol (enqueue, leased fetch, fenced acks,
 //!   sweep, inspection) and the push wake-up of idle workers.
@@ -48,6 +50,7 @@ pub mod redis;
 pub mod semaphore;
 pub mod shutdown;
 pub mod staging;
+pub mod subscriber;
 pub mod telemetry;
 pub mod tools;
 pub mod worker_registry;

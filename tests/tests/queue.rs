@@ -32,6 +32,7 @@ use exai_shared::queue::{
     LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
 };
 use exai_shared::redis::RedisHandle;
+use exai_shared::subscriber::Subscriber;
 use exai_tests::{test_config, unique_prefix, wait_until};
 
 /// A poll fallback far above any push wake-up, so a fast wake-up can only come from the push.
@@ -72,7 +73,8 @@ impl Ctx {
 
     async fn waker(&self) -> Waker {
         let client = RedisHandle::pubsub_client(&self.config.redis).expect("pubsub client");
-        Waker::connect(client, &self.keys, &[(TOOL_CALLS, "w")])
+        let subscriber = Subscriber::connect(client).await.expect("subscriber");
+        Waker::new(&subscriber, &self.keys, &[(TOOL_CALLS, "w")])
             .await
             .expect("subscribe")
     }
@@ -1296,12 +1298,16 @@ async fn twenty_thousand_jobs_drain_exactly_once_through_concurrent_workers() {
 async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
     let ctx = Ctx::new("q-wake-one").await;
     let q = ctx.queue(fast_policy());
-    let client = || RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
+    // Two worker processes: a subscriber each.
+    let subscriber = || async {
+        let client = RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
+        Subscriber::connect(client).await.expect("subscriber")
+    };
     let (a, b) = (
-        Waker::connect(client(), &ctx.keys, &[(TOOL_CALLS, "a")])
+        Waker::new(&subscriber().await, &ctx.keys, &[(TOOL_CALLS, "a")])
             .await
             .unwrap(),
-        Waker::connect(client(), &ctx.keys, &[(TOOL_CALLS, "b")])
+        Waker::new(&subscriber().await, &ctx.keys, &[(TOOL_CALLS, "b")])
             .await
             .unwrap(),
     );
@@ -1376,7 +1382,8 @@ async fn hand_off_waker(
     worker: &str,
 ) -> (Waker, tokio::sync::mpsc::UnboundedReceiver<Fetched>) {
     let client = RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
-    let waker = Waker::connect(client, &ctx.keys, &[(TOOL_CALLS, worker)])
+    let subscriber = Subscriber::connect(client).await.expect("subscriber");
+    let waker = Waker::new(&subscriber, &ctx.keys, &[(TOOL_CALLS, worker)])
         .await
         .expect("subscribe");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

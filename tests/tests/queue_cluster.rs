@@ -12,6 +12,7 @@ use exai_shared::queue::{
     TOOL_CALLS, Wake, Waker,
 };
 use exai_shared::redis::RedisHandle;
+use exai_shared::subscriber::Subscriber;
 use exai_tests::{RedisCluster, test_config, unique_prefix, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -36,13 +37,13 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
             ..QueuePolicy::default()
         },
     );
-    let waker = Waker::connect(
-        RedisHandle::pubsub_client(&config.redis).expect("pubsub client"),
-        &keys,
-        &[(TOOL_CALLS, "w")],
-    )
-    .await
-    .expect("subscribe");
+    let subscriber =
+        Subscriber::connect(RedisHandle::pubsub_client(&config.redis).expect("pubsub client"))
+            .await
+            .expect("subscriber");
+    let waker = Waker::new(&subscriber, &keys, &[(TOOL_CALLS, "w")])
+        .await
+        .expect("subscribe");
     let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
     let mut cancels = waker.cancellations();
 

@@ -15,6 +15,7 @@ use exai_shared::jobs::{CleanupJob, JobError};
 use exai_shared::keys::Keys;
 use exai_shared::queue::{self, Queue, QueuePolicy, Waker};
 use exai_shared::redis::RedisHandle;
+use exai_shared::subscriber::Subscriber;
 use exai_shared::worker_registry::{self, WorkerInfo, WorkerRegistry};
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +90,11 @@ pub async fn run(
         .map(|&q| (q, format!("{worker_id}/{q}")))
         .collect();
     let listens: Vec<(&str, &str)> = fetchers.iter().map(|(q, w)| (*q, w.as_str())).collect();
-    let waker = Waker::connect(RedisHandle::pubsub_client(&config.redis)?, &keys, &listens)
+    // The process's one pub/sub connection, shared by the queue wake-ups and the semaphores.
+    let subscriber = Subscriber::connect(RedisHandle::pubsub_client(&config.redis)?)
+        .await
+        .context("connect the pub/sub subscriber")?;
+    let waker = Waker::new(&subscriber, &keys, &listens)
         .await
         .context("subscribe to queue wake-ups")?;
     let policy = QueuePolicy::from_config(&config.jobs);
@@ -112,6 +117,7 @@ pub async fn run(
         AppState::build(
             config,
             conn.clone(),
+            &subscriber,
             keys.clone(),
             &worker_id,
             storage_policy.clone(),

@@ -15,6 +15,7 @@ use exai_shared::jobs::{JobError, ToolCallJob, ToolResult};
 use exai_shared::keys::Keys;
 use exai_shared::queue::{Queue, QueuePolicy, TOOL_CALLS, Waker};
 use exai_shared::redis::RedisHandle;
+use exai_shared::subscriber::Subscriber;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -51,13 +52,12 @@ impl Engine {
             .context("connect to redis")?;
         let keys = Keys::new(&config.redis.prefix);
         let name = format!("exai-bench-{}/{TOOL_CALLS}", std::process::id());
-        let waker = Waker::connect(
-            RedisHandle::pubsub_client(&config.redis)?,
-            &keys,
-            &[(TOOL_CALLS, &name)],
-        )
-        .await
-        .context("subscribe to queue wake-ups")?;
+        let subscriber = Subscriber::connect(RedisHandle::pubsub_client(&config.redis)?)
+            .await
+            .context("connect the pub/sub subscriber")?;
+        let waker = Waker::new(&subscriber, &keys, &[(TOOL_CALLS, &name)])
+            .await
+            .context("subscribe to queue wake-ups")?;
         let queue = Queue::new(
             conn,
             &keys,
