@@ -64,19 +64,19 @@ pub trait Route: Send + Sync + 'static {
     fn resync(&self);
 }
 
-/// The routes of every channel: (route id, route). Locked only to insert, remove or clone
-/// routes, never across an await nor while a route runs.
-type Routes = Mutex<HashMap<String, Vec<(u64, Arc<dyn Route>)>>>;
+/// Channel → its routes: (route id, route). Locked only to insert, remove or clone routes,
+/// never across an await nor while a route runs.
+type Routes = HashMap<String, Vec<(u64, Arc<dyn Route>)>>;
 
 /// What the subscriber's handles, its task and its connection's reader share.
 struct Shared {
-    routes: Routes,
+    routes: Mutex<Routes>,
     /// The current connection, `None` while reconnecting (for [`Subscriber::sync`]).
     conn: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl Shared {
-    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, Arc<dyn Route>)>>> {
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 

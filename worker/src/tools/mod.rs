@@ -45,7 +45,7 @@ pub struct ToolCtx<'a> {
 impl ToolCtx<'_> {
     /// The job id (what events are published under).
     pub fn job_id(&self) -> &str {
-        &self.lease.id()
+        self.lease.id()
     }
 
     /// The arguments decoded as `T`; a mismatch is a permanent error.
