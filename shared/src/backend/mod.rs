@@ -9,8 +9,8 @@
 //!    included, are refilled. Each leased job is registered in the **in-flight table** (lease,
 //!    cancellation token, slot permit) and handed to apalis through a channel that
 //!    [`Backend::poll_next`] reads. A short fetch makes the driver wait for the queue's push
-//!    wake-up ([`WakeSignal`]), the poll fallback, or the next delayed job's due time,
-//!    whichever is first; completions meanwhile are acknowledged alone. Its queue handle takes
+//!    wake-up ([`WakeSignal`](crate::queue::WakeSignal)), the poll fallback, or the next
+//!    delayed job's due time, whichever is first; completions meanwhile are acknowledged alone. Its queue handle takes
 //!    **hand-offs** ([`Queue::with_hand_offs`]): a lone job enqueued while this worker is
 //!    registered idle arrives already leased on the wake-up subscription, and the taker
 //!    installed on the [`Waker`] starts it right there (a free slot, the in-flight table, the
@@ -21,7 +21,7 @@
 //!    writes: a result goes to the driver, which acknowledges it in its next round trip (or,
 //!    while the driver waits for work and has nothing to batch it with, the layer acknowledges
 //!    it itself, one hand-off sooner); a
-//!    [`JobError`] decides between retry, dead, put-back and cancel. Settling removes the job
+//!    [`JobError`](crate::jobs::JobError) decides between retry, dead, put-back and cancel. Settling removes the job
 //!    from the in-flight table, which frees its slot; the options' [`AttemptObserver`]
 //!    (metrics) is then told the [`AttemptOutcome`] and duration.
 //! 3. A **heartbeat** task renews every in-flight lease with one script call per period

@@ -71,8 +71,9 @@ impl Queue {
 
     /// [`Queue::fetch_batch`] by a caller that, when the batch comes back short, waits at most
     /// `idle_for` before it fetches again: until then it is registered idle, and the next
-    /// enqueue wakes it alone on [`QueueKeys::wake_channel_of`] (a [`Waker`] made for this
-    /// worker hears it).
+    /// enqueue wakes it alone on
+    /// [`QueueKeys::wake_channel_of`](crate::keys::QueueKeys::wake_channel_of) (a
+    /// [`Waker`](super::Waker) made for this worker hears it).
     pub async fn fetch_batch_idle(
         &self,
         worker: &str,

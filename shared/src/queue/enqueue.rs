@@ -20,7 +20,7 @@ impl Queue {
 
     /// Enqueues a batch in one round trip, returning one outcome per job in order. Batches over
     /// [`MAX_BATCH`] are split into several script calls sent in one pipeline (batches over
-    /// [`MAX_PIPELINE`] × [`MAX_BATCH`] in several); each call is atomic. A repeated id within
+    /// [`MAX_PIPELINE`](super::MAX_PIPELINE) × [`MAX_BATCH`] in several); each call is atomic. A repeated id within
     /// the batch is a duplicate of its first occurrence.
     pub async fn enqueue_bulk(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, QueueError> {
         if jobs.is_empty() {
