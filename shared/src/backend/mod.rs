@@ -20,10 +20,10 @@
 //!    handler raced against the job's cancellation token, then settles the attempt with fenced
 //!    writes: a result goes to the driver, which acknowledges it in its next round trip (or,
 //!    while the driver waits for work and has nothing to batch it with, the layer acknowledges
-//!    it itself, one hand-off sooner); a
-//!    [`JobError`](crate::jobs::JobError) decides between retry, dead, put-back and cancel. Settling removes the job
-//!    from the in-flight table, which frees its slot; the options' [`AttemptObserver`]
-//!    (metrics) is then told the [`AttemptOutcome`] and duration.
+//!    it itself, one hand-off sooner); a [`JobError`](crate::jobs::JobError) decides between
+//!    retry, dead, put-back and cancel. Settling removes the job from the in-flight table,
+//!    which frees its slot; the options' [`AttemptObserver`] (metrics) is then told the
+//!    [`AttemptOutcome`] and duration.
 //! 3. A **heartbeat** task renews every in-flight lease with one script call per period
 //!    (lease/3). A lease reported lost, or not renewed for a whole lease period (Redis
 //!    unreachable), cancels the handler; its result is never written. A cancel request — heard on
@@ -35,6 +35,10 @@
 //! 5. On shutdown the driver stops fetching at once (it still acknowledges); running handlers
 //!    get `grace` to finish; then they are cancelled and their jobs put back without burning an
 //!    attempt, as are jobs fetched but not yet started.
+//!
+//! The files: `driver` (1), `hand_off` (the hand-offs of 1), `lease_layer` (2), `tasks` (3, 4
+//! and the grace timer of 5), `shared` (the in-flight table and what the tasks share), `job`
+//! (what a handler sees: [`RunningJob`]) and `options` ([`BackendOptions`], the observer).
 //!
 //! # Where we step outside apalis
 //! apalis's [`Backend`] yields one task at a time and has no notion of leases, fenced
