@@ -15,8 +15,9 @@
 //! - [`semaphore`]: fleet-wide leased semaphores (Redis sorted sets of TTL leases).
 //! - [`queue`]: the durable job queue's Redis protocol (enqueue, leased fetch, fenced acks,
 //!   sweep, inspection) and the push wake-up of idle workers.
-//! - [`backend`]: the queue as an apalis 1.0 backend: fetcher, heartbeat, sweeper, batched
-//!   fenced acknowledgement, cancellation (see its module docs for where it steps outside apalis).
+//! - [`backend`]: the queue as an apalis 1.0 backend: the driver (batched fetch and fenced
+//!   acknowledgement), hand-offs, heartbeat, sweeper, cancellation and the lease layer (see its
+//!   module docs for where it steps outside apalis).
 //! - [`events`]: job events (started, progress, chunks, finished) on each job's channel.
 //! - [`fleet_metrics`]: the fleet-wide Prometheus gauges (queue depth, semaphores) the daemon and
 //!   the workers read from Redis at scrape time.
@@ -30,8 +31,9 @@
 //!   streaming, with errors classified transient or permanent.
 //! - [`staging`]: the content-addressed staging store of upload bytes, and the upload-path gate
 //!   (`EXAI_UPLOAD_ROOTS`, symlinks followed, sizes checked before any read).
-//! - [`worker_registry`]: the registry of live worker processes (heartbeat with a TTL) that `/health`
-//!   lists.
+//! - [`worker_registry`]: the registry of live worker processes (heartbeat with a TTL) that
+//!   `/health` lists.
+//! - [`error_chain()`]: an error with its sources on one line, for log lines.
 #![warn(missing_docs)]
 
 pub mod backend;

@@ -68,7 +68,8 @@ impl RedisHandle {
         }
     }
 
-    /// A client for a dedicated pub/sub connection. In cluster mode, classic `PUBLISH` reaches
+    /// A client for the process's dedicated pub/sub connection (see
+    /// [`Subscriber::connect`](crate::subscriber::Subscriber::connect)). In cluster mode, classic `PUBLISH` reaches
     /// every node, so subscribing on the first seed hears publishes made anywhere.
     pub fn pubsub_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
         let url = config
