@@ -8,11 +8,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use exai_shared::Config;
 use exai_shared::events::EventPublisher;
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
-use exai_shared::workers::WorkerRegistry;
+use exai_shared::subscriber::Subscriber;
+use exai_shared::worker_registry::WorkerRegistry;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -119,12 +121,14 @@ impl App {
             .collect();
         let tool_calls = Queue::new(redis.clone(), &keys, queue::TOOL_CALLS, policy);
         let pubsub = RedisHandle::pubsub_client(&config.redis).map_err(DaemonError::Redis)?;
-        let relay = Relay::connect(pubsub, keys.clone())
+        let subscriber = Subscriber::connect(pubsub)
             .await
             .map_err(DaemonError::Redis)?;
-        let semaphores = Semaphores::from_config(&config)
-            .await
-            .map_err(DaemonError::Semaphores)?;
+        let relay = Relay::new(subscriber.clone(), keys.clone());
+        let semaphores =
+            Semaphores::new(redis.clone(), &subscriber, keys.clone(), &config.semaphores)
+                .await
+                .map_err(DaemonError::Semaphores)?;
         let token_digest = config.ws.token.as_ref().map(|t| digest(t.expose_secret()));
         let db = config
             .ws

@@ -22,7 +22,7 @@ use exai_shared::protocol::{
     ErrorFrame, HealthRes, Inbound, JobStatusRes, ListToolsRes, Pong, QueueStatsRes, ReplyTo,
     Request, ServerMessage, WireError,
 };
-use exai_shared::queue::{Cancel, JobInfo, JobState, NewJob, QueueError};
+use exai_shared::queue::{CancelOutcome, JobInfo, JobState, NewJob, QueueError};
 use exai_shared::staging::{self, StagingError};
 use exai_shared::tools;
 use serde_json::{Value, json};
@@ -353,7 +353,7 @@ async fn stage_inline(app: &App, arguments: &mut Value) -> Result<StagedRef, Wir
         .await
         .map_err(|e| {
             if e.is_transient() {
-                tracing::error!(error = %exai_shared::backend::error_chain(&e), "staging failed");
+                tracing::error!(error = %exai_shared::error_chain(&e), "staging failed");
                 WireError::new(
                     ErrorCode::ServiceUnavailable,
                     format!("the upload could not be staged: {e}"),
@@ -448,14 +448,14 @@ async fn about_call(
                 return Ok(not_found());
             };
             let was = match conn.app.tool_calls.cancel(&job_id).await? {
-                Cancel::Removed => {
+                CancelOutcome::Removed => {
                     // Nobody else will announce it: wake every follower of the job.
                     conn.app.events.publish(&job_id, &JobEvent::Finished).await;
                     CancelWas::Queued
                 }
-                Cancel::Signalled => CancelWas::Running,
-                Cancel::AlreadyFinished => CancelWas::Finished,
-                Cancel::NotFound => return Ok(not_found()),
+                CancelOutcome::Signalled => CancelWas::Running,
+                CancelOutcome::AlreadyFinished => CancelWas::Finished,
+                CancelOutcome::NotFound => return Ok(not_found()),
             };
             tracing::info!(job_id, was = ?was, "call cancelled");
             ServerMessage::Cancelled(Cancelled {

@@ -17,7 +17,7 @@ use exai_shared::jobs::ToolCallJob;
 use exai_shared::protocol::{
     CallToolRes, ErrorCode, Progress, ReplyTo, ServerMessage, StreamChunk, WireError,
 };
-use exai_shared::queue::{Cancel, JobInfo, JobState};
+use exai_shared::queue::{CancelOutcome, JobInfo, JobState};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -127,12 +127,12 @@ impl Follow {
                         }
                         if deadline_ms.is_some_and(|d| unix_ms() >= d) {
                             match app.tool_calls.cancel(&self.job_id).await {
-                                Ok(Cancel::AlreadyFinished) => {
+                                Ok(CancelOutcome::AlreadyFinished) => {
                                     // It just finished: deliver that instead.
                                     recheck = true;
                                     continue;
                                 }
-                                Ok(Cancel::Removed) => {
+                                Ok(CancelOutcome::Removed) => {
                                     app.events.publish(&self.job_id, &JobEvent::Finished).await;
                                 }
                                 Ok(_) => {}

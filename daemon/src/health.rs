@@ -80,7 +80,7 @@ pub(crate) async fn semaphore_states(
     Ok(Value::Object(out))
 }
 
-/// The live worker processes (see `exai_shared::workers`), under `workers` (and their number
+/// The live worker processes (see `exai_shared::worker_registry`), under `workers` (and their number
 /// under `worker_count`), or the error under `workers_error`, into `out`.
 async fn add_workers(app: &App, out: &mut Value) -> bool {
     let live = tokio::time::timeout(Duration::from_secs(2), app.workers.live()).await;

@@ -13,7 +13,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::redis::{Keys, RedisHandle};
+use crate::keys::Keys;
+use crate::redis::RedisHandle;
 
 /// The sweeps, in the order a run acts on them (and the report lists them).
 pub const SWEEPS: [&str; 6] = [

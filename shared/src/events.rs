@@ -9,7 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::redis::{Keys, RedisHandle};
+use crate::keys::Keys;
+use crate::redis::RedisHandle;
 
 /// One event of a running job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::backend::error_chain;
+use crate::error_chain;
 use crate::inspect::{QueuesReport, SemaphoresReport};
 use crate::queue::{JobState, Queue};
 use crate::semaphore::Semaphores;

@@ -7,13 +7,17 @@
 //!   validated at start-up; secrets are wrapped so they never reach a log line.
 //! - [`telemetry`]: the one `tracing` subscriber set-up, human or JSON output.
 //! - [`shutdown`]: SIGINT and SIGTERM folded into one `CancellationToken`.
-//! - [`redis`]: connecting to a single Redis or a Redis Cluster behind one handle, and the
-//!   [`Keys`](redis::Keys) layout under `EXAI_REDIS_PREFIX` with one hash tag.
+//! - [`redis`]: connecting to a single Redis or a Redis Cluster behind one handle.
+//! - [`keys`]: the Redis key layout under `EXAI_REDIS_PREFIX` ([`Keys`](keys::Keys), and
+//!   [`QueueKeys`](keys::QueueKeys) for one queue), each script's keys under one hash tag.
+//! - [`subscriber`]: the one Redis pub/sub connection of a process, with a route per channel,
+//!   shared by the semaphore wake-ups, the queue's waker and the daemon's relay.
 //! - [`semaphore`]: fleet-wide leased semaphores (Redis sorted sets of TTL leases).
 //! - [`queue`]: the durable job queue's Redis protocol (enqueue, leased fetch, fenced acks,
 //!   sweep, inspection) and the push wake-up of idle workers.
-//! - [`backend`]: the queue as an apalis 1.0 backend: fetcher, heartbeat, sweeper, batched
-//!   fenced acknowledgement, cancellation (see its module docs for where it steps outside apalis).
+//! - [`backend`]: the queue as an apalis 1.0 backend: the driver (batched fetch and fenced
+//!   acknowledgement), hand-offs, heartbeat, sweeper, cancellation and the lease layer (see its
+//!   module docs for where it steps outside apalis).
 //! - [`cleanup_report`]: the orphan cleanup's report and its storage in Redis, written by the
 //!   worker and read by the daemon's admin API.
 //! - [`events`]: job events (started, progress, chunks, finished) on each job's channel.
@@ -29,18 +33,21 @@
 //!   streaming, with errors classified transient or permanent.
 //! - [`staging`]: the content-addressed staging store of upload bytes, and the upload-path gate
 //!   (`EXAI_UPLOAD_ROOTS`, symlinks followed, sizes checked before any read).
-//! - [`workers`]: the registry of live worker processes (heartbeat with a TTL) that `/health`
-//!   lists.
+//! - [`worker_registry`]: the registry of live worker processes (heartbeat with a TTL) that
+//!   `/health` lists.
+//! - [`error_chain()`]: an error with its sources on one line, for log lines.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod cleanup_report;
 pub mod config;
 pub mod db;
+mod error_chain;
 pub mod events;
 pub mod fleet_metrics;
 pub mod inspect;
 pub mod jobs;
+pub mod keys;
 pub mod protocol;
 pub mod providers;
 pub mod queue;
@@ -48,8 +55,10 @@ pub mod redis;
 pub mod semaphore;
 pub mod shutdown;
 pub mod staging;
+pub mod subscriber;
 pub mod telemetry;
 pub mod tools;
-pub mod workers;
+pub mod worker_registry;
 
 pub use config::Config;
+pub use error_chain::error_chain;

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use daemon_support::{Client, Daemon, TOKEN, spawn_daemon};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, FailKind, FailOutcome, JobState, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{HolderInfo, LeaseGuard, Semaphores};
 use exai_tests::{PrefixGuard, TestDb, redis_url, test_config, unique_prefix};
 use reqwest::StatusCode;

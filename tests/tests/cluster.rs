@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use exai_shared::jobs::ToolCallJob;
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, FailKind, FailOutcome, JobState, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{Acquire, HolderInfo, Semaphores};
+use exai_shared::subscriber::Subscriber;
 use exai_tests::{RedisCluster, spawn_bin, test_config, unique_prefix, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -73,14 +75,12 @@ async fn queues_semaphores_and_workers_run_on_a_redis_cluster() {
     }
 
     // Semaphores: all-or-nothing over global + kimi, limits and wake-ups.
-    let sems = Semaphores::new(
-        conn.clone(),
-        RedisHandle::pubsub_client(&config.redis).unwrap(),
-        keys.clone(),
-        &config.semaphores,
-    )
-    .await
-    .expect("semaphores on the cluster");
+    let subscriber = Subscriber::connect(RedisHandle::pubsub_client(&config.redis).unwrap())
+        .await
+        .expect("subscriber on the cluster");
+    let sems = Semaphores::new(conn.clone(), &subscriber, keys.clone(), &config.semaphores)
+        .await
+        .expect("semaphores on the cluster");
     sems.set_limit("kimi", 1).await.unwrap();
     let holder = HolderInfo::new("w", "j1", 1);
     let first = sems

@@ -26,11 +26,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use exai_shared::keys::Keys;
 use exai_shared::queue::{
-    Ack, Backoff, Cancel, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobState,
+    Ack, Backoff, CancelOutcome, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobState,
     LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
 };
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
+use exai_shared::subscriber::Subscriber;
 use exai_tests::{test_config, unique_prefix, wait_until};
 
 /// A poll fallback far above any push wake-up, so a fast wake-up can only come from the push.
@@ -71,7 +73,8 @@ impl Ctx {
 
     async fn waker(&self) -> Waker {
         let client = RedisHandle::pubsub_client(&self.config.redis).expect("pubsub client");
-        Waker::connect(client, &self.keys, &[(TOOL_CALLS, "w")])
+        let subscriber = Subscriber::connect(client).await.expect("subscriber");
+        Waker::new(&subscriber, &self.keys, &[(TOOL_CALLS, "w")])
             .await
             .expect("subscribe")
     }
@@ -558,7 +561,7 @@ async fn fetch_and_complete_announce_started_and_finished_only_when_asked() {
         .await
         .unwrap();
     let cycle = announcing
-        .complete_and_fetch::<exai_shared::queue::Lease, &[u8]>(&[], "w", 1, SLOW_POLL)
+        .complete_and_fetch::<exai_shared::queue::JobLease, &[u8]>(&[], "w", 1, SLOW_POLL)
         .await
         .unwrap();
     let job = &cycle.batch.jobs[0];
@@ -749,10 +752,10 @@ async fn cancel_a_queued_job() {
     )
     .await
     .unwrap();
-    assert_eq!(q.cancel("b").await.unwrap(), Cancel::Removed);
-    assert_eq!(q.cancel("s").await.unwrap(), Cancel::Removed);
-    assert_eq!(q.cancel("b").await.unwrap(), Cancel::AlreadyFinished);
-    assert_eq!(q.cancel("nope").await.unwrap(), Cancel::NotFound);
+    assert_eq!(q.cancel("b").await.unwrap(), CancelOutcome::Removed);
+    assert_eq!(q.cancel("s").await.unwrap(), CancelOutcome::Removed);
+    assert_eq!(q.cancel("b").await.unwrap(), CancelOutcome::AlreadyFinished);
+    assert_eq!(q.cancel("nope").await.unwrap(), CancelOutcome::NotFound);
     let counts = q.counts().await.unwrap();
     assert_eq!(
         (counts.queued, counts.scheduled, counts.cancelled),
@@ -800,7 +803,10 @@ async fn mass_cancel_does_not_hide_later_jobs() {
         .collect();
     q.enqueue_bulk(&jobs).await.unwrap();
     for i in 0..3000 {
-        assert_eq!(q.cancel(&format!("g{i}")).await.unwrap(), Cancel::Removed);
+        assert_eq!(
+            q.cancel(&format!("g{i}")).await.unwrap(),
+            CancelOutcome::Removed
+        );
     }
     q.enqueue(&NewJob::new("live").with_id("live"))
         .await
@@ -826,7 +832,7 @@ async fn cancel_a_running_job_signals_its_worker() {
     q.enqueue(&NewJob::new("x").with_id("run")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
 
-    assert_eq!(q.cancel("run").await.unwrap(), Cancel::Signalled);
+    assert_eq!(q.cancel("run").await.unwrap(), CancelOutcome::Signalled);
     let signal = tokio::time::timeout(DEADLINE, cancels.recv())
         .await
         .expect("the cancel signal arrives")
@@ -932,7 +938,7 @@ async fn counts_and_pages_match_reality_after_a_mixed_workload() {
             .unwrap(),
         FailOutcome::Dead
     );
-    assert_eq!(q.cancel("r9").await.unwrap(), Cancel::Removed);
+    assert_eq!(q.cancel("r9").await.unwrap(), CancelOutcome::Removed);
     assert!(q.remove("r8").await.unwrap());
     assert!(!q.remove("r8").await.unwrap());
 
@@ -1292,12 +1298,16 @@ async fn twenty_thousand_jobs_drain_exactly_once_through_concurrent_workers() {
 async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
     let ctx = Ctx::new("q-wake-one").await;
     let q = ctx.queue(fast_policy());
-    let client = || RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
+    // Two worker processes: a subscriber each.
+    let subscriber = || async {
+        let client = RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
+        Subscriber::connect(client).await.expect("subscriber")
+    };
     let (a, b) = (
-        Waker::connect(client(), &ctx.keys, &[(TOOL_CALLS, "a")])
+        Waker::new(&subscriber().await, &ctx.keys, &[(TOOL_CALLS, "a")])
             .await
             .unwrap(),
-        Waker::connect(client(), &ctx.keys, &[(TOOL_CALLS, "b")])
+        Waker::new(&subscriber().await, &ctx.keys, &[(TOOL_CALLS, "b")])
             .await
             .unwrap(),
     );
@@ -1372,7 +1382,8 @@ async fn hand_off_waker(
     worker: &str,
 ) -> (Waker, tokio::sync::mpsc::UnboundedReceiver<Fetched>) {
     let client = RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
-    let waker = Waker::connect(client, &ctx.keys, &[(TOOL_CALLS, worker)])
+    let subscriber = Subscriber::connect(client).await.expect("subscriber");
+    let waker = Waker::new(&subscriber, &ctx.keys, &[(TOOL_CALLS, worker)])
         .await
         .expect("subscribe");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

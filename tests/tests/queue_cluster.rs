@@ -6,11 +6,13 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use exai_shared::keys::Keys;
 use exai_shared::queue::{
-    Ack, Cancel, FailKind, FailOutcome, JobState, LeaseState, NewJob, Queue, QueuePolicy,
+    Ack, CancelOutcome, FailKind, FailOutcome, JobState, LeaseState, NewJob, Queue, QueuePolicy,
     TOOL_CALLS, Wake, Waker,
 };
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
+use exai_shared::subscriber::Subscriber;
 use exai_tests::{RedisCluster, test_config, unique_prefix, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -35,13 +37,13 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
             ..QueuePolicy::default()
         },
     );
-    let waker = Waker::connect(
-        RedisHandle::pubsub_client(&config.redis).expect("pubsub client"),
-        &keys,
-        &[(TOOL_CALLS, "w")],
-    )
-    .await
-    .expect("subscribe");
+    let subscriber =
+        Subscriber::connect(RedisHandle::pubsub_client(&config.redis).expect("pubsub client"))
+            .await
+            .expect("subscriber");
+    let waker = Waker::new(&subscriber, &keys, &[(TOOL_CALLS, "w")])
+        .await
+        .expect("subscribe");
     let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
     let mut cancels = waker.cancellations();
 
@@ -108,7 +110,7 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
     );
 
     // Cancel and remove queued jobs; pause and resume.
-    assert_eq!(q.cancel("b0").await.unwrap(), Cancel::Removed);
+    assert_eq!(q.cancel("b0").await.unwrap(), CancelOutcome::Removed);
     assert!(q.remove("b1").await.unwrap());
     q.pause().await.unwrap();
     assert!(q.fetch_batch("w", 10).await.unwrap().paused);
@@ -164,7 +166,10 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
         q.release(&jobs[992].lease, Duration::ZERO).await.unwrap(),
         Ack::Done
     );
-    assert_eq!(q.cancel(jobs[993].id()).await.unwrap(), Cancel::Signalled);
+    assert_eq!(
+        q.cancel(jobs[993].id()).await.unwrap(),
+        CancelOutcome::Signalled
+    );
     let sig = tokio::time::timeout(DEADLINE, cancels.recv())
         .await
         .expect("cancel signal across the cluster")

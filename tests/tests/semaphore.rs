@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use exai_shared::Config;
 use exai_shared::config::RedisConfig;
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::keys::Keys;
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{
     Acquire, HolderInfo, LeaseGuard, Renewal, SemaphoreError, Semaphores,
 };
+use exai_shared::subscriber::Subscriber;
 use exai_tests::{ChildGuard, bin_path, send_signal, test_config, unique_prefix, wait_until};
 use redis::aio::MultiplexedConnection;
 use secrecy::SecretString;
@@ -924,7 +926,9 @@ async fn the_listener_resubscribes_after_a_connection_loss() {
     // release subscription.
     let waiter_sems = Semaphores::new(
         RedisHandle::connect(&ctx.config.redis).await.unwrap(),
-        redis::Client::open(proxy.url()).unwrap(),
+        &Subscriber::connect(redis::Client::open(proxy.url()).unwrap())
+            .await
+            .unwrap(),
         ctx.keys.clone(),
         &ctx.config.semaphores,
     )
@@ -976,7 +980,9 @@ async fn a_holder_cut_off_from_redis_reports_its_lease_lost_once_it_would_have_e
         })
         .await
         .unwrap(),
-        redis::Client::open(proxy.url()).unwrap(),
+        &Subscriber::connect(redis::Client::open(proxy.url()).unwrap())
+            .await
+            .unwrap(),
         ctx.keys.clone(),
         &ctx.config.semaphores,
     )

@@ -8,8 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use exai_shared::jobs::{CleanupJob, ToolCallJob, ToolResult};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, JobState, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_tests::{
     ChildGuard, PrefixGuard, RedisServer, send_signal, spawn_bin, test_config, unique_prefix,
     wait_until,
@@ -281,7 +282,10 @@ async fn cancelling_a_running_job_stops_its_handler() {
         .await
         .unwrap();
     assert!(wait_state(&q, job.id(), JobState::Running, Duration::from_secs(20)).await);
-    assert_eq!(q.cancel(job.id()).await.unwrap(), queue::Cancel::Signalled);
+    assert_eq!(
+        q.cancel(job.id()).await.unwrap(),
+        queue::CancelOutcome::Signalled
+    );
     assert!(wait_state(&q, job.id(), JobState::Cancelled, Duration::from_secs(10)).await);
     // The worker is free again: the next job runs.
     let next = q.enqueue(&echo(serde_json::json!({}))).await.unwrap();

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 
-use exai_shared::backend::JobLease;
+use exai_shared::backend::RunningJob;
 use exai_shared::jobs::JobError;
 use exai_shared::semaphore::{Acquire, HolderInfo, LeaseGuard};
 
@@ -23,19 +23,16 @@ pub const PUT_BACK_AFTER: std::time::Duration = std::time::Duration::from_secs(1
 /// empty (a job that calls no provider).
 pub async fn acquire(
     state: &AppState,
-    lease: &JobLease,
+    lease: &RunningJob,
     names: &[&str],
     provider: Option<&str>,
 ) -> Result<Option<LeaseGuard>, JobError> {
     if names.is_empty() {
         return Ok(None);
     }
-    let holder = HolderInfo::new(&state.worker_id, &lease.lease.id, lease.lease.attempt);
+    let holder = HolderInfo::new(&state.worker_id, lease.id(), lease.attempt());
     let failed = |e: exai_shared::semaphore::SemaphoreError| {
-        JobError::Transient(format!(
-            "semaphores: {}",
-            exai_shared::backend::error_chain(&e)
-        ))
+        JobError::Transient(format!("semaphores: {}", exai_shared::error_chain(&e)))
     };
     if let Some(guard) = state
         .semaphores
@@ -49,7 +46,7 @@ pub async fn acquire(
     let what = names.join(" + ");
     state
         .progress(
-            &lease.lease.id,
+            lease.id(),
             "waiting",
             format!("waiting for provider capacity ({what})"),
         )
@@ -68,7 +65,7 @@ pub async fn acquire(
     match acquired {
         Acquire::Acquired(guard) => {
             state
-                .progress(&lease.lease.id, "running", "provider capacity acquired")
+                .progress(lease.id(), "running", "provider capacity acquired")
                 .await;
             Ok(Some(guard))
         }
@@ -104,7 +101,7 @@ pub async fn holding<T>(
         }
     };
     if let Err(e) = guard.release().await {
-        tracing::warn!(error = %exai_shared::backend::error_chain(&e), "permit release failed; it expires with its lease");
+        tracing::warn!(error = %exai_shared::error_chain(&e), "permit release failed; it expires with its lease");
     }
     outcome
 }

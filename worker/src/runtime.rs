@@ -12,9 +12,11 @@ use exai_shared::Config;
 use exai_shared::backend::{BackendOptions, RedisBackend};
 use exai_shared::events::EventPublisher;
 use exai_shared::jobs::{CleanupJob, JobError};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, Queue, QueuePolicy, Waker};
-use exai_shared::redis::{Keys, RedisHandle};
-use exai_shared::workers::{self, WorkerInfo, WorkerRegistry};
+use exai_shared::redis::RedisHandle;
+use exai_shared::subscriber::Subscriber;
+use exai_shared::worker_registry::{self, WorkerInfo, WorkerRegistry};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{self, AppState};
@@ -88,7 +90,11 @@ pub async fn run(
         .map(|&q| (q, format!("{worker_id}/{q}")))
         .collect();
     let listens: Vec<(&str, &str)> = fetchers.iter().map(|(q, w)| (*q, w.as_str())).collect();
-    let waker = Waker::connect(RedisHandle::pubsub_client(&config.redis)?, &keys, &listens)
+    // The process's one pub/sub connection, shared by the queue wake-ups and the semaphores.
+    let subscriber = Subscriber::connect(RedisHandle::pubsub_client(&config.redis)?)
+        .await
+        .context("connect the pub/sub subscriber")?;
+    let waker = Waker::new(&subscriber, &keys, &listens)
         .await
         .context("subscribe to queue wake-ups")?;
     let policy = QueuePolicy::from_config(&config.jobs);
@@ -111,6 +117,7 @@ pub async fn run(
         AppState::build(
             config,
             conn.clone(),
+            &subscriber,
             keys.clone(),
             &worker_id,
             storage_policy.clone(),
@@ -225,7 +232,7 @@ pub async fn run(
     // Listed by the daemon's /health while it runs (one job lease without a renewal and it is
     // gone); removed once drained.
     let registered = CancellationToken::new();
-    let registry = tokio::spawn(workers::run_heartbeat(
+    let registry = tokio::spawn(worker_registry::run_heartbeat(
         WorkerRegistry::new(conn.clone(), &keys),
         WorkerInfo {
             id: worker_id.clone(),

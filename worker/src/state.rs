@@ -4,10 +4,12 @@ use anyhow::Context;
 use exai_shared::Config;
 use exai_shared::db::{self, PgPool};
 use exai_shared::events::{EventPublisher, JobEvent};
+use exai_shared::keys::Keys;
 use exai_shared::providers::Providers;
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
+use exai_shared::subscriber::Subscriber;
 
 use crate::metrics::WorkerMetrics;
 use crate::storage::{PushQueue, StoragePushPolicy};
@@ -44,24 +46,21 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state: a lazy Postgres pool, the semaphores (subscribed to release
-    /// wake-ups), the provider clients and the queue handles.
+    /// wake-ups through the process's `subscriber`), the provider clients and the queue handles.
     pub async fn build(
         config: &Config,
         conn: RedisHandle,
+        subscriber: &Subscriber,
         keys: Keys,
         worker_id: &str,
         storage_policy: StoragePushPolicy,
         metrics: WorkerMetrics,
     ) -> anyhow::Result<Self> {
         let db = db::connect_lazy(&config.database).context("DATABASE_URL")?;
-        let semaphores = Semaphores::new(
-            conn.clone(),
-            RedisHandle::pubsub_client(&config.redis)?,
-            keys.clone(),
-            &config.semaphores,
-        )
-        .await
-        .context("set up the semaphores")?;
+        let semaphores =
+            Semaphores::new(conn.clone(), subscriber, keys.clone(), &config.semaphores)
+                .await
+                .context("set up the semaphores")?;
         let providers = Providers::from_config(config).context("build the HTTP clients")?;
         Ok(Self {
             config: config.clone(),

@@ -22,8 +22,9 @@
 //! - **One push per row.** The push job's id is `push-<row id>`, so enqueueing it again (a
 //!   re-run, a dedup of a row whose push was never enqueued because of a crash) is a no-op.
 
-use exai_shared::backend::{JobLease, error_chain};
+use exai_shared::backend::RunningJob;
 use exai_shared::db::{self, DbError, FileUpload, NewUpload, UploadStatus};
+use exai_shared::error_chain;
 use exai_shared::jobs::{JobError, UploadJob, UploadedFile};
 use exai_shared::providers::moonshot::{PURPOSE_FILE_EXTRACT, PURPOSES};
 use exai_shared::providers::{ProviderError, guess_mime};
@@ -57,7 +58,7 @@ pub fn db_error(e: DbError) -> JobError {
 /// Runs one `uploads` job: takes the Moonshot permits, then [`upload_staged`].
 pub async fn run_job(
     state: &AppState,
-    lease: &JobLease,
+    lease: &RunningJob,
     job: &UploadJob,
 ) -> Result<UploadedFile, JobError> {
     let guard = permits::acquire(
@@ -70,7 +71,7 @@ pub async fn run_job(
         Some(Provider::Kimi.as_str()),
     )
     .await?;
-    permits::holding(state, guard, upload_staged(state, job, &lease.lease.id)).await
+    permits::holding(state, guard, upload_staged(state, job, lease.id())).await
 }
 
 /// The purpose sent to Moonshot for a requested one (empty means `file-extract`); one Moonshot

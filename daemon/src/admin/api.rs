@@ -24,8 +24,8 @@ use axum::routing::{get, post};
 use axum::{Json, http::StatusCode};
 use exai_shared::cleanup_report::{self, CleanupReportError};
 use exai_shared::inspect::{QueuesReport, SemaphoresReport, find_job, queue_named};
-use exai_shared::queue::{Cancel, JobState, MAX_PAGE, Queue};
-use exai_shared::redis::Keys;
+use exai_shared::keys::Keys;
+use exai_shared::queue::{CancelOutcome, JobState, MAX_PAGE, Queue};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -169,9 +169,9 @@ async fn kill(State(app): State<Arc<App>>, id: Result<Path<String>, PathRejectio
     let id = param(id)?;
     let (q, _) = locate(&app, &id).await?;
     let outcome = match q.cancel(&id).await? {
-        Cancel::Removed => "cancelled",
-        Cancel::Signalled => "cancel_requested",
-        Cancel::AlreadyFinished => {
+        CancelOutcome::Removed => "cancelled",
+        CancelOutcome::Signalled => "cancel_requested",
+        CancelOutcome::AlreadyFinished => {
             let state = q
                 .job(&id)
                 .await?
@@ -181,7 +181,7 @@ async fn kill(State(app): State<Arc<App>>, id: Result<Path<String>, PathRejectio
                 "job `{id}` has already finished ({state})"
             )));
         }
-        Cancel::NotFound => return Err(ApiError::not_found(format!("no job `{id}`"))),
+        CancelOutcome::NotFound => return Err(ApiError::not_found(format!("no job `{id}`"))),
     };
     tracing::info!(job_id = %id, queue = q.name(), outcome, "admin: job killed");
     let job = q.job(&id).await?;

@@ -105,7 +105,7 @@ impl ProviderError {
         } else {
             "HTTP error"
         };
-        let message = format!("{what}: {}", crate::backend::error_chain(e));
+        let message = format!("{what}: {}", crate::error_chain(e));
         if e.is_builder() {
             Self::permanent(provider, operation, message)
         } else {

@@ -153,7 +153,7 @@ impl Enqueued {
 /// checks it against the job's current one, so a worker whose lease was lost — the job was
 /// rescued and fetched again — can never overwrite the new attempt or its result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Lease {
+pub struct JobLease {
     /// The job id.
     pub id: String,
     /// The attempt's fencing token.
@@ -162,7 +162,7 @@ pub struct Lease {
     pub attempt: u32,
 }
 
-impl Lease {
+impl JobLease {
     /// The attempt's member in the queue's active set: `<fence>:<id>`.
     pub(crate) fn member(&self) -> String {
         format!("{}:{}", self.fence, self.id)
@@ -173,7 +173,7 @@ impl Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
     /// The lease of this attempt.
-    pub lease: Lease,
+    pub lease: JobLease,
     /// The payload as enqueued.
     pub payload: Vec<u8>,
     /// The job's attempt limit.
@@ -220,7 +220,7 @@ impl Fetched {
         let id_len = usize::try_from(id_len).ok().filter(|&l| l <= rest.len())?;
         let id = std::str::from_utf8(&rest[..id_len]).ok()?.to_owned();
         Some(Self {
-            lease: Lease {
+            lease: JobLease {
                 id,
                 fence,
                 attempt: u32::try_from(attempt).ok()?,
@@ -296,7 +296,7 @@ pub enum LeaseState {
 
 /// What a cancel did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cancel {
+pub enum CancelOutcome {
     /// The job was waiting (queued, scheduled or retrying) and is now cancelled.
     Removed,
     /// The job is running: its worker was signalled (pub/sub, and heartbeats report
@@ -331,7 +331,7 @@ pub struct QueueCounts {
 
 /// What one sweep step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct SweepReport {
+pub struct RescueReport {
     /// Jobs whose lease expired, put back in the wait list.
     pub rescued: u64,
     /// Jobs whose lease expired on their last attempt, now dead.
@@ -449,7 +449,7 @@ mod tests {
         let job = Fetched::from_hand_off(msg).expect("a hand-off");
         assert_eq!(
             job.lease,
-            Lease {
+            JobLease {
                 id: "id 1\n2".into(),
                 fence: 42,
                 attempt: 1,

@@ -1,9 +1,9 @@
 //! Push wake-ups for idle workers, and cancel signals for running jobs, over Redis pub/sub.
 //!
 //! An enqueue wakes **one** idle worker: a worker whose fetch came back short registers itself
-//! in the queue's idle set ([`QueueKeys::idle`](super::QueueKeys::idle)) for as long as it will
+//! in the queue's idle set ([`QueueKeys::idle`](crate::keys::QueueKeys::idle)) for as long as it will
 //! wait, and the enqueue script pops the most recent live registration and publishes on that
-//! worker's own channel ([`QueueKeys::wake_channel_of`](super::QueueKeys::wake_channel_of)).
+//! worker's own channel ([`QueueKeys::wake_channel_of`](crate::keys::QueueKeys::wake_channel_of)).
 //! A worker that takes a full batch and leaves jobs behind wakes the next idle one the same way,
 //! so a burst spreads over as many workers as it needs, and an idle fleet of N workers costs one
 //! fetch per enqueue, not N. With nobody registered idle, and for the rarer events (release,
@@ -17,23 +17,20 @@
 //! may receive, on its own channel, not a wake-up but a job already leased to it by the
 //! enqueue: the waker passes it to the taker the worker installed ([`Waker::on_hand_off`]).
 //!
-//! One [`Waker`] per process holds one dedicated RESP3 connection (never the shared multiplexed
-//! one): it subscribes once, and the connection's reader hands each message straight to the
-//! [`WakeSignal`]s and cancel receivers it concerns (no task hop in between). In cluster mode, classic `PUBLISH` reaches every node, so one subscription to any
-//! node hears every queue.
+//! One [`Waker`] per process routes its channels through the process's
+//! [`Subscriber`]: it subscribes once, and the subscription's reader hands each message straight
+//! to the [`WakeSignal`]s and cancel receivers it concerns (no task hop in between).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, FromRedisValue, ProtocolVersion, PushInfo, PushKind, Value};
-use tokio::sync::{Notify, broadcast, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{broadcast, watch};
 
 use super::error::QueueError;
 use super::job::Fetched;
-use crate::redis::Keys;
+use crate::keys::Keys;
+use crate::subscriber::{Route, Subscriber, Subscription};
 
 /// A cancel request for a running job, as published by [`Queue::cancel`](super::Queue::cancel)
 /// or [`Queue::remove`](super::Queue::remove).
@@ -65,31 +62,72 @@ pub type HandOffTaker = Arc<dyn Fn(Fetched) + Send + Sync>;
 /// The taker of one queue's hand-offs, once installed.
 type TakerSlot = Arc<Mutex<Option<HandOffTaker>>>;
 
-/// Where a channel's messages go.
-enum Route {
-    Wake(watch::Sender<u64>),
-    /// A worker's own channel: an empty message wakes it, any other is a hand-off.
-    Own(watch::Sender<u64>, TakerSlot, String),
-    Cancel(String),
+/// The queue's wake channel, heard by every worker: each message bumps the queue's wake
+/// counter, and so does a resync (wake-ups may have been lost).
+struct WakeRoute(watch::Sender<u64>);
+
+impl Route for WakeRoute {
+    fn message(&self, _payload: &[u8]) {
+        self.0.send_modify(|v| *v += 1);
+    }
+
+    fn resync(&self) {
+        self.0.send_modify(|v| *v += 1);
+    }
 }
 
-/// The subscription shared by all clones of a [`Waker`]; the task ends when the last clone
-/// is dropped.
+/// A worker's own channel: an empty message wakes it, any other is a hand-off. A resync is
+/// covered by the queue's [`WakeRoute`], which shares the counter.
+struct OwnRoute {
+    wakes: watch::Sender<u64>,
+    taker: TakerSlot,
+    queue: String,
+}
+
+impl Route for OwnRoute {
+    fn message(&self, payload: &[u8]) {
+        if payload.is_empty() {
+            self.wakes.send_modify(|v| *v += 1);
+        } else {
+            hand_off(&self.taker, &self.queue, payload);
+        }
+    }
+
+    fn resync(&self) {}
+}
+
+/// The queue's cancel channel: each message names a running job to stop. A lost cancel is
+/// still reported by the job's next heartbeat.
+struct CancelRoute {
+    queue: String,
+    cancels: broadcast::Sender<CancelSignal>,
+}
+
+impl Route for CancelRoute {
+    fn message(&self, payload: &[u8]) {
+        if let Ok(job_id) = std::str::from_utf8(payload)
+            && !job_id.is_empty()
+        {
+            let _ = self.cancels.send(CancelSignal {
+                queue: self.queue.clone(),
+                job_id: job_id.to_owned(),
+            });
+        }
+    }
+
+    fn resync(&self) {}
+}
+
+/// What all clones of a [`Waker`] share; the routes are removed when the last clone is
+/// dropped.
 struct Shared {
     /// The wake counter of each queue, bumped on every wake message.
     wakes: HashMap<String, watch::Sender<u64>>,
     /// The hand-off taker of each queue.
     takers: HashMap<String, TakerSlot>,
-    /// The current subscription connection (replaced on reconnect), for [`Waker::sync`].
-    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
+    subscriber: Subscriber,
     cancels: broadcast::Sender<CancelSignal>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _subscription: Subscription,
 }
 
 /// The wake-up and cancel listener of one process. Cheap to clone.
@@ -107,56 +145,55 @@ impl std::fmt::Debug for Waker {
 }
 
 impl Waker {
-    /// Subscribes to the wake and cancel channels of each `(queue, worker id)` of `queues` —
-    /// the wake channel every worker hears and the one of that worker id alone (the id its
-    /// fetches register under) — on a dedicated connection from `client` (see
-    /// [`RedisHandle::pubsub_client`](crate::redis::RedisHandle::pubsub_client)). Returns once
-    /// subscribed, so no wake-up published afterwards is missed; the subscription then
-    /// reconnects by itself with backoff.
-    pub async fn connect(
-        client: redis::Client,
+    /// Subscribes, through the process's `subscriber`, to the wake and cancel channels of each
+    /// `(queue, worker id)` of `queues` — the wake channel every worker hears and the one of
+    /// that worker id alone (the id its fetches register under). Returns once subscribed, so
+    /// no wake-up published afterwards is missed; an unconfirmed subscription is an error.
+    pub async fn new(
+        subscriber: &Subscriber,
         keys: &Keys,
         queues: &[(&str, &str)],
     ) -> Result<Self, QueueError> {
         let mut wakes = HashMap::new();
         let mut takers = HashMap::new();
-        let mut routes = HashMap::new();
-        let mut channels = Vec::new();
+        let mut routes: Vec<(String, Arc<dyn Route>)> = Vec::new();
+        let (cancels, _) = broadcast::channel(CANCEL_CAPACITY);
         for &(queue, worker) in queues {
             let qk = keys.queue(queue);
             let (tx, _) = watch::channel(0u64);
             let taker = TakerSlot::default();
-            routes.insert(qk.wake_channel(), Route::Wake(tx.clone()));
-            routes.insert(
+            routes.push((qk.wake_channel(), Arc::new(WakeRoute(tx.clone()))));
+            routes.push((
                 qk.wake_channel_of(worker),
-                Route::Own(tx.clone(), taker.clone(), queue.to_owned()),
-            );
+                Arc::new(OwnRoute {
+                    wakes: tx.clone(),
+                    taker: taker.clone(),
+                    queue: queue.to_owned(),
+                }),
+            ));
+            routes.push((
+                qk.cancel_channel(),
+                Arc::new(CancelRoute {
+                    queue: queue.to_owned(),
+                    cancels: cancels.clone(),
+                }),
+            ));
             takers.insert(queue.to_owned(), taker);
-            routes.insert(qk.cancel_channel(), Route::Cancel(queue.to_owned()));
-            channels.push(qk.wake_channel());
-            channels.push(qk.wake_channel_of(worker));
-            channels.push(qk.cancel_channel());
             wakes.insert(queue.to_owned(), tx);
         }
-        let (cancels, _) = broadcast::channel(CANCEL_CAPACITY);
-        let routes = Arc::new(routes);
-        let first = subscribe(&client, &channels, &routes, &cancels).await?;
-        let conn = Arc::new(Mutex::new(Some(first.conn.clone())));
-        let task = tokio::spawn(run(
-            client,
-            channels,
-            routes,
-            cancels.clone(),
-            first,
-            conn.clone(),
-        ));
+        let subscription = subscriber.subscribe(routes).await;
+        if !subscription.is_confirmed() {
+            return Err(QueueError::Protocol(
+                "the wake-up subscription was not confirmed".into(),
+            ));
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 wakes,
                 takers,
-                conn,
+                subscriber: subscriber.clone(),
                 cancels,
-                task,
+                _subscription: subscription,
             }),
         })
     }
@@ -179,25 +216,11 @@ impl Waker {
         }
     }
 
-    /// Returns once every message published before this call has been delivered (a round
-    /// trip on the subscription's own connection, whose reply follows those messages) — e.g.
-    /// so a worker that withdrew its idle registration has seen every hand-off made before.
+    /// Returns once every message published before this call has been delivered (see
+    /// [`Subscriber::sync`]) — e.g. so a worker that withdrew its idle registration has seen
+    /// every hand-off made before.
     pub async fn sync(&self) -> Result<(), QueueError> {
-        let conn = self
-            .shared
-            .conn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match conn {
-            Some(mut conn) => {
-                let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
-                Ok(())
-            }
-            None => Err(QueueError::Protocol(
-                "the wake-up subscription is reconnecting".into(),
-            )),
-        }
+        Ok(self.shared.subscriber.sync().await?)
     }
 
     /// The wake signal of `queue`, or `None` when this waker does not listen to it. Each
@@ -250,82 +273,6 @@ impl WakeSignal {
     }
 }
 
-/// The subscription's connection: RESP3, so messages arrive as pushes that the connection's
-/// own reader hands to [`route`] the moment they are read — no task in between — and a lost
-/// connection is reported through `lost`.
-struct Subscription {
-    conn: MultiplexedConnection,
-    lost: Arc<Notify>,
-}
-
-async fn subscribe(
-    client: &redis::Client,
-    channels: &[String],
-    routes: &Arc<HashMap<String, Route>>,
-    cancels: &broadcast::Sender<CancelSignal>,
-) -> Result<Subscription, QueueError> {
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
-    let lost = Arc::new(Notify::new());
-    let sender = {
-        let (routes, cancels, lost) = (routes.clone(), cancels.clone(), lost.clone());
-        move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-            match push.kind {
-                PushKind::Message => route(&routes, &cancels, push.data),
-                PushKind::Disconnection => lost.notify_one(),
-                _ => {}
-            }
-            Ok(())
-        }
-    };
-    let config = AsyncConnectionConfig::new().set_push_sender(sender);
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    if !channels.is_empty() {
-        conn.subscribe(channels).await?;
-    }
-    Ok(Subscription { conn, lost })
-}
-
-/// Delivers one pub/sub message (`[channel, payload]`) to its wake counter or as a cancel.
-fn route(
-    routes: &HashMap<String, Route>,
-    cancels: &broadcast::Sender<CancelSignal>,
-    data: Vec<Value>,
-) {
-    let mut it = data.into_iter();
-    let (Some(channel), payload) = (it.next(), it.next()) else {
-        return;
-    };
-    let Ok(channel) = String::from_redis_value(channel) else {
-        return;
-    };
-    match routes.get(&channel) {
-        Some(Route::Wake(tx)) => tx.send_modify(|v| *v += 1),
-        Some(Route::Own(tx, taker, queue)) => {
-            let msg = payload.and_then(|p| Vec::<u8>::from_redis_value(p).ok());
-            match msg.filter(|m| !m.is_empty()) {
-                None => tx.send_modify(|v| *v += 1),
-                Some(msg) => hand_off(taker, queue, &msg),
-            }
-        }
-        Some(Route::Cancel(queue)) => {
-            if let Some(Ok(job_id)) = payload.map(String::from_redis_value) {
-                let _ = cancels.send(CancelSignal {
-                    queue: queue.clone(),
-                    job_id,
-                });
-            }
-        }
-        None => {}
-    }
-}
-
 /// Gives a hand-off to the queue's taker.
 fn hand_off(taker: &TakerSlot, queue: &str, msg: &[u8]) {
     let Some(job) = Fetched::from_hand_off(msg) else {
@@ -340,43 +287,6 @@ fn hand_off(taker: &TakerSlot, queue: &str, msg: &[u8]) {
         Some(take) => take(job),
         None => {
             tracing::warn!(queue, job_id = %job.lease.id, "hand-off with no taker; the job runs again once its lease expires");
-        }
-    }
-}
-
-/// Keeps the subscription up until the task is aborted: when the connection drops it
-/// reconnects with backoff, and after each reconnect marks every queue woken (messages may
-/// have been lost meanwhile).
-async fn run(
-    client: redis::Client,
-    channels: Vec<String>,
-    routes: Arc<HashMap<String, Route>>,
-    cancels: broadcast::Sender<CancelSignal>,
-    first: Subscription,
-    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
-) {
-    let mut current = first;
-    let mut delay = Duration::from_millis(50);
-    loop {
-        current.lost.notified().await;
-        *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        tracing::warn!("queue wake-up subscription lost; reconnecting");
-        current = loop {
-            match subscribe(&client, &channels, &routes, &cancels).await {
-                Ok(sub) => break sub,
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "queue wake-up subscription failed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        delay = Duration::from_millis(50);
-        *conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(current.conn.clone());
-        for route in routes.values() {
-            if let Route::Wake(tx) = route {
-                tx.send_modify(|v| *v += 1);
-            }
         }
     }
 }

@@ -18,7 +18,7 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// What a guard and its renewal task share.
 #[derive(Debug)]
-struct Lease {
+struct SemaphoreLease {
     /// The Redis connection, key layout and lease TTL of the [`Semaphores`](super::Semaphores)
     /// that granted the lease.
     core: Arc<Core>,
@@ -32,8 +32,8 @@ struct Lease {
     lost: CancellationToken,
 }
 
-impl Lease {
-    /// One renewal round trip; cancels [`Lease::lost`] when the lease turns out to be gone.
+impl SemaphoreLease {
+    /// One renewal round trip; cancels [`SemaphoreLease::lost`] when the lease turns out to be gone.
     async fn renew(&self) -> Result<Renewal, SemaphoreError> {
         let renewal = scripts::renew(
             &self.core.conn,
@@ -69,7 +69,7 @@ impl Lease {
 /// fail (no runtime, Redis down), the lease TTL bounds how long the permit stays taken.
 #[derive(Debug)]
 pub struct LeaseGuard {
-    lease: Arc<Lease>,
+    lease: Arc<SemaphoreLease>,
     /// The renewal task; aborted on release, on drop and by [`stop_renewal`](Self::stop_renewal).
     renewer: Option<JoinHandle<()>>,
     /// Set once the lease was explicitly released, so that drop does not release it again.
@@ -88,7 +88,7 @@ impl LeaseGuard {
         names: Vec<String>,
         requested_at: Instant,
     ) -> Self {
-        let lease = Arc::new(Lease {
+        let lease = Arc::new(SemaphoreLease {
             core,
             token,
             fence,
@@ -191,7 +191,7 @@ impl Drop for LeaseGuard {
 /// `valid_until` is a local instant before which the lease is certainly still live in Redis (one
 /// TTL after the last successful grant or renewal was *sent*). Errors are retried with a short
 /// pause until that instant; past it the lease may have expired, and it is reported lost.
-async fn renew_loop(lease: Arc<Lease>, requested_at: Instant) {
+async fn renew_loop(lease: Arc<SemaphoreLease>, requested_at: Instant) {
     let ttl = lease.core.lease;
     let period = ttl / 3;
     let retry = (ttl / 10).clamp(RETRY_MIN, RETRY_MAX);

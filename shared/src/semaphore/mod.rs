@@ -46,15 +46,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 pub use guard::LeaseGuard;
 pub use scripts::Renewal;
 
 use crate::config::{Config, SemaphoreConfig};
-use crate::redis::{Keys, RedisHandle};
+use crate::keys::Keys;
+use crate::redis::RedisHandle;
+use crate::subscriber::{Route, Subscriber, Subscription};
 use scripts::AcquireReply;
-use wake::Wakers;
+use wake::{ReleaseRoute, Wakers};
 
 /// The default longest pause between two tries of a waiting [`Semaphores::acquire`], in case a
 /// push wake-up is lost. Releases normally wake waiters within milliseconds; this only bounds the
@@ -70,7 +72,7 @@ pub enum SemaphoreError {
     /// Redis could not be reached or refused a command.
     #[error("redis command failed")]
     Redis(#[from] redis::RedisError),
-    /// The dedicated pub/sub connection for release wake-ups could not be set up.
+    /// The release channel's subscription could not be set up.
     #[error("could not subscribe to the semaphore release channel")]
     Subscribe(#[source] redis::RedisError),
     /// An acquire named no semaphore.
@@ -215,46 +217,44 @@ struct Core {
 
 /// The fleet-wide semaphores of one deployment, as seen from one process.
 ///
-/// Cheap to clone: clones share the Redis connection and one background task that listens for
-/// releases on a dedicated pub/sub connection (resubscribing after a connection loss). The task
-/// stops when the last clone is dropped; leases already granted keep renewing until released.
+/// Cheap to clone: clones share the Redis connection and one route of the release channel on
+/// the process's [`Subscriber`] (resubscribed after a connection loss). The route is removed
+/// when the last clone is dropped; leases already granted keep renewing until released.
 #[derive(Debug, Clone)]
 pub struct Semaphores {
     core: Arc<Core>,
-    /// Local waiters, woken by the listener task.
+    /// Local waiters, woken by the release channel's route.
     wakers: Arc<Wakers>,
-    /// Cancels the listener task when the last clone is dropped.
-    _listener: Arc<DropGuard>,
+    /// The release channel's route, removed when the last clone is dropped.
+    _subscription: Arc<Subscription>,
     /// The longest pause between two tries of a waiting acquire.
     poll: Duration,
 }
 
 impl Semaphores {
-    /// Sets up the semaphores: subscribes to the release channel (an error here means push
-    /// wake-ups cannot work, and is reported rather than degraded to polling) and spawns the
-    /// listener task. Must be called inside a Tokio runtime.
-    ///
-    /// `pubsub` is a client for the dedicated subscription connection, e.g. from
-    /// [`RedisHandle::pubsub_client`]; `config` supplies the default limits and the lease TTL.
+    /// Sets up the semaphores: routes the release channel through the process's `subscriber`
+    /// (an unconfirmed subscription means push wake-ups cannot work, and is reported rather
+    /// than degraded to polling). `config` supplies the default limits and the lease TTL.
     pub async fn new(
         conn: RedisHandle,
-        pubsub: redis::Client,
+        subscriber: &Subscriber,
         keys: Keys,
         config: &SemaphoreConfig,
     ) -> Result<Self, SemaphoreError> {
-        let channel = keys.sem_released_channel();
-        let first = wake::subscribe(&pubsub, &channel)
-            .await
-            .map_err(SemaphoreError::Subscribe)?;
         let wakers = Arc::new(Wakers::default());
-        let stop = CancellationToken::new();
-        tokio::spawn(wake::listen(
-            pubsub,
-            channel,
-            Arc::clone(&wakers),
-            first,
-            stop.clone(),
-        ));
+        let route: Arc<dyn Route> = Arc::new(ReleaseRoute(Arc::clone(&wakers)));
+        let subscription = subscriber
+            .subscribe([(keys.sem_released_channel(), route)])
+            .await;
+        if !subscription.is_confirmed() {
+            return Err(SemaphoreError::Subscribe(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "subscribing to the semaphore release channel timed out",
+                )
+                .into(),
+            ));
+        }
         Ok(Self {
             core: Arc::new(Core {
                 conn,
@@ -263,18 +263,21 @@ impl Semaphores {
                 defaults: config.default_limits().into_iter().collect(),
             }),
             wakers,
-            _listener: Arc::new(stop.drop_guard()),
+            _subscription: Arc::new(subscription),
             poll: DEFAULT_POLL_INTERVAL,
         })
     }
 
-    /// Connects to the Redis of `config` and sets up the semaphores with its settings.
+    /// Connects to the Redis of `config`, with a subscriber of its own, and sets up the
+    /// semaphores with its settings (for a process whose only listener they are).
     pub async fn from_config(config: &Config) -> Result<Self, SemaphoreError> {
         let conn = RedisHandle::connect(&config.redis).await?;
-        let pubsub = RedisHandle::pubsub_client(&config.redis)?;
+        let subscriber = Subscriber::connect(RedisHandle::pubsub_client(&config.redis)?)
+            .await
+            .map_err(SemaphoreError::Subscribe)?;
         Self::new(
             conn,
-            pubsub,
+            &subscriber,
             Keys::new(config.redis.prefix.clone()),
             &config.semaphores,
         )

@@ -11,7 +11,8 @@ use std::time::Duration;
 use redis::{Script, Value};
 
 use super::{HolderInfo, SemaphoreError};
-use crate::redis::{Keys, RedisHandle};
+use crate::keys::Keys;
+use crate::redis::RedisHandle;
 
 /// At most this many expired leases are purged from one set by one acquire call. Counting only
 /// looks at live leases, so a backlog of dead ones (after a mass crash) costs a few more calls to

@@ -1,39 +1,24 @@
 //! Push wake-ups: a release anywhere in the fleet wakes a local waiter within milliseconds.
 //!
 //! Every release (and every limit change) publishes the semaphore names on the release channel.
-//! One listener task per [`Semaphores`](super::Semaphores) holds a dedicated pub/sub connection
-//! and turns each message into a [`Notify::notify_one`] per released name, so each process wakes
+//! Each [`Semaphores`](super::Semaphores) routes that channel, through the process's
+//! [`Subscriber`](crate::subscriber::Subscriber), to a [`ReleaseRoute`], which turns each message
+//! into a [`Notify::notify_one`] per released name, so each process wakes
 //! one waiter per freed permit rather than all of them (no thundering herd on a busy semaphore).
 //! A waiter that lost the race simply waits again; one that is dropped passes its wake-up on to
 //! the next waiter (a property of `notify_one`).
 //!
-//! Messages published while the listener is disconnected are lost, so after every (re)subscription
-//! the listener wakes every waiter once: they retry, and the expiry hint and the poll fallback of
+//! Messages published while the subscriber is disconnected are lost, so after every
+//! resubscription the route wakes every waiter once: they retry, and the expiry hint and the poll fallback of
 //! [`Semaphores::acquire`](super::Semaphores::acquire) cover whatever pub/sub cannot.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures::StreamExt;
-use redis::aio::{PubSub, PubSubSink};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-/// How often the listener pings its pub/sub connection, to notice a half-open TCP connection that
-/// would otherwise never deliver another message nor report an error.
-const PING_INTERVAL: Duration = Duration::from_secs(10);
-
-/// How long a ping may take before the connection is considered dead.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long connecting and subscribing may take.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The first and the largest pause between reconnection attempts.
-const RECONNECT_MIN: Duration = Duration::from_millis(50);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
+use crate::subscriber::Route;
 
 /// The local waiters of one process, one [`Notify`] per semaphore name.
 ///
@@ -93,103 +78,21 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Opens a pub/sub connection subscribed to `channel`, giving up after [`SUBSCRIBE_TIMEOUT`].
-pub(super) async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<PubSub> {
-    let connect = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok(pubsub)
-    };
-    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, connect).await {
-        Ok(subscribed) => subscribed,
-        Err(_elapsed) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "subscribing to the semaphore release channel timed out",
-        )
-        .into()),
-    }
-}
+/// The release channel's route: a message wakes one waiter of each name it carries, a resync
+/// every waiter.
+pub(super) struct ReleaseRoute(pub(super) Arc<Wakers>);
 
-/// Relays release messages to `wakers` until `stop` is cancelled, resubscribing after any
-/// connection loss. `first` is the subscription made by the caller, so that wake-ups work from
-/// the moment [`Semaphores::new`](super::Semaphores::new) returns.
-pub(super) async fn listen(
-    client: redis::Client,
-    channel: String,
-    wakers: Arc<Wakers>,
-    first: PubSub,
-    stop: CancellationToken,
-) {
-    let mut subscription = Some(first);
-    let mut backoff = RECONNECT_MIN;
-    loop {
-        let pubsub = match subscription.take() {
-            Some(pubsub) => pubsub,
-            None => {
-                // Pause before every reconnection, so a Redis that accepts and drops connections
-                // is not hammered; the pause doubles while attempts keep failing.
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                let attempt = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    attempt = subscribe(&client, &channel) => attempt,
-                };
-                match attempt {
-                    Ok(pubsub) => {
-                        tracing::info!(%channel, "semaphore release channel resubscribed");
-                        // Releases published during the gap were lost: let every waiter retry.
-                        wakers.wake_all();
-                        backoff = RECONNECT_MIN;
-                        pubsub
-                    }
-                    Err(error) => {
-                        tracing::warn!(%channel, %error, "semaphore release channel: subscribe failed");
-                        backoff = (backoff * 2).min(RECONNECT_MAX);
-                        continue;
-                    }
-                }
-            }
-        };
-
-        let (sink, stream) = pubsub.split();
-        if relay(sink, stream, &wakers, &stop).await.is_break() {
-            return;
+impl Route for ReleaseRoute {
+    fn message(&self, payload: &[u8]) {
+        match std::str::from_utf8(payload) {
+            Ok(names) => self.0.released(names),
+            Err(error) => tracing::warn!(%error, "unreadable semaphore release message"),
         }
-        tracing::warn!(%channel, "semaphore release channel lost; resubscribing");
     }
-}
 
-/// Relays messages of one subscription. Returns `Break` when stopped and `Continue` when the
-/// connection is gone.
-async fn relay(
-    mut sink: PubSubSink,
-    mut stream: redis::aio::PubSubStream,
-    wakers: &Wakers,
-    stop: &CancellationToken,
-) -> std::ops::ControlFlow<()> {
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick of an interval is immediate; the connection was just checked by SUBSCRIBE.
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return std::ops::ControlFlow::Break(()),
-            message = stream.next() => match message {
-                Some(message) => match message.get_payload::<String>() {
-                    Ok(payload) => wakers.released(&payload),
-                    Err(error) => tracing::warn!(%error, "unreadable semaphore release message"),
-                },
-                None => return std::ops::ControlFlow::Continue(()),
-            },
-            _ = ping.tick() => {
-                let alive = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
-                if !matches!(alive, Ok(Ok(_))) {
-                    return std::ops::ControlFlow::Continue(());
-                }
-            }
-        }
+    fn resync(&self) {
+        // Releases published during the gap were lost: let every waiter retry.
+        self.0.wake_all();
     }
 }
 

@@ -102,7 +102,7 @@ impl StagingError {
 
     /// The [`JobError`] for this failure.
     pub fn into_job_error(self) -> JobError {
-        let message = crate::backend::error_chain(&self);
+        let message = crate::error_chain(&self);
         if self.is_transient() {
             JobError::Transient(message)
         } else {

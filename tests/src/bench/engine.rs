@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use exai_shared::Config;
-use exai_shared::backend::{BackendOptions, JobLease, RedisBackend};
+use exai_shared::backend::{BackendOptions, RedisBackend, RunningJob};
 use exai_shared::jobs::{JobError, ToolCallJob, ToolResult};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{Queue, QueuePolicy, TOOL_CALLS, Waker};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
+use exai_shared::subscriber::Subscriber;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -50,13 +52,12 @@ impl Engine {
             .context("connect to redis")?;
         let keys = Keys::new(&config.redis.prefix);
         let name = format!("exai-bench-{}/{TOOL_CALLS}", std::process::id());
-        let waker = Waker::connect(
-            RedisHandle::pubsub_client(&config.redis)?,
-            &keys,
-            &[(TOOL_CALLS, &name)],
-        )
-        .await
-        .context("subscribe to queue wake-ups")?;
+        let subscriber = Subscriber::connect(RedisHandle::pubsub_client(&config.redis)?)
+            .await
+            .context("connect the pub/sub subscriber")?;
+        let waker = Waker::new(&subscriber, &keys, &[(TOOL_CALLS, &name)])
+            .await
+            .context("subscribe to queue wake-ups")?;
         let queue = Queue::new(
             conn,
             &keys,
@@ -122,11 +123,11 @@ impl Engine {
 /// The no-op job: what `test_echo` with arguments `{}` does, plus a start stamp when asked.
 async fn noop(
     job: ToolCallJob,
-    lease: Data<JobLease>,
+    lease: Data<RunningJob>,
     probe: Data<Arc<Probe>>,
 ) -> Result<ToolResult, JobError> {
     if probe.on.load(Ordering::Relaxed) {
-        let _ = probe.tx.send((lease.lease.id.clone(), Instant::now()));
+        let _ = probe.tx.send((lease.id().to_owned(), Instant::now()));
     }
     Ok(ToolResult::text(job.arguments.to_string()))
 }

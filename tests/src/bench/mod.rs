@@ -48,8 +48,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use exai_shared::Config;
 use exai_shared::jobs::ToolCallJob;
-use exai_shared::queue::{Queue, QueueKeys, QueuePolicy, TOOL_CALLS};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::keys::{Keys, QueueKeys};
+use exai_shared::queue::{Queue, QueuePolicy, TOOL_CALLS};
+use exai_shared::redis::RedisHandle;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::keys::Keys;
+use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{Acquire, HolderInfo, Semaphores};
+use exai_shared::subscriber::Subscriber;
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -67,8 +69,8 @@ pub async fn run(opts: SemOptions, prefix: String) -> anyhow::Result<Report> {
     progress("raw Redis: sequential PING");
     phases::sequential_baseline(&conn, Duration::from_secs(1), &mut report).await?;
 
-    let pubsub = RedisHandle::pubsub_client(&base.redis)?;
-    let sems = Semaphores::new(conn, pubsub, Keys::new(&prefix), &base.semaphores)
+    let subscriber = Subscriber::connect(RedisHandle::pubsub_client(&base.redis)?).await?;
+    let sems = Semaphores::new(conn, &subscriber, Keys::new(&prefix), &base.semaphores)
         .await?
         .with_poll_interval(Duration::from_secs(10));
     let names = ["global", "kimi"];

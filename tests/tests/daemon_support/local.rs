@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use exai_daemon::App;
+use exai_shared::keys::Keys;
 use exai_shared::queue::{JobInfo, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_tests::{PrefixGuard, test_config, unique_prefix};
 use serde_json::json;
 use tokio::io::DuplexStream;

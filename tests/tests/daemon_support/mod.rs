@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use exai_shared::keys::Keys;
 use exai_shared::queue::{JobInfo, JobState, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_tests::{ChildGuard, PrefixGuard, bin_path, test_config, unique_prefix, wait_until};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};

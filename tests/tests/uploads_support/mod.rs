@@ -12,8 +12,9 @@ use std::time::Duration;
 use exai_shared::Config;
 use exai_shared::db::{self, FileUpload, PgPool};
 use exai_shared::jobs::{ToolCallJob, ToolResult};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, JobResult, JobState, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_tests::sim::{Sim, SimConfig};
 use exai_tests::{
     ChildGuard, PrefixGuard, TestDb, spawn_bin, test_config, unique_prefix, wait_until,

@@ -3,9 +3,9 @@
 //! its copies are deleted, so no live row ever points at a deleted file.
 
 use chrono::{DateTime, Utc};
-use exai_shared::backend::error_chain;
 use exai_shared::cleanup_report::{CleanupSweepReport, Sweeps};
 use exai_shared::db::{self, FileUpload, UploadStatus};
+use exai_shared::error_chain;
 use exai_shared::providers::supabase::kimi_object_path;
 
 use super::Cleanup;

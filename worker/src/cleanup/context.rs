@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use exai_shared::Config;
 use exai_shared::db::{self, PgPool};
+use exai_shared::keys::Keys;
 use exai_shared::providers::Providers;
 use exai_shared::queue::{self, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use exai_shared::staging::Staging;
 
 use crate::state::AppState;

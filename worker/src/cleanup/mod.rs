@@ -153,7 +153,7 @@ pub async fn run_job(
     }
     cleanup_report::store_report(&ctx.redis, &ctx.keys, job.tick, &report)
         .await
-        .map_err(|e| JobError::Transient(exai_shared::backend::error_chain(&e)))?;
+        .map_err(|e| JobError::Transient(exai_shared::error_chain(&e)))?;
     serde_json::to_value(&report).map_err(JobError::permanent)
 }
 

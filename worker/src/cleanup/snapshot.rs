@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
-use exai_shared::backend::error_chain;
 use exai_shared::db::{self, FileUpload};
+use exai_shared::error_chain;
 use exai_shared::jobs::{ToolCallJob, UploadJob};
 use exai_shared::providers::supabase::KIMI_UPLOADS_PREFIX;
 use exai_shared::providers::{FileObject, ListedObject};

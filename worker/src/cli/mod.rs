@@ -19,8 +19,9 @@ use std::time::Duration;
 use anyhow::Context;
 use comfy_table::{CellAlignment, Table};
 use exai_shared::Config;
+use exai_shared::keys::Keys;
 use exai_shared::queue::{ALL_QUEUES, Queue, QueuePolicy, STORAGE_PUSH};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 

@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use exai_shared::Config;
 use exai_shared::inspect::{QueuesReport, find_job, queue_named};
-use exai_shared::queue::{Cancel, JobInfo, JobState, MAX_PAGE, Queue};
+use exai_shared::queue::{CancelOutcome, JobInfo, JobState, MAX_PAGE, Queue};
 use serde::Serialize;
 
 use super::{
@@ -417,13 +417,13 @@ async fn kill(queues: &[Queue], id: &str, json: bool) -> anyhow::Result<()> {
     let j = find(queues, id).await?;
     let q = named(queues, &j.queue)?;
     let outcome = match q.cancel(id).await.context("cancel the job")? {
-        Cancel::Removed => "cancelled",
-        Cancel::Signalled => "stopping",
-        Cancel::AlreadyFinished => bail!(
+        CancelOutcome::Removed => "cancelled",
+        CancelOutcome::Signalled => "stopping",
+        CancelOutcome::AlreadyFinished => bail!(
             "job `{id}` already finished ({}): nothing to kill",
             j.state.as_str()
         ),
-        Cancel::NotFound => bail!("job `{id}` vanished before it could be killed"),
+        CancelOutcome::NotFound => bail!("job `{id}` vanished before it could be killed"),
     };
     if json {
         return print_json(&KillReport {

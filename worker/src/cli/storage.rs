@@ -5,7 +5,8 @@ use anyhow::Context;
 use clap::Args;
 use exai_shared::Config;
 use exai_shared::db;
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::keys::Keys;
+use exai_shared::redis::RedisHandle;
 use serde::Serialize;
 
 use super::{Progress, print_json};

@@ -29,8 +29,9 @@
 
 use std::time::Duration;
 
-use exai_shared::backend::{JobLease, error_chain};
+use exai_shared::backend::RunningJob;
 use exai_shared::db::{self, FileUpload, UploadStatus};
+use exai_shared::error_chain;
 use exai_shared::jobs::{JobError, StoragePushJob};
 use exai_shared::providers::guess_mime;
 use exai_shared::providers::supabase::kimi_object_path;
@@ -82,7 +83,7 @@ impl PushOutcome {
 /// Runs one `storage_push` attempt and counts its outcome in the worker's metrics.
 pub async fn push(
     state: &AppState,
-    lease: &JobLease,
+    lease: &RunningJob,
     job: &StoragePushJob,
 ) -> Result<Value, JobError> {
     let result = push_once(state, lease, job).await;
@@ -100,7 +101,7 @@ pub async fn push(
 
 async fn push_once(
     state: &AppState,
-    lease: &JobLease,
+    lease: &RunningJob,
     job: &StoragePushJob,
 ) -> Result<(FileUpload, PushOutcome), JobError> {
     let row = db::find_by_id(&state.db, job.row_id)
@@ -173,23 +174,20 @@ async fn push_once(
             let row = db::mark_completed(&state.db, row.id, &object.id, &object.path)
                 .await
                 .map_err(db_error)?;
-            tracing::info!(row_id = %row.id, path = %object.path, attempt = lease.lease.attempt, "pushed to storage");
+            tracing::info!(row_id = %row.id, path = %object.path, attempt = lease.attempt(), "pushed to storage");
             Ok((row, PushOutcome::Pushed))
         }
         Err(e) => {
             let last = !e.is_transient()
                 || state.storage_push.policy().is_last_attempt(
-                    lease.lease.attempt,
+                    lease.attempt(),
                     lease.max_attempts,
                     lease.enqueued_at_ms,
                     e.retry_after(),
                 );
             if last {
                 let message = if e.is_transient() {
-                    format!(
-                        "retry budget spent after {} attempts: {e}",
-                        lease.lease.attempt
-                    )
+                    format!("retry budget spent after {} attempts: {e}", lease.attempt())
                 } else {
                     e.to_string()
                 };

@@ -5,11 +5,12 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exai_shared::Config;
-use exai_shared::backend::error_chain;
 use exai_shared::db::{FileUpload, UploadStatus};
+use exai_shared::error_chain;
 use exai_shared::jobs::{JobError, StoragePushJob};
+use exai_shared::keys::Keys;
 use exai_shared::queue::{self, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::{Keys, RedisHandle};
+use exai_shared::redis::RedisHandle;
 
 /// How pushes to Supabase Storage are retried. Retries are jobs, not sleeps: a transient
 /// failure goes back to the queue, which schedules the next attempt with [`Self::queue`]'s

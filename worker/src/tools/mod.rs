@@ -17,7 +17,7 @@ pub mod files;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use exai_shared::backend::JobLease;
+use exai_shared::backend::RunningJob;
 use exai_shared::events::JobEvent;
 use exai_shared::jobs::{JobError, StagedRef, ToolCallJob, ToolResult};
 use exai_shared::semaphore::LeaseGuard;
@@ -33,7 +33,7 @@ pub struct ToolCtx<'a> {
     /// The process state.
     pub state: &'a Arc<AppState>,
     /// The job's lease (id, attempt, cancellation).
-    pub lease: &'a JobLease,
+    pub lease: &'a RunningJob,
     /// The registered tool.
     pub tool: &'static Tool,
     /// The call's arguments.
@@ -45,7 +45,7 @@ pub struct ToolCtx<'a> {
 impl ToolCtx<'_> {
     /// The job id (what events are published under).
     pub fn job_id(&self) -> &str {
-        &self.lease.lease.id
+        self.lease.id()
     }
 
     /// The arguments decoded as `T`; a mismatch is a permanent error.
@@ -86,7 +86,7 @@ impl ToolCtx<'_> {
 /// Runs one tool call.
 pub async fn run(
     job: ToolCallJob,
-    lease: &JobLease,
+    lease: &RunningJob,
     state: &Arc<AppState>,
 ) -> Result<ToolResult, JobError> {
     let tool = tools::find(&job.tool).ok_or_else(|| {

@@ -14,7 +14,8 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::redis::{Keys, RedisHandle};
+use crate::keys::Keys;
+use crate::redis::RedisHandle;
 
 /// Most expired entries one script call deletes (the rest go on the next call).
 const PURGE_BATCH: usize = 100;

@@ -1,4 +1,107 @@
-//! The Redis keys of one queue, all under one hash tag.
+//! The Redis key layout: every key and pub/sub channel name of the system is built here, and
+//! nowhere else in the workspace.
+//!
+//! [`Keys`] is the layout of one deployment (prefix `P`, from `EXAI_REDIS_PREFIX`); [`QueueKeys`]
+//! the keys of one queue under it. Each family of keys that one Lua script touches shares one
+//! hash tag, so every script runs on a single cluster slot. Channels carry no tag: classic
+//! pub/sub is not bound to a slot.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{P:sem}:lease:<name>` | zset | live leases of semaphore `name`, score = expiry (ms, Redis clock) |
+//! | `{P:sem}:holder` | hash | lease token → JSON holder info (holder id, job id, fence) |
+//! | `{P:sem}:limits` | hash | name → limit, set at runtime; absent names take the config default |
+//! | `{P:sem}:fence` | string | the monotonic fencing counter of all grants |
+//! | `{P:sem}:names` | set | every semaphore name ever acquired, for inspection |
+//! | `P:sem:released` | pub/sub channel | the names of a released semaphore lease (and limit changes) |
+//! | `P:ev:<job id>` | pub/sub channel | the job's events ([`JobEvent`](crate::events::JobEvent)) |
+//! | `{P:cleanup}:last` | string | the last orphan cleanup report (JSON, with its time and tick) |
+//! | `{P:cleanup}:history` | list | the recent cleanup reports, newest first (capped) |
+//! | `{P:workers}:live` | zset | registered worker processes, score = registration expiry (ms, Redis clock) |
+//! | `{P:workers}:info` | hash | worker id → JSON description (see [`crate::worker_registry`]) |
+//! | `{P:q:<queue>}:…` | various | one queue's lists, sorted sets and job hashes: [`QueueKeys`], and the table in [`crate::queue`] |
+
+/// The Redis key layout of one deployment (one `EXAI_REDIS_PREFIX`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The layout under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The deployment's prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The sorted set of live leases of semaphore `name`.
+    pub fn sem_leases(&self, name: &str) -> String {
+        format!("{{{}:sem}}:lease:{name}", self.prefix)
+    }
+
+    /// Lease token → JSON holder info, for every semaphore.
+    pub fn sem_holders(&self) -> String {
+        format!("{{{}:sem}}:holder", self.prefix)
+    }
+
+    /// Name → limit overrides set at runtime.
+    pub fn sem_limits(&self) -> String {
+        format!("{{{}:sem}}:limits", self.prefix)
+    }
+
+    /// The monotonic fencing counter.
+    pub fn sem_fence(&self) -> String {
+        format!("{{{}:sem}}:fence", self.prefix)
+    }
+
+    /// The set of every semaphore name ever acquired, for inspection.
+    pub fn sem_names(&self) -> String {
+        format!("{{{}:sem}}:names", self.prefix)
+    }
+
+    /// The pub/sub channel of one job's events (progress, chunks, finished).
+    pub fn job_events(&self, job_id: &str) -> String {
+        format!("{}:ev:{job_id}", self.prefix)
+    }
+
+    /// The pub/sub channel on which releases are announced.
+    pub fn sem_released_channel(&self) -> String {
+        format!("{}:sem:released", self.prefix)
+    }
+
+    /// The last orphan cleanup report (a JSON string: when, which tick, the report).
+    pub fn cleanup_last(&self) -> String {
+        format!("{{{}:cleanup}}:last", self.prefix)
+    }
+
+    /// The recent orphan cleanup reports, newest first (a capped list of the same JSON).
+    pub fn cleanup_history(&self) -> String {
+        format!("{{{}:cleanup}}:history", self.prefix)
+    }
+
+    /// The sorted set of registered worker processes: member = worker id, score = when its
+    /// registration expires (Unix ms, Redis clock).
+    pub fn workers_live(&self) -> String {
+        format!("{{{}:workers}}:live", self.prefix)
+    }
+
+    /// Worker id → JSON description of the worker process (see [`crate::worker_registry`]).
+    pub fn workers_info(&self) -> String {
+        format!("{{{}:workers}}:info", self.prefix)
+    }
+
+    /// The keys of queue `name`, all under the hash tag `{P:q:<name>}` (see
+    /// [`crate::queue`] for the layout).
+    pub fn queue(&self, name: &str) -> QueueKeys {
+        QueueKeys::new(&self.prefix, name)
+    }
+}
 
 /// The keys and pub/sub channels of one queue (see the layout table in [`crate::queue`]).
 ///
@@ -132,6 +235,27 @@ mod tests {
         let open = key.find('{').expect("has a tag");
         let close = key.find('}').expect("has a tag");
         &key[open + 1..close]
+    }
+
+    #[test]
+    fn semaphore_keys_share_one_hash_tag() {
+        let k = Keys::new("t1");
+        let tag = |s: String| tag_of(&s).to_owned();
+        let tags = [
+            tag(k.sem_leases("global")),
+            tag(k.sem_leases("kimi")),
+            tag(k.sem_holders()),
+            tag(k.sem_limits()),
+            tag(k.sem_fence()),
+            tag(k.sem_names()),
+        ];
+        assert!(tags.iter().all(|t| t == "t1:sem"), "{tags:?}");
+        assert_eq!(tag(k.workers_live()), tag(k.workers_info()));
+    }
+
+    #[test]
+    fn the_cleanup_report_key_is_under_the_prefix() {
+        assert_eq!(Keys::new("t1").cleanup_last(), "{t1:cleanup}:last");
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! Producing jobs: enqueue one, a batch, or a cron tick (idempotent by id and by tick).
+
+use std::time::SystemTime;
+
+use redis::{ScriptInvocation, Value};
+
+use super::error::QueueError;
+use super::job::{self, Enqueued, NewJob};
+use super::policy::millis;
+use super::{MAX_BATCH, Queue, check_id, reply, scripts};
+
+impl Queue {
+    /// Enqueues one job. Idempotent by id: a job whose id exists is left alone and reported as
+    /// [`Enqueued::Duplicate`].
+    pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
+        let mut out = self.enqueue_bulk(std::slice::from_ref(job)).await?;
+        out.pop()
+            .ok_or_else(|| QueueError::Protocol("enqueue: empty reply".into()))
+    }
+
+    /// Enqueues a batch in one round trip, returning one outcome per job in order. Batches over
+    /// [`MAX_BATCH`] are split into several script calls sent in one pipeline (batches over
+    /// [`MAX_PIPELINE`](super::MAX_PIPELINE) × [`MAX_BATCH`] in several); each call is atomic. A repeated id within
+    /// the batch is a duplicate of its first occurrence.
+    pub async fn enqueue_bulk(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = jobs
+            .iter()
+            .map(|j| match &j.id {
+                Some(id) => check_id(id).map(|()| id.clone()),
+                None => Ok(uuid::Uuid::now_v7().to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut invocations = Vec::with_capacity(jobs.len().div_ceil(MAX_BATCH));
+        for (chunk, chunk_ids) in jobs.chunks(MAX_BATCH).zip(ids.chunks(MAX_BATCH)) {
+            let mut inv = scripts::ENQUEUE.prepare_invoke();
+            inv.key(&self.inner.wait)
+                .key(&self.inner.scheduled)
+                .key(&self.inner.paused)
+                .key(&self.inner.idle)
+                .key(&self.inner.hand_offs)
+                .key(&self.inner.active)
+                .key(&self.inner.stats)
+                .key(&self.inner.job_prefix)
+                .arg(self.plen())
+                .arg(&self.inner.wake_channel);
+            for (job, id) in chunk.iter().zip(chunk_ids) {
+                inv.key(self.job_key(id));
+                self.job_args(&mut inv, job);
+            }
+            invocations.push(inv);
+        }
+        let replies = self.invoke_all(&invocations).await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut ids = ids.into_iter();
+        for reply in replies {
+            for flag in reply::array(reply, "enqueue")? {
+                let id = ids
+                    .next()
+                    .ok_or_else(|| QueueError::Protocol("enqueue: too many results".into()))?;
+                out.push(if reply::int(&flag, "enqueue")? == 1 {
+                    Enqueued::Created(id)
+                } else {
+                    Enqueued::Duplicate(id)
+                });
+            }
+        }
+        if out.len() != jobs.len() {
+            return Err(QueueError::Protocol("enqueue: too few results".into()));
+        }
+        Ok(out)
+    }
+
+    /// The four per-job arguments of the enqueue scripts.
+    fn job_args(&self, inv: &mut ScriptInvocation<'_>, job: &NewJob) {
+        inv.arg(&job.payload[..])
+            .arg(job.delay.map(millis).unwrap_or(0))
+            .arg(job.run_at_ms.unwrap_or(0))
+            .arg(
+                job.max_attempts
+                    .unwrap_or(self.inner.policy.max_attempts)
+                    .max(1),
+            );
+    }
+
+    /// Enqueues the job of one tick of cron schedule `schedule`, exactly once per tick across
+    /// the fleet however many processes call it: the job id is `cron:<schedule>:<tick secs>`,
+    /// and the tick is also remembered for the policy's `cron_dedup_window`, so a late caller
+    /// cannot fire it again after the job and its result expired. A tick older than the newest
+    /// fired one minus the window is refused as already fired. A `chrono::DateTime<Utc>`
+    /// (what apalis-cron yields) converts with `.into()`.
+    pub async fn enqueue_tick(
+        &self,
+        schedule: &str,
+        tick: SystemTime,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<Enqueued, QueueError> {
+        let secs = job::unix_ms(tick) / 1000;
+        let id = format!("cron:{schedule}:{secs}");
+        check_id(&id)?;
+        let job = NewJob::new(payload).with_id(id.clone());
+        let mut inv = scripts::ENQUEUE_TICK.prepare_invoke();
+        inv.key(&self.inner.wait)
+            .key(&self.inner.scheduled)
+            .key(&self.inner.paused)
+            .key(self.inner.keys.cron_ticks(schedule))
+            .key(&self.inner.idle)
+            .key(&self.inner.hand_offs)
+            .key(&self.inner.active)
+            .key(&self.inner.stats)
+            .key(&self.inner.job_prefix)
+            .key(self.job_key(&id))
+            .arg(self.plen())
+            .arg(&self.inner.wake_channel)
+            .arg(secs)
+            .arg(self.inner.policy.cron_dedup_window.as_secs());
+        self.job_args(&mut inv, &job);
+        let reply: Value = inv.invoke_async(&mut self.conn.clone()).await?;
+        let flags = reply::array(reply, "enqueue_tick")?;
+        let created = flags
+            .first()
+            .map(|v| reply::int(v, "enqueue_tick"))
+            .transpose()?
+            == Some(1);
+        Ok(if created {
+            Enqueued::Created(id)
+        } else {
+            Enqueued::Duplicate(id)
+        })
+    }
+}
