@@ -12,7 +12,7 @@ use exai_shared::staging::Staging;
 use exai_shared::subscriber::Subscriber;
 
 use crate::metrics::WorkerMetrics;
-use crate::storage::{PushQueue, StoragePushPolicy};
+use crate::storage::policy::{PushQueue, StoragePushPolicy};
 
 /// What every handler can reach. Shared by all jobs of the process behind one `Arc`; every field
 /// is a cheap handle (pools, clients), so nothing here is locked while a job runs.

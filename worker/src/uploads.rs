@@ -23,7 +23,7 @@
 //!   re-run, a dedup of a row whose push was never enqueued because of a crash) is a no-op.
 
 use exai_shared::backend::RunningJob;
-use exai_shared::db::{self, DbError, FileUpload, NewUpload, UploadStatus};
+use exai_shared::db::{self, FileUpload, NewUpload, UploadStatus};
 use exai_shared::error_chain;
 use exai_shared::jobs::{JobError, UploadJob, UploadedFile};
 use exai_shared::providers::moonshot::{PURPOSE_FILE_EXTRACT, PURPOSES};
@@ -33,27 +33,6 @@ use futures::StreamExt;
 
 use crate::permits;
 use crate::state::AppState;
-
-/// How long a job waits before it tries again when Postgres is out of reach.
-pub const DB_UNAVAILABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A database error as a job error. Postgres out of reach puts the job back without spending an
-/// attempt (an outage must not fail work that will succeed once it is over: uploads and pushes
-/// wait and resume); contention (deadlock, serialization) is retried as an attempt; the rest
-/// is final.
-pub fn db_error(e: DbError) -> JobError {
-    let message = format!("database: {}", error_chain(&e));
-    if e.is_unavailable() {
-        JobError::PutBack {
-            reason: message,
-            after: DB_UNAVAILABLE_WAIT,
-        }
-    } else if e.is_transient() {
-        JobError::Transient(message)
-    } else {
-        JobError::Permanent(message)
-    }
-}
 
 /// Runs one `uploads` job: takes the Moonshot permits, then [`upload_staged`].
 pub async fn run_job(
@@ -113,12 +92,12 @@ pub async fn upload_staged(
 
     if let Some(row) = db::find_live(&state.db, Provider::Kimi.as_str(), &job.sha256)
         .await
-        .map_err(db_error)?
+        .map_err(JobError::from)?
     {
         if provider_has_file(state, &row).await? {
             if let Some(row) = db::record_reuse(&state.db, row.id, reference)
                 .await
-                .map_err(db_error)?
+                .map_err(JobError::from)?
             {
                 ensure_push(state, &row).await?;
                 tracing::info!(row_id = %row.id, file_id = %row.provider_file_id, sha256 = %job.sha256, "upload deduplicated");
@@ -128,7 +107,7 @@ pub async fn upload_staged(
             tracing::warn!(row_id = %row.id, file_id = %row.provider_file_id, "moonshot no longer has the file; uploading again");
             db::mark_deleted(&state.db, row.id, "moonshot file missing; uploaded again")
                 .await
-                .map_err(db_error)?;
+                .map_err(JobError::from)?;
         }
     }
 
@@ -174,7 +153,7 @@ async fn record(
     let upserted = db::insert_or_get(&state.db, &new).await.map_err(|e| {
         // The Moonshot file stays, with no row: the orphan sweep will find it.
         tracing::warn!(file_id, error = %error_chain(&e), "moonshot file uploaded but not recorded");
-        db_error(e)
+        JobError::from(e)
     })?;
     let lost_race = upserted.lost_race(file_id);
     if lost_race {
@@ -272,7 +251,7 @@ pub async fn restore_from_storage(
         "moonshot file missing; restored from storage",
     )
     .await
-    .map_err(db_error)?;
+    .map_err(JobError::from)?;
     let job = UploadJob {
         sha256: blob.sha256.clone(),
         filename,

@@ -1,22 +1,19 @@
 //! The driver: the backend's one loop of queue round trips (acknowledge completions, refill
 //! free slots), and the registration of each leased job in the in-flight table.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use apalis_core::task::Task;
-use apalis_core::task::builder::TaskBuilder;
-use apalis_core::task::task_id::TaskId;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_util::sync::CancellationToken;
 
+use super::dispatch::dispatch;
 use super::hand_off::start_hand_off;
-use super::job::RunningJob;
-use super::shared::{ACK_BATCH, AckRequest, InFlight, STOPPING_POLL, SettleError, Shared};
+use super::shared::{ACK_BATCH, AckRequest, STOPPING_POLL, SettleError, Shared};
 use crate::error_chain;
-use crate::queue::{Ack, Cycle, FailKind, Fetched, JobLease, WakeSignal, Waker};
+use crate::queue::{Ack, Cycle, Fetched, JobLease, WakeSignal, Waker};
 
 /// The driver's channels: tasks to apalis, results to acknowledge, hand-offs to start.
 pub(super) struct DriverChannels<Args> {
@@ -211,30 +208,6 @@ pub(super) async fn driver<Args: DeserializeOwned + Send + 'static>(
     }
 }
 
-/// Registers `job` in flight on `slot` and hands it to apalis, or records it as dead when its
-/// payload does not decode. False once apalis has stopped taking tasks.
-pub(super) async fn dispatch<Args: DeserializeOwned>(
-    shared: &Shared,
-    tasks: &mpsc::Sender<Task<Args>>,
-    job: Fetched,
-    slot: OwnedSemaphorePermit,
-) -> bool {
-    match into_task::<Args>(shared, &job, slot) {
-        Ok(task) => tasks.send(task).await.is_ok(),
-        Err(message) => {
-            shared.settle(&job.lease.id);
-            if let Err(e) = shared
-                .queue
-                .fail(&job.lease, &message, FailKind::Permanent)
-                .await
-            {
-                tracing::error!(job_id = %job.lease.id, error = %error_chain(&e), "could not record an undecodable job");
-            }
-            true
-        }
-    }
-}
-
 /// Moves the slots of the attempts Redis confirmed complete from the in-flight table into
 /// `free`; returns how many there were.
 fn reclaim_slots(
@@ -258,49 +231,4 @@ fn reclaim_slots(
         }
     }
     completed
-}
-
-/// Registers a fetched job as in flight and builds its apalis task; a payload that does not
-/// decode is returned as an error message (it can never succeed).
-pub(super) fn into_task<Args: DeserializeOwned>(
-    shared: &Shared,
-    job: &Fetched,
-    slot: OwnedSemaphorePermit,
-) -> Result<Task<Args>, String> {
-    let args: Args = serde_json::from_slice(&job.payload).map_err(|e| {
-        format!(
-            "payload does not decode as a {} job: {e}",
-            shared.queue.name()
-        )
-    })?;
-    let lease = RunningJob {
-        queue: shared.queue.name().to_owned(),
-        lease: job.lease.clone(),
-        max_attempts: job.max_attempts,
-        enqueued_at_ms: job.enqueued_at_ms,
-        cancel: CancellationToken::new(),
-        reason: Arc::new(OnceLock::new()),
-    };
-    {
-        let mut inflight = shared.inflight();
-        if shared.early_cancels().remove(&job.lease.id).is_some() {
-            // The cancel may concern an earlier job of the same id: the heartbeat asks Redis,
-            // which knows whether this attempt's cancel was requested.
-            shared.check_leases.notify_one();
-        }
-        inflight.insert(
-            job.lease.id.clone(),
-            InFlight {
-                job: lease.clone(),
-                slot,
-            },
-        );
-    }
-    Ok(TaskBuilder::new(args)
-        .task_id(TaskId::from_string(job.lease.id.clone()))
-        .attempt(job.lease.attempt as usize)
-        .max_attempts(job.max_attempts as usize)
-        .lock_by(Some(shared.options.worker_id.clone()))
-        .data(lease)
-        .build())
 }

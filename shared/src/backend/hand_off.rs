@@ -8,7 +8,7 @@ use apalis_core::task::Task;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::driver::{dispatch, into_task};
+use super::dispatch::{dispatch, into_task};
 use super::shared::Shared;
 use crate::error_chain;
 use crate::queue::Fetched;

@@ -36,7 +36,8 @@
 //!    get `grace` to finish; then they are cancelled and their jobs put back without burning an
 //!    attempt, as are jobs fetched but not yet started.
 //!
-//! The files: `driver` (1), `hand_off` (the hand-offs of 1), `lease_layer` (2), `tasks` (3, 4
+//! The files: `driver` (1), `hand_off` (the hand-offs of 1), `dispatch` (a leased job into the
+//! in-flight table and on to apalis, for both), `lease_layer` (2), `tasks` (3, 4
 //! and the grace timer of 5), `shared` (the in-flight table and what the tasks share), `job`
 //! (what a handler sees: [`RunningJob`]) and `options` ([`BackendOptions`], the observer).
 //!
@@ -46,6 +47,7 @@
 //! heartbeats, sweeping, batching and cancellation live in the tasks above and in
 //! [`LeaseLayer`]; apalis drives the handler service, its concurrency and its lifecycle.
 
+mod dispatch;
 mod driver;
 mod hand_off;
 mod job;

@@ -102,6 +102,30 @@ pub enum DbError {
     },
 }
 
+/// How long a job waits before it tries again when Postgres is out of reach.
+pub const DB_UNAVAILABLE_WAIT: Duration = Duration::from_secs(2);
+
+impl From<DbError> for crate::jobs::JobError {
+    /// A database error as a job error. Postgres out of reach puts the job back without
+    /// spending an attempt (an outage must not fail work that will succeed once it is over:
+    /// uploads and pushes wait and resume); contention (deadlock, serialization) is retried as
+    /// an attempt; the rest is final.
+    fn from(e: DbError) -> Self {
+        use crate::jobs::JobError;
+        let message = format!("database: {}", crate::error_chain(&e));
+        if e.is_unavailable() {
+            JobError::PutBack {
+                reason: message,
+                after: DB_UNAVAILABLE_WAIT,
+            }
+        } else if e.is_transient() {
+            JobError::Transient(message)
+        } else {
+            JobError::Permanent(message)
+        }
+    }
+}
+
 impl DbError {
     /// Whether Postgres itself is out of reach (lost or refused connections, pool timeouts, a
     /// server shutting down, starting or out of connections), as opposed to one statement

@@ -40,7 +40,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::PushAttempt;
 use crate::state::AppState;
-use crate::uploads::db_error;
 
 pub mod policy;
 pub mod redrive;
@@ -106,7 +105,7 @@ async fn push_once(
 ) -> Result<(FileUpload, PushOutcome), JobError> {
     let row = db::find_by_id(&state.db, job.row_id)
         .await
-        .map_err(db_error)?
+        .map_err(JobError::from)?
         .ok_or_else(|| JobError::Permanent(format!("file upload row {} not found", job.row_id)))?;
     match row.status {
         UploadStatus::Completed | UploadStatus::Deleted | UploadStatus::Failed => {
@@ -131,7 +130,7 @@ async fn push_once(
     };
     let row = db::record_storage_attempt(&state.db, row.id, None)
         .await
-        .map_err(db_error)?;
+        .map_err(JobError::from)?;
 
     let Some(sha256) = row.sha256.as_deref() else {
         let message = "the row has no sha256: its bytes cannot be found";
@@ -173,7 +172,7 @@ async fn push_once(
         Ok(object) => {
             let row = db::mark_completed(&state.db, row.id, &object.id, &object.path)
                 .await
-                .map_err(db_error)?;
+                .map_err(JobError::from)?;
             tracing::info!(row_id = %row.id, path = %object.path, attempt = lease.attempt(), "pushed to storage");
             Ok((row, PushOutcome::Pushed))
         }
@@ -211,9 +210,9 @@ async fn fail_row(
         Ok(row) => Ok(row),
         Err(db::DbError::InvalidTransition { .. }) => db::find_by_id(&state.db, row.id)
             .await
-            .map_err(db_error)?
+            .map_err(JobError::from)?
             .ok_or_else(|| JobError::Permanent(format!("file upload row {} vanished", row.id))),
-        Err(e) => Err(db_error(e)),
+        Err(e) => Err(JobError::from(e)),
     }
 }
 

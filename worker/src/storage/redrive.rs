@@ -7,7 +7,6 @@ use exai_shared::jobs::{JobError, StoragePushJob};
 use uuid::Uuid;
 
 use super::PushQueue;
-use crate::uploads::db_error;
 
 /// Which rows to re-drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +37,12 @@ pub async fn redrive_rows(pool: &PgPool, which: Redrive) -> Result<Vec<FileUploa
         Redrive::AllFailed { limit } => {
             db::list_by_status(pool, UploadStatus::StorageFailed, limit)
                 .await
-                .map_err(db_error)?
+                .map_err(JobError::from)?
         }
         Redrive::Row(id) => {
             let row = db::find_by_id(pool, id)
                 .await
-                .map_err(db_error)?
+                .map_err(JobError::from)?
                 .ok_or_else(|| JobError::Permanent(format!("file upload row {id} not found")))?;
             if !matches!(
                 row.status,

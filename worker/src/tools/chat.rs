@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{ToolCtx, json_result};
 use crate::permits;
-use crate::uploads::{self, db_error};
+use crate::uploads;
 
 #[derive(Debug, Deserialize)]
 struct ChatArgs {
@@ -150,7 +150,7 @@ async fn file_text(ctx: &ToolCtx<'_>, id: &str) -> Result<(String, String), JobE
     let db = &ctx.state.db;
     let row = db::find_by_provider_file_id(db, Provider::Kimi.as_str(), id)
         .await
-        .map_err(db_error)?
+        .map_err(JobError::from)?
         .ok_or_else(|| {
             JobError::Permanent(format!(
                 "file {id} is not on Moonshot and no upload of it is recorded"
@@ -160,7 +160,7 @@ async fn file_text(ctx: &ToolCtx<'_>, id: &str) -> Result<(String, String), JobE
     if let Some(sha256) = row.sha256.as_deref()
         && let Some(live) = db::find_live(db, Provider::Kimi.as_str(), sha256)
             .await
-            .map_err(db_error)?
+            .map_err(JobError::from)?
         && live.provider_file_id != id
     {
         match moonshot.file_content(&live.provider_file_id).await {

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use super::{ToolCtx, json_result};
-use crate::uploads::{self, db_error};
+use crate::uploads;
 use crate::{cleanup, permits};
 
 #[derive(Debug, Deserialize)]
@@ -158,13 +158,13 @@ pub async fn download_file(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     let row = match (&args.file_id, &args.sha256) {
         (Some(id), _) => db::find_by_provider_file_id(db, Provider::Kimi.as_str(), id)
             .await
-            .map_err(db_error)?
+            .map_err(JobError::from)?
             .ok_or_else(|| {
                 JobError::Permanent(format!("no upload is recorded for file_id {id}"))
             })?,
         (None, Some(sha)) => db::find_live(db, Provider::Kimi.as_str(), sha)
             .await
-            .map_err(db_error)?
+            .map_err(JobError::from)?
             .ok_or_else(|| JobError::Permanent(format!("no live upload has sha256 {sha}")))?,
         (None, None) => {
             return Err(JobError::Permanent(
@@ -367,7 +367,7 @@ async fn list(ctx: &ToolCtx<'_>, limit: usize) -> Result<ToolResult, JobError> {
     for file in files.into_iter().rev().take(limit).rev() {
         let row = db::find_by_provider_file_id(&ctx.state.db, Provider::Kimi.as_str(), &file.id)
             .await
-            .map_err(db_error)?;
+            .map_err(JobError::from)?;
         items.push(json!({
             "file_id": file.id,
             "filename": file.filename,
@@ -396,7 +396,7 @@ fn row_summary(row: &FileUpload) -> Value {
 async fn delete(ctx: &ToolCtx<'_>, id: &str, dry_run: bool) -> Result<ToolResult, JobError> {
     let row = db::find_by_provider_file_id(&ctx.state.db, Provider::Kimi.as_str(), id)
         .await
-        .map_err(db_error)?;
+        .map_err(JobError::from)?;
     if dry_run {
         let on_moonshot = match ctx.state.providers.moonshot.get_file(id).await {
             Ok(_) => true,
@@ -422,7 +422,7 @@ async fn delete(ctx: &ToolCtx<'_>, id: &str, dry_run: bool) -> Result<ToolResult
         }
         db::mark_deleted(&ctx.state.db, row.id, "deleted by kimi_manage_files")
             .await
-            .map_err(db_error)?;
+            .map_err(JobError::from)?;
     }
     json_result(&json!({
         "operation": "delete",
