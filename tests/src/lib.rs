@@ -86,13 +86,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    wait_for(timeout, || {
+        let held = condition();
+        async move { held.await.then_some(()) }
+    })
+    .await
+    .is_some()
+}
+
+/// Polls `probe` until it yields a value or `timeout` passes; returns the value, if any.
+///
+/// The same poll as [`wait_until`], for a condition that finds something the test goes on with.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if condition().await {
-            return true;
+        if let Some(found) = probe().await {
+            return Some(found);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
