@@ -284,6 +284,22 @@ impl TestStack {
         Self::builder(test).start().await
     }
 
+    /// A stack with an `exai-daemon` process and `workers` worker processes, `env` on top of
+    /// the defaults.
+    pub async fn with_daemon(test: &str, env: &[(&str, &str)], workers: usize) -> Self {
+        Self::builder(test)
+            .envs(env)
+            .daemon()
+            .workers(workers)
+            .start()
+            .await
+    }
+
+    /// A stack with a daemon in the test's process, `env` on top of the defaults.
+    pub async fn with_local_daemon(test: &str, env: &[(&str, &str)]) -> Self {
+        Self::builder(test).envs(env).local_daemon().start().await
+    }
+
     /// The stack of the upload and tool suites ([`StackBuilder::uploads`]) with `extra` on top.
     pub async fn uploads(test: &str, extra: &[(&str, &str)]) -> Self {
         Self::builder(test).uploads().envs(extra).start().await

@@ -549,11 +549,7 @@ async fn daemon_sigkilled_with_calls_in_flight_clients_collect_every_result() {
     const CLIENTS: usize = 50;
     const CALLS: usize = 4;
     let stack = Arc::new(tokio::sync::Mutex::new(
-        TestStack::builder("chaos-daemon")
-            .daemon()
-            .workers(2)
-            .start()
-            .await,
+        TestStack::with_daemon("chaos-daemon", &[], 2).await,
     ));
     let url = Arc::new(std::sync::Mutex::new(stack.lock().await.url()));
     let queue = stack.lock().await.queue(queue::TOOL_CALLS);

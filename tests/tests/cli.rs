@@ -531,16 +531,16 @@ fn upload(file_id: &str, status: UploadStatus) -> NewUpload {
 async fn files_list_prints_upload_rows_by_status() {
     let ctx = stack_with_db("cli-files").await;
     let pool = ctx.pool();
-    db::insert_or_get(&pool, &upload("file-a", UploadStatus::StoragePending))
+    db::insert_or_get(pool, &upload("file-a", UploadStatus::StoragePending))
         .await
         .unwrap();
-    db::insert_or_get(&pool, &upload("file-b", UploadStatus::Completed))
+    db::insert_or_get(pool, &upload("file-b", UploadStatus::Completed))
         .await
         .unwrap();
-    let c = db::insert_or_get(&pool, &upload("file-c", UploadStatus::StoragePending))
+    let c = db::insert_or_get(pool, &upload("file-c", UploadStatus::StoragePending))
         .await
         .unwrap();
-    db::mark_storage_failed(&pool, c.row.id, "storage down")
+    db::mark_storage_failed(pool, c.row.id, "storage down")
         .await
         .unwrap();
 
@@ -604,15 +604,15 @@ async fn storage_retry_failed_enqueues_a_push_for_every_failed_row() {
     let pool = ctx.pool();
     let mut failed = Vec::new();
     for id in ["file-x", "file-y"] {
-        let up = db::insert_or_get(&pool, &upload(id, UploadStatus::StoragePending))
+        let up = db::insert_or_get(pool, &upload(id, UploadStatus::StoragePending))
             .await
             .unwrap();
-        db::mark_storage_failed(&pool, up.row.id, "storage down")
+        db::mark_storage_failed(pool, up.row.id, "storage down")
             .await
             .unwrap();
         failed.push(up.row.id);
     }
-    db::insert_or_get(&pool, &upload("file-ok", UploadStatus::Completed))
+    db::insert_or_get(pool, &upload("file-ok", UploadStatus::Completed))
         .await
         .unwrap();
     let pushes = queue_of(&ctx, queue::STORAGE_PUSH);

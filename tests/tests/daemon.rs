@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn hello_failures_close_with_the_protocols_codes() {
-    let stack = TestStack::builder("d-hello").local_daemon().start().await;
+    let stack = TestStack::with_local_daemon("d-hello", &[]).await;
 
     // Wrong token: hello_ack unauthorized, then 4003.
     let mut c = stack.connect().await;
@@ -78,11 +78,8 @@ async fn hello_failures_close_with_the_protocols_codes() {
 
 #[tokio::test]
 async fn a_silent_client_is_closed_with_4002() {
-    let stack = TestStack::builder("d-hello-timeout")
-        .envs(&[("EXAI_WS_HELLO_TIMEOUT", "0.3")])
-        .local_daemon()
-        .start()
-        .await;
+    let stack =
+        TestStack::with_local_daemon("d-hello-timeout", &[("EXAI_WS_HELLO_TIMEOUT", "0.3")]).await;
     let mut c = stack.connect().await;
     assert_eq!(
         c.next().await,
@@ -95,7 +92,7 @@ async fn a_silent_client_is_closed_with_4002() {
 
 #[tokio::test]
 async fn list_tools_answers_in_both_modes() {
-    let stack = TestStack::builder("d-list").local_daemon().start().await;
+    let stack = TestStack::with_local_daemon("d-list", &[]).await;
     let (mut c, _) = stack.client(None).await;
     let res = c.op("list_tools", "l-1").await;
     assert_eq!(res["op"], "list_tools_res");
@@ -132,11 +129,7 @@ async fn list_tools_answers_in_both_modes() {
 
 #[tokio::test]
 async fn a_streaming_call_is_acked_reports_progress_and_answers() {
-    let stack = TestStack::builder("d-stream")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let stack = TestStack::with_daemon("d-stream", &[], 1).await;
     let (mut c, session) = stack.client(None).await;
     let args = json!({"delay_ms": 600, "hello": "world"});
     let (res, before) = c.call("r-1", "test_echo", args.clone()).await;
@@ -181,11 +174,7 @@ async fn a_streaming_call_is_acked_reports_progress_and_answers() {
 
 #[tokio::test]
 async fn a_single_frame_call_gets_exactly_one_frame_under_1_mib() {
-    let stack = TestStack::builder("d-single")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let stack = TestStack::with_daemon("d-single", &[], 1).await;
     let mut c = Client::connect(&stack.url()).await;
     // Exactly what the stdio shim sends.
     let ack = c
@@ -251,11 +240,7 @@ async fn a_single_frame_call_gets_exactly_one_frame_under_1_mib() {
 
 #[tokio::test]
 async fn a_hundred_concurrent_calls_on_one_socket_are_each_answered_once() {
-    let stack = TestStack::builder("d-100-one")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let stack = TestStack::with_daemon("d-100-one", &[], 1).await;
     let (mut c, _) = stack.client(None).await;
     for n in 0..100 {
         c.send(
@@ -284,12 +269,12 @@ async fn a_hundred_concurrent_calls_on_one_socket_are_each_answered_once() {
 
 #[tokio::test]
 async fn a_hundred_calls_over_fifty_sockets_are_each_answered_on_their_own_socket() {
-    let stack = TestStack::builder("d-100-fifty")
-        .envs(&[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "100")])
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let stack = TestStack::with_daemon(
+        "d-100-fifty",
+        &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "100")],
+        1,
+    )
+    .await;
     let mut tasks = Vec::new();
     for s in 0..50 {
         let (mut c, _) = stack.client(None).await;
@@ -323,11 +308,7 @@ async fn a_hundred_calls_over_fifty_sockets_are_each_answered_on_their_own_socke
 
 #[tokio::test]
 async fn a_client_that_reconnects_collects_its_result() {
-    let stack = TestStack::builder("d-reconnect")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let stack = TestStack::with_daemon("d-reconnect", &[], 1).await;
     let (mut c, session) = stack.client(Some("reconnecting-client")).await;
     c.send(
         json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
@@ -362,7 +343,7 @@ async fn a_client_that_reconnects_collects_its_result() {
 
 #[tokio::test]
 async fn a_result_stored_before_anyone_listened_is_delivered() {
-    let mut stack = TestStack::builder("d-before").daemon().start().await;
+    let mut stack = TestStack::with_daemon("d-before", &[], 0).await;
     let session = "early-session";
     let job_id = call_job_id(session, "r-1");
     // The job is enqueued and finished before the client ever subscribes.
@@ -395,11 +376,7 @@ async fn a_result_stored_before_anyone_listened_is_delivered() {
 
 #[tokio::test]
 async fn a_daemon_killed_mid_call_loses_nothing_and_the_job_runs_once() {
-    let mut stack = TestStack::builder("d-kill")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let mut stack = TestStack::with_daemon("d-kill", &[], 1).await;
     let (mut c, session) = stack.client(None).await;
     c.send(
         json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
@@ -434,11 +411,7 @@ async fn a_daemon_killed_mid_call_loses_nothing_and_the_job_runs_once() {
 
 #[tokio::test]
 async fn two_sessions_with_the_same_request_id_never_see_each_others_results() {
-    let stack = TestStack::builder("d-isolation")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let stack = TestStack::with_daemon("d-isolation", &[], 1).await;
     let (mut a, sa) = stack.client(Some("session-a")).await;
     let (mut b, sb) = stack.client(Some("session-b")).await;
     for (c, who) in [(&mut a, "a"), (&mut b, "b")] {
@@ -487,7 +460,7 @@ async fn status_of(c: &mut Client, op: &str, request_id: &str) -> Value {
 
 #[tokio::test]
 async fn job_status_reports_a_waiting_calls_place_in_line() {
-    let stack = TestStack::builder("d-position").daemon().start().await;
+    let stack = TestStack::with_daemon("d-position", &[], 0).await;
     let (mut c, _) = stack.client(None).await;
     for r in ["r-1", "r-2", "r-3"] {
         c.send(json!({"op": "call_tool", "request_id": r, "name": "test_echo", "arguments": {}}))
@@ -563,7 +536,7 @@ async fn cancel_replies(c: &mut Client, request_id: &str) -> (Value, Value) {
 
 #[tokio::test]
 async fn cancelling_a_queued_call_removes_it() {
-    let stack = TestStack::builder("d-cancel-queued").daemon().start().await;
+    let stack = TestStack::with_daemon("d-cancel-queued", &[], 0).await;
     let (mut c, session) = stack.client(None).await;
     c.send(json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo", "arguments": {}}))
         .await;
@@ -591,11 +564,7 @@ async fn cancelling_a_queued_call_removes_it() {
 
 #[tokio::test]
 async fn cancelling_a_running_call_stops_its_worker() {
-    let stack = TestStack::builder("d-cancel-running")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let stack = TestStack::with_daemon("d-cancel-running", &[], 1).await;
     let (mut c, session) = stack.client(None).await;
     c.send(
         json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
@@ -628,7 +597,7 @@ async fn cancelling_a_running_call_stops_its_worker() {
 
 #[tokio::test]
 async fn an_upload_purpose_moonshot_refuses_is_an_invalid_arguments_error() {
-    let stack = TestStack::builder("d-purpose").local_daemon().start().await;
+    let stack = TestStack::with_local_daemon("d-purpose", &[]).await;
     let (mut c, session) = stack.client(None).await;
     let calls = [
         (
@@ -671,7 +640,7 @@ async fn an_upload_purpose_moonshot_refuses_is_an_invalid_arguments_error() {
 
 #[tokio::test]
 async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable() {
-    let stack = TestStack::builder("d-errors").local_daemon().start().await;
+    let stack = TestStack::with_local_daemon("d-errors", &[]).await;
     let (mut c, _) = stack.client(None).await;
 
     let res = c.op("frobnicate", "e-1").await;
@@ -755,11 +724,7 @@ async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable()
 async fn an_oversized_frame_closes_the_connection_with_1009() {
     // A daemon process: what this checks (the client reads the close, not a reset) is about a
     // real TCP socket.
-    let stack = TestStack::builder("d-too-big")
-        .envs(&[("EXAI_WS_MAX_BYTES", "65536")])
-        .daemon()
-        .start()
-        .await;
+    let stack = TestStack::with_daemon("d-too-big", &[("EXAI_WS_MAX_BYTES", "65536")], 0).await;
     let (mut c, _) = stack.client(None).await;
     c.send(json!({"op": "ping", "request_id": "r", "pad": "y".repeat(60_000)}))
         .await;
@@ -783,11 +748,8 @@ async fn an_oversized_frame_closes_the_connection_with_1009() {
 
 #[tokio::test]
 async fn connections_over_a_limit_are_closed_with_1008() {
-    let stack = TestStack::builder("d-conn-ip")
-        .envs(&[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "2")])
-        .local_daemon()
-        .start()
-        .await;
+    let stack =
+        TestStack::with_local_daemon("d-conn-ip", &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "2")]).await;
     let (mut a, _) = stack.client(None).await;
     let (_b, _) = stack.client(None).await;
     let mut c = stack.connect().await;
@@ -814,11 +776,8 @@ async fn connections_over_a_limit_are_closed_with_1008() {
     assert!(freed);
     stack.cleanup().await;
 
-    let stack = TestStack::builder("d-conn-total")
-        .envs(&[("EXAI_WS_MAX_CONNECTIONS", "1")])
-        .local_daemon()
-        .start()
-        .await;
+    let stack =
+        TestStack::with_local_daemon("d-conn-total", &[("EXAI_WS_MAX_CONNECTIONS", "1")]).await;
     let (_a, _) = stack.client(None).await;
     let mut c = stack.connect().await;
     let (code, reason) = c.closed().await;
@@ -829,11 +788,8 @@ async fn connections_over_a_limit_are_closed_with_1008() {
 
 #[tokio::test]
 async fn calls_in_flight_per_session_are_limited() {
-    let stack = TestStack::builder("d-inflight")
-        .envs(&[("EXAI_WS_SESSION_MAX_INFLIGHT", "2")])
-        .local_daemon()
-        .start()
-        .await;
+    let stack =
+        TestStack::with_local_daemon("d-inflight", &[("EXAI_WS_SESSION_MAX_INFLIGHT", "2")]).await;
     let (mut c, session) = stack.client(None).await;
     for n in 1..=2 {
         c.send(json!({"op": "call_tool", "request_id": format!("r-{n}"), "name": "test_echo", "arguments": {}}))
@@ -859,11 +815,8 @@ async fn calls_in_flight_per_session_are_limited() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed() {
-    let stack = TestStack::builder("d-idle")
-        .envs(&[("EXAI_WS_IDLE_TIMEOUT_SECS", "0.5")])
-        .local_daemon()
-        .start()
-        .await;
+    let stack =
+        TestStack::with_local_daemon("d-idle", &[("EXAI_WS_IDLE_TIMEOUT_SECS", "0.5")]).await;
     let (mut c, _) = stack.client(None).await;
     assert_eq!(c.closed().await, (1000, "idle timeout".to_owned()));
     stack.cleanup().await;
@@ -871,11 +824,8 @@ async fn an_idle_connection_is_closed() {
 
 #[tokio::test]
 async fn a_call_past_its_deadline_times_out_and_is_cancelled() {
-    let stack = TestStack::builder("d-deadline")
-        .envs(&[("EXAI_WS_CALL_TIMEOUT_SECS", "0.5")])
-        .local_daemon()
-        .start()
-        .await;
+    let stack =
+        TestStack::with_local_daemon("d-deadline", &[("EXAI_WS_CALL_TIMEOUT_SECS", "0.5")]).await;
     let (mut c, session) = stack.client(None).await;
     let (res, _) = c.call("r-1", "test_echo", json!({})).await;
     assert_eq!(res["error"]["code"], "TIMEOUT");
@@ -891,14 +841,14 @@ async fn a_call_past_its_deadline_times_out_and_is_cancelled() {
 #[tokio::test]
 async fn a_single_frame_client_is_not_kept_waiting() {
     // The call's own deadline stays far away, so only the single-frame wait can end it.
-    let stack = TestStack::builder("d-single-wait")
-        .envs(&[
+    let stack = TestStack::with_local_daemon(
+        "d-single-wait",
+        &[
             ("EXAI_WS_CALL_TIMEOUT_SECS", "60"),
             ("EXAI_WS_SINGLE_FRAME_TIMEOUT_SECS", "0.3"),
-        ])
-        .local_daemon()
-        .start()
-        .await;
+        ],
+    )
+    .await;
     let (mut c, _) = stack.client(None).await;
     // One TIMEOUT frame naming the job, which is still there to collect.
     c.send(json!({"op": "call_tool", "id": "call_1", "name": "test_echo", "arguments": {}}))
@@ -916,11 +866,7 @@ async fn a_single_frame_client_is_not_kept_waiting() {
 
 #[tokio::test]
 async fn health_and_queue_stats_report_queues_and_semaphores() {
-    let stack = TestStack::builder("d-health-op")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let stack = TestStack::with_daemon("d-health-op", &[], 1).await;
     let (mut c, _) = stack.client(None).await;
     c.call("r-1", "test_echo", json!({})).await;
     let health = c.op("health", "h").await;
@@ -961,10 +907,7 @@ async fn health_worker_pids(http: &reqwest::Client, base: &str) -> (Vec<u64>, Va
 
 #[tokio::test]
 async fn health_lists_live_workers_and_forgets_a_killed_one_after_its_ttl() {
-    let mut stack = TestStack::builder("d-health-workers")
-        .daemon()
-        .start()
-        .await;
+    let mut stack = TestStack::with_daemon("d-health-workers", &[], 0).await;
     // The registration lasts one job lease without a renewal.
     let lease = [("EXAI_JOB_LEASE_MS", "1500")];
     stack.add_worker_with(&lease);
@@ -1102,7 +1045,7 @@ async fn http_health_ready_and_metrics() {
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_leaves_queued_jobs_in_redis() {
-    let mut stack = TestStack::builder("d-sigterm").daemon().start().await;
+    let mut stack = TestStack::with_daemon("d-sigterm", &[], 0).await;
     let (mut c, session) = stack.client(None).await;
     c.send(
         json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo", "arguments": {"v": 1}}),

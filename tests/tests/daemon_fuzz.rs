@@ -33,11 +33,7 @@ proptest! {
 
 #[tokio::test]
 async fn arbitrary_frames_never_crash_the_daemon_or_drop_the_connection() {
-    let mut stack = TestStack::builder("d-fuzz")
-        .daemon()
-        .workers(1)
-        .start()
-        .await;
+    let mut stack = TestStack::with_daemon("d-fuzz", &[], 1).await;
     let (mut c, _) = stack.client(None).await;
     let mut runner = TestRunner::deterministic();
     let text = ".{0,200}";

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use exai_shared::queue::{
-    Ack, Backoff, CancelOutcome, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobState,
-    LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
+    Ack, Backoff, CancelOutcome, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobLease,
+    JobState, LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
 };
 use exai_tests::{TestStack, wait_for, wait_until};
 
@@ -44,6 +44,13 @@ async fn waker(ctx: &TestStack) -> Waker {
         .expect("subscribe")
 }
 
+/// A test's stack and its `tool_calls` queue with the [`fast_policy`].
+async fn fast_queue(test: &str) -> (TestStack, Queue) {
+    let ctx = TestStack::start(test).await;
+    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    (ctx, q)
+}
+
 /// A policy with short timings, so leases expire and retries come due within a test.
 fn fast_policy() -> QueuePolicy {
     QueuePolicy {
@@ -57,6 +64,21 @@ fn fast_policy() -> QueuePolicy {
         lease: Duration::from_millis(300),
         ..QueuePolicy::default()
     }
+}
+
+/// `n` jobs with payload `payload` and ids `<prefix>0`, `<prefix>1`, …
+fn numbered(payload: &str, prefix: &str, n: usize) -> Vec<NewJob> {
+    (0..n)
+        .map(|i| NewJob::new(payload).with_id(format!("{prefix}{i}")))
+        .collect()
+}
+
+/// Each fetched job's lease with its id as the result, as a batch for `complete_many`.
+fn id_results(fetched: &[Fetched]) -> Vec<(JobLease, Vec<u8>)> {
+    fetched
+        .iter()
+        .map(|f| (f.lease.clone(), f.id().as_bytes().to_vec()))
+        .collect()
 }
 
 /// Fetches one job as soon as there is one, sweeping meanwhile as a live worker would.
@@ -76,8 +98,7 @@ fn fetched_at(q: &Queue, job: &Fetched) -> u64 {
 
 #[tokio::test]
 async fn enqueue_is_idempotent_single_and_bulk() {
-    let ctx = TestStack::start("q-idem").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-idem").await;
 
     let first = q.enqueue(&NewJob::new("a").with_id("job-a")).await.unwrap();
     assert_eq!(first, Enqueued::Created("job-a".into()));
@@ -124,8 +145,7 @@ async fn enqueue_is_idempotent_single_and_bulk() {
 
 #[tokio::test]
 async fn bulk_enqueue_keeps_order_and_fetch_is_fifo_and_bounded() {
-    let ctx = TestStack::start("q-bulk").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-bulk").await;
 
     // More than one script call's worth, so the pipelined path is exercised too.
     let jobs: Vec<NewJob> = (0..2500)
@@ -171,8 +191,7 @@ async fn bulk_enqueue_keeps_order_and_fetch_is_fifo_and_bounded() {
 
 #[tokio::test]
 async fn fetch_returns_at_most_max() {
-    let ctx = TestStack::start("q-max").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-max").await;
     let jobs: Vec<NewJob> = (0..25).map(|i| NewJob::new(format!("{i}"))).collect();
     q.enqueue_bulk(&jobs).await.unwrap();
     let sizes = [
@@ -187,8 +206,7 @@ async fn fetch_returns_at_most_max() {
 
 #[tokio::test]
 async fn delayed_job_is_not_fetched_before_due() {
-    let ctx = TestStack::start("q-delay").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-delay").await;
     let delay = Duration::from_millis(400);
     q.enqueue(&NewJob::new("later").with_id("d1").with_delay(delay))
         .await
@@ -221,8 +239,7 @@ async fn delayed_job_is_not_fetched_before_due() {
 
 #[tokio::test]
 async fn expired_lease_is_rescued_by_sweep_and_counts_an_attempt() {
-    let ctx = TestStack::start("q-rescue").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-rescue").await;
     q.enqueue(&NewJob::new("x").with_id("r1")).await.unwrap();
 
     let first = q.fetch("dead-worker", 1).await.unwrap().pop().unwrap();
@@ -330,8 +347,7 @@ async fn job_that_crashes_every_time_ends_dead_with_a_reason() {
 
 #[tokio::test]
 async fn stale_fence_cannot_overwrite_the_new_attempt() {
-    let ctx = TestStack::start("q-fence").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-fence").await;
     q.enqueue(&NewJob::new("x").with_id("f1")).await.unwrap();
 
     let old = q.fetch("slow-worker", 1).await.unwrap().pop().unwrap();
@@ -388,17 +404,11 @@ async fn stale_fence_cannot_overwrite_the_new_attempt() {
 
 #[tokio::test]
 async fn complete_many_is_fenced_per_job() {
-    let ctx = TestStack::start("q-many").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
-    let jobs: Vec<NewJob> = (0..5)
-        .map(|i| NewJob::new("p").with_id(format!("m{i}")))
-        .collect();
+    let (_ctx, q) = fast_queue("q-many").await;
+    let jobs = numbered("p", "m", 5);
     q.enqueue_bulk(&jobs).await.unwrap();
     let fetched = q.fetch("w", 5).await.unwrap();
-    let mut items: Vec<_> = fetched
-        .iter()
-        .map(|f| (f.lease.clone(), f.id().as_bytes().to_vec()))
-        .collect();
+    let mut items = id_results(&fetched);
     // One stale fence in the middle of the batch.
     items[2].0.fence += 1_000_000;
     let acks = q.complete_many(&items).await.unwrap();
@@ -414,17 +424,11 @@ async fn complete_many_is_fenced_per_job() {
 
 #[tokio::test]
 async fn complete_and_fetch_refills_the_completed_slots_in_one_call() {
-    let ctx = TestStack::start("q-cycle").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
-    let jobs: Vec<NewJob> = (0..6)
-        .map(|i| NewJob::new("p").with_id(format!("c{i}")))
-        .collect();
+    let (_ctx, q) = fast_queue("q-cycle").await;
+    let jobs = numbered("p", "c", 6);
     q.enqueue_bulk(&jobs).await.unwrap();
     let fetched = q.fetch("w", 3).await.unwrap();
-    let mut items: Vec<_> = fetched
-        .iter()
-        .map(|f| (f.lease.clone(), f.id().as_bytes().to_vec()))
-        .collect();
+    let mut items = id_results(&fetched);
     // A stale fence: that attempt is not completed and its slot is not counted as free.
     items[1].0.fence += 1_000_000;
     let cycle = q
@@ -598,8 +602,7 @@ async fn transient_failures_back_off_then_die_after_max_attempts() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let ctx = TestStack::start("q-retry-after").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-retry-after").await;
     q.enqueue(&NewJob::new("x").with_id("ra")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     let outcome = q
@@ -621,8 +624,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn permanent_failure_is_dead_at_once() {
-    let ctx = TestStack::start("q-permanent").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-permanent").await;
     q.enqueue(&NewJob::new("x").with_id("p1")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     assert_eq!(
@@ -692,8 +694,7 @@ async fn release_does_not_burn_an_attempt() {
 
 #[tokio::test]
 async fn cancel_a_queued_job() {
-    let ctx = TestStack::start("q-cancel-queued").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-cancel-queued").await;
     for id in ["a", "b", "c"] {
         q.enqueue(&NewJob::new(id).with_id(id)).await.unwrap();
     }
@@ -748,11 +749,8 @@ async fn cancel_a_queued_job() {
 
 #[tokio::test]
 async fn mass_cancel_does_not_hide_later_jobs() {
-    let ctx = TestStack::start("q-ghosts").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
-    let jobs: Vec<NewJob> = (0..3000)
-        .map(|i| NewJob::new("g").with_id(format!("g{i}")))
-        .collect();
+    let (_ctx, q) = fast_queue("q-ghosts").await;
+    let jobs = numbered("g", "g", 3000);
     q.enqueue_bulk(&jobs).await.unwrap();
     for i in 0..3000 {
         assert_eq!(
@@ -777,8 +775,7 @@ async fn mass_cancel_does_not_hide_later_jobs() {
 
 #[tokio::test]
 async fn cancel_a_running_job_signals_its_worker() {
-    let ctx = TestStack::start("q-cancel-running").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (ctx, q) = fast_queue("q-cancel-running").await;
     let waker = waker(&ctx).await;
     let mut cancels = waker.cancellations();
     q.enqueue(&NewJob::new("x").with_id("run")).await.unwrap();
@@ -816,8 +813,7 @@ async fn cancel_a_running_job_signals_its_worker() {
 
 #[tokio::test]
 async fn pause_stops_fetch_but_not_enqueue() {
-    let ctx = TestStack::start("q-pause").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (ctx, q) = fast_queue("q-pause").await;
     let waker = waker(&ctx).await;
     let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
 
@@ -861,9 +857,7 @@ async fn counts_and_pages_match_reality_after_a_mixed_workload() {
             ..fast_policy()
         },
     );
-    let ready: Vec<NewJob> = (0..10)
-        .map(|i| NewJob::new("r").with_id(format!("r{i}")))
-        .collect();
+    let ready = numbered("r", "r", 10);
     q.enqueue_bulk(&ready).await.unwrap();
     let later: Vec<NewJob> = (0..3)
         .map(|i| {
@@ -987,8 +981,7 @@ async fn list_pages_through_jobs() {
 
 #[tokio::test]
 async fn retry_dead_brings_the_job_back() {
-    let ctx = TestStack::start("q-retry-dead").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-retry-dead").await;
     q.enqueue(&NewJob::new("x").with_id("rd")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     q.fail(&job.lease, "broken", FailKind::Permanent)
@@ -1024,9 +1017,7 @@ async fn dead_set_and_completed_index_are_bounded() {
             ..fast_policy()
         },
     );
-    let jobs: Vec<NewJob> = (0..10)
-        .map(|i| NewJob::new("b").with_id(format!("b{i}")))
-        .collect();
+    let jobs = numbered("b", "b", 10);
     q.enqueue_bulk(&jobs).await.unwrap();
     for _ in 0..4 {
         let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
@@ -1147,8 +1138,7 @@ async fn redis_memory_stays_flat_over_many_completed_jobs() {
 
 #[tokio::test]
 async fn sweep_promotes_due_jobs() {
-    let ctx = TestStack::start("q-promote").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-promote").await;
     q.enqueue(
         &NewJob::new("x")
             .with_id("due")
@@ -1169,8 +1159,7 @@ async fn sweep_promotes_due_jobs() {
 
 #[tokio::test]
 async fn removing_a_running_job_loses_its_lease() {
-    let ctx = TestStack::start("q-remove").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (_ctx, q) = fast_queue("q-remove").await;
     q.enqueue(&NewJob::new("x").with_id("rm")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     assert!(q.remove("rm").await.unwrap());
@@ -1266,8 +1255,7 @@ async fn twenty_thousand_jobs_drain_exactly_once_through_concurrent_workers() {
 
 #[tokio::test]
 async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
-    let ctx = TestStack::start("q-wake-one").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (ctx, q) = fast_queue("q-wake-one").await;
     // Two worker processes: a subscriber each.
     let subscriber = || async { ctx.subscriber().await };
     let (a, b) = (
@@ -1304,9 +1292,7 @@ async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
     };
 
     // Three jobs: exactly one idle worker hears about them.
-    let jobs: Vec<NewJob> = (0..3)
-        .map(|i| NewJob::new("p").with_id(format!("w{i}")))
-        .collect();
+    let jobs = numbered("p", "w", 3);
     q.enqueue_bulk(&jobs).await.unwrap();
     settle(&mut cancels, "marker-1").await;
     let woken: Vec<usize> = (0..2).filter(|&i| signals[i].woken()).collect();
@@ -1483,8 +1469,7 @@ async fn a_hand_off_nobody_hears_is_not_made() {
 
 #[tokio::test]
 async fn idle_registration_follows_the_fetches_and_is_withdrawn_on_leave() {
-    let ctx = TestStack::start("q-idle-reg").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (ctx, q) = fast_queue("q-idle-reg").await;
     let idle = ctx.keys.queue(TOOL_CALLS).idle();
     let until = async |worker: &str| -> Option<u64> {
         redis::cmd("ZSCORE")
@@ -1543,8 +1528,7 @@ async fn idle_registration_follows_the_fetches_and_is_withdrawn_on_leave() {
 
 #[tokio::test]
 async fn an_idle_worker_is_woken_by_an_enqueue_not_by_its_poll() {
-    let ctx = TestStack::start("q-wake").await;
-    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    let (ctx, q) = fast_queue("q-wake").await;
     let waker = waker(&ctx).await;
     let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
 

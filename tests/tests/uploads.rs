@@ -743,27 +743,14 @@ async fn a_file_moonshot_lost_is_restored_from_storage() {
     assert!(resp.status().is_success());
     assert!(stack.moonshot_files().is_empty());
 
-    let out = stack
-        .call(
-            "kimi_chat_with_files",
-            json!({"prompt": "what are the numbers?", "file_ids": [old_id]}),
-        )
-        .await
-        .unwrap();
-    let out: Value = serde_json::from_str(&out).unwrap();
-    let new_id = out["file_ids"][0].as_str().unwrap().to_owned();
-    assert_ne!(new_id, old_id);
-    // The model saw the file's text.
-    assert!(
-        out["content"].as_str().unwrap().contains("eleven percent"),
-        "{out}"
-    );
-    assert_eq!(
-        stack.moonshot_files(),
-        [(new_id.clone(), sha256(text.as_bytes()))]
-    );
-    assert_eq!(stack.row(&old_id).await.status, UploadStatus::Deleted);
-    stack.wait_status(&new_id, UploadStatus::Completed).await;
+    let new_id = chat_reuploads(
+        &stack,
+        &old_id,
+        "what are the numbers?",
+        "eleven percent",
+        text.as_bytes(),
+    )
+    .await;
     // A later call with the old id uses the restored file without another upload.
     let again = stack
         .call(
@@ -911,27 +898,44 @@ async fn a_file_moonshot_lost_is_restored_from_the_copy_the_original_daemon_wrot
     insert_original_row(&stack, old_id, text.as_bytes()).await;
     stack.start_worker();
 
+    chat_reuploads(
+        &stack,
+        old_id,
+        "what is the margin?",
+        "nine percent",
+        text.as_bytes(),
+    )
+    .await;
+    stack.cleanup().await;
+}
+
+/// Asks `kimi_chat_with_files` about `old_id`, a file Moonshot no longer has, and checks that it
+/// was uploaded again from its storage copy: the answer names a new file whose text (`data`)
+/// the model saw (`needle` in the answer), that file is the only one Moonshot holds, the old row
+/// is deleted and the new one completes. Returns the new file id.
+async fn chat_reuploads(
+    stack: &TestStack,
+    old_id: &str,
+    prompt: &str,
+    needle: &str,
+    data: &[u8],
+) -> String {
     let out = stack
         .call(
             "kimi_chat_with_files",
-            json!({"prompt": "what is the margin?", "file_ids": [old_id]}),
+            json!({"prompt": prompt, "file_ids": [old_id]}),
         )
         .await
         .unwrap();
     let out: Value = serde_json::from_str(&out).unwrap();
     let new_id = out["file_ids"][0].as_str().unwrap().to_owned();
     assert_ne!(new_id, old_id);
-    assert!(
-        out["content"].as_str().unwrap().contains("nine percent"),
-        "{out}"
-    );
-    assert_eq!(
-        stack.moonshot_files(),
-        [(new_id.clone(), sha256(text.as_bytes()))]
-    );
+    // The model saw the file's text.
+    assert!(out["content"].as_str().unwrap().contains(needle), "{out}");
+    assert_eq!(stack.moonshot_files(), [(new_id.clone(), sha256(data))]);
     assert_eq!(stack.row(old_id).await.status, UploadStatus::Deleted);
     stack.wait_status(&new_id, UploadStatus::Completed).await;
-    stack.cleanup().await;
+    new_id
 }
 
 /// The worker's peak resident set (`VmHWM`) in bytes.
