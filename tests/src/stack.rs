@@ -177,8 +177,9 @@ impl StackBuilder {
         for (name, value) in &self.env {
             set(&mut env, name, value);
         }
-        let config = test_config(&prefix, &[("REDIS_URL", self.redis_url.as_str())]);
-        let conn = RedisHandle::connect(&config.redis)
+        let mut pairs: Vec<(&str, &str)> = vec![("REDIS_URL", self.redis_url.as_str())];
+        pairs.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let conn = RedisHandle::connect(&test_config(&prefix, &pairs).redis)
             .await
             .expect("connect to redis");
         let mut stack = TestStack {
