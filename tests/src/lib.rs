@@ -5,6 +5,12 @@
 //! needs Postgres, a fresh database ([`TestDb`]) that is dropped afterwards. Nothing here flushes
 //! a shared Redis or touches another test's keys. Waiting is done on conditions with a deadline
 //! ([`wait_until`]), never with a bare sleep.
+//!
+//! A test builds what it needs as one [`TestStack`] ([`stack`]): its prefix, and on request a
+//! database, the `exai-sim` emulator ([`sim`]), upload directories, a daemon (a process or in
+//! the test's process, [`local_daemon`]) and workers. [`daemon`] holds the protocol client,
+//! [`uploads`] what the upload suites read off a stack, [`command`] a finished command's output
+//! and [`fuzz`] the generator of protocol-shaped JSON the fuzz tests share.
 #![warn(missing_docs)]
 
 use std::future::Future;
@@ -13,7 +19,15 @@ use std::time::{Duration, Instant};
 
 use exai_shared::Config;
 
+pub mod command;
+pub mod daemon;
+pub mod fuzz;
+pub mod local_daemon;
 pub mod sim;
+pub mod stack;
+pub mod uploads;
+
+pub use stack::{StackBuilder, TestStack};
 
 /// The Redis server the tests use: `REDIS_URL`, or the local default.
 pub fn redis_url() -> String {
@@ -72,13 +86,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    wait_for(timeout, || {
+        let held = condition();
+        async move { held.await.then_some(()) }
+    })
+    .await
+    .is_some()
+}
+
+/// Polls `probe` until it yields a value or `timeout` passes; returns the value, if any.
+///
+/// The same poll as [`wait_until`], for a condition that finds something the test goes on with.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if condition().await {
-            return true;
+        if let Some(found) = probe().await {
+            return Some(found);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

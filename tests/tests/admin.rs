@@ -3,17 +3,13 @@
 //! in every state, a dead job, a held semaphore lease, upload rows, a cleanup report), the
 //! actions (retry, kill, pause, resume), and the page rendering that state in a browser.
 
-mod daemon_support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use daemon_support::{Client, Daemon, TOKEN, spawn_daemon};
-use exai_shared::keys::Keys;
-use exai_shared::queue::{self, FailKind, FailOutcome, JobState, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::RedisHandle;
+use exai_shared::queue::{self, FailKind, FailOutcome, JobState, NewJob, Queue};
 use exai_shared::semaphore::{HolderInfo, LeaseGuard, Semaphores};
-use exai_tests::{PrefixGuard, TestDb, redis_url, test_config, unique_prefix};
+use exai_tests::daemon::{Client, TOKEN, spawn_daemon};
+use exai_tests::{PrefixGuard, TestStack, redis_url, unique_prefix};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -28,36 +24,33 @@ const HOLDER: &str = "worker-admin-test/3";
 /// The job the semaphore lease is for.
 const LEASE_JOB: &str = "job-with-lease";
 
-/// A daemon on a test prefix, with the seeded state around it.
+/// A daemon on a test stack, with the seeded state around it.
 struct Admin {
-    daemon: Daemon,
     http: reqwest::Client,
-    prefix: String,
-    redis: RedisHandle,
     tool_calls: Queue,
     storage_push: Queue,
     /// The lease the seeded state holds (released when dropped).
     _lease: Option<LeaseGuard>,
     _semaphores: Semaphores,
-    _db: Option<TestDb>,
     /// Last, so the daemon is killed before the keys go.
-    _keys: PrefixGuard,
+    stack: TestStack,
 }
 
 impl Admin {
     /// Seeds the state and starts a daemon; with a migrated database (and its rows) when
     /// `database` is true, else without `DATABASE_URL`.
     async fn start(test: &str, database: bool) -> Self {
-        let prefix = unique_prefix(test);
-        let keys_guard = PrefixGuard::new(prefix.clone(), redis_url());
-        let config = test_config(&prefix, &[]);
-        let redis = RedisHandle::connect(&config.redis)
-            .await
-            .expect("connect to redis");
-        let keys = Keys::new(&prefix);
-        let policy = QueuePolicy::from_config(&config.jobs);
-        let tool_calls = Queue::new(redis.clone(), &keys, queue::TOOL_CALLS, policy.clone());
-        let storage_push = Queue::new(redis.clone(), &keys, queue::STORAGE_PUSH, policy);
+        let builder = TestStack::builder(test);
+        let mut stack = if database {
+            builder.database()
+        } else {
+            builder
+        }
+        .start()
+        .await;
+        let config = stack.config();
+        let tool_calls = stack.queue(queue::TOOL_CALLS);
+        let storage_push = stack.queue(queue::STORAGE_PUSH);
 
         // tool_calls: 1 dead, 1 running, 1 completed, 1 scheduled, 3 queued.
         enqueue(&tool_calls, DEAD, &[]).await;
@@ -101,40 +94,22 @@ impl Admin {
             .expect("acquire")
             .expect("a free permit");
 
-        let mut env: Vec<(String, String)> = vec![
-            ("REDIS_URL".into(), redis_url()),
-            ("EXAI_REDIS_PREFIX".into(), prefix.clone()),
-            ("EXAI_WS_PORT".into(), "0".into()),
-            ("EXAI_WS_TOKEN".into(), TOKEN.into()),
-        ];
-        let db = if database {
-            let db = TestDb::new().await;
-            let pool = db.pool().await;
-            exai_shared::db::migrate(&pool).await.expect("migrate");
-            seed_uploads(&pool).await;
-            pool.close().await;
-            env.push(("DATABASE_URL".into(), db.url.clone()));
-            Some(db)
-        } else {
-            None
-        };
-        let daemon = spawn_daemon(&env).await;
+        if database {
+            seed_uploads(stack.pool()).await;
+        }
+        stack.start_daemon().await;
         Self {
-            daemon,
             http: reqwest::Client::new(),
-            prefix,
-            redis,
             tool_calls,
             storage_push,
             _lease: Some(lease),
             _semaphores: semaphores,
-            _db: db,
-            _keys: keys_guard,
+            stack,
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.daemon.addr)
+        format!("http://{}{path}", self.stack.daemon().addr)
     }
 
     /// `GET /admin/api/<path>` with the token: status and JSON body.
@@ -155,9 +130,9 @@ impl Admin {
 
     async fn set_cleanup_report(&self, report: &Value) {
         let _: () = redis::cmd("SET")
-            .arg(Keys::new(&self.prefix).cleanup_last())
+            .arg(self.stack.keys.cleanup_last())
             .arg(report.to_string())
-            .query_async(&mut self.redis.clone())
+            .query_async(&mut self.stack.conn.clone())
             .await
             .expect("set the cleanup report");
     }
@@ -275,7 +250,11 @@ async fn the_api_refuses_requests_without_the_right_token() {
     }
 
     // A WebSocket upgrade still works on any path, /admin paths included.
-    let mut ws = Client::connect(&format!("ws://{}/admin/api/queues", admin.daemon.addr)).await;
+    let mut ws = Client::connect(&format!(
+        "ws://{}/admin/api/queues",
+        admin.stack.daemon().addr
+    ))
+    .await;
     let ack = ws.hello(json!({"op": "hello", "token": TOKEN})).await;
     assert_eq!(ack["ok"], true, "{ack}");
 }

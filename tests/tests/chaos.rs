@@ -5,9 +5,6 @@
 //! them). `EXAI_CHAOS_JOBS` scales the worker-kill scenario (default 10,000 jobs) for a longer
 //! soak, e.g. `EXAI_CHAOS_JOBS=200000 scripts/test -E 'test(chaos)' --no-capture`.
 
-#[path = "uploads_support/mod.rs"]
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +14,9 @@ use exai_shared::db;
 use exai_shared::jobs::ToolCallJob;
 use exai_shared::queue::{self, JobState, NewJob, Queue};
 use exai_shared::semaphore::Semaphores;
-use exai_tests::{ChildGuard, wait_until};
+use exai_tests::{ChildGuard, TestStack, wait_until};
 use rand::Rng;
 use serde_json::json;
-use support::Stack;
 
 /// Jobs of the worker-kill scenario.
 fn chaos_jobs() -> usize {
@@ -120,7 +116,7 @@ async fn workers_sigkilled_at_random_lose_nothing() {
     const WORKERS: usize = 3;
     const FILES: usize = 40;
     let lease = LEASE_MS.to_string();
-    let stack = Stack::new(
+    let stack = TestStack::uploads(
         "chaos-kill",
         &[
             ("EXAI_JOB_LEASE_MS", &lease),
@@ -133,7 +129,7 @@ async fn workers_sigkilled_at_random_lose_nothing() {
     )
     .await;
     stack
-        .sim
+        .sim()
         .configure(json!({"chat_latency_ms": 5}))
         .expect("configure the sim");
     let config = stack.config();
@@ -378,7 +374,7 @@ impl SturdyClient {
         let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let hello = json!({"op": "hello", "token": daemon_support::TOKEN,
+        let hello = json!({"op": "hello", "token": exai_tests::daemon::TOKEN,
             "session_id": self.session});
         ws.send(tokio_tungstenite::tungstenite::Message::text(
             hello.to_string(),
@@ -475,10 +471,6 @@ impl SturdyClient {
     }
 }
 
-#[path = "daemon_support/mod.rs"]
-#[allow(unused_imports)]
-mod daemon_support;
-
 /// Runs `clients` sturdy clients, each making `calls` test_echo calls one after another, and
 /// calls `disrupt` once `trigger` results have arrived. Returns every result by request id, the
 /// acks, and the retries.
@@ -545,7 +537,7 @@ where
 /// Every result echoes its own call's arguments.
 fn assert_own_results(results: &HashMap<String, serde_json::Value>) {
     for (rid, res) in results {
-        let echoed = daemon_support::echoed(res);
+        let echoed = exai_tests::daemon::echoed(res);
         let (c, k) = rid[1..].split_once("-k").unwrap();
         assert_eq!(echoed["c"].to_string(), c, "{rid} got {res}");
         assert_eq!(echoed["k"].to_string(), k, "{rid} got {res}");
@@ -557,10 +549,10 @@ async fn daemon_sigkilled_with_calls_in_flight_clients_collect_every_result() {
     const CLIENTS: usize = 50;
     const CALLS: usize = 4;
     let stack = Arc::new(tokio::sync::Mutex::new(
-        daemon_support::Stack::start("chaos-daemon", &[], 2).await,
+        TestStack::with_daemon("chaos-daemon", &[], 2).await,
     ));
     let url = Arc::new(std::sync::Mutex::new(stack.lock().await.url()));
-    let queue = stack.lock().await.queue.clone();
+    let queue = stack.lock().await.queue(queue::TOOL_CALLS);
 
     let kill_url = url.clone();
     let kill_stack = stack.clone();
@@ -568,10 +560,14 @@ async fn daemon_sigkilled_with_calls_in_flight_clients_collect_every_result() {
     let killed = killed_at.clone();
     let (results, acks, retries) = echo_load(url, CLIENTS, CALLS, 300, CLIENTS, || async move {
         let mut s = kill_stack.lock().await;
-        exai_tests::send_signal(s.daemon.child.pid(), "KILL");
-        let _ = s.daemon.child.wait_exit(Duration::from_secs(10)).await;
+        exai_tests::send_signal(s.daemon().child.pid(), "KILL");
+        let _ = s
+            .daemon_mut()
+            .child
+            .wait_exit(Duration::from_secs(10))
+            .await;
         *killed.lock().unwrap() = Some(Instant::now());
-        s.restart_daemon().await;
+        s.start_daemon().await;
         *kill_url.lock().unwrap() = s.url();
     })
     .await;
@@ -606,7 +602,12 @@ async fn redis_restarted_mid_load_loses_no_acknowledged_job() {
         exai_tests::RedisServer::start(true).await,
     ));
     let redis_url = redis.lock().await.url();
-    let stack = daemon_support::Stack::start_on("chaos-redis", &redis_url, &[], 2).await;
+    let stack = TestStack::builder("chaos-redis")
+        .redis(&redis_url)
+        .daemon()
+        .workers(2)
+        .start()
+        .await;
     let url = Arc::new(std::sync::Mutex::new(stack.url()));
 
     let restarted = Arc::new(std::sync::Mutex::new(0u64));
@@ -624,13 +625,18 @@ async fn redis_restarted_mid_load_loses_no_acknowledged_job() {
     // retry: its job would be younger than its first ack.
     // The test's own connection broke with the restart; its first command reconnects it.
     let reconnected = wait_until(Duration::from_secs(10), || async {
-        stack.queue.counts().await.is_ok()
+        stack.queue(queue::TOOL_CALLS).counts().await.is_ok()
     })
     .await;
     assert!(reconnected);
     let mut lost = Vec::new();
     for (job, acked_ms) in &acks {
-        let info = stack.queue.job(job).await.unwrap().expect("the job");
+        let info = stack
+            .queue(queue::TOOL_CALLS)
+            .job(job)
+            .await
+            .unwrap()
+            .expect("the job");
         assert_eq!(info.state, JobState::Completed, "{job}");
         if info.enqueued_at_ms > *acked_ms + 1000 {
             lost.push(job.clone());
@@ -648,7 +654,7 @@ async fn redis_restarted_mid_load_loses_no_acknowledged_job() {
     // The daemon and the workers are still the processes the test started.
     let mut stack = stack;
     assert!(
-        stack.daemon.child.0.try_wait().unwrap().is_none(),
+        stack.daemon_mut().child.0.try_wait().unwrap().is_none(),
         "the daemon died"
     );
     for w in &mut stack.workers {
@@ -657,7 +663,11 @@ async fn redis_restarted_mid_load_loses_no_acknowledged_job() {
 }
 
 /// Enqueues one `kimi_upload_files` call per path; returns the call ids.
-async fn enqueue_uploads(stack: &Stack, tag: &str, paths: &[std::path::PathBuf]) -> Vec<String> {
+async fn enqueue_uploads(
+    stack: &TestStack,
+    tag: &str,
+    paths: &[std::path::PathBuf],
+) -> Vec<String> {
     let mut ids = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         let id = format!("{tag}-{i}");
@@ -670,7 +680,7 @@ async fn enqueue_uploads(stack: &Stack, tag: &str, paths: &[std::path::PathBuf])
 }
 
 /// Distinct files under the stack's upload root.
-fn distinct_files(stack: &Stack, tag: &str, n: usize) -> Vec<std::path::PathBuf> {
+fn distinct_files(stack: &TestStack, tag: &str, n: usize) -> Vec<std::path::PathBuf> {
     (0..n)
         .map(|i| {
             let body = format!("{tag} file {i}\n").repeat(200 + i);
@@ -690,7 +700,7 @@ async fn postgres_stopped_for_20s_mid_load_uploads_wait_and_resume() {
         .await
         .expect("connect to the test's Postgres");
     db::migrate(&pool).await.unwrap();
-    let stack = Stack::new(
+    let stack = TestStack::uploads(
         "chaos-pg",
         &[
             ("DATABASE_URL", &pg.url()),
@@ -700,7 +710,7 @@ async fn postgres_stopped_for_20s_mid_load_uploads_wait_and_resume() {
     .await;
     // Pushes take a while, so some are in flight when Postgres goes away.
     stack
-        .sim
+        .sim()
         .add_fault(json!({"route": "supabase.object.upload", "action": "delay", "delay_ms": 300}))
         .unwrap();
     let workers: Vec<ChildGuard> = (0..2)
@@ -771,9 +781,10 @@ async fn postgres_stopped_for_20s_mid_load_uploads_wait_and_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn storage_down_past_the_budget_then_redriven_to_completed() {
     const FILES: usize = 30;
-    let stack = Stack::new("chaos-storage", &[("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "3")]).await;
+    let stack =
+        TestStack::uploads("chaos-storage", &[("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "3")]).await;
     let fault = stack
-        .sim
+        .sim()
         .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 503}))
         .unwrap();
     let workers: Vec<ChildGuard> = (0..2)
@@ -783,7 +794,7 @@ async fn storage_down_past_the_budget_then_redriven_to_completed() {
     let ids = enqueue_uploads(&stack, "storage", &paths).await;
     let q = stack.queue(queue::TOOL_CALLS);
     let failed_rows = wait_until(Duration::from_secs(120), || async {
-        db::list_by_status(&stack.pool, db::UploadStatus::StorageFailed, 1000)
+        db::list_by_status(stack.pool(), db::UploadStatus::StorageFailed, 1000)
             .await
             .is_ok_and(|rows| rows.len() == FILES)
     })
@@ -798,7 +809,7 @@ async fn storage_down_past_the_budget_then_redriven_to_completed() {
 
     // Storage is back; the operator re-drives.
     reqwest::Client::new()
-        .delete(format!("{}/_sim/faults/{fault}", stack.sim.url()))
+        .delete(format!("{}/_sim/faults/{fault}", stack.sim().url()))
         .send()
         .await
         .unwrap()
@@ -807,7 +818,7 @@ async fn storage_down_past_the_budget_then_redriven_to_completed() {
     let (ok, out) = stack.worker_command(&["storage", "redrive", "--all"]).await;
     assert!(ok, "{out}");
     let completed = wait_until(Duration::from_secs(120), || async {
-        db::list_by_status(&stack.pool, db::UploadStatus::Completed, 1000)
+        db::list_by_status(stack.pool(), db::UploadStatus::Completed, 1000)
             .await
             .is_ok_and(|rows| rows.len() == FILES)
     })

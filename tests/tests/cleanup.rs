@@ -8,8 +8,6 @@
 //! Old items are seeded by back-dating: the sim's `backdate` control, SQL on the rows, file
 //! modification times in the staging store.
 
-mod uploads_support;
-
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -21,10 +19,10 @@ use exai_shared::providers::supabase::kimi_object_path;
 use exai_shared::providers::{FileObject, Providers, SupabaseStorage};
 use exai_shared::queue::{self, JobState, NewJob};
 use exai_shared::staging::Staging;
-use exai_tests::{ChildGuard, send_signal, wait_until};
+use exai_tests::uploads::sha256;
+use exai_tests::{ChildGuard, TestStack, send_signal, wait_until};
 use exai_worker::cleanup::{self, Cleanup};
 use serde_json::{Value, json};
-use uploads_support::{Stack, sha256};
 
 /// The grace period of these tests.
 const GRACE: Duration = Duration::from_secs(3600);
@@ -37,7 +35,7 @@ const BUCKET: &str = "user-files";
 
 /// The stack plus direct handles to seed items with.
 struct Seeder {
-    stack: Stack,
+    stack: TestStack,
     providers: Providers,
     staging: Staging,
     seq: u32,
@@ -48,7 +46,7 @@ impl Seeder {
         let grace = GRACE.as_secs().to_string();
         let mut env = vec![("EXAI_ORPHAN_GRACE_SECS", grace.as_str())];
         env.extend_from_slice(extra);
-        let stack = Stack::new(test, &env).await;
+        let stack = TestStack::uploads(test, &env).await;
         let config = stack.config();
         let providers = Providers::from_config(&config).unwrap();
         providers
@@ -79,7 +77,7 @@ impl Seeder {
     }
 
     fn disk_file(&self, name: &str, data: &[u8]) -> PathBuf {
-        let path = self.stack.dir.join(format!("seed-{name}"));
+        let path = self.stack.dir().join(format!("seed-{name}"));
         std::fs::write(&path, data).unwrap();
         path
     }
@@ -94,7 +92,7 @@ impl Seeder {
             .await
             .unwrap();
         if let Some(age) = age {
-            self.stack.sim.backdate(age, &[&file.id], &[]).unwrap();
+            self.stack.sim().backdate(age, &[&file.id], &[]).unwrap();
         }
         file
     }
@@ -108,7 +106,7 @@ impl Seeder {
             .unwrap();
         if let Some(age) = age {
             self.stack
-                .sim
+                .sim()
                 .backdate(age, &[], &[&format!("{BUCKET}/{path}")])
                 .unwrap();
         }
@@ -141,7 +139,7 @@ impl Seeder {
         age: Duration,
         used: Duration,
     ) -> FileUpload {
-        let pool = &self.stack.pool;
+        let pool = self.stack.pool();
         let new = NewUpload {
             provider: "kimi".to_owned(),
             provider_file_id: file_id.to_owned(),
@@ -193,11 +191,14 @@ impl Seeder {
         .bind(sha256(data))
         .bind(format!("{file_id}.txt"))
         .bind(data.len() as i64)
-        .fetch_one(&self.stack.pool)
+        .fetch_one(self.stack.pool())
         .await
         .unwrap();
         self.age_row(id, age, age).await;
-        let row = db::find_by_id(&self.stack.pool, id).await.unwrap().unwrap();
+        let row = db::find_by_id(self.stack.pool(), id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(row.storage_path.is_none() && row.supabase_file_id.is_some());
         row
     }
@@ -210,13 +211,13 @@ impl Seeder {
         .bind(id)
         .bind(age.as_secs_f64())
         .bind(used.as_secs_f64())
-        .execute(&self.stack.pool)
+        .execute(self.stack.pool())
         .await
         .unwrap();
     }
 
     async fn status(&self, id: uuid::Uuid) -> UploadStatus {
-        db::find_by_id(&self.stack.pool, id)
+        db::find_by_id(self.stack.pool(), id)
             .await
             .unwrap()
             .unwrap()
@@ -316,7 +317,7 @@ async fn orphans_go_what_is_held_or_young_stays_and_a_dry_run_reports_the_real_r
         .await;
     sqlx::query("UPDATE provider_file_uploads SET sha256 = NULL WHERE id = $1")
         .bind(legacy_row.id)
-        .execute(&s.stack.pool)
+        .execute(s.stack.pool())
         .await
         .unwrap();
 
@@ -398,7 +399,7 @@ async fn orphans_go_what_is_held_or_young_stays_and_a_dry_run_reports_the_real_r
 
     let ctx = s.cleanup_ctx().await;
     let files_before = s.moonshot_ids();
-    let state_before = s.stack.sim.state()["supabase"].clone();
+    let state_before = s.stack.sim().state()["supabase"].clone();
 
     let dry = cleanup::run(&ctx, true).await;
     assert!(dry.dry_run);
@@ -417,7 +418,7 @@ async fn orphans_go_what_is_held_or_young_stays_and_a_dry_run_reports_the_real_r
     );
     // A dry run changes nothing.
     assert_eq!(s.moonshot_ids(), files_before);
-    assert_eq!(s.stack.sim.state()["supabase"], state_before);
+    assert_eq!(s.stack.sim().state()["supabase"], state_before);
     assert!(s.blob_exists(&orphan_blob) && part.exists());
     assert_eq!(s.status(missing_row.id).await, UploadStatus::Completed);
     assert_eq!(s.status(expired_row.id).await, UploadStatus::Completed);
@@ -459,13 +460,13 @@ async fn orphans_go_what_is_held_or_young_stays_and_a_dry_run_reports_the_real_r
         s.status(missing_young_row.id).await,
         UploadStatus::Completed
     );
-    let missing_after = db::find_by_id(&s.stack.pool, missing_row.id)
+    let missing_after = db::find_by_id(s.stack.pool(), missing_row.id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(missing_after.status, UploadStatus::Deleted);
     assert!(missing_after.deleted_at.is_some());
-    let expired_after = db::find_by_id(&s.stack.pool, expired_row.id)
+    let expired_after = db::find_by_id(s.stack.pool(), expired_row.id)
         .await
         .unwrap()
         .unwrap();
@@ -515,11 +516,11 @@ async fn quota_evicts_least_recently_used_completed_files_until_under() {
     let dry = cleanup::run(&ctx, true).await;
     // 500 bytes held, 250 allowed: b (5 h), d (4 h) and c (3 h) go, leaving 200.
     assert_eq!(dry.sweeps.quota, sweep(3, 300), "{dry:#?}");
-    let since = s.stack.sim.requests().len();
+    let since = s.stack.sim().requests().len();
     let real = cleanup::run(&ctx, false).await;
     assert_eq!(real.sweeps, dry.sweeps);
 
-    let deleted: Vec<String> = s.stack.sim.requests()[since..]
+    let deleted: Vec<String> = s.stack.sim().requests()[since..]
         .iter()
         .filter(|r| r.route == "moonshot.files.delete")
         .map(|r| r.path.rsplit('/').next().unwrap().to_owned())
@@ -578,7 +579,7 @@ async fn a_sweep_failing_half_way_is_finished_by_the_next_run_and_spares_the_oth
 
     // The second orphan's delete fails once; so does the expired row's object delete; the
     // bucket cannot be listed once.
-    let sim = &s.stack.sim;
+    let sim = &s.stack.sim();
     sim.add_fault(json!({"route": "moonshot.files.delete", "method": "DELETE",
         "path": format!("/v1/files/{}", orphans[1].id), "count": 1,
         "action": "fail", "status": 500}))
@@ -771,7 +772,7 @@ async fn the_storage_list_pages_through_every_object_of_the_folder() {
     assert!(listed.iter().all(|o| o.size == 1 && o.created_at.is_some()));
     let lists = s
         .stack
-        .sim
+        .sim()
         .requests()
         .iter()
         .filter(|r| r.route == "supabase.object.list")

@@ -5,19 +5,13 @@
 //! command, and checks both the table and the `--json` output. Commands that only read Redis run
 //! with an unreachable `DATABASE_URL`, which proves they never touch Postgres.
 
-mod uploads_support;
-
 use std::time::Duration;
 
-use exai_shared::Config;
 use exai_shared::db::{self, NewUpload, UploadStatus};
 use exai_shared::jobs::ToolCallJob;
 use exai_shared::queue::{self, FailKind, FailOutcome, Fetched, JobState, NewJob, Queue};
-use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{HolderInfo, Semaphores};
-use exai_tests::{
-    PrefixGuard, TestDb, free_port, redis_url, spawn_bin, test_config, unique_prefix, wait_until,
-};
+use exai_tests::{TestStack, free_port, test_config, wait_until};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -27,155 +21,51 @@ const NO_POSTGRES: &str = "postgres://postgres@127.0.0.1:1/none";
 const TEST_WORKER: &str = "cli-test-worker";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A test's namespace: its Redis prefix (deleted at the end) and, for the commands that need
-/// it, its own database.
-struct Ctx {
-    prefix: String,
-    config: Config,
-    conn: RedisHandle,
-    db: Option<TestDb>,
-    _guard: PrefixGuard,
+/// A stack for commands that only read Redis: an unreachable `DATABASE_URL`.
+async fn stack(test: &str) -> TestStack {
+    TestStack::builder(test)
+        .env("DATABASE_URL", NO_POSTGRES)
+        .start()
+        .await
 }
 
-/// What one command printed and how it exited.
-#[derive(Debug)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+/// A stack with a migrated database of its own.
+async fn stack_with_db(test: &str) -> TestStack {
+    TestStack::builder(test).database().start().await
 }
 
-impl Out {
-    fn ok(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    /// Asserts success and parses stdout as JSON.
-    fn json(&self) -> Value {
-        assert!(self.ok(), "command failed: {self:?}");
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
-    }
-
-    /// The whitespace-separated cells of the first stdout line that starts with `first`.
-    fn row(&self, first: &str) -> Vec<String> {
-        self.stdout
-            .lines()
-            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-            .find(|cells| cells.first().map(String::as_str) == Some(first))
-            .unwrap_or_else(|| panic!("no line starting with {first}: {}", self.stdout))
-    }
-
-    /// Asserts a clean failure: exit status `code`, `needle` on stderr, no panic.
-    fn assert_error(&self, code: i32, needle: &str) {
-        assert_eq!(self.code, Some(code), "{self:?}");
-        assert!(self.stderr.contains(needle), "{needle:?} not in {self:?}");
-        assert!(!self.stderr.contains("panicked"), "{self:?}");
-    }
+/// The stack's queue `name`, as the CLI builds it.
+fn queue_of(ctx: &TestStack, name: &str) -> Queue {
+    exai_worker::cli::queue_handles(&ctx.config(), ctx.conn.clone())
+        .into_iter()
+        .find(|q| q.name() == name)
+        .expect("a known queue")
 }
 
-impl Ctx {
-    async fn new(test: &str) -> Self {
-        let prefix = unique_prefix(test);
-        let config = test_config(&prefix, &[]);
-        let conn = RedisHandle::connect(&config.redis).await.expect("redis");
-        Self {
-            _guard: PrefixGuard::new(&prefix, redis_url()),
-            prefix,
-            config,
-            conn,
-            db: None,
-        }
+/// `tool_calls` with one job in each state: `job-done` (completed with `{"ok":true}`),
+/// `job-dead` (a permanent error), `job-running` (leased to [`TEST_WORKER`]; its lease is
+/// returned), `job-queued`, and `job-later` (scheduled an hour ahead).
+async fn seed(ctx: &TestStack) -> Fetched {
+    let q = queue_of(ctx, queue::TOOL_CALLS);
+    for id in ["job-done", "job-dead", "job-running", "job-queued"] {
+        q.enqueue(&echo(id)).await.unwrap();
     }
-
-    /// The same, with a migrated database of its own.
-    async fn with_db(test: &str) -> Self {
-        let mut ctx = Self::new(test).await;
-        let db = TestDb::new().await;
-        let pool = db.pool().await;
-        db::migrate(&pool).await.expect("migrate");
-        pool.close().await;
-        ctx.db = Some(db);
-        ctx
-    }
-
-    fn queue(&self, name: &str) -> Queue {
-        exai_worker::cli::queue_handles(&self.config, self.conn.clone())
-            .into_iter()
-            .find(|q| q.name() == name)
-            .expect("a known queue")
-    }
-
-    async fn pool(&self) -> db::PgPool {
-        self.db.as_ref().expect("a test database").pool().await
-    }
-
-    /// Runs `exai-worker ARGS` (stdin and stdout not terminals) and collects its output.
-    async fn cli(&self, args: &[&str]) -> Out {
-        self.cli_env(args, &[]).await
-    }
-
-    async fn cli_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Out {
-        let mut cmd = tokio::process::Command::new(exai_tests::bin_path("exai-worker"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("REDIS_URL", redis_url())
-            .env("EXAI_REDIS_PREFIX", &self.prefix)
-            .env(
-                "DATABASE_URL",
-                self.db.as_ref().map_or(NO_POSTGRES, |d| d.url.as_str()),
-            )
-            .stdin(std::process::Stdio::null());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let out = tokio::time::timeout(WAIT, cmd.output())
-            .await
-            .expect("the command finishes")
-            .expect("run exai-worker");
-        let out = Out {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        if std::env::var_os("TEST_LOG").is_some() {
-            eprintln!(
-                "$ exai-worker {}\n{}{}(exit {:?})",
-                args.join(" "),
-                out.stdout,
-                out.stderr,
-                out.code
-            );
-        }
-        out
-    }
-
-    /// `tool_calls` with one job in each state: `job-done` (completed with `{"ok":true}`),
-    /// `job-dead` (a permanent error), `job-running` (leased to [`TEST_WORKER`]; its lease is
-    /// returned), `job-queued`, and `job-later` (scheduled an hour ahead).
-    async fn seed(&self) -> Fetched {
-        let q = self.queue(queue::TOOL_CALLS);
-        for id in ["job-done", "job-dead", "job-running", "job-queued"] {
-            q.enqueue(&echo(id)).await.unwrap();
-        }
-        q.enqueue(&echo("job-later").with_delay(Duration::from_secs(3600)))
-            .await
-            .unwrap();
-        let done = fetch_one(&q, "job-done").await;
-        q.complete(&done.lease, br#"{"ok":true}"#).await.unwrap();
-        let dead = fetch_one(&q, "job-dead").await;
-        let failed = q
-            .fail(
-                &dead.lease,
-                "boom: the provider said no",
-                FailKind::Permanent,
-            )
-            .await
-            .unwrap();
-        assert_eq!(failed, FailOutcome::Dead);
-        fetch_one(&q, "job-running").await
-    }
+    q.enqueue(&echo("job-later").with_delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let done = fetch_one(&q, "job-done").await;
+    q.complete(&done.lease, br#"{"ok":true}"#).await.unwrap();
+    let dead = fetch_one(&q, "job-dead").await;
+    let failed = q
+        .fail(
+            &dead.lease,
+            "boom: the provider said no",
+            FailKind::Permanent,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed, FailOutcome::Dead);
+    fetch_one(&q, "job-running").await
 }
 
 fn echo(id: &str) -> NewJob {
@@ -204,10 +94,13 @@ async fn state_of(q: &Queue, id: &str) -> JobState {
 
 #[tokio::test]
 async fn queue_stats_prints_every_queue_as_a_table_and_as_json() {
-    let ctx = Ctx::new("cli-stats").await;
-    let _running = ctx.seed().await;
+    let ctx = stack("cli-stats").await;
+    let _running = seed(&ctx).await;
 
-    let report = ctx.cli(&["queue", "stats", "--json"]).await.json();
+    let report = ctx
+        .worker_cli(&["queue", "stats", "--json"], &[])
+        .await
+        .json();
     assert_eq!(
         report["queues"]["tool_calls"],
         json!({"queued": 1, "scheduled": 1, "running": 1, "retrying": 0, "dead": 1,
@@ -222,7 +115,7 @@ async fn queue_stats_prints_every_queue_as_a_table_and_as_json() {
     assert_eq!(names, ["cleanup", "storage_push", "tool_calls", "uploads"]);
     assert_eq!(report["queues"]["uploads"]["queued"], 0);
 
-    let table = ctx.cli(&["queue", "stats"]).await;
+    let table = ctx.worker_cli(&["queue", "stats"], &[]).await;
     assert!(table.ok(), "{table:?}");
     assert_eq!(
         table.row("QUEUE"),
@@ -255,12 +148,12 @@ async fn queue_stats_prints_every_queue_as_a_table_and_as_json() {
 
 #[tokio::test]
 async fn queue_list_pages_one_state_in_order() {
-    let ctx = Ctx::new("cli-list").await;
-    let _running = ctx.seed().await;
-    let q = ctx.queue(queue::TOOL_CALLS);
+    let ctx = stack("cli-list").await;
+    let _running = seed(&ctx).await;
+    let q = queue_of(&ctx, queue::TOOL_CALLS);
 
     let queued = ctx
-        .cli(&["queue", "list", "tool_calls", "--json"])
+        .worker_cli(&["queue", "list", "tool_calls", "--json"], &[])
         .await
         .json();
     assert_eq!(queued["queue"], "tool_calls");
@@ -283,26 +176,35 @@ async fn queue_list_pages_one_state_in_order() {
         ("completed", "job-done"),
     ] {
         let page = ctx
-            .cli(&["queue", "list", "tool_calls", "--state", state, "--json"])
+            .worker_cli(
+                &["queue", "list", "tool_calls", "--state", state, "--json"],
+                &[],
+            )
             .await
             .json();
         assert_eq!(ids(&page), [id], "{state}");
         assert_eq!(page["jobs"][0]["state"], state);
     }
     let dead = ctx
-        .cli(&["queue", "list", "tool_calls", "--state", "dead", "--json"])
+        .worker_cli(
+            &["queue", "list", "tool_calls", "--state", "dead", "--json"],
+            &[],
+        )
         .await
         .json();
     assert_eq!(dead["jobs"][0]["errors"][0]["kind"], "permanent");
     let running = ctx
-        .cli(&[
-            "queue",
-            "list",
-            "tool_calls",
-            "--state",
-            "running",
-            "--json",
-        ])
+        .worker_cli(
+            &[
+                "queue",
+                "list",
+                "tool_calls",
+                "--state",
+                "running",
+                "--json",
+            ],
+            &[],
+        )
         .await
         .json();
     assert_eq!(running["jobs"][0]["worker"], TEST_WORKER);
@@ -310,7 +212,7 @@ async fn queue_list_pages_one_state_in_order() {
 
     // The table: one line per job, the last error on the dead one.
     let table = ctx
-        .cli(&["queue", "list", "tool_calls", "--state", "dead"])
+        .worker_cli(&["queue", "list", "tool_calls", "--state", "dead"], &[])
         .await;
     assert!(table.ok(), "{table:?}");
     assert_eq!(table.row("ID")[..3], ["ID", "STATE", "ATTEMPTS"]);
@@ -318,7 +220,7 @@ async fn queue_list_pages_one_state_in_order() {
     assert_eq!(row[1..3], ["dead", "1/5"]);
     assert!(table.stdout.contains("boom: the provider said no"));
     let empty = ctx
-        .cli(&["queue", "list", "uploads", "--state", "retrying"])
+        .worker_cli(&["queue", "list", "uploads", "--state", "retrying"], &[])
         .await;
     assert!(empty.ok() && empty.stdout.contains("no retrying jobs in uploads"));
 
@@ -327,21 +229,27 @@ async fn queue_list_pages_one_state_in_order() {
         q.enqueue(&echo(&format!("page-{i}"))).await.unwrap();
     }
     let first = ctx
-        .cli(&["queue", "list", "tool_calls", "--limit", "2", "--json"])
+        .worker_cli(
+            &["queue", "list", "tool_calls", "--limit", "2", "--json"],
+            &[],
+        )
         .await
         .json();
     assert_eq!(ids(&first), ["job-queued", "page-0"]);
     let second = ctx
-        .cli(&[
-            "queue",
-            "list",
-            "tool_calls",
-            "--limit",
-            "2",
-            "--offset",
-            "2",
-            "--json",
-        ])
+        .worker_cli(
+            &[
+                "queue",
+                "list",
+                "tool_calls",
+                "--limit",
+                "2",
+                "--offset",
+                "2",
+                "--json",
+            ],
+            &[],
+        )
         .await
         .json();
     assert_eq!(ids(&second), ["page-1", "page-2"]);
@@ -349,11 +257,11 @@ async fn queue_list_pages_one_state_in_order() {
 
 #[tokio::test]
 async fn queue_show_prints_attempts_errors_worker_timings_and_result() {
-    let ctx = Ctx::new("cli-show").await;
-    let _running = ctx.seed().await;
+    let ctx = stack("cli-show").await;
+    let _running = seed(&ctx).await;
 
     let dead = ctx
-        .cli(&["queue", "show", "job-dead", "--json"])
+        .worker_cli(&["queue", "show", "job-dead", "--json"], &[])
         .await
         .json();
     assert_eq!(dead["queue"], "tool_calls");
@@ -365,20 +273,20 @@ async fn queue_show_prints_attempts_errors_worker_timings_and_result() {
     assert!(dead["finished_at_ms"].as_u64().unwrap() >= dead["started_at_ms"].as_u64().unwrap());
 
     let done = ctx
-        .cli(&["queue", "show", "job-done", "--json"])
+        .worker_cli(&["queue", "show", "job-done", "--json"], &[])
         .await
         .json();
     assert_eq!(done["state"], "completed");
     assert_eq!(done["result"], json!({"ok": true}));
 
-    let table = ctx.cli(&["queue", "show", "job-running"]).await;
+    let table = ctx.worker_cli(&["queue", "show", "job-running"], &[]).await;
     assert!(table.ok(), "{table:?}");
     assert_eq!(table.row("state"), ["state", "running"]);
     assert_eq!(table.row("worker"), ["worker", TEST_WORKER]);
     assert_eq!(table.row("attempts"), ["attempts", "1/5"]);
     assert_eq!(table.row("lease")[..2], ["lease", "until"]);
 
-    let dead_table = ctx.cli(&["queue", "show", "job-dead"]).await;
+    let dead_table = ctx.worker_cli(&["queue", "show", "job-dead"], &[]).await;
     assert!(dead_table.ok(), "{dead_table:?}");
     let error_row = dead_table.row("1");
     assert_eq!(error_row[2..4], ["permanent", "boom:"]);
@@ -387,22 +295,22 @@ async fn queue_show_prints_attempts_errors_worker_timings_and_result() {
 
 #[tokio::test]
 async fn queue_retry_puts_one_or_every_dead_job_back() {
-    let ctx = Ctx::new("cli-retry").await;
-    let _running = ctx.seed().await;
-    let q = ctx.queue(queue::TOOL_CALLS);
+    let ctx = stack("cli-retry").await;
+    let _running = seed(&ctx).await;
+    let q = queue_of(&ctx, queue::TOOL_CALLS);
 
     let one = ctx
-        .cli(&["queue", "retry", "job-dead", "--json"])
+        .worker_cli(&["queue", "retry", "job-dead", "--json"], &[])
         .await
         .json();
     assert_eq!(one, json!({"queue": "tool_calls", "retried": ["job-dead"]}));
     assert_eq!(state_of(&q, "job-dead").await, JobState::Queued);
 
-    let refused = ctx.cli(&["queue", "retry", "job-queued"]).await;
+    let refused = ctx.worker_cli(&["queue", "retry", "job-queued"], &[]).await;
     refused.assert_error(1, "job `job-queued` is queued: only dead jobs are retried");
 
     // Three dead jobs of `uploads`, retried at once (plain lines: stdout is not a terminal).
-    let uploads = ctx.queue(queue::UPLOADS);
+    let uploads = queue_of(&ctx, queue::UPLOADS);
     for i in 0..3 {
         let id = format!("dead-{i}");
         uploads.enqueue(&echo(&id)).await.unwrap();
@@ -413,7 +321,9 @@ async fn queue_retry_puts_one_or_every_dead_job_back() {
             .unwrap();
         assert_eq!(out, FailOutcome::Dead);
     }
-    let all = ctx.cli(&["queue", "retry", "--all-dead", "uploads"]).await;
+    let all = ctx
+        .worker_cli(&["queue", "retry", "--all-dead", "uploads"], &[])
+        .await;
     assert!(all.ok(), "{all:?}");
     for i in 0..3 {
         assert!(
@@ -429,7 +339,7 @@ async fn queue_retry_puts_one_or_every_dead_job_back() {
     assert_eq!((counts.dead, counts.queued), (0, 3));
 
     let none = ctx
-        .cli(&["queue", "retry", "--all-dead", "uploads", "--json"])
+        .worker_cli(&["queue", "retry", "--all-dead", "uploads", "--json"], &[])
         .await
         .json();
     assert_eq!(none, json!({"queue": "uploads", "retried": []}));
@@ -437,12 +347,12 @@ async fn queue_retry_puts_one_or_every_dead_job_back() {
 
 #[tokio::test]
 async fn queue_kill_cancels_waiting_jobs_and_stops_running_ones() {
-    let ctx = Ctx::new("cli-kill").await;
-    let running = ctx.seed().await;
-    let q = ctx.queue(queue::TOOL_CALLS);
+    let ctx = stack("cli-kill").await;
+    let running = seed(&ctx).await;
+    let q = queue_of(&ctx, queue::TOOL_CALLS);
 
     let queued = ctx
-        .cli(&["queue", "kill", "job-queued", "--json"])
+        .worker_cli(&["queue", "kill", "job-queued", "--json"], &[])
         .await
         .json();
     assert_eq!(
@@ -452,14 +362,14 @@ async fn queue_kill_cancels_waiting_jobs_and_stops_running_ones() {
     );
     assert_eq!(state_of(&q, "job-queued").await, JobState::Cancelled);
 
-    let later = ctx.cli(&["queue", "kill", "job-later"]).await;
+    let later = ctx.worker_cli(&["queue", "kill", "job-later"], &[]).await;
     assert!(later.ok(), "{later:?}");
     assert!(later.stdout.contains("cancelled job-later (was scheduled)"));
     assert_eq!(state_of(&q, "job-later").await, JobState::Cancelled);
 
     // A running job is told to stop; it ends cancelled when its worker lets go.
     let stopping = ctx
-        .cli(&["queue", "kill", "job-running", "--json"])
+        .worker_cli(&["queue", "kill", "job-running", "--json"], &[])
         .await
         .json();
     assert_eq!(stopping["outcome"], "stopping");
@@ -473,33 +383,36 @@ async fn queue_kill_cancels_waiting_jobs_and_stops_running_ones() {
     assert_eq!(ended, FailOutcome::Cancelled);
     assert_eq!(state_of(&q, "job-running").await, JobState::Cancelled);
 
-    ctx.cli(&["queue", "kill", "job-done"])
+    ctx.worker_cli(&["queue", "kill", "job-done"], &[])
         .await
         .assert_error(1, "job `job-done` already finished (completed)");
-    ctx.cli(&["queue", "kill", "no-such-job"])
+    ctx.worker_cli(&["queue", "kill", "no-such-job"], &[])
         .await
         .assert_error(1, "no job `no-such-job` in any queue");
-    let stats = ctx.cli(&["queue", "stats", "--json"]).await.json();
+    let stats = ctx
+        .worker_cli(&["queue", "stats", "--json"], &[])
+        .await
+        .json();
     assert_eq!(stats["queues"]["tool_calls"]["cancelled"], 3);
 }
 
 #[tokio::test]
 async fn queue_pause_and_resume_stop_and_restart_fetching() {
-    let ctx = Ctx::new("cli-pause").await;
-    let q = ctx.queue(queue::UPLOADS);
+    let ctx = stack("cli-pause").await;
+    let q = queue_of(&ctx, queue::UPLOADS);
     q.enqueue(&echo("waiting")).await.unwrap();
 
     let paused = ctx
-        .cli(&["queue", "pause", "uploads", "--json"])
+        .worker_cli(&["queue", "pause", "uploads", "--json"], &[])
         .await
         .json();
     assert_eq!(paused, json!({"queue": "uploads", "paused": true}));
     assert!(q.is_paused().await.unwrap());
     assert!(q.fetch(TEST_WORKER, 1).await.unwrap().is_empty());
-    let stats = ctx.cli(&["queue", "stats"]).await;
+    let stats = ctx.worker_cli(&["queue", "stats"], &[]).await;
     assert_eq!(stats.row("uploads").last().unwrap(), "yes");
 
-    let resumed = ctx.cli(&["queue", "resume", "uploads"]).await;
+    let resumed = ctx.worker_cli(&["queue", "resume", "uploads"], &[]).await;
     assert!(
         resumed.ok() && resumed.stdout.contains("resumed uploads"),
         "{resumed:?}"
@@ -510,8 +423,8 @@ async fn queue_pause_and_resume_stop_and_restart_fetching() {
 
 #[tokio::test]
 async fn sem_lists_limits_permits_in_use_and_live_holders() {
-    let ctx = Ctx::new("cli-sem").await;
-    let semaphores = Semaphores::from_config(&ctx.config).await.unwrap();
+    let ctx = stack("cli-sem").await;
+    let semaphores = Semaphores::from_config(&ctx.config()).await.unwrap();
     let guard = semaphores
         .try_acquire(
             &["global", "kimi"],
@@ -521,7 +434,7 @@ async fn sem_lists_limits_permits_in_use_and_live_holders() {
         .unwrap()
         .expect("free permits");
 
-    let report = ctx.cli(&["sem", "--json"]).await.json();
+    let report = ctx.worker_cli(&["sem", "--json"], &[]).await.json();
     let kimi = &report["semaphores"]["kimi"];
     assert_eq!(kimi["limit"], 6);
     assert_eq!(kimi["in_use"], 1);
@@ -537,7 +450,7 @@ async fn sem_lists_limits_permits_in_use_and_live_holders() {
         json!({"limit": 4, "in_use": 0, "holders": []})
     );
 
-    let table = ctx.cli(&["sem"]).await;
+    let table = ctx.worker_cli(&["sem"], &[]).await;
     assert!(table.ok(), "{table:?}");
     assert_eq!(table.row("kimi"), ["kimi", "6", "1"]);
     assert_eq!(table.row("glm"), ["glm", "4", "0"]);
@@ -551,46 +464,51 @@ async fn sem_lists_limits_permits_in_use_and_live_holders() {
     );
 
     guard.release().await.unwrap();
-    let after = ctx.cli(&["sem", "--json"]).await.json();
+    let after = ctx.worker_cli(&["sem", "--json"], &[]).await.json();
     assert_eq!(after["semaphores"]["kimi"]["in_use"], 0);
-    let empty = ctx.cli(&["sem"]).await;
+    let empty = ctx.worker_cli(&["sem"], &[]).await;
     assert!(empty.stdout.contains("no live leases"), "{empty:?}");
 }
 
 #[tokio::test]
 async fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
-    let ctx = Ctx::new("cli-bad").await;
+    let ctx = stack("cli-bad").await;
     for args in [
         &["queue", "list", "nope"][..],
         &["queue", "pause", "nope"],
         &["queue", "resume", "nope"],
         &["queue", "retry", "--all-dead", "nope"],
     ] {
-        ctx.cli(args).await.assert_error(1, "unknown queue `nope`");
+        ctx.worker_cli(args, &[])
+            .await
+            .assert_error(1, "unknown queue `nope`");
     }
-    ctx.cli(&["queue", "show", "missing"])
+    ctx.worker_cli(&["queue", "show", "missing"], &[])
         .await
         .assert_error(1, "no job `missing` in any queue");
-    ctx.cli(&["queue", "retry", "missing"])
+    ctx.worker_cli(&["queue", "retry", "missing"], &[])
         .await
         .assert_error(1, "no job `missing` in any queue");
-    ctx.cli(&["queue", "list", "tool_calls", "--state", "bogus"])
+    ctx.worker_cli(&["queue", "list", "tool_calls", "--state", "bogus"], &[])
         .await
         .assert_error(2, "unknown state `bogus`");
-    ctx.cli(&["queue", "list", "tool_calls", "--state", "cancelled"])
-        .await
-        .assert_error(2, "cancelled jobs are not listed");
-    ctx.cli(&["queue", "list", "tool_calls", "--limit", "0"])
+    ctx.worker_cli(
+        &["queue", "list", "tool_calls", "--state", "cancelled"],
+        &[],
+    )
+    .await
+    .assert_error(2, "cancelled jobs are not listed");
+    ctx.worker_cli(&["queue", "list", "tool_calls", "--limit", "0"], &[])
         .await
         .assert_error(2, "--limit");
-    ctx.cli(&["queue", "retry"])
+    ctx.worker_cli(&["queue", "retry"], &[])
         .await
         .assert_error(2, "required");
-    ctx.cli(&["files", "list", "--status", "bogus"])
+    ctx.worker_cli(&["files", "list", "--status", "bogus"], &[])
         .await
         .assert_error(2, "unknown status `bogus`");
     // Postgres is needed by files and storage commands, and its absence is said plainly.
-    ctx.cli(&["files", "list"])
+    ctx.worker_cli(&["files", "list"], &[])
         .await
         .assert_error(1, "cannot connect to Postgres");
 }
@@ -611,25 +529,25 @@ fn upload(file_id: &str, status: UploadStatus) -> NewUpload {
 
 #[tokio::test]
 async fn files_list_prints_upload_rows_by_status() {
-    let ctx = Ctx::with_db("cli-files").await;
-    let pool = ctx.pool().await;
-    db::insert_or_get(&pool, &upload("file-a", UploadStatus::StoragePending))
+    let ctx = stack_with_db("cli-files").await;
+    let pool = ctx.pool();
+    db::insert_or_get(pool, &upload("file-a", UploadStatus::StoragePending))
         .await
         .unwrap();
-    db::insert_or_get(&pool, &upload("file-b", UploadStatus::Completed))
+    db::insert_or_get(pool, &upload("file-b", UploadStatus::Completed))
         .await
         .unwrap();
-    let c = db::insert_or_get(&pool, &upload("file-c", UploadStatus::StoragePending))
+    let c = db::insert_or_get(pool, &upload("file-c", UploadStatus::StoragePending))
         .await
         .unwrap();
-    db::mark_storage_failed(&pool, c.row.id, "storage down")
+    db::mark_storage_failed(pool, c.row.id, "storage down")
         .await
         .unwrap();
 
     // Postgres only: an unreachable Redis does not matter.
     let no_redis = [("REDIS_URL", "redis://127.0.0.1:1")];
     let all = ctx
-        .cli_env(&["files", "list", "--json"], &no_redis)
+        .worker_cli(&["files", "list", "--json"], &no_redis)
         .await
         .json();
     let mut ids: Vec<&str> = all["files"]
@@ -642,7 +560,7 @@ async fn files_list_prints_upload_rows_by_status() {
     assert_eq!(ids, ["file-a", "file-b", "file-c"]);
 
     let failed = ctx
-        .cli_env(
+        .worker_cli(
             &["files", "list", "--status", "storage_failed", "--json"],
             &no_redis,
         )
@@ -656,12 +574,12 @@ async fn files_list_prints_upload_rows_by_status() {
     assert_eq!(files[0]["id"], c.row.id.to_string());
 
     let one = ctx
-        .cli_env(&["files", "list", "--limit", "1", "--json"], &no_redis)
+        .worker_cli(&["files", "list", "--limit", "1", "--json"], &no_redis)
         .await
         .json();
     assert_eq!(one["files"].as_array().unwrap().len(), 1);
 
-    let table = ctx.cli_env(&["files", "list"], &no_redis).await;
+    let table = ctx.worker_cli(&["files", "list"], &no_redis).await;
     assert!(table.ok(), "{table:?}");
     assert_eq!(table.row("ID")[..3], ["ID", "PROVIDER", "FILE"]);
     let row = table.row(&c.row.id.to_string());
@@ -672,7 +590,7 @@ async fn files_list_prints_upload_rows_by_status() {
     assert!(row.join(" ").ends_with("storage down"), "{row:?}");
 
     let none = ctx
-        .cli_env(&["files", "list", "--status", "deleted"], &no_redis)
+        .worker_cli(&["files", "list", "--status", "deleted"], &no_redis)
         .await;
     assert!(
         none.ok() && none.stdout.contains("no deleted files"),
@@ -682,24 +600,24 @@ async fn files_list_prints_upload_rows_by_status() {
 
 #[tokio::test]
 async fn storage_retry_failed_enqueues_a_push_for_every_failed_row() {
-    let ctx = Ctx::with_db("cli-retry-failed").await;
-    let pool = ctx.pool().await;
+    let ctx = stack_with_db("cli-retry-failed").await;
+    let pool = ctx.pool();
     let mut failed = Vec::new();
     for id in ["file-x", "file-y"] {
-        let up = db::insert_or_get(&pool, &upload(id, UploadStatus::StoragePending))
+        let up = db::insert_or_get(pool, &upload(id, UploadStatus::StoragePending))
             .await
             .unwrap();
-        db::mark_storage_failed(&pool, up.row.id, "storage down")
+        db::mark_storage_failed(pool, up.row.id, "storage down")
             .await
             .unwrap();
         failed.push(up.row.id);
     }
-    db::insert_or_get(&pool, &upload("file-ok", UploadStatus::Completed))
+    db::insert_or_get(pool, &upload("file-ok", UploadStatus::Completed))
         .await
         .unwrap();
-    let pushes = ctx.queue(queue::STORAGE_PUSH);
+    let pushes = queue_of(&ctx, queue::STORAGE_PUSH);
 
-    let out = ctx.cli(&["storage", "retry-failed"]).await;
+    let out = ctx.worker_cli(&["storage", "retry-failed"], &[]).await;
     assert!(out.ok(), "{out:?}");
     for row in &failed {
         assert!(
@@ -711,7 +629,10 @@ async fn storage_retry_failed_enqueues_a_push_for_every_failed_row() {
     assert_eq!(pushes.counts().await.unwrap().queued, 2);
 
     // Again, as JSON: the same jobs (a re-drive before the push ran enqueues nothing new).
-    let again = ctx.cli(&["storage", "retry-failed", "--json"]).await.json();
+    let again = ctx
+        .worker_cli(&["storage", "retry-failed", "--json"], &[])
+        .await
+        .json();
     let redriven = again["redriven"].as_array().unwrap();
     assert_eq!(redriven.len(), 2);
     for r in redriven {
@@ -727,7 +648,7 @@ async fn storage_retry_failed_enqueues_a_push_for_every_failed_row() {
     assert_eq!(pushes.counts().await.unwrap().queued, 2);
 
     // The older spelling still works.
-    let legacy = ctx.cli(&["storage", "redrive", "--all"]).await;
+    let legacy = ctx.worker_cli(&["storage", "redrive", "--all"], &[]).await;
     assert!(
         legacy.ok() && legacy.stdout.contains("re-driven"),
         "{legacy:?}"
@@ -756,24 +677,24 @@ async fn scrape(url: &str) -> String {
 
 #[tokio::test]
 async fn worker_metrics_report_jobs_queues_and_semaphores() {
-    let ctx = Ctx::new("cli-metrics").await;
+    let ctx = stack("cli-metrics").await;
     let port = free_port();
     let closed = free_port();
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let env = [
-        ("REDIS_URL", redis_url()),
-        ("EXAI_REDIS_PREFIX", ctx.prefix.clone()),
-        ("EXAI_AUTO_MIGRATE", "false".to_owned()),
-        ("DATABASE_URL", NO_POSTGRES.to_owned()),
-        ("EXAI_WORKER_METRICS_ADDR", format!("127.0.0.1:{port}")),
-        ("EXAI_WS_KIMI_MAX_INFLIGHT", "1".to_owned()),
-        ("KIMI_SEMAPHORE_TIMEOUT", "0.1".to_owned()),
-        ("KIMI_API_KEY", "sk-test".to_owned()),
-        // Nothing listens there: every chat attempt fails with a transient connection error.
-        ("KIMI_API_URL", format!("http://127.0.0.1:{closed}/v1")),
-    ];
-    let _worker = spawn_bin("exai-worker", &["run", "--queues", "tool_calls"], &env);
-    let q = ctx.queue(queue::TOOL_CALLS);
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let kimi_url = format!("http://127.0.0.1:{closed}/v1");
+    let _worker = ctx.spawn_worker_with(
+        &["--queues", "tool_calls"],
+        &[
+            ("EXAI_WORKER_METRICS_ADDR", metrics_addr.as_str()),
+            ("EXAI_WS_KIMI_MAX_INFLIGHT", "1"),
+            ("KIMI_SEMAPHORE_TIMEOUT", "0.1"),
+            ("KIMI_API_KEY", "sk-test"),
+            // Nothing listens there: every chat attempt fails with a transient connection error.
+            ("KIMI_API_URL", kimi_url.as_str()),
+        ],
+    );
+    let q = queue_of(&ctx, queue::TOOL_CALLS);
 
     // Three echo jobs complete; an unknown tool is dead at once.
     for i in 0..3 {
@@ -932,7 +853,7 @@ async fn worker_metrics_count_storage_push_outcomes() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let addr = format!("127.0.0.1:{port}");
-    let stack = uploads_support::Stack::new(
+    let stack = TestStack::uploads(
         "cli-push-metrics",
         &[
             ("EXAI_WORKER_METRICS_ADDR", addr.as_str()),
@@ -959,14 +880,14 @@ async fn worker_metrics_count_storage_push_outcomes() {
 
     // Storage is down: the push is retried once, then gives up.
     stack
-        .sim
+        .sim()
         .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 503}))
         .unwrap();
     let down = upload("down.txt", b"bytes storage never gets").await;
     stack.wait_status(&down, UploadStatus::StorageFailed).await;
     // Storage is back: the next push succeeds.
     let cleared = reqwest::Client::new()
-        .delete(format!("{}/_sim/faults", stack.sim.url()))
+        .delete(format!("{}/_sim/faults", stack.sim().url()))
         .send()
         .await
         .unwrap();

@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use exai_shared::jobs::ToolCallJob;
-use exai_shared::keys::Keys;
 use exai_shared::queue::{self, FailKind, FailOutcome, JobState, NewJob, Queue, QueuePolicy};
 use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::{Acquire, HolderInfo, Semaphores};
 use exai_shared::subscriber::Subscriber;
-use exai_tests::{RedisCluster, spawn_bin, test_config, unique_prefix, wait_until};
+use exai_tests::{RedisCluster, TestStack, spawn_bin, wait_until};
 use tokio_util::sync::CancellationToken;
 
 fn echo(n: u64) -> NewJob {
@@ -28,21 +27,17 @@ fn echo(n: u64) -> NewJob {
 #[tokio::test]
 async fn queues_semaphores_and_workers_run_on_a_redis_cluster() {
     let cluster = RedisCluster::start().await;
-    let prefix = unique_prefix("cluster");
     let nodes = cluster.nodes_env();
-    let config = test_config(
-        &prefix,
-        &[
+    let ctx = TestStack::builder("cluster")
+        .envs(&[
             ("REDIS_CLUSTER_NODES", nodes.as_str()),
             ("EXAI_SEMAPHORE_LEASE_MS", "2000"),
             ("EXAI_JOB_LEASE_MS", "1000"),
-        ],
-    );
-    let conn = RedisHandle::connect(&config.redis)
-        .await
-        .expect("cluster connection");
+        ])
+        .start()
+        .await;
+    let (config, conn, keys) = (ctx.config(), ctx.conn.clone(), ctx.keys.clone());
     assert!(matches!(conn, RedisHandle::Cluster(_)));
-    let keys = Keys::new(&prefix);
     let policy = QueuePolicy::from_config(&config.jobs);
 
     // Every queue's scripts, on whichever master owns the queue's slot.
@@ -124,7 +119,7 @@ async fn queues_semaphores_and_workers_run_on_a_redis_cluster() {
         &["run", "--queues", "tool_calls", "--concurrency", "8"],
         &[
             ("REDIS_CLUSTER_NODES", nodes.clone()),
-            ("EXAI_REDIS_PREFIX", prefix.clone()),
+            ("EXAI_REDIS_PREFIX", ctx.prefix.clone()),
             ("EXAI_AUTO_MIGRATE", "false".to_owned()),
         ],
     );

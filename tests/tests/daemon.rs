@@ -1,21 +1,18 @@
 //! The WebSocket daemon end to end: a real `exai-daemon`, real `exai-worker` processes and
 //! Redis, each test in its own key prefix. What docs/protocol.md promises, checked on the wire.
 //! The checks that are pure protocol (the hello, bad requests, frame, connection and call
-//! limits, timeouts) run against a daemon served in the test's process ([`LocalStack`]: the
+//! limits, timeouts) run against a daemon served in the test's process ([`TestStack`] with a local daemon: the
 //! same connection code over an in-memory pipe, and the real Redis); the ones about processes
 //! (workers, restarts, signals, the HTTP endpoints) against the binaries.
-
-mod daemon_support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use daemon_support::local::LocalStack;
-use daemon_support::{Client, Seen, Stack, TOKEN, echoed};
 use exai_shared::jobs::{ToolCallJob, ToolResult};
 use exai_shared::protocol::call_job_id;
-use exai_shared::queue::{JobState, NewJob};
-use exai_tests::{send_signal, wait_until};
+use exai_shared::queue::{JobState, NewJob, TOOL_CALLS};
+use exai_tests::daemon::{Client, FRAME_WAIT, Seen, TOKEN, echoed};
+use exai_tests::{TestStack, send_signal, wait_until};
 use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -24,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn hello_failures_close_with_the_protocols_codes() {
-    let stack = LocalStack::start("d-hello", &[]).await;
+    let stack = TestStack::with_local_daemon("d-hello", &[]).await;
 
     // Wrong token: hello_ack unauthorized, then 4003.
     let mut c = stack.connect().await;
@@ -81,7 +78,8 @@ async fn hello_failures_close_with_the_protocols_codes() {
 
 #[tokio::test]
 async fn a_silent_client_is_closed_with_4002() {
-    let stack = LocalStack::start("d-hello-timeout", &[("EXAI_WS_HELLO_TIMEOUT", "0.3")]).await;
+    let stack =
+        TestStack::with_local_daemon("d-hello-timeout", &[("EXAI_WS_HELLO_TIMEOUT", "0.3")]).await;
     let mut c = stack.connect().await;
     assert_eq!(
         c.next().await,
@@ -94,7 +92,7 @@ async fn a_silent_client_is_closed_with_4002() {
 
 #[tokio::test]
 async fn list_tools_answers_in_both_modes() {
-    let stack = LocalStack::start("d-list", &[]).await;
+    let stack = TestStack::with_local_daemon("d-list", &[]).await;
     let (mut c, _) = stack.client(None).await;
     let res = c.op("list_tools", "l-1").await;
     assert_eq!(res["op"], "list_tools_res");
@@ -131,7 +129,7 @@ async fn list_tools_answers_in_both_modes() {
 
 #[tokio::test]
 async fn a_streaming_call_is_acked_reports_progress_and_answers() {
-    let stack = Stack::start("d-stream", &[], 1).await;
+    let stack = TestStack::with_daemon("d-stream", &[], 1).await;
     let (mut c, session) = stack.client(None).await;
     let args = json!({"delay_ms": 600, "hello": "world"});
     let (res, before) = c.call("r-1", "test_echo", args.clone()).await;
@@ -176,7 +174,7 @@ async fn a_streaming_call_is_acked_reports_progress_and_answers() {
 
 #[tokio::test]
 async fn a_single_frame_call_gets_exactly_one_frame_under_1_mib() {
-    let stack = Stack::start("d-single", &[], 1).await;
+    let stack = TestStack::with_daemon("d-single", &[], 1).await;
     let mut c = Client::connect(&stack.url()).await;
     // Exactly what the stdio shim sends.
     let ack = c
@@ -219,14 +217,11 @@ async fn a_single_frame_call_gets_exactly_one_frame_under_1_mib() {
         json!({"op": "call_tool", "id": "call_1", "name": "test_echo", "arguments": {"big": big}}),
     )
     .await;
-    let frame = tokio::time::timeout(
-        daemon_support::FRAME_WAIT,
-        futures::StreamExt::next(&mut c.ws),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .unwrap();
+    let frame = tokio::time::timeout(FRAME_WAIT, futures::StreamExt::next(&mut c.ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let text = frame.into_text().unwrap();
     assert!(text.len() < 1024 * 1024, "frame of {} bytes", text.len());
     let res: Value = serde_json::from_str(text.as_str()).unwrap();
@@ -245,7 +240,7 @@ async fn a_single_frame_call_gets_exactly_one_frame_under_1_mib() {
 
 #[tokio::test]
 async fn a_hundred_concurrent_calls_on_one_socket_are_each_answered_once() {
-    let stack = Stack::start("d-100-one", &[], 1).await;
+    let stack = TestStack::with_daemon("d-100-one", &[], 1).await;
     let (mut c, _) = stack.client(None).await;
     for n in 0..100 {
         c.send(
@@ -274,7 +269,7 @@ async fn a_hundred_concurrent_calls_on_one_socket_are_each_answered_once() {
 
 #[tokio::test]
 async fn a_hundred_calls_over_fifty_sockets_are_each_answered_on_their_own_socket() {
-    let stack = Stack::start(
+    let stack = TestStack::with_daemon(
         "d-100-fifty",
         &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "100")],
         1,
@@ -313,7 +308,7 @@ async fn a_hundred_calls_over_fifty_sockets_are_each_answered_on_their_own_socke
 
 #[tokio::test]
 async fn a_client_that_reconnects_collects_its_result() {
-    let stack = Stack::start("d-reconnect", &[], 1).await;
+    let stack = TestStack::with_daemon("d-reconnect", &[], 1).await;
     let (mut c, session) = stack.client(Some("reconnecting-client")).await;
     c.send(
         json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
@@ -348,7 +343,7 @@ async fn a_client_that_reconnects_collects_its_result() {
 
 #[tokio::test]
 async fn a_result_stored_before_anyone_listened_is_delivered() {
-    let mut stack = Stack::start("d-before", &[], 0).await;
+    let mut stack = TestStack::with_daemon("d-before", &[], 0).await;
     let session = "early-session";
     let job_id = call_job_id(session, "r-1");
     // The job is enqueued and finished before the client ever subscribes.
@@ -361,11 +356,11 @@ async fn a_result_stored_before_anyone_listened_is_delivered() {
         staged: None,
     };
     stack
-        .queue
+        .queue(TOOL_CALLS)
         .enqueue(&NewJob::json(&job).unwrap().with_id(job_id.clone()))
         .await
         .unwrap();
-    stack.start_worker();
+    stack.add_worker();
     assert!(stack.wait_state(&job_id, JobState::Completed).await);
 
     let (mut c, _) = stack.client(Some(session)).await;
@@ -381,7 +376,7 @@ async fn a_result_stored_before_anyone_listened_is_delivered() {
 
 #[tokio::test]
 async fn a_daemon_killed_mid_call_loses_nothing_and_the_job_runs_once() {
-    let mut stack = Stack::start("d-kill", &[], 1).await;
+    let mut stack = TestStack::with_daemon("d-kill", &[], 1).await;
     let (mut c, session) = stack.client(None).await;
     c.send(
         json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
@@ -392,12 +387,16 @@ async fn a_daemon_killed_mid_call_loses_nothing_and_the_job_runs_once() {
     let job_id = call_job_id(&session, "r-1");
     assert!(stack.wait_state(&job_id, JobState::Running).await);
 
-    send_signal(stack.daemon.child.pid(), "KILL");
-    stack.daemon.child.wait_exit(Duration::from_secs(5)).await;
+    send_signal(stack.daemon().child.pid(), "KILL");
+    stack
+        .daemon_mut()
+        .child
+        .wait_exit(Duration::from_secs(5))
+        .await;
     // Frames sent before the kill may still be buffered; then the socket ends.
     while c.next().await.is_ok() {}
 
-    stack.restart_daemon().await;
+    stack.start_daemon().await;
     let (mut c, _) = stack.client(Some(&session)).await;
     let (res, _) = c
         .call("r-1", "test_echo", json!({"delay_ms": 1500, "v": "kept"}))
@@ -406,13 +405,13 @@ async fn a_daemon_killed_mid_call_loses_nothing_and_the_job_runs_once() {
     let job = stack.job(&job_id).await.unwrap();
     assert_eq!(job.state, JobState::Completed);
     assert_eq!(job.attempts, 1, "the job ran once");
-    assert_eq!(stack.queue.counts().await.unwrap().completed, 1);
+    assert_eq!(stack.queue(TOOL_CALLS).counts().await.unwrap().completed, 1);
     stack.cleanup().await;
 }
 
 #[tokio::test]
 async fn two_sessions_with_the_same_request_id_never_see_each_others_results() {
-    let stack = Stack::start("d-isolation", &[], 1).await;
+    let stack = TestStack::with_daemon("d-isolation", &[], 1).await;
     let (mut a, sa) = stack.client(Some("session-a")).await;
     let (mut b, sb) = stack.client(Some("session-b")).await;
     for (c, who) in [(&mut a, "a"), (&mut b, "b")] {
@@ -461,7 +460,7 @@ async fn status_of(c: &mut Client, op: &str, request_id: &str) -> Value {
 
 #[tokio::test]
 async fn job_status_reports_a_waiting_calls_place_in_line() {
-    let stack = Stack::start("d-position", &[], 0).await;
+    let stack = TestStack::with_daemon("d-position", &[], 0).await;
     let (mut c, _) = stack.client(None).await;
     for r in ["r-1", "r-2", "r-3"] {
         c.send(json!({"op": "call_tool", "request_id": r, "name": "test_echo", "arguments": {}}))
@@ -496,7 +495,7 @@ async fn job_status_reports_a_waiting_calls_place_in_line() {
     let backlog = exai_shared::queue::POSITION_SCAN_MAX;
     for _ in 0..backlog / 1000 {
         let jobs: Vec<NewJob> = (0..1000).map(|_| NewJob::new(payload.clone())).collect();
-        stack.queue.enqueue_bulk(&jobs).await.unwrap();
+        stack.queue(TOOL_CALLS).enqueue_bulk(&jobs).await.unwrap();
     }
     c.send(json!({"op": "call_tool", "request_id": "r-4", "name": "test_echo", "arguments": {}}))
         .await;
@@ -537,7 +536,7 @@ async fn cancel_replies(c: &mut Client, request_id: &str) -> (Value, Value) {
 
 #[tokio::test]
 async fn cancelling_a_queued_call_removes_it() {
-    let stack = Stack::start("d-cancel-queued", &[], 0).await;
+    let stack = TestStack::with_daemon("d-cancel-queued", &[], 0).await;
     let (mut c, session) = stack.client(None).await;
     c.send(json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo", "arguments": {}}))
         .await;
@@ -565,7 +564,7 @@ async fn cancelling_a_queued_call_removes_it() {
 
 #[tokio::test]
 async fn cancelling_a_running_call_stops_its_worker() {
-    let stack = Stack::start("d-cancel-running", &[], 1).await;
+    let stack = TestStack::with_daemon("d-cancel-running", &[], 1).await;
     let (mut c, session) = stack.client(None).await;
     c.send(
         json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo",
@@ -598,7 +597,7 @@ async fn cancelling_a_running_call_stops_its_worker() {
 
 #[tokio::test]
 async fn an_upload_purpose_moonshot_refuses_is_an_invalid_arguments_error() {
-    let stack = LocalStack::start("d-purpose", &[]).await;
+    let stack = TestStack::with_local_daemon("d-purpose", &[]).await;
     let (mut c, session) = stack.client(None).await;
     let calls = [
         (
@@ -641,7 +640,7 @@ async fn an_upload_purpose_moonshot_refuses_is_an_invalid_arguments_error() {
 
 #[tokio::test]
 async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable() {
-    let stack = LocalStack::start("d-errors", &[]).await;
+    let stack = TestStack::with_local_daemon("d-errors", &[]).await;
     let (mut c, _) = stack.client(None).await;
 
     let res = c.op("frobnicate", "e-1").await;
@@ -717,7 +716,7 @@ async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable()
         c.op("ping", "p").await,
         json!({"op": "pong", "request_id": "p"})
     );
-    assert_eq!(stack.queue.counts().await.unwrap().queued, 0);
+    assert_eq!(stack.queue(TOOL_CALLS).counts().await.unwrap().queued, 0);
     stack.cleanup().await;
 }
 
@@ -725,7 +724,7 @@ async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable()
 async fn an_oversized_frame_closes_the_connection_with_1009() {
     // A daemon process: what this checks (the client reads the close, not a reset) is about a
     // real TCP socket.
-    let stack = Stack::start("d-too-big", &[("EXAI_WS_MAX_BYTES", "65536")], 0).await;
+    let stack = TestStack::with_daemon("d-too-big", &[("EXAI_WS_MAX_BYTES", "65536")], 0).await;
     let (mut c, _) = stack.client(None).await;
     c.send(json!({"op": "ping", "request_id": "r", "pad": "y".repeat(60_000)}))
         .await;
@@ -749,7 +748,8 @@ async fn an_oversized_frame_closes_the_connection_with_1009() {
 
 #[tokio::test]
 async fn connections_over_a_limit_are_closed_with_1008() {
-    let stack = LocalStack::start("d-conn-ip", &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "2")]).await;
+    let stack =
+        TestStack::with_local_daemon("d-conn-ip", &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "2")]).await;
     let (mut a, _) = stack.client(None).await;
     let (_b, _) = stack.client(None).await;
     let mut c = stack.connect().await;
@@ -776,7 +776,8 @@ async fn connections_over_a_limit_are_closed_with_1008() {
     assert!(freed);
     stack.cleanup().await;
 
-    let stack = LocalStack::start("d-conn-total", &[("EXAI_WS_MAX_CONNECTIONS", "1")]).await;
+    let stack =
+        TestStack::with_local_daemon("d-conn-total", &[("EXAI_WS_MAX_CONNECTIONS", "1")]).await;
     let (_a, _) = stack.client(None).await;
     let mut c = stack.connect().await;
     let (code, reason) = c.closed().await;
@@ -787,7 +788,8 @@ async fn connections_over_a_limit_are_closed_with_1008() {
 
 #[tokio::test]
 async fn calls_in_flight_per_session_are_limited() {
-    let stack = LocalStack::start("d-inflight", &[("EXAI_WS_SESSION_MAX_INFLIGHT", "2")]).await;
+    let stack =
+        TestStack::with_local_daemon("d-inflight", &[("EXAI_WS_SESSION_MAX_INFLIGHT", "2")]).await;
     let (mut c, session) = stack.client(None).await;
     for n in 1..=2 {
         c.send(json!({"op": "call_tool", "request_id": format!("r-{n}"), "name": "test_echo", "arguments": {}}))
@@ -813,7 +815,8 @@ async fn calls_in_flight_per_session_are_limited() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed() {
-    let stack = LocalStack::start("d-idle", &[("EXAI_WS_IDLE_TIMEOUT_SECS", "0.5")]).await;
+    let stack =
+        TestStack::with_local_daemon("d-idle", &[("EXAI_WS_IDLE_TIMEOUT_SECS", "0.5")]).await;
     let (mut c, _) = stack.client(None).await;
     assert_eq!(c.closed().await, (1000, "idle timeout".to_owned()));
     stack.cleanup().await;
@@ -821,7 +824,8 @@ async fn an_idle_connection_is_closed() {
 
 #[tokio::test]
 async fn a_call_past_its_deadline_times_out_and_is_cancelled() {
-    let stack = LocalStack::start("d-deadline", &[("EXAI_WS_CALL_TIMEOUT_SECS", "0.5")]).await;
+    let stack =
+        TestStack::with_local_daemon("d-deadline", &[("EXAI_WS_CALL_TIMEOUT_SECS", "0.5")]).await;
     let (mut c, session) = stack.client(None).await;
     let (res, _) = c.call("r-1", "test_echo", json!({})).await;
     assert_eq!(res["error"]["code"], "TIMEOUT");
@@ -837,7 +841,7 @@ async fn a_call_past_its_deadline_times_out_and_is_cancelled() {
 #[tokio::test]
 async fn a_single_frame_client_is_not_kept_waiting() {
     // The call's own deadline stays far away, so only the single-frame wait can end it.
-    let stack = LocalStack::start(
+    let stack = TestStack::with_local_daemon(
         "d-single-wait",
         &[
             ("EXAI_WS_CALL_TIMEOUT_SECS", "60"),
@@ -862,7 +866,7 @@ async fn a_single_frame_client_is_not_kept_waiting() {
 
 #[tokio::test]
 async fn health_and_queue_stats_report_queues_and_semaphores() {
-    let stack = Stack::start("d-health-op", &[], 1).await;
+    let stack = TestStack::with_daemon("d-health-op", &[], 1).await;
     let (mut c, _) = stack.client(None).await;
     c.call("r-1", "test_echo", json!({})).await;
     let health = c.op("health", "h").await;
@@ -903,16 +907,16 @@ async fn health_worker_pids(http: &reqwest::Client, base: &str) -> (Vec<u64>, Va
 
 #[tokio::test]
 async fn health_lists_live_workers_and_forgets_a_killed_one_after_its_ttl() {
-    let mut stack = Stack::start("d-health-workers", &[], 0).await;
+    let mut stack = TestStack::with_daemon("d-health-workers", &[], 0).await;
     // The registration lasts one job lease without a renewal.
     let lease = [("EXAI_JOB_LEASE_MS", "1500")];
-    stack.start_worker_with(&lease);
-    stack.start_worker_with(&lease);
+    stack.add_worker_with(&lease);
+    stack.add_worker_with(&lease);
     let pid = |i: usize| u64::from(stack.workers[i].pid());
     let mut both = vec![pid(0), pid(1)];
     both.sort_unstable();
     let http = reqwest::Client::new();
-    let base = format!("http://{}", stack.daemon.addr);
+    let base = format!("http://{}", stack.daemon().addr);
     assert!(
         wait_until(Duration::from_secs(20), || async {
             health_worker_pids(&http, &base).await.0 == both
@@ -971,9 +975,14 @@ async fn health_lists_live_workers_and_forgets_a_killed_one_after_its_ttl() {
 #[tokio::test]
 async fn http_health_ready_and_metrics() {
     let redis = exai_tests::RedisServer::start(false).await;
-    let stack = Stack::start_on("d-http", &redis.url(), &[], 1).await;
+    let stack = TestStack::builder("d-http")
+        .redis(&redis.url())
+        .daemon()
+        .workers(1)
+        .start()
+        .await;
     let http = reqwest::Client::new();
-    let base = format!("http://{}", stack.daemon.addr);
+    let base = format!("http://{}", stack.daemon().addr);
 
     let health: Value = http
         .get(format!("{base}/health"))
@@ -1036,17 +1045,17 @@ async fn http_health_ready_and_metrics() {
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_leaves_queued_jobs_in_redis() {
-    let mut stack = Stack::start("d-sigterm", &[], 0).await;
+    let mut stack = TestStack::with_daemon("d-sigterm", &[], 0).await;
     let (mut c, session) = stack.client(None).await;
     c.send(
         json!({"op": "call_tool", "request_id": "r-1", "name": "test_echo", "arguments": {"v": 1}}),
     )
     .await;
     assert_eq!(c.recv().await["op"], "call_tool_ack");
-    send_signal(stack.daemon.child.pid(), "TERM");
+    send_signal(stack.daemon().child.pid(), "TERM");
     assert_eq!(c.closed().await.0, 1001);
     let status = stack
-        .daemon
+        .daemon_mut()
         .child
         .wait_exit(Duration::from_secs(10))
         .await
@@ -1055,9 +1064,14 @@ async fn sigterm_closes_clients_with_1001_and_leaves_queued_jobs_in_redis() {
     let job_id = call_job_id(&session, "r-1");
     assert_eq!(stack.job(&job_id).await.unwrap().state, JobState::Queued);
     // A worker started later runs it, and the result waits for the client.
-    stack.start_worker();
+    stack.add_worker();
     assert!(stack.wait_state(&job_id, JobState::Completed).await);
-    let stored = stack.queue.result(&job_id).await.unwrap().unwrap();
+    let stored = stack
+        .queue(TOOL_CALLS)
+        .result(&job_id)
+        .await
+        .unwrap()
+        .unwrap();
     let result: ToolResult = serde_json::from_slice(&stored.result.unwrap()).unwrap();
     assert!(result.joined_text().contains("\"v\":1"));
     stack.cleanup().await;

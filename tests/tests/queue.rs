@@ -22,18 +22,14 @@
 //! Each test works under its own key prefix and deletes it at the end, even when it fails.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use exai_shared::keys::Keys;
 use exai_shared::queue::{
-    Ack, Backoff, CancelOutcome, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobState,
-    LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
+    Ack, Backoff, CancelOutcome, CancelSignal, Enqueued, FailKind, FailOutcome, Fetched, JobLease,
+    JobState, LeaseState, NewJob, Queue, QueuePolicy, TOOL_CALLS, Wake, Waker,
 };
-use exai_shared::redis::RedisHandle;
-use exai_shared::subscriber::Subscriber;
-use exai_tests::{test_config, unique_prefix, wait_until};
+use exai_tests::{TestStack, wait_for, wait_until};
 
 /// A poll fallback far above any push wake-up, so a fast wake-up can only come from the push.
 const SLOW_POLL: Duration = Duration::from_secs(10);
@@ -41,43 +37,18 @@ const SLOW_POLL: Duration = Duration::from_secs(10);
 /// How long a condition may take before a test gives up on it.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// One test's namespace: its prefix, connection and key layout; the keys go on drop.
-struct Ctx {
-    prefix: String,
-    keys: Keys,
-    conn: RedisHandle,
-    config: exai_shared::Config,
-    /// Deletes the test's keys when the test ends, even on panic.
-    _cleanup: exai_tests::PrefixGuard,
+/// A waker of worker `w` on `tool_calls`, with a subscriber of its own.
+async fn waker(ctx: &TestStack) -> Waker {
+    Waker::new(&ctx.subscriber().await, &ctx.keys, &[(TOOL_CALLS, "w")])
+        .await
+        .expect("subscribe")
 }
 
-impl Ctx {
-    async fn new(test: &str) -> Self {
-        let prefix = unique_prefix(test);
-        let config = test_config(&prefix, &[]);
-        let conn = RedisHandle::connect(&config.redis)
-            .await
-            .expect("connect to redis");
-        Self {
-            keys: Keys::new(prefix.clone()),
-            _cleanup: exai_tests::PrefixGuard::new(&prefix, exai_tests::redis_url()),
-            prefix,
-            conn,
-            config,
-        }
-    }
-
-    fn queue(&self, policy: QueuePolicy) -> Queue {
-        Queue::new(self.conn.clone(), &self.keys, TOOL_CALLS, policy)
-    }
-
-    async fn waker(&self) -> Waker {
-        let client = RedisHandle::pubsub_client(&self.config.redis).expect("pubsub client");
-        let subscriber = Subscriber::connect(client).await.expect("subscriber");
-        Waker::new(&subscriber, &self.keys, &[(TOOL_CALLS, "w")])
-            .await
-            .expect("subscribe")
-    }
+/// A test's stack and its `tool_calls` queue with the [`fast_policy`].
+async fn fast_queue(test: &str) -> (TestStack, Queue) {
+    let ctx = TestStack::start(test).await;
+    let q = ctx.queue_with(TOOL_CALLS, fast_policy());
+    (ctx, q)
 }
 
 /// A policy with short timings, so leases expire and retries come due within a test.
@@ -95,27 +66,24 @@ fn fast_policy() -> QueuePolicy {
     }
 }
 
-/// Polls `f` until it yields a value or the deadline passes.
-async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// `n` jobs with payload `payload` and ids `<prefix>0`, `<prefix>1`, …
+fn numbered(payload: &str, prefix: &str, n: usize) -> Vec<NewJob> {
+    (0..n)
+        .map(|i| NewJob::new(payload).with_id(format!("{prefix}{i}")))
+        .collect()
+}
+
+/// Each fetched job's lease with its id as the result, as a batch for `complete_many`.
+fn id_results(fetched: &[Fetched]) -> Vec<(JobLease, Vec<u8>)> {
+    fetched
+        .iter()
+        .map(|f| (f.lease.clone(), f.id().as_bytes().to_vec()))
+        .collect()
 }
 
 /// Fetches one job as soon as there is one, sweeping meanwhile as a live worker would.
 async fn fetch_one(q: &Queue, worker: &str) -> Fetched {
-    eventually(DEADLINE, || async {
+    wait_for(DEADLINE, || async {
         q.sweep(100).await.expect("sweep");
         q.fetch(worker, 1).await.expect("fetch").pop()
     })
@@ -130,8 +98,7 @@ fn fetched_at(q: &Queue, job: &Fetched) -> u64 {
 
 #[tokio::test]
 async fn enqueue_is_idempotent_single_and_bulk() {
-    let ctx = Ctx::new("q-idem").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-idem").await;
 
     let first = q.enqueue(&NewJob::new("a").with_id("job-a")).await.unwrap();
     assert_eq!(first, Enqueued::Created("job-a".into()));
@@ -178,8 +145,7 @@ async fn enqueue_is_idempotent_single_and_bulk() {
 
 #[tokio::test]
 async fn bulk_enqueue_keeps_order_and_fetch_is_fifo_and_bounded() {
-    let ctx = Ctx::new("q-bulk").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-bulk").await;
 
     // More than one script call's worth, so the pipelined path is exercised too.
     let jobs: Vec<NewJob> = (0..2500)
@@ -225,8 +191,7 @@ async fn bulk_enqueue_keeps_order_and_fetch_is_fifo_and_bounded() {
 
 #[tokio::test]
 async fn fetch_returns_at_most_max() {
-    let ctx = Ctx::new("q-max").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-max").await;
     let jobs: Vec<NewJob> = (0..25).map(|i| NewJob::new(format!("{i}"))).collect();
     q.enqueue_bulk(&jobs).await.unwrap();
     let sizes = [
@@ -241,8 +206,7 @@ async fn fetch_returns_at_most_max() {
 
 #[tokio::test]
 async fn delayed_job_is_not_fetched_before_due() {
-    let ctx = Ctx::new("q-delay").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-delay").await;
     let delay = Duration::from_millis(400);
     q.enqueue(&NewJob::new("later").with_id("d1").with_delay(delay))
         .await
@@ -263,7 +227,7 @@ async fn delayed_job_is_not_fetched_before_due() {
     let run_at = info.run_at_ms.expect("run_at stored");
     assert_eq!(run_at, info.enqueued_at_ms + delay.as_millis() as u64);
 
-    let job = eventually(DEADLINE, || async { q.fetch("w", 10).await.unwrap().pop() })
+    let job = wait_for(DEADLINE, || async { q.fetch("w", 10).await.unwrap().pop() })
         .await
         .expect("the delayed job is fetched once due");
     assert_eq!(job.id(), "d1");
@@ -275,8 +239,7 @@ async fn delayed_job_is_not_fetched_before_due() {
 
 #[tokio::test]
 async fn expired_lease_is_rescued_by_sweep_and_counts_an_attempt() {
-    let ctx = Ctx::new("q-rescue").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-rescue").await;
     q.enqueue(&NewJob::new("x").with_id("r1")).await.unwrap();
 
     let first = q.fetch("dead-worker", 1).await.unwrap().pop().unwrap();
@@ -315,8 +278,8 @@ async fn expired_lease_is_rescued_by_sweep_and_counts_an_attempt() {
 
 #[tokio::test]
 async fn heartbeat_keeps_the_lease() {
-    let ctx = Ctx::new("q-heartbeat").await;
-    let q = ctx.queue(fast_policy()); // lease 300 ms
+    let ctx = TestStack::start("q-heartbeat").await;
+    let q = ctx.queue_with(TOOL_CALLS, fast_policy()); // lease 300 ms
     q.enqueue(&NewJob::new("x").with_id("h1")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
 
@@ -344,11 +307,14 @@ async fn heartbeat_keeps_the_lease() {
 
 #[tokio::test]
 async fn job_that_crashes_every_time_ends_dead_with_a_reason() {
-    let ctx = Ctx::new("q-crash").await;
-    let q = ctx.queue(QueuePolicy {
-        lease: Duration::from_millis(100),
-        ..fast_policy()
-    });
+    let ctx = TestStack::start("q-crash").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            lease: Duration::from_millis(100),
+            ..fast_policy()
+        },
+    );
     q.enqueue(&NewJob::new("boom").with_id("c1")).await.unwrap();
 
     for attempt in 1..=3 {
@@ -356,7 +322,7 @@ async fn job_that_crashes_every_time_ends_dead_with_a_reason() {
         assert_eq!(job.attempt(), attempt);
         // The worker "dies": no ack, no heartbeat.
     }
-    let dead = eventually(DEADLINE, || async {
+    let dead = wait_for(DEADLINE, || async {
         q.sweep(100).await.unwrap();
         let info = q.job("c1").await.unwrap()?;
         (info.state == JobState::Dead).then_some(info)
@@ -381,8 +347,7 @@ async fn job_that_crashes_every_time_ends_dead_with_a_reason() {
 
 #[tokio::test]
 async fn stale_fence_cannot_overwrite_the_new_attempt() {
-    let ctx = Ctx::new("q-fence").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-fence").await;
     q.enqueue(&NewJob::new("x").with_id("f1")).await.unwrap();
 
     let old = q.fetch("slow-worker", 1).await.unwrap().pop().unwrap();
@@ -439,17 +404,11 @@ async fn stale_fence_cannot_overwrite_the_new_attempt() {
 
 #[tokio::test]
 async fn complete_many_is_fenced_per_job() {
-    let ctx = Ctx::new("q-many").await;
-    let q = ctx.queue(fast_policy());
-    let jobs: Vec<NewJob> = (0..5)
-        .map(|i| NewJob::new("p").with_id(format!("m{i}")))
-        .collect();
+    let (_ctx, q) = fast_queue("q-many").await;
+    let jobs = numbered("p", "m", 5);
     q.enqueue_bulk(&jobs).await.unwrap();
     let fetched = q.fetch("w", 5).await.unwrap();
-    let mut items: Vec<_> = fetched
-        .iter()
-        .map(|f| (f.lease.clone(), f.id().as_bytes().to_vec()))
-        .collect();
+    let mut items = id_results(&fetched);
     // One stale fence in the middle of the batch.
     items[2].0.fence += 1_000_000;
     let acks = q.complete_many(&items).await.unwrap();
@@ -465,17 +424,11 @@ async fn complete_many_is_fenced_per_job() {
 
 #[tokio::test]
 async fn complete_and_fetch_refills_the_completed_slots_in_one_call() {
-    let ctx = Ctx::new("q-cycle").await;
-    let q = ctx.queue(fast_policy());
-    let jobs: Vec<NewJob> = (0..6)
-        .map(|i| NewJob::new("p").with_id(format!("c{i}")))
-        .collect();
+    let (_ctx, q) = fast_queue("q-cycle").await;
+    let jobs = numbered("p", "c", 6);
     q.enqueue_bulk(&jobs).await.unwrap();
     let fetched = q.fetch("w", 3).await.unwrap();
-    let mut items: Vec<_> = fetched
-        .iter()
-        .map(|f| (f.lease.clone(), f.id().as_bytes().to_vec()))
-        .collect();
+    let mut items = id_results(&fetched);
     // A stale fence: that attempt is not completed and its slot is not counted as free.
     items[1].0.fence += 1_000_000;
     let cycle = q
@@ -517,8 +470,8 @@ async fn fetch_and_complete_announce_started_and_finished_only_when_asked() {
     use exai_shared::events::JobEvent;
     use futures::StreamExt;
 
-    let ctx = Ctx::new("q-events").await;
-    let plain = ctx.queue(fast_policy());
+    let ctx = TestStack::start("q-events").await;
+    let plain = ctx.queue_with(TOOL_CALLS, fast_policy());
     let announcing = plain.with_job_events(ctx.keys.job_events(""));
     let client = redis::Client::open(exai_tests::redis_url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
@@ -584,8 +537,8 @@ async fn fetch_and_complete_announce_started_and_finished_only_when_asked() {
 
 #[tokio::test]
 async fn transient_failures_back_off_then_die_after_max_attempts() {
-    let ctx = Ctx::new("q-retry").await;
-    let q = ctx.queue(fast_policy()); // 3 attempts, backoff 50 ms × 2ⁿ, no jitter
+    let ctx = TestStack::start("q-retry").await;
+    let q = ctx.queue_with(TOOL_CALLS, fast_policy()); // 3 attempts, backoff 50 ms × 2ⁿ, no jitter
     q.enqueue(&NewJob::new("x").with_id("t1")).await.unwrap();
 
     let mut expected_delay = 50;
@@ -649,8 +602,7 @@ async fn transient_failures_back_off_then_die_after_max_attempts() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let ctx = Ctx::new("q-retry-after").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-retry-after").await;
     q.enqueue(&NewJob::new("x").with_id("ra")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     let outcome = q
@@ -672,8 +624,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn permanent_failure_is_dead_at_once() {
-    let ctx = Ctx::new("q-permanent").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-permanent").await;
     q.enqueue(&NewJob::new("x").with_id("p1")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     assert_eq!(
@@ -700,11 +651,14 @@ async fn permanent_failure_is_dead_at_once() {
 
 #[tokio::test]
 async fn release_does_not_burn_an_attempt() {
-    let ctx = Ctx::new("q-release").await;
-    let q = ctx.queue(QueuePolicy {
-        max_attempts: 1,
-        ..fast_policy()
-    });
+    let ctx = TestStack::start("q-release").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            max_attempts: 1,
+            ..fast_policy()
+        },
+    );
     q.enqueue(&NewJob::new("x").with_id("rel")).await.unwrap();
     q.enqueue(&NewJob::new("y").with_id("other")).await.unwrap();
 
@@ -740,8 +694,7 @@ async fn release_does_not_burn_an_attempt() {
 
 #[tokio::test]
 async fn cancel_a_queued_job() {
-    let ctx = Ctx::new("q-cancel-queued").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-cancel-queued").await;
     for id in ["a", "b", "c"] {
         q.enqueue(&NewJob::new(id).with_id(id)).await.unwrap();
     }
@@ -796,11 +749,8 @@ async fn cancel_a_queued_job() {
 
 #[tokio::test]
 async fn mass_cancel_does_not_hide_later_jobs() {
-    let ctx = Ctx::new("q-ghosts").await;
-    let q = ctx.queue(fast_policy());
-    let jobs: Vec<NewJob> = (0..3000)
-        .map(|i| NewJob::new("g").with_id(format!("g{i}")))
-        .collect();
+    let (_ctx, q) = fast_queue("q-ghosts").await;
+    let jobs = numbered("g", "g", 3000);
     q.enqueue_bulk(&jobs).await.unwrap();
     for i in 0..3000 {
         assert_eq!(
@@ -825,9 +775,8 @@ async fn mass_cancel_does_not_hide_later_jobs() {
 
 #[tokio::test]
 async fn cancel_a_running_job_signals_its_worker() {
-    let ctx = Ctx::new("q-cancel-running").await;
-    let q = ctx.queue(fast_policy());
-    let waker = ctx.waker().await;
+    let (ctx, q) = fast_queue("q-cancel-running").await;
+    let waker = waker(&ctx).await;
     let mut cancels = waker.cancellations();
     q.enqueue(&NewJob::new("x").with_id("run")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
@@ -864,9 +813,8 @@ async fn cancel_a_running_job_signals_its_worker() {
 
 #[tokio::test]
 async fn pause_stops_fetch_but_not_enqueue() {
-    let ctx = Ctx::new("q-pause").await;
-    let q = ctx.queue(fast_policy());
-    let waker = ctx.waker().await;
+    let (ctx, q) = fast_queue("q-pause").await;
+    let waker = waker(&ctx).await;
     let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
 
     q.pause().await.unwrap();
@@ -897,18 +845,19 @@ async fn pause_stops_fetch_but_not_enqueue() {
 
 #[tokio::test]
 async fn counts_and_pages_match_reality_after_a_mixed_workload() {
-    let ctx = Ctx::new("q-mixed").await;
-    let q = ctx.queue(QueuePolicy {
-        backoff: Backoff {
-            min: Duration::from_secs(60),
-            ..fast_policy().backoff
+    let ctx = TestStack::start("q-mixed").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            backoff: Backoff {
+                min: Duration::from_secs(60),
+                ..fast_policy().backoff
+            },
+            lease: Duration::from_secs(60),
+            ..fast_policy()
         },
-        lease: Duration::from_secs(60),
-        ..fast_policy()
-    });
-    let ready: Vec<NewJob> = (0..10)
-        .map(|i| NewJob::new("r").with_id(format!("r{i}")))
-        .collect();
+    );
+    let ready = numbered("r", "r", 10);
     q.enqueue_bulk(&ready).await.unwrap();
     let later: Vec<NewJob> = (0..3)
         .map(|i| {
@@ -987,11 +936,14 @@ async fn counts_and_pages_match_reality_after_a_mixed_workload() {
 
 #[tokio::test]
 async fn list_pages_through_jobs() {
-    let ctx = Ctx::new("q-list").await;
-    let q = ctx.queue(QueuePolicy {
-        max_attempts: 1,
-        ..fast_policy()
-    });
+    let ctx = TestStack::start("q-list").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            max_attempts: 1,
+            ..fast_policy()
+        },
+    );
     let jobs: Vec<NewJob> = (0..25)
         .map(|i| NewJob::new(format!("{{\"n\":{i}}}")).with_id(format!("j{i:02}")))
         .collect();
@@ -1029,8 +981,7 @@ async fn list_pages_through_jobs() {
 
 #[tokio::test]
 async fn retry_dead_brings_the_job_back() {
-    let ctx = Ctx::new("q-retry-dead").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-retry-dead").await;
     q.enqueue(&NewJob::new("x").with_id("rd")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     q.fail(&job.lease, "broken", FailKind::Permanent)
@@ -1057,15 +1008,16 @@ async fn retry_dead_brings_the_job_back() {
 
 #[tokio::test]
 async fn dead_set_and_completed_index_are_bounded() {
-    let ctx = Ctx::new("q-bounds").await;
-    let q = ctx.queue(QueuePolicy {
-        dead_max: 2,
-        completed_index_max: 3,
-        ..fast_policy()
-    });
-    let jobs: Vec<NewJob> = (0..10)
-        .map(|i| NewJob::new("b").with_id(format!("b{i}")))
-        .collect();
+    let ctx = TestStack::start("q-bounds").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            dead_max: 2,
+            completed_index_max: 3,
+            ..fast_policy()
+        },
+    );
+    let jobs = numbered("b", "b", 10);
     q.enqueue_bulk(&jobs).await.unwrap();
     for _ in 0..4 {
         let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
@@ -1088,11 +1040,14 @@ async fn dead_set_and_completed_index_are_bounded() {
 
 #[tokio::test]
 async fn results_expire_after_their_ttl() {
-    let ctx = Ctx::new("q-ttl").await;
-    let q = ctx.queue(QueuePolicy {
-        result_ttl: Duration::from_millis(300),
-        ..fast_policy()
-    });
+    let ctx = TestStack::start("q-ttl").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            result_ttl: Duration::from_millis(300),
+            ..fast_policy()
+        },
+    );
     q.enqueue(&NewJob::new("x").with_id("ttl")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     assert!(
@@ -1115,12 +1070,15 @@ async fn results_expire_after_their_ttl() {
 
 #[tokio::test]
 async fn redis_memory_stays_flat_over_many_completed_jobs() {
-    let ctx = Ctx::new("q-flat").await;
-    let q = ctx.queue(QueuePolicy {
-        result_ttl: Duration::from_millis(200),
-        completed_index_max: 50,
-        ..fast_policy()
-    });
+    let ctx = TestStack::start("q-flat").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            result_ttl: Duration::from_millis(200),
+            completed_index_max: 50,
+            ..fast_policy()
+        },
+    );
     for _ in 0..5 {
         let jobs: Vec<NewJob> = (0..1000).map(|_| NewJob::new("x")).collect();
         q.enqueue_bulk(&jobs).await.unwrap();
@@ -1180,8 +1138,7 @@ async fn redis_memory_stays_flat_over_many_completed_jobs() {
 
 #[tokio::test]
 async fn sweep_promotes_due_jobs() {
-    let ctx = Ctx::new("q-promote").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-promote").await;
     q.enqueue(
         &NewJob::new("x")
             .with_id("due")
@@ -1202,8 +1159,7 @@ async fn sweep_promotes_due_jobs() {
 
 #[tokio::test]
 async fn removing_a_running_job_loses_its_lease() {
-    let ctx = Ctx::new("q-remove").await;
-    let q = ctx.queue(fast_policy());
+    let (_ctx, q) = fast_queue("q-remove").await;
     q.enqueue(&NewJob::new("x").with_id("rm")).await.unwrap();
     let job = q.fetch("w", 1).await.unwrap().pop().unwrap();
     assert!(q.remove("rm").await.unwrap());
@@ -1227,11 +1183,14 @@ async fn removing_a_running_job_loses_its_lease() {
 async fn twenty_thousand_jobs_drain_exactly_once_through_concurrent_workers() {
     const JOBS: usize = 20_000;
     const WORKERS: usize = 4;
-    let ctx = Ctx::new("q-drain").await;
-    let q = ctx.queue(QueuePolicy {
-        lease: Duration::from_secs(60),
-        ..fast_policy()
-    });
+    let ctx = TestStack::start("q-drain").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            lease: Duration::from_secs(60),
+            ..fast_policy()
+        },
+    );
     let jobs: Vec<NewJob> = (0..JOBS).map(|i| NewJob::new(format!("{i}"))).collect();
     let created = q.enqueue_bulk(&jobs).await.unwrap();
     assert!(created.iter().all(Enqueued::is_created));
@@ -1296,13 +1255,9 @@ async fn twenty_thousand_jobs_drain_exactly_once_through_concurrent_workers() {
 
 #[tokio::test]
 async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
-    let ctx = Ctx::new("q-wake-one").await;
-    let q = ctx.queue(fast_policy());
+    let (ctx, q) = fast_queue("q-wake-one").await;
     // Two worker processes: a subscriber each.
-    let subscriber = || async {
-        let client = RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
-        Subscriber::connect(client).await.expect("subscriber")
-    };
+    let subscriber = || async { ctx.subscriber().await };
     let (a, b) = (
         Waker::new(&subscriber().await, &ctx.keys, &[(TOOL_CALLS, "a")])
             .await
@@ -1337,9 +1292,7 @@ async fn an_enqueue_wakes_one_idle_worker_and_a_full_fetch_wakes_the_next() {
     };
 
     // Three jobs: exactly one idle worker hears about them.
-    let jobs: Vec<NewJob> = (0..3)
-        .map(|i| NewJob::new("p").with_id(format!("w{i}")))
-        .collect();
+    let jobs = numbered("p", "w", 3);
     q.enqueue_bulk(&jobs).await.unwrap();
     settle(&mut cancels, "marker-1").await;
     let woken: Vec<usize> = (0..2).filter(|&i| signals[i].woken()).collect();
@@ -1378,11 +1331,10 @@ async fn state(q: &Queue, id: &str) -> Option<JobState> {
 
 /// A waker for worker `worker` whose hand-offs arrive on the returned receiver.
 async fn hand_off_waker(
-    ctx: &Ctx,
+    ctx: &TestStack,
     worker: &str,
 ) -> (Waker, tokio::sync::mpsc::UnboundedReceiver<Fetched>) {
-    let client = RedisHandle::pubsub_client(&ctx.config.redis).expect("pubsub client");
-    let subscriber = Subscriber::connect(client).await.expect("subscriber");
+    let subscriber = ctx.subscriber().await;
     let waker = Waker::new(&subscriber, &ctx.keys, &[(TOOL_CALLS, worker)])
         .await
         .expect("subscribe");
@@ -1415,8 +1367,8 @@ async fn enqueue_handed_off(
 
 #[tokio::test]
 async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased() {
-    let ctx = Ctx::new("q-hand-off").await;
-    let producer = ctx.queue(fast_policy());
+    let ctx = TestStack::start("q-hand-off").await;
+    let producer = ctx.queue_with(TOOL_CALLS, fast_policy());
     let worker = producer.with_hand_offs();
     let (waker, mut handed) = hand_off_waker(&ctx, "w").await;
     let mut signal = waker.signal(TOOL_CALLS).unwrap();
@@ -1497,8 +1449,8 @@ async fn an_idle_worker_that_takes_hand_offs_is_handed_a_lone_job_already_leased
 
 #[tokio::test]
 async fn a_hand_off_nobody_hears_is_not_made() {
-    let ctx = Ctx::new("q-hand-off-deaf").await;
-    let producer = ctx.queue(fast_policy());
+    let ctx = TestStack::start("q-hand-off-deaf").await;
+    let producer = ctx.queue_with(TOOL_CALLS, fast_policy());
     // Registered idle and taking hand-offs, but not listening (it died, or its subscription
     // is reconnecting).
     go_idle(&producer.with_hand_offs(), "gone").await;
@@ -1517,8 +1469,7 @@ async fn a_hand_off_nobody_hears_is_not_made() {
 
 #[tokio::test]
 async fn idle_registration_follows_the_fetches_and_is_withdrawn_on_leave() {
-    let ctx = Ctx::new("q-idle-reg").await;
-    let q = ctx.queue(fast_policy());
+    let (ctx, q) = fast_queue("q-idle-reg").await;
     let idle = ctx.keys.queue(TOOL_CALLS).idle();
     let until = async |worker: &str| -> Option<u64> {
         redis::cmd("ZSCORE")
@@ -1577,9 +1528,8 @@ async fn idle_registration_follows_the_fetches_and_is_withdrawn_on_leave() {
 
 #[tokio::test]
 async fn an_idle_worker_is_woken_by_an_enqueue_not_by_its_poll() {
-    let ctx = Ctx::new("q-wake").await;
-    let q = ctx.queue(fast_policy());
-    let waker = ctx.waker().await;
+    let (ctx, q) = fast_queue("q-wake").await;
+    let waker = waker(&ctx).await;
     let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");
 
     // An idle worker: its fetch came back empty, it waits with a long poll fallback.
@@ -1633,11 +1583,14 @@ async fn an_idle_worker_is_woken_by_an_enqueue_not_by_its_poll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cron_tick_fires_once_across_many_callers() {
-    let ctx = Ctx::new("q-cron").await;
-    let q = ctx.queue(QueuePolicy {
-        cron_dedup_window: Duration::from_secs(7200),
-        ..fast_policy()
-    });
+    let ctx = TestStack::start("q-cron").await;
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            cron_dedup_window: Duration::from_secs(7200),
+            ..fast_policy()
+        },
+    );
     let tick = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let mut tasks = Vec::new();
     for _ in 0..32 {

@@ -6,30 +6,25 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use exai_shared::keys::Keys;
 use exai_shared::queue::{
-    Ack, CancelOutcome, FailKind, FailOutcome, JobState, LeaseState, NewJob, Queue, QueuePolicy,
+    Ack, CancelOutcome, FailKind, FailOutcome, JobState, LeaseState, NewJob, QueuePolicy,
     TOOL_CALLS, Wake, Waker,
 };
 use exai_shared::redis::RedisHandle;
-use exai_shared::subscriber::Subscriber;
-use exai_tests::{RedisCluster, test_config, unique_prefix, wait_until};
+use exai_tests::{RedisCluster, TestStack, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_queue_operation_runs_on_a_redis_cluster() {
     let cluster = RedisCluster::start().await;
-    let prefix = unique_prefix("q-cluster");
-    let config = test_config(&prefix, &[("REDIS_CLUSTER_NODES", &cluster.nodes_env())]);
-    let conn = RedisHandle::connect(&config.redis)
-        .await
-        .expect("connect to the cluster");
-    assert!(matches!(conn, RedisHandle::Cluster(_)));
-    let keys = Keys::new(prefix.clone());
-    let q = Queue::new(
-        conn,
-        &keys,
+    let ctx = TestStack::builder("q-cluster")
+        .env("REDIS_CLUSTER_NODES", &cluster.nodes_env())
+        .start()
+        .await;
+    assert!(matches!(ctx.conn, RedisHandle::Cluster(_)));
+    let keys = &ctx.keys;
+    let q = ctx.queue_with(
         TOOL_CALLS,
         QueuePolicy {
             lease: Duration::from_millis(200),
@@ -37,11 +32,8 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
             ..QueuePolicy::default()
         },
     );
-    let subscriber =
-        Subscriber::connect(RedisHandle::pubsub_client(&config.redis).expect("pubsub client"))
-            .await
-            .expect("subscriber");
-    let waker = Waker::new(&subscriber, &keys, &[(TOOL_CALLS, "w")])
+    let subscriber = ctx.subscriber().await;
+    let waker = Waker::new(&subscriber, keys, &[(TOOL_CALLS, "w")])
         .await
         .expect("subscribe");
     let mut signal = waker.signal(TOOL_CALLS).expect("subscribed");

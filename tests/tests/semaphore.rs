@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use exai_shared::Config;
 use exai_shared::config::RedisConfig;
 use exai_shared::keys::Keys;
 use exai_shared::redis::RedisHandle;
@@ -25,7 +24,7 @@ use exai_shared::semaphore::{
     Acquire, HolderInfo, LeaseGuard, Renewal, SemaphoreError, Semaphores,
 };
 use exai_shared::subscriber::Subscriber;
-use exai_tests::{ChildGuard, bin_path, send_signal, test_config, unique_prefix, wait_until};
+use exai_tests::{ChildGuard, TestStack, bin_path, send_signal, wait_until};
 use redis::aio::MultiplexedConnection;
 use secrecy::SecretString;
 use tokio::io::AsyncReadExt;
@@ -43,6 +42,19 @@ struct Probe {
 }
 
 impl Probe {
+    /// A probe of the stack's namespace on a plain connection of its own.
+    async fn of(ctx: &TestStack) -> Self {
+        let redis = redis::Client::open(ctx.redis_url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        Self {
+            keys: ctx.keys.clone(),
+            redis,
+        }
+    }
+
     /// The live lease counts of `names` at one instant of the Redis clock.
     async fn live(&self, names: &[&str]) -> Vec<u64> {
         let script = redis::Script::new(
@@ -98,50 +110,11 @@ impl Probe {
     }
 }
 
-/// One test's namespace: its prefix, configuration and a [`Probe`]. Dropping it deletes every
-/// key under the prefix, also when the test fails.
-struct Ctx {
-    prefix: String,
-    config: Config,
-    probe: Probe,
-    /// Deletes the test's keys when the test ends, even on panic.
-    _cleanup: exai_tests::PrefixGuard,
-}
-
-impl std::ops::Deref for Ctx {
-    type Target = Probe;
-    fn deref(&self) -> &Probe {
-        &self.probe
-    }
-}
-
-impl Ctx {
-    /// A fresh namespace; `extra` are configuration pairs (e.g. a short lease TTL).
-    async fn new(test: &str, extra: &[(&str, &str)]) -> Self {
-        let prefix = unique_prefix(test);
-        let config = test_config(&prefix, extra);
-        let redis = redis::Client::open(exai_tests::redis_url())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to redis");
-        Self {
-            probe: Probe {
-                keys: Keys::new(prefix.clone()),
-                redis,
-            },
-            _cleanup: exai_tests::PrefixGuard::new(&prefix, exai_tests::redis_url()),
-            prefix,
-            config,
-        }
-    }
-
-    /// A `Semaphores` of this namespace, as a worker process would build it.
-    async fn semaphores(&self) -> Semaphores {
-        Semaphores::from_config(&self.config)
-            .await
-            .expect("set up semaphores")
-    }
+/// A `Semaphores` of the stack's namespace, as a worker process would build it.
+async fn semaphores(ctx: &TestStack) -> Semaphores {
+    Semaphores::from_config(&ctx.config())
+        .await
+        .expect("set up semaphores")
 }
 
 fn holder(job: &str) -> HolderInfo {
@@ -163,7 +136,7 @@ async fn fill(sems: &Semaphores, names: &[&str], n: usize, job: &str) -> Vec<Lea
 }
 
 /// Starts `sem-contender` with `args` under the test's prefix.
-fn spawn_contender(ctx: &Ctx, args: &[String]) -> ChildGuard {
+fn spawn_contender(ctx: &TestStack, args: &[String]) -> ChildGuard {
     let child = tokio::process::Command::new(bin_path("sem-contender"))
         .arg("--prefix")
         .arg(&ctx.prefix)
@@ -216,13 +189,14 @@ async fn at_no_instant_are_there_more_live_leases_than_the_limit() {
     const CONTENDERS: u32 = 50;
     const ROUNDS: u32 = 3;
     const LIMIT: u64 = 6; // the default `kimi` limit
-    let ctx = Ctx::new("sem-safety", &[]).await;
+    let ctx = TestStack::builder("sem-safety").start().await;
+    let probe = Probe::of(&ctx).await;
     let counter_key = format!("{}:check:holders", ctx.prefix);
 
     // Sample the live lease counts from Redis for as long as the contenders run.
     let stop = CancellationToken::new();
     let sampler = {
-        let probe = ctx.probe.clone();
+        let probe = probe.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let (mut max_kimi, mut max_global, mut samples) = (0, 0, 0u64);
@@ -302,7 +276,7 @@ async fn at_no_instant_are_there_more_live_leases_than_the_limit() {
     let timeouts: u64 = reports.iter().map(|r| r.timeouts).sum();
     eprintln!("safety: {samples} samples, max {max_kimi} live leases, {timeouts} timeouts");
     assert_eq!(
-        ctx.live(&["kimi", "global"]).await,
+        probe.live(&["kimi", "global"]).await,
         vec![0, 0],
         "everything released"
     );
@@ -312,8 +286,12 @@ async fn at_no_instant_are_there_more_live_leases_than_the_limit() {
 async fn a_killed_holder_frees_its_permits_within_one_lease_ttl() {
     const TTL_MS: u64 = 1500;
     let ttl = Duration::from_millis(TTL_MS);
-    let ctx = Ctx::new("sem-crash", &[("EXAI_SEMAPHORE_LEASE_MS", "1500")]).await;
-    let sems = ctx.semaphores().await.with_poll_interval(SLOW_POLL);
+    let ctx = TestStack::builder("sem-crash")
+        .envs(&[("EXAI_SEMAPHORE_LEASE_MS", "1500")])
+        .start()
+        .await;
+    let probe = Probe::of(&ctx).await;
+    let sems = semaphores(&ctx).await.with_poll_interval(SLOW_POLL);
 
     // Two processes of three holders each fill `kimi` (limit 6) and hold it forever.
     let args: Vec<String> = [
@@ -332,14 +310,18 @@ async fn a_killed_holder_frees_its_permits_within_one_lease_ttl() {
     let children = [spawn_contender(&ctx, &args), spawn_contender(&ctx, &args)];
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            ctx.live_one("kimi").await == 6
+            probe.live_one("kimi").await == 6
         })
         .await,
         "the contenders never filled the semaphore"
     );
     // They renew: the semaphore stays full past a whole TTL.
     tokio::time::sleep(ttl + ttl / 2).await;
-    assert_eq!(ctx.live_one("kimi").await, 6, "holders renew their leases");
+    assert_eq!(
+        probe.live_one("kimi").await,
+        6,
+        "holders renew their leases"
+    );
     assert!(
         sems.try_acquire(&["kimi"], &holder("early"))
             .await
@@ -374,7 +356,7 @@ async fn a_killed_holder_frees_its_permits_within_one_lease_ttl() {
     let margin = Duration::from_millis(1000);
     assert!(
         wait_until(ttl + margin, || async {
-            let tokens = ctx.live_tokens("kimi").await;
+            let tokens = probe.live_tokens("kimi").await;
             !tokens
                 .iter()
                 .any(|t| pids.iter().any(|pid| t.starts_with(&format!("job-{pid}-"))))
@@ -397,7 +379,7 @@ async fn a_killed_holder_frees_its_permits_within_one_lease_ttl() {
     );
     // All six permits are free again: the waiter holds one, five more are granted at once.
     let more = fill(&sems, &["kimi"], 5, "after-crash").await;
-    assert_eq!(ctx.live_one("kimi").await, 6);
+    assert_eq!(probe.live_one("kimi").await, 6);
     eprintln!("crash: permits free {freed_after:?} after SIGKILL, waiter in {waited:?}");
 
     drop(children);
@@ -409,18 +391,22 @@ async fn a_killed_holder_frees_its_permits_within_one_lease_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_after_expiry_reports_lost_and_does_not_resurrect_the_lease() {
-    let ctx = Ctx::new("sem-lost", &[("EXAI_SEMAPHORE_LEASE_MS", "1000")]).await;
-    let sems = ctx.semaphores().await;
+    let ctx = TestStack::builder("sem-lost")
+        .envs(&[("EXAI_SEMAPHORE_LEASE_MS", "1000")])
+        .start()
+        .await;
+    let probe = Probe::of(&ctx).await;
+    let sems = semaphores(&ctx).await;
 
     // A live lease renews, and its expiry moves forward.
     let mut alive = fill(&sems, &["global", "kimi"], 1, "alive").await.remove(0);
     alive.stop_renewal();
-    let before = ctx
+    let before = probe
         .score("kimi", alive.token())
         .await
         .expect("lease present");
     assert_eq!(alive.renew_once().await.unwrap(), Renewal::Renewed);
-    let after = ctx
+    let after = probe
         .score("kimi", alive.token())
         .await
         .expect("lease present");
@@ -430,13 +416,13 @@ async fn a_renewal_after_expiry_reports_lost_and_does_not_resurrect_the_lease() 
     // Without renewal the lease expires; a late renewal reports it lost and removes it.
     assert!(
         wait_until(Duration::from_secs(5), || async {
-            ctx.live(&["global", "kimi"]).await == vec![0, 0]
+            probe.live(&["global", "kimi"]).await == vec![0, 0]
         })
         .await,
         "the unrenewed lease never expired"
     );
     assert!(
-        ctx.score("kimi", alive.token()).await.is_some(),
+        probe.score("kimi", alive.token()).await.is_some(),
         "the expired entry is still there until something purges it"
     );
     assert_eq!(alive.renew_once().await.unwrap(), Renewal::Lost);
@@ -444,7 +430,7 @@ async fn a_renewal_after_expiry_reports_lost_and_does_not_resurrect_the_lease() 
     assert!(alive.lost().is_cancelled());
     for name in ["global", "kimi"] {
         assert_eq!(
-            ctx.score(name, alive.token()).await,
+            probe.score(name, alive.token()).await,
             None,
             "a renewal after expiry must not resurrect the lease in `{name}`"
         );
@@ -452,35 +438,40 @@ async fn a_renewal_after_expiry_reports_lost_and_does_not_resurrect_the_lease() 
     let holder_left: Option<String> = redis::cmd("HGET")
         .arg(ctx.keys.sem_holders())
         .arg(alive.token())
-        .query_async(&mut ctx.redis.clone())
+        .query_async(&mut probe.redis.clone())
         .await
         .unwrap();
     assert_eq!(holder_left, None, "holder info removed with the lease");
     // A second renewal stays lost.
     assert_eq!(alive.renew_once().await.unwrap(), Renewal::Lost);
-    assert_eq!(ctx.live(&["global", "kimi"]).await, vec![0, 0]);
+    assert_eq!(probe.live(&["global", "kimi"]).await, vec![0, 0]);
     assert!(!alive.release().await.unwrap(), "nothing left to release");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_renewal_keeps_a_lease_alive_past_its_ttl() {
-    let ctx = Ctx::new("sem-renew", &[("EXAI_SEMAPHORE_LEASE_MS", "600")]).await;
-    let sems = ctx.semaphores().await;
+    let ctx = TestStack::builder("sem-renew")
+        .envs(&[("EXAI_SEMAPHORE_LEASE_MS", "600")])
+        .start()
+        .await;
+    let probe = Probe::of(&ctx).await;
+    let sems = semaphores(&ctx).await;
     let guard = fill(&sems, &["kimi"], 1, "renewed").await.remove(0);
     // Letting time pass is the point here: three TTLs without any explicit renewal.
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    assert_eq!(ctx.live_one("kimi").await, 1, "the lease is still live");
+    assert_eq!(probe.live_one("kimi").await, 1, "the lease is still live");
     assert!(!guard.is_lost());
     assert!(guard.release().await.unwrap());
-    assert_eq!(ctx.live_one("kimi").await, 0);
+    assert_eq!(probe.live_one("kimi").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_acquire_is_all_or_nothing() {
-    let ctx = Ctx::new("sem-all-or-nothing", &[]).await;
-    let sems = ctx.semaphores().await;
+    let ctx = TestStack::builder("sem-all-or-nothing").start().await;
+    let probe = Probe::of(&ctx).await;
+    let sems = semaphores(&ctx).await;
     let kimi = fill(&sems, &["global", "kimi"], 6, "kimi").await;
-    assert_eq!(ctx.live(&["global", "kimi"]).await, vec![6, 6]);
+    assert_eq!(probe.live(&["global", "kimi"]).await, vec![6, 6]);
 
     // `kimi` is full: asking for `global` + `kimi` takes nothing, not even `global`.
     assert!(
@@ -489,10 +480,10 @@ async fn multi_acquire_is_all_or_nothing() {
             .unwrap()
             .is_none()
     );
-    assert_eq!(ctx.live(&["global", "kimi"]).await, vec![6, 6]);
+    assert_eq!(probe.live(&["global", "kimi"]).await, vec![6, 6]);
     let card: u64 = redis::cmd("ZCARD")
         .arg(ctx.keys.sem_leases("global"))
-        .query_async(&mut ctx.redis.clone())
+        .query_async(&mut probe.redis.clone())
         .await
         .unwrap();
     assert_eq!(card, 6, "no entry was written to `global`");
@@ -506,11 +497,11 @@ async fn multi_acquire_is_all_or_nothing() {
         .await
         .unwrap();
     assert!(matches!(outcome, Acquire::TimedOut), "{outcome:?}");
-    assert_eq!(ctx.live(&["global", "kimi"]).await, vec![6, 6]);
+    assert_eq!(probe.live(&["global", "kimi"]).await, vec![6, 6]);
 
     // `global` alone still has room; a duplicated name counts once.
     let global = fill(&sems, &["global", "global"], 1, "global").await;
-    assert_eq!(ctx.live(&["global", "kimi"]).await, vec![7, 6]);
+    assert_eq!(probe.live(&["global", "kimi"]).await, vec![7, 6]);
 
     for guard in kimi.into_iter().chain(global) {
         guard.release().await.unwrap();
@@ -558,10 +549,10 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_wakes_within_milliseconds_of_a_release() {
-    let ctx = Ctx::new("sem-wake", &[]).await;
+    let ctx = TestStack::builder("sem-wake").start().await;
     // Two independent instances stand for two worker processes.
-    let holder_sems = ctx.semaphores().await;
-    let waiter_sems = ctx.semaphores().await.with_poll_interval(SLOW_POLL);
+    let holder_sems = semaphores(&ctx).await;
+    let waiter_sems = semaphores(&ctx).await.with_poll_interval(SLOW_POLL);
     holder_sems.set_limit("wake", 1).await.unwrap();
 
     for round in 0..3 {
@@ -582,8 +573,8 @@ async fn a_waiter_wakes_within_milliseconds_of_a_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_strictly_increase() {
-    let ctx = Ctx::new("sem-fence", &[]).await;
-    let sems = ctx.semaphores().await;
+    let ctx = TestStack::builder("sem-fence").start().await;
+    let sems = semaphores(&ctx).await;
     let mut last = 0;
     for i in 0..20 {
         let guard = fill(&sems, &["global", "glm"], 1, &format!("seq-{i}"))
@@ -615,15 +606,16 @@ async fn fencing_tokens_strictly_increase() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_is_idempotent_and_drop_releases() {
-    let ctx = Ctx::new("sem-release", &[]).await;
-    let sems = ctx.semaphores().await;
+    let ctx = TestStack::builder("sem-release").start().await;
+    let probe = Probe::of(&ctx).await;
+    let sems = semaphores(&ctx).await;
 
     let guard = fill(&sems, &["global", "kimi"], 1, "released")
         .await
         .remove(0);
     let token = guard.token().to_owned();
     assert!(guard.release().await.unwrap(), "the first release removes");
-    assert_eq!(ctx.live(&["global", "kimi"]).await, vec![0, 0]);
+    assert_eq!(probe.live(&["global", "kimi"]).await, vec![0, 0]);
     assert!(
         !sems
             .release_token(&["global", "kimi"], &token)
@@ -631,15 +623,15 @@ async fn release_is_idempotent_and_drop_releases() {
             .unwrap(),
         "the second release removes nothing"
     );
-    assert_eq!(ctx.live(&["global", "kimi"]).await, vec![0, 0]);
+    assert_eq!(probe.live(&["global", "kimi"]).await, vec![0, 0]);
 
     // Dropping a guard without releasing gives the permit back too (from a spawned task).
     let dropped = fill(&sems, &["kimi"], 2, "dropped").await;
-    assert_eq!(ctx.live_one("kimi").await, 2);
+    assert_eq!(probe.live_one("kimi").await, 2);
     drop(dropped);
     assert!(
         wait_until(Duration::from_secs(5), || async {
-            ctx.live_one("kimi").await == 0
+            probe.live_one("kimi").await == 0
         })
         .await,
         "dropped guards did not release"
@@ -648,9 +640,10 @@ async fn release_is_idempotent_and_drop_releases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_limit_change_takes_effect_fleet_wide() {
-    let ctx = Ctx::new("sem-limits", &[]).await;
-    let sems = ctx.semaphores().await;
-    let other_process = ctx.semaphores().await.with_poll_interval(SLOW_POLL);
+    let ctx = TestStack::builder("sem-limits").start().await;
+    let probe = Probe::of(&ctx).await;
+    let sems = semaphores(&ctx).await;
+    let other_process = semaphores(&ctx).await.with_poll_interval(SLOW_POLL);
 
     sems.set_limit("kimi", 2).await.unwrap();
     let held = fill(&other_process, &["kimi"], 2, "low").await;
@@ -682,7 +675,7 @@ async fn a_runtime_limit_change_takes_effect_fleet_wide() {
 
     sems.clear_limit("kimi").await.unwrap();
     let more = fill(&other_process, &["kimi"], 4, "default-again").await;
-    assert_eq!(ctx.live_one("kimi").await, 6, "back to the default of 6");
+    assert_eq!(probe.live_one("kimi").await, 6, "back to the default of 6");
     let state = sems.inspect().await.unwrap();
     let kimi = state.iter().find(|s| s.name == "kimi").unwrap();
     assert_eq!((kimi.limit, kimi.overridden), (Some(6), false));
@@ -706,8 +699,8 @@ async fn a_runtime_limit_change_takes_effect_fleet_wide() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_shows_live_holders_with_their_job_ids() {
-    let ctx = Ctx::new("sem-inspect", &[]).await;
-    let sems = ctx.semaphores().await;
+    let ctx = TestStack::builder("sem-inspect").start().await;
+    let sems = semaphores(&ctx).await;
     let a = sems
         .try_acquire(
             &["global", "kimi"],
@@ -768,8 +761,9 @@ async fn inspect_shows_live_holders_with_their_job_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_one_provider_never_blocks_another() {
-    let ctx = Ctx::new("sem-isolation", &[]).await;
-    let sems = ctx.semaphores().await;
+    let ctx = TestStack::builder("sem-isolation").start().await;
+    let probe = Probe::of(&ctx).await;
+    let sems = semaphores(&ctx).await;
     let kimi = fill(&sems, &["global", "kimi"], 6, "kimi").await;
 
     // Several Kimi jobs wait for a permit...
@@ -793,7 +787,7 @@ async fn waiting_for_one_provider_never_blocks_another() {
 
     // ...while GLM jobs go straight through, and the waiters hold no `global` permit meanwhile.
     let glm = fill(&sems, &["global", "glm"], 4, "glm").await;
-    assert_eq!(ctx.live(&["global", "kimi", "glm"]).await, vec![10, 6, 4]);
+    assert_eq!(probe.live(&["global", "kimi", "glm"]).await, vec![10, 6, 4]);
 
     // Shutdown cancels the waiters without them taking anything.
     cancel.cancel();
@@ -801,7 +795,7 @@ async fn waiting_for_one_provider_never_blocks_another() {
         let outcome = waiter.await.unwrap().unwrap();
         assert!(matches!(outcome, Acquire::Cancelled), "{outcome:?}");
     }
-    assert_eq!(ctx.live(&["global", "kimi", "glm"]).await, vec![10, 6, 4]);
+    assert_eq!(probe.live(&["global", "kimi", "glm"]).await, vec![10, 6, 4]);
     for guard in kimi.into_iter().chain(glm) {
         guard.release().await.unwrap();
     }
@@ -906,11 +900,11 @@ fn redis_addr() -> SocketAddr {
 }
 
 /// How many subscribers `channel` has on the server.
-async fn subscribers(ctx: &Ctx, channel: &str) -> u64 {
+async fn subscribers(probe: &Probe, channel: &str) -> u64 {
     let reply: (String, u64) = redis::cmd("PUBSUB")
         .arg("NUMSUB")
         .arg(channel)
-        .query_async(&mut ctx.redis.clone())
+        .query_async(&mut probe.redis.clone())
         .await
         .expect("pubsub numsub");
     reply.1
@@ -918,37 +912,38 @@ async fn subscribers(ctx: &Ctx, channel: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_resubscribes_after_a_connection_loss() {
-    let ctx = Ctx::new("sem-resubscribe", &[]).await;
+    let ctx = TestStack::builder("sem-resubscribe").start().await;
+    let probe = Probe::of(&ctx).await;
     let proxy = Proxy::start().await;
     let channel = ctx.keys.sem_released_channel();
-    let holder_sems = ctx.semaphores().await;
+    let holder_sems = semaphores(&ctx).await;
     // The waiter's process reaches Redis directly for commands but through the proxy for its
     // release subscription.
     let waiter_sems = Semaphores::new(
-        RedisHandle::connect(&ctx.config.redis).await.unwrap(),
+        RedisHandle::connect(&ctx.config().redis).await.unwrap(),
         &Subscriber::connect(redis::Client::open(proxy.url()).unwrap())
             .await
             .unwrap(),
         ctx.keys.clone(),
-        &ctx.config.semaphores,
+        &ctx.config().semaphores,
     )
     .await
     .unwrap()
     .with_poll_interval(SLOW_POLL);
     holder_sems.set_limit("wake", 1).await.unwrap();
-    assert_eq!(subscribers(&ctx, &channel).await, 2);
+    assert_eq!(subscribers(&probe, &channel).await, 2);
 
     proxy.cut_all();
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            subscribers(&ctx, &channel).await == 1
+            subscribers(&probe, &channel).await == 1
         })
         .await,
         "the cut subscription never closed"
     );
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            subscribers(&ctx, &channel).await == 2
+            subscribers(&probe, &channel).await == 2
         })
         .await,
         "the listener never resubscribed"
@@ -970,7 +965,11 @@ async fn the_listener_resubscribes_after_a_connection_loss() {
 async fn a_holder_cut_off_from_redis_reports_its_lease_lost_once_it_would_have_expired() {
     const TTL_MS: u64 = 1200;
     let ttl = Duration::from_millis(TTL_MS);
-    let ctx = Ctx::new("sem-partition", &[("EXAI_SEMAPHORE_LEASE_MS", "1200")]).await;
+    let ctx = TestStack::builder("sem-partition")
+        .envs(&[("EXAI_SEMAPHORE_LEASE_MS", "1200")])
+        .start()
+        .await;
+    let probe = Probe::of(&ctx).await;
     let proxy = Proxy::start().await;
     let cut_off = Semaphores::new(
         RedisHandle::connect(&RedisConfig {
@@ -984,7 +983,7 @@ async fn a_holder_cut_off_from_redis_reports_its_lease_lost_once_it_would_have_e
             .await
             .unwrap(),
         ctx.keys.clone(),
-        &ctx.config.semaphores,
+        &ctx.config().semaphores,
     )
     .await
     .unwrap();
@@ -992,7 +991,7 @@ async fn a_holder_cut_off_from_redis_reports_its_lease_lost_once_it_would_have_e
     // Renewal works while the network does.
     tokio::time::sleep(ttl).await;
     assert!(!guard.is_lost());
-    assert_eq!(ctx.live_one("kimi").await, 1);
+    assert_eq!(probe.live_one("kimi").await, 1);
 
     let cut_at = Instant::now();
     proxy.go_down();
@@ -1013,7 +1012,7 @@ async fn a_holder_cut_off_from_redis_reports_its_lease_lost_once_it_would_have_e
     // And by then Redis agrees: the lease is no longer live.
     assert!(
         wait_until(Duration::from_secs(2), || async {
-            ctx.live_one("kimi").await == 0
+            probe.live_one("kimi").await == 0
         })
         .await
     );

@@ -4,16 +4,14 @@
 //! real daemon and worker, which log what became of each old name and behave accordingly; and
 //! `EXAI_REQUIRE_REAL_PROVIDERS` stops the real worker when a provider is missing or emulated.
 
-mod daemon_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use daemon_support::{Client, Seen, TOKEN};
 use exai_shared::Config;
 use exai_shared::config::read_dotenv_file;
+use exai_tests::daemon::{Client, Seen, TOKEN, echoed};
 use exai_tests::{ChildGuard, PrefixGuard, bin_path, send_signal, unique_prefix};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -381,7 +379,7 @@ async fn an_original_daemon_environment_starts_the_daemon_and_the_worker_and_tak
     // The call enqueued above runs on it.
     let (res, _) = first.until("call_tool_res", "r1").await;
     assert!(res.get("error").is_none(), "{res}");
-    assert_eq!(daemon_support::echoed(&res)["text"], "hi", "{res}");
+    assert_eq!(echoed(&res)["text"], "hi", "{res}");
 
     for process in [&mut worker, &mut daemon] {
         send_signal(process.child.pid(), "TERM");

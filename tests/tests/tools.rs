@@ -2,24 +2,21 @@
 //! semaphores under load (the emulator records the peak concurrency it saw), GLM, and
 //! `kimi_manage_files`.
 
-#[path = "uploads_support/mod.rs"]
-mod support;
-
-#[path = "daemon_support/mod.rs"]
-mod daemon_support;
-
 use exai_shared::db::UploadStatus;
 use exai_shared::events::JobEvent;
 use exai_shared::queue::{self, JobState};
+use exai_tests::TestStack;
+use exai_tests::daemon::{Client, result_text};
+use exai_tests::stack::WAIT;
+use exai_tests::uploads::tool_outcome;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use support::{Stack, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chat_streams_its_answer_as_chunk_events() {
-    let mut stack = Stack::new("tools-stream", &[]).await;
+    let mut stack = TestStack::uploads("tools-stream", &[]).await;
     stack
-        .sim
+        .sim()
         .configure(json!({"stream_chunk_delay_ms": 5}))
         .unwrap();
     stack.start_worker();
@@ -51,7 +48,7 @@ async fn chat_streams_its_answer_as_chunk_events() {
     assert!(collected.is_ok(), "no Finished event");
     drop(messages);
     let r = stack.finished(queue::TOOL_CALLS, id).await;
-    let text = support::tool_outcome(r).unwrap();
+    let text = tool_outcome(r).unwrap();
     assert!(chunks.len() > 5, "{chunks:?}");
     assert_eq!(chunks.concat(), text);
     assert!(
@@ -60,7 +57,7 @@ async fn chat_streams_its_answer_as_chunk_events() {
     );
     // The request asked for a stream.
     let chat = stack
-        .sim
+        .sim()
         .requests()
         .into_iter()
         .find(|r| r.route == "moonshot.chat")
@@ -76,7 +73,7 @@ async fn chat_streams_its_answer_as_chunk_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_chats_never_exceed_a_provider_limit_of_three() {
-    let mut stack = Stack::new(
+    let mut stack = TestStack::uploads(
         "tools-limit",
         &[
             ("EXAI_WS_KIMI_MAX_INFLIGHT", "3"),
@@ -85,7 +82,7 @@ async fn twenty_chats_never_exceed_a_provider_limit_of_three() {
     )
     .await;
     stack
-        .sim
+        .sim()
         .configure(json!({"chat_latency_ms": 150}))
         .unwrap();
     // Two worker processes' worth of slots: one in process, one spawned.
@@ -100,10 +97,10 @@ async fn twenty_chats_never_exceed_a_provider_limit_of_three() {
     for (i, id) in ids.iter().enumerate() {
         let r = stack.finished(queue::TOOL_CALLS, id).await;
         assert_eq!(r.attempts, 1, "waiting for a permit burnt an attempt");
-        let text = support::tool_outcome(r).unwrap();
+        let text = tool_outcome(r).unwrap();
         assert!(text.contains(&format!("question {i}")), "{text}");
     }
-    let chat = &stack.sim.state()["chat"];
+    let chat = &stack.sim().state()["chat"];
     assert_eq!(chat["peak"], 3, "{chat}");
     assert_eq!(chat["completed"], 20, "{chat}");
     other.kill_and_wait().await;
@@ -112,7 +109,7 @@ async fn twenty_chats_never_exceed_a_provider_limit_of_three() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_without_a_permit_in_time_is_put_back_without_burning_an_attempt() {
-    let mut stack = Stack::new(
+    let mut stack = TestStack::uploads(
         "tools-putback",
         &[
             ("EXAI_WS_KIMI_MAX_INFLIGHT", "1"),
@@ -121,7 +118,7 @@ async fn a_job_without_a_permit_in_time_is_put_back_without_burning_an_attempt()
     )
     .await;
     stack
-        .sim
+        .sim()
         .configure(json!({"chat_latency_ms": 300}))
         .unwrap();
     stack.start_worker();
@@ -136,13 +133,13 @@ async fn a_job_without_a_permit_in_time_is_put_back_without_burning_an_attempt()
         assert_eq!(r.state, JobState::Completed, "{:?}", r.error);
         assert_eq!(r.attempts, 1, "{id}: a put-back burnt an attempt");
     }
-    assert_eq!(stack.sim.state()["chat"]["peak"], 1);
+    assert_eq!(stack.sim().state()["chat"]["peak"], 1);
     stack.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn glm_models_run_on_glm() {
-    let mut stack = Stack::new("tools-glm", &[("EXAI_WS_GLM_MAX_INFLIGHT", "1")]).await;
+    let mut stack = TestStack::uploads("tools-glm", &[("EXAI_WS_GLM_MAX_INFLIGHT", "1")]).await;
     stack.start_worker();
     let text = stack
         .call(
@@ -153,7 +150,7 @@ async fn glm_models_run_on_glm() {
         .unwrap();
     assert!(text.contains("hello glm"), "{text}");
     let req = stack
-        .sim
+        .sim()
         .requests()
         .into_iter()
         .find(|r| r.route == "moonshot.chat")
@@ -176,7 +173,7 @@ async fn glm_models_run_on_glm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_provider_auth_failure_is_permanent_and_clear() {
-    let mut stack = Stack::new("tools-auth", &[("KIMI_API_KEY", "sk-wrong")]).await;
+    let mut stack = TestStack::uploads("tools-auth", &[("KIMI_API_KEY", "sk-wrong")]).await;
     stack.start_worker();
     let id = "auth-1";
     stack
@@ -196,7 +193,7 @@ async fn a_provider_auth_failure_is_permanent_and_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kimi_manage_files_lists_and_deletes() {
-    let mut stack = Stack::new("tools-manage", &[]).await;
+    let mut stack = TestStack::uploads("tools-manage", &[]).await;
     stack.start_worker();
     let path = stack.write_file("m.txt", b"manage me");
     let out = stack
@@ -260,7 +257,7 @@ async fn kimi_manage_files_lists_and_deletes() {
         .await
         .unwrap();
     stack
-        .sim
+        .sim()
         .backdate(
             std::time::Duration::from_secs(2 * 86_400),
             &[&orphan.id],
@@ -301,24 +298,14 @@ async fn kimi_manage_files_lists_and_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chat_streaming_reaches_a_websocket_client_as_stream_chunk_frames() {
-    let mut stack = Stack::new("tools-ws-stream", &[]).await;
+    let mut stack = TestStack::uploads("tools-ws-stream", &[]).await;
     stack
-        .sim
+        .sim()
         .configure(json!({"stream_chunk_delay_ms": 5}))
         .unwrap();
     stack.start_worker();
-    let daemon = daemon_support::spawn_daemon(&[
-        ("REDIS_URL".to_owned(), exai_tests::redis_url()),
-        ("EXAI_REDIS_PREFIX".to_owned(), stack.prefix.clone()),
-        ("EXAI_WS_PORT".to_owned(), "0".to_owned()),
-        ("EXAI_WS_TOKEN".to_owned(), daemon_support::TOKEN.to_owned()),
-    ])
-    .await;
-    let mut client = daemon_support::Client::connect(&format!("ws://{}/", daemon.addr)).await;
-    let ack = client
-        .hello(json!({"op": "hello", "token": daemon_support::TOKEN}))
-        .await;
-    assert_eq!(ack["ok"], true, "{ack}");
+    let daemon = stack.spawn_daemon().await;
+    let (mut client, _) = Client::hello_at(&daemon.url(), None).await;
     let (res, frames) = client
         .call(
             "r-1",
@@ -326,7 +313,7 @@ async fn chat_streaming_reaches_a_websocket_client_as_stream_chunk_frames() {
             json!({"prompt": "one two three four five six"}),
         )
         .await;
-    let text = daemon_support::result_text(&res);
+    let text = result_text(&res);
     let chunks: Vec<&str> = frames
         .iter()
         .filter(|f| f["op"] == "stream_chunk")

@@ -3,17 +3,16 @@
 //! (exai-sim), with real Redis queues and semaphores, and workers in process or as real
 //! processes (crash tests). Faults are injected into the emulator.
 
-mod daemon_support;
-mod uploads_support;
-
 use base64::Engine as _;
 use exai_shared::db::UploadStatus;
 use exai_shared::jobs::ToolCallJob;
 use exai_shared::protocol::call_job_id;
 use exai_shared::queue::{self, JobState};
-use exai_tests::{send_signal, wait_until};
+use exai_tests::daemon::{Client, result_text};
+use exai_tests::stack::{SIM_KEY, WAIT};
+use exai_tests::uploads::{sha256, tool_outcome};
+use exai_tests::{TestStack, send_signal, wait_until};
 use serde_json::{Value, json};
-use uploads_support::{Stack, WAIT, sha256};
 
 /// Deterministic pseudo-random bytes.
 fn bytes(n: usize, seed: u8) -> Vec<u8> {
@@ -29,7 +28,7 @@ fn bytes(n: usize, seed: u8) -> Vec<u8> {
 }
 
 /// Uploads one file by path; returns the per-file answer.
-async fn upload_path(stack: &Stack, path: &std::path::Path) -> Value {
+async fn upload_path(stack: &TestStack, path: &std::path::Path) -> Value {
     let text = stack
         .call(
             "kimi_upload_files",
@@ -42,9 +41,9 @@ async fn upload_path(stack: &Stack, path: &std::path::Path) -> Value {
     items[0].clone()
 }
 
-async fn remove_faults(stack: &Stack) {
+async fn remove_faults(stack: &TestStack) {
     let resp = reqwest::Client::new()
-        .delete(format!("{}/_sim/faults", stack.sim.url()))
+        .delete(format!("{}/_sim/faults", stack.sim().url()))
         .send()
         .await
         .unwrap();
@@ -53,7 +52,7 @@ async fn remove_faults(stack: &Stack) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_reaches_moonshot_and_storage_with_the_same_bytes() {
-    let mut stack = Stack::new("up-basic", &[]).await;
+    let mut stack = TestStack::uploads("up-basic", &[]).await;
     stack.start_worker();
     let data = bytes(300_000, 1);
     let path = stack.write_file("docs/report.pdf", &data);
@@ -82,7 +81,7 @@ async fn an_upload_reaches_moonshot_and_storage_with_the_same_bytes() {
     assert_eq!(object["sha256"], sha256(&data));
     assert_eq!(object["size"], data.len());
     // The worker created the bucket, private.
-    let bucket = &stack.sim.state()["supabase"]["buckets"]["user-files"];
+    let bucket = &stack.sim().state()["supabase"]["buckets"]["user-files"];
     assert_eq!(bucket["public"], false, "{bucket}");
 
     // The retrieval test of the seed: the durable copy comes back byte for byte.
@@ -108,7 +107,7 @@ async fn an_upload_reaches_moonshot_and_storage_with_the_same_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_bytes_twice_are_one_moonshot_file_with_two_references() {
-    let mut stack = Stack::new("up-dedup", &[]).await;
+    let mut stack = TestStack::uploads("up-dedup", &[]).await;
     stack.start_worker();
     let data = bytes(10_000, 2);
     let path = stack.write_file("a.txt", &data);
@@ -141,21 +140,10 @@ async fn the_same_bytes_twice_are_one_moonshot_file_with_two_references() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_daemon_stages_inline_bytes_and_enqueues_only_their_hash() {
-    let stack = Stack::new("up-daemon", &[("EXAI_MAX_UPLOAD_BYTES", "65536")]).await;
+    let stack = TestStack::uploads("up-daemon", &[("EXAI_MAX_UPLOAD_BYTES", "65536")]).await;
     let worker = stack.spawn_worker(&["--concurrency", "4"]);
-    let mut env: Vec<(String, String)> = vec![
-        ("REDIS_URL".into(), exai_tests::redis_url()),
-        ("EXAI_REDIS_PREFIX".into(), stack.prefix.clone()),
-        ("EXAI_WS_PORT".into(), "0".into()),
-        ("EXAI_WS_TOKEN".into(), daemon_support::TOKEN.into()),
-    ];
-    env.extend(stack.env.iter().cloned());
-    let daemon = daemon_support::spawn_daemon(&env).await;
-    let mut c = daemon_support::Client::connect(&format!("ws://{}/", daemon.addr)).await;
-    let ack = c
-        .hello(json!({"op": "hello", "token": daemon_support::TOKEN}))
-        .await;
-    let session = ack["session_id"].as_str().unwrap().to_owned();
+    let daemon = stack.spawn_daemon().await;
+    let (mut c, session) = Client::hello_at(&daemon.url(), None).await;
     let staging = exai_shared::staging::Staging::from_config(&stack.config().uploads);
     let encode = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
 
@@ -167,7 +155,7 @@ async fn the_daemon_stages_inline_bytes_and_enqueues_only_their_hash() {
             json!({"filename": "notes/inline.txt", "content_base64": encode(&data)}),
         )
         .await;
-    let item: Value = serde_json::from_str(&daemon_support::result_text(&res)).unwrap();
+    let item: Value = serde_json::from_str(&result_text(&res)).unwrap();
     assert_eq!(item["filename"], "inline.txt");
     assert_eq!(item["sha256"], sha256(&data));
     assert_eq!(item["size_bytes"], data.len());
@@ -264,7 +252,7 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retried_multi_file_call_counts_each_file_once() {
-    let mut stack = Stack::new("up-refs", &[]).await;
+    let mut stack = TestStack::uploads("up-refs", &[]).await;
     stack.start_worker();
     let (a, b, c) = (bytes(3_000, 21), bytes(3_000, 22), bytes(3_000, 23));
     let (pa, pb, pc) = (
@@ -277,7 +265,7 @@ async fn a_retried_multi_file_call_counts_each_file_once() {
     // The next call records a and b, then fails on c: Moonshot answers its check of c's file
     // with a 500 once, so the whole call runs again.
     stack
-        .sim
+        .sim()
         .add_fault(
             json!({"route": "moonshot.files.get", "count": 1, "action": "fail", "status": 500}),
         )
@@ -291,7 +279,7 @@ async fn a_retried_multi_file_call_counts_each_file_once() {
         .await;
     let r = stack.finished(queue::TOOL_CALLS, "refs-call").await;
     assert_eq!(r.attempts, 2, "the call ran twice");
-    let text = uploads_support::tool_outcome(r).expect("the second attempt succeeds");
+    let text = tool_outcome(r).expect("the second attempt succeeds");
     let items: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(items[2]["file_id"], earlier["file_id"]);
     assert_eq!(
@@ -303,7 +291,7 @@ async fn a_retried_multi_file_call_counts_each_file_once() {
     // a and b were recorded by the first attempt and found again by the second: one reference
     // each, the call's. c has two: the earlier call's and this one's.
     for (data, expected) in [(&a, 1), (&b, 1), (&c, 2)] {
-        let row = exai_shared::db::find_live(&stack.pool, "kimi", &sha256(data))
+        let row = exai_shared::db::find_live(stack.pool(), "kimi", &sha256(data))
             .await
             .unwrap()
             .expect("a live row");
@@ -317,7 +305,7 @@ async fn a_retried_multi_file_call_counts_each_file_once() {
         )
         .await
         .unwrap();
-    let row = exai_shared::db::find_live(&stack.pool, "kimi", &sha256(&a))
+    let row = exai_shared::db::find_live(stack.pool(), "kimi", &sha256(&a))
         .await
         .unwrap()
         .unwrap();
@@ -327,9 +315,9 @@ async fn a_retried_multi_file_call_counts_each_file_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn storage_failing_five_times_then_recovering_completes_after_retries() {
-    let mut stack = Stack::new("up-retry", &[]).await;
+    let mut stack = TestStack::uploads("up-retry", &[]).await;
     stack
-        .sim
+        .sim()
         .add_fault(
             json!({"route": "supabase.object.upload", "count": 5, "action": "fail", "status": 503}),
         )
@@ -354,9 +342,10 @@ async fn storage_failing_five_times_then_recovering_completes_after_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn storage_down_past_the_budget_fails_the_row_keeps_moonshot_and_a_redrive_recovers() {
-    let mut stack = Stack::new("up-budget", &[("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "3")]).await;
+    let mut stack =
+        TestStack::uploads("up-budget", &[("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "3")]).await;
     stack
-        .sim
+        .sim()
         .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 503}))
         .unwrap();
     stack.start_worker();
@@ -395,7 +384,7 @@ async fn storage_down_past_the_budget_fails_the_row_keeps_moonshot_and_a_redrive
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_time_budget_stops_retries_too() {
-    let mut stack = Stack::new(
+    let mut stack = TestStack::uploads(
         "up-time-budget",
         &[
             ("EXAI_STORAGE_RETRY_MAX_ATTEMPTS", "1000"),
@@ -405,7 +394,7 @@ async fn the_time_budget_stops_retries_too() {
     )
     .await;
     stack
-        .sim
+        .sim()
         .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 500}))
         .unwrap();
     stack.start_worker();
@@ -424,9 +413,9 @@ async fn the_time_budget_stops_retries_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storage_attempt_past_kimi_supabase_timeout_is_cut_and_retried() {
-    let mut stack = Stack::new("up-timeout", &[("KIMI_SUPABASE_TIMEOUT", "0.3")]).await;
+    let mut stack = TestStack::uploads("up-timeout", &[("KIMI_SUPABASE_TIMEOUT", "0.3")]).await;
     stack
-        .sim
+        .sim()
         .add_fault(json!({"route": "supabase.object.upload", "count": 1, "action": "delay", "delay_ms": 3000}))
         .unwrap();
     stack.start_worker();
@@ -446,9 +435,9 @@ async fn a_storage_attempt_past_kimi_supabase_timeout_is_cut_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storage_403_fails_the_row_at_once() {
-    let mut stack = Stack::new("up-403", &[]).await;
+    let mut stack = TestStack::uploads("up-403", &[]).await;
     stack
-        .sim
+        .sim()
         .add_fault(json!({"route": "supabase.object.upload", "action": "fail", "status": 403}))
         .unwrap();
     stack.start_worker();
@@ -473,7 +462,7 @@ async fn a_storage_403_fails_the_row_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kimi_upload_to_supabase_toggles_the_push() {
-    let mut stack = Stack::new("up-toggle", &[("KIMI_UPLOAD_TO_SUPABASE", "false")]).await;
+    let mut stack = TestStack::uploads("up-toggle", &[("KIMI_UPLOAD_TO_SUPABASE", "false")]).await;
     stack.start_worker();
     let off = upload_path(&stack, &stack.write_file("off.txt", b"not pushed")).await;
     assert_eq!(off["storage_status"], "completed");
@@ -504,7 +493,7 @@ async fn kimi_upload_to_supabase_toggles_the_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detectable_orphan() {
     use sqlx::Connection;
-    let mut stack = Stack::new(
+    let mut stack = TestStack::uploads(
         "up-crash",
         &[
             ("EXAI_JOB_LEASE_MS", "1000"),
@@ -515,7 +504,7 @@ async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detec
     let data = bytes(40_000, 5);
     let path = stack.write_file("crash.bin", &data);
     // Hold writes to the table: the worker's upload reaches Moonshot, then its INSERT waits.
-    let mut blocker = sqlx::PgConnection::connect(&stack.db.url).await.unwrap();
+    let mut blocker = sqlx::PgConnection::connect(&stack.db().url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
     sqlx::query("LOCK TABLE provider_file_uploads IN EXCLUSIVE MODE")
         .execute(&mut blocker)
@@ -537,8 +526,8 @@ async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detec
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
         )
-        .bind(&stack.db.name)
-        .fetch_one(&stack.pool)
+        .bind(&stack.db().name)
+        .fetch_one(stack.pool())
         .await
         .unwrap();
         n > 0
@@ -551,8 +540,8 @@ async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detec
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
     )
-    .bind(&stack.db.name)
-    .execute(&stack.pool)
+    .bind(&stack.db().name)
+    .execute(stack.pool())
     .await
     .unwrap();
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
@@ -562,7 +551,7 @@ async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detec
     // Another worker re-runs the job once its lease expires.
     stack.start_worker();
     let r = stack.finished(queue::TOOL_CALLS, "crash-call").await;
-    let text = uploads_support::tool_outcome(r).expect("the re-run succeeds");
+    let text = tool_outcome(r).expect("the re-run succeeds");
     let item: Value = serde_json::from_str(&text).unwrap();
     let kept = item[0]["file_id"].as_str().unwrap().to_owned();
 
@@ -580,7 +569,7 @@ async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detec
     assert_eq!(orphans.len(), 1);
     assert_eq!(orphans[0].1, sha256(&data));
     assert!(
-        exai_shared::db::find_by_provider_file_id(&stack.pool, "kimi", &orphans[0].0)
+        exai_shared::db::find_by_provider_file_id(stack.pool(), "kimi", &orphans[0].0)
             .await
             .unwrap()
             .is_none()
@@ -591,9 +580,9 @@ async fn a_worker_killed_between_moonshot_and_the_row_leaves_one_row_and_a_detec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_moonshot_429_is_retried_after_the_wait_it_names() {
-    let mut stack = Stack::new("up-429", &[]).await;
+    let mut stack = TestStack::uploads("up-429", &[]).await;
     stack
-        .sim
+        .sim()
         .add_fault(json!({"route": "moonshot.files.upload", "count": 1, "action": "rate_limit", "retry_after_secs": 1}))
         .unwrap();
     stack.start_worker();
@@ -608,9 +597,9 @@ async fn a_moonshot_429_is_retried_after_the_wait_it_names() {
         .await;
     let r = stack.finished(queue::TOOL_CALLS, id).await;
     assert_eq!(r.attempts, 2);
-    uploads_support::tool_outcome(r).expect("the retry succeeds");
+    tool_outcome(r).expect("the retry succeeds");
     let uploads: Vec<_> = stack
-        .sim
+        .sim()
         .requests()
         .into_iter()
         .filter(|r| r.route == "moonshot.files.upload")
@@ -628,15 +617,15 @@ async fn a_moonshot_429_is_retried_after_the_wait_it_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_paths_and_sizes_are_refused_and_nothing_is_uploaded() {
-    let mut stack = Stack::new("up-paths", &[("EXAI_MAX_UPLOAD_BYTES", "1024")]).await;
+    let mut stack = TestStack::uploads("up-paths", &[("EXAI_MAX_UPLOAD_BYTES", "1024")]).await;
     stack.start_worker();
     let good = stack.write_file("good.txt", b"fine");
-    std::fs::write(stack.dir.join("secret.txt"), b"top secret").unwrap();
-    let escape = stack.root.join("escape.txt");
-    std::os::unix::fs::symlink(stack.dir.join("secret.txt"), &escape).unwrap();
+    std::fs::write(stack.dir().join("secret.txt"), b"top secret").unwrap();
+    let escape = stack.root().join("escape.txt");
+    std::os::unix::fs::symlink(stack.dir().join("secret.txt"), &escape).unwrap();
     let empty = stack.write_file("empty.txt", b"");
     let big = stack.write_file("big.bin", &bytes(2048, 6));
-    let traversal = format!("{}/../secret.txt", stack.root.display());
+    let traversal = format!("{}/../secret.txt", stack.root().display());
 
     let cases: Vec<(String, &str)> = vec![
         (traversal, "outside the allowed upload roots"),
@@ -650,9 +639,9 @@ async fn bad_paths_and_sizes_are_refused_and_nothing_is_uploaded() {
             "over the upload limit of 1024 bytes",
         ),
         ("good.txt".to_owned(), "must be absolute"),
-        (stack.root.display().to_string(), "not a regular file"),
+        (stack.root().display().to_string(), "not a regular file"),
         (
-            format!("{}/missing.txt", stack.root.display()),
+            format!("{}/missing.txt", stack.root().display()),
             "cannot be resolved",
         ),
     ];
@@ -685,7 +674,7 @@ async fn bad_paths_and_sizes_are_refused_and_nothing_is_uploaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_uploads_job_runs_the_same_pipeline() {
-    let mut stack = Stack::new("up-job", &[]).await;
+    let mut stack = TestStack::uploads("up-job", &[]).await;
     stack.start_worker();
     let data = bytes(5_000, 8);
     let staging = exai_shared::staging::Staging::from_config(&stack.config().uploads);
@@ -738,7 +727,7 @@ async fn an_uploads_job_runs_the_same_pipeline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_moonshot_lost_is_restored_from_storage() {
-    let mut stack = Stack::new("up-restore", &[]).await;
+    let mut stack = TestStack::uploads("up-restore", &[]).await;
     stack.start_worker();
     let text = "The quarterly numbers are up eleven percent.";
     let item = upload_path(&stack, &stack.write_file("q.txt", text.as_bytes())).await;
@@ -746,35 +735,22 @@ async fn a_file_moonshot_lost_is_restored_from_storage() {
     stack.wait_status(&old_id, UploadStatus::Completed).await;
     // Moonshot loses the file.
     let resp = reqwest::Client::new()
-        .delete(format!("{}/files/{old_id}", stack.sim.moonshot_url()))
-        .bearer_auth(uploads_support::KEY)
+        .delete(format!("{}/files/{old_id}", stack.sim().moonshot_url()))
+        .bearer_auth(SIM_KEY)
         .send()
         .await
         .unwrap();
     assert!(resp.status().is_success());
     assert!(stack.moonshot_files().is_empty());
 
-    let out = stack
-        .call(
-            "kimi_chat_with_files",
-            json!({"prompt": "what are the numbers?", "file_ids": [old_id]}),
-        )
-        .await
-        .unwrap();
-    let out: Value = serde_json::from_str(&out).unwrap();
-    let new_id = out["file_ids"][0].as_str().unwrap().to_owned();
-    assert_ne!(new_id, old_id);
-    // The model saw the file's text.
-    assert!(
-        out["content"].as_str().unwrap().contains("eleven percent"),
-        "{out}"
-    );
-    assert_eq!(
-        stack.moonshot_files(),
-        [(new_id.clone(), sha256(text.as_bytes()))]
-    );
-    assert_eq!(stack.row(&old_id).await.status, UploadStatus::Deleted);
-    stack.wait_status(&new_id, UploadStatus::Completed).await;
+    let new_id = chat_reuploads(
+        &stack,
+        &old_id,
+        "what are the numbers?",
+        "eleven percent",
+        text.as_bytes(),
+    )
+    .await;
     // A later call with the old id uses the restored file without another upload.
     let again = stack
         .call(
@@ -791,16 +767,19 @@ async fn a_file_moonshot_lost_is_restored_from_storage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_push_creates_a_bucket_deleted_behind_its_back() {
-    let mut stack = Stack::new("up-bucket", &[]).await;
+    let mut stack = TestStack::uploads("up-bucket", &[]).await;
     stack.start_worker();
     let ok = wait_until(WAIT, || async {
-        !stack.sim.state()["supabase"]["buckets"]["user-files"].is_null()
+        !stack.sim().state()["supabase"]["buckets"]["user-files"].is_null()
     })
     .await;
     assert!(ok, "the worker did not create the bucket at start");
     let resp = reqwest::Client::new()
-        .delete(format!("{}/storage/v1/bucket/user-files", stack.sim.url()))
-        .bearer_auth(uploads_support::KEY)
+        .delete(format!(
+            "{}/storage/v1/bucket/user-files",
+            stack.sim().url()
+        ))
+        .bearer_auth(SIM_KEY)
         .send()
         .await
         .unwrap();
@@ -815,7 +794,7 @@ async fn the_push_creates_a_bucket_deleted_behind_its_back() {
 /// Inserts a row exactly as the original daemon's storage fix did (the seed's insert: `provider`,
 /// `provider_file_id`, `supabase_file_id` naming its Supabase `files` row, `sha256`, `filename`,
 /// `file_size_bytes`, `upload_status`; no `storage_path`, which only the queue writes).
-async fn insert_original_row(stack: &Stack, file_id: &str, data: &[u8]) {
+async fn insert_original_row(stack: &TestStack, file_id: &str, data: &[u8]) {
     sqlx::query(
         "INSERT INTO provider_file_uploads (provider, provider_file_id, supabase_file_id, \
          sha256, filename, file_size_bytes, upload_status) \
@@ -826,14 +805,14 @@ async fn insert_original_row(stack: &Stack, file_id: &str, data: &[u8]) {
     .bind(sha256(data))
     .bind(format!("{file_id}.txt"))
     .bind(data.len() as i64)
-    .execute(&stack.pool)
+    .execute(stack.pool())
     .await
     .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_row_the_original_daemon_wrote_downloads_from_where_its_fix_put_the_bytes() {
-    let mut stack = Stack::new("up-original", &[]).await;
+    let mut stack = TestStack::uploads("up-original", &[]).await;
     let storage = exai_shared::providers::Providers::from_config(&stack.config())
         .unwrap()
         .supabase
@@ -843,7 +822,7 @@ async fn a_row_the_original_daemon_wrote_downloads_from_where_its_fix_put_the_by
     let data = bytes(50_000, 7);
     let file_id = "cv-original-0001";
     let object_path = format!("kimi-uploads/{file_id}");
-    let disk = stack.dir.join("original.bin");
+    let disk = stack.dir().join("original.bin");
     std::fs::write(&disk, &data).unwrap();
     storage
         .upload_file(
@@ -896,7 +875,7 @@ async fn a_row_the_original_daemon_wrote_downloads_from_where_its_fix_put_the_by
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_moonshot_lost_is_restored_from_the_copy_the_original_daemon_wrote() {
-    let mut stack = Stack::new("up-original-restore", &[]).await;
+    let mut stack = TestStack::uploads("up-original-restore", &[]).await;
     let storage = exai_shared::providers::Providers::from_config(&stack.config())
         .unwrap()
         .supabase
@@ -905,7 +884,7 @@ async fn a_file_moonshot_lost_is_restored_from_the_copy_the_original_daemon_wrot
     // The original's row and object; Moonshot no longer has the file.
     let text = "The original daemon stored this report; the margin is nine percent.";
     let old_id = "cv-original-lost";
-    let disk = stack.dir.join("original-lost.txt");
+    let disk = stack.dir().join("original-lost.txt");
     std::fs::write(&disk, text).unwrap();
     storage
         .upload_file(
@@ -919,27 +898,44 @@ async fn a_file_moonshot_lost_is_restored_from_the_copy_the_original_daemon_wrot
     insert_original_row(&stack, old_id, text.as_bytes()).await;
     stack.start_worker();
 
+    chat_reuploads(
+        &stack,
+        old_id,
+        "what is the margin?",
+        "nine percent",
+        text.as_bytes(),
+    )
+    .await;
+    stack.cleanup().await;
+}
+
+/// Asks `kimi_chat_with_files` about `old_id`, a file Moonshot no longer has, and checks that it
+/// was uploaded again from its storage copy: the answer names a new file whose text (`data`)
+/// the model saw (`needle` in the answer), that file is the only one Moonshot holds, the old row
+/// is deleted and the new one completes. Returns the new file id.
+async fn chat_reuploads(
+    stack: &TestStack,
+    old_id: &str,
+    prompt: &str,
+    needle: &str,
+    data: &[u8],
+) -> String {
     let out = stack
         .call(
             "kimi_chat_with_files",
-            json!({"prompt": "what is the margin?", "file_ids": [old_id]}),
+            json!({"prompt": prompt, "file_ids": [old_id]}),
         )
         .await
         .unwrap();
     let out: Value = serde_json::from_str(&out).unwrap();
     let new_id = out["file_ids"][0].as_str().unwrap().to_owned();
     assert_ne!(new_id, old_id);
-    assert!(
-        out["content"].as_str().unwrap().contains("nine percent"),
-        "{out}"
-    );
-    assert_eq!(
-        stack.moonshot_files(),
-        [(new_id.clone(), sha256(text.as_bytes()))]
-    );
+    // The model saw the file's text.
+    assert!(out["content"].as_str().unwrap().contains(needle), "{out}");
+    assert_eq!(stack.moonshot_files(), [(new_id.clone(), sha256(data))]);
     assert_eq!(stack.row(old_id).await.status, UploadStatus::Deleted);
     stack.wait_status(&new_id, UploadStatus::Completed).await;
-    stack.cleanup().await;
+    new_id
 }
 
 /// The worker's peak resident set (`VmHWM`) in bytes.
@@ -956,9 +952,9 @@ fn peak_rss(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streaming_a_100_mb_file_keeps_the_worker_rss_bounded() {
     const SIZE: usize = 100 * 1024 * 1024;
-    let stack = Stack::new("up-rss", &[]).await;
+    let stack = TestStack::uploads("up-rss", &[]).await;
     // The file is written in pieces, so the test itself never needs it whole either.
-    let path = stack.root.join("big.bin");
+    let path = stack.root().join("big.bin");
     {
         use std::io::Write;
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());

@@ -8,79 +8,20 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use exai_shared::jobs::{CleanupJob, ToolCallJob, ToolResult};
-use exai_shared::keys::Keys;
-use exai_shared::queue::{self, JobState, NewJob, Queue, QueuePolicy};
-use exai_shared::redis::RedisHandle;
-use exai_tests::{
-    ChildGuard, PrefixGuard, RedisServer, send_signal, spawn_bin, test_config, unique_prefix,
-    wait_until,
-};
+use exai_shared::queue::{self, JobState, NewJob, Queue};
+use exai_tests::{ChildGuard, RedisServer, TestStack, send_signal, wait_until};
 
-/// A test's namespace: its prefix, a queue handle, and the environment of its workers.
-struct Ctx {
-    prefix: String,
-    redis_url: String,
-    conn: RedisHandle,
-    keys: Keys,
-    /// Extra worker environment (e.g. a short lease).
-    env: Vec<(&'static str, String)>,
-    /// Deletes the test's keys when the test ends, even on panic.
-    _cleanup: PrefixGuard,
-}
-
-impl Ctx {
-    async fn new(test: &str, redis_url: &str, env: &[(&'static str, &str)]) -> Self {
-        let prefix = unique_prefix(test);
-        let config = test_config(&prefix, &[("REDIS_URL", redis_url)]);
-        let conn = RedisHandle::connect(&config.redis).await.expect("connect");
-        Self {
-            keys: Keys::new(&prefix),
-            _cleanup: PrefixGuard::new(&prefix, redis_url),
-            prefix,
-            redis_url: redis_url.to_owned(),
-            conn,
-            env: env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-        }
-    }
-
-    fn queue(&self, name: &str) -> Queue {
-        let config = test_config(
-            &self.prefix,
-            &self
-                .env
-                .iter()
-                .map(|(k, v)| (*k, v.as_str()))
-                .collect::<Vec<_>>(),
-        );
-        Queue::new(
-            self.conn.clone(),
-            &self.keys,
-            name,
-            QueuePolicy::from_config(&config.jobs),
-        )
-    }
-
-    fn worker(&self, args: &[&str]) -> ChildGuard {
-        let mut env = vec![
-            ("REDIS_URL", self.redis_url.clone()),
-            ("EXAI_REDIS_PREFIX", self.prefix.clone()),
-            ("EXAI_AUTO_MIGRATE", "false".to_owned()),
-            // The cleanup queue's runs must never reach a real database or staging store: a
-            // database that does not exist makes every sweep fail harmlessly.
-            ("DATABASE_URL", absent_database()),
-            (
-                "EXAI_STAGING_DIR",
-                std::env::temp_dir()
-                    .join(format!("{}-staging", self.prefix))
-                    .display()
-                    .to_string(),
-            ),
-        ];
-        env.extend(self.env.iter().cloned());
-        let mut full = vec!["run"];
-        full.extend_from_slice(args);
-        spawn_bin("exai-worker", &full, &env)
-    }
+/// A stack on the Redis at `redis_url` whose workers get `env`. Their cleanup runs must never
+/// reach a real database or staging store: a database that does not exist makes every sweep
+/// fail harmlessly, and the staging directory is the stack's own.
+async fn stack(test: &str, redis_url: &str, env: &[(&str, &str)]) -> TestStack {
+    TestStack::builder(test)
+        .redis(redis_url)
+        .upload_dirs()
+        .env("DATABASE_URL", &absent_database())
+        .envs(env)
+        .start()
+        .await
 }
 
 /// The URL of a Postgres database that does not exist.
@@ -113,14 +54,14 @@ async fn wait_state(q: &Queue, id: &str, state: JobState, timeout: Duration) -> 
 
 #[tokio::test]
 async fn a_sigkilled_workers_job_is_completed_by_another_worker() {
-    let ctx = Ctx::new(
+    let ctx = stack(
         "wq-kill",
         &exai_tests::redis_url(),
         &[("EXAI_JOB_LEASE_MS", "1000")],
     )
     .await;
     let q = ctx.queue(queue::TOOL_CALLS);
-    let mut first = ctx.worker(&["--queues", "tool_calls", "--concurrency", "2"]);
+    let mut first = ctx.spawn_worker(&["--queues", "tool_calls", "--concurrency", "2"]);
     let id = q
         .enqueue(&echo(serde_json::json!({"delay_ms": 1500, "n": 1})))
         .await
@@ -132,7 +73,7 @@ async fn a_sigkilled_workers_job_is_completed_by_another_worker() {
     send_signal(first.pid(), "KILL");
     first.wait_exit(Duration::from_secs(5)).await;
 
-    let _second = ctx.worker(&["--queues", "tool_calls", "--concurrency", "2"]);
+    let _second = ctx.spawn_worker(&["--queues", "tool_calls", "--concurrency", "2"]);
     assert!(wait_state(&q, &id, JobState::Completed, Duration::from_secs(30)).await);
     let info = q.job(&id).await.unwrap().unwrap();
     assert_eq!(info.attempts, 2, "the crashed run counts as an attempt");
@@ -144,7 +85,7 @@ async fn a_sigkilled_workers_job_is_completed_by_another_worker() {
 
 #[tokio::test]
 async fn a_job_that_crashes_its_worker_every_time_ends_dead() {
-    let ctx = Ctx::new(
+    let ctx = stack(
         "wq-crashloop",
         &exai_tests::redis_url(),
         &[("EXAI_JOB_LEASE_MS", "600")],
@@ -159,7 +100,7 @@ async fn a_job_that_crashes_its_worker_every_time_ends_dead() {
         .to_owned();
     // Kill whichever worker runs the job, every time it runs.
     for attempt in 1..=2u32 {
-        let mut w = ctx.worker(&["--queues", "tool_calls"]);
+        let mut w = ctx.spawn_worker(&["--queues", "tool_calls"]);
         let started = wait_until(Duration::from_secs(30), || async {
             let job = q.job(&id).await.unwrap().unwrap();
             job.state == JobState::Running && job.attempts == attempt
@@ -170,7 +111,7 @@ async fn a_job_that_crashes_its_worker_every_time_ends_dead() {
         w.wait_exit(Duration::from_secs(5)).await;
     }
     // A live worker's sweep finds the last lease expired: out of attempts, the job is dead.
-    let _sweeper = ctx.worker(&["--queues", "tool_calls"]);
+    let _sweeper = ctx.spawn_worker(&["--queues", "tool_calls"]);
     assert!(wait_state(&q, &id, JobState::Dead, Duration::from_secs(30)).await);
     let info = q.job(&id).await.unwrap().unwrap();
     assert_eq!(info.attempts, 2);
@@ -183,7 +124,7 @@ async fn a_job_that_crashes_its_worker_every_time_ends_dead() {
 
 #[tokio::test]
 async fn a_backlog_of_20000_jobs_enqueued_with_no_worker_drains() {
-    let ctx = Ctx::new("wq-backlog", &exai_tests::redis_url(), &[]).await;
+    let ctx = stack("wq-backlog", &exai_tests::redis_url(), &[]).await;
     let q = ctx.queue(queue::TOOL_CALLS);
     let total = 20_000;
     for chunk in 0..(total / 1000) {
@@ -193,8 +134,8 @@ async fn a_backlog_of_20000_jobs_enqueued_with_no_worker_drains() {
         q.enqueue_bulk(&jobs).await.unwrap();
     }
     assert_eq!(q.counts().await.unwrap().queued, total as u64);
-    let _a = ctx.worker(&["--queues", "tool_calls", "--concurrency", "50"]);
-    let _b = ctx.worker(&["--queues", "tool_calls", "--concurrency", "50"]);
+    let _a = ctx.spawn_worker(&["--queues", "tool_calls", "--concurrency", "50"]);
+    let _b = ctx.spawn_worker(&["--queues", "tool_calls", "--concurrency", "50"]);
     let drained = wait_until(Duration::from_secs(120), || async {
         let c = q.counts().await.unwrap();
         c.completed == total as u64 && c.queued == 0 && c.running == 0
@@ -208,7 +149,7 @@ async fn a_backlog_of_20000_jobs_enqueued_with_no_worker_drains() {
 
 #[tokio::test]
 async fn cron_fires_once_per_tick_across_three_workers() {
-    let ctx = Ctx::new(
+    let ctx = stack(
         "wq-cron",
         &exai_tests::redis_url(),
         &[("EXAI_CLEANUP_CRON", "* * * * * *")],
@@ -216,7 +157,7 @@ async fn cron_fires_once_per_tick_across_three_workers() {
     .await;
     let q = ctx.queue(queue::CLEANUP);
     let workers: Vec<ChildGuard> = (0..3)
-        .map(|_| ctx.worker(&["--queues", "cleanup"]))
+        .map(|_| ctx.spawn_worker(&["--queues", "cleanup"]))
         .collect();
     let fired = wait_until(Duration::from_secs(30), || async {
         q.counts().await.unwrap().completed >= 4
@@ -248,9 +189,9 @@ async fn cron_fires_once_per_tick_across_three_workers() {
 
 #[tokio::test]
 async fn sigterm_drains_and_puts_unfinished_jobs_back_without_burning_an_attempt() {
-    let ctx = Ctx::new("wq-term", &exai_tests::redis_url(), &[]).await;
+    let ctx = stack("wq-term", &exai_tests::redis_url(), &[]).await;
     let q = ctx.queue(queue::TOOL_CALLS);
-    let mut w = ctx.worker(&["--queues", "tool_calls", "--grace-secs", "0.3"]);
+    let mut w = ctx.spawn_worker(&["--queues", "tool_calls", "--grace-secs", "0.3"]);
     let quick = q
         .enqueue(&echo(serde_json::json!({"delay_ms": 50})))
         .await
@@ -274,9 +215,9 @@ async fn sigterm_drains_and_puts_unfinished_jobs_back_without_burning_an_attempt
 
 #[tokio::test]
 async fn cancelling_a_running_job_stops_its_handler() {
-    let ctx = Ctx::new("wq-cancel", &exai_tests::redis_url(), &[]).await;
+    let ctx = stack("wq-cancel", &exai_tests::redis_url(), &[]).await;
     let q = ctx.queue(queue::TOOL_CALLS);
-    let _w = ctx.worker(&["--queues", "tool_calls"]);
+    let _w = ctx.spawn_worker(&["--queues", "tool_calls"]);
     let job = q
         .enqueue(&echo(serde_json::json!({"delay_ms": 60000})))
         .await
@@ -294,9 +235,9 @@ async fn cancelling_a_running_job_stops_its_handler() {
 
 #[tokio::test]
 async fn an_idle_worker_starts_a_new_job_at_once() {
-    let ctx = Ctx::new("wq-wake", &exai_tests::redis_url(), &[]).await;
+    let ctx = stack("wq-wake", &exai_tests::redis_url(), &[]).await;
     let q = ctx.queue(queue::TOOL_CALLS);
-    let _w = ctx.worker(&["--queues", "tool_calls", "--poll-secs", "30"]);
+    let _w = ctx.spawn_worker(&["--queues", "tool_calls", "--poll-secs", "30"]);
     // The first job proves the worker is up and subscribed.
     let warm = q.enqueue(&echo(serde_json::json!({}))).await.unwrap();
     assert!(wait_state(&q, warm.id(), JobState::Completed, Duration::from_secs(20)).await);
@@ -317,10 +258,10 @@ async fn an_idle_worker_starts_a_new_job_at_once() {
 
 #[tokio::test]
 async fn a_hand_off_to_a_busy_worker_goes_back_without_burning_an_attempt() {
-    let ctx = Ctx::new("wq-hand-off", &exai_tests::redis_url(), &[]).await;
+    let ctx = stack("wq-hand-off", &exai_tests::redis_url(), &[]).await;
     let q = ctx.queue(queue::TOOL_CALLS);
     let qk = ctx.keys.queue(queue::TOOL_CALLS);
-    let _w = ctx.worker(&["--queues", "tool_calls", "--concurrency", "1"]);
+    let _w = ctx.spawn_worker(&["--queues", "tool_calls", "--concurrency", "1"]);
     // The worker registers idle, taking hand-offs.
     let mut conn = ctx.conn.clone();
     let registered = async || -> Option<(String, String)> {
@@ -391,9 +332,9 @@ async fn a_hand_off_to_a_busy_worker_goes_back_without_burning_an_attempt() {
 #[tokio::test]
 async fn the_worker_keeps_running_through_a_redis_restart() {
     let mut redis = RedisServer::start(true).await;
-    let ctx = Ctx::new("wq-restart", &redis.url(), &[]).await;
+    let ctx = stack("wq-restart", &redis.url(), &[]).await;
     let q = ctx.queue(queue::TOOL_CALLS);
-    let mut w = ctx.worker(&["--queues", "tool_calls"]);
+    let mut w = ctx.spawn_worker(&["--queues", "tool_calls"]);
     let before = q
         .enqueue(&echo(serde_json::json!({"n": "before"})))
         .await

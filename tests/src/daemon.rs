@@ -1,27 +1,20 @@
-//! The harness of the daemon suites: a test's stack (its Redis prefix, a real `exai-daemon` on
-//! port 0, real `exai-worker` processes), a daemon served in the test's own process
-//! ([`local::LocalStack`], for the checks that are pure protocol), and a WebSocket client that speaks
-//! the protocol.
-
-#![allow(dead_code)]
-
-pub mod local;
+//! The daemon as the suites see it: an `exai-daemon` process and the address it printed, and a
+//! WebSocket client that speaks the protocol, to a daemon process over TCP or to a
+//! [`TestStack`](crate::TestStack)'s in-process daemon over an in-memory pipe.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use exai_shared::keys::Keys;
-use exai_shared::queue::{JobInfo, JobState, Queue, QueuePolicy};
-use exai_shared::redis::RedisHandle;
-use exai_tests::{ChildGuard, PrefixGuard, bin_path, test_config, unique_prefix, wait_until};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{ChildGuard, bin_path};
 
 /// The token every test daemon requires.
 pub const TOKEN: &str = "test-token-0123456789";
@@ -31,132 +24,16 @@ pub const FRAME_WAIT: Duration = Duration::from_secs(20);
 
 /// A running `exai-daemon` and the address it printed.
 pub struct Daemon {
+    /// The process (killed when dropped).
     pub child: ChildGuard,
+    /// The address it listens on.
     pub addr: SocketAddr,
 }
 
-/// One test's namespace and processes.
-pub struct Stack {
-    pub prefix: String,
-    pub redis_url: String,
-    pub daemon: Daemon,
-    pub daemon_env: Vec<(String, String)>,
-    pub workers: Vec<ChildGuard>,
-    pub queue: Queue,
-    /// Deletes the test's keys when the stack is dropped, even after a failed assertion; last,
-    /// so the processes are killed first.
-    _keys: PrefixGuard,
-}
-
-impl Stack {
-    /// A daemon with `env` on top of the test defaults, and `workers` worker processes.
-    pub async fn start(test: &str, env: &[(&str, &str)], workers: usize) -> Self {
-        Self::start_on(test, &exai_tests::redis_url(), env, workers).await
-    }
-
-    /// The same on a given Redis.
-    pub async fn start_on(
-        test: &str,
-        redis_url: &str,
-        env: &[(&str, &str)],
-        workers: usize,
-    ) -> Self {
-        let prefix = unique_prefix(test);
-        let mut daemon_env: Vec<(String, String)> = vec![
-            ("REDIS_URL".into(), redis_url.to_owned()),
-            ("EXAI_REDIS_PREFIX".into(), prefix.clone()),
-            ("EXAI_WS_PORT".into(), "0".into()),
-            ("EXAI_WS_TOKEN".into(), TOKEN.into()),
-            ("EXAI_WS_PROGRESS_INTERVAL_SECS".into(), "0.2".into()),
-        ];
-        for (k, v) in env {
-            daemon_env.retain(|(name, _)| name != k);
-            daemon_env.push(((*k).to_owned(), (*v).to_owned()));
-        }
-        let config = test_config(&prefix, &[("REDIS_URL", redis_url)]);
-        let conn = RedisHandle::connect(&config.redis)
-            .await
-            .expect("connect to redis");
-        let queue = Queue::new(
-            conn,
-            &Keys::new(&prefix),
-            exai_shared::queue::TOOL_CALLS,
-            QueuePolicy::from_config(&config.jobs),
-        );
-        let daemon = spawn_daemon(&daemon_env).await;
-        let mut stack = Self {
-            _keys: PrefixGuard::new(prefix.clone(), redis_url),
-            prefix,
-            redis_url: redis_url.to_owned(),
-            daemon,
-            daemon_env,
-            workers: Vec::new(),
-            queue,
-        };
-        for _ in 0..workers {
-            stack.start_worker();
-        }
-        stack
-    }
-
-    /// Starts one more `exai-worker run --queues tool_calls`.
-    pub fn start_worker(&mut self) {
-        self.start_worker_with(&[]);
-    }
-
-    /// The same with `extra` variables in its environment.
-    pub fn start_worker_with(&mut self, extra: &[(&str, &str)]) {
-        let mut env = vec![
-            ("REDIS_URL", self.redis_url.clone()),
-            ("EXAI_REDIS_PREFIX", self.prefix.clone()),
-            ("EXAI_AUTO_MIGRATE", "false".to_owned()),
-        ];
-        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        self.workers.push(exai_tests::spawn_bin(
-            "exai-worker",
-            &["run", "--queues", "tool_calls", "--concurrency", "16"],
-            &env,
-        ));
-    }
-
-    /// Starts a new daemon (the old one must be gone) and returns its address.
-    pub async fn restart_daemon(&mut self) -> SocketAddr {
-        self.daemon = spawn_daemon(&self.daemon_env).await;
-        self.daemon.addr
-    }
-
+impl Daemon {
     /// The daemon's WebSocket URL.
     pub fn url(&self) -> String {
-        format!("ws://{}/", self.daemon.addr)
-    }
-
-    /// A client that said hello with the right token (and `session`, when given).
-    pub async fn client(&self, session: Option<&str>) -> (Client, String) {
-        let mut c = Client::connect(&self.url()).await;
-        let ack = c
-            .hello(json!({"op": "hello", "token": TOKEN, "session_id": session}))
-            .await;
-        assert_eq!(ack["ok"], true, "{ack}");
-        let session = ack["session_id"].as_str().expect("session id").to_owned();
-        (c, session)
-    }
-
-    /// The job, as the queue sees it.
-    pub async fn job(&self, id: &str) -> Option<JobInfo> {
-        self.queue.job(id).await.expect("read job")
-    }
-
-    /// Waits until the job is in `state`.
-    pub async fn wait_state(&self, id: &str, state: JobState) -> bool {
-        wait_until(Duration::from_secs(20), || async {
-            self.job(id).await.map(|j| j.state) == Some(state)
-        })
-        .await
-    }
-
-    /// Stops the processes and deletes the test's keys (what dropping the stack does).
-    pub async fn cleanup(self) {
-        drop(self);
+        format!("ws://{}/", self.addr)
     }
 }
 
@@ -206,23 +83,65 @@ pub enum Seen {
     Ended,
 }
 
+/// The byte stream under a [`Client`]: a TCP connection to a daemon process or an in-memory pipe
+/// to an in-process daemon.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A WebSocket client speaking JSON frames: over TCP to a daemon process, or over an in-memory
-/// pipe to a [`LocalStack`].
-pub struct Client<S = MaybeTlsStream<TcpStream>> {
-    pub ws: WebSocketStream<S>,
+/// pipe to a [`TestStack`](crate::TestStack)'s in-process daemon.
+pub struct Client {
+    /// The socket.
+    pub ws: WebSocketStream<Box<dyn Io>>,
 }
 
 impl Client {
-    /// Connects (no hello yet).
+    /// Connects to `url` (`ws://host:port/`), no hello yet.
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let host = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("not a ws:// URL: {url}"));
+        let tcp = TcpStream::connect(host)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let io: Box<dyn Io> = Box::new(tcp);
+        let (ws, _) = tokio_tungstenite::client_async(url, io)
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
         Self { ws }
     }
-}
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Speaks the client side of a WebSocket over `io`, whose handshake is done.
+    pub async fn over(io: impl Io + 'static) -> Self {
+        let io: Box<dyn Io> = Box::new(io);
+        let ws = WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        Self { ws }
+    }
+
+    /// Connects and says hello with the right token (and `session`, when given); returns the
+    /// client and its session id.
+    pub async fn hello_at(url: &str, session: Option<&str>) -> (Self, String) {
+        Self::connect(url).await.say_hello(session).await
+    }
+
+    /// Says hello with the right token (and `session`, when given); returns the client and
+    /// its session id.
+    pub async fn say_hello(mut self, session: Option<&str>) -> (Self, String) {
+        let ack = self
+            .hello(json!({"op": "hello", "token": TOKEN, "session_id": session}))
+            .await;
+        assert_eq!(ack["ok"], true, "{ack}");
+        let session = ack["session_id"].as_str().expect("session id").to_owned();
+        (self, session)
+    }
+
     /// Sends a JSON frame.
     pub async fn send(&mut self, v: Value) {
         self.send_text(v.to_string()).await;
