@@ -141,6 +141,7 @@ impl App {
             connections: ConnectionLimiter::new(
                 limits.max_connections,
                 limits.max_connections_per_ip,
+                limits.max_pending_hello_per_ip,
             ),
             workers: WorkerRegistry::new(redis.clone(), &keys),
             events: EventPublisher::new(redis.clone(), keys),

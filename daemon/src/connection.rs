@@ -17,8 +17,12 @@
 //! so a client still sending it reads our 1009 instead of a connection reset.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use exai_shared::protocol::{
@@ -28,7 +32,7 @@ use exai_shared::protocol::{
 };
 use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -39,8 +43,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::app::App;
 use crate::caller::Caller;
 use crate::calls;
-use crate::limits::Refused;
-use crate::outbox::{Outbound, Outbox};
+use crate::limits::{ConnectionPermit, Refused};
+use crate::outbox::{Inbox, Outbound, Outbox};
 use crate::session::Session;
 
 /// How long a close waits for the client's answering close frame.
@@ -91,6 +95,8 @@ where
 
 /// Serves a connection whose WebSocket handshake is done (`io`, the raw byte stream after the
 /// 101 answer) from `peer` until it closes, with the daemon's frame limit and buffer sizes.
+/// Until the hello, at most `EXAI_WS_HELLO_MAX_BYTES` (plus one read chunk) are read from the
+/// socket: a bigger first frame is refused with 1009 without being read whole.
 pub async fn serve_upgraded<T>(app: Arc<App>, io: T, peer: SocketAddr)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -103,40 +109,59 @@ where
         .write_buffer_size(WS_IO_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    let gate = HelloGate::new(app.limits.hello_max_bytes);
+    let io = Gated {
+        io,
+        gate: gate.clone(),
+        scratch: Vec::new(),
+    };
     let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    serve(app, socket, peer).await;
+    serve_gated(app, socket, peer, Some(gate)).await;
 }
 
 /// Serves one WebSocket from `peer` until it closes: the connection limits, the hello, then the
 /// requests.
 pub async fn serve<S: Transport>(app: Arc<App>, socket: S, peer: SocketAddr) {
+    serve_gated(app, socket, peer, None).await;
+}
+
+/// [`serve`], opening `gate` (the cap on what is read before the hello) once the hello is
+/// accepted.
+async fn serve_gated<S: Transport>(
+    app: Arc<App>,
+    socket: S,
+    peer: SocketAddr,
+    gate: Option<HelloGate>,
+) {
     let (sink, mut stream) = socket.split();
-    let (out, rx) = Outbox::new(app.metrics.clone());
+    let (out, inbox) = Outbox::new(app.limits.outbox_max_bytes, app.metrics.clone());
     let ping = app.config.ws.ping_interval;
-    let writer = tokio::spawn(write_loop(sink, rx, (!ping.is_zero()).then_some(ping)));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        inbox,
+        (!ping.is_zero()).then_some(ping),
+        app.limits.write_timeout,
+    ));
 
-    let _permit = match app.connections.try_acquire(peer.ip()) {
-        Ok(p) => p,
-        Err(refused) => {
-            app.metrics.connection_refused(match refused {
-                Refused::Total => "total_limit",
-                Refused::PerIp { .. } => "ip_limit",
-            });
-            tracing::info!(peer = %peer, reason = %refused, "connection refused");
-            out.close(CLOSE_POLICY, &refused.to_string()).await;
-            finish(out, writer, stream, End::Closed).await;
-            return;
-        }
-    };
-    let _open = app.metrics.connection_opened();
-
-    let session = match hello(&app, &out, &mut stream).await {
-        Ok(session) => session,
+    if let Err(refused) = app.connections.check(peer.ip()) {
+        refuse_over_limit(&app, &out, peer, refused);
+        finish(out, writer, stream, End::Closed).await;
+        return;
+    }
+    let pending = app.connections.pending(peer.ip());
+    let (session, _permit) = match hello(&app, &out, &mut stream, &pending, peer).await {
+        Ok(accepted) => accepted,
         Err(end) => {
+            drop(pending);
             finish(out, writer, stream, end).await;
             return;
         }
     };
+    drop(pending);
+    if let Some(gate) = gate {
+        gate.open();
+    }
+    let _open = app.metrics.connection_opened();
     tracing::debug!(peer = %peer, session_id = %session.id, "hello accepted");
 
     let conn = Arc::new(Caller::new(app.clone(), session, out.clone()));
@@ -145,7 +170,112 @@ pub async fn serve<S: Transport>(app: Arc<App>, socket: S, peer: SocketAddr) {
     conn.tasks.close();
     conn.tasks.wait().await;
     drop(conn);
+    // The permit (`_permit`) is given back only after `finish` has closed the socket.
     finish(out, writer, stream, end).await;
+}
+
+/// Closes a connection over a limit with 1008.
+fn refuse_over_limit(app: &App, out: &Outbox, peer: SocketAddr, refused: Refused) {
+    app.metrics.connection_refused(match refused {
+        Refused::Total => "total_limit",
+        Refused::PerIp { .. } => "ip_limit",
+    });
+    tracing::info!(peer = %peer, reason = %refused, "connection refused");
+    out.close(CLOSE_POLICY, &refused.to_string());
+}
+
+/// The cap on the bytes read from a socket before its hello is accepted; shared by the socket's
+/// reader ([`Gated`]) and the connection, which opens it after the hello.
+#[derive(Debug, Clone)]
+struct HelloGate(Arc<AtomicU64>);
+
+/// Bytes a socket may still read before its hello; this value means "no cap".
+const GATE_OPEN: u64 = u64::MAX;
+
+impl HelloGate {
+    /// A cap of the first frame's limit, plus a read chunk (a client may send its first
+    /// request right behind its hello) and the largest frame header.
+    fn new(hello_max_bytes: usize) -> Self {
+        let cap = u64::try_from(hello_max_bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_add((WS_IO_BUFFER + 14) as u64)
+            .min(GATE_OPEN - 1);
+        Self(Arc::new(AtomicU64::new(cap)))
+    }
+
+    fn open(&self) {
+        self.0.store(GATE_OPEN, Ordering::Relaxed);
+    }
+}
+
+/// The error a [`Gated`] socket's read returns once the bytes allowed before the hello are
+/// spent: the first frame is too big.
+#[derive(Debug, thiserror::Error)]
+#[error("the frame before the hello is too big")]
+struct HelloTooBig;
+
+/// A byte stream that reads at most its [`HelloGate`]'s bytes until the gate opens.
+struct Gated<T> {
+    io: T,
+    gate: HelloGate,
+    /// What a capped read reads into (a read must not fill more than the cap).
+    scratch: Vec<u8>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Gated<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let left = this.gate.0.load(Ordering::Relaxed);
+        if left == GATE_OPEN {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        if left == 0 {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, HelloTooBig)));
+        }
+        let n = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(buf.remaining())
+            .min(WS_IO_BUFFER);
+        this.scratch.resize(n, 0);
+        let mut capped = ReadBuf::new(&mut this.scratch);
+        ready!(Pin::new(&mut this.io).poll_read(cx, &mut capped))?;
+        let read = capped.filled();
+        buf.put_slice(read);
+        let _ = this
+            .gate
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                (left != GATE_OPEN).then(|| left.saturating_sub(read.len() as u64))
+            });
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Gated<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Whether a read error is a [`Gated`] socket's refusal of a too-big first frame.
+fn is_hello_too_big(e: &WsError) -> bool {
+    matches!(e, WsError::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<HelloTooBig>()))
 }
 
 /// How a phase of the connection ended.
@@ -159,23 +289,28 @@ enum End {
     Gone,
 }
 
-/// Drops our sender and waits for the writer to flush, then ends the connection as `end` says:
-/// after our close frame, reads until the client answers it (bounded by [`CLOSE_WAIT`]); after
-/// an oversized frame, discards the unread rest at the byte level (its frame must not be
-/// parsed, let alone buffered), so the client can finish sending and read our 1009 instead of
-/// meeting a reset.
+/// Drops our sender and gives the writer [`CLOSE_WAIT`] to flush (each of its writes is bounded
+/// by `EXAI_WS_WRITE_TIMEOUT_SECS`); a writer still busy then is aborted, and waited for, so its
+/// half of the socket is gone. Then ends the connection as `end` says: after our close frame,
+/// reads until the client answers it (bounded by [`CLOSE_WAIT`]); after an oversized frame,
+/// discards the unread rest at the byte level (its frame must not be parsed, let alone
+/// buffered), so the client can finish sending and read our 1009 instead of meeting a reset.
+/// When this returns, the socket is closed.
 async fn finish<S: Transport>(
     out: Outbox,
-    writer: JoinHandle<Option<SplitSink<S, Message>>>,
+    mut writer: JoinHandle<Option<SplitSink<S, Message>>>,
     mut stream: SplitStream<S>,
     end: End,
 ) {
     drop(out);
-    let sink = tokio::time::timeout(CLOSE_WAIT, writer)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
+    let sink = match tokio::time::timeout(CLOSE_WAIT, &mut writer).await {
+        Ok(done) => done.ok().flatten(),
+        Err(_) => {
+            writer.abort();
+            let _ = writer.await;
+            None
+        }
+    };
     match end {
         End::Gone => {}
         End::Closed => {
@@ -196,12 +331,15 @@ async fn finish<S: Transport>(
     }
 }
 
-/// Sends queued frames and keepalive pings until asked to close or every sender is gone.
-/// Returns the sink after a close frame, so an oversized frame's rest can be discarded.
+/// Sends queued frames and keepalive pings until asked to close or every sender is gone; every
+/// write is bounded by `write_timeout`, and one that fails or times out ends the writer (and so
+/// fails every sender). Returns the sink after a close frame, so an oversized frame's rest can be
+/// discarded.
 async fn write_loop<S: Transport>(
     mut sink: SplitSink<S, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut inbox: Inbox,
     ping: Option<Duration>,
+    write_timeout: Duration,
 ) -> Option<SplitSink<S, Message>> {
     let mut ticker = ping.map(|p| tokio::time::interval_at(Instant::now() + p, p));
     loop {
@@ -214,24 +352,38 @@ async fn write_loop<S: Transport>(
             }
         };
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Outbound::Text(text)) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+            msg = inbox.recv() => match msg {
+                Some(Outbound::Text(text, budget)) => {
+                    let sent = tokio::time::timeout(
+                        write_timeout,
+                        sink.send(Message::Text(text.into())),
+                    )
+                    .await;
+                    drop(budget);
+                    if !matches!(sent, Ok(Ok(()))) {
+                        tracing::debug!("websocket write failed or timed out");
                         return None;
                     }
                 }
                 Some(Outbound::Close(code, reason)) => {
                     let frame = CloseFrame { code: code.into(), reason: reason.into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
+                        .await;
                     return Some(sink);
                 }
                 None => {
-                    let _ = sink.close().await;
+                    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
                     return None;
                 }
             },
             _ = tick => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                let sent = tokio::time::timeout(
+                    write_timeout,
+                    sink.send(Message::Ping(Default::default())),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::debug!("websocket ping failed or timed out");
                     return None;
                 }
             }
@@ -257,7 +409,16 @@ async fn next_text<S: Transport>(
                 max_bytes = app.config.ws.max_bytes,
                 "frame too big; closing"
             );
-            out.close(CLOSE_TOO_BIG, "message too big").await;
+            out.close(CLOSE_TOO_BIG, "message too big");
+            Err(End::TooBig)
+        }
+        Some(Err(e)) if is_hello_too_big(&e) => {
+            app.metrics.connection_refused("frame_too_big");
+            tracing::info!(
+                max_bytes = app.limits.hello_max_bytes,
+                "frame before the hello too big; closing"
+            );
+            out.close(CLOSE_TOO_BIG, "message too big");
             Err(End::TooBig)
         }
         Some(Err(e)) => {
@@ -267,27 +428,37 @@ async fn next_text<S: Transport>(
     }
 }
 
-/// Waits for the hello and answers it. On success returns the session.
+/// Waits for the hello and answers it. On success returns the session and the connection's
+/// slot under the per-address limit. A socket pushed out by newer ones from its address that
+/// have not said hello either (`pending`) is closed with 1008.
 async fn hello<S: Transport>(
     app: &App,
     out: &Outbox,
     stream: &mut SplitStream<S>,
-) -> Result<Arc<Session>, End> {
+    pending: &crate::limits::Pending,
+    peer: SocketAddr,
+) -> Result<(Arc<Session>, ConnectionPermit), End> {
     let deadline = Instant::now() + app.limits.hello_timeout;
     let text = loop {
         let next = tokio::select! {
             biased;
             _ = app.shutdown.cancelled() => {
-                out.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                out.close(CLOSE_GOING_AWAY, "server shutting down");
                 return Err(End::Closed);
             }
+            _ = pending.evicted.cancelled() => {
+                app.metrics.connection_refused("pending_hello_limit");
+                tracing::info!(peer = %peer, "socket without hello pushed out by newer ones");
+                out.close(CLOSE_POLICY, "Too many connections waiting for hello from your IP");
+                return Err(End::Closed);
+            }
+            _ = out.gone() => return Err(End::Gone),
             r = tokio::time::timeout_at(deadline, next_text(app, out, stream)) => r,
         };
         match next {
             Err(_elapsed) => {
                 app.metrics.connection_refused("hello_timeout");
-                out.close(CLOSE_HELLO_TIMEOUT, "hello timeout or disconnect")
-                    .await;
+                out.close(CLOSE_HELLO_TIMEOUT, "hello timeout or disconnect");
                 return Err(End::Closed);
             }
             Ok(Err(end)) => return Err(end),
@@ -307,14 +478,13 @@ async fn hello<S: Transport>(
         HelloFrame::Hello(h) => h,
         HelloFrame::NotJson => {
             app.metrics.connection_refused("invalid_message");
-            out.close(CLOSE_INVALID_MESSAGE, "invalid message").await;
+            out.close(CLOSE_INVALID_MESSAGE, "invalid message");
             return Err(End::Closed);
         }
         HelloFrame::NotHello => {
             app.metrics.connection_refused("missing_hello");
             let _ = out.send(&refuse(HelloError::MissingHello)).await;
-            out.close(CLOSE_MISSING_HELLO, "unrecognized protocol")
-                .await;
+            out.close(CLOSE_MISSING_HELLO, "unrecognized protocol");
             return Err(End::Closed);
         }
     };
@@ -322,9 +492,16 @@ async fn hello<S: Transport>(
         app.metrics.connection_refused("unauthorized");
         tracing::info!("hello refused: wrong token");
         let _ = out.send(&refuse(HelloError::Unauthorized)).await;
-        out.close(CLOSE_UNAUTHORIZED, "unauthorized").await;
+        out.close(CLOSE_UNAUTHORIZED, "unauthorized");
         return Err(End::Closed);
     }
+    let permit = match app.connections.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            refuse_over_limit(app, out, peer, refused);
+            return Err(End::Closed);
+        }
+    };
     let session_id = hello
         .session_id
         .filter(|s| protocol::valid_session_id(s))
@@ -336,7 +513,7 @@ async fn hello<S: Transport>(
         error: None,
     });
     out.send(&ack).await.map_err(|_| End::Gone)?;
-    Ok(session)
+    Ok((session, permit))
 }
 
 /// Reads and handles requests until the connection ends; returns how.
@@ -360,12 +537,15 @@ fn spawn_handler(conn: Arc<Caller>) -> (mpsc::Sender<Parsed>, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Parsed>(PENDING_REQUESTS);
     let handler = tokio::spawn(async move {
         while let Some(parsed) = rx.recv().await {
-            let sent = match parsed {
-                Ok(inbound) => tokio::select! {
-                    r = calls::dispatch(&conn, inbound) => r,
-                    _ = conn.cancel.cancelled() => return,
-                },
-                Err(e) => conn.out.send(&e.reply()).await,
+            let handled = async {
+                match parsed {
+                    Ok(inbound) => calls::dispatch(&conn, inbound).await,
+                    Err(e) => conn.out.send(&e.reply()).await,
+                }
+            };
+            let sent = tokio::select! {
+                r = handled => r,
+                _ = conn.cancel.cancelled() => return,
             };
             if sent.is_err() {
                 return;
@@ -396,22 +576,23 @@ async fn read_requests<S: Transport>(
         let next = tokio::select! {
             biased;
             _ = app.shutdown.cancelled() => {
-                conn.out.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                conn.out.close(CLOSE_GOING_AWAY, "server shutting down");
                 return End::Closed;
             }
+            _ = conn.out.gone() => return End::Gone,
             next = next_text(app, &conn.out, stream) => next,
             _ = tokio::time::sleep_until(wake_at) => {
                 let now = Instant::now();
                 if keepalive.is_some_and(|k| now >= last_seen + k) {
                     tracing::info!(session_id = %conn.session.id, "keepalive timeout");
-                    conn.out.close(CLOSE_INTERNAL, "keepalive ping timeout").await;
+                    conn.out.close(CLOSE_INTERNAL, "keepalive ping timeout");
                     return End::Closed;
                 }
                 if now >= idle_at {
                     if conn.following_any() {
                         last_request = now;
                     } else {
-                        conn.out.close(CLOSE_NORMAL, "idle timeout").await;
+                        conn.out.close(CLOSE_NORMAL, "idle timeout");
                         return End::Closed;
                     }
                 }

@@ -2,8 +2,8 @@
 //! lists the live workers, `GET /ready`, `GET /metrics`, the admin API and page under `/admin`),
 //! routing, the WebSocket upgrade, and the run loop with its graceful shutdown.
 //!
-//! Why axum plus tokio-tungstenite: axum serves the HTTP endpoints on the same listener and
-//! `serve(..).with_graceful_shutdown` stops accepting on the shutdown token; the WebSocket
+//! Why axum plus tokio-tungstenite: axum routes the HTTP endpoints on the same listener, served
+//! by hyper from our own accept loop (see [`serve`]); the WebSocket
 //! handshake is done here (a few header checks and the accept key) and the upgraded connection
 //! is handed to tokio-tungstenite directly rather than through axum's wrapper, because after an
 //! oversized frame the daemon must reach the raw socket to discard the frame's unread rest (see
@@ -14,22 +14,25 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use exai_shared::Config;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::app::{App, DaemonError};
-use crate::limits::DaemonLimits;
+use crate::limits::{DaemonLimits, TcpSlot};
 use crate::{admin, connection, health};
 
 /// Serves `listener` until `shutdown` fires: stops accepting, closes every socket with 1001,
@@ -45,6 +48,13 @@ pub async fn run(
 }
 
 /// Serves `listener` with an already built [`App`] (see [`run`]).
+///
+/// The accept loop is ours rather than `axum::serve`'s, for two limits: every TCP connection
+/// takes a slot under `EXAI_WS_MAX_CONNECTIONS` from the accept (one more is closed unread), held
+/// by the HTTP connection and, after an upgrade, by its WebSocket until the socket is closed;
+/// and hyper's header-read timeout (`EXAI_HTTP_HEADER_TIMEOUT_SECS`, which needs a timer that
+/// `axum::serve` does not set) closes a connection that sends no complete request head in time,
+/// on a fresh connection and between keep-alive requests alike.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonError> {
     let admin = admin::router(app.clone());
     let router = Router::new()
@@ -55,24 +65,70 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonErr
         )
         .with_state(app.clone());
     let stop = app.shutdown.clone();
-    // A call's ack, progress and result are small frames written one after the other: with
-    // Nagle's algorithm on, each waits for the client's delayed ACK (about 40 ms).
-    let listener = listener.tap_io(|tcp| {
+    let http = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait for some to be closed.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = app.connections.try_accept() else {
+            app.metrics.connection_refused("tcp_limit");
+            tracing::debug!(peer = %peer, "tcp connection refused: connection limit");
+            drop(tcp);
+            continue;
+        };
+        // A call's ack, progress and result are small frames written one after the other: with
+        // Nagle's algorithm on, each waits for the client's delayed ACK (about 40 ms).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
-    .map_err(DaemonError::Io)?;
+        let slot = Arc::new(slot);
+        let router = router.clone();
+        let stop = stop.clone();
+        let header_timeout = app.limits.http_header_timeout;
+        http.spawn(async move {
+            let service = service_fn(move |mut req: axum::http::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(slot.clone());
+                let mut router = router.clone();
+                async move { router.call(req).await }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(peer = %peer, error = %e, "http connection ended");
+            }
+        });
+    }
+    drop(listener);
+    http.close();
     app.tasks.close();
-    if tokio::time::timeout(app.limits.shutdown_grace, app.tasks.wait())
-        .await
-        .is_err()
+    let grace = app.limits.shutdown_grace;
+    if tokio::time::timeout(grace, async {
+        http.wait().await;
+        app.tasks.wait().await;
+    })
+    .await
+    .is_err()
     {
         tracing::warn!(
             open = app.tasks.len(),
@@ -81,6 +137,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonErr
     }
     Ok(())
 }
+
+/// How long the accept loop waits after a failed accept (no descriptor left, most likely).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Every request: a WebSocket upgrade on any path, else the admin API and page under
 /// `/admin`, else the HTTP endpoints.
@@ -154,12 +213,15 @@ fn upgrade(app: Arc<App>, mut req: Request, peer: SocketAddr) -> Response {
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The connection's TCP slot stays taken until the upgraded socket is closed.
+    let slot = req.extensions().get::<Arc<TcpSlot>>().cloned();
     let tasks = app.tasks.clone();
     tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => connection::serve_upgraded(app, TokioIo::new(upgraded), peer).await,
             Err(e) => tracing::debug!(peer = %peer, error = %e, "websocket upgrade failed"),
         }
+        drop(slot);
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -145,10 +145,12 @@ pub struct WsConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WsLimits {
     /// `EXAI_WS_MAX_CONNECTIONS` (1000; the original daemon's `MAX_CONNECTIONS`): open WebSocket
-    /// connections in total. One more is closed at once with 1008.
+    /// connections in total (one more is closed at once with 1008), and open TCP connections in
+    /// total, counted from the accept (one more is closed before anything is read).
     pub max_connections: usize,
     /// `EXAI_WS_MAX_CONNECTIONS_PER_IP` (10; the original's `MAX_CONNECTIONS_PER_IP`): open
-    /// WebSocket connections from one IP address. One more is closed at once with 1008.
+    /// WebSocket connections from one IP address that have said hello, each counted until its
+    /// socket is closed. One more is closed with 1008.
     pub max_connections_per_ip: usize,
     /// `EXAI_WS_SESSION_MAX_INFLIGHT` (100): calls of one session (over all its connections)
     /// whose result the daemon is still waiting for. One more is answered with
@@ -174,6 +176,25 @@ pub struct WsLimits {
     pub single_frame_timeout: Duration,
     /// `EXAI_WS_SHUTDOWN_GRACE_SECS` (5): how long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
+    /// `EXAI_WS_OUTBOX_MAX_BYTES` (16 MiB): bytes of frames queued for one connection's socket
+    /// and not yet written. Senders wait beyond it (one larger frame is let through alone), so
+    /// a client that does not read holds at most this much.
+    pub outbox_max_bytes: usize,
+    /// `EXAI_WS_WRITE_TIMEOUT_SECS` (30): the longest one socket write (a frame, a ping, the
+    /// close) may take; a client that does not read for this long is dropped and its socket
+    /// closed.
+    pub write_timeout: Duration,
+    /// `EXAI_WS_HELLO_MAX_BYTES` (65536): the size of a frame before the hello (checked from
+    /// the frame header, before buffering). A bigger one is closed with 1009 unread.
+    pub hello_max_bytes: usize,
+    /// `EXAI_WS_MAX_PENDING_HELLO_PER_IP` (4): sockets from one IP address that have not said
+    /// hello yet. They do not count against `EXAI_WS_MAX_CONNECTIONS_PER_IP`; one more closes the
+    /// oldest of them with 1008, so silent sockets can never lock an address's clients out.
+    pub max_pending_hello_per_ip: usize,
+    /// `EXAI_HTTP_HEADER_TIMEOUT_SECS` (10): how long a TCP connection may take to send a
+    /// request's headers, counted from the connection's start or from the end of the previous
+    /// response (so it is also the keep-alive idle timeout). Then the connection is closed.
+    pub http_header_timeout: Duration,
 }
 
 impl Default for WsLimits {
@@ -188,6 +209,11 @@ impl Default for WsLimits {
             call_timeout: Duration::from_secs(300),
             single_frame_timeout: Duration::from_secs(55),
             shutdown_grace: Duration::from_secs(5),
+            outbox_max_bytes: 16 * 1024 * 1024,
+            write_timeout: Duration::from_secs(30),
+            hello_max_bytes: 64 * 1024,
+            max_pending_hello_per_ip: 4,
+            http_header_timeout: Duration::from_secs(10),
         }
     }
 }

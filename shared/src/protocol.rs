@@ -111,7 +111,8 @@ pub const CLOSE_HELLO_TIMEOUT: u16 = CloseCode::HelloTimeout.code();
 /// The hello's token was wrong.
 pub const CLOSE_UNAUTHORIZED: u16 = CloseCode::Unauthorized.code();
 
-/// The longest `request_id` accepted (characters).
+/// The longest `request_id` accepted, and the longest `id` (its bytes as a string, else its
+/// JSON text): a longer one is answered with `VALIDATION_ERROR` and never echoed.
 pub const MAX_REQUEST_ID_LEN: usize = 256;
 /// The shortest session id a client may choose.
 pub const MIN_SESSION_ID_LEN: usize = 3;
@@ -649,9 +650,21 @@ pub fn parse_request(text: &str) -> Result<Inbound, Box<RequestError>> {
         Some(Value::String(s)) => Some(s),
         _ => None,
     };
+    let id_len = |v: &Value| match v {
+        Value::String(s) => s.len(),
+        other => other.to_string().len(),
+    };
+    if id.as_ref().is_some_and(|v| id_len(v) > MAX_REQUEST_ID_LEN) {
+        return Err(RequestError::new(
+            op,
+            ReplyTo::default(),
+            ErrorCode::ValidationError,
+            format!("Invalid message: id is longer than {MAX_REQUEST_ID_LEN} bytes"),
+        ));
+    }
     let request_id = match obj.remove("request_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.chars().count() <= MAX_REQUEST_ID_LEN => Some(s),
+        Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID_LEN => Some(s),
         Some(Value::String(_)) => {
             return Err(RequestError::new(
                 op,
@@ -659,10 +672,8 @@ pub fn parse_request(text: &str) -> Result<Inbound, Box<RequestError>> {
                     request_id: None,
                     id,
                 },
-                ErrorCode::InvalidRequest,
-                format!(
-                    "Invalid message: request_id is longer than {MAX_REQUEST_ID_LEN} characters"
-                ),
+                ErrorCode::ValidationError,
+                format!("Invalid message: request_id is longer than {MAX_REQUEST_ID_LEN} bytes"),
             ));
         }
         Some(_) => {
@@ -1213,6 +1224,25 @@ mod tests {
         assert_eq!(e.error.code, ErrorCode::InvalidRequest);
         let m = parse_request(r#"{"op":"frobnicate","request_id":"x"}"#).unwrap();
         assert_eq!(m.request, Request::Unknown("frobnicate".into()));
+    }
+
+    #[test]
+    fn ids_longer_than_256_bytes_are_refused_and_not_echoed() {
+        let ok = "é".repeat(128);
+        let text = json!({"op":"ping","request_id": ok, "id": ok}).to_string();
+        assert!(parse_request(&text).is_ok());
+        let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        for text in [
+            json!({"op":"ping","id": long}),
+            json!({"op":"ping","id": [long]}),
+            json!({"op":"ping","request_id": long, "id": 1}),
+            json!({"op":"ping","request_id": "é".repeat(129)}),
+        ] {
+            let e = parse_request(&text.to_string()).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::ValidationError, "{text}");
+            assert!(e.reply_to.request_id.is_none(), "{text}");
+            assert!(!e.reply().to_json().contains(&long), "{text}");
+        }
     }
 
     #[test]

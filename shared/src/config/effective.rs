@@ -66,6 +66,23 @@ impl Config {
             ),
             ("EXAI_WS_SHUTDOWN_GRACE_SECS", Some(secs(l.shutdown_grace))),
             (
+                "EXAI_WS_OUTBOX_MAX_BYTES",
+                Some(l.outbox_max_bytes.to_string()),
+            ),
+            ("EXAI_WS_WRITE_TIMEOUT_SECS", Some(secs(l.write_timeout))),
+            (
+                "EXAI_WS_HELLO_MAX_BYTES",
+                Some(l.hello_max_bytes.to_string()),
+            ),
+            (
+                "EXAI_WS_MAX_PENDING_HELLO_PER_IP",
+                Some(l.max_pending_hello_per_ip.to_string()),
+            ),
+            (
+                "EXAI_HTTP_HEADER_TIMEOUT_SECS",
+                Some(secs(l.http_header_timeout)),
+            ),
+            (
                 "EXAI_WS_GLOBAL_MAX_INFLIGHT",
                 Some(s.global_limit.to_string()),
             ),

@@ -149,6 +149,20 @@ impl Config {
                         )?,
                         shutdown_grace: v
                             .positive_seconds("EXAI_WS_SHUTDOWN_GRACE_SECS", d.shutdown_grace)?,
+                        outbox_max_bytes: v
+                            .positive("EXAI_WS_OUTBOX_MAX_BYTES", d.outbox_max_bytes)?,
+                        write_timeout: v
+                            .positive_seconds("EXAI_WS_WRITE_TIMEOUT_SECS", d.write_timeout)?,
+                        hello_max_bytes: v
+                            .positive("EXAI_WS_HELLO_MAX_BYTES", d.hello_max_bytes)?,
+                        max_pending_hello_per_ip: v.positive(
+                            "EXAI_WS_MAX_PENDING_HELLO_PER_IP",
+                            d.max_pending_hello_per_ip,
+                        )?,
+                        http_header_timeout: v.positive_seconds(
+                            "EXAI_HTTP_HEADER_TIMEOUT_SECS",
+                            d.http_header_timeout,
+                        )?,
                     }
                 },
                 database_url_set: v.get("DATABASE_URL").is_some(),
