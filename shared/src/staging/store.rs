@@ -122,11 +122,14 @@ impl Staging {
         .await
     }
 
-    /// Stages the file at `path` (already validated), streamed from disk.
-    pub async fn stage_file(&self, name: &str, path: &Path) -> Result<StagedBlob, StagingError> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| StagingError::io(format!("open {}", path.display()), e))?;
+    /// Stages the content of an open file (an upload path opened by
+    /// [`open_upload_path`](super::open_upload_path)), read from that descriptor only.
+    pub async fn stage_file(
+        &self,
+        name: &str,
+        file: std::fs::File,
+    ) -> Result<StagedBlob, StagingError> {
+        let file = tokio::fs::File::from_std(file);
         let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
         self.stage_stream(name, stream, None).await
     }
