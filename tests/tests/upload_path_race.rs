@@ -286,7 +286,8 @@ async fn a_file_swapped_for_a_symlink_never_uploads_the_outside_file() {
     // Each call uploaded the inside bytes, or failed cleanly (the symlink was refused).
     for sha in &uploaded {
         assert_eq!(
-            **sha, inside_sha,
+            **sha,
+            inside_sha,
             "a call uploaded other bytes than the inside file's (outside: {})",
             **sha == outside_sha
         );
