@@ -339,3 +339,48 @@ async fn a_file_swapped_for_a_symlink_never_uploads_the_outside_file() {
         swaps.load(Ordering::Relaxed)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outside_the_roots_existing_and_missing_files_get_the_same_error() {
+    let stack = Stack::start("upload-probe").await;
+    let existing = stack.dir.join("exists.txt");
+    std::fs::write(&existing, b"a file outside the roots").unwrap();
+    let probes = [
+        existing.clone(),
+        stack.dir.join("missing.txt"),
+        stack.dir.join("nowhere/missing.txt"),
+        stack.root.join("../exists.txt"),
+        stack.root.join("../missing.txt"),
+    ];
+    let mut ws = client(stack.port).await;
+    let mut errors = Vec::new();
+    for (n, path) in probes.iter().enumerate() {
+        match upload(&mut ws, &format!("probe-{n}"), path).await {
+            Outcome::Failed(e) => {
+                let text = e.to_string().replace(&path.display().to_string(), "<path>");
+                errors.push(text);
+            }
+            Outcome::Uploaded(sha) => panic!("{} was uploaded ({sha})", path.display()),
+        }
+    }
+    for (path, error) in probes.iter().zip(&errors) {
+        assert_eq!(
+            *error,
+            errors[0],
+            "{} is told apart from {}",
+            path.display(),
+            probes[0].display()
+        );
+    }
+    assert!(
+        errors[0].contains("outside the allowed upload roots"),
+        "{}",
+        errors[0]
+    );
+    // Beneath the root, a missing file may say so.
+    match upload(&mut ws, "probe-inside", &stack.root.join("missing.txt")).await {
+        Outcome::Failed(e) => assert!(e.to_string().contains("cannot be resolved"), "{e}"),
+        Outcome::Uploaded(sha) => panic!("a missing file was uploaded ({sha})"),
+    }
+    assert!(stack.moonshot_sha256s().is_empty());
+}
