@@ -18,7 +18,7 @@ pub enum StagingError {
         /// The path as given.
         path: String,
     },
-    /// The path does not exist (or a component cannot be resolved).
+    /// The path beneath a root does not exist (or a component cannot be opened).
     #[error("path `{path}` cannot be resolved: {reason}")]
     NotFound {
         /// The path as given.
@@ -26,9 +26,18 @@ pub enum StagingError {
         /// What the resolution said.
         reason: String,
     },
-    /// The path resolves outside every upload root (`..`, or a symlink pointing out).
+    /// The path is not beneath any upload root, or climbs out with `..`. Decided from the path
+    /// as given, so a path outside gets this whether or not it exists.
     #[error("path `{path}` is outside the allowed upload roots (EXAI_UPLOAD_ROOTS)")]
     OutsideRoots {
+        /// The path as given.
+        path: String,
+    },
+    /// A component beneath the upload root is a symbolic link.
+    #[error(
+        "path `{path}` passes through a symbolic link beneath its upload root; symlinks are refused"
+    )]
+    Symlink {
         /// The path as given.
         path: String,
     },

@@ -32,10 +32,12 @@
 //! of the base64 text, before anything is decoded or written.
 //!
 //! # Upload paths
-//! [`validate_upload_path`] is the gate for uploads by path: the path must be absolute, resolve
-//! (symlinks followed, [`std::fs::canonicalize`]) inside one of `EXAI_UPLOAD_ROOTS` (also
-//! resolved), name a regular file, and have a size (from its metadata, before any byte is read)
-//! between 1 byte and the limit (`EXAI_MAX_UPLOAD_BYTES`, 100 MiB, Moonshot's).
+//! [`open_upload_path`] is the gate for uploads by path: the path must be absolute, lie beneath
+//! one of `EXAI_UPLOAD_ROOTS` with no `..` and no symbolic link at any component beneath the
+//! root, name a regular file, and have a size between 1 byte and the limit
+//! (`EXAI_MAX_UPLOAD_BYTES`, 100 MiB, Moonshot's). It opens the file once and hands back the
+//! descriptor, its type and size from `fstat`; [`Staging::stage_file`] copies that descriptor, so
+//! the path is never opened by name a second time (see [`paths`]).
 //!
 //! The store is [`store`], the checks of inline bytes are [`inline`], the upload-path gate is
 //! [`paths`]; [`StagingError`] (in [`error`]) is what all three fail with.
@@ -47,5 +49,5 @@ pub mod store;
 
 pub use error::StagingError;
 pub use inline::{decode_inline, plain_filename};
-pub use paths::{ValidatedFile, resolve_upload_path, validate_upload_path};
+pub use paths::{OpenedUpload, open_upload_path, open_upload_path_blocking};
 pub use store::{StagedBlob, Staging, StagingEntry, hex, is_sha256};

@@ -122,11 +122,14 @@ impl Staging {
         .await
     }
 
-    /// Stages the file at `path` (already validated), streamed from disk.
-    pub async fn stage_file(&self, name: &str, path: &Path) -> Result<StagedBlob, StagingError> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| StagingError::io(format!("open {}", path.display()), e))?;
+    /// Stages the content of an open file (an upload path opened by
+    /// [`open_upload_path`](super::open_upload_path)), read from that descriptor only.
+    pub async fn stage_file(
+        &self,
+        name: &str,
+        file: std::fs::File,
+    ) -> Result<StagedBlob, StagingError> {
+        let file = tokio::fs::File::from_std(file);
         let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
         self.stage_stream(name, stream, None).await
     }
@@ -145,11 +148,13 @@ impl Staging {
         E: fmt::Display,
     {
         let tmp_dir = self.dir.join("tmp");
-        tokio::fs::create_dir_all(&tmp_dir)
-            .await
-            .map_err(|e| StagingError::io(format!("create {}", tmp_dir.display()), e))?;
+        create_private_dir(&tmp_dir).await?;
         let tmp = TempFile(tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4().simple())));
-        let mut file = tokio::fs::File::create(&tmp.0)
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(BLOB_MODE)
+            .open(&tmp.0)
             .await
             .map_err(|e| StagingError::io(format!("create {}", tmp.0.display()), e))?;
         let mut hasher = Sha256::new();
@@ -192,9 +197,7 @@ impl Staging {
         }
         let path = self.blob_path(&sha256)?;
         let parent = path.parent().expect("blob paths have a parent").to_owned();
-        tokio::fs::create_dir_all(&parent)
-            .await
-            .map_err(|e| StagingError::io(format!("create {}", parent.display()), e))?;
+        create_private_dir(&parent).await?;
         match tokio::fs::metadata(&path).await {
             // The same content is already staged (same hash, same size): keep that blob, and
             // make it recent again, so the orphan sweep's grace period counts from now.
@@ -208,6 +211,24 @@ impl Staging {
         }
         Ok(StagedBlob { sha256, size, path })
     }
+}
+
+/// The mode of the staging directories: the owner's only (uploads may be private files).
+const DIR_MODE: u32 = 0o700;
+
+/// The mode of a staged blob (and of its partial write): readable and writable by the owner
+/// only.
+const BLOB_MODE: u32 = 0o600;
+
+/// Creates `dir` and any missing parents with [`DIR_MODE`] (an existing directory keeps its
+/// mode: the operator's choice).
+async fn create_private_dir(dir: &Path) -> Result<(), StagingError> {
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .await
+        .map_err(|e| StagingError::io(format!("create {}", dir.display()), e))
 }
 
 /// Sets a file's modification time to now. Best effort: a blob that cannot be touched keeps
@@ -406,6 +427,28 @@ mod tests {
             std::fs::read_dir(dir.join("staging/tmp")).unwrap().count(),
             0
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_store_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch();
+        let staging = Staging::new(dir.join("staging"), 1024);
+        let blob = staging
+            .stage_bytes("a", Bytes::from_static(b"private"))
+            .await
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in [
+            dir.join("staging"),
+            dir.join("staging/tmp"),
+            dir.join("staging/blobs"),
+            blob.path.parent().unwrap().to_owned(),
+        ] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
+        assert_eq!(mode(&blob.path), 0o600);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

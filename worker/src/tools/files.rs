@@ -1,9 +1,10 @@
 //! The file tools: `kimi_upload_files`, `kimi_upload_bytes`, `kimi_download_file`,
 //! `kimi_manage_files`.
 //!
-//! Uploads check everything before anything leaves the machine: every path must resolve (symlinks
-//! followed) inside `EXAI_UPLOAD_ROOTS`, be a regular file and have 1 byte to
-//! `EXAI_MAX_UPLOAD_BYTES` (from its metadata, before any byte is read). Inline bytes arrive
+//! Uploads check everything before anything leaves the machine: every path must lie beneath
+//! `EXAI_UPLOAD_ROOTS` with no symlink and no `..` beneath the root, be a regular file and have
+//! 1 byte to `EXAI_MAX_UPLOAD_BYTES` (from `fstat` on the one descriptor opened, before any byte
+//! is read); that descriptor is what gets staged, and the staged blob what Moonshot gets. Inline bytes arrive
 //! staged by the daemon (the job carries their sha256); a job that still carries
 //! `content_base64` (enqueued by something else) has it bounded before it is decoded and staged
 //! here. A call with one bad file uploads none. The files are then
@@ -17,7 +18,7 @@ use exai_shared::db::{self, FileUpload, UploadStatus};
 use exai_shared::jobs::{JobError, ToolResult, UploadJob, UploadedFile};
 use exai_shared::providers::guess_mime;
 use exai_shared::providers::supabase::kimi_object_path;
-use exai_shared::staging::{StagingError, decode_inline, plain_filename, validate_upload_path};
+use exai_shared::staging::{StagingError, decode_inline, open_upload_path, plain_filename};
 use exai_shared::tools::Provider;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -70,7 +71,7 @@ pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
     let uploads_config = &ctx.state.config.uploads;
     let mut checked = Vec::with_capacity(args.files.len());
     for path in &args.files {
-        let file = validate_upload_path(path, &uploads_config.roots, uploads_config.max_bytes)
+        let file = open_upload_path(path, &uploads_config.roots, uploads_config.max_bytes)
             .await
             .map_err(StagingError::into_job_error)?;
         checked.push(file);
@@ -80,7 +81,7 @@ pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         let blob = ctx
             .state
             .staging
-            .stage_file(&file.filename, &file.path)
+            .stage_file(&file.filename, file.file)
             .await?;
         jobs.push(UploadJob {
             sha256: blob.sha256,
