@@ -82,6 +82,36 @@ fn a_short_token_is_an_error_not_auth_off() {
 }
 
 #[test]
+fn allowed_origins_are_normalised_web_origins() {
+    assert!(cfg(&[]).unwrap().ws.allowed_origins.is_empty());
+    let c = cfg(&[(
+        "EXAI_WS_ALLOWED_ORIGINS",
+        " HTTP://App.Example:80/ , https://127.0.0.1:3000,http://[::1]:8080",
+    )])
+    .unwrap();
+    assert_eq!(
+        c.ws.allowed_origins,
+        [
+            "http://app.example",
+            "https://127.0.0.1:3000",
+            "http://[::1]:8080"
+        ]
+    );
+    for bad in [
+        "app.example",
+        "http://app.example/path",
+        "http://app.example?x=1",
+        "ftp://app.example",
+        "null",
+        "*",
+        "http://user@app.example",
+    ] {
+        let err = cfg(&[("EXAI_WS_ALLOWED_ORIGINS", bad)]).unwrap_err();
+        assert_eq!(err.var, "EXAI_WS_ALLOWED_ORIGINS", "{bad}");
+    }
+}
+
+#[test]
 fn a_non_loopback_address_needs_a_token() {
     let err = cfg(&[("EXAI_WS_HOST", "0.0.0.0")]).unwrap_err();
     assert_eq!(err.var, "EXAI_WS_TOKEN");
