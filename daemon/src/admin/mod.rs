@@ -31,6 +31,11 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
 }
 
+/// Whether `path` belongs to the admin API (`/admin/api` and below).
+pub(crate) fn is_api_path(path: &str) -> bool {
+    path == "/admin/api" || path.starts_with("/admin/api/")
+}
+
 /// The router of everything under `/admin`, with the app as state.
 pub(crate) fn router(app: Arc<App>) -> Router {
     let api = api::routes()
