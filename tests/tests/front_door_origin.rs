@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exai_tests::{
-    ChildGuard, PrefixGuard, free_port, redis_url, spawn_bin, unique_prefix, wait_until,
+    ChildGuard, PrefixGuard, bin_path, free_port, redis_url, spawn_bin, unique_prefix, wait_until,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -397,5 +397,50 @@ async fn a_host_that_is_not_a_loopback_name_is_refused_while_listening_on_loopba
         );
         let health = http_request("GET", "/health", &host, "");
         assert_eq!(raw_status(addr, &health).await, 200, "{host}");
+    }
+}
+
+/// Runs `exai-daemon` with `extra` settings and expects it to refuse to start: it must exit
+/// with an error before it prints `listening on`; returns its standard error.
+async fn refused_start(extra: &[(&str, &str)]) -> String {
+    let prefix = unique_prefix("origin_blank_token");
+    let _keys = PrefixGuard::new(prefix.clone(), redis_url());
+    let mut cmd = tokio::process::Command::new(bin_path("exai-daemon"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis_url())
+        .env("EXAI_REDIS_PREFIX", &prefix)
+        .env("EXAI_WS_HOST", "127.0.0.1")
+        .env("EXAI_WS_PORT", free_port().to_string())
+        .envs(extra.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn exai-daemon");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    while let Some(line) = stdout.next_line().await.expect("read stdout") {
+        assert!(
+            !line.starts_with("listening on"),
+            "the daemon started with {extra:?}: {line}"
+        );
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .expect("wait for exai-daemon");
+    assert!(!out.status.success(), "exit status {}", out.status);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_token_of_only_whitespace_is_a_start_up_error_naming_the_variable() {
+    for var in ["EXAI_WS_TOKEN", "EXAI_ADMIN_TOKEN"] {
+        for blank in ["   ", " \t "] {
+            let stderr = refused_start(&[(var, blank)]).await;
+            assert!(stderr.contains(var), "{var}={blank:?}: {stderr}");
+            assert!(stderr.contains("whitespace"), "{var}={blank:?}: {stderr}");
+        }
     }
 }

@@ -112,6 +112,40 @@ fn allowed_origins_are_normalised_web_origins() {
 }
 
 #[test]
+fn a_token_of_only_whitespace_is_an_error_and_an_empty_one_is_unset() {
+    for var in ["EXAI_WS_TOKEN", "EXAI_ADMIN_TOKEN"] {
+        let err = cfg(&[(var, "   ")]).unwrap_err();
+        assert_eq!(err.var, var);
+        assert!(err.to_string().contains("whitespace"), "{err}");
+        assert!(cfg(&[(var, "")]).is_ok(), "{var} empty");
+    }
+    let c = cfg(&[]).unwrap();
+    assert!(c.ws.token.is_none() && c.ws.admin_token.is_none());
+}
+
+#[test]
+fn the_admin_token_is_long_and_not_the_client_token() {
+    let err = cfg(&[("EXAI_ADMIN_TOKEN", "short")]).unwrap_err();
+    assert_eq!(err.var, "EXAI_ADMIN_TOKEN");
+    let err = cfg(&[
+        ("EXAI_WS_TOKEN", "0123456789abcdef"),
+        ("EXAI_ADMIN_TOKEN", "0123456789abcdef"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.var, "EXAI_ADMIN_TOKEN");
+    assert!(!err.to_string().contains("0123456789abcdef"), "{err}");
+    let c = cfg(&[
+        ("EXAI_WS_TOKEN", "0123456789abcdef"),
+        ("EXAI_ADMIN_TOKEN", "fedcba9876543210"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.ws.admin_token.unwrap().expose_secret(),
+        "fedcba9876543210"
+    );
+}
+
+#[test]
 fn a_non_loopback_address_needs_a_token() {
     let err = cfg(&[("EXAI_WS_HOST", "0.0.0.0")]).unwrap_err();
     assert_eq!(err.var, "EXAI_WS_TOKEN");
