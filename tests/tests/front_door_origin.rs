@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The client token of the daemons that have one.
 const CLIENT_TOKEN: &str = "client-token-0123456789";
+/// The admin token of the daemons that have one.
+const ADMIN_TOKEN: &str = "admin-token-9876543210";
 
 /// A real daemon on a free loopback port and its own key prefix.
 struct Daemon {
@@ -304,6 +306,7 @@ async fn an_upgrade_or_admin_request_with_an_origin_not_allowed_gets_403_and_one
         "origin_raw_allowed",
         &[
             ("EXAI_WS_TOKEN", CLIENT_TOKEN),
+            ("EXAI_ADMIN_TOKEN", ADMIN_TOKEN),
             (
                 "EXAI_WS_ALLOWED_ORIGINS",
                 "https://app.example, http://127.0.0.1:3000/",
@@ -326,7 +329,7 @@ async fn an_upgrade_or_admin_request_with_an_origin_not_allowed_gets_403_and_one
 
     // The admin API: no Origin, an allowed one, and the admin page's own pass; others get 403,
     // even with the admin token.
-    let bearer = format!("Authorization: Bearer {CLIENT_TOKEN}\r\n");
+    let bearer = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
     let get = |origin: Option<&str>| {
         let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
         http_request(
@@ -443,4 +446,60 @@ async fn a_token_of_only_whitespace_is_a_start_up_error_naming_the_variable() {
             assert!(stderr.contains("whitespace"), "{var}={blank:?}: {stderr}");
         }
     }
+}
+
+#[tokio::test]
+async fn the_admin_api_takes_only_the_admin_token_and_is_closed_without_one() {
+    let http = reqwest::Client::new();
+    let queues = |addr: SocketAddr| format!("http://{addr}/admin/api/queues");
+
+    // Both tokens: the client token is refused, reading and acting alike; the admin token works.
+    let both = start_daemon(
+        "origin_admin_token",
+        &[
+            ("EXAI_WS_TOKEN", CLIENT_TOKEN),
+            ("EXAI_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    )
+    .await;
+    let pause = format!("http://{}/admin/api/queues/tool_calls/pause", both.addr);
+    for req in [
+        http.get(queues(both.addr)).bearer_auth(CLIENT_TOKEN),
+        http.post(&pause).bearer_auth(CLIENT_TOKEN),
+        http.get(queues(both.addr)),
+    ] {
+        let res = req.send().await.expect("request");
+        assert!(
+            matches!(res.status().as_u16(), 401 | 403),
+            "{}",
+            res.status()
+        );
+    }
+    let res = http
+        .get(queues(both.addr))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let body = res.text().await.expect("body");
+    assert!(
+        !body.contains(r#""paused":true"#),
+        "the refused pause did nothing: {body}"
+    );
+    // Clients keep their own token.
+    let ack = native_hello(both.addr, Some(CLIENT_TOKEN)).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    // Only the client token: the admin API is closed, to the client token too.
+    let client_only = start_daemon("origin_admin_closed", &[("EXAI_WS_TOKEN", CLIENT_TOKEN)]).await;
+    let res = http
+        .get(queues(client_only.addr))
+        .bearer_auth(CLIENT_TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let body = res.text().await.expect("body");
+    assert!(body.contains("EXAI_ADMIN_TOKEN"), "{body}");
 }
