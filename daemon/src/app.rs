@@ -1,7 +1,7 @@
 //! The state every connection and HTTP handler shares ([`App`]), built once per process: the
 //! configuration, the Redis handle and queues, the relay, the metrics, the connection and session
-//! counters, the staging store, and the token check (a constant-time compare of SHA-256 digests)
-//! that the hello and the admin API both use. Also the wall-clock helpers the replies stamp.
+//! counters, the staging store, and the token checks (constant-time compares of SHA-256 digests):
+//! the client token for the hello, the admin token for the admin API. Also the wall-clock helpers the replies stamp.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -77,6 +77,8 @@ pub struct App {
     /// SHA-256 of `EXAI_WS_TOKEN`, compared in constant time with the digest of the token a
     /// client sends (digests hide the length too); `None` when auth is off (loopback only).
     pub(crate) token_digest: Option<[u8; 32]>,
+    /// SHA-256 of `EXAI_ADMIN_TOKEN`, the admin API's token; `None` keeps the admin API closed.
+    pub(crate) admin_token_digest: Option<[u8; 32]>,
     /// Fires on shutdown; every connection watches it.
     pub(crate) shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for the 1001 closes to go out.
@@ -130,6 +132,11 @@ impl App {
                 .await
                 .map_err(DaemonError::Semaphores)?;
         let token_digest = config.ws.token.as_ref().map(|t| digest(t.expose_secret()));
+        let admin_token_digest = config
+            .ws
+            .admin_token
+            .as_ref()
+            .map(|t| digest(t.expose_secret()));
         let db = config
             .ws
             .database_url_set
@@ -156,6 +163,7 @@ impl App {
             sessions: Sessions::default(),
             db,
             token_digest,
+            admin_token_digest,
             shutdown,
             tasks: TaskTracker::new(),
             started: Instant::now(),
@@ -171,6 +179,15 @@ impl App {
             Some(expected) => bool::from(expected.ct_eq(&digest(given))),
             None => true,
         }
+    }
+
+    /// Whether `given` is the admin token (`EXAI_ADMIN_TOKEN`), compared the same way. Always
+    /// `false` when no admin token is configured: the admin API is then closed. The client
+    /// token never matches (the configuration refuses an admin token equal to it).
+    pub(crate) fn admin_token_matches(&self, given: &str) -> bool {
+        self.admin_token_digest
+            .as_ref()
+            .is_some_and(|expected| bool::from(expected.ct_eq(&digest(given))))
     }
 }
 

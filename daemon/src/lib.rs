@@ -9,6 +9,8 @@
 //! Modules, in layers: each imports only the layers below it.
 //! - [`server`]: one port for WebSocket upgrades (any path), the HTTP routes (`/health`,
 //!   `/ready`, `/metrics`, `/admin`); [`run`] and graceful shutdown.
+//! - `origin`: the `Origin` (`EXAI_WS_ALLOWED_ORIGINS`) and `Host` checks a request passes
+//!   before the upgrade or an HTTP route.
 //! - [`app`]: the shared [`App`], the token check, the time helpers.
 //! - `health`: the `/health` and `/ready` answers, and the `health` and `queue_stats` reports.
 //! - [`admin`]: the operator's JSON API under `/admin/api` and the `/admin` web page.
@@ -38,6 +40,7 @@ mod follow;
 mod health;
 pub mod limits;
 pub mod metrics;
+pub(crate) mod origin;
 mod outbox;
 pub mod relay;
 pub mod server;

@@ -24,6 +24,9 @@ async fn main() -> anyhow::Result<()> {
     if config.ws.token.is_none() {
         tracing::warn!("EXAI_WS_TOKEN is not set: clients are not authenticated (loopback only)");
     }
+    if config.ws.admin_token.is_none() {
+        tracing::info!("EXAI_ADMIN_TOKEN is not set: the admin API is closed");
+    }
     let shutdown = shutdown::on_signal();
     let listener = tokio::net::TcpListener::bind((config.ws.host, config.ws.port))
         .await

@@ -33,7 +33,7 @@ use tower_service::Service;
 
 use crate::app::{App, DaemonError};
 use crate::limits::{DaemonLimits, TcpSlot};
-use crate::{admin, connection, health};
+use crate::{admin, connection, health, origin};
 
 /// Serves `listener` until `shutdown` fires: stops accepting, closes every socket with 1001,
 /// waits up to the shutdown grace for them, and returns. Queued jobs stay in Redis.
@@ -141,16 +141,31 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonErr
 /// How long the accept loop waits after a failed accept (no descriptor left, most likely).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Every request: a WebSocket upgrade on any path, else the admin API and page under
-/// `/admin`, else the HTTP endpoints.
+/// Every request: the `Host` and `Origin` checks (see `origin`), then a WebSocket upgrade on
+/// any path, else the admin API and page under `/admin`, else the HTTP endpoints.
 async fn handle(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut admin: Router,
     req: Request,
 ) -> Response {
+    if let Err(refusal) = origin::check_host(req.headers(), app.config.ws_is_loopback()) {
+        tracing::info!(peer = %peer, "request refused: Host is not a loopback name");
+        return refusal.into_response();
+    }
+    let allowed = &app.config.ws.allowed_origins;
     if wants_websocket(req.method(), req.headers()) {
+        if let Err(refusal) = origin::check_origin(req.headers(), allowed, false) {
+            tracing::info!(peer = %peer, "websocket upgrade refused: origin not allowed");
+            return refusal.into_response();
+        }
         return upgrade(app, req, peer);
+    }
+    if admin::is_api_path(req.uri().path())
+        && let Err(refusal) = origin::check_origin(req.headers(), allowed, true)
+    {
+        tracing::info!(peer = %peer, "admin API request refused: origin not allowed");
+        return refusal.into_response();
     }
     if admin::is_admin_path(req.uri().path()) {
         return match admin.call(req).await {

@@ -127,7 +127,17 @@ pub struct WsConfig {
     /// `EXAI_WS_PORT` (8079).
     pub port: u16,
     /// `EXAI_WS_TOKEN`: at least [`MIN_TOKEN_LEN`] characters when set; required off loopback.
+    /// A value of only whitespace is an error, never "no token".
     pub token: Option<SecretString>,
+    /// `EXAI_ADMIN_TOKEN`: the admin API's token, separate from the clients' (at least
+    /// [`MIN_TOKEN_LEN`] characters, not equal to `EXAI_WS_TOKEN`). Unset: the admin API is
+    /// closed.
+    pub admin_token: Option<SecretString>,
+    /// `EXAI_WS_ALLOWED_ORIGINS` (empty): the web origins (`scheme://host[:port]`, normalised)
+    /// whose pages may open a WebSocket or call the admin API. A request that carries an
+    /// `Origin` header not listed gets 403; one without `Origin` (CLI, shim, MCP clients) is
+    /// not affected.
+    pub allowed_origins: Vec<String>,
     /// `EXAI_WS_MAX_BYTES` (32 MiB): the inbound frame limit.
     pub max_bytes: usize,
     /// `EXAI_WS_PING_INTERVAL` seconds (30).

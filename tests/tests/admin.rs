@@ -19,6 +19,8 @@ const DEAD: &str = "job-dead-1";
 const RUNNING: &str = "job-running-1";
 /// The queued jobs.
 const QUEUED: [&str; 3] = ["job-queued-1", "job-queued-2", "job-queued-3"];
+/// The admin token (`EXAI_ADMIN_TOKEN`); the client token (`TOKEN`) does not open the API.
+const ADMIN_TOKEN: &str = "admin-token-of-the-admin-tests";
 /// The semaphore holder.
 const HOLDER: &str = "worker-admin-test/3";
 /// The job the semaphore lease is for.
@@ -40,7 +42,7 @@ impl Admin {
     /// Seeds the state and starts a daemon; with a migrated database (and its rows) when
     /// `database` is true, else without `DATABASE_URL`.
     async fn start(test: &str, database: bool) -> Self {
-        let builder = TestStack::builder(test);
+        let builder = TestStack::builder(test).env("EXAI_ADMIN_TOKEN", ADMIN_TOKEN);
         let mut stack = if database {
             builder.database()
         } else {
@@ -125,7 +127,7 @@ impl Admin {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        json_of(req.bearer_auth(TOKEN).send().await.expect("request")).await
+        json_of(req.bearer_auth(ADMIN_TOKEN).send().await.expect("request")).await
     }
 
     async fn set_cleanup_report(&self, report: &Value) {
@@ -198,9 +200,14 @@ async fn the_api_refuses_requests_without_the_right_token() {
         admin
             .http
             .get(&queues)
-            .bearer_auth(&TOKEN[..TOKEN.len() - 1]),
-        admin.http.get(&queues).header("Authorization", TOKEN),
-        admin.http.get(&queues).basic_auth("admin", Some(TOKEN)),
+            .bearer_auth(&ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]),
+        admin.http.get(&queues).header("Authorization", ADMIN_TOKEN),
+        admin
+            .http
+            .get(&queues)
+            .basic_auth("admin", Some(ADMIN_TOKEN)),
+        admin.http.get(&queues).bearer_auth(TOKEN),
+        admin.http.post(&retry).bearer_auth(TOKEN),
         admin.http.post(&retry),
         admin
             .http
@@ -514,7 +521,7 @@ async fn a_daemon_without_a_token_keeps_the_admin_api_closed() {
         let (status, body) = json_of(res).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
         assert!(
-            body["error"].as_str().unwrap().contains("EXAI_WS_TOKEN"),
+            body["error"].as_str().unwrap().contains("EXAI_ADMIN_TOKEN"),
             "{body}"
         );
     }
@@ -614,7 +621,7 @@ async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
             "sweeps": {"staging_orphans": {"found": 7, "removed": 7, "bytes": 2048}}}});
     admin.set_cleanup_report(&report).await;
     // The token and a job to open come in the fragment.
-    let url = admin.url(&format!("/admin#token={TOKEN}&job={DEAD}"));
+    let url = admin.url(&format!("/admin#token={ADMIN_TOKEN}&job={DEAD}"));
 
     let dom = run_chromium(
         &browser,
@@ -710,7 +717,7 @@ async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
     let _ = std::fs::remove_file(&shot);
     run_chromium(
         &browser,
-        &admin.url(&format!("/admin#token={TOKEN}")),
+        &admin.url(&format!("/admin#token={ADMIN_TOKEN}")),
         &[
             "--virtual-time-budget=8000".into(),
             "--window-size=1280,1000".into(),

@@ -98,7 +98,15 @@ async fn scripts_up_starts_the_stack_and_ctrl_c_stops_it() {
         .expect("the token line")
         .to_owned();
     assert!(token.len() >= 16, "a generated token of 16+ characters");
-    assert!(banner_text.contains(&format!("/admin#token={token}")));
+    let admin_token = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("EXAI_ADMIN_TOKEN="))
+        .expect("the admin token line");
+    assert!(
+        admin_token.len() >= 16 && admin_token != token,
+        "{admin_token}"
+    );
+    assert!(banner_text.contains(&format!("/admin#token={admin_token}")));
     assert!(banner_text.contains("exai-call"), "an example call");
 
     // The example call works against the stack it started (workers, daemon, queue).

@@ -1,10 +1,11 @@
 //! The operator's view of the deployment over HTTP, on the daemon's port: the JSON API under
 //! `/admin/api/...` ([`api`]) and the `/admin` web page that reads it ([`page`]).
 //!
-//! Every API request needs `Authorization: Bearer <EXAI_WS_TOKEN>`, checked in constant time by
-//! the same check as the WebSocket hello (`App::token_matches`); without the token the answer
-//! is 401 with a JSON error. A daemon without a token (allowed on a loopback address only)
-//! keeps the API closed: it can kill and retry jobs, so it is never open. The page's HTML, script and style
+//! Every API request needs `Authorization: Bearer <EXAI_ADMIN_TOKEN>`, the admin's own token,
+//! checked in constant time (`App::admin_token_matches`); the clients' `EXAI_WS_TOKEN` is
+//! refused like any wrong token, so a client cannot read every job's payload and result, kill or
+//! retry. Without the admin token the answer is 401 with a JSON error. A daemon without
+//! `EXAI_ADMIN_TOKEN` keeps the API closed: it can kill and retry jobs, so it is never open. The page's HTML, script and style
 //! are served without the token: they are static, embedded in the binary, and hold no data; the
 //! page sends the token the operator gives it with each API call.
 //!
@@ -31,6 +32,11 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
 }
 
+/// Whether `path` belongs to the admin API (`/admin/api` and below).
+pub(crate) fn is_api_path(path: &str) -> bool {
+    path == "/admin/api" || path.starts_with("/admin/api/")
+}
+
 /// The router of everything under `/admin`, with the app as state.
 pub(crate) fn router(app: Arc<App>) -> Router {
     let api = api::routes()
@@ -48,24 +54,24 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Refuses an API request without the right bearer token (401, JSON error).
+/// Refuses an API request without the admin token (401, JSON error).
 async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if app.token_digest.is_none() {
+    if app.admin_token_digest.is_none() {
         return ApiError::unauthorized(
-            "the admin API needs a token: start the daemon with EXAI_WS_TOKEN set",
+            "the admin API needs its own token: start the daemon with EXAI_ADMIN_TOKEN set",
         )
         .into_response();
     }
     {
         match bearer(req.headers()) {
-            Some(token) if app.token_matches(token) => {}
+            Some(token) if app.admin_token_matches(token) => {}
             Some(_) => {
                 tracing::info!("admin API request refused: wrong token");
                 return ApiError::unauthorized("wrong token").into_response();
             }
             None => {
                 return ApiError::unauthorized(
-                    "missing token: send `Authorization: Bearer <EXAI_WS_TOKEN>`",
+                    "missing token: send `Authorization: Bearer <EXAI_ADMIN_TOKEN>`",
                 )
                 .into_response();
             }

@@ -1,7 +1,8 @@
 //! The `/admin` web page: one HTML file, one script and one style sheet, embedded in the binary
 //! (no build step, nothing fetched from elsewhere). The page holds no data and is served without
-//! the token; its script asks the JSON API for everything, every 2 seconds, with the token the
-//! operator gives it (the token field, kept in `sessionStorage`, or `/admin#token=...`).
+//! the token; its script asks the JSON API for everything, every 2 seconds, with the admin token
+//! (`EXAI_ADMIN_TOKEN`) the operator gives it (the token field, kept in `sessionStorage`, or
+//! `/admin#token=...`).
 
 use std::sync::Arc;
 

@@ -38,6 +38,11 @@ impl Config {
             ("EXAI_WS_HOST", Some(ws.host.to_string())),
             ("EXAI_WS_PORT", Some(ws.port.to_string())),
             ("EXAI_WS_TOKEN", secret(ws.token.as_ref())),
+            ("EXAI_ADMIN_TOKEN", secret(ws.admin_token.as_ref())),
+            (
+                "EXAI_WS_ALLOWED_ORIGINS",
+                (!ws.allowed_origins.is_empty()).then(|| ws.allowed_origins.join(",")),
+            ),
             ("EXAI_WS_MAX_BYTES", Some(ws.max_bytes.to_string())),
             ("EXAI_WS_PING_INTERVAL", Some(secs(ws.ping_interval))),
             (

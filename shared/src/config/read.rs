@@ -58,16 +58,37 @@ impl Config {
 
     /// Reads every variable (the old names already resolved).
     pub(super) fn read(v: &Vars<'_>) -> Result<Self, ConfigError> {
-        let token = v.secret("EXAI_WS_TOKEN");
-        if let Some(t) = &token {
-            let len = t.expose_secret().chars().count();
-            if len < MIN_TOKEN_LEN {
-                return Err(ConfigError::new(
-                    "EXAI_WS_TOKEN",
-                    format!("must be at least {MIN_TOKEN_LEN} characters when set (got {len})"),
-                ));
-            }
+        let token = v.token("EXAI_WS_TOKEN")?;
+        let admin_token = v.token("EXAI_ADMIN_TOKEN")?;
+        if let (Some(client), Some(admin)) = (&token, &admin_token)
+            && client.expose_secret() == admin.expose_secret()
+        {
+            return Err(ConfigError::new(
+                "EXAI_ADMIN_TOKEN",
+                "must differ from EXAI_WS_TOKEN (clients must not hold the admin token)",
+            ));
         }
+        let allowed_origins = v
+            .get("EXAI_WS_ALLOWED_ORIGINS")
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(|o| {
+                        web_origin(o).ok_or_else(|| {
+                            ConfigError::new(
+                                "EXAI_WS_ALLOWED_ORIGINS",
+                                format!(
+                                    "`{o}` is not a web origin (expected scheme://host[:port], \
+                                     e.g. http://127.0.0.1:3000)"
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
 
         let prefix = v.string("EXAI_REDIS_PREFIX", "exai");
         if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
@@ -124,6 +145,8 @@ impl Config {
                 host: v.parse("EXAI_WS_HOST", "127.0.0.1".parse().expect("literal ip"))?,
                 port: v.parse("EXAI_WS_PORT", 8079)?,
                 token,
+                admin_token,
+                allowed_origins,
                 max_bytes: v.positive("EXAI_WS_MAX_BYTES", 32 * 1024 * 1024)?,
                 ping_interval: v.seconds("EXAI_WS_PING_INTERVAL", 30.0)?,
                 progress_interval: v.seconds("EXAI_WS_PROGRESS_INTERVAL_SECS", 5.0)?,
@@ -353,6 +376,22 @@ impl Config {
     }
 }
 
+/// `raw` as the serialised web origin a browser sends in `Origin` (`http://host[:port]`, the
+/// scheme and host lower-cased, a default port dropped); `None` unless `raw` is an http(s) URL
+/// with a host and nothing after it but an optional `/`.
+fn web_origin(raw: &str) -> Option<String> {
+    let url = reqwest::Url::parse(raw).ok()?;
+    let bare = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && !raw.trim_end_matches('/').ends_with(['?', '#']);
+    bare.then(|| url.origin().ascii_serialization())
+}
+
 /// Whether `url`'s host is the provider emulator's.
 fn is_emulator_url(url: &str) -> bool {
     reqwest::Url::parse(url)
@@ -408,6 +447,29 @@ impl<'a> Vars<'a> {
             .get(name)
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
+    }
+
+    /// A token: unset when absent or empty; at least [`MIN_TOKEN_LEN`] characters when set; a
+    /// value of only whitespace is an error (it must never silently mean "no token").
+    fn token(&self, name: &'static str) -> Result<Option<SecretString>, ConfigError> {
+        let raw = self.vars.get(name).map(String::as_str).unwrap_or_default();
+        let Some(token) = self.get(name) else {
+            if raw.is_empty() {
+                return Ok(None);
+            }
+            return Err(ConfigError::new(
+                name,
+                "is only whitespace: set a real token or leave it empty",
+            ));
+        };
+        let len = token.chars().count();
+        if len < MIN_TOKEN_LEN {
+            return Err(ConfigError::new(
+                name,
+                format!("must be at least {MIN_TOKEN_LEN} characters when set (got {len})"),
+            ));
+        }
+        Ok(Some(SecretString::from(token.to_owned())))
     }
 
     fn string(&self, name: &'static str, default: &str) -> String {

@@ -82,6 +82,70 @@ fn a_short_token_is_an_error_not_auth_off() {
 }
 
 #[test]
+fn allowed_origins_are_normalised_web_origins() {
+    assert!(cfg(&[]).unwrap().ws.allowed_origins.is_empty());
+    let c = cfg(&[(
+        "EXAI_WS_ALLOWED_ORIGINS",
+        " HTTP://App.Example:80/ , https://127.0.0.1:3000,http://[::1]:8080",
+    )])
+    .unwrap();
+    assert_eq!(
+        c.ws.allowed_origins,
+        [
+            "http://app.example",
+            "https://127.0.0.1:3000",
+            "http://[::1]:8080"
+        ]
+    );
+    for bad in [
+        "app.example",
+        "http://app.example/path",
+        "http://app.example?x=1",
+        "ftp://app.example",
+        "null",
+        "*",
+        "http://user@app.example",
+    ] {
+        let err = cfg(&[("EXAI_WS_ALLOWED_ORIGINS", bad)]).unwrap_err();
+        assert_eq!(err.var, "EXAI_WS_ALLOWED_ORIGINS", "{bad}");
+    }
+}
+
+#[test]
+fn a_token_of_only_whitespace_is_an_error_and_an_empty_one_is_unset() {
+    for var in ["EXAI_WS_TOKEN", "EXAI_ADMIN_TOKEN"] {
+        let err = cfg(&[(var, "   ")]).unwrap_err();
+        assert_eq!(err.var, var);
+        assert!(err.to_string().contains("whitespace"), "{err}");
+        assert!(cfg(&[(var, "")]).is_ok(), "{var} empty");
+    }
+    let c = cfg(&[]).unwrap();
+    assert!(c.ws.token.is_none() && c.ws.admin_token.is_none());
+}
+
+#[test]
+fn the_admin_token_is_long_and_not_the_client_token() {
+    let err = cfg(&[("EXAI_ADMIN_TOKEN", "short")]).unwrap_err();
+    assert_eq!(err.var, "EXAI_ADMIN_TOKEN");
+    let err = cfg(&[
+        ("EXAI_WS_TOKEN", "0123456789abcdef"),
+        ("EXAI_ADMIN_TOKEN", "0123456789abcdef"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.var, "EXAI_ADMIN_TOKEN");
+    assert!(!err.to_string().contains("0123456789abcdef"), "{err}");
+    let c = cfg(&[
+        ("EXAI_WS_TOKEN", "0123456789abcdef"),
+        ("EXAI_ADMIN_TOKEN", "fedcba9876543210"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.ws.admin_token.unwrap().expose_secret(),
+        "fedcba9876543210"
+    );
+}
+
+#[test]
 fn a_non_loopback_address_needs_a_token() {
     let err = cfg(&[("EXAI_WS_HOST", "0.0.0.0")]).unwrap_err();
     assert_eq!(err.var, "EXAI_WS_TOKEN");

@@ -314,7 +314,7 @@ async function refresh() {
     setStatus("updated " + new Date().toLocaleTimeString());
     document.body.dataset.loaded = "true";
   } catch (e) {
-    if (e.status === 401) setStatus("unauthorized: enter the token (EXAI_WS_TOKEN)", true);
+    if (e.status === 401) setStatus("unauthorized: enter the admin token (EXAI_ADMIN_TOKEN)", true);
     else setStatus("refresh failed: " + e.message, true);
   } finally {
     running = false;
