@@ -197,7 +197,7 @@ pub struct WsLimits {
     /// `EXAI_WS_HELLO_MAX_BYTES` (65536): the size of a frame before the hello (checked from
     /// the frame header, before buffering). A bigger one is closed with 1009 unread.
     pub hello_max_bytes: usize,
-    /// `EXAI_WS_MAX_PENDING_HELLO_PER_IP` (4): sockets from one IP address that have not said
+    /// `EXAI_WS_MAX_PENDING_HELLO_PER_IP` (16): sockets from one IP address that have not said
     /// hello yet. They do not count against `EXAI_WS_MAX_CONNECTIONS_PER_IP`; one more closes the
     /// oldest of them with 1008, so silent sockets can never lock an address's clients out.
     pub max_pending_hello_per_ip: usize,
@@ -222,7 +222,7 @@ impl Default for WsLimits {
             outbox_max_bytes: 16 * 1024 * 1024,
             write_timeout: Duration::from_secs(30),
             hello_max_bytes: 64 * 1024,
-            max_pending_hello_per_ip: 4,
+            max_pending_hello_per_ip: 16,
             http_header_timeout: Duration::from_secs(10),
         }
     }

@@ -274,7 +274,14 @@ async fn a_big_first_frame_is_refused_with_1009_unread() {
 
 #[tokio::test]
 async fn sockets_that_never_say_hello_cannot_lock_out_a_client() {
-    let daemon = Daemon::start("fds-pending", &[("EXAI_WS_MAX_CONNECTIONS_PER_IP", "10")]).await;
+    let daemon = Daemon::start(
+        "fds-pending",
+        &[
+            ("EXAI_WS_MAX_CONNECTIONS_PER_IP", "10"),
+            ("EXAI_WS_MAX_PENDING_HELLO_PER_IP", "4"),
+        ],
+    )
+    .await;
     let mut silent = Vec::new();
     for _ in 0..10 {
         let (ws, _) = connect_async(&daemon.url()).await.expect("connect");

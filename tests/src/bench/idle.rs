@@ -100,6 +100,7 @@ pub async fn run(opts: IdleOptions, prefix: String) -> anyhow::Result<Report> {
         .env("EXAI_WS_TOKEN", TOKEN)
         .env("EXAI_WS_MAX_CONNECTIONS", &limit)
         .env("EXAI_WS_MAX_CONNECTIONS_PER_IP", &limit)
+        .env("EXAI_WS_MAX_PENDING_HELLO_PER_IP", &limit)
         .env("EXAI_LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

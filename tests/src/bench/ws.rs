@@ -153,7 +153,8 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
     let daemon_env = [
         ("EXAI_WS_TOKEN", TOKEN.to_owned()),
         ("EXAI_WS_MAX_CONNECTIONS", conns.clone()),
-        ("EXAI_WS_MAX_CONNECTIONS_PER_IP", conns),
+        ("EXAI_WS_MAX_CONNECTIONS_PER_IP", conns.clone()),
+        ("EXAI_WS_MAX_PENDING_HELLO_PER_IP", conns),
         (
             "EXAI_WS_SESSION_MAX_INFLIGHT",
             opts.inflight.max(100).to_string(),
