@@ -36,6 +36,7 @@ pub mod app;
 mod caller;
 mod calls;
 pub mod connection;
+mod file_admin;
 mod follow;
 mod health;
 pub mod limits;

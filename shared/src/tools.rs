@@ -453,7 +453,10 @@ mod tests {
         let long = "a".repeat(129);
         for bad in [".", "..", "a/b", long.as_str()] {
             assert_eq!(
-                download.validate(&json!({"file_id": bad})).unwrap_err().path,
+                download
+                    .validate(&json!({"file_id": bad}))
+                    .unwrap_err()
+                    .path,
                 "/file_id",
                 "{bad:?}"
             );
