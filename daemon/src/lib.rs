@@ -44,6 +44,7 @@ pub mod metrics;
 pub(crate) mod origin;
 mod outbox;
 pub mod relay;
+mod resume;
 pub mod server;
 mod session;
 

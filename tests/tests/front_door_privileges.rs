@@ -12,7 +12,9 @@
 //!   cancel its calls.
 
 use exai_shared::db::UploadStatus;
-use exai_tests::daemon::{Client, result_text};
+use exai_shared::protocol::call_job_id;
+use exai_shared::queue::JobState;
+use exai_tests::daemon::{Client, echoed, result_text};
 use exai_tests::{ChildGuard, TestStack};
 use serde_json::{Value, json};
 
@@ -198,4 +200,90 @@ async fn removing_files_needs_client_file_admin() {
 /// A stack whose daemon lets clients remove files.
 async fn stack_with_admin() -> (TestStack, ChildGuard) {
     stack("privs-file-admin-on", &[("EXAI_CLIENT_FILE_ADMIN", "true")]).await
+}
+
+/// Says hello on a new connection with `session_id` and `resume_secret` as given (either may
+/// be absent); returns the client and its hello_ack.
+async fn hello_as(stack: &TestStack, session: &str, secret: Option<&str>) -> (Client, Value) {
+    let mut c = stack.connect().await;
+    let ack = c
+        .hello(json!({"op": "hello", "token": exai_tests::daemon::TOKEN,
+                      "session_id": session, "resume_secret": secret}))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    (c, ack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resuming_a_session_needs_its_resume_secret() {
+    let mut stack = TestStack::with_daemon("privs-resume", &[], 0).await;
+    // The owner: a fresh session and its secret; two calls that wait (no worker yet).
+    let mut owner = stack.connect().await;
+    let ack = owner
+        .hello(json!({"op": "hello", "token": exai_tests::daemon::TOKEN}))
+        .await;
+    let session = ack["session_id"].as_str().unwrap().to_owned();
+    let secret = ack["resume_secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 32, "{ack}");
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{ack}");
+    for r in ["r-1", "r-2"] {
+        owner
+            .send(
+                json!({"op": "call_tool", "request_id": r, "name": "test_echo",
+                         "arguments": {"who": "owner", "r": r}}),
+            )
+            .await;
+        assert_eq!(
+            owner.until("call_tool_ack", r).await.0["op"],
+            "call_tool_ack"
+        );
+    }
+    drop(owner);
+    let r1 = call_job_id(&session, "r-1");
+    let r2 = call_job_id(&session, "r-2");
+
+    // Intruders that know the session id: no secret, a wrong one, an empty one.
+    let wrong = "0".repeat(32);
+    for (n, given) in [None, Some(wrong.as_str()), Some("")]
+        .into_iter()
+        .enumerate()
+    {
+        let (mut c, ack) = hello_as(&stack, &session, given).await;
+        assert_ne!(ack["session_id"], session.as_str(), "{given:?}: {ack}");
+        assert_ne!(ack["resume_secret"], secret.as_str(), "{given:?}: {ack}");
+        assert_eq!(c.op("get_result", "r-1").await["state"], "unknown");
+        c.send(json!({"op": "cancel", "request_id": "r-2"})).await;
+        let (res, _) = c.until("error", "r-2").await;
+        assert_eq!(res["error"]["code"], "NOT_FOUND", "intruder {n}: {res}");
+        let status = c.op("job_status", "r-1").await;
+        assert!(
+            status["state"] == "unknown" || status["error"]["code"] == "NOT_FOUND",
+            "intruder {n}: {status}"
+        );
+    }
+    assert_eq!(stack.job(&r2).await.unwrap().state, JobState::Queued);
+
+    // The owner, with its secret, resumes: it cancels r-2 and collects r-1.
+    let (mut c, ack) = hello_as(&stack, &session, Some(&secret)).await;
+    assert_eq!(ack["session_id"], session.as_str(), "{ack}");
+    assert_eq!(ack["resume_secret"], secret.as_str(), "{ack}");
+    c.send(json!({"op": "cancel", "request_id": "r-2"})).await;
+    assert_eq!(c.until("cancelled", "r-2").await.0["was"], "queued");
+    stack.add_worker();
+    assert!(stack.wait_state(&r1, JobState::Completed).await);
+    let (mut other, _) = hello_as(&stack, &session, None).await;
+    assert_eq!(other.op("get_result", "r-1").await["state"], "unknown");
+    let (res, _) = c
+        .call("r-1", "test_echo", json!({"who": "owner", "r": "r-1"}))
+        .await;
+    assert_eq!(echoed(&res)["who"], "owner");
+    let res = c.op("get_result", "r-1").await;
+    assert_eq!(echoed(&res)["r"], "r-1");
+    assert_eq!(stack.job(&r2).await.unwrap().state, JobState::Cancelled);
+
+    // A session id nobody holds is still taken as named, with a secret of its own.
+    let (_c, ack) = hello_as(&stack, "named-session_1", None).await;
+    assert_eq!(ack["session_id"], "named-session_1");
+    assert_eq!(ack["resume_secret"].as_str().unwrap().len(), 32);
+    stack.cleanup().await;
 }
