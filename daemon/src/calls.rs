@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::answer::{call_error, finished};
 use crate::app::{App, unix_ms};
 use crate::caller::Caller;
+use crate::file_admin;
 use crate::follow::Follow;
 use crate::health;
 use crate::metrics::Outcome;
@@ -201,6 +202,11 @@ async fn admit(
             )
             .with_details(json!({"path": e.path, "errors": errors})),
         ));
+    }
+    if let Some(error) =
+        file_admin::refusal(app.config.ws.client_file_admin, tool.name, &call.arguments)
+    {
+        return Ok(Admission::Refused(Outcome::Invalid, error));
     }
 
     // Inline upload bytes go to the staging store now; the job carries only their hash.

@@ -45,6 +45,7 @@ use crate::caller::Caller;
 use crate::calls;
 use crate::limits::{ConnectionPermit, Refused};
 use crate::outbox::{Inbox, Outbound, Outbox};
+use crate::resume;
 use crate::session::Session;
 
 /// How long a close waits for the client's answering close frame.
@@ -471,6 +472,7 @@ async fn hello<S: Transport>(
         ServerMessage::HelloAck(HelloAck {
             ok: false,
             session_id: None,
+            resume_secret: None,
             error: Some(error.as_str().to_owned()),
         })
     };
@@ -502,14 +504,29 @@ async fn hello<S: Transport>(
             return Err(End::Closed);
         }
     };
-    let session_id = hello
-        .session_id
-        .filter(|s| protocol::valid_session_id(s))
-        .unwrap_or_else(protocol::new_session_id);
-    let session = app.sessions.join(&session_id);
+    let opened = match resume::open(
+        app,
+        hello.session_id.as_deref(),
+        hello.resume_secret.as_deref(),
+    )
+    .await
+    {
+        Ok(opened) => opened,
+        Err(e) => {
+            app.metrics.connection_refused("redis");
+            tracing::warn!(error = %e, "hello failed: the session could not be opened");
+            out.close(CLOSE_INTERNAL, "session store unavailable");
+            return Err(End::Closed);
+        }
+    };
+    if hello.session_id.is_some() && !opened.resumed {
+        tracing::debug!(session_id = %opened.session_id, "hello opened a new session");
+    }
+    let session = app.sessions.join(&opened.session_id);
     let ack = ServerMessage::HelloAck(HelloAck {
         ok: true,
-        session_id: Some(session_id),
+        session_id: Some(opened.session_id),
+        resume_secret: Some(opened.secret),
         error: None,
     });
     out.send(&ack).await.map_err(|_| End::Gone)?;

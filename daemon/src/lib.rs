@@ -36,6 +36,7 @@ pub mod app;
 mod caller;
 mod calls;
 pub mod connection;
+mod file_admin;
 mod follow;
 mod health;
 pub mod limits;
@@ -43,6 +44,7 @@ pub mod metrics;
 pub(crate) mod origin;
 mod outbox;
 pub mod relay;
+mod resume;
 pub mod server;
 mod session;
 

@@ -138,6 +138,10 @@ pub struct WsConfig {
     /// `Origin` header not listed gets 403; one without `Origin` (CLI, shim, MCP clients) is
     /// not affected.
     pub allowed_origins: Vec<String>,
+    /// `EXAI_CLIENT_FILE_ADMIN` (false): whether clients may remove files through
+    /// `kimi_manage_files` (`delete`, `cleanup_orphaned`, `cleanup_expired`); `list` is always
+    /// allowed.
+    pub client_file_admin: bool,
     /// `EXAI_WS_MAX_BYTES` (32 MiB): the inbound frame limit.
     pub max_bytes: usize,
     /// `EXAI_WS_PING_INTERVAL` seconds (30).

@@ -70,6 +70,12 @@ impl Keys {
         format!("{}:ev:{job_id}", self.prefix)
     }
 
+    /// The hex SHA-256 of session `session_id`'s resume secret (a string with the session's
+    /// retention as its TTL). Only the daemon's hello reads and writes it.
+    pub fn session_resume(&self, session_id: &str) -> String {
+        format!("{}:session:{session_id}:resume", self.prefix)
+    }
+
     /// The pub/sub channel on which releases are announced.
     pub fn sem_released_channel(&self) -> String {
         format!("{}:sem:released", self.prefix)

@@ -395,6 +395,12 @@ pub fn new_session_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A fresh, unguessable resume secret for a new session (32 hex digits, 128 random bits).
+pub fn new_resume_secret() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The job id of the call `request_id` of session `session_id` (streaming mode):
 /// `call-` + the first 32 hex digits of `sha256(session_id "\n" request_id)`. Deterministic, so a
 /// repeated call finds its job; distinct per session, so two sessions never share one.
@@ -456,6 +462,13 @@ pub struct Hello {
         skip_serializing_if = "Option::is_none"
     )]
     pub session_id: Option<String>,
+    /// The `resume_secret` the `hello_ack` of `session_id` issued: needed to resume a session
+    /// that exists; without it (or with a wrong one) the daemon opens a fresh session.
+    #[serde(
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resume_secret: Option<String>,
     /// What the client says it is (kept for logs; never interpreted).
     #[serde(rename = "clientInfo", skip_serializing_if = "Option::is_none")]
     pub client_info: Option<Value>,
@@ -467,6 +480,10 @@ impl std::fmt::Debug for Hello {
             .field("op", &self.op)
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("session_id", &self.session_id)
+            .field(
+                "resume_secret",
+                &self.resume_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("client_info", &self.client_info)
             .finish()
     }
@@ -479,6 +496,7 @@ impl Hello {
             op: "hello".to_owned(),
             token: token.map(str::to_owned),
             session_id: session_id.map(str::to_owned),
+            resume_secret: None,
             client_info: None,
         }
     }
@@ -871,6 +889,10 @@ pub struct HelloAck {
     /// The session (as given, or generated) when accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// When accepted: the secret that resumes this session (a later hello sends it with
+    /// `session_id`). Issued with each new session; a resumed session keeps its secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_secret: Option<String>,
     /// Why the hello was refused (a [`HelloError`]: `unauthorized` or `missing_hello`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -1173,6 +1195,15 @@ mod tests {
             panic!("a hello with odd field types is still a hello")
         };
         assert_eq!((h.token, h.session_id), (None, None));
+        let HelloFrame::Hello(h) =
+            parse_hello(r#"{"op":"hello","session_id":"s-1","resume_secret":"s3cr3t"}"#)
+        else {
+            panic!("not a hello")
+        };
+        assert_eq!(h.resume_secret.as_deref(), Some("s3cr3t"));
+        assert!(!format!("{h:?}").contains("s3cr3t"), "nor does the secret");
+        assert_eq!(new_resume_secret().len(), 32);
+        assert_ne!(new_resume_secret(), new_resume_secret());
     }
 
     #[test]
@@ -1275,6 +1306,7 @@ mod tests {
         let ack = ServerMessage::HelloAck(HelloAck {
             ok: false,
             session_id: None,
+            resume_secret: None,
             error: Some("unauthorized".into()),
         });
         assert_eq!(
@@ -1290,6 +1322,7 @@ mod tests {
             ServerOp::HelloAck => ServerMessage::HelloAck(HelloAck {
                 ok: true,
                 session_id: Some("s-1".into()),
+                resume_secret: Some("0123456789abcdef0123456789abcdef".into()),
                 error: None,
             }),
             ServerOp::ListToolsRes => ServerMessage::ListToolsRes(ListToolsRes {

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use serde_json::{Value, json};
 
-use crate::providers::moonshot::{PURPOSE_FILE_EXTRACT, PURPOSES};
+use crate::providers::moonshot::{FILE_ID_PATTERN, PURPOSE_FILE_EXTRACT, PURPOSES};
 
 /// The suffixes some clients append to tool names; one trailing occurrence is stripped.
 pub const NAME_SUFFIXES: [&str; 4] = ["_EXAI-WS", "-EXAI-WS", "_EXAI_WS", "-EXAI_WS"];
@@ -221,6 +221,12 @@ pub fn all() -> &'static [Tool] {
 const MODEL_PATTERN: &str = "^(kimi|moonshot|glm)-[A-Za-z0-9._-]+$";
 const KIMI_MODEL_PATTERN: &str = "^(kimi|moonshot)-[A-Za-z0-9._-]+$";
 
+/// The schema of one Moonshot file id: only what can be one URL path segment as it is
+/// ([`FILE_ID_PATTERN`]), so `.`, `..` or `a/b` never reach a provider URL.
+fn file_id_schema() -> Value {
+    json!({"type": "string", "pattern": FILE_ID_PATTERN, "minLength": 1, "maxLength": 128})
+}
+
 /// The schema of an upload's `purpose`: exactly what Moonshot accepts on upload, so a purpose it
 /// would refuse (such as the original tool's `assistants`) is refused before anything is enqueued.
 fn purpose_schema() -> Value {
@@ -245,7 +251,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                               "description": "kimi-*, moonshot-* or glm-* model name."},
                     "temperature": {"type": "number", "minimum": 0.0, "maximum": 1.0},
                     "system_prompt": {"type": "string", "maxLength": 100000},
-                    "file_ids": {"type": "array", "items": {"type": "string", "minLength": 1},
+                    "file_ids": {"type": "array", "items": file_id_schema(),
                                  "maxItems": 50,
                                  "description": "Moonshot file ids whose text is added to the context."}
                 }
@@ -296,7 +302,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "properties": {
                     "prompt": {"type": "string", "minLength": 1, "maxLength": 100000},
                     "file_ids": {"type": "array", "minItems": 1, "maxItems": 50,
-                                 "items": {"type": "string", "minLength": 1}},
+                                 "items": file_id_schema()},
                     "model": {"type": "string", "pattern": KIMI_MODEL_PATTERN, "maxLength": 100,
                               "default": DEFAULT_FILES_MODEL},
                     "temperature": {"type": "number", "minimum": 0.0, "maximum": 1.0,
@@ -315,7 +321,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "additionalProperties": false,
                 "anyOf": [{"required": ["file_id"]}, {"required": ["sha256"]}],
                 "properties": {
-                    "file_id": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "file_id": file_id_schema(),
                     "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}
                 }
             }),
@@ -332,7 +338,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "properties": {
                     "operation": {"type": "string",
                                   "enum": ["list", "delete", "cleanup_orphaned", "cleanup_expired"]},
-                    "file_id": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "file_id": file_id_schema(),
                     "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
                     "dry_run": {"type": "boolean", "default": false}
                 },
@@ -444,6 +450,38 @@ mod tests {
         let download = find(KIMI_DOWNLOAD_FILE).unwrap();
         assert!(download.validate(&json!({})).is_err());
         assert!(download.validate(&json!({"file_id": "abc"})).is_ok());
+        let long = "a".repeat(129);
+        for bad in [".", "..", "a/b", long.as_str()] {
+            assert_eq!(
+                download
+                    .validate(&json!({"file_id": bad}))
+                    .unwrap_err()
+                    .path,
+                "/file_id",
+                "{bad:?}"
+            );
+            assert_eq!(
+                manage
+                    .validate(&json!({"operation": "delete", "file_id": bad}))
+                    .unwrap_err()
+                    .path,
+                "/file_id"
+            );
+            let with_files = find(KIMI_CHAT_WITH_FILES).unwrap();
+            assert_eq!(
+                with_files
+                    .validate(&json!({"prompt": "p", "file_ids": ["ok", bad]}))
+                    .unwrap_err()
+                    .path,
+                "/file_ids/1"
+            );
+            assert_eq!(
+                chat.validate(&json!({"prompt": "p", "file_ids": [bad]}))
+                    .unwrap_err()
+                    .path,
+                "/file_ids/0"
+            );
+        }
 
         let upload = find(KIMI_UPLOAD_BYTES).unwrap();
         let args = |purpose: &str| json!({"filename": "a.txt", "content_base64": "YQ==", "purpose": purpose});

@@ -2,6 +2,7 @@
 //! WebSocket client that speaks the protocol, to a daemon process over TCP or to a
 //! [`TestStack`](crate::TestStack)'s in-process daemon over an in-memory pipe.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -18,6 +19,20 @@ use crate::{ChildGuard, bin_path};
 
 /// The token every test daemon requires.
 pub const TOKEN: &str = "test-token-0123456789";
+
+/// The resume secrets the daemons issued to this process's clients, by session id: a client
+/// that says hello with a session id sends its secret, as a real client that kept it would.
+static RESUME_SECRETS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The resume secret issued with `session` to a client of this process, if any.
+pub fn resume_secret(session: &str) -> Option<String> {
+    RESUME_SECRETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(session)
+        .cloned()
+}
 
 /// How long any single expected frame may take before a test fails.
 pub const FRAME_WAIT: Duration = Duration::from_secs(20);
@@ -131,14 +146,21 @@ impl Client {
         Self::connect(url).await.say_hello(session).await
     }
 
-    /// Says hello with the right token (and `session`, when given); returns the client and
-    /// its session id.
+    /// Says hello with the right token (and `session` with the resume secret this process was
+    /// given for it, when given); returns the client and its session id.
     pub async fn say_hello(mut self, session: Option<&str>) -> (Self, String) {
+        let secret = session.and_then(resume_secret);
         let ack = self
-            .hello(json!({"op": "hello", "token": TOKEN, "session_id": session}))
+            .hello(json!({"op": "hello", "token": TOKEN, "session_id": session,
+                          "resume_secret": secret}))
             .await;
         assert_eq!(ack["ok"], true, "{ack}");
         let session = ack["session_id"].as_str().expect("session id").to_owned();
+        let secret = ack["resume_secret"].as_str().expect("resume secret");
+        RESUME_SECRETS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session.clone(), secret.to_owned());
         (self, session)
     }
 

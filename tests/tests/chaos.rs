@@ -335,6 +335,8 @@ async fn workers_sigkilled_at_random_lose_nothing() {
 struct SturdyClient {
     url: Arc<std::sync::Mutex<String>>,
     session: String,
+    /// The resume secret the first hello_ack issued for `session`.
+    secret: Option<String>,
     ws: Option<
         tokio_tungstenite::WebSocketStream<
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
@@ -362,6 +364,7 @@ impl SturdyClient {
         Self {
             url,
             session,
+            secret: None,
             ws: None,
             acks,
             retries: 0,
@@ -375,7 +378,7 @@ impl SturdyClient {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let hello = json!({"op": "hello", "token": exai_tests::daemon::TOKEN,
-            "session_id": self.session});
+            "session_id": self.session, "resume_secret": self.secret});
         ws.send(tokio_tungstenite::tungstenite::Message::text(
             hello.to_string(),
         ))
@@ -384,11 +387,18 @@ impl SturdyClient {
         let ack = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
             .map_err(|_| "no hello_ack".to_owned())?;
-        match ack {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))
-                if t.as_str().contains("\"ok\":true") => {}
+        let ack: serde_json::Value = match ack {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                serde_json::from_str(t.as_str()).map_err(|e| format!("hello_ack: {e}"))?
+            }
             other => return Err(format!("hello refused: {other:?}")),
+        };
+        if ack["ok"] != true {
+            return Err(format!("hello refused: {ack}"));
         }
+        // The session resumes (its secret matched) or, the first time, is claimed as named.
+        assert_eq!(ack["session_id"], self.session.as_str(), "{ack}");
+        self.secret = ack["resume_secret"].as_str().map(str::to_owned);
         self.ws = Some(ws);
         Ok(())
     }

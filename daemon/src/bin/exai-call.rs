@@ -25,9 +25,13 @@ struct Args {
     /// The daemon's token (EXAI_WS_TOKEN).
     #[arg(long, env = "EXAI_WS_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Resume this session (to collect a result with the same --request-id after a disconnect).
+    /// Resume this session (to collect a result with the same --request-id after a disconnect);
+    /// needs the session's --resume-secret.
     #[arg(long)]
     session_id: Option<String>,
+    /// The resume secret the session's first call printed (`session … resume-secret …`).
+    #[arg(long, requires = "session_id")]
+    resume_secret: Option<String>,
     /// The call's request id (default: a fresh one).
     #[arg(long)]
     request_id: Option<String>,
@@ -68,13 +72,22 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(session) = &args.session_id {
         hello["session_id"] = json!(session);
     }
+    if let Some(secret) = &args.resume_secret {
+        hello["resume_secret"] = json!(secret);
+    }
     ws.send(Message::text(hello.to_string())).await?;
     let ack = next_json(&mut ws).await?;
     if ack.get("ok") != Some(&Value::Bool(true)) {
         anyhow::bail!("hello refused: {ack}");
     }
     let session = ack["session_id"].as_str().unwrap_or_default().to_owned();
-    eprintln!("session {session}");
+    let secret = ack["resume_secret"].as_str().unwrap_or_default();
+    eprintln!("session {session} resume-secret {secret}");
+    if let Some(asked) = &args.session_id
+        && *asked != session
+    {
+        eprintln!("exai-call: session {asked} was not resumed (wrong or missing --resume-secret)");
+    }
 
     let request_id = args
         .request_id

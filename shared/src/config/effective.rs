@@ -43,6 +43,10 @@ impl Config {
                 "EXAI_WS_ALLOWED_ORIGINS",
                 (!ws.allowed_origins.is_empty()).then(|| ws.allowed_origins.join(",")),
             ),
+            (
+                "EXAI_CLIENT_FILE_ADMIN",
+                Some(ws.client_file_admin.to_string()),
+            ),
             ("EXAI_WS_MAX_BYTES", Some(ws.max_bytes.to_string())),
             ("EXAI_WS_PING_INTERVAL", Some(secs(ws.ping_interval))),
             (

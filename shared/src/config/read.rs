@@ -147,6 +147,7 @@ impl Config {
                 token,
                 admin_token,
                 allowed_origins,
+                client_file_admin: v.parse("EXAI_CLIENT_FILE_ADMIN", Bool(false))?.0,
                 max_bytes: v.positive("EXAI_WS_MAX_BYTES", 32 * 1024 * 1024)?,
                 ping_interval: v.seconds("EXAI_WS_PING_INTERVAL", 30.0)?,
                 progress_interval: v.seconds("EXAI_WS_PROGRESS_INTERVAL_SECS", 5.0)?,

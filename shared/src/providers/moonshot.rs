@@ -18,6 +18,20 @@ use crate::config::{ProviderConfig, ProviderTimeouts};
 
 const PROVIDER: &str = "moonshot";
 
+/// What a file id may be before it goes into a URL: 1 to 128 of `[A-Za-z0-9_-]`. The tools'
+/// schemas use [`FILE_ID_PATTERN`], so the daemon refuses anything else before it is enqueued;
+/// [`is_valid_file_id`] checks the same again here, so an id such as `.` or `..` can never
+/// rewrite a files URL (`DELETE /v1/files/..` is `DELETE /v1/files`).
+pub const FILE_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,128}$";
+
+/// Whether `id` matches [`FILE_ID_PATTERN`].
+pub fn is_valid_file_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// The purpose whose files chat can read (`/content` returns their extracted text).
 pub const PURPOSE_FILE_EXTRACT: &str = "file-extract";
 
@@ -108,12 +122,22 @@ impl MoonshotClient {
             .ok_or_else(|| ProviderError::permanent(PROVIDER, operation, "KIMI_API_KEY is not set"))
     }
 
-    /// `{base}/files[/{id}[/{tail}]]`, the id percent-encoded as one segment.
+    /// `{base}/files[/{id}[/{tail}]]`, the id percent-encoded as one segment; an id that does
+    /// not match [`FILE_ID_PATTERN`] is a permanent error and no request is made.
     fn files_url(
         &self,
         id: Option<&str>,
         tail: Option<&str>,
     ) -> Result<reqwest::Url, ProviderError> {
+        if let Some(id) = id
+            && !is_valid_file_id(id)
+        {
+            return Err(ProviderError::permanent(
+                PROVIDER,
+                "url",
+                "file_id must match ^[A-Za-z0-9_-]{1,128}$",
+            ));
+        }
         let mut url = reqwest::Url::parse(&format!("{}/files", self.base)).map_err(|e| {
             ProviderError::permanent(
                 PROVIDER,
@@ -339,11 +363,16 @@ mod tests {
             },
         );
         assert_eq!(
-            c.files_url(Some("a/b?c"), Some("content"))
+            c.files_url(Some("file_A-9"), Some("content"))
                 .unwrap()
                 .as_str(),
-            "http://h:1/v1/files/a%2Fb%3Fc/content"
+            "http://h:1/v1/files/file_A-9/content"
         );
+        let long = "a".repeat(129);
+        for bad in [".", "..", "a/b?c", "", "a b", long.as_str()] {
+            assert!(c.files_url(Some(bad), None).is_err(), "{bad:?}");
+        }
+        assert!(is_valid_file_id(&"a".repeat(128)));
         assert_eq!(
             c.files_url(None, None).unwrap().as_str(),
             "http://h:1/v1/files"
