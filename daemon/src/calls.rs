@@ -203,24 +203,6 @@ async fn admit(
         ));
     }
 
-    // Inline upload bytes go to the staging store now; the job carries only their hash.
-    let mut arguments = call.arguments;
-    let staged = if tool.name == tools::KIMI_UPLOAD_BYTES {
-        match stage_inline(app, &mut arguments).await {
-            Ok(staged) => Some(staged),
-            Err(error) => {
-                let outcome = if error.code == ErrorCode::ValidationError {
-                    Outcome::Invalid
-                } else {
-                    Outcome::Error
-                };
-                return Ok(Admission::Refused(outcome, error));
-            }
-        }
-    } else {
-        None
-    };
-
     let job_id = match (&reply_to.request_id, single) {
         (Some(rid), false) => protocol::call_job_id(&conn.session.id, rid),
         _ => protocol::fresh_call_job_id(),
@@ -257,6 +239,26 @@ async fn admit(
             )
             .with_details(json!({"limit": max, "retry_after": 1})),
         ));
+    };
+
+    // Inline upload bytes go to the staging store now, once the call holds its slot (a refused
+    // call stages nothing); the job carries only their hash.
+    let mut arguments = call.arguments;
+    let staged = if tool.name == tools::KIMI_UPLOAD_BYTES {
+        match stage_inline(app, &mut arguments).await {
+            Ok(staged) => Some(staged),
+            Err(error) => {
+                conn.stop_following(&job_id);
+                let outcome = if error.code == ErrorCode::ValidationError {
+                    Outcome::Invalid
+                } else {
+                    Outcome::Error
+                };
+                return Ok(Admission::Refused(outcome, error));
+            }
+        }
+    } else {
+        None
     };
 
     let job = ToolCallJob {
