@@ -184,6 +184,24 @@ async fn admit(
             ),
         ));
     };
+    // The arguments are enqueued as they are: their size is capped before anything else is done
+    // with them (upload content excepted: it is staged, not enqueued, and limited on its own).
+    let max = app.limits.max_argument_bytes;
+    let size = argument_bytes(tool.name, &call.arguments);
+    if size > max {
+        return Ok(Admission::Refused(
+            Outcome::Invalid,
+            WireError::new(
+                ErrorCode::ValidationError,
+                format!(
+                    "Invalid arguments for {}: the arguments are {size} bytes of JSON, over the \
+                     limit of {max} (EXAI_MAX_ARGUMENT_BYTES)",
+                    tool.name
+                ),
+            )
+            .with_details(json!({"path": "/", "limit": max, "size": size})),
+        ));
+    }
     if let Err(e) = tool.validate(&call.arguments) {
         let errors: Vec<Value> = e
             .all
@@ -310,6 +328,36 @@ async fn admit(
         tool: tool.name,
         _slot: slot,
     }))
+}
+
+/// The size of `arguments` as JSON, as the job would carry them: without `kimi_upload_bytes`'s
+/// `content_base64`, which is staged instead.
+fn argument_bytes(tool: &str, arguments: &Value) -> usize {
+    let size = json_bytes(arguments);
+    match arguments.get("content_base64") {
+        Some(content) if tool == tools::KIMI_UPLOAD_BYTES => {
+            size.saturating_sub(json_bytes(content))
+        }
+        _ => size,
+    }
+}
+
+/// The length of `value`'s compact JSON, counted without building the text.
+fn json_bytes(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, nor can a `Value` fail to serialize.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// `kimi_upload_bytes`: checks the file name and the size (from the length of the base64 text,

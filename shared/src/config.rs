@@ -205,6 +205,11 @@ pub struct WsLimits {
     /// request's headers, counted from the connection's start or from the end of the previous
     /// response (so it is also the keep-alive idle timeout). Then the connection is closed.
     pub http_header_timeout: Duration,
+    /// `EXAI_MAX_ARGUMENT_BYTES` (1 MiB): the size of one call's arguments as JSON.
+    /// A bigger call is a `VALIDATION_ERROR` naming the limit, refused before anything is
+    /// enqueued. `kimi_upload_bytes`'s `content_base64` does not count: it is staged, not
+    /// enqueued, and `EXAI_MAX_UPLOAD_BYTES` limits it.
+    pub max_argument_bytes: usize,
 }
 
 impl Default for WsLimits {
@@ -224,6 +229,7 @@ impl Default for WsLimits {
             hello_max_bytes: 64 * 1024,
             max_pending_hello_per_ip: 4,
             http_header_timeout: Duration::from_secs(10),
+            max_argument_bytes: 1024 * 1024,
         }
     }
 }

@@ -2,7 +2,10 @@
 //! process, real Redis and real sockets:
 //!
 //! - a call refused for the session's in-flight limit stages nothing (`kimi_upload_bytes`
-//!   content reaches the staging store only once the call holds its slot).
+//!   content reaches the staging store only once the call holds its slot);
+//! - a call's arguments are capped (`EXAI_MAX_ARGUMENT_BYTES`): a 2 MiB `test_echo` is a
+//!   `VALIDATION_ERROR` naming the limit and is not enqueued, while a 2 MiB `kimi_upload_bytes`
+//!   (its content is staged, not enqueued) is still accepted.
 
 use std::path::Path;
 
@@ -70,4 +73,70 @@ async fn over_capacity_uploads_stage_nothing() {
         before,
         "a refused call left a blob in the staging store"
     );
+}
+
+/// The number of jobs the `tool_calls` queue knows, whatever their state.
+async fn tool_call_jobs(stack: &TestStack) -> usize {
+    let counts = stack
+        .queue("tool_calls")
+        .counts()
+        .await
+        .expect("read the queue's counts");
+    let c = counts;
+    (c.queued + c.scheduled + c.running + c.retrying + c.dead + c.completed + c.cancelled) as usize
+}
+
+/// A 2 MiB `test_echo` argument is refused before anything is enqueued; a 2 MiB
+/// `kimi_upload_bytes` is staged and accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_arguments_are_refused_before_the_queue() {
+    let stack = TestStack::builder("session_argument_cap")
+        .upload_dirs()
+        .daemon()
+        .start()
+        .await;
+    let (mut client, session) = stack.client(None).await;
+    let two_mib = "x".repeat(2 * 1024 * 1024);
+
+    client
+        .send(
+            json!({"op": "call_tool", "request_id": "big", "name": "test_echo",
+            "arguments": {"text": two_mib}}),
+        )
+        .await;
+    // The first answer to the call: an ack would mean it was accepted.
+    let res = loop {
+        let v = client.recv().await;
+        if v["request_id"] == "big" && v["op"] != "progress" {
+            break v;
+        }
+    };
+    assert_eq!(res["op"], "call_tool_res", "the call was accepted: {res}");
+    assert_eq!(res["error"]["code"], "VALIDATION_ERROR", "{res}");
+    let message = res["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("EXAI_MAX_ARGUMENT_BYTES") && message.contains("1048576"),
+        "the error names the limit: {message}"
+    );
+    let job_id = exai_shared::protocol::call_job_id(&session, "big");
+    assert!(
+        stack.job(&job_id).await.is_none(),
+        "the refused call was enqueued"
+    );
+    assert_eq!(
+        tool_call_jobs(&stack).await,
+        0,
+        "the refused call was enqueued"
+    );
+
+    let content = base64::engine::general_purpose::STANDARD.encode(vec![b'y'; 2 * 1024 * 1024]);
+    client
+        .send(
+            json!({"op": "call_tool", "request_id": "upload", "name": "kimi_upload_bytes",
+            "arguments": {"filename": "big.bin", "content_base64": content}}),
+        )
+        .await;
+    let (ack, _) = client.until("call_tool_ack", "upload").await;
+    assert_eq!(ack["accepted"], true, "{ack}");
+    assert_eq!(tool_call_jobs(&stack).await, 1, "the upload was enqueued");
 }
