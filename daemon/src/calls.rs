@@ -259,6 +259,37 @@ async fn admit(
         ));
     };
 
+    // The session's unfinished calls, over all its connections and across disconnects.
+    let max_queued = app.limits.session_max_queued;
+    match crate::session_calls::admit(app, &conn.session.id, &job_id, max_queued).await {
+        Ok(true) => {}
+        Ok(false) => {
+            conn.stop_following(&job_id);
+            return Ok(Admission::Refused(
+                Outcome::OverCapacity,
+                WireError::new(
+                    ErrorCode::OverCapacity,
+                    format!(
+                        "Session queue limit reached ({max_queued} calls enqueued and not \
+                         finished, EXAI_SESSION_MAX_QUEUED); retry when one finishes"
+                    ),
+                )
+                .with_details(json!({"limit": max_queued, "retry_after": 1})),
+            ));
+        }
+        Err(e) => {
+            conn.stop_following(&job_id);
+            tracing::error!(error = %e, job_id, "the session's calls could not be counted");
+            return Ok(Admission::Refused(
+                Outcome::Error,
+                WireError::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("the call could not be admitted: {e}"),
+                ),
+            ));
+        }
+    }
+
     // Inline upload bytes go to the staging store now, once the call holds its slot (a refused
     // call stages nothing); the job carries only their hash.
     let mut arguments = call.arguments;
@@ -267,6 +298,7 @@ async fn admit(
             Ok(staged) => Some(staged),
             Err(error) => {
                 conn.stop_following(&job_id);
+                crate::session_calls::forget(app, &conn.session.id, &job_id).await;
                 let outcome = if error.code == ErrorCode::ValidationError {
                     Outcome::Invalid
                 } else {
@@ -301,6 +333,7 @@ async fn admit(
         Ok(e) => e,
         Err(e) => {
             conn.stop_following(&job_id);
+            crate::session_calls::forget(app, &conn.session.id, &job_id).await;
             tracing::error!(error = %e, job_id, "enqueue failed");
             return Ok(Admission::Refused(
                 Outcome::Error,

@@ -210,6 +210,10 @@ pub struct WsLimits {
     /// enqueued. `kimi_upload_bytes`'s `content_base64` does not count: it is staged, not
     /// enqueued, and `EXAI_MAX_UPLOAD_BYTES` limits it.
     pub max_argument_bytes: usize,
+    /// `EXAI_SESSION_MAX_QUEUED` (1000): one session's calls enqueued and not yet finished
+    /// (queued, retrying or running), over all its connections and across disconnects, kept in
+    /// Redis. One more is answered with `OVER_CAPACITY` and not enqueued.
+    pub session_max_queued: usize,
 }
 
 impl Default for WsLimits {
@@ -230,6 +234,7 @@ impl Default for WsLimits {
             max_pending_hello_per_ip: 4,
             http_header_timeout: Duration::from_secs(10),
             max_argument_bytes: 1024 * 1024,
+            session_max_queued: 1000,
         }
     }
 }

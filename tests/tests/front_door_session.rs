@@ -5,7 +5,9 @@
 //!   content reaches the staging store only once the call holds its slot);
 //! - a call's arguments are capped (`EXAI_MAX_ARGUMENT_BYTES`): a 2 MiB `test_echo` is a
 //!   `VALIDATION_ERROR` naming the limit and is not enqueued, while a 2 MiB `kimi_upload_bytes`
-//!   (its content is staged, not enqueued) is still accepted.
+//!   (its content is staged, not enqueued) is still accepted;
+//! - a session's unfinished calls are capped (`EXAI_SESSION_MAX_QUEUED`) over all its
+//!   connections and across disconnects; once its jobs finish there is room again.
 
 use std::path::Path;
 
@@ -139,4 +141,69 @@ async fn oversized_arguments_are_refused_before_the_queue() {
     let (ack, _) = client.until("call_tool_ack", "upload").await;
     assert_eq!(ack["accepted"], true, "{ack}");
     assert_eq!(tool_call_jobs(&stack).await, 1, "the upload was enqueued");
+}
+
+/// Three connections of one session, each closed right after its calls are answered, leave no
+/// more than `EXAI_SESSION_MAX_QUEUED` jobs queued; once a worker runs them, there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_queued_calls_are_capped_across_reconnects() {
+    const CAP: usize = 5;
+    const PER_CONNECTION: usize = 4;
+    let mut stack = TestStack::builder("session_max_queued")
+        .env("EXAI_SESSION_MAX_QUEUED", &CAP.to_string())
+        .daemon()
+        .start()
+        .await;
+    let mut session: Option<String> = None;
+    let mut accepted = 0;
+    let mut refused = 0;
+    for round in 0..3 {
+        let (mut client, id) = stack.client(session.as_deref()).await;
+        session = Some(id);
+        for i in 0..PER_CONNECTION {
+            let rid = format!("c{round}-{i}");
+            client
+                .send(
+                    json!({"op": "call_tool", "request_id": rid, "name": "test_echo",
+                    "arguments": {"n": i}}),
+                )
+                .await;
+            let first = loop {
+                let v = client.recv().await;
+                if v["request_id"] == rid.as_str() && v["op"] != "progress" {
+                    break v;
+                }
+            };
+            if first["op"] == "call_tool_ack" {
+                accepted += 1;
+            } else {
+                assert_eq!(first["error"]["code"], "OVER_CAPACITY", "{first}");
+                refused += 1;
+            }
+        }
+        // Closed right after the answers, the calls still queued.
+        drop(client);
+    }
+    assert_eq!(accepted, CAP, "accepted calls");
+    assert_eq!(refused, 3 * PER_CONNECTION - CAP, "refused calls");
+    let counts = stack.queue("tool_calls").counts().await.unwrap();
+    assert_eq!(counts.queued as usize, CAP, "{counts:?}");
+
+    // A worker runs them: the session has room again.
+    stack.add_worker();
+    let queue = stack.queue("tool_calls");
+    let drained = exai_tests::wait_until(exai_tests::stack::WAIT, || async {
+        let c = queue.counts().await.unwrap();
+        c.completed as usize == CAP && c.queued == 0 && c.running == 0
+    })
+    .await;
+    assert!(drained, "the worker ran the session's calls");
+    let (mut client, _) = stack.client(session.as_deref()).await;
+    let (res, _) = client
+        .call("again", "test_echo", json!({"again": true}))
+        .await;
+    assert!(
+        res.get("error").is_none(),
+        "room again after the jobs finished: {res}"
+    );
 }

@@ -188,6 +188,8 @@ impl Config {
                         )?,
                         max_argument_bytes: v
                             .positive("EXAI_MAX_ARGUMENT_BYTES", d.max_argument_bytes)?,
+                        session_max_queued: v
+                            .positive("EXAI_SESSION_MAX_QUEUED", d.session_max_queued)?,
                     }
                 },
                 database_url_set: v.get("DATABASE_URL").is_some(),
