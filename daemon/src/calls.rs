@@ -496,7 +496,7 @@ async fn about_call(
     let status = |found: Option<&(String, JobInfo)>| {
         ServerMessage::JobStatusRes(JobStatusRes {
             reply_to: reply_to.clone(),
-            state: found.map_or(CallState::Unknown, |(_, info)| call_state(info.state)),
+            state: found.map_or(CallState::Unknown, |(_, info)| call_state(info)),
             attempt: found.map_or(0, |(_, info)| info.attempts),
             job_id: found.map(|(id, _)| id.clone()),
             queue_position,
@@ -550,12 +550,13 @@ async fn about_call(
     })
 }
 
-/// The call state `job_status_res` reports for a job state.
-fn call_state(state: JobState) -> CallState {
-    match state {
+/// The call state `job_status_res` reports for a job.
+fn call_state(info: &JobInfo) -> CallState {
+    match info.state {
         JobState::Queued | JobState::Scheduled | JobState::Retrying => CallState::Queued,
         JobState::Running => CallState::Running,
         JobState::Completed => CallState::Completed,
+        JobState::Dead if crate::answer::expired(info) => CallState::Expired,
         JobState::Dead => CallState::Failed,
         JobState::Cancelled => CallState::Cancelled,
     }

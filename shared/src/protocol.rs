@@ -1013,6 +1013,8 @@ pub enum CallState {
     Failed,
     /// Cancelled.
     Cancelled,
+    /// Still queued past its deadline: ended without running.
+    Expired,
     /// No such call in this session (never made, or expired).
     Unknown,
 }
@@ -1023,6 +1025,7 @@ every_variant!(CallState {
     Completed,
     Failed,
     Cancelled,
+    Expired,
     Unknown,
 });
 

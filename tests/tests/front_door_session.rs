@@ -7,7 +7,9 @@
 //!   `VALIDATION_ERROR` naming the limit and is not enqueued, while a 2 MiB `kimi_upload_bytes`
 //!   (its content is staged, not enqueued) is still accepted;
 //! - a session's unfinished calls are capped (`EXAI_SESSION_MAX_QUEUED`) over all its
-//!   connections and across disconnects; once its jobs finish there is room again.
+//!   connections and across disconnects; once its jobs finish there is room again;
+//! - a call still queued past its deadline ends `expired` when a worker takes it, without
+//!   running, and `get_result` and `job_status` say so.
 
 use std::path::Path;
 
@@ -206,4 +208,77 @@ async fn a_sessions_queued_calls_are_capped_across_reconnects() {
         res.get("error").is_none(),
         "room again after the jobs finished: {res}"
     );
+}
+
+/// Calls enqueued with a 1 s deadline while no worker runs, their client gone: once the
+/// deadline has passed a worker takes them, ends them expired without running them, and a
+/// reconnecting client is told so by `get_result` and `job_status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_past_their_deadline_end_expired() {
+    let mut stack = TestStack::builder("session_expired_calls")
+        .env("EXAI_WS_CALL_TIMEOUT_SECS", "1")
+        .daemon()
+        .start()
+        .await;
+    let (mut client, session) = stack.client(None).await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let rid = format!("late-{i}");
+        client
+            .send(
+                json!({"op": "call_tool", "request_id": rid, "name": "test_echo",
+                "arguments": {"n": i}}),
+            )
+            .await;
+        let (ack, _) = client.until("call_tool_ack", &rid).await;
+        jobs.push((rid, ack["job_id"].as_str().unwrap().to_owned()));
+    }
+    drop(client);
+
+    // Past every deadline (the jobs carry them), then a worker.
+    let mut deadline = 0;
+    for (_, job_id) in &jobs {
+        let info = stack.job(job_id).await.expect("the job is queued");
+        let job: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+        deadline = deadline.max(job["deadline_ms"].as_u64().expect("a deadline"));
+    }
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let passed =
+        exai_tests::wait_until(exai_tests::stack::WAIT, || async { now_ms() > deadline }).await;
+    assert!(passed);
+    stack.add_worker();
+
+    let (mut client, _) = stack.client(Some(&session)).await;
+    for (rid, job_id) in &jobs {
+        assert!(
+            stack
+                .wait_state(job_id, exai_shared::queue::JobState::Dead)
+                .await,
+            "{job_id} ended"
+        );
+        let info = stack.job(job_id).await.unwrap();
+        assert!(info.result.is_none(), "the expired call ran: {info:?}");
+        assert!(
+            info.attempts <= 1,
+            "attempts burnt on a dead call: {info:?}"
+        );
+        let res = client.op("get_result", rid).await;
+        assert_eq!(res["op"], "call_tool_res", "{res}");
+        assert_eq!(res["error"]["code"], "TIMEOUT", "{res}");
+        assert_eq!(res["error"]["details"]["expired"], true, "{res}");
+        assert!(
+            res["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expired"),
+            "{res}"
+        );
+        let status = client.op("job_status", rid).await;
+        assert_eq!(status["state"], "expired", "{status}");
+    }
 }
