@@ -40,6 +40,17 @@ pub(crate) fn finished(info: &JobInfo) -> Option<(Answer, Outcome)> {
     };
     match info.state {
         JobState::Completed => Some((Ok(outputs_of(info.result.as_deref())), Outcome::Completed)),
+        JobState::Dead if expired(info) => Some((
+            Err(WireError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "The call expired: it was still queued past its deadline and was not run ({})",
+                    last_error().unwrap_or_default()
+                ),
+            )
+            .with_details(json!({"expired": true, "attempts": info.attempts}))),
+            Outcome::Failed,
+        )),
         JobState::Dead => Some((
             Err(WireError::new(
                 ErrorCode::ToolExecutionError,
@@ -63,6 +74,14 @@ pub(crate) fn finished(info: &JobInfo) -> Option<(Answer, Outcome)> {
         )),
         _ => None,
     }
+}
+
+/// Whether a dead job expired before it ran (see [`exai_shared::jobs::JobError::expired`]).
+pub(crate) fn expired(info: &JobInfo) -> bool {
+    info.dead_reason
+        .as_deref()
+        .or_else(|| info.errors.last().map(|e| e.message.as_str()))
+        .is_some_and(exai_shared::jobs::is_expired_reason)
 }
 
 /// The content items of a stored result: a [`ToolResult`], or any other JSON as one text item.

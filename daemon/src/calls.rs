@@ -185,6 +185,24 @@ async fn admit(
             ),
         ));
     };
+    // The arguments are enqueued as they are: their size is capped before anything else is done
+    // with them (upload content excepted: it is staged, not enqueued, and limited on its own).
+    let max = app.limits.max_argument_bytes;
+    let size = argument_bytes(tool.name, &call.arguments);
+    if size > max {
+        return Ok(Admission::Refused(
+            Outcome::Invalid,
+            WireError::new(
+                ErrorCode::ValidationError,
+                format!(
+                    "Invalid arguments for {}: the arguments are {size} bytes of JSON, over the \
+                     limit of {max} (EXAI_MAX_ARGUMENT_BYTES)",
+                    tool.name
+                ),
+            )
+            .with_details(json!({"path": "/", "limit": max, "size": size})),
+        ));
+    }
     if let Err(e) = tool.validate(&call.arguments) {
         let errors: Vec<Value> = e
             .all
@@ -208,24 +226,6 @@ async fn admit(
     {
         return Ok(Admission::Refused(Outcome::Invalid, error));
     }
-
-    // Inline upload bytes go to the staging store now; the job carries only their hash.
-    let mut arguments = call.arguments;
-    let staged = if tool.name == tools::KIMI_UPLOAD_BYTES {
-        match stage_inline(app, &mut arguments).await {
-            Ok(staged) => Some(staged),
-            Err(error) => {
-                let outcome = if error.code == ErrorCode::ValidationError {
-                    Outcome::Invalid
-                } else {
-                    Outcome::Error
-                };
-                return Ok(Admission::Refused(outcome, error));
-            }
-        }
-    } else {
-        None
-    };
 
     let job_id = match (&reply_to.request_id, single) {
         (Some(rid), false) => protocol::call_job_id(&conn.session.id, rid),
@@ -265,6 +265,58 @@ async fn admit(
         ));
     };
 
+    // The session's unfinished calls, over all its connections and across disconnects.
+    let max_queued = app.limits.session_max_queued;
+    match crate::session_calls::admit(app, &conn.session.id, &job_id, max_queued).await {
+        Ok(true) => {}
+        Ok(false) => {
+            conn.stop_following(&job_id);
+            return Ok(Admission::Refused(
+                Outcome::OverCapacity,
+                WireError::new(
+                    ErrorCode::OverCapacity,
+                    format!(
+                        "Session queue limit reached ({max_queued} calls enqueued and not \
+                         finished, EXAI_SESSION_MAX_QUEUED); retry when one finishes"
+                    ),
+                )
+                .with_details(json!({"limit": max_queued, "retry_after": 1})),
+            ));
+        }
+        Err(e) => {
+            conn.stop_following(&job_id);
+            tracing::error!(error = %e, job_id, "the session's calls could not be counted");
+            return Ok(Admission::Refused(
+                Outcome::Error,
+                WireError::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("the call could not be admitted: {e}"),
+                ),
+            ));
+        }
+    }
+
+    // Inline upload bytes go to the staging store now, once the call holds its slot (a refused
+    // call stages nothing); the job carries only their hash.
+    let mut arguments = call.arguments;
+    let staged = if tool.name == tools::KIMI_UPLOAD_BYTES {
+        match stage_inline(app, &mut arguments).await {
+            Ok(staged) => Some(staged),
+            Err(error) => {
+                conn.stop_following(&job_id);
+                crate::session_calls::forget(app, &conn.session.id, &job_id).await;
+                let outcome = if error.code == ErrorCode::ValidationError {
+                    Outcome::Invalid
+                } else {
+                    Outcome::Error
+                };
+                return Ok(Admission::Refused(outcome, error));
+            }
+        }
+    } else {
+        None
+    };
+
     let job = ToolCallJob {
         tool: tool.name.to_owned(),
         arguments,
@@ -287,6 +339,7 @@ async fn admit(
         Ok(e) => e,
         Err(e) => {
             conn.stop_following(&job_id);
+            crate::session_calls::forget(app, &conn.session.id, &job_id).await;
             tracing::error!(error = %e, job_id, "enqueue failed");
             return Ok(Admission::Refused(
                 Outcome::Error,
@@ -314,6 +367,36 @@ async fn admit(
         tool: tool.name,
         _slot: slot,
     }))
+}
+
+/// The size of `arguments` as JSON, as the job would carry them: without `kimi_upload_bytes`'s
+/// `content_base64`, which is staged instead.
+fn argument_bytes(tool: &str, arguments: &Value) -> usize {
+    let size = json_bytes(arguments);
+    match arguments.get("content_base64") {
+        Some(content) if tool == tools::KIMI_UPLOAD_BYTES => {
+            size.saturating_sub(json_bytes(content))
+        }
+        _ => size,
+    }
+}
+
+/// The length of `value`'s compact JSON, counted without building the text.
+fn json_bytes(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, nor can a `Value` fail to serialize.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// `kimi_upload_bytes`: checks the file name and the size (from the length of the base64 text,
@@ -419,7 +502,7 @@ async fn about_call(
     let status = |found: Option<&(String, JobInfo)>| {
         ServerMessage::JobStatusRes(JobStatusRes {
             reply_to: reply_to.clone(),
-            state: found.map_or(CallState::Unknown, |(_, info)| call_state(info.state)),
+            state: found.map_or(CallState::Unknown, |(_, info)| call_state(info)),
             attempt: found.map_or(0, |(_, info)| info.attempts),
             job_id: found.map(|(id, _)| id.clone()),
             queue_position,
@@ -473,12 +556,13 @@ async fn about_call(
     })
 }
 
-/// The call state `job_status_res` reports for a job state.
-fn call_state(state: JobState) -> CallState {
-    match state {
+/// The call state `job_status_res` reports for a job.
+fn call_state(info: &JobInfo) -> CallState {
+    match info.state {
         JobState::Queued | JobState::Scheduled | JobState::Retrying => CallState::Queued,
         JobState::Running => CallState::Running,
         JobState::Completed => CallState::Completed,
+        JobState::Dead if crate::answer::expired(info) => CallState::Expired,
         JobState::Dead => CallState::Failed,
         JobState::Cancelled => CallState::Cancelled,
     }

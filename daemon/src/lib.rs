@@ -47,6 +47,7 @@ pub mod relay;
 mod resume;
 pub mod server;
 mod session;
+mod session_calls;
 
 pub use app::{App, DaemonError};
 pub use limits::DaemonLimits;

@@ -209,6 +209,15 @@ pub struct WsLimits {
     /// request's headers, counted from the connection's start or from the end of the previous
     /// response (so it is also the keep-alive idle timeout). Then the connection is closed.
     pub http_header_timeout: Duration,
+    /// `EXAI_MAX_ARGUMENT_BYTES` (1 MiB): the size of one call's arguments as JSON.
+    /// A bigger call is a `VALIDATION_ERROR` naming the limit, refused before anything is
+    /// enqueued. `kimi_upload_bytes`'s `content_base64` does not count: it is staged, not
+    /// enqueued, and `EXAI_MAX_UPLOAD_BYTES` limits it.
+    pub max_argument_bytes: usize,
+    /// `EXAI_SESSION_MAX_QUEUED` (1000): one session's calls enqueued and not yet finished
+    /// (queued, retrying or running), over all its connections and across disconnects, kept in
+    /// Redis. One more is answered with `OVER_CAPACITY` and not enqueued.
+    pub session_max_queued: usize,
 }
 
 impl Default for WsLimits {
@@ -228,6 +237,8 @@ impl Default for WsLimits {
             hello_max_bytes: 64 * 1024,
             max_pending_hello_per_ip: 16,
             http_header_timeout: Duration::from_secs(10),
+            max_argument_bytes: 1024 * 1024,
+            session_max_queued: 1000,
         }
     }
 }

@@ -153,7 +153,27 @@ pub enum JobError {
     Cancelled(String),
 }
 
+/// How the reason of a job that expired before it ran begins (see [`JobError::expired`]).
+pub const EXPIRED_REASON: &str = "expired:";
+
+/// Whether a dead job's reason (or its last error) says it expired before it ran. The queue
+/// records a permanent error's reason as `permanent error: <message>`.
+pub fn is_expired_reason(reason: &str) -> bool {
+    reason
+        .strip_prefix("permanent error: ")
+        .unwrap_or(reason)
+        .starts_with(EXPIRED_REASON)
+}
+
 impl JobError {
+    /// A tool call taken `late_ms` past its deadline: it is not run, and its job ends at once
+    /// (no retry) with a reason [`is_expired_reason`] recognises.
+    pub fn expired(late_ms: u64) -> Self {
+        Self::Permanent(format!(
+            "{EXPIRED_REASON} the call's deadline passed {late_ms} ms before a worker took it; it was not run"
+        ))
+    }
+
     /// A transient error from anything displayable.
     pub fn transient(e: impl std::fmt::Display) -> Self {
         Self::Transient(e.to_string())

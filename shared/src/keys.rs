@@ -76,6 +76,13 @@ impl Keys {
         format!("{}:session:{session_id}:resume", self.prefix)
     }
 
+    /// The sorted set of one session's calls that may still be unfinished: member = job id,
+    /// score = when it was enqueued (Unix ms). Pruned against the queue by the daemon, which
+    /// caps its size at `EXAI_SESSION_MAX_QUEUED`.
+    pub fn session_calls(&self, session_id: &str) -> String {
+        format!("{}:session:{session_id}:calls", self.prefix)
+    }
+
     /// The pub/sub channel on which releases are announced.
     pub fn sem_released_channel(&self) -> String {
         format!("{}:sem:released", self.prefix)

@@ -1035,6 +1035,8 @@ pub enum CallState {
     Failed,
     /// Cancelled.
     Cancelled,
+    /// Still queued past its deadline: ended without running.
+    Expired,
     /// No such call in this session (never made, or expired).
     Unknown,
 }
@@ -1045,6 +1047,7 @@ every_variant!(CallState {
     Completed,
     Failed,
     Cancelled,
+    Expired,
     Unknown,
 });
 

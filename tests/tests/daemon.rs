@@ -174,7 +174,9 @@ async fn a_streaming_call_is_acked_reports_progress_and_answers() {
 
 #[tokio::test]
 async fn a_single_frame_call_gets_exactly_one_frame_under_1_mib() {
-    let stack = TestStack::with_daemon("d-single", &[], 1).await;
+    // The big result below is made of a big argument: the argument limit is raised past it.
+    let stack =
+        TestStack::with_daemon("d-single", &[("EXAI_MAX_ARGUMENT_BYTES", "4194304")], 1).await;
     let mut c = Client::connect(&stack.url()).await;
     // Exactly what the stdio shim sends.
     let ack = c

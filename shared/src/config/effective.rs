@@ -66,6 +66,14 @@ impl Config {
                 "EXAI_WS_SESSION_MAX_INFLIGHT",
                 Some(l.max_inflight_per_session.to_string()),
             ),
+            (
+                "EXAI_MAX_ARGUMENT_BYTES",
+                Some(l.max_argument_bytes.to_string()),
+            ),
+            (
+                "EXAI_SESSION_MAX_QUEUED",
+                Some(l.session_max_queued.to_string()),
+            ),
             ("EXAI_WS_HELLO_TIMEOUT", Some(secs(l.hello_timeout))),
             ("EXAI_WS_IDLE_TIMEOUT_SECS", Some(secs(l.idle_timeout))),
             ("EXAI_WS_CALL_TIMEOUT_SECS", Some(secs(l.call_timeout))),

@@ -187,6 +187,10 @@ impl Config {
                             "EXAI_HTTP_HEADER_TIMEOUT_SECS",
                             d.http_header_timeout,
                         )?,
+                        max_argument_bytes: v
+                            .positive("EXAI_MAX_ARGUMENT_BYTES", d.max_argument_bytes)?,
+                        session_max_queued: v
+                            .positive("EXAI_SESSION_MAX_QUEUED", d.session_max_queued)?,
                     }
                 },
                 database_url_set: v.get("DATABASE_URL").is_some(),

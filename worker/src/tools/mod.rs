@@ -101,10 +101,7 @@ pub async fn run(
             .unwrap_or(Duration::ZERO)
             .as_millis() as u64;
         if now > deadline {
-            return Err(JobError::Permanent(format!(
-                "the call's deadline passed {} ms ago before it could run",
-                now - deadline
-            )));
+            return Err(JobError::expired(now - deadline));
         }
     }
     // The daemon validated the arguments already; a job enqueued some other way is checked too.
