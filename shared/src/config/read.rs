@@ -40,6 +40,18 @@ impl Config {
         config.legacy = resolved.notices;
         config.check_token_off_loopback()?;
         config.check_real_providers()?;
+        crate::redact::register_secrets(
+            [
+                &config.kimi.api_key,
+                &config.glm.api_key,
+                &config.supabase.service_role_key,
+                &config.ws.token,
+                &config.ws.admin_token,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|s| s.expose_secret()),
+        );
         Ok(config)
     }
 
