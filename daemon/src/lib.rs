@@ -45,6 +45,7 @@ mod outbox;
 pub mod relay;
 pub mod server;
 mod session;
+mod tls;
 
 pub use app::{App, DaemonError};
 pub use limits::DaemonLimits;

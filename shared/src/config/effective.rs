@@ -43,6 +43,14 @@ impl Config {
                 "EXAI_WS_ALLOWED_ORIGINS",
                 (!ws.allowed_origins.is_empty()).then(|| ws.allowed_origins.join(",")),
             ),
+            (
+                "EXAI_WS_TLS_CERT",
+                ws.tls.as_ref().map(|t| t.cert.display().to_string()),
+            ),
+            (
+                "EXAI_WS_TLS_KEY",
+                ws.tls.as_ref().map(|t| t.key.display().to_string()),
+            ),
             ("EXAI_WS_MAX_BYTES", Some(ws.max_bytes.to_string())),
             ("EXAI_WS_PING_INTERVAL", Some(secs(ws.ping_interval))),
             (
