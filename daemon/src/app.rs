@@ -41,6 +41,14 @@ pub enum DaemonError {
     /// The listener failed.
     #[error("the listener failed")]
     Io(#[source] std::io::Error),
+    /// `EXAI_WS_TLS_CERT` or `EXAI_WS_TLS_KEY` names a file that is no usable certificate or key.
+    #[error("{var}: {message}")]
+    Tls {
+        /// The variable naming the file.
+        var: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// What every connection and HTTP handler shares; built once per process.
@@ -88,6 +96,8 @@ pub struct App {
     /// The staging store (`EXAI_STAGING_DIR`), where `kimi_upload_bytes` content is written
     /// before its job is enqueued.
     pub(crate) staging: Staging,
+    /// The TLS acceptor when `EXAI_WS_TLS_CERT`/`EXAI_WS_TLS_KEY` are set (else plain ws).
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for App {
@@ -112,6 +122,12 @@ impl App {
         limits: DaemonLimits,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, DaemonError> {
+        let tls = config
+            .ws
+            .tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()?;
         let redis = RedisHandle::connect(&config.redis)
             .await
             .map_err(DaemonError::Redis)?;
@@ -168,6 +184,7 @@ impl App {
             tasks: TaskTracker::new(),
             started: Instant::now(),
             staging,
+            tls,
         }))
     }
 

@@ -48,6 +48,7 @@ mod resume;
 pub mod server;
 mod session;
 mod session_calls;
+mod tls;
 
 pub use app::{App, DaemonError};
 pub use limits::DaemonLimits;

@@ -94,28 +94,26 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonErr
         let router = router.clone();
         let stop = stop.clone();
         let header_timeout = app.limits.http_header_timeout;
+        let tls = app.tls.clone();
         http.spawn(async move {
-            let service = service_fn(move |mut req: axum::http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req.extensions_mut().insert(slot.clone());
-                let mut router = router.clone();
-                async move { router.call(req).await }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let served = tokio::select! {
-                served = conn.as_mut() => served,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let conn = HttpConn {
+                peer,
+                slot,
+                router,
+                stop,
+                header_timeout,
             };
-            if let Err(e) = served {
-                tracing::debug!(peer = %peer, error = %e, "http connection ended");
+            match tls {
+                None => conn.serve(tcp).await,
+                // The handshake is part of the request head: under the same timeout, holding
+                // the connection's slot.
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => conn.serve(stream).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "tls handshake failed");
+                    }
+                    Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
+                },
             }
         });
     }
@@ -136,6 +134,53 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonErr
         );
     }
     Ok(())
+}
+
+/// One accepted connection, served as HTTP/1.1 with upgrades over plain TCP or TLS.
+struct HttpConn {
+    peer: SocketAddr,
+    /// Its slot under `EXAI_WS_MAX_CONNECTIONS`, handed to an upgraded socket.
+    slot: Arc<TcpSlot>,
+    router: Router,
+    stop: CancellationToken,
+    header_timeout: Duration,
+}
+
+impl HttpConn {
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            slot,
+            router,
+            stop,
+            header_timeout,
+        } = self;
+        let service = service_fn(move |mut req: axum::http::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(slot.clone());
+            let mut router = router.clone();
+            async move { router.call(req).await }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let served = tokio::select! {
+            served = conn.as_mut() => served,
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(peer = %peer, error = %e, "http connection ended");
+        }
+    }
 }
 
 /// How long the accept loop waits after a failed accept (no descriptor left, most likely).

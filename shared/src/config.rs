@@ -142,6 +142,9 @@ pub struct WsConfig {
     /// `kimi_manage_files` (`delete`, `cleanup_orphaned`, `cleanup_expired`); `list` is always
     /// allowed.
     pub client_file_admin: bool,
+    /// `EXAI_WS_TLS_CERT` and `EXAI_WS_TLS_KEY` (unset): serve `wss://` with this certificate
+    /// chain and private key (PEM files). Both or neither; unset = plain `ws://`.
+    pub tls: Option<TlsFiles>,
     /// `EXAI_WS_MAX_BYTES` (32 MiB): the inbound frame limit.
     pub max_bytes: usize,
     /// `EXAI_WS_PING_INTERVAL` seconds (30).
@@ -153,6 +156,15 @@ pub struct WsConfig {
     /// Whether `DATABASE_URL` was set (not left to its default): only then does the daemon open
     /// a (lazy) Postgres pool, for the admin API's storage view.
     pub database_url_set: bool,
+}
+
+/// The PEM files the daemon serves TLS with (read by the daemon at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `EXAI_WS_TLS_CERT`: the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// `EXAI_WS_TLS_KEY`: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// The daemon's limits and timeouts. Every limit says what happens when it is hit.

@@ -29,6 +29,7 @@
 //! - [`tools`]: the tool registry: names, descriptions, input schemas, providers, semaphores.
 //! - [`protocol`]: the daemon's WebSocket messages, error and close codes, call job ids.
 //! - [`db`]: Postgres access (sqlx) for `provider_file_uploads`, and the migrations.
+//! - [`redact`]: key-like strings and the configured secrets taken out of provider error text.
 //! - [`providers`]: HTTP clients of Moonshot (files, chat), GLM (chat) and Supabase Storage,
 //!   streaming, with errors classified transient or permanent.
 //! - [`staging`]: the content-addressed staging store of upload bytes, and the upload-path gate
@@ -51,6 +52,7 @@ pub mod keys;
 pub mod protocol;
 pub mod providers;
 pub mod queue;
+pub mod redact;
 pub mod redis;
 pub mod semaphore;
 pub mod shutdown;

@@ -7,7 +7,7 @@
 //! | `GET queues` | [`QueuesReport`]: counts per state of every queue, and whether it is paused |
 //! | `GET semaphores` | [`SemaphoresReport`]: limit, permits in use and live leases of each |
 //! | `GET jobs/{id}` | `{"job": JobInfo}`, 404 when no queue holds the job |
-//! | `GET queues/{queue}/jobs?state=S&limit=N&offset=M` | one page of the jobs in state `S` |
+//! | `GET queues/{queue}/jobs?state=S&limit=N&offset=M` | one page of the jobs in state `S` (`limit` 0 to 1000, `offset` 0 to 2^53 - 1001, else 400) |
 //! | `POST jobs/{id}/retry` | a dead job back to `queued` with a fresh attempt budget |
 //! | `POST jobs/{id}/kill` | cancels the job: a waiting one at once, a running one is signalled |
 //! | `POST queues/{queue}/pause`, `.../resume` | workers stop (resume) taking jobs from it |
@@ -25,7 +25,7 @@ use axum::{Json, http::StatusCode};
 use exai_shared::cleanup_report::{self, CleanupReportError};
 use exai_shared::inspect::{QueuesReport, SemaphoresReport, find_job, queue_named};
 use exai_shared::keys::Keys;
-use exai_shared::queue::{CancelOutcome, JobState, MAX_PAGE, Queue};
+use exai_shared::queue::{CancelOutcome, JobState, MAX_OFFSET, MAX_PAGE, Queue};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -97,7 +97,7 @@ struct ListParams {
     state: Option<String>,
     /// Page size, at most [`MAX_PAGE`] ([`DEFAULT_PAGE`] when absent).
     limit: Option<usize>,
-    /// Jobs to skip.
+    /// Jobs to skip, at most [`MAX_OFFSET`].
     offset: Option<usize>,
 }
 
@@ -108,7 +108,12 @@ async fn list(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult {
     let name = param(name)?;
-    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(params) = params.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} (`limit` is 0 to {MAX_PAGE}, `offset` 0 to {MAX_OFFSET})",
+            e.body_text()
+        ))
+    })?;
     let q = queue(&app, &name)?;
     let states = || {
         JobState::ALL
@@ -131,10 +136,15 @@ async fn list(
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!(
-            "`limit` is at most {MAX_PAGE} (got {limit})"
+            "`limit` is 0 to {MAX_PAGE} (got {limit})"
         )));
     }
     let offset = params.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "`offset` is 0 to {MAX_OFFSET} (got {offset})"
+        )));
+    }
     let jobs = q.list(state, offset, limit).await?;
     Ok(Json(json!({
         "queue": q.name(),

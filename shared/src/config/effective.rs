@@ -47,6 +47,14 @@ impl Config {
                 "EXAI_CLIENT_FILE_ADMIN",
                 Some(ws.client_file_admin.to_string()),
             ),
+            (
+                "EXAI_WS_TLS_CERT",
+                ws.tls.as_ref().map(|t| t.cert.display().to_string()),
+            ),
+            (
+                "EXAI_WS_TLS_KEY",
+                ws.tls.as_ref().map(|t| t.key.display().to_string()),
+            ),
             ("EXAI_WS_MAX_BYTES", Some(ws.max_bytes.to_string())),
             ("EXAI_WS_PING_INTERVAL", Some(secs(ws.ping_interval))),
             (

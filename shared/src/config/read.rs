@@ -11,6 +11,33 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::*;
 
+/// `EXAI_WS_TLS_CERT` and `EXAI_WS_TLS_KEY`: both (TLS) or neither (plain ws).
+fn tls_files(v: &Vars<'_>) -> Result<Option<TlsFiles>, ConfigError> {
+    let cert = v
+        .get("EXAI_WS_TLS_CERT")
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let key = v
+        .get("EXAI_WS_TLS_KEY")
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new(
+            "EXAI_WS_TLS_KEY",
+            "must be set with EXAI_WS_TLS_CERT (both or neither)",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            "EXAI_WS_TLS_CERT",
+            "must be set with EXAI_WS_TLS_KEY (both or neither)",
+        )),
+    }
+}
+
 impl Config {
     /// Reads `.env` (when present, without overriding the environment), then the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -40,6 +67,18 @@ impl Config {
         config.legacy = resolved.notices;
         config.check_token_off_loopback()?;
         config.check_real_providers()?;
+        crate::redact::register_secrets(
+            [
+                &config.kimi.api_key,
+                &config.glm.api_key,
+                &config.supabase.service_role_key,
+                &config.ws.token,
+                &config.ws.admin_token,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|s| s.expose_secret()),
+        );
         Ok(config)
     }
 
@@ -148,6 +187,7 @@ impl Config {
                 admin_token,
                 allowed_origins,
                 client_file_admin: v.parse("EXAI_CLIENT_FILE_ADMIN", Bool(false))?.0,
+                tls: tls_files(v)?,
                 max_bytes: v.positive("EXAI_WS_MAX_BYTES", 32 * 1024 * 1024)?,
                 ping_interval: v.seconds("EXAI_WS_PING_INTERVAL", 30.0)?,
                 progress_interval: v.seconds("EXAI_WS_PROGRESS_INTERVAL_SECS", 5.0)?,

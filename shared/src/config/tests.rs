@@ -427,3 +427,25 @@ fn settings_read_back_give_the_same_configuration() {
     assert_eq!(again.settings(), c.settings());
     assert!(again.legacy.is_empty());
 }
+
+#[test]
+fn tls_needs_both_its_cert_and_its_key() {
+    assert_eq!(cfg(&[]).unwrap().ws.tls, None);
+    let c = cfg(&[
+        ("EXAI_WS_TLS_CERT", "/etc/exai/cert.pem"),
+        ("EXAI_WS_TLS_KEY", "/etc/exai/key.pem"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.ws.tls,
+        Some(TlsFiles {
+            cert: "/etc/exai/cert.pem".into(),
+            key: "/etc/exai/key.pem".into(),
+        })
+    );
+    let err = cfg(&[("EXAI_WS_TLS_CERT", "/etc/exai/cert.pem")]).unwrap_err();
+    assert_eq!(err.var, "EXAI_WS_TLS_KEY");
+    assert!(err.message.contains("EXAI_WS_TLS_CERT"), "{err}");
+    let err = cfg(&[("EXAI_WS_TLS_KEY", "/etc/exai/key.pem")]).unwrap_err();
+    assert_eq!(err.var, "EXAI_WS_TLS_CERT");
+}

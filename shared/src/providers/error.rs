@@ -17,10 +17,15 @@
 //!
 //! [`ProviderError::into_job_error`] maps the kind onto [`JobError`], whose variant is the queue's
 //! retry policy.
+//!
+//! Every message and code is passed through [`redact`] when the error is built, so text from the
+//! other side (an error body that echoes a key or a bearer value) reaches neither a client nor a
+//! job record with a secret in it.
 
 use std::time::Duration;
 
 use crate::jobs::JobError;
+use crate::redact::redact;
 
 /// Whether another attempt can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +71,7 @@ impl ProviderError {
             kind: ErrorKind::Transient { retry_after: None },
             status: None,
             code: None,
-            message: message.into(),
+            message: redact(&message.into()),
         }
     }
 
@@ -82,7 +87,7 @@ impl ProviderError {
             kind: ErrorKind::Permanent,
             status: None,
             code: None,
-            message: message.into(),
+            message: redact(&message.into()),
         }
     }
 
@@ -141,7 +146,7 @@ impl ProviderError {
     /// The [`JobError`] that makes the queue do the right thing: `RetryAfter` for a named wait,
     /// `Transient` for the backoff, `Permanent` for dead.
     pub fn into_job_error(self) -> JobError {
-        let message = self.to_string();
+        let message = redact(&self.to_string());
         match self.kind {
             ErrorKind::Transient {
                 retry_after: Some(after),
@@ -252,8 +257,8 @@ pub(crate) fn classify_openai(
         operation,
         kind,
         status: Some(status),
-        code,
-        message: format!("HTTP {status}: {message}"),
+        code: code.map(|c| redact(&c)),
+        message: redact(&format!("HTTP {status}: {message}")),
     }
 }
 
@@ -298,8 +303,10 @@ pub(crate) fn classify_supabase(
         operation,
         kind,
         status: Some(real_status),
-        code,
-        message: format!("HTTP {status} (status {real_status}{code_part}): {message}"),
+        code: code.map(|c| redact(&c)),
+        message: redact(&format!(
+            "HTTP {status} (status {real_status}{code_part}): {message}"
+        )),
     }
 }
 

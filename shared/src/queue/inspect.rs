@@ -17,6 +17,10 @@ const LIST_FIELDS: [&str; 13] = [
 /// The most jobs one page may hold.
 pub const MAX_PAGE: usize = 1000;
 
+/// The largest offset a page may start at: `offset + limit` stays an exact integer in the list
+/// script (Lua numbers are doubles, exact up to 2^53). No queue holds that many jobs.
+pub const MAX_OFFSET: usize = (1 << 53) - 1 - MAX_PAGE;
+
 /// How many wait-list entries [`Queue::wait_position`] searches, from the end fetches take
 /// from: a job deeper than this in a backlog has no known position.
 pub const POSITION_SCAN_MAX: usize = 10_000;
@@ -65,7 +69,8 @@ impl Queue {
         Ok(u64::try_from(pos).ok().filter(|p| *p > 0))
     }
 
-    /// One page of the jobs in `state`, `limit` (at most [`MAX_PAGE`]) from `offset`:
+    /// One page of the jobs in `state`, `limit` (at most [`MAX_PAGE`]) from `offset` (a page
+    /// beyond [`MAX_OFFSET`] is empty):
     /// queued jobs in the order they will run, scheduled and retrying ones by due time,
     /// running ones by lease expiry, dead and completed ones newest first. Results are not
     /// included. Entries that just left the state, cancelled queued jobs and completed jobs
@@ -87,7 +92,7 @@ impl Queue {
             JobState::Cancelled => return Ok(Vec::new()),
         };
         let limit = limit.min(MAX_PAGE);
-        if limit == 0 {
+        if limit == 0 || offset > MAX_OFFSET {
             return Ok(Vec::new());
         }
         let reply: Value = scripts::LIST

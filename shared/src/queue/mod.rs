@@ -113,7 +113,7 @@ use redis::{ScriptInvocation, Value};
 
 pub use attempt::Cycle;
 pub use error::QueueError;
-pub use inspect::{MAX_PAGE, POSITION_SCAN_MAX};
+pub use inspect::{MAX_OFFSET, MAX_PAGE, POSITION_SCAN_MAX};
 pub use job::{
     Ack, CancelOutcome, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord,
     JobInfo, JobLease, JobResult, JobState, LeaseState, NewJob, QueueCounts, RescueReport,
