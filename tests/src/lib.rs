@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use exai_shared::Config;
 
+pub mod chromium;
 pub mod command;
 pub mod daemon;
 pub mod fuzz;

@@ -3,7 +3,7 @@
 //! in every state, a dead job, a held semaphore lease, upload rows, a cleanup report), the
 //! actions (retry, kill, pause, resume), and the page rendering that state in a browser.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use exai_shared::queue::{self, FailKind, FailOutcome, JobState, NewJob, Queue};
@@ -529,78 +529,6 @@ async fn a_daemon_without_a_token_keeps_the_admin_api_closed() {
 
 // ----- the page in a real browser ------------------------------------------------------------
 
-/// The Chromium binary, installed from the OS packages when missing.
-fn chromium() -> PathBuf {
-    let path = PathBuf::from("/usr/bin/chromium");
-    if path.exists() {
-        return path;
-    }
-    let install = || {
-        std::process::Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "chromium"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = std::process::Command::new("apt-get").arg("update").status();
-        assert!(
-            install(),
-            "chromium is not installed and `apt-get install -y chromium` failed: install it \
-             (as root: apt-get install -y chromium) to run the admin page test"
-        );
-    }
-    assert!(
-        path.exists(),
-        "chromium installed but {} is missing",
-        path.display()
-    );
-    path
-}
-
-/// Runs headless Chromium on `url` with `args` and a fresh profile; returns its standard output.
-async fn run_chromium(browser: &Path, url: &str, args: &[String]) -> String {
-    let profile = tempdir("exai-admin-chromium");
-    let mut cmd = tokio::process::Command::new(browser);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(args)
-    .arg(url)
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("chromium finishes within 120 s")
-        .expect("run chromium");
-    let _ = std::fs::remove_dir_all(&profile);
-    assert!(
-        out.status.success(),
-        "chromium failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("create a temp dir");
-    dir
-}
-
 /// The element that starts with `open` (an exact opening tag prefix) up to its `close` tag.
 fn element<'a>(dom: &'a str, open: &str, close: &str) -> &'a str {
     let start = dom
@@ -613,7 +541,6 @@ fn element<'a>(dom: &'a str, open: &str, close: &str) -> &'a str {
 
 #[tokio::test]
 async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
-    let browser = chromium();
     let admin = Admin::start("admin_page", true).await;
     let report = json!({"stored_at": "2026-09-21T12:00:01Z", "tick": 0,
         "report": {"dry_run": true, "started_at": "2026-09-21T12:00:00Z",
@@ -623,8 +550,7 @@ async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
     // The token and a job to open come in the fragment.
     let url = admin.url(&format!("/admin#token={ADMIN_TOKEN}&job={DEAD}"));
 
-    let dom = run_chromium(
-        &browser,
+    let dom = exai_tests::chromium::run(
         &url,
         &["--virtual-time-budget=8000".into(), "--dump-dom".into()],
     )
@@ -715,8 +641,7 @@ async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
         .expect("target dir")
         .join("admin-screenshot.png");
     let _ = std::fs::remove_file(&shot);
-    run_chromium(
-        &browser,
+    exai_tests::chromium::run(
         &admin.url(&format!("/admin#token={ADMIN_TOKEN}")),
         &[
             "--virtual-time-budget=8000".into(),

@@ -10,7 +10,6 @@
 //! - the admin API takes only `EXAI_ADMIN_TOKEN`, never the client token.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,61 +185,17 @@ ws.onerror = () => { if (!opened) settle("refused"); };
 ws.onclose = () => { if (!opened) settle("refused"); };
 </script><script src="/wait"></script></body></html>"#;
 
-/// The Chromium binary (installed from the OS packages when missing).
-fn chromium() -> PathBuf {
-    let path = PathBuf::from("/usr/bin/chromium");
-    if !path.exists() {
-        let ok = std::process::Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "chromium"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok && path.exists(),
-            "chromium is missing: apt-get install -y chromium"
-        );
-    }
-    path
-}
-
-/// Opens `url` in headless Chromium with a fresh profile and returns the DOM it dumps.
-async fn dump_dom(browser: &Path, url: &str) -> String {
-    let profile = std::env::temp_dir().join(format!(
-        "exai-origin-chromium-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&profile).expect("profile dir");
-    let out = tokio::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=8000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run chromium");
-    let _ = std::fs::remove_dir_all(&profile);
-    assert!(
-        out.status.success(),
-        "chromium failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Opens `url` in headless Chromium and returns the DOM it dumps (the page's last script holds
+/// the load until it has reported its outcome, within the virtual time budget).
+async fn dump_dom(url: &str) -> String {
+    exai_tests::chromium::run(
+        url,
+        &[
+            "--virtual-time-budget=8000".to_owned(),
+            "--dump-dom".to_owned(),
+        ],
+    )
+    .await
 }
 
 /// The text of `<p id="outcome">` in a dumped DOM.
@@ -255,15 +210,13 @@ fn outcome(dom: &str) -> &str {
 
 #[tokio::test]
 async fn a_page_from_another_origin_cannot_open_a_socket_unless_its_origin_is_allowed() {
-    let browser = chromium();
-
     // The attacker's page, on 127.0.0.1 but another port than the daemons'.
     let page = serve_page().await;
     let page_origin = format!("http://{page}");
 
     // A daemon without a token (allowed on loopback), and nothing allow-listed: refused.
     let daemon = start_daemon("origin_browser_refused", &[]).await;
-    let dom = dump_dom(&browser, &format!("{page_origin}/?daemon={}", daemon.addr)).await;
+    let dom = dump_dom(&format!("{page_origin}/?daemon={}", daemon.addr)).await;
     assert_eq!(outcome(&dom), "refused", "{dom}");
 
     // A daemon with the page's origin allow-listed: the socket opens and the hello is answered.
@@ -272,7 +225,7 @@ async fn a_page_from_another_origin_cannot_open_a_socket_unless_its_origin_is_al
         &[("EXAI_WS_ALLOWED_ORIGINS", &page_origin)],
     )
     .await;
-    let dom = dump_dom(&browser, &format!("{page_origin}/?daemon={}", allowed.addr)).await;
+    let dom = dump_dom(&format!("{page_origin}/?daemon={}", allowed.addr)).await;
     let text = outcome(&dom);
     assert!(
         text.starts_with("connected ") && text.contains(r#""ok":true"#),
