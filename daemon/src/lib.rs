@@ -28,6 +28,11 @@
 //! - [`limits`]: the connection counter; the limits it enforces (`EXAI_WS_MAX_CONNECTIONS`,
 //!   …) are read with the rest of the configuration.
 //! - [`metrics`]: Prometheus metrics.
+//! - `resume`: the session's resume secret, issued by the hello and required to resume.
+//! - `session_calls`: a session's unfinished calls in Redis, capped at `EXAI_SESSION_MAX_QUEUED`.
+//! - `file_admin`: which `kimi_manage_files` operations need `EXAI_CLIENT_FILE_ADMIN`.
+//! - `tls`: the rustls acceptor for `wss://` (`EXAI_WS_TLS_CERT`, `EXAI_WS_TLS_KEY`).
+//! - `error`: [`DaemonError`], why the daemon could not start.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -36,6 +41,7 @@ pub mod app;
 mod caller;
 mod calls;
 pub mod connection;
+mod error;
 mod file_admin;
 mod follow;
 mod health;
@@ -50,6 +56,7 @@ mod session;
 mod session_calls;
 mod tls;
 
-pub use app::{App, DaemonError};
+pub use app::App;
+pub use error::DaemonError;
 pub use limits::DaemonLimits;
 pub use server::run;

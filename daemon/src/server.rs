@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::app::{App, DaemonError};
+use crate::app::App;
+use crate::error::DaemonError;
 use crate::limits::{DaemonLimits, TcpSlot};
 use crate::{admin, connection, health, origin};
 

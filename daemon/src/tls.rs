@@ -11,7 +11,7 @@ use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::app::DaemonError;
+use crate::error::DaemonError;
 
 /// Reads the certificate chain and key and builds the acceptor (TLS 1.2 and 1.3, ALPN
 /// `http/1.1`). Any problem is an error naming the variable and the file.
