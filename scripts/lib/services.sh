@@ -246,11 +246,12 @@ TEST_TOOLS=(
   curl curl
   kill procps
   runuser util-linux
+  openssl openssl
 )
 
 ensure_test_tools() {
-  step "checking the tools the tests run (docker-compose, python3 with PyYAML, chromium, curl, kill)" \
-    "install them (as root: apt-get install docker-compose python3-yaml chromium curl procps) and re-run"
+  step "checking the tools the tests run (docker-compose, python3 with PyYAML, chromium, curl, kill, openssl)" \
+    "install them (as root: apt-get install docker-compose python3-yaml chromium curl procps openssl) and re-run"
   ensure_commands "${TEST_TOOLS[@]}"
   if ! python3 -c 'import yaml' >/dev/null 2>&1; then
     apt_install python3-yaml
