@@ -23,22 +23,27 @@ use tokio_tungstenite::tungstenite::Message;
 async fn hello_failures_close_with_the_protocols_codes() {
     let stack = TestStack::with_local_daemon("d-hello", &[]).await;
 
-    // Wrong token: hello_ack unauthorized, then 4003.
+    // Wrong token: hello_ack unauthorized (token_wrong), then 4003.
     let mut c = stack.connect().await;
     let ack = c
         .hello(json!({"op": "hello", "token": "wrong-token-0123456789"}))
         .await;
     assert_eq!(
         ack,
-        json!({"op": "hello_ack", "ok": false, "error": "unauthorized"})
+        json!({"op": "hello_ack", "ok": false, "error": "unauthorized", "detail": "token_wrong"})
     );
     assert_eq!(c.closed().await.0, 4003);
 
-    // No token at all: the same.
-    let mut c = stack.connect().await;
-    let ack = c.hello(json!({"op": "hello"})).await;
-    assert_eq!(ack["error"], "unauthorized");
-    assert_eq!(c.closed().await.0, 4003);
+    // No token at all, or an empty one: the same code, detail token_missing.
+    for hello in [json!({"op": "hello"}), json!({"op": "hello", "token": " "})] {
+        let mut c = stack.connect().await;
+        let ack = c.hello(hello).await;
+        assert_eq!(
+            ack,
+            json!({"op": "hello_ack", "ok": false, "error": "unauthorized", "detail": "token_missing"})
+        );
+        assert_eq!(c.closed().await.0, 4003);
+    }
 
     // Not JSON: close 4000 without a frame.
     let mut c = stack.connect().await;
