@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::files::FilesCommand,
     },
+    /// The tools clients may call (from this build's registry; no daemon needed).
+    Tools {
+        #[command(subcommand)]
+        command: cli::tools::ToolsCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +116,10 @@ impl RunArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Tools { command } = &cli.command {
+        // The registry needs no configuration.
+        return cli::tools::run(command);
+    }
     let config = Config::from_env()?;
     telemetry::init_with_filter(config.log_format, &config.log_filter);
     config.log_legacy_notices();
@@ -131,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Queue { command } => cli::queue::run(&config, command).await,
         Command::Sem(args) => cli::sem::run(&config, &args).await,
         Command::Files { command } => cli::files::run(&config, command).await,
+        Command::Tools { command } => cli::tools::run(&command),
     }
 }
 
