@@ -227,6 +227,34 @@ pub fn all() -> &'static [Tool] {
     &TOOLS
 }
 
+/// The most tools [`closest`] names.
+const MAX_CLOSEST: usize = 3;
+
+/// The registered tools whose names are close to `name` (a name that is no tool), closest
+/// first: the ones fewest edits away, when that is within a quarter of its length (at least
+/// two edits), and one more edit; else the ones that contain it. Empty when none is close.
+pub fn closest(name: &str) -> Vec<&'static str> {
+    let wanted = normalize_name(name).to_ascii_lowercase();
+    let limit = (wanted.chars().count() / 4).max(2);
+    let mut near: Vec<(usize, &'static str)> = TOOLS
+        .iter()
+        .map(|t| (strsim::levenshtein(&wanted, t.name), t.name))
+        .filter(|(distance, _)| *distance <= limit)
+        .collect();
+    near.sort();
+    if let Some(&(best, _)) = near.first() {
+        near.retain(|(distance, _)| *distance <= best + 1);
+    } else if wanted.len() >= 3 {
+        near = TOOLS
+            .iter()
+            .filter(|t| t.name.contains(wanted.as_str()))
+            .map(|t| (0, t.name))
+            .collect();
+        near.sort();
+    }
+    near.into_iter().take(MAX_CLOSEST).map(|(_, n)| n).collect()
+}
+
 /// The pattern every `model` argument must match: a known provider family. No inline flags such
 /// as `(?i)`: MCP clients validate arguments against these schemas with ECMA/Python regex
 /// engines, which reject them.
@@ -433,6 +461,16 @@ mod tests {
         assert_eq!(normalize_name("chat_EXAI-WS_EXAI-WS"), "chat_EXAI-WS");
         assert!(find("test_echo-EXAI_WS").is_some());
         assert!(find("nope").is_none());
+    }
+
+    #[test]
+    fn the_closest_names_are_a_few_edits_away_or_contain_the_name() {
+        assert_eq!(closest("kimi_upload_file"), [KIMI_UPLOAD_FILES]);
+        assert_eq!(closest("test-echo"), [TEST_ECHO]);
+        assert_eq!(closest("Chat"), [CHAT]);
+        assert_eq!(closest("upload"), [KIMI_UPLOAD_BYTES, KIMI_UPLOAD_FILES]);
+        assert!(closest("list_tools").is_empty());
+        assert!(closest("zzz").is_empty());
     }
 
     #[test]
