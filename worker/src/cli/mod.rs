@@ -13,6 +13,9 @@
 //! - [`storage`]: `storage retry-failed` (and the older `storage redrive`).
 //! - [`files`]: `files list`, the `provider_file_uploads` rows.
 //! - [`tools`]: `tools doc`, docs/tools.md from the tool registry.
+//!
+//! The commands that only read log only warnings unless `-v` or `RUST_LOG` asks for more, and
+//! every error is one line on stderr (`error: …`), exit status 1 (2 for a bad flag).
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
