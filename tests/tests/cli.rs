@@ -1083,3 +1083,48 @@ async fn a_user_error_is_one_line_without_a_backtrace() {
         assert!(!out.stderr.contains("Caused by"), "{out}");
     }
 }
+
+#[tokio::test]
+async fn a_cleanup_run_missing_the_workers_settings_keeps_the_last_report() {
+    use exai_shared::cleanup_report::{self, CleanupReport, Sweeps};
+    let ctx = stack_with_db("cli-cleanup-kept").await;
+    // The workers' last scheduled run ran every sweep (they have Moonshot and Supabase).
+    let at = chrono::Utc::now();
+    let scheduled = CleanupReport {
+        dry_run: false,
+        sweeps: Sweeps::default(),
+        started_at: at,
+        finished_at: at,
+    };
+    cleanup_report::store_report(&ctx.conn, &ctx.keys, 1_700_000_000, &scheduled)
+        .await
+        .unwrap();
+
+    // A shell without KIMI_API_KEY or Supabase: the report is printed, not stored, and says why.
+    let out = ctx
+        .worker_cli(
+            &["cleanup", "--dry-run", "--json"],
+            &[("RUST_BACKTRACE", "1")],
+        )
+        .await;
+    assert_eq!(out.code, Some(1), "{out}");
+    let printed: Value = serde_json::from_str(&out.stdout).expect("the report is printed");
+    assert!(printed["sweeps"]["moonshot_orphans"]["skipped"].is_string());
+    let last_line = out.stderr.lines().last().unwrap_or_default();
+    assert!(last_line.starts_with("error: report not stored"), "{out}");
+    assert!(last_line.contains("moonshot_orphans"), "{out}");
+    assert!(last_line.contains("KIMI_API_KEY is not set"), "{out}");
+    assert!(last_line.contains("data/run/env"), "{out}");
+    let last = cleanup_report::last_report(&ctx.conn, &ctx.keys)
+        .await
+        .unwrap()
+        .expect("a stored report");
+    assert_eq!(last.tick, 1_700_000_000, "the scheduled run's report stays");
+    assert_eq!(
+        cleanup_report::history(&ctx.conn, &ctx.keys, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
