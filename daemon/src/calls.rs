@@ -18,7 +18,7 @@ use std::sync::Arc;
 use exai_shared::events::JobEvent;
 use exai_shared::jobs::{StagedRef, ToolCallJob};
 use exai_shared::protocol::{
-    self, CallState, CallTool, CallToolAck, CallToolRes, CancelWas, Cancelled, ErrorCode,
+    self, CallState, CallTool, CallToolAck, CallToolRes, CancelWas, Cancelled, ClientOp, ErrorCode,
     ErrorFrame, HealthRes, Inbound, JobStatusRes, ListToolsRes, Pong, QueueStatsRes, ReplyTo,
     Request, ServerMessage, WireError,
 };
@@ -167,6 +167,30 @@ async fn end_call(
     }
 }
 
+/// The `TOOL_NOT_FOUND` answer to a call of `asked`: names the closest tools, or every tool when
+/// none is close, and says so when the name is an op (`list_tools`) rather than a tool.
+/// `details`: `closest` and `tools`, the names.
+fn tool_not_found(asked: &str) -> WireError {
+    let name = tools::normalize_name(asked);
+    let closest = tools::closest(name);
+    let all: Vec<&str> = tools::all().iter().map(|t| t.name).collect();
+    let hint = if ClientOp::from_wire(name).is_some() {
+        format!(
+            "{name} is an op, not a tool: send {{\"op\":\"{name}\"}}; the tools are {}",
+            all.join(", ")
+        )
+    } else if closest.is_empty() {
+        format!("the tools are {}", all.join(", "))
+    } else {
+        format!("did you mean {}?", closest.join(" or "))
+    };
+    WireError::new(
+        ErrorCode::ToolNotFound,
+        format!("Tool not found: {name} ({hint})"),
+    )
+    .with_details(json!({"closest": closest, "tools": all}))
+}
+
 /// Validates the call, stages `kimi_upload_bytes` content, enqueues the job durably and acks it
 /// (streaming mode). Fails only when the connection is gone.
 async fn admit(
@@ -179,10 +203,7 @@ async fn admit(
     let Some(tool) = tools::find(&call.name) else {
         return Ok(Admission::Refused(
             Outcome::Invalid,
-            WireError::new(
-                ErrorCode::ToolNotFound,
-                format!("Tool not found: {}", tools::normalize_name(&call.name)),
-            ),
+            tool_not_found(&call.name),
         ));
     };
     // The arguments are enqueued as they are: their size is capped before anything else is done

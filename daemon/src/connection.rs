@@ -28,7 +28,7 @@ use std::time::Duration;
 use exai_shared::protocol::{
     self, CLOSE_GOING_AWAY, CLOSE_HELLO_TIMEOUT, CLOSE_INTERNAL, CLOSE_INVALID_MESSAGE,
     CLOSE_MISSING_HELLO, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED, HelloAck,
-    HelloError, HelloFrame, ServerMessage,
+    HelloDetail, HelloError, HelloFrame, ServerMessage,
 };
 use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -468,12 +468,13 @@ async fn hello<S: Transport>(
         }
     };
     app.metrics.frame_in();
-    let refuse = |error: HelloError| {
+    let refuse = |error: HelloError, detail: Option<HelloDetail>| {
         ServerMessage::HelloAck(HelloAck {
             ok: false,
             session_id: None,
             resume_secret: None,
             error: Some(error.as_str().to_owned()),
+            detail: detail.map(|d| d.as_str().to_owned()),
         })
     };
     let hello = match protocol::parse_hello(&text) {
@@ -485,15 +486,22 @@ async fn hello<S: Transport>(
         }
         HelloFrame::NotHello => {
             app.metrics.connection_refused("missing_hello");
-            let _ = out.send(&refuse(HelloError::MissingHello)).await;
+            let _ = out.send(&refuse(HelloError::MissingHello, None)).await;
             out.close(CLOSE_MISSING_HELLO, "unrecognized protocol");
             return Err(End::Closed);
         }
     };
     if !app.token_matches(hello.token.as_deref().unwrap_or("")) {
         app.metrics.connection_refused("unauthorized");
-        tracing::info!("hello refused: wrong token");
-        let _ = out.send(&refuse(HelloError::Unauthorized)).await;
+        // Saying which case it is tells nothing about the token, and tells a user what to fix.
+        let detail = match hello.token.as_deref().map(str::trim) {
+            None | Some("") => HelloDetail::TokenMissing,
+            Some(_) => HelloDetail::TokenWrong,
+        };
+        tracing::info!(detail = detail.as_str(), "hello refused");
+        let _ = out
+            .send(&refuse(HelloError::Unauthorized, Some(detail)))
+            .await;
         out.close(CLOSE_UNAUTHORIZED, "unauthorized");
         return Err(End::Closed);
     }
@@ -528,6 +536,7 @@ async fn hello<S: Transport>(
         session_id: Some(opened.session_id),
         resume_secret: Some(opened.secret),
         error: None,
+        detail: None,
     });
     out.send(&ack).await.map_err(|_| End::Gone)?;
     Ok((session, permit))

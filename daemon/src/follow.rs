@@ -6,7 +6,8 @@
 //! the queue *second*, so a result stored before the subscription is read rather than missed.
 //! After that it re-reads on every `Finished` event (and after a relay reconnect), on every
 //! progress tick, and at the call's deadline. Events in between become `progress` and
-//! `stream_chunk` frames (streaming mode only). The follower ends with exactly one
+//! `stream_chunk` frames (streaming mode only); a tick while the job waits in a paused queue
+//! says so (`queue tool_calls is paused; …`). The follower ends with exactly one
 //! `call_tool_res`; if the connection goes first, the job goes on and its result stays in
 //! Redis for `get_result`, a repeated `call_tool`, or another connection of the session.
 
@@ -22,7 +23,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::answer::{Answer, call_error, finished, single_frame};
-use crate::app::{unix_ms, unix_secs};
+use crate::app::{App, unix_ms, unix_secs};
 use crate::caller::Caller;
 use crate::metrics::Outcome;
 use crate::outbox::Closed;
@@ -164,11 +165,11 @@ impl Follow {
                 if heartbeat {
                     heartbeat = false;
                     let message = if announced == "running" {
-                        "Tool execution in progress..."
+                        "Tool execution in progress...".to_owned()
                     } else {
-                        "Waiting for a worker..."
+                        waiting_message(app).await
                     };
-                    self.progress(conn, message, announced).await?;
+                    self.progress(conn, &message, announced).await?;
                 }
             }
             let deadline_at = deadline_ms
@@ -225,6 +226,25 @@ impl Follow {
                     return Ok((Err(waited), Outcome::Timeout));
                 }
             }
+        }
+    }
+}
+
+/// The heartbeat of a call that waits in its queue: why it waits when an operator paused the
+/// queue (`queue tool_calls is paused; …`), else that it waits for a worker. Asked at each
+/// progress tick only, so a call that runs at once costs no extra round trip.
+async fn waiting_message(app: &App) -> String {
+    match app.tool_calls.is_paused().await {
+        Ok(true) => {
+            let name = app.tool_calls.name();
+            format!(
+                "queue {name} is paused; the call waits until it is resumed (exai-worker queue resume {name})"
+            )
+        }
+        Ok(false) => "Waiting for a worker...".to_owned(),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read whether the queue is paused");
+            "Waiting for a worker...".to_owned()
         }
     }
 }

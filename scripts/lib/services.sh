@@ -97,24 +97,38 @@ ensure_commands() {
 
 redis_ping() { redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep -q PONG; }
 
+# Makes Redis answer at REDIS_URL, starting one on its port (bound to 127.0.0.1) when none does.
+# With a directory $1, the Redis it starts keeps its data there the way docker-compose.yml's
+# does (append-only file fsynced every second, `noeviction`), so a restart loses nothing; its
+# log is $1/redis.log. Without one it keeps nothing (no snapshot, no append-only file, under
+# /tmp/exai-redis): the tests' Redis, whose data is each test's own and thrown away.
 ensure_redis() {
+  local data_dir=${1:-}
   step "checking Redis at $REDIS_URL" \
     "install Redis (as root: apt-get install redis-server redis-tools) or set REDIS_URL to a running server, then re-run"
   ensure_commands redis-server redis-server redis-cli redis-tools
   if redis_ping; then return 0; fi
-  local port
+  local port dir persistence
   port=$(printf '%s' "$REDIS_URL" | sed -E 's#.*:([0-9]+)(/.*)?$#\1#')
-  step "starting redis on 127.0.0.1:${port}" \
-    "see /tmp/exai-redis/redis.log; or start Redis yourself (or set REDIS_URL to a running server) and re-run"
-  mkdir -p /tmp/exai-redis
-  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-    --dir /tmp/exai-redis --logfile /tmp/exai-redis/redis.log
+  if [ -n "$data_dir" ]; then
+    dir=$data_dir
+    persistence=(--appendonly yes --appendfsync everysec --maxmemory-policy noeviction)
+  else
+    dir=/tmp/exai-redis
+    persistence=(--save "" --appendonly no)
+  fi
+  step "starting redis on 127.0.0.1:${port} (data in $dir)" \
+    "see $dir/redis.log; or start Redis yourself (or set REDIS_URL to a running server) and re-run"
+  mkdir -p "$dir"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" "${persistence[@]}" \
+    --dir "$dir" --logfile "$dir/redis.log"
   STARTED_REDIS_PORT=$port
+  STARTED_REDIS_DURABLE=${data_dir:+1}
   for _ in $(seq 1 100); do
     if redis_ping; then return 0; fi
     sleep 0.1
   done
-  log "redis did not answer PING on port $port within 10 s"
+  log "redis did not answer PING on port $port within 10 s (see $dir/redis.log)"
   return 1
 }
 
@@ -201,16 +215,25 @@ ensure_postgres() {
   EXAI_TEST_PG_ADMIN_URL=$with_password
 }
 
-# Stops what ensure_redis and ensure_postgres started (nothing they found running).
+# Stops what ensure_redis and ensure_postgres started (nothing they found running), and adds
+# the name of each to STOPPED_SERVICES.
+STOPPED_SERVICES=()
 stop_started_services() {
   if [ -n "${STARTED_REDIS_PORT:-}" ]; then
     log "stopping the redis this script started"
-    redis-cli -p "$STARTED_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    if [ -n "${STARTED_REDIS_DURABLE:-}" ]; then
+      # SHUTDOWN flushes the append-only file and writes a snapshot: nothing queued is lost.
+      redis-cli -p "$STARTED_REDIS_PORT" shutdown >/dev/null 2>&1 || true
+    else
+      redis-cli -p "$STARTED_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    fi
+    STOPPED_SERVICES+=(redis-server)
   fi
   if [ -n "${STARTED_PG_VERSION:-}" ]; then
     log "stopping the postgresql this script started"
     pg_ctlcluster --skip-systemctl-redirect "$STARTED_PG_VERSION" main stop >/dev/null 2>&1 ||
       pg_ctlcluster "$STARTED_PG_VERSION" main stop >/dev/null 2>&1 || true
+    STOPPED_SERVICES+=(postgresql)
   fi
 }
 

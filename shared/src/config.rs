@@ -10,10 +10,15 @@
 //! `REDIS_PASSWORD`, …) are resolved first, in [`legacy`]: converted and used when the new name
 //! is not set, each one reported as a [`LegacyNotice`] for the process to log at start-up.
 //! [`Config::settings`] lists the effective value of every variable, secrets redacted.
+//!
+//! The command-line tools also read the settings file of a stack that `scripts/up` started
+//! ([`run_env`], `data/run/env`) before their configuration, so a second shell needs nothing
+//! exported.
 
 mod effective;
 mod legacy;
 mod read;
+pub mod run_env;
 #[cfg(test)]
 mod tests;
 

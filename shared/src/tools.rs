@@ -7,6 +7,9 @@
 //! `_EXAI_WS` or `-EXAI_WS` that some clients append is stripped by [`normalize_name`].
 //!
 //! Validation uses compiled JSON-schema validators ([`Tool::validate`]), built once per process.
+//! [`doc`] renders the registry for people: each tool's arguments, and docs/tools.md.
+
+pub mod doc;
 
 use std::sync::LazyLock;
 
@@ -91,6 +94,8 @@ pub struct Tool {
     pub description: &'static str,
     /// The JSON schema its `arguments` must satisfy (`inputSchema` in `list_tools`).
     pub input_schema: Value,
+    /// Arguments of a typical call, for docs/tools.md (a test checks they satisfy the schema).
+    pub example: Value,
     needs: Needs,
     validator: jsonschema::Validator,
 }
@@ -122,13 +127,20 @@ pub struct ArgumentError {
 const MAX_REPORTED_ERRORS: usize = 10;
 
 impl Tool {
-    fn new(name: &'static str, description: &'static str, schema: Value, needs: Needs) -> Self {
+    fn new(
+        name: &'static str,
+        description: &'static str,
+        schema: Value,
+        example: Value,
+        needs: Needs,
+    ) -> Self {
         let validator = jsonschema::validator_for(&schema)
             .unwrap_or_else(|e| panic!("the input schema of tool `{name}` is invalid: {e}"));
         Self {
             name,
             description,
             input_schema: schema,
+            example,
             needs,
             validator,
         }
@@ -215,6 +227,34 @@ pub fn all() -> &'static [Tool] {
     &TOOLS
 }
 
+/// The most tools [`closest`] names.
+const MAX_CLOSEST: usize = 3;
+
+/// The registered tools whose names are close to `name` (a name that is no tool), closest
+/// first: the ones fewest edits away, when that is within a quarter of its length (at least
+/// two edits), and one more edit; else the ones that contain it. Empty when none is close.
+pub fn closest(name: &str) -> Vec<&'static str> {
+    let wanted = normalize_name(name).to_ascii_lowercase();
+    let limit = (wanted.chars().count() / 4).max(2);
+    let mut near: Vec<(usize, &'static str)> = TOOLS
+        .iter()
+        .map(|t| (strsim::levenshtein(&wanted, t.name), t.name))
+        .filter(|(distance, _)| *distance <= limit)
+        .collect();
+    near.sort();
+    if let Some(&(best, _)) = near.first() {
+        near.retain(|(distance, _)| *distance <= best + 1);
+    } else if wanted.len() >= 3 {
+        near = TOOLS
+            .iter()
+            .filter(|t| t.name.contains(wanted.as_str()))
+            .map(|t| (0, t.name))
+            .collect();
+        near.sort();
+    }
+    near.into_iter().take(MAX_CLOSEST).map(|(_, n)| n).collect()
+}
+
 /// The pattern every `model` argument must match: a known provider family. No inline flags such
 /// as `(?i)`: MCP clients validate arguments against these schemas with ECMA/Python regex
 /// engines, which reject them.
@@ -223,8 +263,9 @@ const KIMI_MODEL_PATTERN: &str = "^(kimi|moonshot)-[A-Za-z0-9._-]+$";
 
 /// The schema of one Moonshot file id: only what can be one URL path segment as it is
 /// ([`FILE_ID_PATTERN`]), so `.`, `..` or `a/b` never reach a provider URL.
-fn file_id_schema() -> Value {
-    json!({"type": "string", "pattern": FILE_ID_PATTERN, "minLength": 1, "maxLength": 128})
+fn file_id_schema(description: &str) -> Value {
+    json!({"type": "string", "pattern": FILE_ID_PATTERN, "minLength": 1, "maxLength": 128,
+           "description": description})
 }
 
 /// The schema of an upload's `purpose`: exactly what Moonshot accepts on upload, so a purpose it
@@ -249,13 +290,16 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                     "model": {"type": "string", "pattern": MODEL_PATTERN, "maxLength": 100,
                               "default": DEFAULT_CHAT_MODEL,
                               "description": "kimi-*, moonshot-* or glm-* model name."},
-                    "temperature": {"type": "number", "minimum": 0.0, "maximum": 1.0},
-                    "system_prompt": {"type": "string", "maxLength": 100000},
-                    "file_ids": {"type": "array", "items": file_id_schema(),
+                    "temperature": {"type": "number", "minimum": 0.0, "maximum": 1.0,
+                                    "description": "Sampling temperature (the provider's default when absent)."},
+                    "system_prompt": {"type": "string", "maxLength": 100000,
+                                      "description": "A system message sent before the prompt."},
+                    "file_ids": {"type": "array", "items": file_id_schema("A Moonshot file id."),
                                  "maxItems": 50,
                                  "description": "Moonshot file ids whose text is added to the context."}
                 }
             }),
+            json!({"prompt": "Summarise the plot of Hamlet in two sentences."}),
             Needs::ModelProvider(DEFAULT_CHAT_MODEL),
         ),
         Tool::new(
@@ -268,10 +312,12 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "additionalProperties": false,
                 "properties": {
                     "files": {"type": "array", "minItems": 1, "maxItems": 100,
-                              "items": {"type": "string", "minLength": 1, "maxLength": 4096}},
+                              "items": {"type": "string", "minLength": 1, "maxLength": 4096},
+                              "description": "Absolute paths of files beneath one of the daemon's upload roots (EXAI_UPLOAD_ROOTS), as plain strings."},
                     "purpose": purpose_schema()
                 }
             }),
+            json!({"files": ["/srv/exai/uploads/report.pdf"]}),
             Needs::Provider(Provider::Kimi),
         ),
         Tool::new(
@@ -284,11 +330,14 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "required": ["filename", "content_base64"],
                 "additionalProperties": false,
                 "properties": {
-                    "filename": {"type": "string", "minLength": 1, "maxLength": 255},
-                    "content_base64": {"type": "string", "minLength": 1},
+                    "filename": {"type": "string", "minLength": 1, "maxLength": 255,
+                                 "description": "The file's name (no directory)."},
+                    "content_base64": {"type": "string", "minLength": 1,
+                                       "description": "The file's bytes, base64 (at most EXAI_MAX_UPLOAD_BYTES once decoded)."},
                     "purpose": purpose_schema()
                 }
             }),
+            json!({"filename": "notes.txt", "content_base64": "aGVsbG8gd29ybGQK"}),
             Needs::Provider(Provider::Kimi),
         ),
         Tool::new(
@@ -300,15 +349,19 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "required": ["prompt", "file_ids"],
                 "additionalProperties": false,
                 "properties": {
-                    "prompt": {"type": "string", "minLength": 1, "maxLength": 100000},
+                    "prompt": {"type": "string", "minLength": 1, "maxLength": 100000,
+                               "description": "The question about the files."},
                     "file_ids": {"type": "array", "minItems": 1, "maxItems": 50,
-                                 "items": file_id_schema()},
+                                 "items": file_id_schema("A Moonshot file id."),
+                                 "description": "Moonshot file ids (from kimi_upload_files or kimi_upload_bytes)."},
                     "model": {"type": "string", "pattern": KIMI_MODEL_PATTERN, "maxLength": 100,
-                              "default": DEFAULT_FILES_MODEL},
+                              "default": DEFAULT_FILES_MODEL,
+                              "description": "kimi-* or moonshot-* model name."},
                     "temperature": {"type": "number", "minimum": 0.0, "maximum": 1.0,
-                                    "default": 0.3}
+                                    "default": 0.3, "description": "Sampling temperature."}
                 }
             }),
+            json!({"prompt": "What are the main findings?", "file_ids": ["d2k8f3a1b9c7"]}),
             Needs::Provider(Provider::Kimi),
         ),
         Tool::new(
@@ -321,10 +374,12 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "additionalProperties": false,
                 "anyOf": [{"required": ["file_id"]}, {"required": ["sha256"]}],
                 "properties": {
-                    "file_id": file_id_schema(),
-                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+                    "file_id": file_id_schema("The Moonshot file id."),
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                               "description": "The SHA-256 of the file's bytes, 64 lowercase hex digits."}
                 }
             }),
+            json!({"file_id": "d2k8f3a1b9c7"}),
             Needs::Nothing,
         ),
         Tool::new(
@@ -337,14 +392,18 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "additionalProperties": false,
                 "properties": {
                     "operation": {"type": "string",
-                                  "enum": ["list", "delete", "cleanup_orphaned", "cleanup_expired"]},
-                    "file_id": file_id_schema(),
-                    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                    "dry_run": {"type": "boolean", "default": false}
+                                  "enum": ["list", "delete", "cleanup_orphaned", "cleanup_expired"],
+                                  "description": "What to do; all but list need EXAI_CLIENT_FILE_ADMIN."},
+                    "file_id": file_id_schema("The Moonshot file id to delete (operation delete)."),
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100,
+                              "description": "The most files list returns."},
+                    "dry_run": {"type": "boolean", "default": false,
+                                "description": "Report what would be removed, remove nothing."}
                 },
                 "if": {"properties": {"operation": {"const": "delete"}}},
                 "then": {"required": ["file_id"]}
             }),
+            json!({"operation": "list", "limit": 20}),
             Needs::Provider(Provider::Kimi),
         ),
         Tool::new(
@@ -356,9 +415,11 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "type": "object",
                 "additionalProperties": true,
                 "properties": {
-                    "delay_ms": {"type": "integer", "minimum": 0, "maximum": ECHO_MAX_DELAY_MS}
+                    "delay_ms": {"type": "integer", "minimum": 0, "maximum": ECHO_MAX_DELAY_MS,
+                                 "description": "Milliseconds to wait before answering."}
                 }
             }),
+            json!({"text": "hello"}),
             Needs::Nothing,
         ),
     ]
@@ -400,6 +461,26 @@ mod tests {
         assert_eq!(normalize_name("chat_EXAI-WS_EXAI-WS"), "chat_EXAI-WS");
         assert!(find("test_echo-EXAI_WS").is_some());
         assert!(find("nope").is_none());
+    }
+
+    #[test]
+    fn the_closest_names_are_a_few_edits_away_or_contain_the_name() {
+        assert_eq!(closest("kimi_upload_file"), [KIMI_UPLOAD_FILES]);
+        assert_eq!(closest("test-echo"), [TEST_ECHO]);
+        assert_eq!(closest("Chat"), [CHAT]);
+        assert_eq!(closest("upload"), [KIMI_UPLOAD_BYTES, KIMI_UPLOAD_FILES]);
+        assert!(closest("list_tools").is_empty());
+        assert!(closest("zzz").is_empty());
+    }
+
+    #[test]
+    fn every_example_satisfies_its_schema() {
+        for t in all() {
+            assert!(t.example.is_object(), "{}", t.name);
+            if let Err(e) = t.validate(&t.example) {
+                panic!("the example of {} is refused: {e}", t.name);
+            }
+        }
     }
 
     #[test]

@@ -458,8 +458,9 @@ impl RedisCluster {
 }
 
 /// Spawns a workspace binary (`exai-worker`, `exai-daemon`, …) with `args` and environment
-/// `env`, on top of a clean environment (only `PATH`, `HOME` and `RUST_LOG` pass through), so
-/// the developer's `.env` or shell never leaks into a test. Its logs go to stderr when `TEST_LOG`
+/// `env`, on top of a clean environment (only `PATH`, `HOME` and `RUST_LOG` pass through, and
+/// `EXAI_RUN_ENV` is empty: no settings file of a `scripts/up` stack is read), so the
+/// developer's `.env`, shell or running stack never leaks into a test. Its logs go to stderr when `TEST_LOG`
 /// is set and are discarded otherwise. Killed when the guard is dropped.
 pub fn spawn_bin(name: &str, args: &[&str], env: &[(&str, String)]) -> ChildGuard {
     let mut cmd = tokio::process::Command::new(bin_path(name));
@@ -474,6 +475,7 @@ pub fn spawn_bin(name: &str, args: &[&str], env: &[(&str, String)]) -> ChildGuar
             cmd.env(var, v);
         }
     }
+    cmd.env("EXAI_RUN_ENV", "");
     if std::env::var_os("TEST_LOG").is_some() {
         cmd.stderr(std::process::Stdio::inherit());
     } else {

@@ -483,7 +483,8 @@ impl TestStack {
     }
 
     /// Runs `exai-worker <args>` to completion with the stack's environment and `extra` on
-    /// top (stdin not a terminal), and collects its output.
+    /// top (stdin not a terminal), and collects its output. No settings file of a stack
+    /// `scripts/up` started is read (`EXAI_RUN_ENV` empty) unless `extra` names one.
     pub async fn worker_cli(&self, args: &[&str], extra: &[(&str, &str)]) -> CommandOutput {
         let mut cmd = tokio::process::Command::new(crate::bin_path("exai-worker"));
         cmd.args(args)
@@ -491,6 +492,7 @@ impl TestStack {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("REDIS_URL", &self.redis_url)
             .env("EXAI_REDIS_PREFIX", &self.prefix)
+            .env("EXAI_RUN_ENV", "")
             .stdin(std::process::Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -507,6 +509,26 @@ impl TestStack {
             eprintln!("$ exai-worker {}\n{out}", args.join(" "));
         }
         out
+    }
+
+    /// Runs `exai-call <args>` against the stack's daemon process (`EXAI_WS_URL`) to completion,
+    /// with `extra` as its only other environment (no token unless `extra` has
+    /// `EXAI_WS_TOKEN`; no settings file), and collects its output.
+    pub async fn exai_call(&self, args: &[&str], extra: &[(&str, &str)]) -> CommandOutput {
+        let mut cmd = tokio::process::Command::new(crate::bin_path("exai-call"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("EXAI_WS_URL", self.url())
+            .env("EXAI_RUN_ENV", "")
+            .envs(extra.iter().copied())
+            .current_dir(std::env::temp_dir())
+            .stdin(std::process::Stdio::null());
+        let out = tokio::time::timeout(WAIT, cmd.output())
+            .await
+            .expect("exai-call finishes")
+            .expect("run exai-call");
+        CommandOutput::from(out)
     }
 
     /// Runs `exai-worker <args>` to completion; returns (success, stdout and stderr).

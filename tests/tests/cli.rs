@@ -929,3 +929,202 @@ async fn worker_metrics_count_storage_push_outcomes() {
     worker.kill_and_wait().await;
     stack.cleanup().await;
 }
+
+// ----- a second shell: the settings file of a scripts/up stack, quiet reads, one-line errors ----
+
+/// A directory removed when the test ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `exai-worker <args>` in `cwd` with only `PATH` and `env` in its environment.
+async fn bare_cli(
+    args: &[&str],
+    cwd: &std::path::Path,
+    env: &[(&str, &str)],
+) -> exai_tests::command::CommandOutput {
+    let out = tokio::process::Command::new(exai_tests::bin_path("exai-worker"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .output();
+    tokio::time::timeout(WAIT, out)
+        .await
+        .expect("the command finishes")
+        .expect("run exai-worker")
+        .into()
+}
+
+/// Whether `tool_calls` is paused, as `queue stats --json` printed it.
+fn tool_calls_paused(out: &exai_tests::command::CommandOutput) -> bool {
+    out.json()["queues"]["tool_calls"]["paused"]
+        .as_bool()
+        .expect("a paused flag")
+}
+
+#[tokio::test]
+async fn a_second_shell_reads_the_stacks_settings_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let ctx = stack("cli-runenv").await;
+    queue_of(&ctx, queue::TOOL_CALLS).pause().await.unwrap();
+    let dir = TempDir(std::env::temp_dir().join(format!("exai-runenv-{}", uuid::Uuid::new_v4())));
+    let run = dir.0.join("data/run");
+    let sub = dir.0.join("some/where");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::create_dir_all(&sub).unwrap();
+    let file = run.join("env");
+    // What scripts/up writes: KEY='value' lines, mode 0600.
+    std::fs::write(
+        &file,
+        format!(
+            "# a comment\nREDIS_URL='{}'\nEXAI_REDIS_PREFIX='{}'\nDATABASE_URL='{NO_POSTGRES}'\n",
+            ctx.redis_url, ctx.prefix
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stats = ["queue", "stats", "--json"];
+
+    // Found from a subdirectory, no variable set: the stack's prefix, where tool_calls is paused.
+    let out = bare_cli(&stats, &sub, &[]).await;
+    assert!(tool_calls_paused(&out), "{out}");
+    assert_eq!(out.stderr, "", "a read is quiet: {out}");
+
+    // Named by EXAI_RUN_ENV from anywhere; a variable set in the environment wins over it.
+    let path = file.display().to_string();
+    let tmp = std::env::temp_dir();
+    let out = bare_cli(&stats, &tmp, &[("EXAI_RUN_ENV", &path)]).await;
+    assert!(tool_calls_paused(&out), "{out}");
+    let other = exai_tests::unique_prefix("cli-runenv-other");
+    let out = bare_cli(&stats, &sub, &[("EXAI_REDIS_PREFIX", &other)]).await;
+    assert!(!tool_calls_paused(&out), "the environment's prefix: {out}");
+    // EXAI_RUN_ENV empty: no file is read.
+    let out = bare_cli(
+        &["queue", "stats", "-v"],
+        &sub,
+        &[
+            ("EXAI_RUN_ENV", ""),
+            ("REDIS_URL", &ctx.redis_url),
+            ("EXAI_REDIS_PREFIX", &other),
+        ],
+    )
+    .await;
+    assert!(out.ok(), "{out}");
+    assert!(!out.stderr.contains("settings read from"), "{out}");
+
+    // -v (or RUST_LOG) shows the info lines, which say where the settings came from.
+    let out = bare_cli(&["queue", "stats", "-v"], &sub, &[]).await;
+    assert!(out.ok(), "{out}");
+    assert!(out.stderr.contains("settings read from"), "{out}");
+    assert!(out.stderr.contains(&path), "{out}");
+    let out = bare_cli(&["sem"], &sub, &[("RUST_LOG", "info")]).await;
+    assert!(out.stderr.contains("settings read from"), "{out}");
+    let out = bare_cli(&["sem"], &sub, &[]).await;
+    assert_eq!(out.stderr, "", "{out}");
+
+    // A file others may read: one warning line, and the command still works.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bare_cli(&stats, &sub, &[]).await;
+    assert!(tool_calls_paused(&out), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    assert!(
+        out.stderr.contains("readable by other users (mode 0644)")
+            && out.stderr.contains("chmod 600"),
+        "{out}"
+    );
+
+    // A file that is named and missing is an error, in one line.
+    let out = bare_cli(&stats, &tmp, &[("EXAI_RUN_ENV", "/nonexistent/run/env")]).await;
+    out.assert_error(1, "EXAI_RUN_ENV");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+}
+
+#[tokio::test]
+async fn a_user_error_is_one_line_without_a_backtrace() {
+    let ctx = stack("cli-oneline").await;
+    let backtrace = [("RUST_BACKTRACE", "1")];
+    for (args, extra, needle) in [
+        (
+            &["queue", "list", "nope"][..],
+            &[][..],
+            "unknown queue `nope`",
+        ),
+        (
+            &["queue", "show", "missing"],
+            &[],
+            "no job `missing` in any queue",
+        ),
+        (&["files", "list"], &[], "cannot connect to Postgres"),
+        (
+            &["queue", "stats"],
+            &[("REDIS_URL", "http://not-redis")][..],
+            "REDIS_URL",
+        ),
+        (
+            &["queue", "stats"],
+            &[("EXAI_WS_PORT", "many")],
+            "EXAI_WS_PORT",
+        ),
+    ] {
+        let mut env = backtrace.to_vec();
+        env.extend_from_slice(extra);
+        let out = ctx.worker_cli(args, &env).await;
+        out.assert_error(1, needle);
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {out}");
+        assert!(out.stderr.starts_with("error: "), "{out}");
+        assert!(!out.stderr.contains("Stack backtrace"), "{out}");
+        assert!(!out.stderr.contains("Caused by"), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn a_cleanup_run_missing_the_workers_settings_keeps_the_last_report() {
+    use exai_shared::cleanup_report::{self, CleanupReport, Sweeps};
+    let ctx = stack_with_db("cli-cleanup-kept").await;
+    // The workers' last scheduled run ran every sweep (they have Moonshot and Supabase).
+    let at = chrono::Utc::now();
+    let scheduled = CleanupReport {
+        dry_run: false,
+        sweeps: Sweeps::default(),
+        started_at: at,
+        finished_at: at,
+    };
+    cleanup_report::store_report(&ctx.conn, &ctx.keys, 1_700_000_000, &scheduled)
+        .await
+        .unwrap();
+
+    // A shell without KIMI_API_KEY or Supabase: the report is printed, not stored, and says why.
+    let out = ctx
+        .worker_cli(
+            &["cleanup", "--dry-run", "--json"],
+            &[("RUST_BACKTRACE", "1")],
+        )
+        .await;
+    assert_eq!(out.code, Some(1), "{out}");
+    let printed: Value = serde_json::from_str(&out.stdout).expect("the report is printed");
+    assert!(printed["sweeps"]["moonshot_orphans"]["skipped"].is_string());
+    let last_line = out.stderr.lines().last().unwrap_or_default();
+    assert!(last_line.starts_with("error: report not stored"), "{out}");
+    assert!(last_line.contains("moonshot_orphans"), "{out}");
+    assert!(last_line.contains("KIMI_API_KEY is not set"), "{out}");
+    assert!(last_line.contains("data/run/env"), "{out}");
+    let last = cleanup_report::last_report(&ctx.conn, &ctx.keys)
+        .await
+        .unwrap()
+        .expect("a stored report");
+    assert_eq!(last.tick, 1_700_000_000, "the scheduled run's report stays");
+    assert_eq!(
+        cleanup_report::history(&ctx.conn, &ctx.keys, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

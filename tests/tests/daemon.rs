@@ -23,22 +23,27 @@ use tokio_tungstenite::tungstenite::Message;
 async fn hello_failures_close_with_the_protocols_codes() {
     let stack = TestStack::with_local_daemon("d-hello", &[]).await;
 
-    // Wrong token: hello_ack unauthorized, then 4003.
+    // Wrong token: hello_ack unauthorized (token_wrong), then 4003.
     let mut c = stack.connect().await;
     let ack = c
         .hello(json!({"op": "hello", "token": "wrong-token-0123456789"}))
         .await;
     assert_eq!(
         ack,
-        json!({"op": "hello_ack", "ok": false, "error": "unauthorized"})
+        json!({"op": "hello_ack", "ok": false, "error": "unauthorized", "detail": "token_wrong"})
     );
     assert_eq!(c.closed().await.0, 4003);
 
-    // No token at all: the same.
-    let mut c = stack.connect().await;
-    let ack = c.hello(json!({"op": "hello"})).await;
-    assert_eq!(ack["error"], "unauthorized");
-    assert_eq!(c.closed().await.0, 4003);
+    // No token at all, or an empty one: the same code, detail token_missing.
+    for hello in [json!({"op": "hello"}), json!({"op": "hello", "token": " "})] {
+        let mut c = stack.connect().await;
+        let ack = c.hello(hello).await;
+        assert_eq!(
+            ack,
+            json!({"op": "hello_ack", "ok": false, "error": "unauthorized", "detail": "token_missing"})
+        );
+        assert_eq!(c.closed().await.0, 4003);
+    }
 
     // Not JSON: close 4000 without a frame.
     let mut c = stack.connect().await;
@@ -688,6 +693,41 @@ async fn bad_requests_get_the_protocols_errors_and_the_connection_stays_usable()
     let res = c.recv().await;
     assert_eq!(res["op"], "call_tool_res");
     assert_eq!(res["error"]["code"], "TOOL_NOT_FOUND");
+    // Nothing is close: every tool is named.
+    let every: Vec<&str> = exai_shared::tools::all().iter().map(|t| t.name).collect();
+    assert_eq!(
+        res["error"]["message"],
+        format!(
+            "Tool not found: no_such_tool (the tools are {})",
+            every.join(", ")
+        )
+    );
+    assert_eq!(res["error"]["details"]["tools"], json!(every));
+    assert_eq!(res["error"]["details"]["closest"], json!([]));
+
+    // A near miss names the closest tool; an op named as a tool says it is an op.
+    c.send(
+        json!({"op": "call_tool", "request_id": "e-4b", "name": "kimi_upload_file",
+                  "arguments": {"files": ["/a"]}}),
+    )
+    .await;
+    let res = c.recv().await;
+    assert_eq!(
+        res["error"]["message"],
+        "Tool not found: kimi_upload_file (did you mean kimi_upload_files?)"
+    );
+    assert_eq!(
+        res["error"]["details"]["closest"],
+        json!(["kimi_upload_files"])
+    );
+    c.send(json!({"op": "call_tool", "request_id": "e-4c", "name": "list_tools"}))
+        .await;
+    let res = c.recv().await;
+    let message = res["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(r#"Tool not found: list_tools (list_tools is an op, not a tool: send {"op":"list_tools"}"#),
+        "{message}"
+    );
 
     c.send(json!({"op": "call_tool", "request_id": "e-5", "arguments": {}}))
         .await;

@@ -1,7 +1,7 @@
 //! `docs/protocol.md`, the wire contract that ships with the code, held to the code:
 //!
 //! - its index tables (first column `client op`, `daemon op`, `error code`, `close code`,
-//!   `hello_ack error`, `call state`, `cancel was`) list exactly what `exai_shared::protocol`
+//!   `hello_ack error`, `hello_ack detail`, `call state`, `cancel was`) list exactly what `exai_shared::protocol`
 //!   knows: nothing the daemon accepts or sends is missing, and nothing listed is unknown;
 //! - every op in them has a section of its own;
 //! - every line of its `json` blocks is one message the code accepts: a client op parses with the
@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use exai_shared::protocol::{
-    self, CallState, CancelWas, ClientOp, CloseCode, ErrorCode, HelloError, HelloFrame,
-    ServerMessage, ServerOp,
+    self, CallState, CancelWas, ClientOp, CloseCode, ErrorCode, HelloDetail, HelloError,
+    HelloFrame, ServerMessage, ServerOp,
 };
 use serde_json::Value;
 
@@ -170,6 +170,13 @@ fn tables() -> Vec<(&'static str, Vec<String>)> {
             HelloError::ALL
                 .iter()
                 .map(|e| e.as_str().to_owned())
+                .collect(),
+        ),
+        (
+            "hello_ack detail",
+            HelloDetail::ALL
+                .iter()
+                .map(|d| d.as_str().to_owned())
                 .collect(),
         ),
         (

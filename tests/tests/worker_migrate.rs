@@ -35,6 +35,7 @@ fn worker(database_url: &str) -> Command {
         .env("EXAI_REDIS_PREFIX", exai_tests::unique_prefix("migrate"))
         .env("RUST_LOG", "info")
         .env("EXAI_LOG_FORMAT", "human")
+        .env("EXAI_RUN_ENV", "")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd

@@ -1,17 +1,25 @@
 //! `exai-worker`: the worker process and the operator CLI.
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 use std::time::Duration;
 
+use exai_shared::config::run_env;
 use exai_shared::{Config, db, queue, shutdown, telemetry};
 use exai_worker::cli;
 use exai_worker::runtime::{self, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
-/// EXAI Queue worker and operator commands. Settings come from the environment (and `.env`).
+/// EXAI Queue worker and operator commands. Settings come from the environment, then the
+/// settings file of a stack scripts/up started (data/run/env, or EXAI_RUN_ENV), then `.env`.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    /// Log at info level even for the commands that only read (queue stats, list, show, sem,
+    /// files list, tools), which otherwise log only warnings; RUST_LOG set in the shell decides
+    /// too.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +55,27 @@ enum Command {
         #[command(subcommand)]
         command: cli::files::FilesCommand,
     },
+    /// The tools clients may call (from this build's registry; no daemon needed).
+    Tools {
+        #[command(subcommand)]
+        command: cli::tools::ToolsCommand,
+    },
+}
+
+impl Command {
+    /// Whether the command only reads: it then logs only warnings unless asked (`-v`,
+    /// `RUST_LOG`), so its output is what it printed.
+    fn read_only(&self) -> bool {
+        use cli::queue::QueueCommand as Q;
+        match self {
+            Self::Queue { command } => !matches!(
+                command,
+                Q::Retry(_) | Q::Kill(_) | Q::Pause(_) | Q::Resume(_)
+            ),
+            Self::Sem(_) | Self::Files { .. } | Self::Tools { .. } => true,
+            Self::Run(_) | Self::Migrate { .. } | Self::Cleanup(_) | Self::Storage { .. } => false,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,12 +137,44 @@ impl RunArgs {
     }
 }
 
+/// Runs the command; an error is printed as one line (`error: …`, its causes after colons,
+/// never a backtrace) and exits with status 1. Flag errors exit with 2 (clap).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    match run_command(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Tools { command } = &cli.command {
+        // The registry needs no configuration.
+        return cli::tools::run(command);
+    }
+    // A log filter the user set in the shell (not one `.env` carries, such as .env.example's
+    // `RUST_LOG=info`).
+    let filter_asked =
+        std::env::var_os("RUST_LOG").is_some() || std::env::var_os("LOG_LEVEL").is_some();
+    // The settings of a stack scripts/up started come before `.env` (they say what runs now).
+    let run_file = run_env::load()?;
+    if let Some(warning) = run_file.as_ref().and_then(run_env::RunEnv::warning) {
+        eprintln!("{warning}");
+    }
     let config = Config::from_env()?;
-    telemetry::init_with_filter(config.log_format, &config.log_filter);
+    let filter = if cli.command.read_only() && !cli.verbose && !filter_asked {
+        "warn"
+    } else {
+        config.log_filter.as_str()
+    };
+    telemetry::init_with_filter(config.log_format, filter);
     config.log_legacy_notices();
+    if let Some(file) = &run_file {
+        tracing::info!(path = %file.path.display(), set = ?file.set, "settings read from the stack's settings file");
+    }
     match cli.command {
         Command::Run(args) => run(config, args.options()?, shutdown::on_signal()).await,
         Command::Migrate { revert } => migrate(&config, revert).await,
@@ -131,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Queue { command } => cli::queue::run(&config, command).await,
         Command::Sem(args) => cli::sem::run(&config, &args).await,
         Command::Files { command } => cli::files::run(&config, command).await,
+        Command::Tools { command } => cli::tools::run(&command),
     }
 }
 

@@ -180,6 +180,36 @@ impl HelloError {
     }
 }
 
+/// Which token problem refused a hello: the `detail` of a `hello_ack` whose `error` is
+/// `unauthorized` (the close code is 4003 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HelloDetail {
+    /// The daemon requires a token and the hello carried none (or one that is not a string).
+    TokenMissing,
+    /// The hello carried a token that is not the daemon's.
+    TokenWrong,
+}
+
+every_variant!(HelloDetail {
+    TokenMissing,
+    TokenWrong,
+});
+
+impl HelloDetail {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenMissing => "token_missing",
+            Self::TokenWrong => "token_wrong",
+        }
+    }
+
+    /// The detail with this wire string, if it is one.
+    pub fn from_wire(detail: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|d| d.as_str() == detail)
+    }
+}
+
 /// The ops a client may send, with their wire names. Any other op is answered with
 /// `INVALID_REQUEST` ("Unknown operation").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,7 +1,7 @@
 //! The daemon's WebSocket messages. `docs/protocol.md` is their reference, and the
 //! `protocol_doc` integration test keeps it in step with this module: the ops a client may send
 //! ([`ClientOp`]), the ops the daemon sends ([`ServerOp`]), the error codes ([`ErrorCode`]), the
-//! close codes ([`CloseCode`]) and the hello refusals ([`HelloError`]) each have an `ALL` list
+//! close codes ([`CloseCode`]) and the hello refusals ([`HelloError`], [`HelloDetail`]) each have an `ALL` list
 //! that the compiler checks against the enum, so a new variant cannot be left out of it.
 //!
 //! Inbound frames are parsed leniently and never panic: unknown fields are ignored (the stdio

@@ -121,6 +121,10 @@ pub struct HelloAck {
     /// Why the hello was refused (a [`HelloError`]: `unauthorized` or `missing_hello`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `unauthorized`: which token problem it was (a [`HelloDetail`]: `token_missing` or
+    /// `token_wrong`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `list_tools_res`.

@@ -166,10 +166,11 @@ fn server_messages_have_the_wire_shape() {
         session_id: None,
         resume_secret: None,
         error: Some("unauthorized".into()),
+        detail: Some(HelloDetail::TokenWrong.as_str().into()),
     });
     assert_eq!(
         ack.to_json(),
-        r#"{"op":"hello_ack","ok":false,"error":"unauthorized"}"#
+        r#"{"op":"hello_ack","ok":false,"error":"unauthorized","detail":"token_wrong"}"#
     );
 }
 
@@ -182,6 +183,7 @@ fn sample(op: ServerOp) -> ServerMessage {
             session_id: Some("s-1".into()),
             resume_secret: Some("0123456789abcdef0123456789abcdef".into()),
             error: None,
+            detail: None,
         }),
         ServerOp::ListToolsRes => ServerMessage::ListToolsRes(ListToolsRes {
             reply_to: to(),
@@ -305,6 +307,9 @@ fn codes_have_distinct_wire_names_and_numbers() {
 
     let refusals: HashSet<&str> = HelloError::ALL.iter().map(|e| e.as_str()).collect();
     assert_eq!(refusals.len(), HelloError::ALL.len());
+    for d in HelloDetail::ALL {
+        assert_eq!(HelloDetail::from_wire(d.as_str()), Some(*d));
+    }
     for states in [
         CallState::ALL
             .iter()

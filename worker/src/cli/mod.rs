@@ -12,6 +12,10 @@
 //! - [`sem`]: `sem`, the fleet-wide semaphores and their live leases.
 //! - [`storage`]: `storage retry-failed` (and the older `storage redrive`).
 //! - [`files`]: `files list`, the `provider_file_uploads` rows.
+//! - [`tools`]: `tools doc`, docs/tools.md from the tool registry.
+//!
+//! The commands that only read log only warnings unless `-v` or `RUST_LOG` asks for more, and
+//! every error is one line on stderr (`error: …`), exit status 1 (2 for a bad flag).
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -41,6 +45,7 @@ pub mod files;
 pub mod queue;
 pub mod sem;
 pub mod storage;
+pub mod tools;
 
 /// Connects to Redis and returns a handle on every queue of the deployment, each with the
 /// policy its workers use.
