@@ -14,9 +14,11 @@ impl Queue {
             .key(&self.inner.scheduled)
             .key(&self.inner.retry)
             .key(&self.inner.stats)
+            .key(&self.inner.cancelled)
             .arg(id)
             .arg(self.inner.policy.result_ttl_ms())
             .arg(&self.inner.cancel_channel)
+            .arg(self.inner.policy.completed_index_max.max(1))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match code {

@@ -72,10 +72,11 @@ impl Queue {
     /// One page of the jobs in `state`, `limit` (at most [`MAX_PAGE`]) from `offset` (a page
     /// beyond [`MAX_OFFSET`] is empty):
     /// queued jobs in the order they will run, scheduled and retrying ones by due time,
-    /// running ones by lease expiry, dead and completed ones newest first. Results are not
-    /// included. Entries that just left the state, cancelled queued jobs and completed jobs
-    /// whose data expired are skipped, so a page may be shorter than `limit`. Cancelled jobs
-    /// have no index and are not listed (look them up with [`job`](Self::job)).
+    /// running ones by lease expiry, dead, completed and cancelled ones newest first. Results
+    /// are not included. Entries that just left the state, cancelled queued jobs and completed
+    /// or cancelled jobs whose data expired are skipped, so a page may be shorter than
+    /// `limit`. The completed and cancelled indexes keep the newest `completed_index_max`
+    /// entries each.
     pub async fn list(
         &self,
         state: JobState,
@@ -89,7 +90,7 @@ impl Queue {
             JobState::Running => (&self.inner.active, "active"),
             JobState::Dead => (&self.inner.dead, "desc"),
             JobState::Completed => (&self.inner.completed, "list"),
-            JobState::Cancelled => return Ok(Vec::new()),
+            JobState::Cancelled => (&self.inner.cancelled, "list"),
         };
         let limit = limit.min(MAX_PAGE);
         if limit == 0 || offset > MAX_OFFSET {

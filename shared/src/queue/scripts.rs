@@ -162,6 +162,10 @@ script!(
     /// A queued job's place in the wait list, from a bounded search.
     POSITION = "lua/position.lua"
 );
+script!(
+    /// The last minutes of a queue's history.
+    HISTORY = "lua/history.lua"
+);
 
 #[cfg(test)]
 mod tests {
@@ -184,6 +188,7 @@ mod tests {
         ("counts", include_str!("lua/counts.lua")),
         ("list", include_str!("lua/list.lua")),
         ("position", include_str!("lua/position.lua")),
+        ("history", include_str!("lua/history.lua")),
     ];
 
     /// The names a script's text defines at top level, in order.
