@@ -4,16 +4,26 @@
 //! - the per-minute history the queue scripts write (completed, failed, retried and dead
 //!   counts that match what ran — a retried, a dead and a crashed attempt included — with
 //!   wait and run percentiles), none with `EXAI_QUEUE_HISTORY=false`;
-//! - `GET /admin/api/queues/{queue}/history` and `exai-worker queue history` (table and
-//!   `--json`), and the validation of `minutes`.
+//! - `GET /admin/api/queues/{queue}/history` after jobs ran through real worker processes,
+//!   and `exai-worker queue history` (table and `--json`); the validation of `minutes`;
+//! - `GET /admin/api/workers` listing the running worker processes and their running jobs;
+//! - search by id and by payload text within a bounded scan; bulk retry of dead jobs and bulk
+//!   delete; cancelled jobs listed by the API and the CLI; a bad parameter's 400 naming it;
+//!   `state` defaulting to `queued`; every new endpoint behind the token and the Origin check.
 
 use std::time::Duration;
 
+use exai_shared::jobs::ToolCallJob;
 use exai_shared::queue::history::MinuteHistory;
 use exai_shared::queue::{
     Ack, Backoff, FailKind, FailOutcome, JobState, NewJob, Queue, QueuePolicy, TOOL_CALLS,
 };
-use exai_tests::{TestStack, wait_for};
+use exai_tests::{TestStack, wait_for, wait_until};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The admin token of these tests.
+const ADMIN_TOKEN: &str = "admin-token-of-the-console-tests";
 
 /// How long a condition may take before a test gives up on it.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -180,4 +190,504 @@ async fn no_history_is_written_when_it_is_switched_off() {
     assert_eq!(sum.wait.count() + sum.run.count(), 0);
     // The jobs ran all the same.
     assert_eq!(q.counts().await.unwrap().completed, 5);
+}
+
+// ----- the API and the CLI, against real processes ------------------------------------------
+
+/// A `test_echo` tool call with these arguments.
+fn echo(id: &str, args: Value) -> NewJob {
+    NewJob::json(&ToolCallJob {
+        tool: "test_echo".into(),
+        arguments: args,
+        session_id: "console".into(),
+        request_id: None,
+        deadline_ms: None,
+        staged: None,
+    })
+    .unwrap()
+    .with_id(id)
+}
+
+/// An HTTP client of one stack's daemon, with the admin token.
+struct Api<'a> {
+    stack: &'a TestStack,
+    http: reqwest::Client,
+}
+
+impl<'a> Api<'a> {
+    fn new(stack: &'a TestStack) -> Self {
+        Self {
+            stack,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}/admin/api/{path}", self.stack.daemon().addr)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        send(self.http.get(self.url(path)).bearer_auth(ADMIN_TOKEN)).await
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.post(self.url(path)).bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        send(req).await
+    }
+}
+
+/// Status and JSON body of a request.
+async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let res = req.send().await.expect("request");
+    let status = res.status();
+    let text = res.text().await.expect("body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text}"));
+    (status, body)
+}
+
+/// The ids of a listing or search answer.
+fn ids(body: &Value) -> Vec<String> {
+    body["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no jobs: {body}"))
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The sum of a history answer's `field` over its minutes.
+fn total(body: &Value, field: &str) -> u64 {
+    body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[field].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_and_workers_after_a_run_of_jobs_through_real_worker_processes() {
+    let stack = TestStack::builder("console-api-history")
+        .env("EXAI_ADMIN_TOKEN", ADMIN_TOKEN)
+        .daemon()
+        .workers(2)
+        .start()
+        .await;
+    let api = Api::new(&stack);
+    let q = stack.queue(TOOL_CALLS);
+    for i in 0..20 {
+        q.enqueue(&echo(&format!("echo-{i}"), json!({"n": i})))
+            .await
+            .unwrap();
+    }
+    // Arguments the tool's schema refuses: a permanent error, dead at once.
+    q.enqueue(&echo("echo-bad", json!({"delay_ms": "soon"})))
+        .await
+        .unwrap();
+    let drained = wait_until(Duration::from_secs(30), || async {
+        let c = q.counts().await.unwrap();
+        c.completed == 20 && c.dead == 1
+    })
+    .await;
+    assert!(drained, "{:?}", q.counts().await.unwrap());
+
+    // The history: one entry per minute, oldest first, the counts of what ran.
+    let (status, body) = api.get("queues/tool_calls/history?minutes=3").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["queue"], "tool_calls");
+    assert_eq!(body["minutes"], 3);
+    let minutes = body["history"].as_array().unwrap();
+    assert_eq!(minutes.len(), 3);
+    for m in minutes {
+        let ts = m["ts"].as_u64().unwrap();
+        assert_eq!(ts % 60, 0, "{m}");
+        let minute = m["minute"].as_str().unwrap();
+        assert!(minute.ends_with(":00Z") && minute.contains('T'), "{m}");
+        for key in ["wait_ms", "run_ms"] {
+            assert!(m[key].get("p50").is_some() && m[key].get("p95").is_some(), "{m}");
+        }
+    }
+    assert!(minutes[0]["ts"].as_u64() < minutes[2]["ts"].as_u64());
+    assert_eq!(total(&body, "completed"), 20, "{body}");
+    assert_eq!(total(&body, "failed"), 1, "{body}");
+    assert_eq!(total(&body, "dead"), 1, "{body}");
+    assert_eq!(total(&body, "retried"), 0, "{body}");
+    let measured = minutes
+        .iter()
+        .filter(|m| m["completed"].as_u64() > Some(0))
+        .all(|m| m["wait_ms"]["p95"].is_u64() && m["run_ms"]["p50"].is_u64());
+    assert!(measured, "percentiles where jobs ran: {body}");
+
+    // `minutes`: 60 by default, 1 to 1440, else a 400 naming it.
+    let (status, body) = api.get("queues/tool_calls/history").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["history"].as_array().unwrap().len(), 60);
+    let (_, body) = api.get("queues/tool_calls/history?minutes=1440").await;
+    assert_eq!(body["history"].as_array().unwrap().len(), 1440);
+    for bad in ["0", "1441", "abc", "-5", ""] {
+        let (status, body) = api
+            .get(&format!("queues/tool_calls/history?minutes={bad}"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(
+            body["error"],
+            format!("invalid parameter `minutes`: expected an integer 1 to 1440, got `{bad}`")
+        );
+    }
+    let (status, _) = api.get("queues/no_such_queue/history").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The CLI prints the same history: a table with dates and times, and the same JSON.
+    let out = stack
+        .worker_cli(&["queue", "history", "tool_calls", "--minutes", "3"], &[])
+        .await;
+    assert!(out.ok(), "{out}");
+    assert!(
+        out.stdout.starts_with("MINUTE (UTC)") && out.stdout.contains("RUN P95"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("3 minutes of tool_calls: 20 completed, 1 failed (0 retried, 1 dead)"),
+        "{out}"
+    );
+    let dated = |l: &&str| {
+        l.get(..16)
+            .is_some_and(|d| chrono::NaiveDateTime::parse_from_str(d, "%Y-%m-%d %H:%M").is_ok())
+    };
+    assert_eq!(out.stdout.lines().filter(dated).count(), 3, "one line per minute, dated: {out}");
+    assert!(!out.stderr.contains("INFO"), "quiet: {out}");
+    let json = stack
+        .worker_cli(&["queue", "history", "tool_calls", "--minutes", "3", "--json"], &[])
+        .await
+        .json();
+    assert_eq!(json["minutes"], 3);
+    assert_eq!(total(&json, "completed"), 20, "{json}");
+    stack
+        .worker_cli(&["queue", "history", "tool_calls", "--minutes", "1441"], &[])
+        .await
+        .assert_error(2, "--minutes");
+
+    // The workers: both processes, as they registered, with their running jobs.
+    let (status, body) = api.get("workers").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let workers = body["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{body}");
+    let mut pids: Vec<u64> = workers.iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+    pids.sort_unstable();
+    let mut want: Vec<u64> = stack.workers.iter().map(|w| u64::from(w.pid())).collect();
+    want.sort_unstable();
+    assert_eq!(pids, want, "{body}");
+    for w in workers {
+        assert_eq!(w["queues"], json!(["tool_calls"]), "{w}");
+        assert_eq!(w["concurrency"], 16, "{w}");
+        assert!(w["host"].as_str().is_some_and(|h| !h.is_empty()), "{w}");
+        assert!(w["id"].as_str().unwrap().contains(&w["pid"].to_string()), "{w}");
+        let seen = w["last_seen"].as_str().unwrap();
+        assert!(seen.ends_with('Z') && seen.contains('T'), "{w}");
+        assert_eq!(w["running"], 0, "{w}");
+    }
+    // A job that runs a while shows as running on one of them.
+    q.enqueue(&echo("echo-slow", json!({"delay_ms": 60_000})))
+        .await
+        .unwrap();
+    let running = wait_for(Duration::from_secs(20), || async {
+        let (_, body) = api.get("workers").await;
+        let n: u64 = body["workers"]
+            .as_array()?
+            .iter()
+            .map(|w| w["running"].as_u64().unwrap_or(0))
+            .sum();
+        (n == 1).then_some(body)
+    })
+    .await;
+    assert!(running.is_some(), "the slow job never showed as running");
+    let job = stack.job("echo-slow").await.unwrap();
+    let holder = job.worker.unwrap();
+    let body = running.unwrap();
+    let runner = body["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["running"] == 1)
+        .unwrap();
+    assert!(holder.starts_with(runner["id"].as_str().unwrap()), "{holder}: {runner}");
+
+    // Without the token: refused, as every admin API request.
+    for path in ["workers", "queues/tool_calls/history", "queues/tool_calls/search?q=x"] {
+        let (status, _) = send(api.http.get(api.url(path))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+/// A stack with a daemon and no workers, and `tool_calls` seeded: dead jobs `dead-0..4`
+/// (permanent errors), queued jobs `q-0..2` whose payloads name a colour, a running one, a
+/// completed one and a cancelled one.
+async fn seeded(test: &str) -> (TestStack, Queue) {
+    let stack = TestStack::builder(test)
+        .env("EXAI_ADMIN_TOKEN", ADMIN_TOKEN)
+        .daemon()
+        .start()
+        .await;
+    let q = stack.queue(TOOL_CALLS);
+    for i in 0..5 {
+        q.enqueue(&echo(&format!("dead-{i}"), json!({"n": i})))
+            .await
+            .unwrap();
+        let f = q.fetch("console-test", 1).await.unwrap();
+        let outcome = q
+            .fail(&f[0].lease, "provider said no", FailKind::Permanent)
+            .await
+            .unwrap();
+        assert_eq!(outcome, FailOutcome::Dead);
+    }
+    q.enqueue(&echo("done-1", json!({"colour": "teal"})))
+        .await
+        .unwrap();
+    let f = q.fetch("console-test", 1).await.unwrap();
+    q.complete(&f[0].lease, b"{}").await.unwrap();
+    q.enqueue(&echo("running-1", json!({"colour": "teal"})))
+        .await
+        .unwrap();
+    q.fetch("console-test", 1).await.unwrap();
+    for (i, colour) in ["red", "teal", "blue"].iter().enumerate() {
+        q.enqueue(&echo(&format!("q-{i}"), json!({"colour": colour})))
+            .await
+            .unwrap();
+    }
+    q.enqueue(&echo("gone-1", json!({"colour": "teal"})))
+        .await
+        .unwrap();
+    q.cancel("gone-1").await.unwrap();
+    (stack, q)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn search_finds_by_id_and_by_payload_text_within_a_bounded_scan() {
+    let (stack, _q) = seeded("console-search").await;
+    let api = Api::new(&stack);
+
+    // By id: the job itself, first, whatever its state.
+    let (status, body) = api.get("queues/tool_calls/search?q=dead-3").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["by_id"], true, "{body}");
+    assert_eq!(ids(&body), ["dead-3"], "{body}");
+
+    // By text, every state: the teal jobs (queued, running, completed, cancelled).
+    let (status, body) = api.get("queues/tool_calls/search?q=teal").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["by_id"], false);
+    let mut found = ids(&body);
+    found.sort();
+    assert_eq!(found, ["done-1", "gone-1", "q-1", "running-1"], "{body}");
+    assert_eq!(body["cut"], false, "{body}");
+    // The cancelled job's stale wait-list entry and the other entries were read.
+    assert!(body["scanned"].as_u64().unwrap() >= 11, "{body}");
+    assert_eq!(body["scan"], 1000);
+
+    // One state; a bounded scan says it was cut.
+    let (_, body) = api.get("queues/tool_calls/search?q=teal&state=queued").await;
+    assert_eq!(ids(&body), ["q-1"], "{body}");
+    let (_, body) = api.get("queues/tool_calls/search?q=colour&state=queued&scan=2").await;
+    assert_eq!(body["scanned"], 2, "{body}");
+    assert_eq!(body["cut"], true, "{body}");
+    assert_eq!(ids(&body).len(), 2, "{body}");
+    let (_, body) = api.get("queues/tool_calls/search?q=teal&state=cancelled").await;
+    assert_eq!(ids(&body), ["gone-1"], "{body}");
+    let (_, body) = api.get("queues/tool_calls/search?q=nothing-like-this").await;
+    assert_eq!(ids(&body), Vec::<String>::new());
+
+    // Bad parameters name themselves.
+    for (query, param) in [
+        ("", "q"),
+        ("q=", "q"),
+        ("q=x&scan=0", "scan"),
+        ("q=x&scan=10001", "scan"),
+        ("q=x&state=lost", "state"),
+        ("q=x&limit=abc", "limit"),
+        ("q=x&colour=teal", "colour"),
+    ] {
+        let (status, body) = api.get(&format!("queues/tool_calls/search?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(&format!("`{param}`")), "{query}: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulk_retry_of_dead_jobs_and_bulk_delete_answer_counts() {
+    let (stack, q) = seeded("console-bulk").await;
+    let api = Api::new(&stack);
+
+    // Retry two named dead jobs (and one that is not dead), then every dead job left.
+    let (status, body) = api
+        .post(
+            "queues/tool_calls/dead/retry",
+            Some(json!({"ids": ["dead-0", "dead-1", "q-0"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["retried"], &body["skipped"], &body["dead"]),
+        (&json!(2), &json!(1), &json!(3)),
+        "{body}"
+    );
+    assert_eq!(q.job("dead-0").await.unwrap().unwrap().state, JobState::Queued);
+    let (status, body) = api.post("queues/tool_calls/dead/retry", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((&body["retried"], &body["dead"]), (&json!(3), &json!(0)), "{body}");
+    assert_eq!(body["more"], false);
+    assert_eq!(q.counts().await.unwrap().dead, 0);
+
+    // Delete: named jobs, each only if still in the state named.
+    let (status, body) = api
+        .post(
+            "queues/tool_calls/jobs/delete",
+            Some(json!({"state": "queued", "ids": ["dead-0", "dead-1", "running-1", "nope"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["deleted"], &body["other_state"], &body["not_found"]),
+        (&json!(2), &json!(1), &json!(1)),
+        "{body}"
+    );
+    assert!(q.job("dead-0").await.unwrap().is_none());
+    assert_eq!(
+        q.job("running-1").await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    // Every job of a state.
+    let queued = q.counts().await.unwrap().queued;
+    let (status, body) = api
+        .post("queues/tool_calls/jobs/delete", Some(json!({"state": "queued"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["deleted"], queued, "{body}");
+    let (_, body) = api.get("queues/tool_calls/jobs?state=queued").await;
+    assert_eq!(ids(&body), Vec::<String>::new(), "{body}");
+    let (_, body) = api
+        .post("queues/tool_calls/jobs/delete", Some(json!({"state": "cancelled"})))
+        .await;
+    assert_eq!(body["deleted"], 1, "{body}");
+
+    // Bad bodies and requests.
+    for (path, body, want) in [
+        ("queues/tool_calls/jobs/delete", json!({}), "`state`"),
+        ("queues/tool_calls/jobs/delete", json!({"state": "lost"}), "`state`"),
+        ("queues/tool_calls/jobs/delete", json!({"state": "dead", "ids": []}), "`ids`"),
+        ("queues/tool_calls/dead/retry", json!({"state": "queued"}), "`state`"),
+        ("queues/tool_calls/dead/retry", json!({"ids": "dead-0"}), "invalid body"),
+    ] {
+        let (status, answer) = api.post(path, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(want), "{body}: {answer}");
+    }
+    let many: Vec<String> = (0..1001).map(|i| format!("j{i}")).collect();
+    let (status, _) = api
+        .post("queues/tool_calls/dead/retry", Some(json!({"ids": many})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A form post (what a cross-site page could send without asking) is refused.
+    let (status, _) = send(
+        api.http
+            .post(api.url("queues/tool_calls/jobs/delete"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("state=dead"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // No token: 401; a foreign Origin: 403 (before anything is read).
+    let (status, _) = send(
+        api.http
+            .post(api.url("queues/tool_calls/dead/retry"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let res = api
+        .http
+        .post(api.url("queues/tool_calls/jobs/delete"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("Origin", "http://evil.example")
+        .json(&json!({"state": "running"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        q.job("running-1").await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    // GET on an action: a JSON 405.
+    let (status, _) = api.get("queues/tool_calls/dead/retry").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_jobs_are_listed_the_state_defaults_to_queued_and_bad_parameters_name_themselves()
+{
+    let (stack, q) = seeded("console-lists").await;
+    let api = Api::new(&stack);
+    q.cancel("q-2").await.unwrap();
+
+    // Cancelled: newest first, in the API and the CLI alike.
+    let (status, body) = api.get("queues/tool_calls/jobs?state=cancelled").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), ["q-2", "gone-1"], "{body}");
+    assert_eq!(body["jobs"][0]["state"], "cancelled");
+    assert!(body["jobs"][0]["finished_at_ms"].is_u64(), "{body}");
+    let out = stack
+        .worker_cli(&["queue", "list", "tool_calls", "--state", "cancelled"], &[])
+        .await;
+    assert!(out.ok(), "{out}");
+    assert_eq!(out.row("q-2")[1], "cancelled", "{out}");
+    assert_eq!(out.row("gone-1")[1], "cancelled", "{out}");
+    let json = stack
+        .worker_cli(
+            &["queue", "list", "tool_calls", "--state", "cancelled", "--json"],
+            &[],
+        )
+        .await
+        .json();
+    assert_eq!(json["jobs"].as_array().unwrap().len(), 2, "{json}");
+
+    // No state: queued, as the CLI.
+    let (status, body) = api.get("queues/tool_calls/jobs").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "queued");
+    assert_eq!(ids(&body), ["q-0", "q-1"], "{body}");
+
+    // A bad parameter names itself and what it accepts.
+    let (status, body) = api.get("queues/tool_calls/jobs?limit=abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error"],
+        "invalid parameter `limit`: expected an integer 0 to 1000, got `abc`"
+    );
+    let (_, body) = api.get("queues/tool_calls/jobs?state=lost").await;
+    assert_eq!(
+        body["error"],
+        "invalid parameter `state`: expected one of queued, scheduled, running, retrying, \
+         completed, dead, cancelled, got `lost`"
+    );
+    let (_, body) = api.get("queues/tool_calls/jobs?offset=x").await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid parameter `offset`: expected an integer 0 to"),
+        "{body}"
+    );
+    let (_, body) = api.get("queues/tool_calls/jobs?sate=dead").await;
+    assert_eq!(
+        body["error"],
+        "unknown parameter `sate`: this endpoint takes `state`, `limit`, `offset`"
+    );
+    let (_, body) = api.get("queues?x=1").await;
+    assert!(body["error"].as_str().unwrap().contains("`x`"), "{body}");
 }

@@ -117,7 +117,11 @@ use redis::{ScriptInvocation, Value};
 
 pub use attempt::Cycle;
 pub use error::QueueError;
-pub use inspect::{MAX_OFFSET, MAX_PAGE, POSITION_SCAN_MAX};
+pub use control::{MAX_BULK, Removed};
+pub use inspect::{
+    MAX_OFFSET, MAX_PAGE, POSITION_SCAN_MAX, RUNNING_SCAN_MAX, SEARCH_BYTES_MAX, SEARCH_SCAN_MAX,
+    SearchResult,
+};
 pub use job::{
     Ack, CancelOutcome, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord,
     JobInfo, JobLease, JobResult, JobState, LeaseState, NewJob, QueueCounts, RescueReport,

@@ -166,6 +166,14 @@ script!(
     /// The last minutes of a queue's history.
     HISTORY = "lua/history.lua"
 );
+script!(
+    /// Jobs whose payload contains a text, from a bounded scan of one state's index.
+    SEARCH = "lua/search.lua"
+);
+script!(
+    /// Running attempts per lease holder, from a bounded read of the active set.
+    RUNNING = "lua/running.lua"
+);
 
 #[cfg(test)]
 mod tests {
@@ -189,6 +197,8 @@ mod tests {
         ("list", include_str!("lua/list.lua")),
         ("position", include_str!("lua/position.lua")),
         ("history", include_str!("lua/history.lua")),
+        ("search", include_str!("lua/search.lua")),
+        ("running", include_str!("lua/running.lua")),
     ];
 
     /// The names a script's text defines at top level, in order.
