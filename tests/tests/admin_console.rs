@@ -691,3 +691,157 @@ async fn cancelled_jobs_are_listed_the_state_defaults_to_queued_and_bad_paramete
     let (_, body) = api.get("queues?x=1").await;
     assert!(body["error"].as_str().unwrap().contains("`x`"), "{body}");
 }
+
+// ----- the page in a real browser ------------------------------------------------------------
+
+/// The opening tag of the element whose `id` is `id`.
+fn open_tag<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!(r#"id="{id}""#))
+        .unwrap_or_else(|| panic!("the page has no #{id}:\n{dom}"));
+    let start = dom[..at].rfind('<').unwrap();
+    let end = at + dom[at..].find('>').unwrap();
+    &dom[start..=end]
+}
+
+/// The value of attribute `name` in opening tag `tag`.
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let at = tag.find(&format!(r#" {name}=""#))? + name.len() + 3;
+    Some(tag[at..at + tag[at..].find('"')?].to_owned())
+}
+
+/// The element with id `id`, from its opening tag to the first `close` after it.
+fn element<'a>(dom: &'a str, id: &str, close: &str) -> &'a str {
+    let tag = open_tag(dom, id);
+    let start = dom.find(tag).unwrap();
+    let rest = &dom[start..];
+    &rest[..rest.find(close).map_or(rest.len(), |i| i + close.len())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_page_charts_the_history_and_lists_the_workers_in_a_browser() {
+    let stack = TestStack::builder("console-page")
+        .env("EXAI_ADMIN_TOKEN", ADMIN_TOKEN)
+        .daemon()
+        .workers(2)
+        .start()
+        .await;
+    let q = stack.queue(TOOL_CALLS);
+    for i in 0..30 {
+        q.enqueue(&echo(&format!("page-{i}"), json!({"n": i})))
+            .await
+            .unwrap();
+    }
+    q.enqueue(&echo("page-bad", json!({"delay_ms": "soon"})))
+        .await
+        .unwrap();
+    let drained = wait_until(Duration::from_secs(30), || async {
+        let c = q.counts().await.unwrap();
+        c.completed == 30 && c.dead == 1
+    })
+    .await;
+    assert!(drained, "{:?}", q.counts().await.unwrap());
+    // A dry run whose sweeps failed: the panel must say so, never "nothing removed".
+    let report = json!({"stored_at": "2026-09-21T12:00:01Z", "tick": 0,
+        "report": {"dry_run": true, "started_at": "2026-09-21T12:00:00Z",
+            "finished_at": "2026-09-21T12:00:01Z",
+            "sweeps": {"supabase_orphans": {"found": 0, "removed": 0, "bytes": 0,
+                           "errors": ["list objects: 503", "list objects: timed out"]},
+                       "staging_orphans": {"found": 2, "removed": 0, "bytes": 20}}}});
+    let _: () = redis::cmd("SET")
+        .arg(stack.keys.cleanup_last())
+        .arg(report.to_string())
+        .query_async(&mut stack.conn.clone())
+        .await
+        .unwrap();
+
+    let url = format!(
+        "http://{}/admin#token={ADMIN_TOKEN}",
+        stack.daemon().addr
+    );
+    let dom = exai_tests::chromium::run(
+        &url,
+        &[
+            "--virtual-time-budget=10000".into(),
+            "--window-size=1280,2400".into(),
+            "--dump-dom".into(),
+        ],
+    )
+    .await;
+    assert!(
+        dom.contains(r#"data-loaded="true""#),
+        "the page never finished a refresh:\n{dom}"
+    );
+    assert!(!dom.contains("unauthorized") && !dom.contains("refresh failed"), "{dom}");
+
+    // The history chart: uPlot drew it (a canvas), over the hour's 60 minutes, holding the
+    // 30 completions and the dead job.
+    let history = element(&dom, "history-counts", "</canvas>");
+    assert!(history.contains("<canvas"), "no chart drawn: {history}");
+    assert!(history.contains("u-legend") || dom.contains("u-legend"), "{history}");
+    let tag = open_tag(&dom, "history-counts");
+    assert_eq!(attr(tag, "data-queue").as_deref(), Some("tool_calls"), "{tag}");
+    assert_eq!(attr(tag, "data-points").as_deref(), Some("60"), "{tag}");
+    assert_eq!(attr(tag, "data-completed").as_deref(), Some("30"), "{tag}");
+    assert_eq!(attr(tag, "data-dead").as_deref(), Some("1"), "{tag}");
+    let times = open_tag(&dom, "history-times");
+    let measured: u64 = attr(times, "data-points").unwrap().parse().unwrap();
+    assert!(measured >= 2, "wait and run percentiles plotted: {times}");
+    assert!(element(&dom, "history-times", "</canvas>").contains("<canvas"));
+    // The live throughput chart is drawn too.
+    assert!(element(&dom, "throughput-chart", "</canvas>").contains("<canvas"));
+    let summary = element(&dom, "history-summary", "</span>");
+    assert!(summary.contains("30 completed"), "{summary}");
+
+    // The workers panel: both processes, by pid, with their host and queues.
+    let workers = element(&dom, "workers", "</table>");
+    for w in &stack.workers {
+        let row = workers
+            .split("<tr ")
+            .find(|r| r.contains(&format!(r#"data-pid="{}""#, w.pid())))
+            .unwrap_or_else(|| panic!("worker {} not listed: {workers}", w.pid()));
+        assert!(row.contains(r#"data-field="queues">tool_calls<"#), "{row}");
+        assert!(row.contains(r#"data-field="concurrency">16<"#), "{row}");
+        let seen = row.split(r#"data-field="last_seen">"#).nth(1).unwrap();
+        assert!(seen.starts_with("20") && seen[..20].ends_with('Z'), "a UTC date and time: {row}");
+    }
+
+    // Dates with times in the job tables; the cancelled state offered; bulk actions there.
+    let jobs = element(&dom, "jobs-state", "</select>");
+    assert!(jobs.contains("<option>cancelled</option>"), "{jobs}");
+    assert!(dom.contains(r#"id="bulk-delete-all""#) && dom.contains("retry all…"), "{dom}");
+    let dead = element(&dom, "dead", "</table>");
+    assert!(dead.contains("page-bad"), "{dead}");
+    let year = chrono::Utc::now().format("%Y-").to_string();
+    assert!(dead.contains(&format!("<td>{year}")), "the time of death with its date: {dead}");
+
+    // The cleanup panel shows the sweep errors, and not "nothing removed".
+    let cleanup = element(&dom, "cleanup-summary", "</p>");
+    assert!(cleanup.contains("2 errors in supabase_orphans"), "{cleanup}");
+    assert!(!cleanup.contains("nothing removed"), "{cleanup}");
+    assert_eq!(attr(open_tag(&dom, "cleanup-summary"), "data-errors").as_deref(), Some("2"));
+    let table = element(&dom, "cleanup", "</table>");
+    assert!(table.contains("list objects: timed out"), "{table}");
+
+    // A screenshot, kept as the test's artifact.
+    let dir = exai_tests::bin_path("exai-daemon")
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir")
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("admin-console.png");
+    let _ = std::fs::remove_file(&shot);
+    exai_tests::chromium::run(
+        &url,
+        &[
+            "--virtual-time-budget=10000".into(),
+            "--window-size=1280,2400".into(),
+            format!("--screenshot={}", shot.display()),
+        ],
+    )
+    .await;
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    println!("admin console screenshot: {}", shot.display());
+}
