@@ -15,7 +15,7 @@ use crate::worker_registry::WorkerRegistry;
 /// to the millisecond); `None` for a time chrono cannot represent.
 pub fn rfc3339_ms(ms: u64) -> Option<String> {
     let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)?;
-    let format = if ms % 1000 == 0 {
+    let format = if ms.is_multiple_of(1000) {
         chrono::SecondsFormat::Secs
     } else {
         chrono::SecondsFormat::Millis
@@ -345,6 +345,9 @@ mod tests {
                    "failed": 2, "retried": 1, "dead": 1,
                    "wait_ms": {"p50": null, "p95": null}, "run_ms": {"p50": 96, "p95": 125}})
         );
-        assert_eq!(rfc3339_ms(1_796_658_480_123).unwrap(), "2026-12-07T15:48:00.123Z");
+        assert_eq!(
+            rfc3339_ms(1_796_658_480_123).unwrap(),
+            "2026-12-07T15:48:00.123Z"
+        );
     }
 }

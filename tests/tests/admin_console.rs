@@ -49,7 +49,11 @@ async fn summed(q: &Queue, minutes: u32) -> MinuteHistory {
     assert_eq!(history.len(), minutes as usize);
     let mut sum = MinuteHistory::default();
     for w in history.windows(2) {
-        assert_eq!(w[1].minute, w[0].minute + 60, "consecutive minutes, oldest first");
+        assert_eq!(
+            w[1].minute,
+            w[0].minute + 60,
+            "consecutive minutes, oldest first"
+        );
     }
     for m in &history {
         assert_eq!(m.minute % 60, 0);
@@ -100,7 +104,10 @@ async fn mixed_workload(q: &Queue) {
         .fail(&lease("flaky"), "try again", FailKind::Transient)
         .await
         .unwrap();
-    assert!(matches!(outcome, FailOutcome::Retrying { .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, FailOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
     let outcome = q
         .fail(&lease("perm"), "no", FailKind::Permanent)
         .await
@@ -138,7 +145,10 @@ async fn the_scripts_that_end_attempts_write_the_history_of_each_minute() {
     let ctx = TestStack::start("console-history").await;
     let q = ctx.queue_with(TOOL_CALLS, fast_policy());
     let empty = summed(&q, 3).await;
-    assert_eq!((empty.completed, empty.failed, empty.run.count()), (0, 0, 0));
+    assert_eq!(
+        (empty.completed, empty.failed, empty.run.count()),
+        (0, 0, 0)
+    );
     mixed_workload(&q).await;
 
     // The workload may straddle a minute: the last three minutes hold all of it.
@@ -158,7 +168,12 @@ async fn the_scripts_that_end_attempts_write_the_history_of_each_minute() {
 
     // One hash per minute, expiring within ~25 h.
     let history = q.history(3).await.unwrap();
-    let minute = history.iter().rev().find(|m| m.completed > 0).unwrap().minute;
+    let minute = history
+        .iter()
+        .rev()
+        .find(|m| m.completed > 0)
+        .unwrap()
+        .minute;
     let ttl: i64 = redis::cmd("TTL")
         .arg(ctx.keys.queue(TOOL_CALLS).history(minute))
         .query_async(&mut ctx.conn.clone())
@@ -308,7 +323,10 @@ async fn history_and_workers_after_a_run_of_jobs_through_real_worker_processes()
         let minute = m["minute"].as_str().unwrap();
         assert!(minute.ends_with(":00Z") && minute.contains('T'), "{m}");
         for key in ["wait_ms", "run_ms"] {
-            assert!(m[key].get("p50").is_some() && m[key].get("p95").is_some(), "{m}");
+            assert!(
+                m[key].get("p50").is_some() && m[key].get("p95").is_some(),
+                "{m}"
+            );
         }
     }
     assert!(minutes[0]["ts"].as_u64() < minutes[2]["ts"].as_u64());
@@ -351,23 +369,34 @@ async fn history_and_workers_after_a_run_of_jobs_through_real_worker_processes()
         "{out}"
     );
     assert!(
-        out.stdout.contains("3 minutes of tool_calls: 20 completed, 1 failed (0 retried, 1 dead)"),
+        out.stdout
+            .contains("3 minutes of tool_calls: 20 completed, 1 failed (0 retried, 1 dead)"),
         "{out}"
     );
     let dated = |l: &&str| {
         l.get(..16)
             .is_some_and(|d| chrono::NaiveDateTime::parse_from_str(d, "%Y-%m-%d %H:%M").is_ok())
     };
-    assert_eq!(out.stdout.lines().filter(dated).count(), 3, "one line per minute, dated: {out}");
+    assert_eq!(
+        out.stdout.lines().filter(dated).count(),
+        3,
+        "one line per minute, dated: {out}"
+    );
     assert!(!out.stderr.contains("INFO"), "quiet: {out}");
     let json = stack
-        .worker_cli(&["queue", "history", "tool_calls", "--minutes", "3", "--json"], &[])
+        .worker_cli(
+            &["queue", "history", "tool_calls", "--minutes", "3", "--json"],
+            &[],
+        )
         .await
         .json();
     assert_eq!(json["minutes"], 3);
     assert_eq!(total(&json, "completed"), 20, "{json}");
     stack
-        .worker_cli(&["queue", "history", "tool_calls", "--minutes", "1441"], &[])
+        .worker_cli(
+            &["queue", "history", "tool_calls", "--minutes", "1441"],
+            &[],
+        )
         .await
         .assert_error(2, "--minutes");
 
@@ -385,7 +414,10 @@ async fn history_and_workers_after_a_run_of_jobs_through_real_worker_processes()
         assert_eq!(w["queues"], json!(["tool_calls"]), "{w}");
         assert_eq!(w["concurrency"], 16, "{w}");
         assert!(w["host"].as_str().is_some_and(|h| !h.is_empty()), "{w}");
-        assert!(w["id"].as_str().unwrap().contains(&w["pid"].to_string()), "{w}");
+        assert!(
+            w["id"].as_str().unwrap().contains(&w["pid"].to_string()),
+            "{w}"
+        );
         let seen = w["last_seen"].as_str().unwrap();
         assert!(seen.ends_with('Z') && seen.contains('T'), "{w}");
         assert_eq!(w["running"], 0, "{w}");
@@ -414,10 +446,17 @@ async fn history_and_workers_after_a_run_of_jobs_through_real_worker_processes()
         .iter()
         .find(|w| w["running"] == 1)
         .unwrap();
-    assert!(holder.starts_with(runner["id"].as_str().unwrap()), "{holder}: {runner}");
+    assert!(
+        holder.starts_with(runner["id"].as_str().unwrap()),
+        "{holder}: {runner}"
+    );
 
     // Without the token: refused, as every admin API request.
-    for path in ["workers", "queues/tool_calls/history", "queues/tool_calls/search?q=x"] {
+    for path in [
+        "workers",
+        "queues/tool_calls/history",
+        "queues/tool_calls/search?q=x",
+    ] {
         let (status, _) = send(api.http.get(api.url(path))).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
     }
@@ -489,15 +528,23 @@ async fn search_finds_by_id_and_by_payload_text_within_a_bounded_scan() {
     assert_eq!(body["scan"], 1000);
 
     // One state; a bounded scan says it was cut.
-    let (_, body) = api.get("queues/tool_calls/search?q=teal&state=queued").await;
+    let (_, body) = api
+        .get("queues/tool_calls/search?q=teal&state=queued")
+        .await;
     assert_eq!(ids(&body), ["q-1"], "{body}");
-    let (_, body) = api.get("queues/tool_calls/search?q=colour&state=queued&scan=2").await;
+    let (_, body) = api
+        .get("queues/tool_calls/search?q=colour&state=queued&scan=2")
+        .await;
     assert_eq!(body["scanned"], 2, "{body}");
     assert_eq!(body["cut"], true, "{body}");
     assert_eq!(ids(&body).len(), 2, "{body}");
-    let (_, body) = api.get("queues/tool_calls/search?q=teal&state=cancelled").await;
+    let (_, body) = api
+        .get("queues/tool_calls/search?q=teal&state=cancelled")
+        .await;
     assert_eq!(ids(&body), ["gone-1"], "{body}");
-    let (_, body) = api.get("queues/tool_calls/search?q=nothing-like-this").await;
+    let (_, body) = api
+        .get("queues/tool_calls/search?q=nothing-like-this")
+        .await;
     assert_eq!(ids(&body), Vec::<String>::new());
 
     // Bad parameters name themselves.
@@ -535,10 +582,17 @@ async fn bulk_retry_of_dead_jobs_and_bulk_delete_answer_counts() {
         (&json!(2), &json!(1), &json!(3)),
         "{body}"
     );
-    assert_eq!(q.job("dead-0").await.unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(
+        q.job("dead-0").await.unwrap().unwrap().state,
+        JobState::Queued
+    );
     let (status, body) = api.post("queues/tool_calls/dead/retry", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!((&body["retried"], &body["dead"]), (&json!(3), &json!(0)), "{body}");
+    assert_eq!(
+        (&body["retried"], &body["dead"]),
+        (&json!(3), &json!(0)),
+        "{body}"
+    );
     assert_eq!(body["more"], false);
     assert_eq!(q.counts().await.unwrap().dead, 0);
 
@@ -563,28 +617,53 @@ async fn bulk_retry_of_dead_jobs_and_bulk_delete_answer_counts() {
     // Every job of a state.
     let queued = q.counts().await.unwrap().queued;
     let (status, body) = api
-        .post("queues/tool_calls/jobs/delete", Some(json!({"state": "queued"})))
+        .post(
+            "queues/tool_calls/jobs/delete",
+            Some(json!({"state": "queued"})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["deleted"], queued, "{body}");
     let (_, body) = api.get("queues/tool_calls/jobs?state=queued").await;
     assert_eq!(ids(&body), Vec::<String>::new(), "{body}");
     let (_, body) = api
-        .post("queues/tool_calls/jobs/delete", Some(json!({"state": "cancelled"})))
+        .post(
+            "queues/tool_calls/jobs/delete",
+            Some(json!({"state": "cancelled"})),
+        )
         .await;
     assert_eq!(body["deleted"], 1, "{body}");
 
     // Bad bodies and requests.
     for (path, body, want) in [
         ("queues/tool_calls/jobs/delete", json!({}), "`state`"),
-        ("queues/tool_calls/jobs/delete", json!({"state": "lost"}), "`state`"),
-        ("queues/tool_calls/jobs/delete", json!({"state": "dead", "ids": []}), "`ids`"),
-        ("queues/tool_calls/dead/retry", json!({"state": "queued"}), "`state`"),
-        ("queues/tool_calls/dead/retry", json!({"ids": "dead-0"}), "invalid body"),
+        (
+            "queues/tool_calls/jobs/delete",
+            json!({"state": "lost"}),
+            "`state`",
+        ),
+        (
+            "queues/tool_calls/jobs/delete",
+            json!({"state": "dead", "ids": []}),
+            "`ids`",
+        ),
+        (
+            "queues/tool_calls/dead/retry",
+            json!({"state": "queued"}),
+            "`state`",
+        ),
+        (
+            "queues/tool_calls/dead/retry",
+            json!({"ids": "dead-0"}),
+            "invalid body",
+        ),
     ] {
         let (status, answer) = api.post(path, Some(body.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
-        assert!(answer["error"].as_str().unwrap().contains(want), "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(want),
+            "{body}: {answer}"
+        );
     }
     let many: Vec<String> = (0..1001).map(|i| format!("j{i}")).collect();
     let (status, _) = api
@@ -642,14 +721,24 @@ async fn cancelled_jobs_are_listed_the_state_defaults_to_queued_and_bad_paramete
     assert_eq!(body["jobs"][0]["state"], "cancelled");
     assert!(body["jobs"][0]["finished_at_ms"].is_u64(), "{body}");
     let out = stack
-        .worker_cli(&["queue", "list", "tool_calls", "--state", "cancelled"], &[])
+        .worker_cli(
+            &["queue", "list", "tool_calls", "--state", "cancelled"],
+            &[],
+        )
         .await;
     assert!(out.ok(), "{out}");
     assert_eq!(out.row("q-2")[1], "cancelled", "{out}");
     assert_eq!(out.row("gone-1")[1], "cancelled", "{out}");
     let json = stack
         .worker_cli(
-            &["queue", "list", "tool_calls", "--state", "cancelled", "--json"],
+            &[
+                "queue",
+                "list",
+                "tool_calls",
+                "--state",
+                "cancelled",
+                "--json",
+            ],
             &[],
         )
         .await
@@ -755,10 +844,7 @@ async fn the_page_charts_the_history_and_lists_the_workers_in_a_browser() {
         .await
         .unwrap();
 
-    let url = format!(
-        "http://{}/admin#token={ADMIN_TOKEN}",
-        stack.daemon().addr
-    );
+    let url = format!("http://{}/admin#token={ADMIN_TOKEN}", stack.daemon().addr);
     let dom = exai_tests::chromium::run(
         &url,
         &[
@@ -772,15 +858,25 @@ async fn the_page_charts_the_history_and_lists_the_workers_in_a_browser() {
         dom.contains(r#"data-loaded="true""#),
         "the page never finished a refresh:\n{dom}"
     );
-    assert!(!dom.contains("unauthorized") && !dom.contains("refresh failed"), "{dom}");
+    assert!(
+        !dom.contains("unauthorized") && !dom.contains("refresh failed"),
+        "{dom}"
+    );
 
     // The history chart: uPlot drew it (a canvas), over the hour's 60 minutes, holding the
     // 30 completions and the dead job.
     let history = element(&dom, "history-counts", "</canvas>");
     assert!(history.contains("<canvas"), "no chart drawn: {history}");
-    assert!(history.contains("u-legend") || dom.contains("u-legend"), "{history}");
+    assert!(
+        history.contains("u-legend") || dom.contains("u-legend"),
+        "{history}"
+    );
     let tag = open_tag(&dom, "history-counts");
-    assert_eq!(attr(tag, "data-queue").as_deref(), Some("tool_calls"), "{tag}");
+    assert_eq!(
+        attr(tag, "data-queue").as_deref(),
+        Some("tool_calls"),
+        "{tag}"
+    );
     assert_eq!(attr(tag, "data-points").as_deref(), Some("60"), "{tag}");
     assert_eq!(attr(tag, "data-completed").as_deref(), Some("30"), "{tag}");
     assert_eq!(attr(tag, "data-dead").as_deref(), Some("1"), "{tag}");
@@ -803,25 +899,75 @@ async fn the_page_charts_the_history_and_lists_the_workers_in_a_browser() {
         assert!(row.contains(r#"data-field="queues">tool_calls<"#), "{row}");
         assert!(row.contains(r#"data-field="concurrency">16<"#), "{row}");
         let seen = row.split(r#"data-field="last_seen">"#).nth(1).unwrap();
-        assert!(seen.starts_with("20") && seen[..20].ends_with('Z'), "a UTC date and time: {row}");
+        assert!(
+            seen.starts_with("20") && seen[..20].ends_with('Z'),
+            "a UTC date and time: {row}"
+        );
     }
 
     // Dates with times in the job tables; the cancelled state offered; bulk actions there.
     let jobs = element(&dom, "jobs-state", "</select>");
     assert!(jobs.contains("<option>cancelled</option>"), "{jobs}");
-    assert!(dom.contains(r#"id="bulk-delete-all""#) && dom.contains("retry all…"), "{dom}");
+    assert!(
+        dom.contains(r#"id="bulk-delete-all""#) && dom.contains("retry all…"),
+        "{dom}"
+    );
     let dead = element(&dom, "dead", "</table>");
     assert!(dead.contains("page-bad"), "{dead}");
     let year = chrono::Utc::now().format("%Y-").to_string();
-    assert!(dead.contains(&format!("<td>{year}")), "the time of death with its date: {dead}");
+    assert!(
+        dead.contains(&format!("<td>{year}")),
+        "the time of death with its date: {dead}"
+    );
 
     // The cleanup panel shows the sweep errors, and not "nothing removed".
     let cleanup = element(&dom, "cleanup-summary", "</p>");
-    assert!(cleanup.contains("2 errors in supabase_orphans"), "{cleanup}");
+    assert!(
+        cleanup.contains("2 errors in supabase_orphans"),
+        "{cleanup}"
+    );
     assert!(!cleanup.contains("nothing removed"), "{cleanup}");
-    assert_eq!(attr(open_tag(&dom, "cleanup-summary"), "data-errors").as_deref(), Some("2"));
+    assert_eq!(
+        attr(open_tag(&dom, "cleanup-summary"), "data-errors").as_deref(),
+        Some("2")
+    );
     let table = element(&dom, "cleanup", "</table>");
     assert!(table.contains("list objects: timed out"), "{table}");
+
+    // The charting library comes from the daemon itself, under the page's CSP, with its licence.
+    let http = reqwest::Client::new();
+    for (asset, kind) in [
+        ("uPlot.iife.min.js", "text/javascript"),
+        ("uPlot.min.css", "text/css"),
+        ("LICENSE", "text/plain"),
+    ] {
+        let res = http
+            .get(format!(
+                "http://{}/admin/vendor/uplot/{asset}",
+                stack.daemon().addr
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{asset}");
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(header("content-type").starts_with(kind), "{asset}");
+        let csp = header("content-security-policy");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{asset}: {csp}"
+        );
+        let body = res.text().await.unwrap();
+        if asset == "LICENSE" {
+            assert!(body.contains("MIT License"), "{body}");
+        }
+    }
 
     // A screenshot, kept as the test's artifact.
     let dir = exai_tests::bin_path("exai-daemon")

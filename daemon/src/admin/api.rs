@@ -118,7 +118,9 @@ async fn semaphores(
 /// `GET /admin/api/workers`.
 async fn workers(State(app): State<Arc<App>>, params: Params) -> ApiResult<Json<WorkersReport>> {
     params.only(&[])?;
-    Ok(Json(WorkersReport::collect(&app.workers, &app.queues).await?))
+    Ok(Json(
+        WorkersReport::collect(&app.workers, &app.queues).await?,
+    ))
 }
 
 /// `GET /admin/api/jobs/{id}`.

@@ -29,8 +29,9 @@ impl Params {
         let mut out = BTreeMap::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = decode(name)
-                .ok_or_else(|| ApiError::bad_request("the query string is not valid URL encoding"))?;
+            let name = decode(name).ok_or_else(|| {
+                ApiError::bad_request("the query string is not valid URL encoding")
+            })?;
             let value = decode(value).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "invalid parameter `{name}`: its value is not valid URL encoding"
@@ -73,7 +74,13 @@ impl Params {
     }
 
     /// Integer parameter `name` in `min..=max`, `default` when absent.
-    pub(crate) fn int(&self, name: &str, min: u64, max: u64, default: u64) -> Result<u64, ApiError> {
+    pub(crate) fn int(
+        &self,
+        name: &str,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> Result<u64, ApiError> {
         let Some(raw) = self.get(name) else {
             return Ok(default);
         };
@@ -107,9 +114,13 @@ impl Params {
                 "missing parameter `{name}`: {}",
                 expected()
             ))),
-            Some(v) if v.is_empty() || v.chars().count() > max => Err(ApiError::bad_request(
-                format!("invalid parameter `{name}`: {}, got {} characters", expected(), v.chars().count()),
-            )),
+            Some(v) if v.is_empty() || v.chars().count() > max => {
+                Err(ApiError::bad_request(format!(
+                    "invalid parameter `{name}`: {}, got {} characters",
+                    expected(),
+                    v.chars().count()
+                )))
+            }
             Some(v) => Ok(v),
         }
     }
@@ -199,7 +210,10 @@ mod tests {
         assert_eq!(p.get("q"), Some("a b c+d"));
         assert!(p.only(&["q", "state"]).is_ok());
         let e = error(p.only(&["q"]));
-        assert!(e.contains("unknown parameter `state`") && e.contains("`q`"), "{e}");
+        assert!(
+            e.contains("unknown parameter `state`") && e.contains("`q`"),
+            "{e}"
+        );
         assert!(error(Params::parse("limit=1&limit=2")).contains("`limit`"));
         assert!(error(Params::parse("q=%zz")).contains("`q`"));
         assert!(error(p.text("missing", 10)).contains("missing parameter `missing`"));

@@ -268,8 +268,7 @@ impl Queue {
             });
         }
         check_len(acks.len(), items.len(), "complete_and_fetch")?;
-        let (batch, more) =
-            parse_fetch(Value::Array(items_out.collect()), policy.lease_ms())?;
+        let (batch, more) = parse_fetch(Value::Array(items_out.collect()), policy.lease_ms())?;
         Ok(Cycle { acks, batch, more })
     }
 

@@ -116,8 +116,8 @@ use std::time::Duration;
 use redis::{ScriptInvocation, Value};
 
 pub use attempt::Cycle;
-pub use error::QueueError;
 pub use control::{MAX_BULK, Removed};
+pub use error::QueueError;
 pub use inspect::{
     MAX_OFFSET, MAX_PAGE, POSITION_SCAN_MAX, RUNNING_SCAN_MAX, SEARCH_BYTES_MAX, SEARCH_SCAN_MAX,
     SearchResult,

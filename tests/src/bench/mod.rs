@@ -758,7 +758,10 @@ async fn history_cost(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyho
             o.workers, o.concurrency, o.history_rounds, o.jobs
         )
     };
-    let [(on_jobs, on_secs, on_usage), (off_jobs, off_secs, off_usage)] = totals;
+    let [
+        (on_jobs, on_secs, on_usage),
+        (off_jobs, off_secs, off_usage),
+    ] = totals;
     let on = report.rate(
         "process_history_on_per_s",
         label("on"),
