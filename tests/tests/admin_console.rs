@@ -339,6 +339,10 @@ async fn history_and_workers_after_a_run_of_jobs_through_real_worker_processes()
         .filter(|m| m["completed"].as_u64() > Some(0))
         .all(|m| m["wait_ms"]["p95"].is_u64() && m["run_ms"]["p50"].is_u64());
     assert!(measured, "percentiles where jobs ran: {body}");
+    // Every attempt's wait was measured — those the workers fetched and those an enqueue
+    // handed straight to an idle worker — and every attempt's run time.
+    let sum = summed(&q, 3).await;
+    assert_eq!((sum.wait.count(), sum.run.count()), (21, 21), "{sum:?}");
 
     // `minutes`: 60 by default, 1 to 1440, else a 400 naming it.
     let (status, body) = api.get("queues/tool_calls/history").await;
