@@ -373,6 +373,9 @@ pub struct JobConfig {
     pub result_ttl: Duration,
     /// `EXAI_AUTO_MIGRATE` (true): `exai-worker run` applies pending migrations at start.
     pub auto_migrate: bool,
+    /// `EXAI_QUEUE_HISTORY` (true): the queue scripts keep each queue's per-minute history
+    /// (counts and wait/run histograms, the last 24 hours) for the admin console.
+    pub history: bool,
 }
 
 /// Settings of `exai-worker run`.

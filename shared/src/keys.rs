@@ -182,6 +182,25 @@ impl QueueKeys {
         format!("{}:completed", self.tag)
     }
 
+    /// List of the ids of recently cancelled jobs, newest first, capped like the completed
+    /// index (entries whose job expired are skipped when listing).
+    pub fn cancelled(&self) -> String {
+        format!("{}:cancelled", self.tag)
+    }
+
+    /// The prefix of the per-minute history hashes; the hash of the minute that starts at
+    /// Unix second `s` (a multiple of 60) is this prefix followed by `s`. Written by the
+    /// complete, fail and sweep scripts, each expiring about 25 hours after its minute (see
+    /// [`crate::queue::history`]).
+    pub fn history_prefix(&self) -> String {
+        format!("{}:history:", self.tag)
+    }
+
+    /// The history hash of the minute that starts at Unix second `minute`.
+    pub fn history(&self, minute: u64) -> String {
+        format!("{}:history:{minute}", self.tag)
+    }
+
     /// Hash of counters: `completed`, `cancelled`, `ghosts` (stale ids still in the wait list)
     /// and `fence` (the last fencing token handed out).
     pub fn stats(&self) -> String {
@@ -281,6 +300,9 @@ mod tests {
             k.active(),
             k.dead(),
             k.completed(),
+            k.cancelled(),
+            k.history_prefix(),
+            k.history(1_796_658_480),
             k.stats(),
             k.paused(),
             k.idle(),

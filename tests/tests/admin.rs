@@ -339,8 +339,11 @@ async fn the_api_reports_the_seeded_state() {
     assert_eq!(ids(&body), ["job-done-1"]);
     let (_, body) = admin.get("queues/cleanup/jobs?state=queued").await;
     assert_eq!(ids(&body), Vec::<String>::new());
+    // No state: queued, as in the CLI.
+    let (status, body) = admin.get("queues/tool_calls/jobs").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), QUEUED, "{body}");
     for (path, want) in [
-        ("queues/tool_calls/jobs", StatusCode::BAD_REQUEST),
         (
             "queues/tool_calls/jobs?state=exploded",
             StatusCode::BAD_REQUEST,

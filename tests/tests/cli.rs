@@ -492,12 +492,13 @@ async fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
     ctx.worker_cli(&["queue", "list", "tool_calls", "--state", "bogus"], &[])
         .await
         .assert_error(2, "unknown state `bogus`");
-    ctx.worker_cli(
-        &["queue", "list", "tool_calls", "--state", "cancelled"],
-        &[],
-    )
-    .await
-    .assert_error(2, "cancelled jobs are not listed");
+    let cancelled = ctx
+        .worker_cli(
+            &["queue", "list", "tool_calls", "--state", "cancelled"],
+            &[],
+        )
+        .await;
+    assert!(cancelled.ok(), "cancelled jobs are listed: {cancelled}");
     ctx.worker_cli(&["queue", "list", "tool_calls", "--limit", "0"], &[])
         .await
         .assert_error(2, "--limit");

@@ -10,8 +10,10 @@
 //! page sends the token the operator gives it with each API call.
 //!
 //! Errors are JSON bodies `{"error": "<message>"}` with the status that says what went wrong:
-//! 400 bad input, 401 no or wrong token, 404 unknown job, queue or endpoint, 409 a job not in a
-//! state the action applies to, 503 Redis or Postgres unavailable (or Postgres not configured).
+//! 400 bad input (a bad query parameter is named, with what it accepts), 401 no or wrong token,
+//! 404 unknown job, queue or endpoint, 409 a job not in a state the action applies to, 415 a
+//! bulk action's body that is not `application/json`, 503 Redis or Postgres unavailable (or
+//! Postgres not configured).
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ use crate::app::App;
 
 pub mod api;
 pub mod page;
+mod params;
 
 /// Whether `path` belongs to the admin API or page.
 pub(crate) fn is_admin_path(path: &str) -> bool {
@@ -94,7 +97,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl ApiError {

@@ -139,6 +139,7 @@ impl Config {
                 "EXAI_AUTO_MIGRATE",
                 Some(self.jobs.auto_migrate.to_string()),
             ),
+            ("EXAI_QUEUE_HISTORY", Some(self.jobs.history.to_string())),
             (
                 "EXAI_WORKER_METRICS_ADDR",
                 self.worker.metrics_addr.map(|a| a.to_string()),

@@ -245,6 +245,7 @@ impl Config {
                 lease: v.millis("EXAI_JOB_LEASE_MS", 30_000)?,
                 result_ttl: Duration::from_secs(v.positive("EXAI_RESULT_TTL_SECS", 3600)?),
                 auto_migrate: v.parse("EXAI_AUTO_MIGRATE", Bool(true))?.0,
+                history: v.parse("EXAI_QUEUE_HISTORY", Bool(true))?.0,
             },
             kimi: ProviderConfig {
                 api_key: v.secret("KIMI_API_KEY"),

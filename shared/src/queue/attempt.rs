@@ -161,15 +161,18 @@ impl Queue {
                 inv.key(&self.inner.active)
                     .key(&self.inner.completed)
                     .key(&self.inner.stats)
+                    .key(&self.inner.history)
                     .arg(self.plen())
                     .arg(policy.result_ttl_ms())
                     .arg(policy.completed_index_max.max(1))
-                    .arg(self.inner.events.as_deref().unwrap_or(""));
+                    .arg(self.inner.events.as_deref().unwrap_or(""))
+                    .arg(policy.history_flag());
                 for (lease, result) in chunk {
                     let lease = lease.borrow();
                     inv.key(self.job_key(&lease.id))
                         .arg(lease.member())
-                        .arg(result.as_ref());
+                        .arg(result.as_ref())
+                        .arg(lease.started_ms);
                 }
                 inv
             })
@@ -224,6 +227,7 @@ impl Queue {
             .key(&self.inner.completed)
             .key(&self.inner.idle)
             .key(&self.inner.hand_offs)
+            .key(&self.inner.history)
             .arg(free.min(MAX_BATCH))
             .arg(worker)
             .arg(policy.lease_ms())
@@ -234,12 +238,14 @@ impl Queue {
             .arg(policy.completed_index_max.max(1))
             .arg(&self.inner.wake_channel)
             .arg(millis(idle_for.min(MAX_IDLE_FOR)))
-            .arg(self.hand_offs_flag());
+            .arg(self.hand_offs_flag())
+            .arg(policy.history_flag());
         for (lease, result) in items {
             let lease = lease.borrow();
             inv.key(self.job_key(&lease.id))
                 .arg(lease.member())
-                .arg(result.as_ref());
+                .arg(result.as_ref())
+                .arg(lease.started_ms);
         }
         let reply = inv.invoke_async(&mut self.conn.clone()).await?;
         let mut items_out = reply::array(reply, "complete_and_fetch")?.into_iter();
@@ -262,7 +268,7 @@ impl Queue {
             });
         }
         check_len(acks.len(), items.len(), "complete_and_fetch")?;
-        let (batch, more) = parse_fetch(Value::Array(items_out.collect()))?;
+        let (batch, more) = parse_fetch(Value::Array(items_out.collect()), policy.lease_ms())?;
         Ok(Cycle { acks, batch, more })
     }
 
@@ -290,6 +296,8 @@ impl Queue {
             .key(&self.inner.stats)
             .key(&self.inner.job_prefix)
             .key(&self.inner.paused)
+            .key(&self.inner.cancelled)
+            .key(&self.inner.history)
             .arg(self.plen())
             .arg(lease.member())
             .arg(truncate(error, MAX_ERROR_LEN))
@@ -299,6 +307,8 @@ impl Queue {
             .arg(policy.dead_max)
             .arg(policy.errors_kept)
             .arg(&self.inner.wake_channel)
+            .arg(policy.completed_index_max.max(1))
+            .arg(policy.history_flag())
             .invoke_async(&mut self.conn.clone())
             .await?;
         let items = reply::array(reply, "fail")?;
@@ -329,11 +339,13 @@ impl Queue {
             .key(&self.inner.scheduled)
             .key(&self.inner.stats)
             .key(&self.inner.paused)
+            .key(&self.inner.cancelled)
             .arg(self.plen())
             .arg(lease.member())
             .arg(millis(delay))
             .arg(self.inner.policy.result_ttl_ms())
             .arg(&self.inner.wake_channel)
+            .arg(self.inner.policy.completed_index_max.max(1))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(if code == 0 { Ack::LeaseLost } else { Ack::Done })
@@ -355,11 +367,15 @@ impl Queue {
             .key(&self.inner.stats)
             .key(&self.inner.paused)
             .key(&self.inner.job_prefix)
+            .key(&self.inner.cancelled)
+            .key(&self.inner.history)
             .arg(max.clamp(1, MAX_BATCH))
             .arg(policy.result_ttl_ms())
             .arg(policy.dead_max)
             .arg(policy.errors_kept)
             .arg(&self.inner.wake_channel)
+            .arg(policy.completed_index_max.max(1))
+            .arg(policy.history_flag())
             .invoke_async(&mut self.conn.clone())
             .await?;
         let items = reply::array(reply, "sweep")?;
@@ -374,8 +390,9 @@ impl Queue {
     }
 }
 
-/// Parses a fetch reply into the batch and the "more stale ids to skip" flag.
-fn parse_fetch(reply: Value) -> Result<(FetchBatch, bool), QueueError> {
+/// Parses a fetch reply into the batch and the "more stale ids to skip" flag; `lease_ms` is
+/// the lease the fetch gave (its jobs started at the lease's end minus it).
+fn parse_fetch(reply: Value, lease_ms: u64) -> Result<(FetchBatch, bool), QueueError> {
     let items = reply::array(reply, "fetch")?;
     if items.len() < 4 || (items.len() - 4) % 6 != 0 {
         return Err(QueueError::Protocol(format!(
@@ -404,6 +421,7 @@ fn parse_fetch(reply: Value) -> Result<(FetchBatch, bool), QueueError> {
                 fence: reply::opt_u64(&f)
                     .ok_or_else(|| QueueError::Protocol("fetch: bad fence".into()))?,
                 attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                started_ms: lease_until_ms.saturating_sub(lease_ms),
             },
             payload: reply::opt_bytes(payload).unwrap_or_default(),
             max_attempts: reply::opt_u64(&m)

@@ -44,8 +44,10 @@ impl Queue {
                 .key(&self.inner.active)
                 .key(&self.inner.stats)
                 .key(&self.inner.job_prefix)
+                .key(&self.inner.history)
                 .arg(self.plen())
-                .arg(&self.inner.wake_channel);
+                .arg(&self.inner.wake_channel)
+                .arg(self.inner.policy.history_flag());
             for (job, id) in chunk.iter().zip(chunk_ids) {
                 inv.key(self.job_key(id));
                 self.job_args(&mut inv, job);
@@ -111,11 +113,13 @@ impl Queue {
             .key(&self.inner.active)
             .key(&self.inner.stats)
             .key(&self.inner.job_prefix)
+            .key(&self.inner.history)
             .key(self.job_key(&id))
             .arg(self.plen())
             .arg(&self.inner.wake_channel)
             .arg(secs)
-            .arg(self.inner.policy.cron_dedup_window.as_secs());
+            .arg(self.inner.policy.cron_dedup_window.as_secs())
+            .arg(self.inner.policy.history_flag());
         self.job_args(&mut inv, &job);
         let reply: Value = inv.invoke_async(&mut self.conn.clone()).await?;
         let flags = reply::array(reply, "enqueue_tick")?;

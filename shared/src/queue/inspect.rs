@@ -25,6 +25,46 @@ pub const MAX_OFFSET: usize = (1 << 53) - 1 - MAX_PAGE;
 /// from: a job deeper than this in a backlog has no known position.
 pub const POSITION_SCAN_MAX: usize = 10_000;
 
+/// The most index entries one [`Queue::search`] reads, all states together.
+pub const SEARCH_SCAN_MAX: usize = 10_000;
+
+/// The most payload bytes one [`Queue::search`] reads, all states together: a scan of large
+/// payloads stops here rather than hold Redis for long.
+pub const SEARCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The most running attempts [`Queue::running_by_worker`] reads.
+pub const RUNNING_SCAN_MAX: usize = 10_000;
+
+/// What a [`Queue::search`] found, and how much it read to find it.
+#[derive(Debug, Clone, Default)]
+pub struct SearchResult {
+    /// The job whose id is the text, if there is one (in the state searched, when one was
+    /// named), then the jobs whose payload contains it, each state's newest first as
+    /// [`Queue::list`] orders them.
+    pub jobs: Vec<JobInfo>,
+    /// Whether the first job is the one whose id is the text.
+    pub by_id: bool,
+    /// Index entries read.
+    pub scanned: u64,
+    /// Whether the scan stopped before the end of the indexes searched (the entry or byte
+    /// bound, or enough matches): more matches may exist.
+    pub cut: bool,
+}
+
+/// How a state's index is read by the list and search scripts.
+fn index_of(q: &Queue, state: JobState) -> (&str, &'static str) {
+    let i = &q.inner;
+    match state {
+        JobState::Queued => (&i.wait, "wait"),
+        JobState::Scheduled => (&i.scheduled, "asc"),
+        JobState::Retrying => (&i.retry, "asc"),
+        JobState::Running => (&i.active, "active"),
+        JobState::Dead => (&i.dead, "desc"),
+        JobState::Completed => (&i.completed, "list"),
+        JobState::Cancelled => (&i.cancelled, "list"),
+    }
+}
+
 impl Queue {
     /// The number of jobs per state, from one consistent snapshot. `completed` and
     /// `cancelled` are counters since the queue was created; the others are current sizes.
@@ -72,25 +112,18 @@ impl Queue {
     /// One page of the jobs in `state`, `limit` (at most [`MAX_PAGE`]) from `offset` (a page
     /// beyond [`MAX_OFFSET`] is empty):
     /// queued jobs in the order they will run, scheduled and retrying ones by due time,
-    /// running ones by lease expiry, dead and completed ones newest first. Results are not
-    /// included. Entries that just left the state, cancelled queued jobs and completed jobs
-    /// whose data expired are skipped, so a page may be shorter than `limit`. Cancelled jobs
-    /// have no index and are not listed (look them up with [`job`](Self::job)).
+    /// running ones by lease expiry, dead, completed and cancelled ones newest first. Results
+    /// are not included. Entries that just left the state, cancelled queued jobs and completed
+    /// or cancelled jobs whose data expired are skipped, so a page may be shorter than
+    /// `limit`. The completed and cancelled indexes keep the newest `completed_index_max`
+    /// entries each.
     pub async fn list(
         &self,
         state: JobState,
         offset: usize,
         limit: usize,
     ) -> Result<Vec<JobInfo>, QueueError> {
-        let (index, how) = match state {
-            JobState::Queued => (&self.inner.wait, "wait"),
-            JobState::Scheduled => (&self.inner.scheduled, "asc"),
-            JobState::Retrying => (&self.inner.retry, "asc"),
-            JobState::Running => (&self.inner.active, "active"),
-            JobState::Dead => (&self.inner.dead, "desc"),
-            JobState::Completed => (&self.inner.completed, "list"),
-            JobState::Cancelled => return Ok(Vec::new()),
-        };
+        let (index, how) = index_of(self, state);
         let limit = limit.min(MAX_PAGE);
         if limit == 0 || offset > MAX_OFFSET {
             return Ok(Vec::new());
@@ -104,7 +137,12 @@ impl Queue {
             .arg(state.as_str())
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let items = reply::array(reply, "list")?;
+        self.parse_jobs(reply::array(reply, "list")?, state)
+    }
+
+    /// The jobs of a list or search reply: per job its id, its index score and the
+    /// [`LIST_FIELDS`]. A running job's score is its lease expiry.
+    fn parse_jobs(&self, items: Vec<Value>, state: JobState) -> Result<Vec<JobInfo>, QueueError> {
         let stride = 2 + LIST_FIELDS.len();
         let mut out = Vec::with_capacity(items.len() / stride);
         let mut it = items.into_iter();
@@ -124,6 +162,92 @@ impl Queue {
             out.push(info);
         }
         Ok(out)
+    }
+
+    /// Searches the queue for `text`: first a job whose id is `text`, then, within a bounded
+    /// scan of the index of `state` (or of every state in turn, queued first, when `state` is
+    /// `None`), jobs whose payload contains `text` (plain, case-sensitive), up to `limit` jobs
+    /// in all (at most [`MAX_PAGE`]). The scan reads at most `scan` index entries (at most
+    /// [`SEARCH_SCAN_MAX`]) and [`SEARCH_BYTES_MAX`] payload bytes; the result says how many it
+    /// read and whether it stopped before the end.
+    pub async fn search(
+        &self,
+        text: &str,
+        state: Option<JobState>,
+        scan: usize,
+        limit: usize,
+    ) -> Result<SearchResult, QueueError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut out = SearchResult::default();
+        if check_id(text).is_ok()
+            && let Some(job) = self.job(text).await?
+            && state.is_none_or(|s| s == job.state)
+        {
+            out.jobs.push(job);
+            out.by_id = true;
+        }
+        let states: Vec<JobState> = match state {
+            Some(s) => vec![s],
+            None => JobState::ALL.to_vec(),
+        };
+        let mut entries = scan.min(SEARCH_SCAN_MAX);
+        let mut bytes = SEARCH_BYTES_MAX;
+        for state in &states {
+            let want = limit.saturating_sub(out.jobs.len());
+            if want == 0 || entries == 0 || bytes == 0 {
+                // Stopped with indexes left unread.
+                out.cut = true;
+                break;
+            }
+            let (index, how) = index_of(self, *state);
+            let reply: Value = scripts::SEARCH
+                .key(index)
+                .key(&self.inner.job_prefix)
+                .arg(how)
+                .arg(entries)
+                .arg(state.as_str())
+                .arg(text)
+                .arg(want)
+                .arg(bytes)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            let mut items = reply::array(reply, "search")?.into_iter();
+            let mut next = || items.next().as_ref().and_then(reply::opt_u64).unwrap_or(0);
+            let (scanned, len, read) = (next(), next(), next());
+            out.scanned += scanned;
+            out.cut = out.cut || scanned < len;
+            entries = entries.saturating_sub(usize::try_from(scanned).unwrap_or(usize::MAX));
+            bytes = bytes.saturating_sub(usize::try_from(read).unwrap_or(usize::MAX));
+            for job in self.parse_jobs(items.collect(), *state)? {
+                if !(out.by_id && job.id == out.jobs[0].id) {
+                    out.jobs.push(job);
+                }
+            }
+        }
+        out.jobs.truncate(limit);
+        Ok(out)
+    }
+
+    /// The running attempts of the queue per lease holder (`<worker id>/<queue>`, as the
+    /// workers fetch), from at most [`RUNNING_SCAN_MAX`] of them; and whether that bound cut
+    /// the count short.
+    pub async fn running_by_worker(&self) -> Result<(HashMap<String, u64>, bool), QueueError> {
+        let reply: Value = scripts::RUNNING
+            .key(&self.inner.active)
+            .key(&self.inner.job_prefix)
+            .arg(RUNNING_SCAN_MAX)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let mut items = reply::array(reply, "running")?.into_iter();
+        let read = items.next().as_ref().and_then(reply::opt_u64).unwrap_or(0);
+        let total = items.next().as_ref().and_then(reply::opt_u64).unwrap_or(0);
+        let mut out = HashMap::new();
+        while let (Some(w), Some(n)) = (items.next(), items.next()) {
+            if let (Some(w), Some(n)) = (reply::opt_string(w), reply::opt_u64(&n)) {
+                out.insert(w, n);
+            }
+        }
+        Ok((out, read < total))
     }
 
     /// Everything known about one job, its result included; `None` when there is no such job

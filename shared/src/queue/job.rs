@@ -160,6 +160,9 @@ pub struct JobLease {
     pub fence: u64,
     /// The attempt number (1-based); every start counts.
     pub attempt: u32,
+    /// When the attempt started (Unix ms, Redis clock: the fetch's or the hand-off's time),
+    /// from which the completion measures its run time for the history.
+    pub started_ms: u64,
 }
 
 impl JobLease {
@@ -224,6 +227,8 @@ impl Fetched {
                 id,
                 fence,
                 attempt: u32::try_from(attempt).ok()?,
+                // A hand-off starts the job in the enqueue that creates it.
+                started_ms: enqueued,
             },
             payload: rest[id_len..].to_vec(),
             max_attempts: u32::try_from(max).ok()?,
@@ -453,6 +458,7 @@ mod tests {
                 id: "id 1\n2".into(),
                 fence: 42,
                 attempt: 1,
+                started_ms: 1_700_000_000_000,
             }
         );
         assert_eq!(job.payload, b"{\"a\":\"b c\"}\n");

@@ -57,6 +57,8 @@
 //! | `{P:q:N}:active` | zset | running attempts, member `<fence>:<id>`, score = lease expiry (ms, Redis clock) |
 //! | `{P:q:N}:dead` | zset | dead jobs, score = time of death; trimmed to `dead_max` |
 //! | `{P:q:N}:completed` | list | ids of recent completions, newest first; capped at `completed_index_max` |
+//! | `{P:q:N}:cancelled` | list | ids of recent cancellations, newest first; capped at `completed_index_max` |
+//! | `{P:q:N}:history:<minute>` | hash | the minute's `completed`, `failed`, `retried`, `dead` and `wait:<b>`/`run:<b>` histogram buckets; expires after ~25 h (see [`history`]) |
 //! | `{P:q:N}:stats` | hash | counters `completed`, `cancelled`, `ghosts`, `fence` |
 //! | `{P:q:N}:paused` | string | present while paused |
 //! | `{P:q:N}:j:<id>` | hash | the job: payload, state, attempts, fence, worker, timings, errors, result |
@@ -77,7 +79,8 @@
 //! enqueue 2 (`EXISTS`, `HSET`) plus one `LPUSH` per batch; fetch 2 (`HMGET`, `HSET`) plus one
 //! `RPOP`, one `ZADD` and a few constant checks per batch; complete 2 (`HSET`, `PEXPIRE`) plus
 //! one `ZMSCORE` (the fence check), one `ZREM`, one `LPUSH`, one `LTRIM` and one `HINCRBY` per
-//! batch.
+//! batch. The [`history`] (on by default) adds no command per job: one `HINCRBY` per
+//! distinct history field and one `EXPIRE … NX` per script call.
 //!
 //! [`enqueue`]: Queue::enqueue
 //! [`fetch`]: Queue::fetch
@@ -99,6 +102,7 @@ mod attempt;
 mod control;
 mod enqueue;
 mod error;
+pub mod history;
 mod inspect;
 mod job;
 mod policy;
@@ -112,8 +116,12 @@ use std::time::Duration;
 use redis::{ScriptInvocation, Value};
 
 pub use attempt::Cycle;
+pub use control::{MAX_BULK, Removed};
 pub use error::QueueError;
-pub use inspect::{MAX_OFFSET, MAX_PAGE, POSITION_SCAN_MAX};
+pub use inspect::{
+    MAX_OFFSET, MAX_PAGE, POSITION_SCAN_MAX, RUNNING_SCAN_MAX, SEARCH_BYTES_MAX, SEARCH_SCAN_MAX,
+    SearchResult,
+};
 pub use job::{
     Ack, CancelOutcome, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord,
     JobInfo, JobLease, JobResult, JobState, LeaseState, NewJob, QueueCounts, RescueReport,
@@ -170,6 +178,8 @@ struct Inner {
     active: String,
     dead: String,
     completed: String,
+    cancelled: String,
+    history: String,
     stats: String,
     paused: String,
     idle: String,
@@ -194,6 +204,8 @@ impl Queue {
             active: qk.active(),
             dead: qk.dead(),
             completed: qk.completed(),
+            cancelled: qk.cancelled(),
+            history: qk.history_prefix(),
             stats: qk.stats(),
             paused: qk.paused(),
             idle: qk.idle(),

@@ -69,9 +69,9 @@ pub struct QueuePolicy {
     pub result_ttl: Duration,
     /// Dead jobs kept for inspection; beyond it the oldest are deleted.
     pub dead_max: usize,
-    /// Entries of the completed-jobs index kept for listing (newest first, at least 1); older
-    /// entries are dropped from the index (their jobs still expire on their own after
-    /// `result_ttl`).
+    /// Entries of the completed-jobs index kept for listing (newest first, at least 1), and
+    /// of the cancelled-jobs index likewise; older entries are dropped from the index (their
+    /// jobs still expire on their own after `result_ttl`).
     pub completed_index_max: usize,
     /// Error records kept per job (the newest).
     pub errors_kept: usize,
@@ -82,6 +82,9 @@ pub struct QueuePolicy {
     /// Due delayed or retrying jobs moved to the wait list per sorted set per fetch or sweep
     /// step, bounding the work of one script call.
     pub promote_chunk: usize,
+    /// Whether the complete, fail and sweep scripts add to the queue's per-minute history
+    /// (`EXAI_QUEUE_HISTORY`, see [`crate::queue::history`]).
+    pub history: bool,
 }
 
 impl Default for QueuePolicy {
@@ -96,6 +99,7 @@ impl Default for QueuePolicy {
             errors_kept: 5,
             cron_dedup_window: Duration::from_secs(7 * 24 * 3600),
             promote_chunk: 1000,
+            history: true,
         }
     }
 }
@@ -106,6 +110,7 @@ impl QueuePolicy {
         Self {
             lease: jobs.lease,
             result_ttl: jobs.result_ttl,
+            history: jobs.history,
             ..Self::default()
         }
     }
@@ -113,6 +118,11 @@ impl QueuePolicy {
     /// The policy's lease in whole milliseconds (at least 1).
     pub(crate) fn lease_ms(&self) -> u64 {
         millis(self.lease).max(1)
+    }
+
+    /// The scripts' "write the history" argument.
+    pub(crate) fn history_flag(&self) -> &'static str {
+        if self.history { "1" } else { "0" }
     }
 
     /// The retention in whole milliseconds (at least 1).

@@ -162,6 +162,18 @@ script!(
     /// A queued job's place in the wait list, from a bounded search.
     POSITION = "lua/position.lua"
 );
+script!(
+    /// The last minutes of a queue's history.
+    HISTORY = "lua/history.lua"
+);
+script!(
+    /// Jobs whose payload contains a text, from a bounded scan of one state's index.
+    SEARCH = "lua/search.lua"
+);
+script!(
+    /// Running attempts per lease holder, from a bounded read of the active set.
+    RUNNING = "lua/running.lua"
+);
 
 #[cfg(test)]
 mod tests {
@@ -184,6 +196,9 @@ mod tests {
         ("counts", include_str!("lua/counts.lua")),
         ("list", include_str!("lua/list.lua")),
         ("position", include_str!("lua/position.lua")),
+        ("history", include_str!("lua/history.lua")),
+        ("search", include_str!("lua/search.lua")),
+        ("running", include_str!("lua/running.lua")),
     ];
 
     /// The names a script's text defines at top level, in order.

@@ -25,6 +25,10 @@
 //!    theirs.
 //! 10. **In-process engine** ([`engine`]): the same warm drain of `jobs` and the same latency
 //!     phase through one apalis worker in this process, which also stamps the handler's start.
+//! 11. **History cost** (with `--history-cost`, [`history_cost`]): the cold process phase again,
+//!     `history_rounds` times each with the queue's per-minute history on and off
+//!     (`EXAI_QUEUE_HISTORY`), alternating which goes first, each on a fresh backlog of `jobs`:
+//!     both rates, their ratio and the Redis CPU per job of each.
 //!
 //! Each phase's Redis CPU (from `INFO cpu`) and client CPU (`/proc`) is recorded with it. Every
 //! key lives under the run's prefix; [`cleanup`] deletes them.
@@ -99,6 +103,9 @@ pub struct Options {
     pub bullmq_bin: Option<PathBuf>,
     /// The `exai-worker` binary.
     pub worker_bin: PathBuf,
+    /// Rounds of the history-cost phase, each a cold drain with the history on and one with it
+    /// off (0 skips the phase).
+    pub history_rounds: u64,
 }
 
 /// How long one drain may take before the run gives up: generous, so a slow engine still ends
@@ -184,6 +191,7 @@ pub async fn run(opts: Options, prefix: String, stop: CancellationToken) -> anyh
         "protocol_jobs": opts.protocol_jobs,
         "protocol_batches": opts.protocol_batches,
         "retention_jobs": opts.retention_jobs,
+        "history_rounds": opts.history_rounds,
         "redis_url": redact(&opts.redis_url),
         "prefix": prefix,
         "worker_bin": opts.worker_bin.display().to_string(),
@@ -204,6 +212,9 @@ pub async fn run(opts: Options, prefix: String, stop: CancellationToken) -> anyh
         retention(&mut ctx, &mut report, &prefix).await?;
     }
     worker_processes(&mut ctx, &mut report, &prefix).await?;
+    if ctx.opts.history_rounds > 0 {
+        history_cost(&mut ctx, &mut report, &prefix).await?;
+    }
     if let Some(bin) = ctx.opts.bullmq_bin.clone() {
         let theirs = bullmq::run(&mut ctx, &mut report, &prefix, &bin).await?;
         side_by_side(&mut report, &theirs);
@@ -668,6 +679,129 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
     progress("stopping the worker processes");
     ctx.workers_cpu += procs_cpu_secs(&pids);
     workers.stop(Duration::from_secs(15)).await
+}
+
+/// Phase 11: what the per-minute history costs the cold process rate. Each round drains a
+/// fresh backlog of `jobs` through `workers` new worker processes once with
+/// `EXAI_QUEUE_HISTORY=true` and once with `false` (which goes first alternates), each on a
+/// prefix of its own; the rows are each mode's jobs over its summed drain time, the ratio
+/// on ÷ off, and the Redis CPU per job of each. A drain with the history on must leave every
+/// job in the history, one with it off none.
+async fn history_cost(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyhow::Result<()> {
+    let o = ctx.opts.clone();
+    let mut totals = [(0u64, 0.0f64, Usage::default()); 2];
+    for round in 0..o.history_rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for on in order {
+            let mode = if on { "on" } else { "off" };
+            progress(&format!(
+                "history cost, round {}/{}: process, cold, history {mode}: {} exai-worker processes × {} on a backlog of {}",
+                round + 1,
+                o.history_rounds,
+                o.workers,
+                o.concurrency,
+                o.jobs
+            ));
+            let cfg = config(&o.redis_url, &format!("{prefix}-hist{round}{mode}"))?;
+            let (q, keys) = queue(&ctx.conn, &cfg);
+            phases::enqueue_bulk(&q, &ctx.payload, o.jobs, o.batch, 1).await?;
+            let mut stats = Tracker::start(&o.redis_url, &[keys.stats()]).await?;
+            stats.clear();
+            let meter = Meter::start(&mut ctx.info, 0.0).await?;
+            let t0 = Instant::now();
+            let mut workers = WorkerProcs::spawn_env(
+                &o.worker_bin,
+                o.workers,
+                o.concurrency,
+                &o.redis_url,
+                &cfg.redis.prefix,
+                &[("EXAI_QUEUE_HISTORY", if on { "true" } else { "false" })],
+            )?;
+            let done = phases::wait_completed(
+                &q,
+                &mut stats,
+                o.jobs,
+                Some(&mut workers),
+                drain_limit(o.jobs),
+            )
+            .await?;
+            let pids = workers.pids();
+            let usage = meter.stop(&mut ctx.info, procs_cpu_secs(&pids)).await?;
+            ctx.workers_cpu += procs_cpu_secs(&pids);
+            workers.stop(Duration::from_secs(15)).await?;
+            drop(stats);
+            let recorded: u64 = q
+                .history(o.drain_minutes())
+                .await?
+                .iter()
+                .map(|m| m.completed)
+                .sum();
+            let want = if on { o.jobs } else { 0 };
+            anyhow::ensure!(
+                recorded == want,
+                "history {mode}: {recorded} completions in the history, expected {want}"
+            );
+            let slot = &mut totals[usize::from(!on)];
+            slot.0 += o.jobs;
+            slot.1 += (done - t0).as_secs_f64();
+            slot.2 += usage;
+            cleanup(&o.redis_url, &cfg.redis.prefix).await?;
+        }
+    }
+    let label = |mode: &str| {
+        format!(
+            "process, cold, history {mode}: {} worker processes × {}, {} × {} jobs",
+            o.workers, o.concurrency, o.history_rounds, o.jobs
+        )
+    };
+    let [
+        (on_jobs, on_secs, on_usage),
+        (off_jobs, off_secs, off_usage),
+    ] = totals;
+    let on = report.rate(
+        "process_history_on_per_s",
+        label("on"),
+        "jobs/s",
+        on_jobs,
+        on_secs,
+        Some(on_usage),
+    );
+    let off = report.rate(
+        "process_history_off_per_s",
+        label("off"),
+        "jobs/s",
+        off_jobs,
+        off_secs,
+        Some(off_usage),
+    );
+    report.ratio(
+        "history_process_ratio",
+        "process rate, cold: history on ÷ history off (1.0 = free)".to_owned(),
+        ratio(on, off),
+    );
+    report.ratio(
+        "history_redis_cpu_ratio",
+        "Redis CPU per job: history on ÷ history off".to_owned(),
+        ratio(
+            on_usage.redis_us_per(on_jobs),
+            off_usage.redis_us_per(off_jobs),
+        ),
+    );
+    Ok(())
+}
+
+impl Options {
+    /// Minutes of history that cover one drain of `jobs` (the drain limit, and one more for
+    /// the minute it started in), at most a day.
+    fn drain_minutes(&self) -> u32 {
+        u32::try_from(drain_limit(self.jobs).as_secs() / 60 + 2)
+            .unwrap_or(u32::MAX)
+            .min(exai_shared::queue::history::MAX_MINUTES)
+    }
 }
 
 /// `a ÷ b`, 0 when `b` is not positive.

@@ -210,17 +210,31 @@ impl WorkerProcs {
         redis_url: &str,
         prefix: &str,
     ) -> anyhow::Result<Self> {
+        Self::spawn_env(bin, n, concurrency, redis_url, prefix, &[])
+    }
+
+    /// [`WorkerProcs::spawn`] with `extra` variables in the workers' environment.
+    pub fn spawn_env(
+        bin: &Path,
+        n: usize,
+        concurrency: usize,
+        redis_url: &str,
+        prefix: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         ensure_built(bin, "--worker-bin")?;
         let concurrency = concurrency.to_string();
+        let mut env = vec![
+            ("REDIS_URL", redis_url),
+            ("EXAI_REDIS_PREFIX", prefix),
+            ("EXAI_AUTO_MIGRATE", "false"),
+        ];
+        env.extend_from_slice(extra);
         Self::spawn_with(
             bin,
             n,
             &["run", "--queues", TOOL_CALLS, "--concurrency", &concurrency],
-            &[
-                ("REDIS_URL", redis_url),
-                ("EXAI_REDIS_PREFIX", prefix),
-                ("EXAI_AUTO_MIGRATE", "false"),
-            ],
+            &env,
             &format!("{prefix}-worker"),
         )
     }

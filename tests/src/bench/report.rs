@@ -117,6 +117,10 @@ pub const QUEUE_LEGEND: &[&str] = &[
      sampled after each chunk (median of each half of the jobs, and the peak), and once DBSIZE is back to \
      where it was (give or take the queue's own keys) or stops falling. Flat: the second half's median \
      about the first's.",
+    "history cost (--history-cost): the cold process phase again on fresh backlogs, each round once with \
+     EXAI_QUEUE_HISTORY=true and once with false (alternating which goes first), new worker processes each \
+     time; each mode's rate is its jobs over its summed drain times, and the ratio on ÷ off is what the \
+     per-minute history costs (1.0 = nothing).",
     "backlog ratios: per-job time (1 / warm rate) and Redis CPU per job at the large backlog ÷ the same at \
      the small one; 1.0 means the per-job cost does not depend on the backlog. The small rounds include \
      each round's ramp-up and ramp-down, and their rate is the noisier of the two.",

@@ -343,6 +343,14 @@ struct QueueArgs {
     /// Skip the BullMQ Rust port baseline.
     #[arg(long)]
     no_bullmq: bool,
+    /// Also measure what the queue's per-minute history costs: the cold process phase again,
+    /// --history-rounds times with EXAI_QUEUE_HISTORY=true and as many with false, printing
+    /// both rates and their ratio.
+    #[arg(long)]
+    history_cost: bool,
+    /// Rounds of --history-cost (each drains --jobs twice: history on, history off).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    history_rounds: u64,
     /// The `exai-worker` binary (default: next to this executable).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
@@ -395,6 +403,11 @@ impl QueueArgs {
                 Some(std::env::current_exe().context("locate exai-bench")?)
             },
             worker_bin,
+            history_rounds: if self.history_cost {
+                self.history_rounds
+            } else {
+                0
+            },
         })
     }
 }

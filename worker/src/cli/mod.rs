@@ -8,7 +8,7 @@
 //! otherwise. Commands that only touch Redis never open a Postgres connection.
 //!
 //! - [`cleanup`]: `cleanup [--dry-run] [--json]`, the orphan cleanup run in this process.
-//! - [`queue`]: `queue stats | list | show | retry | kill | pause | resume`.
+//! - [`queue`]: `queue stats | list | history | show | retry | kill | pause | resume`.
 //! - [`sem`]: `sem`, the fleet-wide semaphores and their live leases.
 //! - [`storage`]: `storage retry-failed` (and the older `storage redrive`).
 //! - [`files`]: `files list`, the `provider_file_uploads` rows.

@@ -1,9 +1,11 @@
-//! `exai-worker queue …`: counts, listing, one job, retry, kill, pause and resume. Redis only.
+//! `exai-worker queue …`: counts, listing, history, one job, retry, kill, pause and resume.
+//! Redis only.
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use exai_shared::Config;
-use exai_shared::inspect::{QueuesReport, find_job, queue_named};
+use exai_shared::inspect::{HistoryReport, Percentiles, QueuesReport, find_job, queue_named};
+use exai_shared::queue::history::MAX_MINUTES;
 use exai_shared::queue::{CancelOutcome, JobInfo, JobState, MAX_PAGE, Queue};
 use serde::Serialize;
 
@@ -19,6 +21,9 @@ pub enum QueueCommand {
     Stats(JsonArg),
     /// One page of a queue's jobs in one state (default: queued, in the order they will run).
     List(ListArgs),
+    /// A queue's last minutes, one line per minute (UTC): attempts completed, failed, retried
+    /// and dead, and the p50 and p95 of wait (last due → start) and run time.
+    History(HistoryArgs),
     /// Everything known about one job, in whichever queue holds it: attempts, errors, lease
     /// holder, timings, result.
     Show(ShowArgs),
@@ -49,7 +54,7 @@ pub struct JsonArg {
 pub struct ListArgs {
     /// The queue (tool_calls, uploads, storage_push, cleanup).
     pub queue: String,
-    /// The state: queued, scheduled, running, retrying, dead or completed.
+    /// The state: queued, scheduled, running, retrying, dead, completed or cancelled.
     #[arg(long, default_value = "queued", value_parser = listable_state)]
     pub state: JobState,
     /// The most jobs to print.
@@ -59,6 +64,19 @@ pub struct ListArgs {
     #[arg(long, default_value_t = 0)]
     pub offset: u32,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `queue history`.
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// The queue (tool_calls, uploads, storage_push, cleanup).
+    pub queue: String,
+    /// How many minutes, up to now (at most a day).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=MAX_MINUTES as i64))]
+    pub minutes: u32,
+    /// Print JSON (the admin API's shape) instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -107,17 +125,14 @@ pub struct QueueArgs {
     pub json: bool,
 }
 
-/// Parses a `--state` value: any state with an index (cancelled jobs have none).
+/// Parses a `--state` value.
 fn listable_state(s: &str) -> Result<JobState, String> {
-    match JobState::parse(s) {
-        Some(JobState::Cancelled) => {
-            Err("cancelled jobs are not listed (look one up with `queue show <job-id>`)".to_owned())
-        }
-        Some(state) => Ok(state),
-        None => Err(format!(
-            "unknown state `{s}` (states: queued, scheduled, running, retrying, dead, completed)"
-        )),
-    }
+    JobState::parse(s).ok_or_else(|| {
+        format!(
+            "unknown state `{s}` (states: {})",
+            JobState::ALL.map(JobState::as_str).join(", ")
+        )
+    })
 }
 
 /// Runs one `queue` subcommand.
@@ -126,6 +141,7 @@ pub async fn run(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
     match command {
         QueueCommand::Stats(a) => stats(&queues, a.json).await,
         QueueCommand::List(a) => list(&queues, &a).await,
+        QueueCommand::History(a) => history(named(&queues, &a.queue)?, a.minutes, a.json).await,
         QueueCommand::Show(a) => show(&queues, &a.job_id, a.json).await,
         QueueCommand::Retry(a) => match (&a.job_id, &a.all_dead) {
             (Some(id), _) => retry_one(&queues, id, a.json).await,
@@ -241,6 +257,59 @@ async fn list(queues: &[Queue], a: &ListArgs) -> anyhow::Result<()> {
     }
     finish_table(&mut t, &[2]);
     print_table(&t);
+    Ok(())
+}
+
+/// `queue history`: prints [`HistoryReport`], one row per minute, oldest first.
+async fn history(q: &Queue, minutes: u32, json: bool) -> anyhow::Result<()> {
+    let report = HistoryReport::collect(q, minutes)
+        .await
+        .context("read the queue history")?;
+    if json {
+        return print_json(&report);
+    }
+    let mut t = table([
+        "MINUTE (UTC)",
+        "COMPLETED",
+        "FAILED",
+        "RETRIED",
+        "DEAD",
+        "WAIT P50",
+        "WAIT P95",
+        "RUN P50",
+        "RUN P95",
+    ]);
+    let ms = |p: Option<u64>| or_dash(p.map(format_duration_ms));
+    let both = |p: &Percentiles| [ms(p.p50), ms(p.p95)];
+    for m in &report.history {
+        let [wait50, wait95] = both(&m.wait_ms);
+        let [run50, run95] = both(&m.run_ms);
+        t.add_row([
+            m.minute.trim_end_matches(":00Z").replace('T', " "),
+            m.completed.to_string(),
+            m.failed.to_string(),
+            m.retried.to_string(),
+            m.dead.to_string(),
+            wait50,
+            wait95,
+            run50,
+            run95,
+        ]);
+    }
+    finish_table(&mut t, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    print_table(&t);
+    let total = |f: fn(&exai_shared::inspect::HistoryEntry) -> u64| -> u64 {
+        report.history.iter().map(f).sum()
+    };
+    say!(
+        "{} minutes of {}: {} completed, {} failed ({} retried, {} dead)",
+        report.minutes,
+        q.name(),
+        total(|m| m.completed),
+        total(|m| m.failed),
+        total(|m| m.retried),
+        total(|m| m.dead)
+    );
     Ok(())
 }
 

@@ -14,7 +14,7 @@ if how == 'wait' then
   local r = redis.call('LRANGE', KEYS[1], -(offset + limit), -(offset + 1))
   for i = #r, 1, -1 do ids[#ids + 1] = r[i]; scores[#scores + 1] = -1 end
 elseif how == 'list' then
-  -- A capped list kept newest first (the completed index).
+  -- A capped list kept newest first (the completed and cancelled indexes).
   local r = redis.call('LRANGE', KEYS[1], offset, offset + limit - 1)
   for i = 1, #r do ids[#ids + 1] = r[i]; scores[#scores + 1] = -1 end
 else

@@ -103,6 +103,55 @@ local function register_idle(idle_key, handoff_key, worker, idle_ms, takes_hand_
   end
 end
 
+-- The per-minute history of a queue: one hash per minute, `<history prefix><minute start in
+-- Unix seconds>`, with counters `completed`, `failed`, `retried`, `dead` and two histograms of
+-- durations in ms, `wait:<bucket>` (from when the attempt's job was last due to its start,
+-- counted in the minute it started) and `run:<bucket>` (from its start to its end, counted in
+-- the minute it ended). Each hash expires HISTORY_TTL seconds after its first write, so the
+-- history holds the last day and a bit, whatever the traffic.
+local HISTORY_TTL = 90000
+
+-- The histogram bucket of a duration of `ms` milliseconds: 0 below 1 ms, then bucket b
+-- (1 to 22) holds [2^(b-1), 2^b) ms, and 23 everything from 2^22 ms (70 minutes) up.
+local function history_bucket(ms)
+  if ms < 1 then return 0 end
+  local _, e = math.frexp(ms)
+  if e > 23 then return 23 end
+  return e
+end
+
+-- What one script call adds to the history: counters by name, and the two histograms' counts
+-- by bucket number (`wait`, `run`), so a job costs no string work.
+local function history_new()
+  return { wait = {}, run = {} }
+end
+
+-- Counts one duration of `ms` milliseconds in histogram `name` ('wait' or 'run') of `add`.
+local function history_add(add, name, ms)
+  local hist = add[name]
+  local b = history_bucket(ms)
+  hist[b] = (hist[b] or 0) + 1
+end
+
+-- Adds `add` (see `history_new`) to the history hash of the minute of `now` under prefix `hp`,
+-- one HINCRBY per field; the hash's expiry is set when it has none (its first write).
+local function history_write(hp, add, now)
+  local hk = hp .. int(math.floor(now / 60000) * 60)
+  local any = false
+  for field, n in pairs(add) do
+    if field == 'wait' or field == 'run' then
+      for b, c in pairs(n) do
+        redis.call('HINCRBY', hk, field .. ':' .. b, c)
+        any = true
+      end
+    elseif n ~= 0 then
+      redis.call('HINCRBY', hk, field, n)
+      any = true
+    end
+  end
+  if any then redis.call('EXPIRE', hk, HISTORY_TTL, 'NX') end
+end
+
 -- Marks job hash `jk` as running attempt `a_s` (fence `fence_s`) of `worker` since `now_s` (all
 -- strings), and with `events` not '' publishes the job's `started` event on `<events><id>`.
 -- The caller adds the attempt's member to the active set.
@@ -116,7 +165,8 @@ end
 -- Hands the new job `id` (hash `jk`, already stored as queued) straight to idle worker `worker`
 -- whose hand-off terms are `terms`: publishes the lease and the payload on the worker's own
 -- channel and, when the worker's subscription received it, leases the job's first attempt to
--- that worker as a fetch would. The message is
+-- that worker as a fetch would (and, with the history prefix `q.hp` not '', counts its wait, 0,
+-- in the history). The message is
 -- `<fence> <attempt> <max attempts> <enqueued ms> <lease until ms> <id length>\n<id><payload>`.
 -- Returns false when nobody received it (the job is left as it was).
 local function hand_off(q, jk, id, payload, max, worker, terms, channel, now)
@@ -131,6 +181,7 @@ local function hand_off(q, jk, id, payload, max, worker, terms, channel, now)
   if heard == 0 then return false end
   start_attempt(jk, id, '1', fence_s, worker, now_s, events)
   redis.call('ZADD', q.active, until_s, fence_s .. ':' .. id)
+  if q.hp ~= '' then history_write(q.hp, { wait = { [0] = 1 } }, now) end
   return true
 end
 
@@ -160,11 +211,15 @@ local function to_dead(jk, id, dead_key, jp, now, reason, dead_max)
   end
 end
 
--- Records that a job ended by cancellation; its hash expires after the retention time.
-local function finish_cancelled(jk, stats_key, now, ttl)
+-- Records that job `id` ended by cancellation: its hash expires after the retention time, and
+-- its id goes to the head of the cancelled index (list `cancelled_key`, newest first), trimmed
+-- to `keep` entries like the completed index.
+local function finish_cancelled(jk, id, stats_key, cancelled_key, keep, now, ttl)
   redis.call('HSET', jk, 's', 'cancelled', 'd', now)
   redis.call('PEXPIRE', jk, ttl)
   redis.call('HINCRBY', stats_key, 'cancelled', 1)
+  redis.call('LPUSH', cancelled_key, id)
+  redis.call('LTRIM', cancelled_key, 0, keep - 1)
 end
 
 -- Moves up to `limit` due jobs of sorted set `zkey` to the head of the wait list (earliest due
@@ -190,7 +245,7 @@ local HAND_OFF_MAX = 65536
 -- Creates the jobs whose keys are KEYS[first..] and whose arguments are four per job from
 -- ARGV[base + 1]: payload, delay ms, run-at ms (0 = none), max attempts. A job whose hash
 -- already exists is left alone. `q` holds the queue's keys: wait, scheduled, paused, idle,
--- handoff, active, stats. Ready jobs wake one idle worker (`wake_one`); a lone ready job with
+-- handoff, active, stats, jp (job prefix), hp (history prefix, '' = no history). Ready jobs wake one idle worker (`wake_one`); a lone ready job with
 -- nothing queued ahead of it is handed straight to that worker when it takes hand-offs
 -- (`hand_off`), which saves the worker its fetch. Returns one 1 (created) or 0 (duplicate) per
 -- job.
@@ -263,9 +318,11 @@ end
 -- a second of slack), so the next enqueue wakes it alone (`wake_one` on channel `wake`) or,
 -- with `takes_hand_offs`, hands it its job (`hand_off`); one that fills every slot it asked for
 -- unregisters it and, when jobs are left, wakes another idle worker.
+-- With `add` not nil, each leased job's wait (from when it was last due: enqueued, or its
+-- run-at time) is counted in `add` for the history.
 -- Returns {paused, next_due_in_ms or -1, more, lease_until, then per job:
 --          id, payload, attempt, max attempts, enqueued at, fence}
-local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_ms, takes_hand_offs, now)
+local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_ms, takes_hand_offs, add, now)
   if redis.call('EXISTS', k.paused) == 1 then return {1, -1, 0, 0} end
   local lease_until = now + lease_ms
   local jp = k.jp
@@ -287,11 +344,14 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
     budget = budget - #popped
     for _, id in ipairs(popped) do
       local jk = jp .. id
-      local h = redis.call('HMGET', jk, 's', 'p', 'a', 'm', 'e')
+      local h = redis.call('HMGET', jk, 's', 'p', 'a', 'm', 'e', 'r')
       if h[1] == 'queued' then
         ids[#ids + 1] = id
         h[1] = jk
         rows[#rows + 1] = h
+        if add then
+          history_add(add, 'wait', now - math.max(tonumber(h[5]) or now, tonumber(h[6]) or 0))
+        end
       else
         ghosts = ghosts + 1
       end
@@ -351,15 +411,17 @@ end
 
 -- Stores the results of `n` attempts and releases their leases, only where the attempt is
 -- still the running one (its `<fence>:<id>` member is in the active set). The attempts' job
--- hashes are KEYS[kj..]; their members and results alternate in ARGV from ARGV[a]. Completed
--- ids go to the head of the completed index, trimmed to `keep`. With `events` not '', each
--- completed job's `finished` event is published on `<events><id>`. `ttl` (ms) is a string.
+-- hashes are KEYS[kj..]; their members, results and start times (ms, as the fetch that leased
+-- them said) come three per attempt in ARGV from ARGV[a]. Completed ids go to the head of the
+-- completed index, trimmed to `keep`. With `events` not '', each completed job's `finished`
+-- event is published on `<events><id>`. `ttl` (ms) is a string. With `add` not nil, the
+-- completions and their run times are counted in `add` for the history (the caller writes it).
 -- Returns one 1 (done) or 0 (lease lost) per attempt, and how many were done.
-local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl, keep, events, now)
+local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl, keep, events, add, now)
   local res = {}
   if n == 0 then return res, 0 end
   local members = {}
-  for i = 1, n do members[i] = ARGV[a + 2 * (i - 1)] end
+  for i = 1, n do members[i] = ARGV[a + 3 * (i - 1)] end
   local scores = redis.call('ZMSCORE', k_active, unpack(members))
   local now_s = int(now)
   local done, live, seen = {}, {}, {}
@@ -368,10 +430,15 @@ local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl
     if scores[i] and not seen[m] then
       seen[m] = true
       local jk = KEYS[kj + i - 1]
-      redis.call('HSET', jk, 's', 'completed', 'x', ARGV[a + 2 * (i - 1) + 1], 'd', now_s)
+      local b = a + 3 * (i - 1)
+      redis.call('HSET', jk, 's', 'completed', 'x', ARGV[b + 1], 'd', now_s)
       redis.call('PEXPIRE', jk, ttl)
       local id = string.sub(jk, plen + 1)
       if events ~= '' then redis.call('PUBLISH', events .. id, '{"event":"finished"}') end
+      if add then
+        local started = tonumber(ARGV[b + 2])
+        if started and started > 0 then history_add(add, 'run', now - started) end
+      end
       done[#done + 1] = id
       live[#live + 1] = m
       res[i] = 1
@@ -384,6 +451,7 @@ local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl
     batched('LPUSH', k_completed, done)
     redis.call('LTRIM', k_completed, 0, keep - 1)
     redis.call('HINCRBY', k_stats, 'completed', #done)
+    if add then add['completed'] = (add['completed'] or 0) + #done end
   end
   return res, #done
 end

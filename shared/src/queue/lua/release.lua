@@ -1,6 +1,7 @@
 -- Fenced put-back of a running job without burning its attempt.
--- KEYS: 1 job hash, 2 active, 3 wait, 4 scheduled, 5 stats, 6 paused
--- ARGV: 1 job-prefix length, 2 active member (`<fence>:<id>`), 3 delay ms, 4 result ttl ms, 5 wake channel
+-- KEYS: 1 job hash, 2 active, 3 wait, 4 scheduled, 5 stats, 6 paused, 7 cancelled index
+-- ARGV: 1 job-prefix length, 2 active member (`<fence>:<id>`), 3 delay ms, 4 result ttl ms,
+--       5 wake channel, 6 cancelled index max
 -- Returns 0 lease lost, 1 put back, 2 ended as cancelled (a cancel was requested).
 local jk = KEYS[1]
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
@@ -8,7 +9,7 @@ local h = redis.call('HMGET', jk, 'a', 'c')
 local now = now_ms()
 local id = string.sub(jk, tonumber(ARGV[1]) + 1)
 if h[2] then
-  finish_cancelled(jk, KEYS[5], now, tonumber(ARGV[4]))
+  finish_cancelled(jk, id, KEYS[5], KEYS[7], tonumber(ARGV[6]), now, tonumber(ARGV[4]))
   return 2
 end
 local a = math.max((tonumber(h[1]) or 1) - 1, 0)

@@ -1,7 +1,10 @@
 -- Rescue jobs whose lease expired, and promote due delayed and retrying jobs, in bounded chunks.
--- KEYS: 1 active, 2 wait, 3 scheduled, 4 retry, 5 dead, 6 stats, 7 paused, 8 job prefix
--- ARGV: 1 max jobs per step, 2 result ttl ms, 3 dead max, 4 errors kept, 5 wake channel
+-- KEYS: 1 active, 2 wait, 3 scheduled, 4 retry, 5 dead, 6 stats, 7 paused, 8 job prefix,
+--       9 cancelled index, 10 history prefix
+-- ARGV: 1 max jobs per step, 2 result ttl ms, 3 dead max, 4 errors kept, 5 wake channel,
+--       6 cancelled index max, 7 1 = write the history
 -- Returns {rescued, dead, cancelled, promoted, more}
+-- The history counts each expired attempt as `failed`, and as `retried` (rescued) or `dead`.
 local now = now_ms()
 local max = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -14,6 +17,7 @@ local requeue = {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, max)
 if #expired > 0 then
   batched('ZREM', KEYS[1], expired)
+  local now_s = int(now)
   for _, member in ipairs(expired) do
     local fence, id = split_member(member)
     local jk = jp .. id
@@ -24,18 +28,24 @@ if #expired > 0 then
       local msg = 'lease expired: worker ' .. (h[5] or '?') .. ' died or stalled'
       push_error(jk, keep, a, now, 'lease', msg)
       if h[4] then
-        finish_cancelled(jk, KEYS[6], now, ttl)
+        finish_cancelled(jk, id, KEYS[6], KEYS[9], tonumber(ARGV[6]), now, ttl)
         cancelled = cancelled + 1
       elseif a >= m then
         to_dead(jk, id, KEYS[5], jp, now, msg .. ' (attempt ' .. a .. ' of ' .. m .. ')', dead_max)
         dead = dead + 1
       else
-        redis.call('HSET', jk, 's', 'queued')
+        -- Due again now: the next attempt's wait counts from the rescue.
+        redis.call('HSET', jk, 's', 'queued', 'r', now_s)
         requeue[#requeue + 1] = id
         rescued = rescued + 1
       end
     end
   end
+end
+if ARGV[7] == '1' and rescued + dead + cancelled > 0 then
+  local add = history_new()
+  add['failed'], add['retried'], add['dead'] = rescued + dead + cancelled, rescued, dead
+  history_write(KEYS[10], add, now)
 end
 if #requeue > 0 then
   local rev = {}
