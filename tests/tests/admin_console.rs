@@ -973,6 +973,22 @@ async fn the_page_charts_the_history_and_lists_the_workers_in_a_browser() {
         }
     }
 
+    // Cancelled jobs are listed on the page too (`#state=cancelled` picks the view).
+    q.enqueue(&echo("page-later", json!({})).with_delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    q.cancel("page-later").await.unwrap();
+    let dom = exai_tests::chromium::run(
+        &format!("{url}&state=cancelled"),
+        &["--virtual-time-budget=8000".into(), "--dump-dom".into()],
+    )
+    .await;
+    let jobs = element(&dom, "jobs", "</table>");
+    assert!(
+        jobs.contains(r#"data-job-id="page-later""#) && jobs.contains("<td>cancelled</td>"),
+        "{jobs}"
+    );
+
     // A screenshot, kept as the test's artifact.
     let dir = exai_tests::bin_path("exai-daemon")
         .parent()

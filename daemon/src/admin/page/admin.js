@@ -26,8 +26,9 @@ const state = {
   timer: null,
 };
 
-// `#token=...` gives the token, `#job=<id>` opens a job's details; the token is then removed
-// from the address bar (and so from the history).
+// `#token=...` gives the token, `#job=<id>` opens a job's details, `#queue=<name>` and
+// `#state=<state>` choose the jobs shown; the fragment is then removed from the address bar (and
+// so the token from the history).
 function readHash() {
   const params = new URLSearchParams(location.hash.slice(1));
   const token = params.get("token");
@@ -36,7 +37,11 @@ function readHash() {
     sessionStorage.setItem(TOKEN_KEY, token);
   }
   state.detailId = params.get("job") || null;
-  if (token || state.detailId) {
+  state.wantQueue = params.get("queue") || null;
+  const jobState = params.get("state");
+  const select = document.getElementById("jobs-state");
+  if (jobState && [...select.options].some((o) => o.value === jobState)) select.value = jobState;
+  if (location.hash) {
     history.replaceState(null, "", location.pathname + location.search);
   }
 }
@@ -221,7 +226,8 @@ function renderQueues(report) {
   for (const id of ["jobs-queue", "history-queue", "search-queue"]) {
     const select = document.getElementById(id);
     if (select.options.length !== names.length) {
-      const keep = select.value || (names.includes("tool_calls") ? "tool_calls" : names[0]);
+      const keep = select.value || (names.includes(state.wantQueue) ? state.wantQueue : null) ||
+        (names.includes("tool_calls") ? "tool_calls" : names[0]);
       select.replaceChildren(...names.map((n) => el("option", {}, n)));
       if (names.includes(keep)) select.value = keep;
     }
