@@ -13,7 +13,7 @@
 //! - a wrong or missing token gets 401 with `WWW-Authenticate: Bearer`, a foreign `Origin` 403;
 //! - the stateless 2026-07-28 revision on the same path;
 //! - `exai-mcp` under the SDK's stdio client: list, call with progress, cancel;
-//! - the session limit (503) and the body limit (413), with plain HTTP.
+//! - the session limit (503), the body limit (413) and DELETE ending a session, with plain HTTP.
 
 use exai_shared::queue::{JobState, TOOL_CALLS};
 use exai_tests::daemon::TOKEN;
@@ -312,4 +312,33 @@ async fn sessions_and_bodies_are_bounded() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+
+    // DELETE ends the session: 200, its record gone, its id unknown (404).
+    let response = http
+        .delete(&url)
+        .bearer_auth(TOKEN)
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:mcp:session:*", stack.prefix))
+        .query_async(&mut stack.conn.clone())
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let response = http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(orphan.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
 }

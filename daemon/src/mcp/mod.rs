@@ -97,7 +97,14 @@ impl Mcp {
             Ok(req) => req,
             Err(response) => return response,
         };
-        self.service.handle(req).await.map(Body::new)
+        let delete = req.method() == Method::DELETE;
+        let mut response = self.service.handle(req).await.map(Body::new);
+        // rmcp answers a session's DELETE with 202; clients (the Python SDK among them) expect
+        // a plain success.
+        if delete && response.status() == StatusCode::ACCEPTED {
+            *response.status_mut() = StatusCode::OK;
+        }
+        response
     }
 
     /// Whether the request carries the client token (`Authorization: Bearer …`); always true
