@@ -54,7 +54,7 @@ pub(crate) async fn dispatch(conn: &Arc<Caller>, inbound: Inbound) -> Result<(),
     let reply = match request {
         Request::ListTools => ServerMessage::ListToolsRes(ListToolsRes {
             reply_to,
-            tools: tools::all().iter().map(tools::Tool::listing).collect(),
+            tools: tool_listing(),
         }),
         Request::Ping => ServerMessage::Pong(Pong { reply_to }),
         Request::Hello => error(
@@ -109,6 +109,13 @@ pub(crate) async fn dispatch(conn: &Arc<Caller>, inbound: Inbound) -> Result<(),
         }
     };
     conn.out.send(&reply).await
+}
+
+/// The tools a client may call, as `list_tools` shows them (`{name, description, inputSchema,
+/// annotations, outputSchema?}`): the one catalogue the WebSocket's `list_tools` and MCP's
+/// `tools/list` both answer with.
+pub(crate) fn tool_listing() -> Vec<Value> {
+    tools::all().iter().map(tools::Tool::listing).collect()
 }
 
 /// How the admission of a call ended.

@@ -28,6 +28,8 @@
 //! - [`limits`]: the connection counter; the limits it enforces (`EXAI_WS_MAX_CONNECTIONS`,
 //!   …) are read with the rest of the configuration.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`mcp`]: MCP at `/mcp` (Streamable HTTP, rmcp), answered by the calls layer, and the stdio
+//!   bridge of `exai-mcp`.
 //! - `resume`: the session's resume secret, issued by the hello and required to resume.
 //! - `session_calls`: a session's unfinished calls in Redis, capped at `EXAI_SESSION_MAX_QUEUED`.
 //! - `file_admin`: which `kimi_manage_files` operations need `EXAI_CLIENT_FILE_ADMIN`.
@@ -46,6 +48,7 @@ mod file_admin;
 mod follow;
 mod health;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub(crate) mod origin;
 mod outbox;

@@ -1,5 +1,6 @@
 //! The server: one port for WebSocket upgrades (any path) and plain HTTP (`GET /health`, which
-//! lists the live workers, `GET /ready`, `GET /metrics`, the admin API and page under `/admin`),
+//! lists the live workers, `GET /ready`, `GET /metrics`, the admin API and page under `/admin`,
+//! MCP at `/mcp`),
 //! routing, the WebSocket upgrade, and the run loop with its graceful shutdown.
 //!
 //! Why axum plus tokio-tungstenite: axum routes the HTTP endpoints on the same listener, served
@@ -34,6 +35,7 @@ use tower_service::Service;
 use crate::app::App;
 use crate::error::DaemonError;
 use crate::limits::{DaemonLimits, TcpSlot};
+use crate::mcp::{self, Mcp};
 use crate::{admin, connection, health, origin};
 
 /// Serves `listener` until `shutdown` fires: stops accepting, closes every socket with 1001,
@@ -58,10 +60,11 @@ pub async fn run(
 /// on a fresh connection and between keep-alive requests alike.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> Result<(), DaemonError> {
     let admin = admin::router(app.clone());
+    let mcp = Mcp::new(app.clone());
     let router = Router::new()
         .fallback(
             move |state: State<Arc<App>>, peer: ConnectInfo<SocketAddr>, req: Request| {
-                handle(state, peer, admin.clone(), req)
+                handle(state, peer, admin.clone(), mcp.clone(), req)
             },
         )
         .with_state(app.clone());
@@ -188,11 +191,13 @@ impl HttpConn {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Every request: the `Host` and `Origin` checks (see `origin`), then a WebSocket upgrade on
-/// any path, else the admin API and page under `/admin`, else the HTTP endpoints.
+/// any path, else MCP at `/mcp`, else the admin API and page under `/admin`, else the HTTP
+/// endpoints.
 async fn handle(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut admin: Router,
+    mcp: Mcp,
     req: Request,
 ) -> Response {
     if let Err(refusal) = origin::check_host(req.headers(), app.config.ws_is_loopback()) {
@@ -206,6 +211,9 @@ async fn handle(
             return refusal.into_response();
         }
         return upgrade(app, req, peer);
+    }
+    if req.uri().path() == mcp::PATH {
+        return mcp.handle(req).await;
     }
     if admin::is_api_path(req.uri().path())
         && let Err(refusal) = origin::check_origin(req.headers(), allowed, true)

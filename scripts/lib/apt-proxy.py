@@ -1,19 +1,30 @@
 #!/usr/bin/env python3
-"""A small forwarding HTTP proxy for apt inside scripts/fresh-check's chroot.
+"""A small forwarding HTTP proxy for apt and pip inside scripts/fresh-check's chroot.
 
 The chroot runs in a network namespace of its own, so it reaches nothing of the host but this
-proxy, which listens on the host end of the namespace's veth pair. apt sends it absolute
-`http://` URLs (Acquire::http::Proxy); it forwards GET and HEAD requests to the allowed hosts
-only (the Debian mirrors in the chroot's sources, given with --allow) and answers 403 to
-anything else. No CONNECT, no other scheme, no other port than 80.
+proxy, which listens on the host end of the namespace's veth pair. apt and pip send it absolute
+`http://` URLs (Acquire::http::Proxy, pip's `proxy`); it forwards GET and HEAD requests to the
+allowed hosts only and answers 403 to anything else. No CONNECT, no other scheme, no other port
+than 80.
+
+Two kinds of allowed hosts:
+- --allow HOST: fetched as asked, over plain HTTP (the Debian mirrors, whose packages apt
+  verifies with the archive's signatures).
+- --https HOST: PyPI (pypi.org, files.pythonhosted.org). The chroot asks for http://HOST/...;
+  the proxy fetches https://HOST/... with certificate verification, and in the package index
+  (/simple/ pages, HTML or JSON) it rewrites https://<an --https host>/ links to http:// so that
+  pip fetches the files through the proxy too. pip still checks every file against the sha256
+  the index (fetched over verified TLS) gives for it.
 
 Usage: apt-proxy.py --listen ADDRESS --port PORT --allow HOST [--allow HOST ...]
+                    [--https HOST ...]
 """
 
 import argparse
 import http.client
 import http.server
 import shutil
+import ssl
 import sys
 import urllib.parse
 
@@ -39,6 +50,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     allowed: frozenset = frozenset()
+    https: frozenset = frozenset()
 
     def do_GET(self):  # noqa: N802 (the name http.server dispatches to)
         self.forward()
@@ -48,14 +60,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def forward(self):
         url = urllib.parse.urlsplit(self.path)
-        if url.scheme != "http" or url.hostname not in self.allowed or (url.port or 80) != 80:
+        hosts = self.allowed | self.https
+        if url.scheme != "http" or url.hostname not in hosts or (url.port or 80) != 80:
             self.send_error(
-                403, "only http://HOST/ of " + ", ".join(sorted(self.allowed)) + " is forwarded"
+                403, "only http://HOST/ of " + ", ".join(sorted(hosts)) + " is forwarded"
             )
             return
         target = (url.path or "/") + ("?" + url.query if url.query else "")
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Host"] = url.hostname
+        if url.hostname in self.https:
+            self.forward_https(url.hostname, target, headers)
+            return
         upstream = http.client.HTTPConnection(url.hostname, 80, timeout=UPSTREAM_TIMEOUT_SECS)
         try:
             upstream.request(self.command, target, headers=headers)
@@ -82,6 +98,47 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finally:
             upstream.close()
 
+    def forward_https(self, host, target, headers):
+        """GET/HEAD https://HOST/TARGET (certificate verified); index pages have their links to
+        the --https hosts rewritten to http://, so the files come through this proxy too."""
+        index = target.startswith("/simple/")
+        if index:
+            # The body is rewritten: ask for it uncompressed.
+            headers["Accept-Encoding"] = "identity"
+        upstream = http.client.HTTPSConnection(
+            host, 443, timeout=UPSTREAM_TIMEOUT_SECS, context=ssl.create_default_context()
+        )
+        try:
+            upstream.request(self.command, target, headers=headers)
+            response = upstream.getresponse()
+            body = response.read() if index and self.command != "HEAD" else None
+        except OSError as err:
+            upstream.close()
+            self.send_error(502, f"{host}: {err}")
+            return
+        try:
+            if body is not None:
+                for other in self.https:
+                    body = body.replace(f"https://{other}/".encode(), f"http://{other}/".encode())
+            self.send_response_only(response.status, response.reason)
+            for name, value in response.getheaders():
+                if name.lower() in HOP_BY_HOP or (body is not None and name.lower() == "content-length"):
+                    continue
+                self.send_header(name, value)
+            if body is not None:
+                self.send_header("Content-Length", str(len(body)))
+            elif response.getheader("Content-Length") is None and self.command != "HEAD":
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            if body is not None:
+                self.wfile.write(body)
+            elif self.command != "HEAD" and response.status not in (204, 304):
+                shutil.copyfileobj(response, self.wfile, 64 * 1024)
+            self.log_request(response.status)
+        finally:
+            upstream.close()
+
     def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
         sys.stderr.write("%s %s\n" % (self.address_string(), format % args))
 
@@ -93,11 +150,19 @@ def main():
     parser.add_argument(
         "--allow", action="append", required=True, help="a host requests may go to (repeatable)"
     )
+    parser.add_argument(
+        "--https",
+        action="append",
+        default=[],
+        help="a host fetched over verified HTTPS, its index links rewritten (repeatable)",
+    )
     args = parser.parse_args()
     Handler.allowed = frozenset(args.allow)
+    Handler.https = frozenset(args.https)
     server = http.server.ThreadingHTTPServer((args.listen, args.port), Handler)
     server.daemon_threads = True
-    print(f"apt proxy on {args.listen}:{args.port} for {', '.join(args.allow)}", flush=True)
+    hosts = ", ".join(args.allow + args.https)
+    print(f"apt proxy on {args.listen}:{args.port} for {hosts}", flush=True)
     server.serve_forever()
 
 

@@ -273,9 +273,13 @@ TEST_TOOLS=(
 )
 
 ensure_test_tools() {
-  step "checking the tools the tests run (docker-compose, python3 with PyYAML, chromium, curl, kill, openssl)" \
-    "install them (as root: apt-get install docker-compose python3-yaml chromium curl procps openssl) and re-run"
+  step "checking the tools the tests run (docker-compose, python3 with PyYAML and venv, chromium, curl, kill, openssl)" \
+    "install them (as root: apt-get install docker-compose python3-yaml python3-venv chromium curl procps openssl) and re-run"
   ensure_commands "${TEST_TOOLS[@]}"
+  # The MCP tests build a virtual environment with the official MCP SDK (tests/mcp/).
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
   if ! python3 -c 'import yaml' >/dev/null 2>&1; then
     apt_install python3-yaml
     if ! python3 -c 'import yaml' >/dev/null 2>&1; then

@@ -158,6 +158,8 @@ pub struct WsConfig {
     pub progress_interval: Duration,
     /// The daemon's connection limits and timeouts.
     pub limits: WsLimits,
+    /// The MCP endpoint (`/mcp`) and its sessions.
+    pub mcp: McpConfig,
     /// Whether `DATABASE_URL` was set (not left to its default): only then does the daemon open
     /// a (lazy) Postgres pool, for the admin API's storage view.
     pub database_url_set: bool,
@@ -256,6 +258,34 @@ impl Default for WsLimits {
             http_header_timeout: Duration::from_secs(10),
             max_argument_bytes: 1024 * 1024,
             session_max_queued: 1000,
+        }
+    }
+}
+
+/// Settings of the daemon's MCP endpoint (`/mcp`, Streamable HTTP). Its calls are the
+/// WebSocket's calls: `EXAI_WS_SESSION_MAX_INFLIGHT`, `EXAI_SESSION_MAX_QUEUED`,
+/// `EXAI_MAX_ARGUMENT_BYTES` and `EXAI_WS_CALL_TIMEOUT_SECS` apply to an MCP session as they do
+/// to a WebSocket session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpConfig {
+    /// `EXAI_MCP_MAX_BODY_BYTES` (32 MiB, as `EXAI_WS_MAX_BYTES`): the largest body of one POST
+    /// to `/mcp`, counted while it is read; a bigger one is answered 413 unread.
+    pub max_body_bytes: usize,
+    /// `EXAI_MCP_MAX_SESSIONS` (1000): MCP sessions one daemon holds in memory. An `initialize`
+    /// beyond it is answered 503 (`Retry-After`); idle sessions leave memory after the call
+    /// timeout plus a minute and are restored from Redis on their next request.
+    pub max_sessions: usize,
+    /// `EXAI_MCP_SESSION_TTL_SECS` (86400): how long a session's record in Redis outlives its
+    /// last request. Past it the session is unknown (404) and its client initializes anew.
+    pub session_ttl: Duration,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_sessions: 1000,
+            session_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

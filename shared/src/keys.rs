@@ -83,6 +83,14 @@ impl Keys {
         format!("{}:session:{session_id}:calls", self.prefix)
     }
 
+    /// An MCP session's record: the JSON of its client's `initialize` parameters, so any daemon
+    /// can restore the session. Named by the hex SHA-256 of the session id (the id is the
+    /// client's credential for the session, so it is not written in a key name); its TTL is
+    /// `EXAI_MCP_SESSION_TTL_SECS`, renewed while the session is used.
+    pub fn mcp_session(&self, session_digest: &str) -> String {
+        format!("{}:mcp:session:{session_digest}", self.prefix)
+    }
+
     /// The pub/sub channel on which releases are announced.
     pub fn sem_released_channel(&self) -> String {
         format!("{}:sem:released", self.prefix)

@@ -75,6 +75,48 @@ impl Provider {
     }
 }
 
+/// A tool's MCP annotations: hints for a client about what calling it does (MCP
+/// `ToolAnnotations`; every field is set, so a client's defaults never apply). Hints, not
+/// guarantees: a client trusts them as far as it trusts this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hints {
+    /// `readOnlyHint`: the call changes nothing (a provider may still be billed).
+    pub read_only: bool,
+    /// `destructiveHint`: the call may remove or overwrite something.
+    pub destructive: bool,
+    /// `idempotentHint`: calling again with the same arguments has no further effect.
+    pub idempotent: bool,
+    /// `openWorldHint`: the call reaches outside the deployment (a model provider).
+    pub open_world: bool,
+}
+
+impl Hints {
+    /// Reads only, from a model provider (chat).
+    const PROVIDER_READ: Self = Self {
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        open_world: true,
+    };
+    /// Reads only, inside the deployment.
+    const LOCAL_READ: Self = Self {
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+
+    /// The hints as MCP `annotations`.
+    pub fn to_json(self) -> Value {
+        json!({
+            "readOnlyHint": self.read_only,
+            "destructiveHint": self.destructive,
+            "idempotentHint": self.idempotent,
+            "openWorldHint": self.open_world,
+        })
+    }
+}
+
 /// What a tool needs from the fleet to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Needs {
@@ -96,6 +138,11 @@ pub struct Tool {
     pub input_schema: Value,
     /// Arguments of a typical call, for docs/tools.md (a test checks they satisfy the schema).
     pub example: Value,
+    /// The JSON schema of its result, for tools whose result is one JSON object
+    /// (`outputSchema` in `list_tools`; MCP clients get it as `structuredContent` too).
+    pub output_schema: Option<Value>,
+    /// What calling it does, for MCP clients (`annotations` in `list_tools`).
+    pub hints: Hints,
     needs: Needs,
     validator: jsonschema::Validator,
 }
@@ -132,6 +179,7 @@ impl Tool {
         description: &'static str,
         schema: Value,
         example: Value,
+        hints: Hints,
         needs: Needs,
     ) -> Self {
         let validator = jsonschema::validator_for(&schema)
@@ -141,9 +189,17 @@ impl Tool {
             description,
             input_schema: schema,
             example,
+            output_schema: None,
+            hints,
             needs,
             validator,
         }
+    }
+
+    /// The same tool with an output schema.
+    fn with_output(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
     }
 
     /// Checks `arguments` against the input schema; the error names the failing path.
@@ -196,13 +252,19 @@ impl Tool {
         }
     }
 
-    /// The tool as `list_tools` shows it: `{name, description, inputSchema}`.
+    /// The tool as `list_tools` (and MCP `tools/list`) shows it: `{name, description,
+    /// inputSchema, annotations}`, and `outputSchema` when it has one.
     pub fn listing(&self) -> Value {
-        json!({
+        let mut listing = json!({
             "name": self.name,
             "description": self.description,
             "inputSchema": self.input_schema,
-        })
+            "annotations": self.hints.to_json(),
+        });
+        if let Some(output) = &self.output_schema {
+            listing["outputSchema"] = output.clone();
+        }
+        listing
     }
 }
 
@@ -300,6 +362,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 }
             }),
             json!({"prompt": "Summarise the plot of Hamlet in two sentences."}),
+            Hints::PROVIDER_READ,
             Needs::ModelProvider(DEFAULT_CHAT_MODEL),
         ),
         Tool::new(
@@ -318,6 +381,12 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 }
             }),
             json!({"files": ["/srv/exai/uploads/report.pdf"]}),
+            Hints {
+                read_only: false,
+                destructive: false,
+                idempotent: true,
+                open_world: true,
+            },
             Needs::Provider(Provider::Kimi),
         ),
         Tool::new(
@@ -338,6 +407,12 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 }
             }),
             json!({"filename": "notes.txt", "content_base64": "aGVsbG8gd29ybGQK"}),
+            Hints {
+                read_only: false,
+                destructive: false,
+                idempotent: true,
+                open_world: true,
+            },
             Needs::Provider(Provider::Kimi),
         ),
         Tool::new(
@@ -362,6 +437,7 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 }
             }),
             json!({"prompt": "What are the main findings?", "file_ids": ["d2k8f3a1b9c7"]}),
+            Hints::PROVIDER_READ,
             Needs::Provider(Provider::Kimi),
         ),
         Tool::new(
@@ -380,8 +456,19 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 }
             }),
             json!({"file_id": "d2k8f3a1b9c7"}),
+            Hints::LOCAL_READ,
             Needs::Nothing,
-        ),
+        )
+        .with_output(json!({
+            "type": "object",
+            "properties": {
+                "file_id": {"type": "string"},
+                "filename": {"type": "string"},
+                "sha256": {"type": "string"},
+                "size_bytes": {"type": "integer"},
+                "content_base64": {"type": "string"}
+            }
+        })),
         Tool::new(
             KIMI_MANAGE_FILES,
             "Manage uploaded files: list, delete (file_id), cleanup_orphaned, cleanup_expired; \
@@ -404,6 +491,12 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 "then": {"required": ["file_id"]}
             }),
             json!({"operation": "list", "limit": 20}),
+            Hints {
+                read_only: false,
+                destructive: true,
+                idempotent: true,
+                open_world: true,
+            },
             Needs::Provider(Provider::Kimi),
         ),
         Tool::new(
@@ -420,8 +513,11 @@ static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
                 }
             }),
             json!({"text": "hello"}),
+            Hints::LOCAL_READ,
             Needs::Nothing,
-        ),
+        )
+        // The result is the arguments object itself.
+        .with_output(json!({"type": "object", "additionalProperties": true})),
     ]
 });
 
@@ -448,7 +544,15 @@ mod tests {
             let l = t.listing();
             assert_eq!(l["name"], t.name);
             assert_eq!(l["inputSchema"]["type"], "object");
+            assert!(l["annotations"]["readOnlyHint"].is_boolean(), "{}", t.name);
+            if let Some(output) = &t.output_schema {
+                // MCP (2025-11-25) requires an object schema for structured results.
+                assert_eq!(output["type"], "object", "{}", t.name);
+                jsonschema::validator_for(output).unwrap();
+            }
         }
+        assert!(find(TEST_ECHO).unwrap().hints.read_only);
+        assert!(find(KIMI_MANAGE_FILES).unwrap().hints.destructive);
     }
 
     #[test]

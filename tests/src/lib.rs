@@ -10,7 +10,8 @@
 //! database, the `exai-sim` emulator ([`sim`]), upload directories, a daemon (a process or in
 //! the test's process, [`local_daemon`]) and workers. [`daemon`] holds the protocol client,
 //! [`uploads`] what the upload suites read off a stack, [`command`] a finished command's output
-//! and [`fuzz`] the generator of protocol-shaped JSON the fuzz tests share.
+//! and [`fuzz`] the generator of protocol-shaped JSON the fuzz tests share; [`mcp`] runs the
+//! official MCP Python SDK's driver scripts (`tests/mcp/`) against `/mcp` and `exai-mcp`.
 #![warn(missing_docs)]
 
 use std::future::Future;
@@ -24,6 +25,7 @@ pub mod command;
 pub mod daemon;
 pub mod fuzz;
 pub mod local_daemon;
+pub mod mcp;
 pub mod sim;
 pub mod stack;
 pub mod uploads;

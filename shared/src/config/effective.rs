@@ -108,6 +108,15 @@ impl Config {
                 Some(secs(l.http_header_timeout)),
             ),
             (
+                "EXAI_MCP_MAX_BODY_BYTES",
+                Some(ws.mcp.max_body_bytes.to_string()),
+            ),
+            (
+                "EXAI_MCP_MAX_SESSIONS",
+                Some(ws.mcp.max_sessions.to_string()),
+            ),
+            ("EXAI_MCP_SESSION_TTL_SECS", Some(secs(ws.mcp.session_ttl))),
+            (
                 "EXAI_WS_GLOBAL_MAX_INFLIGHT",
                 Some(s.global_limit.to_string()),
             ),

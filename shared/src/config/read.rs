@@ -233,6 +233,15 @@ impl Config {
                             .positive("EXAI_SESSION_MAX_QUEUED", d.session_max_queued)?,
                     }
                 },
+                mcp: {
+                    let d = McpConfig::default();
+                    McpConfig {
+                        max_body_bytes: v.positive("EXAI_MCP_MAX_BODY_BYTES", d.max_body_bytes)?,
+                        max_sessions: v.positive("EXAI_MCP_MAX_SESSIONS", d.max_sessions)?,
+                        session_ttl: v
+                            .positive_seconds("EXAI_MCP_SESSION_TTL_SECS", d.session_ttl)?,
+                    }
+                },
                 database_url_set: v.get("DATABASE_URL").is_some(),
             },
             redis: RedisConfig {

@@ -6,11 +6,17 @@ use super::*;
 
 // ----- ids ------------------------------------------------------------------------------------
 
-/// Whether a client-chosen session id is acceptable: 3 to 64 of `[A-Za-z0-9_-]`.
+/// The prefix of the sessions the daemon keeps for MCP clients (`/mcp`): no WebSocket client
+/// may name one.
+pub const MCP_SESSION_PREFIX: &str = "mcp_";
+
+/// Whether a client-chosen session id is acceptable: 3 to 64 of `[A-Za-z0-9_-]`, not starting
+/// with [`MCP_SESSION_PREFIX`].
 pub fn valid_session_id(s: &str) -> bool {
     (MIN_SESSION_ID_LEN..=MAX_SESSION_ID_LEN).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !s.starts_with(MCP_SESSION_PREFIX)
 }
 
 /// A fresh, unguessable session id (32 hex digits).

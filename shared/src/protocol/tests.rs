@@ -27,6 +27,7 @@ fn session_ids() {
     assert!(valid_session_id("abc"));
     assert!(valid_session_id("A-b_9"));
     assert!(!valid_session_id("ab"));
+    assert!(!valid_session_id("mcp_0123456789abcdef"));
     assert!(!valid_session_id(&"a".repeat(65)));
     assert!(!valid_session_id("a b c"));
     assert!(!valid_session_id("é-é"));

@@ -36,6 +36,7 @@
 pub mod bullmq;
 pub mod engine;
 pub mod idle;
+pub mod mcp;
 pub mod measure;
 pub mod phases;
 pub mod procs;

@@ -65,10 +65,10 @@ pub struct WsOptions {
 }
 
 /// The token the bench's daemon requires.
-const TOKEN: &str = "exai-bench-token-0123456789";
+pub(super) const TOKEN: &str = "exai-bench-token-0123456789";
 
 /// Calls each client makes before the clock starts (connections warm, scripts loaded).
-const WARMUP_CALLS: u64 = 20;
+pub(super) const WARMUP_CALLS: u64 = 20;
 
 /// How long one expected frame may take before the run gives up.
 const FRAME_WAIT: Duration = Duration::from_secs(30);
@@ -309,7 +309,7 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
 }
 
 /// `a ÷ b`, 0 when `b` is not positive.
-fn ratio(a: f64, b: f64) -> f64 {
+pub(super) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
@@ -364,7 +364,7 @@ async fn throughput(
 }
 
 /// One WebSocket client of the bench, past its hello.
-struct WsClient {
+pub(super) struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Distinguishes the client's request ids in messages.
     name: String,
@@ -373,7 +373,7 @@ struct WsClient {
 }
 
 /// Connects to `url` and says hello with the bench's token.
-async fn connect(url: &str, index: usize) -> anyhow::Result<WsClient> {
+pub(super) async fn connect(url: &str, index: usize) -> anyhow::Result<WsClient> {
     // Small frames, sent at once (no Nagle delay), as an interactive client would.
     let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
@@ -423,7 +423,7 @@ impl WsClient {
     /// Makes streaming `test_echo` calls, keeping up to `inflight` in flight: `n` of them, or —
     /// when `left` is given — as long as taking one from `left` succeeds. Returns each call's
     /// latency in milliseconds. A call that fails ends the run.
-    async fn calls(
+    pub(super) async fn calls(
         &mut self,
         n: u64,
         inflight: usize,
@@ -471,7 +471,7 @@ impl WsClient {
     }
 
     /// Closes the connection politely.
-    async fn close(mut self) {
+    pub(super) async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
 }

@@ -45,6 +45,9 @@ enum Command {
     /// The WebSocket daemon: streaming calls/s and latency, against the queue alone and raw
     /// Redis round trips.
     Ws(WsArgs),
+    /// MCP: tools/call through /mcp against call_tool through the WebSocket, same daemon, same
+    /// workers, one run.
+    Mcp(WsArgs),
     /// Uploads: files/s, MB/s and worker memory, against direct uploads to exai-sim.
     Uploads(UploadsArgs),
     /// Every benchmark in one run, each table in turn, then the headline numbers together.
@@ -443,6 +446,14 @@ async fn main() -> anyhow::Result<()> {
             let redis_url = options.redis_url.clone();
             guarded(&redis_url, args.json, |prefix| {
                 bench::ws::run(options, prefix)
+            })
+            .await
+        }
+        Command::Mcp(args) => {
+            let options = args.options()?;
+            let redis_url = options.redis_url.clone();
+            guarded(&redis_url, args.json, |prefix| {
+                bench::mcp::run(options, prefix)
             })
             .await
         }

@@ -1,0 +1,344 @@
+//! `exai-bench mcp`: `test_echo` through the daemon's `/mcp` endpoint (the official Rust SDK's
+//! Streamable HTTP client, one MCP session per client) against the same calls through the
+//! WebSocket, in one run on one Redis with the same worker processes and the same daemon.
+//!
+//! 1. `workers` × `exai-worker run --queues tool_calls` and one `exai-daemon` are spawned.
+//! 2. **WebSocket, one call at a time**, then **MCP, one call at a time**: `seq_calls` calls,
+//!    each sent once the previous result arrived (20 warm-up calls each).
+//! 3. **WebSocket throughput**, then **MCP throughput**: `clients` clients (connections,
+//!    sessions), each keeping `inflight` calls in flight, `calls` in all.
+//! 4. Ratios MCP ÷ WebSocket: what the MCP layer (HTTP request per call, SSE answer, JSON-RPC)
+//!    adds on top of the same enqueue and follower.
+//!
+//! The third baseline of issue 16 — the same upstream tool called directly by an MCP client —
+//! belongs with upstream MCP servers as tool providers; [`UPSTREAM_BASELINE`] marks its place in
+//! the report until they exist.
+//!
+//! A call's latency is taken by the client: from just before the request is sent until its
+//! result is read. Keys live under the run's prefix; the caller deletes them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::measure::{self, Meter, RunMeter, percentile, procs_cpu_secs, sorted};
+use super::procs::{DaemonProc, WorkerProcs};
+use super::report::Report;
+use super::ws::{self, TOKEN, WARMUP_CALLS, WsOptions, ratio};
+use super::{config, progress, redact};
+
+/// Where the upstream-tool baseline goes once upstream MCP servers run as tool providers.
+pub const UPSTREAM_BASELINE: &str = "not measured yet: the direct-call baseline (an upstream MCP \
+     server's tool called by an MCP client, without the queue) comes with upstream MCP servers \
+     as tool providers";
+
+/// How the numbers of `exai-bench mcp` were taken.
+pub const MCP_LEGEND: &[&str] = &[
+    "mcp: tools/call of test_echo with arguments {} through /mcp, rmcp's Streamable HTTP client, \
+     one MCP session (initialize handshake, 2025-11-25) per client; latency = from just before the \
+     request is sent until its result is read (the SSE answer, progress notifications in between).",
+    "ws: streaming call_tool of test_echo with arguments {}, as in exai-bench ws; latency = call_tool \
+     sent → call_tool_res received.",
+    "one at a time: one client, each call sent once the previous result arrived, 20 warm-up calls. \
+     Throughput: clients clients (connections for ws, sessions for mcp), 20 warm-up calls each, each \
+     keeping inflight calls in flight; timed from the first call until the last result.",
+    "ratios: mcp ÷ ws of the same run, same Redis, same daemon, same worker processes.",
+    "client CPU/call of the throughput rows: the exai-daemon and exai-worker processes.",
+];
+
+/// One MCP client of the bench: a session with the daemon.
+type McpClient = RunningService<RoleClient, ()>;
+
+/// Opens an MCP session at `url` with the bench's token, allowing `inflight` requests at once.
+async fn mcp_connect(url: &str, inflight: usize) -> anyhow::Result<McpClient> {
+    let config = StreamableHttpClientTransportConfig::with_uri(url)
+        .auth_header(TOKEN)
+        .max_concurrent_requests(inflight.max(1));
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .with_context(|| format!("open an MCP session at {url}"))
+}
+
+/// Makes `test_echo` calls on `client`, `inflight` at once: `n` of them, or — when `left` is
+/// given — as long as taking one from `left` succeeds. Returns each call's latency in ms.
+async fn mcp_calls(
+    client: &McpClient,
+    n: u64,
+    inflight: usize,
+    left: Option<Arc<AtomicU64>>,
+) -> anyhow::Result<Vec<f64>> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut lanes = JoinSet::new();
+    for _ in 0..inflight.max(1) {
+        let peer = client.peer().clone();
+        let (sent, left) = (sent.clone(), left.clone());
+        lanes.spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let take = match &left {
+                    Some(l) => l
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+                        .is_ok(),
+                    None => sent.fetch_add(1, Ordering::Relaxed) < n,
+                };
+                if !take {
+                    return anyhow::Ok(out);
+                }
+                let t0 = Instant::now();
+                let result = peer
+                    .call_tool(CallToolRequestParams::new("test_echo"))
+                    .await
+                    .context("tools/call")?;
+                anyhow::ensure!(result.is_error != Some(true), "a call failed: {result:?}");
+                out.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(lane) = lanes.join_next().await {
+        out.extend(lane??);
+    }
+    Ok(out)
+}
+
+/// Runs every phase under key prefix `prefix` and returns the report.
+pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
+    // reqwest's rustls is built without a crypto provider: use ring, as the daemon does.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let base = config(&opts.redis_url, &prefix)?;
+    let mut info = exai_shared::redis::RedisHandle::connect(&base.redis)
+        .await
+        .context("connect to redis")?;
+    progress("machine and Redis background load");
+    let machine = measure::machine(&mut info).await?;
+    let params = json!({
+        "clients": opts.clients,
+        "inflight": opts.inflight,
+        "calls": opts.calls,
+        "seq_calls": opts.seq_calls,
+        "workers": opts.workers,
+        "concurrency": opts.concurrency,
+        "redis_url": redact(&opts.redis_url),
+        "prefix": prefix,
+    });
+    let mut report = Report::new(machine, params).with_heading(
+        "exai-bench mcp — tools/call through /mcp against call_tool through the WebSocket, one run",
+        MCP_LEGEND,
+    );
+    let run_meter = RunMeter::start(&mut info).await?;
+
+    progress(&format!(
+        "starting {} exai-worker processes × {} and exai-daemon",
+        opts.workers, opts.concurrency
+    ));
+    let mut workers = WorkerProcs::spawn(
+        &opts.worker_bin,
+        opts.workers,
+        opts.concurrency,
+        &opts.redis_url,
+        &prefix,
+    )?;
+    let conns = (opts.clients * (opts.inflight + 1) + 10).to_string();
+    let daemon_env = [
+        ("EXAI_WS_TOKEN", TOKEN.to_owned()),
+        ("EXAI_WS_MAX_CONNECTIONS", conns.clone()),
+        ("EXAI_WS_MAX_CONNECTIONS_PER_IP", conns.clone()),
+        ("EXAI_WS_MAX_PENDING_HELLO_PER_IP", conns),
+        (
+            "EXAI_WS_SESSION_MAX_INFLIGHT",
+            opts.inflight.max(100).to_string(),
+        ),
+        ("EXAI_MCP_MAX_SESSIONS", (opts.clients + 10).to_string()),
+        ("EXAI_AUTO_MIGRATE", "false".to_owned()),
+    ];
+    let mut daemon =
+        DaemonProc::spawn(&opts.daemon_bin, &opts.redis_url, &prefix, &daemon_env).await?;
+    let ws_url = format!("ws://{}/", daemon.addr);
+    let mcp_url = format!("http://{}/mcp", daemon.addr);
+    let mut pids = workers.pids();
+    pids.extend(daemon.pid());
+
+    // One at a time.
+    progress(&format!("ws: {} calls one at a time", opts.seq_calls));
+    let mut client = ws::connect(&ws_url, 0).await?;
+    client.calls(WARMUP_CALLS, 1, None).await?;
+    let t0 = Instant::now();
+    let ws_seq = sorted(client.calls(opts.seq_calls, 1, None).await?);
+    let ws_seq_secs = t0.elapsed().as_secs_f64();
+    client.close().await;
+
+    progress(&format!("mcp: {} calls one at a time", opts.seq_calls));
+    let mcp = mcp_connect(&mcp_url, 1).await?;
+    mcp_calls(&mcp, WARMUP_CALLS, 1, None).await?;
+    let t0 = Instant::now();
+    let mcp_seq = sorted(mcp_calls(&mcp, opts.seq_calls, 1, None).await?);
+    let mcp_seq_secs = t0.elapsed().as_secs_f64();
+    let _ = mcp.cancel().await;
+    daemon.check()?;
+
+    for (who, secs, lat) in [
+        ("ws", ws_seq_secs, &ws_seq),
+        ("mcp", mcp_seq_secs, &mcp_seq),
+    ] {
+        report.rate(
+            &format!("{who}_seq_calls_per_s"),
+            format!("{who}: one client, one call at a time"),
+            "calls/s",
+            opts.seq_calls,
+            secs,
+            None,
+        );
+        for (p, tag) in [(0.5, "p50"), (0.99, "p99")] {
+            report.millis(
+                &format!("{who}_seq_latency_{tag}_ms"),
+                format!("{who} latency {tag}, one at a time"),
+                percentile(lat, p),
+            );
+        }
+    }
+
+    // Throughput.
+    progress(&format!(
+        "ws throughput: {} clients × {} in flight, {} calls",
+        opts.clients, opts.inflight, opts.calls
+    ));
+    let (ws_secs, ws_usage, ws_lat) = ws_throughput(&opts, &ws_url, &mut info, &pids).await?;
+    progress(&format!(
+        "mcp throughput: {} sessions × {} in flight, {} calls",
+        opts.clients, opts.inflight, opts.calls
+    ));
+    let (mcp_secs, mcp_usage, mcp_lat) = mcp_throughput(&opts, &mcp_url, &mut info, &pids).await?;
+    daemon.check()?;
+    workers.check()?;
+    let mut rates = Vec::new();
+    for (who, secs, usage, lat) in [
+        ("ws", ws_secs, ws_usage, ws_lat),
+        ("mcp", mcp_secs, mcp_usage, mcp_lat),
+    ] {
+        rates.push(report.rate(
+            &format!("{who}_calls_per_s"),
+            format!(
+                "{who}: {} clients × {} calls in flight, {} worker processes",
+                opts.clients, opts.inflight, opts.workers
+            ),
+            "calls/s",
+            opts.calls,
+            secs,
+            Some(usage),
+        ));
+        let lat = sorted(lat);
+        for (p, tag) in [(0.5, "p50"), (0.99, "p99")] {
+            report.millis(
+                &format!("{who}_latency_{tag}_ms"),
+                format!(
+                    "{who} latency {tag}, {} clients × {}",
+                    opts.clients, opts.inflight
+                ),
+                percentile(&lat, p),
+            );
+        }
+    }
+
+    for (i, tag) in ["p50", "p99"].iter().enumerate() {
+        let q = [0.5, 0.99][i];
+        report.ratio(
+            &format!("mcp_vs_ws_seq_latency_{tag}_ratio"),
+            format!("latency {tag}: mcp ÷ ws, one at a time"),
+            ratio(percentile(&mcp_seq, q), percentile(&ws_seq, q)),
+        );
+    }
+    report.ratio(
+        "mcp_vs_ws_rate_ratio",
+        "throughput: mcp calls/s ÷ ws calls/s (same concurrency)".to_owned(),
+        ratio(rates[1], rates[0]),
+    );
+    report.notes.push(format!(
+        "upstream tool called directly: {UPSTREAM_BASELINE}"
+    ));
+
+    progress("stopping exai-daemon and the worker processes");
+    let spent = procs_cpu_secs(&pids);
+    daemon.stop(Duration::from_secs(15)).await?;
+    workers.stop(Duration::from_secs(15)).await?;
+    report.load = Some(run_meter.stop(&mut info, spent).await?);
+    Ok(report)
+}
+
+/// The WebSocket throughput phase (as `exai-bench ws`'s): (seconds, usage, latencies in ms).
+async fn ws_throughput(
+    opts: &WsOptions,
+    url: &str,
+    info: &mut exai_shared::redis::RedisHandle,
+    pids: &[u32],
+) -> anyhow::Result<(f64, measure::Usage, Vec<f64>)> {
+    let mut clients = Vec::with_capacity(opts.clients);
+    for i in 0..opts.clients {
+        let mut c = ws::connect(url, i + 1).await?;
+        c.calls(WARMUP_CALLS, 1, None).await?;
+        clients.push(c);
+    }
+    let left = Arc::new(AtomicU64::new(opts.calls));
+    let meter = Meter::start(info, procs_cpu_secs(pids)).await?;
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for mut c in clients {
+        let (left, inflight) = (left.clone(), opts.inflight);
+        set.spawn(async move {
+            let samples = c.calls(u64::MAX, inflight, Some(&left)).await?;
+            c.close().await;
+            anyhow::Ok(samples)
+        });
+    }
+    let mut latencies = Vec::with_capacity(opts.calls as usize);
+    while let Some(r) = set.join_next().await {
+        latencies.extend(r??);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let usage = meter.stop(info, procs_cpu_secs(pids)).await?;
+    anyhow::ensure!(latencies.len() as u64 == opts.calls, "ws calls lost");
+    Ok((secs, usage, latencies))
+}
+
+/// The MCP throughput phase: `clients` sessions, `inflight` calls each.
+async fn mcp_throughput(
+    opts: &WsOptions,
+    url: &str,
+    info: &mut exai_shared::redis::RedisHandle,
+    pids: &[u32],
+) -> anyhow::Result<(f64, measure::Usage, Vec<f64>)> {
+    let mut clients = Vec::with_capacity(opts.clients);
+    for _ in 0..opts.clients {
+        let c = mcp_connect(url, opts.inflight).await?;
+        mcp_calls(&c, WARMUP_CALLS, 1, None).await?;
+        clients.push(c);
+    }
+    let left = Arc::new(AtomicU64::new(opts.calls));
+    let meter = Meter::start(info, procs_cpu_secs(pids)).await?;
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for c in clients {
+        let (left, inflight) = (left.clone(), opts.inflight);
+        set.spawn(async move {
+            let samples = mcp_calls(&c, u64::MAX, inflight, Some(left)).await?;
+            let _ = c.cancel().await;
+            anyhow::Ok(samples)
+        });
+    }
+    let mut latencies = Vec::with_capacity(opts.calls as usize);
+    while let Some(r) = set.join_next().await {
+        latencies.extend(r??);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let usage = meter.stop(info, procs_cpu_secs(pids)).await?;
+    anyhow::ensure!(latencies.len() as u64 == opts.calls, "mcp calls lost");
+    Ok((secs, usage, latencies))
+}
