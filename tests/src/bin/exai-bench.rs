@@ -144,6 +144,15 @@ struct WsArgs {
     /// The `exai-daemon` binary (default: next to this executable).
     #[arg(long)]
     daemon_bin: Option<PathBuf>,
+    /// Another `exai-daemon` binary (e.g. an older build) to run the WebSocket phases against
+    /// too, alternating with --daemon-bin on the same Redis and worker processes; adds its rows
+    /// and the ratios current ÷ baseline.
+    #[arg(long)]
+    baseline_daemon_bin: Option<PathBuf>,
+    /// With --baseline-daemon-bin: rounds of the WebSocket phases per daemon, in the order
+    /// baseline, current, current, baseline, …
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=50))]
+    rounds: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -165,6 +174,13 @@ impl WsArgs {
         };
         bench::procs::ensure_built(&worker_bin, "--worker-bin")?;
         bench::procs::ensure_built(&daemon_bin, "--daemon-bin")?;
+        if let Some(b) = &self.baseline_daemon_bin {
+            anyhow::ensure!(
+                b.exists(),
+                "{} does not exist (--baseline-daemon-bin)",
+                b.display()
+            );
+        }
         Ok(bench::ws::WsOptions {
             redis_url: self.redis_url.clone(),
             clients: self.clients as usize,
@@ -176,6 +192,8 @@ impl WsArgs {
             raw_for: Duration::from_secs_f64(self.raw_secs),
             worker_bin,
             daemon_bin,
+            baseline_daemon_bin: self.baseline_daemon_bin.clone(),
+            rounds: self.rounds as usize,
         })
     }
 }
