@@ -6,22 +6,18 @@
 //! and reads it again; the difference over the connections is the cost of one idle session.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use exai_shared::redis::RedisHandle;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::measure;
+use super::measure::{self, proc_status_mib};
+use super::procs::{self, DaemonProc, TOKEN};
 use super::report::Report;
 use super::{config, progress};
-
-/// The token of the bench's daemon.
-const TOKEN: &str = "bench-token-0123456789abcdef";
 
 /// What the rows mean.
 const LEGEND: &[&str] = &[
@@ -44,41 +40,10 @@ pub struct IdleOptions {
     pub daemon_bin: PathBuf,
 }
 
-/// The soft limit on open files of this process.
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// VmRSS of `pid`, in MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
-    Ok(kib / 1024.0)
-}
-
 /// Runs the idle-connection benchmark under `prefix`.
 pub async fn run(opts: IdleOptions, prefix: String) -> anyhow::Result<Report> {
     let n = opts.connections;
-    if let Some(limit) = open_files_limit() {
-        anyhow::ensure!(
-            limit as usize > n + 200,
-            "the open-files limit ({limit}) is too low for {n} connections: raise it (ulimit -n) \
-             or pass a smaller --connections"
-        );
-    }
-    anyhow::ensure!(
-        opts.daemon_bin.exists(),
-        "{} does not exist: build it first (cargo build --release -p exai-daemon -p exai-tests)",
-        opts.daemon_bin.display()
-    );
+    procs::raise_open_files_limit(n as u64 + 200)?;
     let base = config(&opts.redis_url, &prefix)?;
     let mut info = RedisHandle::connect(&base.redis)
         .await
@@ -91,38 +56,19 @@ pub async fn run(opts: IdleOptions, prefix: String) -> anyhow::Result<Report> {
 
     progress("starting exai-daemon");
     let limit = (n + 100).to_string();
-    let mut daemon = tokio::process::Command::new(&opts.daemon_bin)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", &opts.redis_url)
-        .env("EXAI_REDIS_PREFIX", &prefix)
-        .env("EXAI_WS_PORT", "0")
-        .env("EXAI_WS_TOKEN", TOKEN)
-        .env("EXAI_WS_MAX_CONNECTIONS", &limit)
-        .env("EXAI_WS_MAX_CONNECTIONS_PER_IP", &limit)
-        .env("EXAI_WS_MAX_PENDING_HELLO_PER_IP", &limit)
-        .env("EXAI_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn exai-daemon")?;
-    let pid = daemon.id().context("daemon pid")?;
-    let mut lines = BufReader::new(daemon.stdout.take().context("daemon stdout")?).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .context("the daemon did not print its address")??
-        .context("the daemon exited")?;
-    let addr = first
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line: {first}"))?
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let env = [
+        ("EXAI_WS_TOKEN", TOKEN.to_owned()),
+        ("EXAI_WS_MAX_CONNECTIONS", limit.clone()),
+        ("EXAI_WS_MAX_CONNECTIONS_PER_IP", limit.clone()),
+        ("EXAI_WS_MAX_PENDING_HELLO_PER_IP", limit),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let daemon = DaemonProc::spawn(&opts.daemon_bin, &opts.redis_url, &prefix, &env).await?;
+    let pid = daemon.pid().context("daemon pid")?;
+    let addr = daemon.addr;
     let url = format!("ws://{addr}/");
 
-    let idle = rss_mib(pid)?;
+    let idle = proc_status_mib(pid, "VmRSS")?;
     report.amount(
         "daemon_rss_idle_mib",
         "daemon RSS, listening, no connection".to_owned(),
@@ -155,7 +101,7 @@ pub async fn run(opts: IdleOptions, prefix: String) -> anyhow::Result<Report> {
         opened += batch;
     }
     let open_secs = t0.elapsed().as_secs_f64();
-    let loaded = rss_mib(pid)?;
+    let loaded = proc_status_mib(pid, "VmRSS")?;
     report.rate(
         "daemon_connections_per_s",
         format!(
@@ -185,7 +131,6 @@ pub async fn run(opts: IdleOptions, prefix: String) -> anyhow::Result<Report> {
         loaded / idle,
     );
     drop(sockets);
-    let _ = daemon.start_kill();
-    let _ = daemon.wait().await;
+    daemon.stop(Duration::from_secs(10)).await?;
     Ok(report)
 }

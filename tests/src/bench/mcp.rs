@@ -33,7 +33,8 @@ use tokio::task::JoinSet;
 use super::measure::{self, Meter, RunMeter, percentile, procs_cpu_secs, sorted};
 use super::procs::{DaemonProc, WorkerProcs};
 use super::report::Report;
-use super::ws::{self, TOKEN, WARMUP_CALLS, WsOptions, ratio};
+use super::procs::TOKEN;
+use super::ws::{self, WARMUP_CALLS, WsOptions, ratio};
 use super::{config, progress, redact};
 
 /// Where the upstream-tool baseline goes once upstream MCP servers run as tool providers.

@@ -160,6 +160,20 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// [`proc_status_bytes`] in MiB, or an error naming the process and the field.
+pub fn proc_status_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
+    proc_status_bytes(pid, field)
+        .map(|b| b as f64 / (1024.0 * 1024.0))
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status: has it exited?"))
+}
+
+/// The descriptors process `pid` has open (the entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> anyhow::Result<usize> {
+    let dir = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&dir).map_err(|e| anyhow::anyhow!("list {dir}: {e}"))?;
+    Ok(entries.count())
+}
+
 /// The CPU used by the client side of a phase, summed over its processes.
 pub fn procs_cpu_secs(pids: &[u32]) -> f64 {
     pids.iter().map(|p| proc_cpu_secs(Some(*p))).sum()

@@ -33,6 +33,7 @@
 //! Each phase's Redis CPU (from `INFO cpu`) and client CPU (`/proc`) is recorded with it. Every
 //! key lives under the run's prefix; [`cleanup`] deletes them.
 
+pub mod abuse;
 pub mod bullmq;
 pub mod engine;
 pub mod idle;

@@ -12,6 +12,28 @@ use exai_shared::queue::TOOL_CALLS;
 use exai_tests::ChildGuard;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// The client token of every daemon a benchmark starts (`EXAI_WS_TOKEN`).
+pub const TOKEN: &str = "exai-bench-token-0123456789";
+
+/// Raises this process's soft limit on open files to its hard limit (a benchmark that opens
+/// thousands of sockets needs them; the processes it spawns inherit the limit) and fails,
+/// saying what to do, when even that leaves fewer than `needed`. Returns the limit.
+pub fn raise_open_files_limit(needed: u64) -> anyhow::Result<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.maximum.is_some() && limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit).context("raise RLIMIT_NOFILE to its hard limit")?;
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    anyhow::ensure!(
+        now >= needed,
+        "the open-files limit ({now}, the hard limit) is below the {needed} this run needs: raise \
+         it (ulimit -Hn) or ask for fewer connections"
+    );
+    Ok(now)
+}
+
 /// Where `exai-worker` is when nobody says (see [`default_bin`]).
 pub fn default_worker_bin() -> anyhow::Result<PathBuf> {
     default_bin("exai-worker")

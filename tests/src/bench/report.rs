@@ -508,6 +508,14 @@ const HEADLINES: &[&str] = &[
     "daemon_rss_idle_mib",
     "daemon_rss_idle_connections_mib",
     "daemon_rss_per_connection_kib",
+    "vs_baseline_ws_calls_ratio",
+    "silent_before_hello_spread_rss_peak_mib",
+    "silent_after_hello_spread_rss_peak_mib",
+    "silent_after_hello_spread_rss_after_mib",
+    "silent_after_hello_spread_closed_s",
+    "idle_tcp_rss_peak_mib",
+    "idle_tcp_rss_after_mib",
+    "idle_tcp_closed_s",
 ];
 
 /// The headline numbers of several runs in one Markdown table (run, metric, value), taken from

@@ -3,16 +3,21 @@
 //!
 //! 1. **Raw Redis**: sequential PINGs on one connection (the baseline of every ratio), and
 //!    PINGs from `clients` tasks on one multiplexed connection.
-//! 2. `workers` × `exai-worker run --queues tool_calls --concurrency C` and one `exai-daemon`
-//!    (token set, a free loopback port, connection limits raised for the clients) are spawned.
+//! 2. `workers` × `exai-worker run --queues tool_calls --concurrency C` are spawned.
 //! 3. **Queue latency**: `test_echo` jobs enqueued one at a time through the queue API, each
 //!    after the previous completed ([`phases::latency`]): enqueue → completed.
 //! 4. **Queue throughput**: `calls` jobs enqueued by `clients × inflight` concurrent callers
 //!    (one `enqueue` call each), timed until the last completion.
-//! 5. **WebSocket, one call at a time**: one client, `seq_calls` streaming `call_tool`s of
+//! 5. An `exai-daemon` is spawned (token set, a free loopback port, connection limits raised
+//!    for the clients), then:
+//! 6. **WebSocket, one call at a time**: one client, `seq_calls` streaming `call_tool`s of
 //!    `test_echo`, each sent once the previous result arrived.
-//! 6. **WebSocket throughput**: `clients` connections (each its own session, hello done before
+//! 7. **WebSocket throughput**: `clients` connections (each its own session, hello done before
 //!    the clock starts), each keeping `inflight` streaming calls in flight, `calls` in all.
+//!
+//! With a baseline daemon binary, steps 5–7 are a round, run `rounds` times against each
+//! binary, alternating (baseline, current, current, baseline, …), on the same Redis and worker
+//! processes; each daemon's rounds are pooled and the current ÷ baseline ratios added.
 //!
 //! A call's latency is taken by the client: from just before its `call_tool` frame is sent to
 //! the arrival of its `call_tool_res`. Every key lives under the run's prefix; the caller
@@ -33,8 +38,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::measure::{self, Meter, RunMeter, percentile, procs_cpu_secs, sorted};
-use super::procs::{DaemonProc, WorkerProcs};
-use super::report::Report;
+use super::procs::{DaemonProc, TOKEN, WorkerProcs};
+use super::report::{Report, thousands};
 use super::tracker::Tracker;
 use super::{config, noop_payload, phases, progress, queue, redact};
 
@@ -62,10 +67,14 @@ pub struct WsOptions {
     pub worker_bin: PathBuf,
     /// The `exai-daemon` binary.
     pub daemon_bin: PathBuf,
+    /// Another `exai-daemon` binary to run the WebSocket phases against too, in the same run
+    /// (the same Redis and worker processes), alternating with `daemon_bin`.
+    pub baseline_daemon_bin: Option<PathBuf>,
+    /// Rounds of the WebSocket phases per daemon when there is a baseline: in order baseline,
+    /// current, then current, baseline, and so on (A B B A for 2), so a drift of the machine
+    /// weighs on both alike.
+    pub rounds: usize,
 }
-
-/// The token the bench's daemon requires.
-pub(super) const TOKEN: &str = "exai-bench-token-0123456789";
 
 /// Calls each client makes before the clock starts (connections warm, scripts loaded).
 pub(super) const WARMUP_CALLS: u64 = 20;
@@ -73,23 +82,168 @@ pub(super) const WARMUP_CALLS: u64 = 20;
 /// How long one expected frame may take before the run gives up.
 const FRAME_WAIT: Duration = Duration::from_secs(30);
 
+const LEGEND_CPU: &str = "client CPU/job of the ws and queue throughput rows: the exai-daemon and \
+     exai-worker processes; the bench's WebSocket clients and producers are not counted.";
+const LEGEND_QUEUE_LATENCY: &str = "queue latency: test_echo jobs ({tool: test_echo, arguments: {}}) \
+     enqueued one at a time through the queue API onto the idle workers, each once the previous \
+     completed, 20 warm-up jobs unreported; completed = Redis ran its completion (the invalidation push \
+     of the queue's completed index).";
+const LEGEND_QUEUE_RATE: &str = "queue throughput: the same jobs, one enqueue call each, from clients × \
+     inflight concurrent callers, timed from the first enqueue until the last completion.";
+const LEGEND_WS: &str = "ws: streaming call_tool of test_echo with arguments {} (request_id set); \
+     latency = from just before the call_tool frame is sent until its call_tool_res arrives, as the \
+     client sees it (ack and progress frames in between). One at a time: one client, each call sent once \
+     the previous result arrived, 20 warm-up calls. Throughput: clients connections, each its own session \
+     (hello and 20 warm-up calls before the clock), each keeping inflight calls in flight; timed from the \
+     first call until the last result. The daemon is started for these phases, after the queue's.";
+const LEGEND_RATIOS: &str =
+    "ratios: ws ÷ queue of the same run, same Redis, same worker processes.";
+const LEGEND_BASELINE: &str = "baseline: the ws phases run against two daemon binaries in turn, \
+     each started afresh for its round with the same environment (token, connection limits raised for \
+     the clients), on the same Redis and the same worker processes, in the order baseline, current, \
+     current, baseline (and so on): each daemon's rows pool its rounds (calls ÷ summed time, latencies \
+     merged); current ÷ baseline is the cost of what changed between them. The rate of every round, in \
+     order, is in the notes.";
+
 /// How the numbers of `exai-bench ws` were taken.
 pub const WS_LEGEND: &[&str] = &[
-    "client CPU/job of the ws and queue throughput rows: the exai-daemon and exai-worker processes; the \
-     bench's WebSocket clients and producers are not counted.",
-    "queue latency: test_echo jobs ({tool: test_echo, arguments: {}}) enqueued one at a time through the \
-     queue API onto the idle workers, each once the previous completed, 20 warm-up jobs unreported; \
-     completed = Redis ran its completion (the invalidation push of the queue's completed index).",
-    "queue throughput: the same jobs, one enqueue call each, from clients × inflight concurrent callers, \
-     timed from the first enqueue until the last completion.",
-    "ws: streaming call_tool of test_echo with arguments {} (request_id set); latency = from just before \
-     the call_tool frame is sent until its call_tool_res arrives, as the client sees it (ack and progress \
-     frames in between). One at a time: one client, each call sent once the previous result arrived, \
-     20 warm-up calls. Throughput: clients connections, each its own session (hello and 20 warm-up calls \
-     before the clock), each keeping inflight calls in flight; timed from the first call until the last \
-     result.",
-    "ratios: ws ÷ queue of the same run, same Redis, same worker processes.",
+    LEGEND_CPU,
+    LEGEND_QUEUE_LATENCY,
+    LEGEND_QUEUE_RATE,
+    LEGEND_WS,
+    LEGEND_RATIOS,
 ];
+
+/// [`WS_LEGEND`] of a run with a baseline daemon.
+pub const WS_BASELINE_LEGEND: &[&str] = &[
+    LEGEND_CPU,
+    LEGEND_QUEUE_LATENCY,
+    LEGEND_QUEUE_RATE,
+    LEGEND_WS,
+    LEGEND_RATIOS,
+    LEGEND_BASELINE,
+];
+
+/// Which daemon binary a round of the WebSocket phases runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    /// `--daemon-bin`, the code being measured.
+    Current,
+    /// `--baseline-daemon-bin`.
+    Baseline,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Current => "current",
+            Which::Baseline => "baseline",
+        }
+    }
+}
+
+/// The order of the rounds: the current daemon once without a baseline; with one, `rounds`
+/// pairs alternating which goes first (baseline, current, current, baseline, …).
+fn round_order(baseline: bool, rounds: usize) -> Vec<Which> {
+    if !baseline {
+        return vec![Which::Current];
+    }
+    (0..rounds.max(1))
+        .flat_map(|i| {
+            if i % 2 == 0 {
+                [Which::Baseline, Which::Current]
+            } else {
+                [Which::Current, Which::Baseline]
+            }
+        })
+        .collect()
+}
+
+/// What one round of the WebSocket phases measured.
+struct Round {
+    /// One-at-a-time latencies, ms.
+    seq: Vec<f64>,
+    /// Seconds of the one-at-a-time phase.
+    seq_secs: f64,
+    /// Seconds and cost of the throughput phase.
+    rate: (f64, measure::Usage),
+    /// Throughput latencies, ms.
+    lat: Vec<f64>,
+    /// CPU seconds the round's daemon used in all.
+    daemon_cpu: f64,
+}
+
+/// The rounds of one daemon, pooled.
+#[derive(Default)]
+struct Pooled {
+    seq: Vec<f64>,
+    seq_secs: f64,
+    seq_calls: u64,
+    secs: f64,
+    usage: measure::Usage,
+    calls: u64,
+    lat: Vec<f64>,
+}
+
+impl Pooled {
+    fn add(&mut self, r: Round, opts: &WsOptions) {
+        self.seq.extend(r.seq);
+        self.seq_secs += r.seq_secs;
+        self.seq_calls += opts.seq_calls;
+        self.secs += r.rate.0;
+        self.usage += r.rate.1;
+        self.calls += opts.calls;
+        self.lat.extend(r.lat);
+    }
+
+    /// Adds this daemon's rows under `prefix` (`""` for the current daemon, whose keys are the
+    /// ones `exai-bench ws` always had); returns (seq p50, seq p99, calls/s, p50, p99).
+    fn rows(self, report: &mut Report, prefix: &str, who: &str, opts: &WsOptions) -> [f64; 5] {
+        let seq = sorted(self.seq);
+        let seq_p = [0.5, 0.99].map(|p| percentile(&seq, p));
+        report.rate(
+            &format!("{prefix}ws_seq_calls_per_s"),
+            format!("ws{who}: one client, one call at a time"),
+            "calls/s",
+            self.seq_calls,
+            self.seq_secs,
+            None,
+        );
+        for (v, tag) in seq_p.iter().zip(["p50", "p99"]) {
+            report.millis(
+                &format!("{prefix}ws_seq_latency_{tag}_ms"),
+                format!(
+                    "ws{who} latency {tag}, call_tool sent → call_tool_res received, one at a time"
+                ),
+                *v,
+            );
+        }
+        let rate = report.rate(
+            &format!("{prefix}ws_calls_per_s"),
+            format!(
+                "ws{who}: {} clients × {} calls in flight, {} worker processes",
+                opts.clients, opts.inflight, opts.workers
+            ),
+            "calls/s",
+            self.calls,
+            self.secs,
+            Some(self.usage),
+        );
+        let lat = sorted(self.lat);
+        let p = [0.5, 0.99].map(|q| percentile(&lat, q));
+        for (v, tag) in p.iter().zip(["p50", "p99"]) {
+            report.millis(
+                &format!("{prefix}ws_latency_{tag}_ms"),
+                format!(
+                    "ws{who} latency {tag}, call_tool sent → call_tool_res received, {} clients × {}",
+                    opts.clients, opts.inflight
+                ),
+                *v,
+            );
+        }
+        [seq_p[0], seq_p[1], rate, p[0], p[1]]
+    }
+}
 
 /// Runs every phase under key prefix `prefix` and returns the report. Keys are left for
 /// [`super::cleanup`]; the processes are stopped (or killed by their guards, on error).
@@ -103,7 +257,7 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         .context("connect to redis")?;
     progress("machine and Redis background load");
     let machine = measure::machine(&mut info).await?;
-    let params = json!({
+    let mut params = json!({
         "clients": opts.clients,
         "inflight": opts.inflight,
         "calls": opts.calls,
@@ -115,9 +269,17 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         "daemon_bin": opts.daemon_bin.display().to_string(),
         "worker_bin": opts.worker_bin.display().to_string(),
     });
+    let legend = match &opts.baseline_daemon_bin {
+        Some(b) => {
+            params["baseline_daemon_bin"] = json!(b.display().to_string());
+            params["rounds"] = json!(opts.rounds);
+            WS_BASELINE_LEGEND
+        }
+        None => WS_LEGEND,
+    };
     let mut report = Report::new(machine, params).with_heading(
         "exai-bench ws — the WebSocket daemon against the queue alone and raw Redis, one run",
-        WS_LEGEND,
+        legend,
     );
     let run_meter = RunMeter::start(&mut info).await?;
 
@@ -138,7 +300,7 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
     );
 
     progress(&format!(
-        "starting {} exai-worker processes × {} and exai-daemon",
+        "starting {} exai-worker processes × {}",
         opts.workers, opts.concurrency
     ));
     let (q, keys) = queue(&conn, &base);
@@ -149,23 +311,7 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         &opts.redis_url,
         &prefix,
     )?;
-    let conns = (opts.clients + 10).to_string();
-    let daemon_env = [
-        ("EXAI_WS_TOKEN", TOKEN.to_owned()),
-        ("EXAI_WS_MAX_CONNECTIONS", conns.clone()),
-        ("EXAI_WS_MAX_CONNECTIONS_PER_IP", conns.clone()),
-        ("EXAI_WS_MAX_PENDING_HELLO_PER_IP", conns),
-        (
-            "EXAI_WS_SESSION_MAX_INFLIGHT",
-            opts.inflight.max(100).to_string(),
-        ),
-        ("EXAI_AUTO_MIGRATE", "false".to_owned()),
-    ];
-    let mut daemon =
-        DaemonProc::spawn(&opts.daemon_bin, &opts.redis_url, &prefix, &daemon_env).await?;
-    let url = format!("ws://{}/", daemon.addr);
-    let mut pids = workers.pids();
-    pids.extend(daemon.pid());
+    let pids = workers.pids();
     let payload = noop_payload()?;
 
     progress(&format!(
@@ -222,67 +368,63 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         Some(usage),
     );
 
-    progress(&format!("ws: {} calls one at a time", opts.seq_calls));
-    let mut client = connect(&url, 0).await?;
-    client.calls(WARMUP_CALLS, 1, None).await?;
-    let t0 = Instant::now();
-    let samples = client.calls(opts.seq_calls, 1, None).await?;
-    let secs = t0.elapsed().as_secs_f64();
-    client.close().await;
-    daemon.check()?;
-    let seq = sorted(samples);
-    let ws_seq_p = [0.5, 0.99].map(|p| percentile(&seq, p));
-    report.rate(
-        "ws_seq_calls_per_s",
-        "ws: one client, one call at a time".to_owned(),
-        "calls/s",
-        opts.seq_calls,
-        secs,
-        None,
-    );
-    for (v, tag) in ws_seq_p.iter().zip(["p50", "p99"]) {
-        report.millis(
-            &format!("ws_seq_latency_{tag}_ms"),
-            format!("ws latency {tag}, call_tool sent → call_tool_res received, one at a time"),
-            *v,
-        );
-    }
-
-    progress(&format!(
-        "ws throughput: {} clients × {} in flight, {} calls",
-        opts.clients, opts.inflight, opts.calls
-    ));
-    let (ws_rate, lat) = throughput(&opts, &url, &mut info, &pids).await?;
-    daemon.check()?;
-    workers.check()?;
-    let ws_rate = report.rate(
-        "ws_calls_per_s",
-        format!(
-            "ws: {} clients × {} calls in flight, {} worker processes",
-            opts.clients, opts.inflight, opts.workers
+    let conns = (opts.clients + 10).to_string();
+    // What both daemons need: a daemon ignores the variables it does not know.
+    let daemon_env = [
+        ("EXAI_WS_TOKEN", TOKEN.to_owned()),
+        ("EXAI_WS_MAX_CONNECTIONS", conns.clone()),
+        ("EXAI_WS_MAX_CONNECTIONS_PER_IP", conns.clone()),
+        ("EXAI_WS_MAX_PENDING_HELLO_PER_IP", conns),
+        (
+            "EXAI_WS_SESSION_MAX_INFLIGHT",
+            opts.inflight.max(100).to_string(),
         ),
-        "calls/s",
-        opts.calls,
-        ws_rate.0,
-        Some(ws_rate.1),
-    );
-    let lat = sorted(lat);
-    for (p, tag) in [(0.5, "p50"), (0.99, "p99")] {
-        report.millis(
-            &format!("ws_latency_{tag}_ms"),
-            format!(
-                "ws latency {tag}, call_tool sent → call_tool_res received, {} clients × {}",
-                opts.clients, opts.inflight
-            ),
-            percentile(&lat, p),
-        );
+        ("EXAI_AUTO_MIGRATE", "false".to_owned()),
+    ];
+    let mut current = Pooled::default();
+    let mut baseline = Pooled::default();
+    let mut daemons_cpu = 0.0;
+    let mut rates = Vec::new();
+    let order = round_order(opts.baseline_daemon_bin.is_some(), opts.rounds);
+    for (i, which) in order.iter().enumerate() {
+        let bin = match (which, &opts.baseline_daemon_bin) {
+            (Which::Baseline, Some(b)) => b,
+            _ => &opts.daemon_bin,
+        };
+        progress(&format!(
+            "ws round {} of {}: the {} daemon ({})",
+            i + 1,
+            order.len(),
+            which.name(),
+            bin.display()
+        ));
+        let r = ws_round(
+            &opts,
+            bin,
+            &daemon_env,
+            &prefix,
+            &mut info,
+            &pids,
+            &mut workers,
+        )
+        .await?;
+        daemons_cpu += r.daemon_cpu;
+        rates.push(format!(
+            "{} {}",
+            which.name(),
+            thousands(opts.calls as f64 / r.rate.0.max(1e-9))
+        ));
+        match which {
+            Which::Current => current.add(r, &opts),
+            Which::Baseline => baseline.add(r, &opts),
+        }
     }
-
-    for (i, tag) in ["p50", "p99"].iter().enumerate() {
+    let [seq50, seq99, ws_rate, p50, p99] = current.rows(&mut report, "", "", &opts);
+    for (v, queue, tag) in [(seq50, queue_p[0], "p50"), (seq99, queue_p[1], "p99")] {
         report.ratio(
             &format!("ws_vs_queue_latency_{tag}_ratio"),
             format!("latency {tag}: ws one at a time ÷ queue enqueue → completed"),
-            ratio(ws_seq_p[i], queue_p[i]),
+            ratio(v, queue),
         );
     }
     report.ratio(
@@ -290,10 +432,47 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         "throughput: ws calls/s ÷ queue jobs/s (same concurrency)".to_owned(),
         ratio(ws_rate, queue_rate),
     );
+    if opts.baseline_daemon_bin.is_some() {
+        let theirs = baseline.rows(&mut report, "baseline_", " (baseline daemon)", &opts);
+        let ours = [seq50, seq99, ws_rate, p50, p99];
+        let rows = [
+            (
+                2,
+                "vs_baseline_ws_calls_ratio",
+                "throughput: current ÷ baseline daemon, calls/s",
+            ),
+            (
+                3,
+                "vs_baseline_ws_latency_p50_ratio",
+                "latency p50 under load: current ÷ baseline daemon",
+            ),
+            (
+                4,
+                "vs_baseline_ws_latency_p99_ratio",
+                "latency p99 under load: current ÷ baseline daemon",
+            ),
+            (
+                0,
+                "vs_baseline_ws_seq_latency_p50_ratio",
+                "latency p50 one at a time: current ÷ baseline daemon",
+            ),
+            (
+                1,
+                "vs_baseline_ws_seq_latency_p99_ratio",
+                "latency p99 one at a time: current ÷ baseline daemon",
+            ),
+        ];
+        for (i, key, label) in rows {
+            report.ratio(key, label.to_owned(), ratio(ours[i], theirs[i]));
+        }
+        report.notes.push(format!(
+            "ws throughput of each round, in order (calls/s): {}",
+            rates.join(", ")
+        ));
+    }
 
-    progress("stopping exai-daemon and the worker processes");
-    let spent = procs_cpu_secs(&pids);
-    daemon.stop(Duration::from_secs(15)).await?;
+    progress("stopping the worker processes");
+    let spent = procs_cpu_secs(&pids) + daemons_cpu;
     workers.stop(Duration::from_secs(15)).await?;
     report.load = Some(run_meter.stop(&mut info, spent).await?);
     if let Some(l) = &report.load
@@ -306,6 +485,49 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         ));
     }
     Ok(report)
+}
+
+/// One round of the WebSocket phases against a daemon of `bin`, started for it and stopped
+/// after it: one call at a time, then the throughput phase.
+async fn ws_round(
+    opts: &WsOptions,
+    bin: &std::path::Path,
+    env: &[(&str, String)],
+    prefix: &str,
+    info: &mut exai_shared::redis::RedisHandle,
+    worker_pids: &[u32],
+    workers: &mut WorkerProcs,
+) -> anyhow::Result<Round> {
+    let mut daemon = DaemonProc::spawn(bin, &opts.redis_url, prefix, env).await?;
+    let url = format!("ws://{}/", daemon.addr);
+    let mut pids = worker_pids.to_vec();
+    pids.extend(daemon.pid());
+
+    progress(&format!("ws: {} calls one at a time", opts.seq_calls));
+    let mut client = connect(&url, 0).await?;
+    client.calls(WARMUP_CALLS, 1, None).await?;
+    let t0 = Instant::now();
+    let seq = client.calls(opts.seq_calls, 1, None).await?;
+    let seq_secs = t0.elapsed().as_secs_f64();
+    client.close().await;
+    daemon.check()?;
+
+    progress(&format!(
+        "ws throughput: {} clients × {} in flight, {} calls",
+        opts.clients, opts.inflight, opts.calls
+    ));
+    let (rate, lat) = throughput(opts, &url, info, &pids).await?;
+    daemon.check()?;
+    workers.check()?;
+    let daemon_cpu = measure::proc_cpu_secs(daemon.pid());
+    daemon.stop(Duration::from_secs(15)).await?;
+    Ok(Round {
+        seq,
+        seq_secs,
+        rate,
+        lat,
+        daemon_cpu,
+    })
 }
 
 /// `a ÷ b`, 0 when `b` is not positive.

@@ -42,6 +42,9 @@ enum Command {
     Sem(SemArgs),
     /// The daemon's memory with many idle WebSocket sessions.
     Idle(IdleArgs),
+    /// The daemon's memory and descriptors under silent WebSockets and idle TCP connections,
+    /// and after its timeouts closed them.
+    Abuse(AbuseArgs),
     /// The WebSocket daemon: streaming calls/s and latency, against the queue alone and raw
     /// Redis round trips.
     Ws(WsArgs),
@@ -144,6 +147,15 @@ struct WsArgs {
     /// The `exai-daemon` binary (default: next to this executable).
     #[arg(long)]
     daemon_bin: Option<PathBuf>,
+    /// Another `exai-daemon` binary (e.g. an older build) to run the WebSocket phases against
+    /// too, alternating with --daemon-bin on the same Redis and worker processes; adds its rows
+    /// and the ratios current ÷ baseline.
+    #[arg(long)]
+    baseline_daemon_bin: Option<PathBuf>,
+    /// With --baseline-daemon-bin: rounds of the WebSocket phases per daemon, in the order
+    /// baseline, current, current, baseline, …
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=50))]
+    rounds: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -165,6 +177,13 @@ impl WsArgs {
         };
         bench::procs::ensure_built(&worker_bin, "--worker-bin")?;
         bench::procs::ensure_built(&daemon_bin, "--daemon-bin")?;
+        if let Some(b) = &self.baseline_daemon_bin {
+            anyhow::ensure!(
+                b.exists(),
+                "{} does not exist (--baseline-daemon-bin)",
+                b.display()
+            );
+        }
         Ok(bench::ws::WsOptions {
             redis_url: self.redis_url.clone(),
             clients: self.clients as usize,
@@ -176,6 +195,8 @@ impl WsArgs {
             raw_for: Duration::from_secs_f64(self.raw_secs),
             worker_bin,
             daemon_bin,
+            baseline_daemon_bin: self.baseline_daemon_bin.clone(),
+            rounds: self.rounds as usize,
         })
     }
 }
@@ -285,6 +306,60 @@ struct IdleArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// Flags of `exai-bench abuse`.
+#[derive(Debug, Clone, clap::Args)]
+struct AbuseArgs {
+    /// The Redis server (single node) the daemon uses.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Silent WebSockets of each silent scenario (before and after hello, from one address and
+    /// spread over many; 0 skips them).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=50_000))]
+    silent: u64,
+    /// TCP connections of the idle and the slow-header scenarios (0 skips them).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=50_000))]
+    idle_tcp: u64,
+    /// Pings (each with a 256-byte id) every silent socket sends after its hello, never reading
+    /// the pongs.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pings: u64,
+    /// Sockets opened at once.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    parallel: u64,
+    /// The daemon's hello, HTTP header, keepalive (ping interval and ping timeout) and write
+    /// timeouts during the run, in seconds (at least 2).
+    #[arg(long, default_value_t = 5.0)]
+    timeout_secs: f64,
+    /// The `exai-daemon` binary (default: next to this executable).
+    #[arg(long)]
+    daemon_bin: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AbuseArgs {
+    fn options(&self) -> anyhow::Result<bench::abuse::AbuseOptions> {
+        anyhow::ensure!(
+            self.timeout_secs.is_finite() && self.timeout_secs >= 2.0,
+            "--timeout-secs must be at least 2 (the run counts the open sockets 1.5 s after the \
+             peak, before any timeout)"
+        );
+        Ok(bench::abuse::AbuseOptions {
+            redis_url: self.redis_url.clone(),
+            silent: self.silent as usize,
+            idle_tcp: self.idle_tcp as usize,
+            pings: self.pings as usize,
+            parallel: self.parallel as usize,
+            timeout: Duration::from_secs_f64(self.timeout_secs),
+            daemon_bin: match &self.daemon_bin {
+                Some(p) => p.clone(),
+                None => bench::procs::default_bin("exai-daemon")?,
+            },
+        })
+    }
 }
 
 /// Flags of `exai-bench queue`.
@@ -466,6 +541,14 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::All(args) => all(args).await,
+        Command::Abuse(args) => {
+            let options = args.options()?;
+            let redis_url = options.redis_url.clone();
+            guarded(&redis_url, args.json, |prefix| {
+                bench::abuse::run(options, prefix)
+            })
+            .await
+        }
         Command::Idle(args) => {
             let options = bench::idle::IdleOptions {
                 redis_url: args.redis_url.clone(),
@@ -556,6 +639,14 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     };
     let idle = measured(&url, |prefix| bench::idle::run(idle, prefix)).await?;
     reports.push(("idle", Box::new(idle)));
+    let cli = Cli::try_parse_from(["exai-bench", "abuse"])?;
+    let Command::Abuse(abuse_args) = cli.command else {
+        unreachable!("parsed as the abuse command")
+    };
+    let mut abuse_options = abuse_args.options()?;
+    abuse_options.redis_url = url.clone();
+    let abuse = measured(&url, |prefix| bench::abuse::run(abuse_options, prefix)).await?;
+    reports.push(("abuse", Box::new(abuse)));
 
     if args.json {
         let all: serde_json::Map<String, serde_json::Value> = reports
