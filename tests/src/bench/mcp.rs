@@ -31,9 +31,9 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::measure::{self, Meter, RunMeter, percentile, procs_cpu_secs, sorted};
+use super::procs::TOKEN;
 use super::procs::{DaemonProc, WorkerProcs};
 use super::report::Report;
-use super::procs::TOKEN;
 use super::ws::{self, WARMUP_CALLS, WsOptions, ratio};
 use super::{config, progress, redact};
 
