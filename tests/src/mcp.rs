@@ -50,20 +50,29 @@ fn create_venv() -> PathBuf {
         return python;
     }
     // One test process builds it (the one that creates the lock directory); the others wait
-    // for it to appear. A lock left by a process that died is taken over after the wait.
+    // for it to appear. A builder that fails removes the lock as it unwinds, so the next one
+    // tries at once; a lock left by a process that died is taken over after the wait.
     let lock = target.join(format!("mcp-venv-{digest}.lock"));
-    if std::fs::create_dir(&lock).is_err() {
-        let deadline = std::time::Instant::now() + VENV_WAIT;
-        while std::time::Instant::now() < deadline {
-            if python.exists() {
-                return python;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    let deadline = std::time::Instant::now() + VENV_WAIT;
+    loop {
+        if python.exists() {
+            return python;
         }
+        if std::fs::create_dir(&lock).is_ok() || std::time::Instant::now() >= deadline {
+            let _held = LockDir(lock);
+            return build_venv(&target, &digest, &requirements, &venv);
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    let python = build_venv(&target, &digest, &requirements, &venv);
-    let _ = std::fs::remove_dir(&lock);
-    python
+}
+
+/// The venv's lock directory, removed when its builder is done, succeeded or not.
+struct LockDir(PathBuf);
+
+impl Drop for LockDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// How long a test waits for another process to build the environment.
