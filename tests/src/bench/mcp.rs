@@ -148,7 +148,9 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         &opts.redis_url,
         &prefix,
     )?;
-    let conns = (opts.clients * (opts.inflight + 1) + 10).to_string();
+    // An MCP client holds a connection per request in flight (and briefly one more while the
+    // previous answer's stream is being closed) plus its GET stream.
+    let conns = (opts.clients * (2 * opts.inflight + 2) + 50).to_string();
     let daemon_env = [
         ("EXAI_WS_TOKEN", TOKEN.to_owned()),
         ("EXAI_WS_MAX_CONNECTIONS", conns.clone()),
