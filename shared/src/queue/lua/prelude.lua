@@ -139,22 +139,24 @@ local function history_add(add, name, ms)
 end
 
 -- Adds `add` (see `history_new`) to the history hash of the minute of `now` under prefix `hp`,
--- one HINCRBY per field; the hash's expiry is set when it has none (its first write).
+-- one HINCRBY per field. The hash gets its expiry when it is new: when the first HINCRBY
+-- answers exactly what it added, the field (and so maybe the hash) was new, and `EXPIRE … NX`
+-- sets the expiry unless the hash had one — one command per minute and writer, not per call.
 local function history_write(hp, add, now)
   local hk = hp .. int(math.floor(now / 60000) * 60)
-  local any = false
+  local fresh = nil
   for field, n in pairs(add) do
     if field == 'wait' or field == 'run' then
       for b, c in pairs(n) do
-        redis.call('HINCRBY', hk, field .. ':' .. b, c)
-        any = true
+        local v = redis.call('HINCRBY', hk, field .. ':' .. b, c)
+        if fresh == nil then fresh = v == c end
       end
     elseif n ~= 0 then
-      redis.call('HINCRBY', hk, field, n)
-      any = true
+      local v = redis.call('HINCRBY', hk, field, n)
+      if fresh == nil then fresh = v == n end
     end
   end
-  if any then redis.call('EXPIRE', hk, HISTORY_TTL, 'NX') end
+  if fresh then redis.call('EXPIRE', hk, HISTORY_TTL, 'NX') end
 end
 
 -- Marks job hash `jk` as running attempt `a_s` (fence `fence_s`) of `worker` since `now_s` (all
