@@ -747,9 +747,18 @@ async fn history_cost(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyho
                 recorded == want,
                 "history {mode}: {recorded} completions in the history, expected {want}"
             );
+            let secs = (done - t0).as_secs_f64();
+            progress(&format!(
+                "history {mode}: {:.0} jobs/s, {:.1} µs Redis CPU and {:.2} commands per job, \
+                 {:.1} jobs per script call",
+                o.jobs as f64 / secs,
+                usage.redis_us_per(o.jobs),
+                usage.commands_per(o.jobs),
+                1.0 / usage.script_calls_per(o.jobs).max(f64::MIN_POSITIVE)
+            ));
             let slot = &mut totals[usize::from(!on)];
             slot.0 += o.jobs;
-            slot.1 += (done - t0).as_secs_f64();
+            slot.1 += secs;
             slot.2 += usage;
             cleanup(&o.redis_url, &cfg.redis.prefix).await?;
         }

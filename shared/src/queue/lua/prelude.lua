@@ -111,11 +111,16 @@ end
 -- history holds the last day and a bit, whatever the traffic.
 local HISTORY_TTL = 90000
 
--- The histogram bucket of a duration of `ms` milliseconds: 0 below 1 ms, then bucket b
--- (1 to 22) holds [2^(b-1), 2^b) ms, and 23 everything from 2^22 ms (70 minutes) up.
+-- math.frexp, looked up once: the history's bucket of a duration of `ms` milliseconds is 0
+-- below 1 ms, then b (1 to 22) for [2^(b-1), 2^b) ms — the exponent frexp returns — and 23
+-- from 2^22 ms (70 minutes) up. The per-job loops compute it inline (a Lua function call per
+-- job costs as much as the rest of the history together).
+local frexp = math.frexp
+
+-- The history bucket of a duration of `ms` milliseconds (see `frexp`).
 local function history_bucket(ms)
   if ms < 1 then return 0 end
-  local _, e = math.frexp(ms)
+  local _, e = frexp(ms)
   if e > 23 then return 23 end
   return e
 end
@@ -134,22 +139,24 @@ local function history_add(add, name, ms)
 end
 
 -- Adds `add` (see `history_new`) to the history hash of the minute of `now` under prefix `hp`,
--- one HINCRBY per field; the hash's expiry is set when it has none (its first write).
+-- one HINCRBY per field. The hash gets its expiry when it is new: when the first HINCRBY
+-- answers exactly what it added, the field (and so maybe the hash) was new, and `EXPIRE … NX`
+-- sets the expiry unless the hash had one — one command per minute and writer, not per call.
 local function history_write(hp, add, now)
   local hk = hp .. int(math.floor(now / 60000) * 60)
-  local any = false
+  local fresh = nil
   for field, n in pairs(add) do
     if field == 'wait' or field == 'run' then
       for b, c in pairs(n) do
-        redis.call('HINCRBY', hk, field .. ':' .. b, c)
-        any = true
+        local v = redis.call('HINCRBY', hk, field .. ':' .. b, c)
+        if fresh == nil then fresh = v == c end
       end
     elseif n ~= 0 then
-      redis.call('HINCRBY', hk, field, n)
-      any = true
+      local v = redis.call('HINCRBY', hk, field, n)
+      if fresh == nil then fresh = v == n end
     end
   end
-  if any then redis.call('EXPIRE', hk, HISTORY_TTL, 'NX') end
+  if fresh then redis.call('EXPIRE', hk, HISTORY_TTL, 'NX') end
 end
 
 -- Marks job hash `jk` as running attempt `a_s` (fence `fence_s`) of `worker` since `now_s` (all
@@ -334,6 +341,7 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
   -- here, once each; the budget bounds the work of one call however many there are.
   local budget = want * 4 + 64
   local ids, rows = {}, {}
+  local waits = add and add.wait
   local ghosts = 0
   local more = 0
   while #ids < want do
@@ -349,8 +357,17 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
         ids[#ids + 1] = id
         h[1] = jk
         rows[#rows + 1] = h
-        if add then
-          history_add(add, 'wait', now - math.max(tonumber(h[5]) or now, tonumber(h[6]) or 0))
+        if waits then
+          -- Waited since it was last due: enqueued (e), or its run-at time (r) when later.
+          local due = tonumber(h[5]) or now
+          local r = tonumber(h[6])
+          if r and r > due then due = r end
+          local ms, b = now - due, 0
+          if ms >= 1 then
+            local _, e = frexp(ms)
+            if e > 23 then b = 23 else b = e end
+          end
+          waits[b] = (waits[b] or 0) + 1
         end
       else
         ghosts = ghosts + 1
@@ -425,6 +442,7 @@ local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl
   local scores = redis.call('ZMSCORE', k_active, unpack(members))
   local now_s = int(now)
   local done, live, seen = {}, {}, {}
+  local runs = add and add.run
   for i = 1, n do
     local m = members[i]
     if scores[i] and not seen[m] then
@@ -435,9 +453,16 @@ local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl
       redis.call('PEXPIRE', jk, ttl)
       local id = string.sub(jk, plen + 1)
       if events ~= '' then redis.call('PUBLISH', events .. id, '{"event":"finished"}') end
-      if add then
+      if runs then
         local started = tonumber(ARGV[b + 2])
-        if started and started > 0 then history_add(add, 'run', now - started) end
+        if started and started > 0 then
+          local ms, k = now - started, 0
+          if ms >= 1 then
+            local _, e = frexp(ms)
+            if e > 23 then k = 23 else k = e end
+          end
+          runs[k] = (runs[k] or 0) + 1
+        end
       end
       done[#done + 1] = id
       live[#live + 1] = m
