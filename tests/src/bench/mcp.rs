@@ -214,7 +214,7 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         "ws throughput: {} clients × {} in flight, {} calls",
         opts.clients, opts.inflight, opts.calls
     ));
-    let (ws_secs, ws_usage, ws_lat) = ws_throughput(&opts, &ws_url, &mut info, &pids).await?;
+    let ((ws_secs, ws_usage), ws_lat) = ws::throughput(&opts, &ws_url, &mut info, &pids).await?;
     progress(&format!(
         "mcp throughput: {} sessions × {} in flight, {} calls",
         opts.clients, opts.inflight, opts.calls
@@ -274,41 +274,6 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
     workers.stop(Duration::from_secs(15)).await?;
     report.load = Some(run_meter.stop(&mut info, spent).await?);
     Ok(report)
-}
-
-/// The WebSocket throughput phase (as `exai-bench ws`'s): (seconds, usage, latencies in ms).
-async fn ws_throughput(
-    opts: &WsOptions,
-    url: &str,
-    info: &mut exai_shared::redis::RedisHandle,
-    pids: &[u32],
-) -> anyhow::Result<(f64, measure::Usage, Vec<f64>)> {
-    let mut clients = Vec::with_capacity(opts.clients);
-    for i in 0..opts.clients {
-        let mut c = ws::connect(url, i + 1).await?;
-        c.calls(WARMUP_CALLS, 1, None).await?;
-        clients.push(c);
-    }
-    let left = Arc::new(AtomicU64::new(opts.calls));
-    let meter = Meter::start(info, procs_cpu_secs(pids)).await?;
-    let t0 = Instant::now();
-    let mut set = JoinSet::new();
-    for mut c in clients {
-        let (left, inflight) = (left.clone(), opts.inflight);
-        set.spawn(async move {
-            let samples = c.calls(u64::MAX, inflight, Some(&left)).await?;
-            c.close().await;
-            anyhow::Ok(samples)
-        });
-    }
-    let mut latencies = Vec::with_capacity(opts.calls as usize);
-    while let Some(r) = set.join_next().await {
-        latencies.extend(r??);
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let usage = meter.stop(info, procs_cpu_secs(pids)).await?;
-    anyhow::ensure!(latencies.len() as u64 == opts.calls, "ws calls lost");
-    Ok((secs, usage, latencies))
 }
 
 /// The MCP throughput phase: `clients` sessions, `inflight` calls each.

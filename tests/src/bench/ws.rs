@@ -537,7 +537,7 @@ pub(super) fn ratio(a: f64, b: f64) -> f64 {
 
 /// The throughput phase: connects every client and warms it up, then times `calls` calls
 /// spread over the clients. Returns ((seconds, usage), latencies in ms).
-async fn throughput(
+pub(super) async fn throughput(
     opts: &WsOptions,
     url: &str,
     info: &mut exai_shared::redis::RedisHandle,
