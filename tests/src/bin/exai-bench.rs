@@ -326,11 +326,13 @@ struct AbuseArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pings: u64,
     /// Sockets opened at once.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     parallel: u64,
     /// The daemon's hello, HTTP header, keepalive (ping interval and ping timeout) and write
-    /// timeouts during the run, in seconds (at least 2).
-    #[arg(long, default_value_t = 5.0)]
+    /// timeouts during the run, in seconds (at least 2). Opening 1,000 sockets takes a few
+    /// seconds (the daemon's accept queue holds 128: a burst beyond it waits for a SYN
+    /// retransmit), and every socket should be open before the first times out.
+    #[arg(long, default_value_t = 10.0)]
     timeout_secs: f64,
     /// The `exai-daemon` binary (default: next to this executable).
     #[arg(long)]
