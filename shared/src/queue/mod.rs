@@ -80,7 +80,7 @@
 //! `RPOP`, one `ZADD` and a few constant checks per batch; complete 2 (`HSET`, `PEXPIRE`) plus
 //! one `ZMSCORE` (the fence check), one `ZREM`, one `LPUSH`, one `LTRIM` and one `HINCRBY` per
 //! batch. The [`history`] (on by default) adds no command per job: one `HINCRBY` per
-//! distinct history field and one `EXPIRE … NX` per script call.
+//! distinct history field per script call, and an `EXPIRE … NX` when a minute's hash is new.
 //!
 //! [`enqueue`]: Queue::enqueue
 //! [`fetch`]: Queue::fetch

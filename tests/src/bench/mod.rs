@@ -25,10 +25,12 @@
 //!    theirs.
 //! 10. **In-process engine** ([`engine`]): the same warm drain of `jobs` and the same latency
 //!     phase through one apalis worker in this process, which also stamps the handler's start.
-//! 11. **History cost** (with `--history-cost`, [`history_cost`]): the cold process phase again,
-//!     `history_rounds` times each with the queue's per-minute history on and off
-//!     (`EXAI_QUEUE_HISTORY`), alternating which goes first, each on a fresh backlog of `jobs`:
-//!     both rates, their ratio and the Redis CPU per job of each.
+//! 11. **History cost** (with `--history-cost`, [`history_cost`]): first the engine-shaped
+//!     protocol loop on `protocol_jobs`, `history_rounds` times with the queue's per-minute
+//!     history on and off (Redis CPU and script time per job, free of process scheduling);
+//!     then the cold process phase again, `history_rounds` times each with the history on and
+//!     off (`EXAI_QUEUE_HISTORY`), alternating which goes first, each on a fresh backlog of
+//!     `jobs`: both rates, their ratio and the Redis CPU per job of each.
 //!
 //! Each phase's Redis CPU (from `INFO cpu`) and client CPU (`/proc`) is recorded with it. Every
 //! key lives under the run's prefix; [`cleanup`] deletes them.
@@ -691,6 +693,7 @@ async fn worker_processes(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> a
 /// job in the history, one with it off none.
 async fn history_cost(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyhow::Result<()> {
     let o = ctx.opts.clone();
+    history_cost_protocol(ctx, report, prefix).await?;
     let mut totals = [(0u64, 0.0f64, Usage::default()); 2];
     for round in 0..o.history_rounds {
         let order = if round % 2 == 0 {
@@ -800,6 +803,104 @@ async fn history_cost(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyho
         ratio(
             on_usage.redis_us_per(on_jobs),
             off_usage.redis_us_per(off_jobs),
+        ),
+    );
+    Ok(())
+}
+
+/// The history's cost to Redis alone, without processes to schedule: `history_rounds` times,
+/// `protocol_jobs` jobs through the engine-shaped protocol loop (one task per worker process,
+/// fetch ≤ concurrency + complete_many) on a queue whose policy writes the history, and as many
+/// on one whose policy does not (alternating which goes first). Rows: Redis CPU and script time
+/// per job each way, and their ratios.
+async fn history_cost_protocol(
+    ctx: &mut Ctx,
+    report: &mut Report,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let o = ctx.opts.clone();
+    let mut totals = [(0u64, 0.0f64, Usage::default()); 2];
+    let (batch, tasks) = (o.concurrency.clamp(1, 1000), o.workers.max(1));
+    for round in 0..o.history_rounds {
+        for on in [round % 2 == 0, round % 2 == 1] {
+            let mode = if on { "on" } else { "off" };
+            let cfg = config(&o.redis_url, &format!("{prefix}-histp{round}{mode}"))?;
+            let q = Queue::new(
+                ctx.conn.clone(),
+                &Keys::new(&cfg.redis.prefix),
+                TOOL_CALLS,
+                QueuePolicy {
+                    history: on,
+                    ..QueuePolicy::from_config(&cfg.jobs)
+                },
+            );
+            phases::enqueue_bulk(&q, &ctx.payload, o.protocol_jobs, o.batch, 1).await?;
+            let meter = Meter::start(&mut ctx.info, proc_cpu_secs(None)).await?;
+            let (jobs, secs) = phases::fetch_complete_loop(&q, batch, tasks).await?;
+            let usage = meter.stop(&mut ctx.info, proc_cpu_secs(None)).await?;
+            anyhow::ensure!(
+                jobs == o.protocol_jobs,
+                "the protocol loop drained {jobs} jobs"
+            );
+            progress(&format!(
+                "history cost, protocol only, history {mode}: {:.1} µs Redis CPU, {:.1} µs in \
+                 scripts per job",
+                usage.redis_us_per(jobs),
+                usage.script_us_per(jobs)
+            ));
+            let slot = &mut totals[usize::from(!on)];
+            slot.0 += jobs;
+            slot.1 += secs;
+            slot.2 += usage;
+            cleanup(&o.redis_url, &cfg.redis.prefix).await?;
+        }
+    }
+    let [
+        (on_jobs, on_secs, on_usage),
+        (off_jobs, off_secs, off_usage),
+    ] = totals;
+    for (key, mode, jobs, secs, usage) in [
+        (
+            "protocol_history_on_per_s",
+            "on",
+            on_jobs,
+            on_secs,
+            on_usage,
+        ),
+        (
+            "protocol_history_off_per_s",
+            "off",
+            off_jobs,
+            off_secs,
+            off_usage,
+        ),
+    ] {
+        report.rate(
+            key,
+            format!(
+                "protocol only, history {mode}: {tasks} task(s) × (fetch ≤ {batch} + complete_many), {} × {} jobs",
+                o.history_rounds, o.protocol_jobs
+            ),
+            "jobs/s",
+            jobs,
+            secs,
+            Some(usage),
+        );
+    }
+    report.ratio(
+        "history_protocol_redis_cpu_ratio",
+        "protocol only: Redis CPU per job, history on ÷ off".to_owned(),
+        ratio(
+            on_usage.redis_us_per(on_jobs),
+            off_usage.redis_us_per(off_jobs),
+        ),
+    );
+    report.ratio(
+        "history_protocol_script_ratio",
+        "protocol only: time in scripts per job, history on ÷ off".to_owned(),
+        ratio(
+            on_usage.script_us_per(on_jobs),
+            off_usage.script_us_per(off_jobs),
         ),
     );
     Ok(())

@@ -117,10 +117,13 @@ pub const QUEUE_LEGEND: &[&str] = &[
      sampled after each chunk (median of each half of the jobs, and the peak), and once DBSIZE is back to \
      where it was (give or take the queue's own keys) or stops falling. Flat: the second half's median \
      about the first's.",
-    "history cost (--history-cost): the cold process phase again on fresh backlogs, each round once with \
-     EXAI_QUEUE_HISTORY=true and once with false (alternating which goes first), new worker processes each \
-     time; each mode's rate is its jobs over its summed drain times, and the ratio on ÷ off is what the \
-     per-minute history costs (1.0 = nothing).",
+    "history cost (--history-cost): first the engine-shaped protocol loop (one task per worker process, \
+     fetch ≤ concurrency + complete_many) on fresh backlogs of protocol-jobs, each round once on a queue \
+     that writes the per-minute history and once on one that does not: Redis CPU and script time per job \
+     each way, free of process scheduling. Then the cold process phase again on fresh backlogs, each round \
+     once with EXAI_QUEUE_HISTORY=true and once with false (alternating which goes first), new worker \
+     processes each time; each mode's rate is its jobs over its summed drain times, and the ratio on ÷ off \
+     is what the history costs (1.0 = nothing). Each drain's own figures are printed as it ends.",
     "backlog ratios: per-job time (1 / warm rate) and Redis CPU per job at the large backlog ÷ the same at \
      the small one; 1.0 means the per-job cost does not depend on the backlog. The small rounds include \
      each round's ramp-up and ramp-down, and their rate is the noisier of the two.",

@@ -428,8 +428,9 @@ struct QueueArgs {
     /// both rates and their ratio.
     #[arg(long)]
     history_cost: bool,
-    /// Rounds of --history-cost (each drains --jobs twice: history on, history off).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    /// Rounds of --history-cost (each runs --protocol-jobs through the protocol loop and drains
+    /// --jobs through worker processes, history on and history off).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=20))]
     history_rounds: u64,
     /// The `exai-worker` binary (default: next to this executable).
     #[arg(long)]
