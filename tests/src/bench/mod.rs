@@ -808,11 +808,11 @@ async fn history_cost(ctx: &mut Ctx, report: &mut Report, prefix: &str) -> anyho
     Ok(())
 }
 
-/// The history's cost to Redis alone, without processes to schedule: `history_rounds` times,
-/// `protocol_jobs` jobs through the engine-shaped protocol loop (one task per worker process,
-/// fetch ≤ concurrency + complete_many) on a queue whose policy writes the history, and as many
-/// on one whose policy does not (alternating which goes first). Rows: Redis CPU and script time
-/// per job each way, and their ratios.
+/// The history's cost to Redis alone, without processes to schedule: after a warm-up round,
+/// `history_rounds` times, `protocol_jobs` jobs through the engine-shaped protocol loop (one
+/// task per worker process, fetch ≤ concurrency + complete_many) on a queue whose policy writes
+/// the history, and as many on one whose policy does not (alternating which goes first). Rows:
+/// Redis CPU and script time per job each way, and their ratios.
 async fn history_cost_protocol(
     ctx: &mut Ctx,
     report: &mut Report,
@@ -821,7 +821,10 @@ async fn history_cost_protocol(
     let o = ctx.opts.clone();
     let mut totals = [(0u64, 0.0f64, Usage::default()); 2];
     let (batch, tasks) = (o.concurrency.clamp(1, 1000), o.workers.max(1));
-    for round in 0..o.history_rounds {
+    // Round 0 warms up (both ways, unreported): the first drain after the worker processes
+    // ran pays for Redis and this process settling back into the loop (in one run its script
+    // time per job was twice the others').
+    for round in 0..=o.history_rounds {
         for on in [round % 2 == 0, round % 2 == 1] {
             let mode = if on { "on" } else { "off" };
             let cfg = config(&o.redis_url, &format!("{prefix}-histp{round}{mode}"))?;
@@ -842,6 +845,10 @@ async fn history_cost_protocol(
                 jobs == o.protocol_jobs,
                 "the protocol loop drained {jobs} jobs"
             );
+            cleanup(&o.redis_url, &cfg.redis.prefix).await?;
+            if round == 0 {
+                continue;
+            }
             progress(&format!(
                 "history cost, protocol only, history {mode}: {:.1} µs Redis CPU, {:.1} µs in \
                  scripts per job",
@@ -852,7 +859,6 @@ async fn history_cost_protocol(
             slot.0 += jobs;
             slot.1 += secs;
             slot.2 += usage;
-            cleanup(&o.redis_url, &cfg.redis.prefix).await?;
         }
     }
     let [
