@@ -13,8 +13,9 @@ use crate::metrics::Outcome;
 /// with room to spare.
 pub const SINGLE_FRAME_MAX_BYTES: usize = 1_000_000;
 
-/// What a call's `call_tool_res` carries: the outputs, or the error.
-pub(crate) type Answer = Result<Vec<ToolContent>, WireError>;
+/// What a call's `call_tool_res` carries: the result (outputs, and `structuredContent` when the
+/// tool gave one), or the error.
+pub(crate) type Answer = Result<ToolResult, WireError>;
 
 /// An error reply to a call: a `call_tool_res` with `error`; a single-frame client also gets the
 /// error as `result` text, since that is all the stdio shim reads.
@@ -39,7 +40,32 @@ pub(crate) fn finished(info: &JobInfo) -> Option<(Answer, Outcome)> {
             .or_else(|| info.errors.last().map(|e| e.message.clone()))
     };
     match info.state {
-        JobState::Completed => Some((Ok(outputs_of(info.result.as_deref())), Outcome::Completed)),
+        JobState::Completed => {
+            let result = result_of(info.result.as_deref());
+            if !result.is_error {
+                return Some((Ok(result), Outcome::Completed));
+            }
+            // An upstream MCP tool that ran and reported a failure (`isError`).
+            Some((
+                Err(WireError::new(
+                    ErrorCode::ToolExecutionError,
+                    format!("Tool execution failed: {}", result.joined_text()),
+                )
+                .with_details(json!({"is_error": true, "outputs": result.outputs}))),
+                Outcome::Failed,
+            ))
+        }
+        JobState::Dead if interrupted(info) => Some((
+            Err(WireError::new(
+                ErrorCode::Interrupted,
+                format!(
+                    "The call was interrupted and not run again: {}",
+                    last_error().unwrap_or_default()
+                ),
+            )
+            .with_details(json!({"interrupted": true, "attempts": info.attempts}))),
+            Outcome::Failed,
+        )),
         JobState::Dead if expired(info) => Some((
             Err(WireError::new(
                 ErrorCode::Timeout,
@@ -84,20 +110,33 @@ pub(crate) fn expired(info: &JobInfo) -> bool {
         .is_some_and(exai_shared::jobs::is_expired_reason)
 }
 
-/// The content items of a stored result: a [`ToolResult`], or any other JSON as one text item.
-fn outputs_of(stored: Option<&[u8]>) -> Vec<ToolContent> {
+/// Whether a dead job's upstream MCP call was interrupted (see
+/// [`exai_shared::jobs::JobError::interrupted`]).
+pub(crate) fn interrupted(info: &JobInfo) -> bool {
+    info.dead_reason
+        .as_deref()
+        .or_else(|| info.errors.last().map(|e| e.message.as_str()))
+        .is_some_and(exai_shared::jobs::is_interrupted_reason)
+}
+
+/// A stored result: a [`ToolResult`], or any other JSON as one text item.
+fn result_of(stored: Option<&[u8]>) -> ToolResult {
     let Some(bytes) = stored else {
-        return Vec::new();
+        return ToolResult {
+            outputs: Vec::new(),
+            structured_content: None,
+            is_error: false,
+        };
     };
     if let Ok(r) = serde_json::from_slice::<ToolResult>(bytes) {
-        return r.outputs;
+        return r;
     }
     let text = match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::String(s)) => s,
         Ok(v) => v.to_string(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     };
-    vec![ToolContent::text(text)]
+    ToolResult::text(text)
 }
 
 /// The single-frame reply (`result` and `outputs`, no `text`), cut to [`SINGLE_FRAME_MAX_BYTES`]
@@ -171,12 +210,15 @@ mod tests {
     #[test]
     fn stored_results_of_any_shape_become_outputs() {
         let r = serde_json::to_vec(&ToolResult::text("x")).unwrap();
-        assert_eq!(outputs_of(Some(&r)), vec![ToolContent::text("x")]);
+        assert_eq!(result_of(Some(&r)).outputs, vec![ToolContent::text("x")]);
         assert_eq!(
-            outputs_of(Some(br#"{"a":1}"#)),
+            result_of(Some(br#"{"a":1}"#)).outputs,
             vec![ToolContent::text(r#"{"a":1}"#)]
         );
-        assert_eq!(outputs_of(Some(b"\"s\"")), vec![ToolContent::text("s")]);
-        assert!(outputs_of(None).is_empty());
+        assert_eq!(
+            result_of(Some(b"\"s\"")).outputs,
+            vec![ToolContent::text("s")]
+        );
+        assert!(result_of(None).outputs.is_empty());
     }
 }

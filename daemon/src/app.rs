@@ -45,6 +45,8 @@ pub struct App {
     pub(crate) workers: WorkerRegistry,
     /// The shared job-event subscription.
     pub(crate) relay: Relay,
+    /// The tools of the upstream MCP servers, as the workers published them.
+    pub(crate) upstream: exai_shared::upstream::Catalogue,
     /// Publishes `Finished` for jobs the daemon cancels while they wait, so every waiter
     /// (in this daemon or another) hears of it at once.
     pub(crate) events: EventPublisher,
@@ -143,6 +145,7 @@ impl App {
                 limits.max_pending_hello_per_ip,
             ),
             workers: WorkerRegistry::new(redis.clone(), &keys),
+            upstream: exai_shared::upstream::Catalogue::new(redis.clone(), keys.clone()),
             events: EventPublisher::new(redis.clone(), keys),
             config,
             limits,

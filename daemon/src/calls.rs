@@ -25,6 +25,7 @@ use exai_shared::protocol::{
 use exai_shared::queue::{CancelOutcome, JobInfo, JobState, NewJob, QueueError};
 use exai_shared::staging::{self, StagingError};
 use exai_shared::tools;
+use exai_shared::upstream::UpstreamTool;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -54,7 +55,7 @@ pub(crate) async fn dispatch(conn: &Arc<Caller>, inbound: Inbound) -> Result<(),
     let reply = match request {
         Request::ListTools => ServerMessage::ListToolsRes(ListToolsRes {
             reply_to,
-            tools: tool_listing(),
+            tools: tool_listing(app).await,
         }),
         Request::Ping => ServerMessage::Pong(Pong { reply_to }),
         Request::Hello => error(
@@ -112,10 +113,68 @@ pub(crate) async fn dispatch(conn: &Arc<Caller>, inbound: Inbound) -> Result<(),
 }
 
 /// The tools a client may call, as `list_tools` shows them (`{name, description, inputSchema,
-/// annotations, outputSchema?}`): the one catalogue the WebSocket's `list_tools` and MCP's
-/// `tools/list` both answer with.
-pub(crate) fn tool_listing() -> Vec<Value> {
-    tools::all().iter().map(tools::Tool::listing).collect()
+/// annotations, outputSchema?}`): the built-in tools, then the upstream MCP servers' tools
+/// (their own listings under their prefixed names). The one catalogue the WebSocket's
+/// `list_tools` and MCP's `tools/list` both answer with.
+pub(crate) async fn tool_listing(app: &App) -> Vec<Value> {
+    let upstream = app.upstream.snapshot().await;
+    tools::all()
+        .iter()
+        .map(tools::Tool::listing)
+        .chain(upstream.tools().iter().map(|t| t.entry.listing.clone()))
+        .collect()
+}
+
+/// A tool a client may call: built in, or an upstream MCP server's.
+#[derive(Debug, Clone)]
+pub(crate) enum Callable {
+    /// A tool of the registry ([`exai_shared::tools`]).
+    Builtin(&'static tools::Tool),
+    /// A tool of the upstream catalogue ([`exai_shared::upstream`]).
+    Upstream(Arc<UpstreamTool>),
+}
+
+impl Callable {
+    /// The name it is called by.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Self::Builtin(t) => t.name,
+            Self::Upstream(t) => t.name(),
+        }
+    }
+
+    /// Checks a call's arguments against its input schema.
+    fn validate(&self, arguments: &Value) -> Result<(), tools::ArgumentError> {
+        match self {
+            Self::Builtin(t) => t.validate(arguments),
+            Self::Upstream(t) => t.validate(arguments),
+        }
+    }
+
+    /// The built-in tool, if it is one.
+    fn builtin(&self) -> Option<&'static tools::Tool> {
+        match self {
+            Self::Builtin(t) => Some(t),
+            Self::Upstream(_) => None,
+        }
+    }
+}
+
+/// The tool called `name` (normalised first): a built-in one, else an upstream one. A name the
+/// catalogue snapshot lacks is looked up once more in a fresh read (a server just connected).
+pub(crate) async fn find_tool(app: &App, name: &str) -> Option<Callable> {
+    let name = tools::normalize_name(name);
+    if let Some(tool) = tools::find(name) {
+        return Some(Callable::Builtin(tool));
+    }
+    if let Some(tool) = app.upstream.snapshot().await.find(name) {
+        return Some(Callable::Upstream(Arc::clone(tool)));
+    }
+    app.upstream
+        .snapshot_within(std::time::Duration::ZERO)
+        .await
+        .find(name)
+        .map(|t| Callable::Upstream(Arc::clone(t)))
 }
 
 /// How the admission of a call ended.
@@ -139,15 +198,21 @@ async fn call_tool(conn: &Arc<Caller>, reply_to: ReplyTo, call: CallTool) -> Res
         Admission::Following(follow) => follow,
         Admission::Reacked => return Ok(()),
         Admission::Refused(outcome, error) => {
+            // Only names of tools label the metrics: an unknown name counts as `unknown`.
+            let label = if error.code == ErrorCode::ToolNotFound {
+                "unknown"
+            } else {
+                tools::normalize_name(&name)
+            };
             let last = ServerMessage::CallToolRes(call_error(reply_to, single, error)).to_json();
-            return end_call(conn, &name, outcome, Some(last)).await;
+            return end_call(conn, label, outcome, Some(last)).await;
         }
     };
     let task_conn = conn.clone();
     conn.tasks.spawn(async move {
         let _in_flight = task_conn.app.metrics.call_in_flight();
         let (outcome, last) = follow.run(&task_conn).await;
-        if end_call(&task_conn, follow.tool, outcome, last)
+        if end_call(&task_conn, &follow.tool, outcome, last)
             .await
             .is_err()
         {
@@ -158,7 +223,7 @@ async fn call_tool(conn: &Arc<Caller>, reply_to: ReplyTo, call: CallTool) -> Res
     Ok(())
 }
 
-/// Ends a call: records how it ended (`tool` as the client named it), then sends its last frame,
+/// Ends a call: records how it ended (`tool`: the tool's name, or `unknown`), then sends its last frame,
 /// if there is a client to send it to. The one place a call's outcome is counted; counted before
 /// the frame is sent, so a client that saw the answer sees the count.
 async fn end_call(
@@ -177,10 +242,15 @@ async fn end_call(
 /// The `TOOL_NOT_FOUND` answer to a call of `asked`: names the closest tools, or every tool when
 /// none is close, and says so when the name is an op (`list_tools`) rather than a tool.
 /// `details`: `closest` and `tools`, the names.
-fn tool_not_found(asked: &str) -> WireError {
+async fn tool_not_found(app: &App, asked: &str) -> WireError {
     let name = tools::normalize_name(asked);
-    let closest = tools::closest(name);
-    let all: Vec<&str> = tools::all().iter().map(|t| t.name).collect();
+    let upstream = app.upstream.snapshot().await;
+    let all: Vec<&str> = tools::all()
+        .iter()
+        .map(|t| t.name)
+        .chain(upstream.tools().iter().map(|t| t.name()))
+        .collect();
+    let closest = tools::closest_in(name, all.iter().copied());
     let hint = if ClientOp::from_wire(name).is_some() {
         format!(
             "{name} is an op, not a tool: send {{\"op\":\"{name}\"}}; the tools are {}",
@@ -207,16 +277,16 @@ async fn admit(
     call: CallTool,
 ) -> Result<Admission, Closed> {
     let app = &conn.app;
-    let Some(tool) = tools::find(&call.name) else {
+    let Some(tool) = find_tool(app, &call.name).await else {
         return Ok(Admission::Refused(
             Outcome::Invalid,
-            tool_not_found(&call.name),
+            tool_not_found(app, &call.name).await,
         ));
     };
     // The arguments are enqueued as they are: their size is capped before anything else is done
     // with them (upload content excepted: it is staged, not enqueued, and limited on its own).
     let max = app.limits.max_argument_bytes;
-    let size = argument_bytes(tool.name, &call.arguments);
+    let size = argument_bytes(tool.name(), &call.arguments);
     if size > max {
         return Ok(Admission::Refused(
             Outcome::Invalid,
@@ -225,7 +295,7 @@ async fn admit(
                 format!(
                     "Invalid arguments for {}: the arguments are {size} bytes of JSON, over the \
                      limit of {max} (EXAI_MAX_ARGUMENT_BYTES)",
-                    tool.name
+                    tool.name()
                 ),
             )
             .with_details(json!({"path": "/", "limit": max, "size": size})),
@@ -243,15 +313,19 @@ async fn admit(
                 ErrorCode::ValidationError,
                 format!(
                     "Invalid arguments for {}: {}: {}",
-                    tool.name, e.path, e.message
+                    tool.name(),
+                    e.path,
+                    e.message
                 ),
             )
             .with_details(json!({"path": e.path, "errors": errors})),
         ));
     }
-    if let Some(error) =
-        file_admin::refusal(app.config.ws.client_file_admin, tool.name, &call.arguments)
-    {
+    if let Some(error) = file_admin::refusal(
+        app.config.ws.client_file_admin,
+        tool.name(),
+        &call.arguments,
+    ) {
         return Ok(Admission::Refused(Outcome::Invalid, error));
     }
 
@@ -266,7 +340,7 @@ async fn admit(
             accepted: true,
             job_id: job_id.clone(),
             timeout: timeout.as_secs_f64(),
-            name: Some(tool.name.to_owned()),
+            name: Some(tool.name().to_owned()),
             duplicate,
         })
     };
@@ -327,7 +401,10 @@ async fn admit(
     // Inline upload bytes go to the staging store now, once the call holds its slot (a refused
     // call stages nothing); the job carries only their hash.
     let mut arguments = call.arguments;
-    let staged = if tool.name == tools::KIMI_UPLOAD_BYTES {
+    let staged = if tool
+        .builtin()
+        .is_some_and(|t| t.name == tools::KIMI_UPLOAD_BYTES)
+    {
         match stage_inline(app, &mut arguments).await {
             Ok(staged) => Some(staged),
             Err(error) => {
@@ -346,7 +423,7 @@ async fn admit(
     };
 
     let job = ToolCallJob {
-        tool: tool.name.to_owned(),
+        tool: tool.name().to_owned(),
         arguments,
         staged,
         session_id: conn.session.id.clone(),
@@ -380,7 +457,7 @@ async fn admit(
     };
     tracing::debug!(
         job_id,
-        tool = tool.name,
+        tool = tool.name(),
         created = enqueued.is_created(),
         "call enqueued"
     );
@@ -392,7 +469,7 @@ async fn admit(
         job_id,
         reply_to: reply_to.clone(),
         single,
-        tool: tool.name,
+        tool: Arc::from(tool.name()),
         _slot: slot,
     }))
 }
@@ -544,7 +621,8 @@ async fn about_call(
         {
             Some((job_id, (result, _))) => {
                 let res = match result {
-                    Ok(outputs) => CallToolRes::success(reply_to.clone(), outputs),
+                    Ok(r) => CallToolRes::success(reply_to.clone(), r.outputs)
+                        .with_structured(r.structured_content),
                     Err(e) => CallToolRes::failed(reply_to.clone(), e),
                 };
                 ServerMessage::CallToolRes(res.with_job_id(job_id.clone()))

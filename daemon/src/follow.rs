@@ -11,6 +11,7 @@
 //! `call_tool_res`; if the connection goes first, the job goes on and its result stays in
 //! Redis for `get_result`, a repeated `call_tool`, or another connection of the session.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use exai_shared::events::JobEvent;
@@ -42,8 +43,8 @@ pub(crate) struct Follow {
     pub(crate) reply_to: ReplyTo,
     /// Whether the client gets exactly one frame (no ack, no progress).
     pub(crate) single: bool,
-    /// The tool called (its registered name).
-    pub(crate) tool: &'static str,
+    /// The tool called (its registered or catalogued name).
+    pub(crate) tool: Arc<str>,
     /// The call's place in the session's in-flight count, given back when the follow is
     /// dropped.
     pub(crate) _slot: CallSlot,
@@ -77,7 +78,8 @@ impl Follow {
     fn last_frame(&self, result: Answer) -> String {
         if !self.single {
             let res = match result {
-                Ok(outputs) => CallToolRes::success(self.reply_to.clone(), outputs),
+                Ok(r) => CallToolRes::success(self.reply_to.clone(), r.outputs)
+                    .with_structured(r.structured_content),
                 Err(e) => CallToolRes::failed(self.reply_to.clone(), e),
             };
             return ServerMessage::CallToolRes(res.with_job_id(&self.job_id)).to_json();
@@ -87,7 +89,7 @@ impl Follow {
             id: self.reply_to.id.clone(),
         };
         match result {
-            Ok(outputs) => single_frame(reply_to, outputs, &self.job_id),
+            Ok(r) => single_frame(reply_to, r.outputs, &self.job_id),
             Err(e) => ServerMessage::CallToolRes(call_error(reply_to, true, e)).to_json(),
         }
     }

@@ -197,12 +197,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A call to `tool` (a registered name, or `unknown`) ended with `outcome`.
+    /// A call to `tool` (the name of a built-in or upstream tool, or `unknown`: never a name a
+    /// client made up, which would grow the label set without bound) ended with `outcome`.
     pub fn call(&self, tool: &str, outcome: Outcome) {
-        let tool = match exai_shared::tools::find(tool) {
-            Some(t) => t.name,
-            None => "unknown",
-        };
         self.inner
             .calls
             .get_or_create(&CallLabels {

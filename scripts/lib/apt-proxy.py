@@ -10,11 +10,13 @@ than 80.
 Two kinds of allowed hosts:
 - --allow HOST: fetched as asked, over plain HTTP (the Debian mirrors, whose packages apt
   verifies with the archive's signatures).
-- --https HOST: PyPI (pypi.org, files.pythonhosted.org). The chroot asks for http://HOST/...;
+- --https HOST: PyPI (pypi.org, files.pythonhosted.org) and the npm registry
+  (registry.npmjs.org). The chroot asks for http://HOST/...;
   the proxy fetches https://HOST/... with certificate verification, and in the package index
-  (/simple/ pages, HTML or JSON) it rewrites https://<an --https host>/ links to http:// so that
-  pip fetches the files through the proxy too. pip still checks every file against the sha256
-  the index (fetched over verified TLS) gives for it.
+  (PyPI's /simple/ pages, HTML or JSON; npm's package documents) it rewrites
+  https://<an --https host>/ links to http:// so that pip and npm fetch the files through the
+  proxy too. pip still checks every file against the sha256 the index (fetched over verified
+  TLS) gives for it, npm against the integrity hash of the package document.
 
 Usage: apt-proxy.py --listen ADDRESS --port PORT --allow HOST [--allow HOST ...]
                     [--https HOST ...]
@@ -101,7 +103,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def forward_https(self, host, target, headers):
         """GET/HEAD https://HOST/TARGET (certificate verified); index pages have their links to
         the --https hosts rewritten to http://, so the files come through this proxy too."""
-        index = target.startswith("/simple/")
+        # PyPI's /simple/ pages, and the npm registry's package documents (anything but a
+        # tarball), name the files to fetch with https:// links.
+        index = target.startswith("/simple/") or (
+            host == "registry.npmjs.org" and not target.endswith(".tgz")
+        )
         if index:
             # The body is rewritten: ask for it uncompressed.
             headers["Accept-Encoding"] = "identity"

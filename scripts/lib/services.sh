@@ -270,13 +270,16 @@ TEST_TOOLS=(
   kill procps
   runuser util-linux
   openssl openssl
+  node nodejs
+  npm npm
 )
 
 ensure_test_tools() {
-  step "checking the tools the tests run (docker-compose, python3 with PyYAML and venv, chromium, curl, kill, openssl)" \
-    "install them (as root: apt-get install docker-compose python3-yaml python3-venv chromium curl procps openssl) and re-run"
+  step "checking the tools the tests run (docker-compose, python3 with PyYAML and venv, chromium, curl, kill, openssl, node and npm)" \
+    "install them (as root: apt-get install docker-compose python3-yaml python3-venv chromium curl procps openssl nodejs npm) and re-run"
   ensure_commands "${TEST_TOOLS[@]}"
-  # The MCP tests build a virtual environment with the official MCP SDK (tests/mcp/).
+  # The MCP tests build a virtual environment with the official MCP SDK (tests/mcp/), and install
+  # the reference server @modelcontextprotocol/server-everything with npm (tests/src/mcp.rs).
   if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
   fi

@@ -372,6 +372,9 @@ pub struct SemaphoreConfig {
     pub kimi_wait: Duration,
     /// `GLM_SEMAPHORE_TIMEOUT` seconds (10): how long a GLM job waits before it is put back.
     pub glm_wait: Duration,
+    /// `mcp.<server>` → `EXAI_MCP_<NAME>_MAX_INFLIGHT` (8): the semaphores of the upstream MCP
+    /// servers in `EXAI_MCP_SERVERS`.
+    pub upstream_limits: Vec<(String, u32)>,
 }
 
 impl SemaphoreConfig {
@@ -382,6 +385,9 @@ impl SemaphoreConfig {
             ("kimi".to_owned(), self.kimi_limit),
             ("glm".to_owned(), self.glm_limit),
         ]
+        .into_iter()
+        .chain(self.upstream_limits.iter().cloned())
+        .collect()
     }
 
     /// How long a job for `provider` (`None` for no provider) may wait for its permits.
@@ -411,6 +417,11 @@ pub struct JobConfig {
 /// Settings of `exai-worker run`.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// `EXAI_MCP_SERVERS` (unset: none): the file of upstream MCP servers whose tools the
+    /// workers run (`mcpServers` or `servers`, as MCP clients write it; [`crate::upstream`]).
+    pub mcp_servers_file: Option<PathBuf>,
+    /// The servers of that file, checked at start-up (limits from `EXAI_MCP_<NAME>_MAX_INFLIGHT`).
+    pub mcp_servers: Vec<crate::upstream::UpstreamServer>,
     /// `EXAI_WORKER_METRICS_ADDR` (unset: off): where `exai-worker run` serves Prometheus
     /// metrics on `/metrics`, e.g. `127.0.0.1:9464`.
     pub metrics_addr: Option<std::net::SocketAddr>,

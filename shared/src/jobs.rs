@@ -165,7 +165,26 @@ pub fn is_expired_reason(reason: &str) -> bool {
         .starts_with(EXPIRED_REASON)
 }
 
+/// How the reason of an upstream MCP call that was interrupted begins (see
+/// [`JobError::interrupted`]).
+pub const INTERRUPTED_REASON: &str = "interrupted:";
+
+/// Whether a dead job's reason (or its last error) says its call was interrupted.
+pub fn is_interrupted_reason(reason: &str) -> bool {
+    reason
+        .strip_prefix("permanent error: ")
+        .unwrap_or(reason)
+        .starts_with(INTERRUPTED_REASON)
+}
+
 impl JobError {
+    /// An upstream MCP call that an earlier attempt (or this one) may have run, of a tool that is
+    /// neither read-only nor idempotent: it is not run again, and its job ends at once with a
+    /// reason [`is_interrupted_reason`] recognises.
+    pub fn interrupted(why: impl std::fmt::Display) -> Self {
+        Self::Permanent(format!("{INTERRUPTED_REASON} {why}"))
+    }
+
     /// A tool call taken `late_ms` past its deadline: it is not run, and its job ends at once
     /// (no retry) with a reason [`is_expired_reason`] recognises.
     pub fn expired(late_ms: u64) -> Self {
@@ -185,11 +204,22 @@ impl JobError {
     }
 }
 
-/// What a tool call returns: MCP-style content items (the daemon relays them as `outputs`).
+/// What a tool call returns: MCP content items (the daemon relays them as `outputs`), and for an
+/// upstream MCP tool its `structuredContent` and whether it reported a failure (`isError`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolResult {
     /// The content items, in order.
     pub outputs: Vec<ToolContent>,
+    /// The result as one JSON value, when the tool returned one (`structuredContent`).
+    #[serde(
+        default,
+        rename = "structuredContent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub structured_content: Option<serde_json::Value>,
+    /// The tool ran and reported a failure (MCP `isError`); the items say what went wrong.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_error: bool,
 }
 
 impl ToolResult {
@@ -197,6 +227,35 @@ impl ToolResult {
     pub fn text(text: impl Into<String>) -> Self {
         Self {
             outputs: vec![ToolContent::text(text)],
+            structured_content: None,
+            is_error: false,
+        }
+    }
+
+    /// The result of an MCP `tools/call` (`{content, structuredContent?, isError?}`): every
+    /// content block kept as it is (a text block's `text` in [`ToolContent::text`], the fields of
+    /// other blocks — `data`, `mimeType`, `resource`, … — alongside).
+    pub fn from_mcp(result: serde_json::Value) -> Self {
+        let outputs = result
+            .get("content")
+            .and_then(serde_json::Value::as_array)
+            .map(|blocks| {
+                blocks
+                    .iter()
+                    .filter_map(|b| serde_json::from_value::<ToolContent>(b.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            outputs,
+            structured_content: result
+                .get("structuredContent")
+                .filter(|v| !v.is_null())
+                .cloned(),
+            is_error: result
+                .get("isError")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
         }
     }
 
@@ -210,14 +269,20 @@ impl ToolResult {
     }
 }
 
-/// One content item of a tool result.
+/// One content item of a tool result: `{"type": "text", "text"}` for every built-in tool; an
+/// upstream MCP tool's other blocks (`image`, `audio`, `resource_link`, `resource`) keep their
+/// own fields, with `text` empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolContent {
-    /// Always `text` today.
+    /// `text`, or the MCP block type.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The text.
+    /// The text (empty for a block that is not text).
+    #[serde(default)]
     pub text: String,
+    /// The block's other fields (`data`, `mimeType`, `annotations`, …), as they came.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ToolContent {
@@ -226,6 +291,7 @@ impl ToolContent {
         Self {
             kind: "text".to_owned(),
             text: text.into(),
+            extra: serde_json::Map::new(),
         }
     }
 }

@@ -17,6 +17,8 @@
 //! | `P:ev:<job id>` | pub/sub channel | the job's events ([`JobEvent`](crate::events::JobEvent)) |
 //! | `{P:cleanup}:last` | string | the last orphan cleanup report (JSON, with its time and tick) |
 //! | `{P:cleanup}:history` | list | the recent cleanup reports, newest first (capped) |
+//! | `P:mcp:catalogue` | hash | upstream MCP server → its tools as last listed ([`crate::upstream::CatalogueEntry`]) |
+//! | `P:mcp:sent:<job id>` | string | an upstream MCP call sent and not yet answered (TTL) |
 //! | `{P:workers}:live` | zset | registered worker processes, score = registration expiry (ms, Redis clock) |
 //! | `{P:workers}:info` | hash | worker id → JSON description (see [`crate::worker_registry`]) |
 //! | `{P:q:<queue>}:…` | various | one queue's lists, sorted sets and job hashes: [`QueueKeys`], and the table in [`crate::queue`] |
@@ -89,6 +91,19 @@ impl Keys {
     /// `EXAI_MCP_SESSION_TTL_SECS`, renewed while the session is used.
     pub fn mcp_session(&self, session_digest: &str) -> String {
         format!("{}:mcp:session:{session_digest}", self.prefix)
+    }
+
+    /// The upstream MCP servers' tools, as the workers connected to them last listed them:
+    /// server name → JSON [`crate::upstream::CatalogueEntry`] (with its own expiry, renewed by
+    /// the workers while connected). The daemons list and validate upstream tools from it.
+    pub fn mcp_catalogue(&self) -> String {
+        format!("{}:mcp:catalogue", self.prefix)
+    }
+
+    /// The mark of an upstream MCP call that was sent and has not been answered yet (a string
+    /// with a TTL): an attempt that finds it knows an earlier one may have run the tool.
+    pub fn mcp_sent(&self, job_id: &str) -> String {
+        format!("{}:mcp:sent:{job_id}", self.prefix)
     }
 
     /// The pub/sub channel on which releases are announced.

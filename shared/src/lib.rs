@@ -60,6 +60,7 @@ pub mod staging;
 pub mod subscriber;
 pub mod telemetry;
 pub mod tools;
+pub mod upstream;
 pub mod worker_registry;
 
 pub use config::Config;

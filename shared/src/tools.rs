@@ -161,7 +161,7 @@ impl std::fmt::Debug for Tool {
 #[error("invalid arguments for {tool}: {path}: {message}")]
 pub struct ArgumentError {
     /// The tool.
-    pub tool: &'static str,
+    pub tool: String,
     /// The JSON pointer of the first failing value (`""` is the arguments object itself).
     pub path: String,
     /// What is wrong there.
@@ -204,28 +204,7 @@ impl Tool {
 
     /// Checks `arguments` against the input schema; the error names the failing path.
     pub fn validate(&self, arguments: &Value) -> Result<(), ArgumentError> {
-        let all: Vec<(String, String)> = self
-            .validator
-            .iter_errors(arguments)
-            .take(MAX_REPORTED_ERRORS)
-            .map(|e| {
-                let path = e.instance_path().to_string();
-                (path, e.to_string())
-            })
-            .collect();
-        match all.first() {
-            None => Ok(()),
-            Some((path, message)) => Err(ArgumentError {
-                tool: self.name,
-                path: if path.is_empty() {
-                    "/".to_owned()
-                } else {
-                    path.clone()
-                },
-                message: message.clone(),
-                all,
-            }),
-        }
+        check(&self.validator, self.name, arguments)
     }
 
     /// The provider a call with these (valid) arguments runs on, if any.
@@ -268,6 +247,36 @@ impl Tool {
     }
 }
 
+/// Checks `arguments` of tool `name` with its compiled input schema; the error names the first
+/// failing path and lists up to ten failures.
+pub fn check(
+    validator: &jsonschema::Validator,
+    name: &str,
+    arguments: &Value,
+) -> Result<(), ArgumentError> {
+    let all: Vec<(String, String)> = validator
+        .iter_errors(arguments)
+        .take(MAX_REPORTED_ERRORS)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            (path, e.to_string())
+        })
+        .collect();
+    match all.first() {
+        None => Ok(()),
+        Some((path, message)) => Err(ArgumentError {
+            tool: name.to_owned(),
+            path: if path.is_empty() {
+                "/".to_owned()
+            } else {
+                path.clone()
+            },
+            message: message.clone(),
+            all,
+        }),
+    }
+}
+
 /// Strips one trailing `_EXAI-WS` / `-EXAI-WS` / `_EXAI_WS` / `-EXAI_WS` and surrounding
 /// whitespace from a client's tool name.
 pub fn normalize_name(name: &str) -> &str {
@@ -296,21 +305,25 @@ const MAX_CLOSEST: usize = 3;
 /// first: the ones fewest edits away, when that is within a quarter of its length (at least
 /// two edits), and one more edit; else the ones that contain it. Empty when none is close.
 pub fn closest(name: &str) -> Vec<&'static str> {
+    closest_in(name, TOOLS.iter().map(|t| t.name))
+}
+
+/// [`closest`] among `names` (the registered tools and the upstream MCP tools, say).
+pub fn closest_in<'a>(name: &str, names: impl Iterator<Item = &'a str> + Clone) -> Vec<&'a str> {
     let wanted = normalize_name(name).to_ascii_lowercase();
     let limit = (wanted.chars().count() / 4).max(2);
-    let mut near: Vec<(usize, &'static str)> = TOOLS
-        .iter()
-        .map(|t| (strsim::levenshtein(&wanted, t.name), t.name))
+    let mut near: Vec<(usize, &'a str)> = names
+        .clone()
+        .map(|n| (strsim::levenshtein(&wanted, n), n))
         .filter(|(distance, _)| *distance <= limit)
         .collect();
     near.sort();
     if let Some(&(best, _)) = near.first() {
         near.retain(|(distance, _)| *distance <= best + 1);
     } else if wanted.len() >= 3 {
-        near = TOOLS
-            .iter()
-            .filter(|t| t.name.contains(wanted.as_str()))
-            .map(|t| (0, t.name))
+        near = names
+            .filter(|n| n.contains(wanted.as_str()))
+            .map(|n| (0, n))
             .collect();
         near.sort();
     }

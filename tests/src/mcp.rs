@@ -1,7 +1,9 @@
 //! The official MCP Python SDK as a test peer: a virtual environment with the pinned
 //! `tests/mcp/requirements.txt` (the SDK `mcp` and its dependencies), created on first use under
 //! the target directory and reused while the requirements are unchanged, and the driver scripts
-//! of `tests/mcp/`, each run as a process that prints one JSON object per line.
+//! of `tests/mcp/`, each run as a process that prints one JSON object per line; and the official
+//! reference server `@modelcontextprotocol/server-everything`, installed with npm the same way
+//! ([`everything`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,35 +40,121 @@ fn create_venv() -> PathBuf {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    // target/<profile>/exai-daemon → target/mcp-venv-<digest>
+    let venv = built_once(&format!("mcp-venv-{digest}"), "bin/python", |building| {
+        run_to_end(
+            std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(building),
+            "python3 -m venv",
+            "scripts/test installs python3 and python3-venv",
+        );
+        run_to_end(
+            std::process::Command::new(building.join("bin").join("python"))
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "-r",
+                ])
+                .arg(&requirements),
+            "pip install -r tests/mcp/requirements.txt",
+            "scripts/test installs python3 and python3-venv",
+        );
+    });
+    venv.join("bin").join("python")
+}
+
+/// The version of the official reference server the tests run as an upstream.
+pub const EVERYTHING_VERSION: &str = "2026.8.31";
+
+/// The entry point of `@modelcontextprotocol/server-everything` ([`EVERYTHING_VERSION`]),
+/// installed with npm (once per version) under the target directory: run it with `node`.
+pub fn everything() -> PathBuf {
+    static ENTRY: OnceLock<PathBuf> = OnceLock::new();
+    ENTRY
+        .get_or_init(|| {
+            let rel = "node_modules/@modelcontextprotocol/server-everything/dist/index.js";
+            let dir = built_once(
+                &format!("mcp-everything-{EVERYTHING_VERSION}"),
+                rel,
+                |building| {
+                    std::fs::create_dir_all(building).expect("create the npm directory");
+                    run_to_end(
+                        std::process::Command::new("npm")
+                            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                            .arg(building)
+                            .arg(format!(
+                                "@modelcontextprotocol/server-everything@{EVERYTHING_VERSION}"
+                            )),
+                        "npm install @modelcontextprotocol/server-everything",
+                        "scripts/test installs nodejs and npm",
+                    );
+                },
+            );
+            dir.join(rel)
+        })
+        .clone()
+}
+
+/// Runs `cmd` to completion; panics with its output and `hint` if it fails.
+fn run_to_end(cmd: &mut std::process::Command, what: &str, hint: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e} ({hint})"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({hint}):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `target/<name>`, built by `build` when `target/<name>/<ready>` is missing. One test process
+/// builds it (the one that creates the lock directory) in a directory aside, renamed into place
+/// when done, so a concurrent test process never sees half of it; the others wait for it to
+/// appear. A builder that fails removes the lock as it unwinds, so the next one tries at once; a
+/// lock left by a process that died is taken over after the wait.
+fn built_once(name: &str, ready: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    // target/<profile>/exai-daemon → target/<name>
     let target = bin_path("exai-daemon")
         .parent()
         .and_then(Path::parent)
         .expect("target directory")
         .to_path_buf();
-    let venv = target.join(format!("mcp-venv-{digest}"));
-    let python = venv.join("bin").join("python");
-    if python.exists() {
-        return python;
+    let dir = target.join(name);
+    if dir.join(ready).exists() {
+        return dir;
     }
-    // One test process builds it (the one that creates the lock directory); the others wait
-    // for it to appear. A builder that fails removes the lock as it unwinds, so the next one
-    // tries at once; a lock left by a process that died is taken over after the wait.
-    let lock = target.join(format!("mcp-venv-{digest}.lock"));
-    let deadline = std::time::Instant::now() + VENV_WAIT;
+    let lock = target.join(format!("{name}.lock"));
+    let deadline = std::time::Instant::now() + BUILD_WAIT;
     loop {
-        if python.exists() {
-            return python;
+        if dir.join(ready).exists() {
+            return dir;
         }
         if std::fs::create_dir(&lock).is_ok() || std::time::Instant::now() >= deadline {
             let _held = LockDir(lock);
-            return build_venv(&target, &digest, &requirements, &venv);
+            let building = target.join(format!("{name}.building-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&building);
+            build(&building);
+            if std::fs::rename(&building, &dir).is_err() {
+                // Another test process finished first: use its directory.
+                let _ = std::fs::remove_dir_all(&building);
+            }
+            assert!(
+                dir.join(ready).exists(),
+                "{} was not created",
+                dir.join(ready).display()
+            );
+            return dir;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// The venv's lock directory, removed when its builder is done, succeeded or not.
+/// A lock directory, removed when its builder is done, succeeded or not.
 struct LockDir(PathBuf);
 
 impl Drop for LockDir {
@@ -75,50 +163,8 @@ impl Drop for LockDir {
     }
 }
 
-/// How long a test waits for another process to build the environment.
-const VENV_WAIT: Duration = Duration::from_secs(600);
-
-fn build_venv(target: &Path, digest: &str, requirements: &Path, venv: &Path) -> PathBuf {
-    let python = venv.join("bin").join("python");
-    // Built aside and renamed into place, so a concurrent test process never sees half of it.
-    let building = target.join(format!("mcp-venv-{digest}.building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
-    let run = |cmd: &mut std::process::Command, what: &str| {
-        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!(
-            out.status.success(),
-            "{what} failed (scripts/test installs python3 and python3-venv):\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(
-        std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&building),
-        "python3 -m venv",
-    );
-    run(
-        std::process::Command::new(building.join("bin").join("python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-                "-r",
-            ])
-            .arg(requirements),
-        "pip install -r tests/mcp/requirements.txt",
-    );
-    if std::fs::rename(&building, venv).is_err() {
-        // Another test process finished first: use its environment.
-        let _ = std::fs::remove_dir_all(&building);
-    }
-    assert!(python.exists(), "{} was not created", python.display());
-    python
-}
+/// How long a test waits for another process to build a directory.
+const BUILD_WAIT: Duration = Duration::from_secs(600);
 
 /// A driver script running, its JSON lines read as they come.
 pub struct Driver {

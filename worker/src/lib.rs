@@ -9,6 +9,8 @@
 //!   semaphores, provider clients, staging, events, the push queue); state only, no policy.
 //! - [`permits`]: taking and holding the fleet-wide semaphore permits around provider calls.
 //! - [`tools`]: the tools `tool_calls` jobs run (chat, uploads, downloads, file management).
+//! - [`upstream`]: the sessions with the upstream MCP servers of `EXAI_MCP_SERVERS` (supervised,
+//!   their tools published to the catalogue) and the calls of their tools.
 //! - [`uploads`]: staged bytes → Moonshot → `provider_file_uploads` row → storage push job.
 //! - [`storage`]: the `storage_push` job (Supabase Storage, retried by the queue), its retry
 //!   policy and push queue ([`storage::policy`]), and re-drive.
@@ -29,3 +31,4 @@ pub mod state;
 pub mod storage;
 pub mod tools;
 pub mod uploads;
+pub mod upstream;

@@ -135,6 +135,11 @@ pub async fn run(
         )
         .await?;
     }
+    if options.queues.iter().any(|q| q == queue::TOOL_CALLS) && !state.upstreams.is_empty() {
+        state
+            .upstreams
+            .spawn(conn.clone(), keys.clone(), shutdown.clone());
+    }
     if options.queues.iter().any(|q| q == queue::STORAGE_PUSH) {
         crate::storage::spawn_ensure_bucket(state.clone(), shutdown.clone());
     }

@@ -11,8 +11,11 @@ use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
 use exai_shared::subscriber::Subscriber;
 
+use exai_shared::upstream::SentMarks;
+
 use crate::metrics::WorkerMetrics;
 use crate::storage::policy::{PushQueue, StoragePushPolicy};
+use crate::upstream::Upstreams;
 
 /// What every handler can reach. Shared by all jobs of the process behind one `Arc`; every field
 /// is a cheap handle (pools, clients), so nothing here is locked while a job runs.
@@ -42,6 +45,10 @@ pub struct AppState {
     pub keys: Keys,
     /// The process's metrics (semaphore waits, lost leases, storage pushes, cleanup).
     pub metrics: WorkerMetrics,
+    /// The upstream MCP servers of `EXAI_MCP_SERVERS` (connected once [`Upstreams::spawn`] ran).
+    pub upstreams: Upstreams,
+    /// The sent marks of upstream MCP calls.
+    pub sent: SentMarks,
 }
 
 impl AppState {
@@ -71,6 +78,11 @@ impl AppState {
             events: EventPublisher::new(conn.clone(), keys.clone()),
             storage_push: PushQueue::new(conn.clone(), &keys, storage_policy),
             worker_id: worker_id.to_owned(),
+            upstreams: Upstreams::new(
+                &config.worker.mcp_servers,
+                EventPublisher::new(conn.clone(), keys.clone()),
+            ),
+            sent: SentMarks::new(conn.clone(), keys.clone()),
             redis: conn,
             keys,
             metrics,

@@ -278,16 +278,28 @@ pub(crate) fn result(res: CallToolRes, tool: &str) -> Result<CallToolResult, Err
         };
     }
     let outputs = res.outputs.unwrap_or_default();
+    // Text blocks as they are; an upstream tool's other blocks with their own fields.
     let content: Vec<Value> = outputs
         .iter()
-        .map(|o| json!({"type": "text", "text": o.text}))
+        .map(|o| {
+            let mut block = o.extra.clone();
+            block.insert("type".to_owned(), Value::String(o.kind.clone()));
+            if o.kind == "text" {
+                block.insert("text".to_owned(), Value::String(o.text.clone()));
+            }
+            Value::Object(block)
+        })
         .collect();
     let mut value = json!({"content": content, "isError": false, "_meta": meta(&job_id)});
-    let structured = tools::find(tool)
-        .and_then(|t| t.output_schema.as_ref())
-        .and_then(|_| outputs.first())
-        .and_then(|first| serde_json::from_str::<Value>(&first.text).ok())
-        .filter(Value::is_object);
+    // An upstream tool's `structuredContent`; a built-in tool with an output schema returns its
+    // object as the first text item.
+    let structured = res.structured_content.or_else(|| {
+        tools::find(tool)
+            .and_then(|t| t.output_schema.as_ref())
+            .and_then(|_| outputs.first())
+            .and_then(|first| serde_json::from_str::<Value>(&first.text).ok())
+            .filter(Value::is_object)
+    });
     if let Some(structured) = structured {
         value["structuredContent"] = structured;
     }

@@ -44,8 +44,13 @@ fn session_id(extensions: &Extensions) -> Option<String> {
 }
 
 /// The tools, as MCP `Tool`s, from the one catalogue.
-pub(crate) fn tools() -> Vec<Tool> {
-    calls::tool_listing()
+pub(crate) async fn tools(app: &App) -> Vec<Tool> {
+    as_mcp_tools(calls::tool_listing(app).await)
+}
+
+/// Listings as MCP `Tool`s (a listing that is not one is logged and left out).
+fn as_mcp_tools(listings: Vec<Value>) -> Vec<Tool> {
+    listings
         .into_iter()
         .filter_map(|listing| match serde_json::from_value::<Tool>(listing) {
             Ok(tool) => Some(tool),
@@ -69,11 +74,23 @@ impl ServerHandler for McpHandler {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools()))
+        Ok(ListToolsResult::with_all_items(tools(&self.app).await))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools().into_iter().find(|t| t.name == name)
+        // Synchronous: the built-in tools, and the upstream ones of the last catalogue read.
+        let listing = match exai_shared::tools::find(name) {
+            Some(tool) => tool.listing(),
+            None => self
+                .app
+                .upstream
+                .current()
+                .find(name)?
+                .entry
+                .listing
+                .clone(),
+        };
+        as_mcp_tools(vec![listing]).pop()
     }
 
     async fn call_tool(

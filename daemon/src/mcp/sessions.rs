@@ -25,7 +25,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use exai_shared::jobs::ToolCallJob;
 use exai_shared::protocol::ReplyTo;
-use exai_shared::tools;
 use futures::{Stream, StreamExt};
 use rmcp::model::{
     ClientJsonRpcMessage, ClientRequest, GetMeta, JsonRpcNotification, Notification,
@@ -294,14 +293,14 @@ fn follow_job(app: Arc<App>, session: SessionId, mut tag: Tag) -> EventStream {
     tokio::spawn(async move {
         let target = Target::in_session(&session, &tag.r);
         let job_id = target.job_id();
-        let tool = match app.tool_calls.job(&job_id).await {
+        // The job's tool passed the daemon's lookup when it was enqueued.
+        let tool: Arc<str> = match app.tool_calls.job(&job_id).await {
             Ok(Some(info)) => serde_json::from_slice::<ToolCallJob>(&info.payload)
                 .ok()
-                .and_then(|job| tools::find(&job.tool))
-                .map(|t| t.name),
+                .map(|job| Arc::from(job.tool)),
             _ => None,
         }
-        .unwrap_or("unknown");
+        .unwrap_or_else(|| Arc::from("unknown"));
         let mut running = Running::new(&app, &target);
         let caller = running.caller().clone();
         // A resumed call counts in its session's in-flight calls, but is never refused: it is
@@ -313,7 +312,7 @@ fn follow_job(app: Arc<App>, session: SessionId, mut tag: Tag) -> EventStream {
             job_id,
             reply_to: ReplyTo::request(&target.request_id),
             single: false,
-            tool,
+            tool: Arc::clone(&tool),
             _slot: slot,
         };
         let mut last = tokio::spawn(async move { follow.run(&caller).await.1 });
@@ -328,7 +327,7 @@ fn follow_job(app: Arc<App>, session: SessionId, mut tag: Tag) -> EventStream {
             tokio::select! {
                 frame = running.next() => {
                     let Some(frame) = frame else { continue };
-                    if let (Step::Progress(message), Some(token)) = (translate(frame, tool), tag.p.clone()) {
+                    if let (Step::Progress(message), Some(token)) = (translate(frame, &tool), tag.p.clone()) {
                         tag.n = tag.n.floor() + 1.0;
                         let param = ProgressNotificationParam::new(token, tag.n).with_message(message);
                         let note = ServerJsonRpcMessage::notification(
@@ -346,7 +345,7 @@ fn follow_job(app: Arc<App>, session: SessionId, mut tag: Tag) -> EventStream {
         let Some(frame) = answer.and_then(|text| serde_json::from_str(&text).ok()) else {
             return;
         };
-        let message = match translate(frame, tool) {
+        let message = match translate(frame, &tool) {
             Step::Done(Ok(result)) => {
                 ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), tag.r.clone())
             }

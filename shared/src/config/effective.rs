@@ -150,6 +150,13 @@ impl Config {
             ),
             ("EXAI_QUEUE_HISTORY", Some(self.jobs.history.to_string())),
             (
+                "EXAI_MCP_SERVERS",
+                self.worker
+                    .mcp_servers_file
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            ),
+            (
                 "EXAI_WORKER_METRICS_ADDR",
                 self.worker.metrics_addr.map(|a| a.to_string()),
             ),

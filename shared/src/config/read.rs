@@ -169,7 +169,20 @@ impl Config {
             ));
         }
 
+        let mcp_servers_file = v.get("EXAI_MCP_SERVERS").map(PathBuf::from);
+        let mcp_servers = match &mcp_servers_file {
+            Some(path) => crate::upstream::config::load(path, &|name| {
+                v.vars.get(name).map(|s| s.trim().to_owned())
+            })
+            .map_err(|e| ConfigError::new("EXAI_MCP_SERVERS", e))?,
+            None => Vec::new(),
+        };
+
         let semaphores = SemaphoreConfig {
+            upstream_limits: mcp_servers
+                .iter()
+                .map(|s| (s.semaphore(), s.max_inflight))
+                .collect(),
             global_limit: v.positive("EXAI_WS_GLOBAL_MAX_INFLIGHT", 24)?,
             kimi_limit: v.positive("EXAI_WS_KIMI_MAX_INFLIGHT", 6)?,
             glm_limit: v.positive("EXAI_WS_GLM_MAX_INFLIGHT", 4)?,
@@ -323,6 +336,8 @@ impl Config {
                     .transpose()?,
             },
             worker: WorkerConfig {
+                mcp_servers_file,
+                mcp_servers,
                 metrics_addr: v
                     .get("EXAI_WORKER_METRICS_ADDR")
                     .map(|raw| {

@@ -111,6 +111,9 @@ pub enum ErrorCode {
     ProtocolError,
     /// The call was cancelled.
     Cancelled,
+    /// An upstream MCP call stopped mid-way (its worker or its server went away) and its tool is
+    /// not idempotent, so it was not run again: it may or may not have taken effect.
+    Interrupted,
 }
 
 every_variant!(ErrorCode {
@@ -127,6 +130,7 @@ every_variant!(ErrorCode {
     ProviderError,
     ProtocolError,
     Cancelled,
+    Interrupted,
 });
 
 impl ErrorCode {
@@ -146,6 +150,7 @@ impl ErrorCode {
             Self::ProviderError => "PROVIDER_ERROR",
             Self::ProtocolError => "PROTOCOL_ERROR",
             Self::Cancelled => "CANCELLED",
+            Self::Interrupted => "INTERRUPTED",
         }
     }
 }

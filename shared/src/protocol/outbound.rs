@@ -209,9 +209,23 @@ pub struct CallToolRes {
     /// The text was cut to keep the frame under 1 MiB; `get_result` returns all of it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// The result as one JSON value, when the tool returned one (an upstream MCP tool's
+    /// `structuredContent`).
+    #[serde(
+        default,
+        rename = "structuredContent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub structured_content: Option<serde_json::Value>,
 }
 
 impl CallToolRes {
+    /// The same result with `structuredContent`.
+    pub fn with_structured(mut self, structured: Option<serde_json::Value>) -> Self {
+        self.structured_content = structured;
+        self
+    }
+
     /// A successful result.
     pub fn success(reply_to: ReplyTo, outputs: Vec<ToolContent>) -> Self {
         let text = outputs
@@ -227,6 +241,7 @@ impl CallToolRes {
             error: None,
             job_id: None,
             truncated: false,
+            structured_content: None,
         }
     }
 
@@ -240,6 +255,7 @@ impl CallToolRes {
             error: Some(error),
             job_id: None,
             truncated: false,
+            structured_content: None,
         }
     }
 

@@ -89,12 +89,6 @@ pub async fn run(
     lease: &RunningJob,
     state: &Arc<AppState>,
 ) -> Result<ToolResult, JobError> {
-    let tool = tools::find(&job.tool).ok_or_else(|| {
-        JobError::Permanent(format!(
-            "tool `{}` is not available on this worker",
-            job.tool
-        ))
-    })?;
     if let Some(deadline) = job.deadline_ms {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -104,6 +98,17 @@ pub async fn run(
             return Err(JobError::expired(now - deadline));
         }
     }
+    let Some(tool) = tools::find(&job.tool) else {
+        return match state.upstreams.server_of(&job.tool) {
+            Some(upstream) if job.staged.is_none() => {
+                crate::upstream::call::run(state, lease, upstream, job).await
+            }
+            _ => Err(JobError::Permanent(format!(
+                "tool `{}` is not available on this worker",
+                job.tool
+            ))),
+        };
+    };
     // The daemon validated the arguments already; a job enqueued some other way is checked too.
     // Staged bytes stand for `content_base64`, which the daemon took out of the arguments: the
     // tool itself checks what is left (file name, purpose).
