@@ -11,7 +11,7 @@
 //!   Redis), and a stream dropped by a killed daemon resumed at the other with `Last-Event-ID`,
 //!   the job run once;
 //! - a wrong or missing token gets 401 with `WWW-Authenticate: Bearer`, a foreign `Origin` 403;
-//! - the stateless 2026-07-28 revision on the same path;
+//! - the stateless 2026-07-28 revision on the same path, pinned and in the SDK's `auto` mode;
 //! - `exai-mcp` under the SDK's stdio client: list, call with progress, cancel;
 //! - the session limit (503), the body limit (413) and DELETE ending a session, with plain HTTP.
 
@@ -192,11 +192,16 @@ async fn a_wrong_token_gets_401_and_a_foreign_origin_403() {
 async fn the_stateless_revision_is_served_on_the_same_path() {
     let stack = stack("mcp_stateless", &[]).await;
     let url = mcp_url(stack.daemon().addr);
-    let steps = mcp::run("stateless.py", &[&url, TOKEN]).await;
-    let s = &steps["stateless"];
-    assert_eq!(s["is_error"], false, "{s}");
-    assert_eq!(s["text"], r#"{"stateless":true}"#);
-    assert!(s["names"].as_array().unwrap().contains(&json!("test_echo")));
+    // Pinned to 2026-07-28, and the SDK's default `auto` (server/discover, then the newest
+    // revision both know).
+    for mode in ["2026-07-28", "auto"] {
+        let steps = mcp::run("stateless.py", &[&url, TOKEN, mode]).await;
+        let s = &steps["stateless"];
+        assert_eq!(s["mode"], mode);
+        assert_eq!(s["is_error"], false, "{s}");
+        assert_eq!(s["text"], r#"{"stateless":true}"#);
+        assert!(s["names"].as_array().unwrap().contains(&json!("test_echo")));
+    }
 }
 
 #[tokio::test]

@@ -9,10 +9,13 @@
 //!    sessions), each keeping `inflight` calls in flight, `calls` in all.
 //! 4. Ratios MCP ÷ WebSocket: what the MCP layer (HTTP request per call, SSE answer, JSON-RPC)
 //!    adds on top of the same enqueue and follower.
-//!
-//! The third baseline of issue 16 — the same upstream tool called directly by an MCP client —
-//! belongs with upstream MCP servers as tool providers; [`UPSTREAM_BASELINE`] marks its place in
-//! the report until they exist.
+//! 5. **An upstream MCP tool**: the workers run `mcp-fixture` (a stdio MCP server) as the
+//!    upstream `fixture` of `EXAI_MCP_SERVERS`; its no-op tool `slow-read` (arguments `{}`) is
+//!    called as `fixture__slow-read` through the WebSocket and through `/mcp`, and directly by an
+//!    MCP client that starts its own `mcp-fixture` — one at a time, then `clients` × `inflight` at
+//!    once (the direct client: one session per worker process, the same calls in flight in
+//!    all). What the queue adds to a call of an upstream tool is the difference from the direct
+//!    call.
 //!
 //! A call's latency is taken by the client: from just before the request is sent until its
 //! result is read. Keys live under the run's prefix; the caller deletes them.
@@ -37,10 +40,11 @@ use super::report::Report;
 use super::ws::{self, WARMUP_CALLS, WsOptions, ratio};
 use super::{config, progress, redact};
 
-/// Where the upstream-tool baseline goes once upstream MCP servers run as tool providers.
-pub const UPSTREAM_BASELINE: &str = "not measured yet: the direct-call baseline (an upstream MCP \
-     server's tool called by an MCP client, without the queue) comes with upstream MCP servers \
-     as tool providers";
+/// The upstream tool the bench calls: `mcp-fixture`'s no-op `slow-read`, listed under `fixture__`.
+const UPSTREAM_TOOL: &str = "slow-read";
+const UPSTREAM_NAME: &str = "fixture__slow-read";
+/// How long the workers may take to list the fixture's tools in the catalogue.
+const UPSTREAM_LISTED_WITHIN: Duration = Duration::from_secs(60);
 
 /// How the numbers of `exai-bench mcp` were taken.
 pub const MCP_LEGEND: &[&str] = &[
@@ -53,6 +57,10 @@ pub const MCP_LEGEND: &[&str] = &[
      Throughput: clients clients (connections for ws, sessions for mcp), 20 warm-up calls each, each \
      keeping inflight calls in flight; timed from the first call until the last result.",
     "ratios: mcp ÷ ws of the same run, same Redis, same daemon, same worker processes.",
+    "upstream: fixture__slow-read, mcp-fixture's no-op tool (rmcp stdio server, arguments {}), \
+     called through ws and mcp as above (each worker runs its own mcp-fixture child, semaphore \
+     mcp.fixture with 100000 permits), and directly: rmcp's stdio client starting its own \
+     mcp-fixture, latency = tools/call sent → result read. Added = through the queue − direct.",
     "client CPU/call of the throughput rows: the exai-daemon and exai-worker processes.",
 ];
 
@@ -69,10 +77,21 @@ async fn mcp_connect(url: &str, inflight: usize) -> anyhow::Result<McpClient> {
         .with_context(|| format!("open an MCP session at {url}"))
 }
 
-/// Makes `test_echo` calls on `client`, `inflight` at once: `n` of them, or — when `left` is
-/// given — as long as taking one from `left` succeeds. Returns each call's latency in ms.
+/// Starts `mcp-fixture` and opens a session with it over stdio (the direct upstream client).
+async fn fixture_connect(fixture: &std::path::Path) -> anyhow::Result<McpClient> {
+    let child = rmcp::transport::TokioChildProcess::new(tokio::process::Command::new(fixture))
+        .with_context(|| format!("start {}", fixture.display()))?;
+    ().serve(child)
+        .await
+        .context("open an MCP session with mcp-fixture")
+}
+
+/// Makes calls of `tool` (arguments `{}`) on `client`, `inflight` at once: `n` of them, or —
+/// when `left` is given — as long as taking one from `left` succeeds. Returns each call's
+/// latency in ms.
 async fn mcp_calls(
     client: &McpClient,
+    tool: &'static str,
     n: u64,
     inflight: usize,
     left: Option<Arc<AtomicU64>>,
@@ -96,7 +115,7 @@ async fn mcp_calls(
                 }
                 let t0 = Instant::now();
                 let result = peer
-                    .call_tool(CallToolRequestParams::new("test_echo"))
+                    .call_tool(CallToolRequestParams::new(tool))
                     .await
                     .context("tools/call")?;
                 anyhow::ensure!(result.is_error != Some(true), "a call failed: {result:?}");
@@ -141,12 +160,29 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         "starting {} exai-worker processes × {} and exai-daemon",
         opts.workers, opts.concurrency
     ));
-    let mut workers = WorkerProcs::spawn(
+    let fixture = super::procs::default_bin("mcp-fixture")?;
+    anyhow::ensure!(
+        fixture.exists(),
+        "{} is missing: cargo build --release -p exai-tests --bins",
+        fixture.display()
+    );
+    let servers = std::env::temp_dir().join(format!("{prefix}-mcp-servers.json"));
+    std::fs::write(
+        &servers,
+        json!({"mcpServers": {"fixture": {"command": fixture.display().to_string()}}}).to_string(),
+    )
+    .context("write the servers file")?;
+    let servers_var = servers.display().to_string();
+    let mut workers = WorkerProcs::spawn_env(
         &opts.worker_bin,
         opts.workers,
         opts.concurrency,
         &opts.redis_url,
         &prefix,
+        &[
+            ("EXAI_MCP_SERVERS", servers_var.as_str()),
+            ("EXAI_MCP_FIXTURE_MAX_INFLIGHT", "100000"),
+        ],
     )?;
     // An MCP client holds a connection per request in flight (and briefly one more while the
     // previous answer's stream is being closed) plus its GET stream.
@@ -181,9 +217,9 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
 
     progress(&format!("mcp: {} calls one at a time", opts.seq_calls));
     let mcp = mcp_connect(&mcp_url, 1).await?;
-    mcp_calls(&mcp, WARMUP_CALLS, 1, None).await?;
+    mcp_calls(&mcp, "test_echo", WARMUP_CALLS, 1, None).await?;
     let t0 = Instant::now();
-    let mcp_seq = sorted(mcp_calls(&mcp, opts.seq_calls, 1, None).await?);
+    let mcp_seq = sorted(mcp_calls(&mcp, "test_echo", opts.seq_calls, 1, None).await?);
     let mcp_seq_secs = t0.elapsed().as_secs_f64();
     let _ = mcp.cancel().await;
     daemon.check()?;
@@ -264,9 +300,19 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         "throughput: mcp calls/s ÷ ws calls/s (same concurrency)".to_owned(),
         ratio(rates[1], rates[0]),
     );
-    report.notes.push(format!(
-        "upstream tool called directly: {UPSTREAM_BASELINE}"
-    ));
+    upstream(
+        &opts,
+        &mut report,
+        &ws_url,
+        &mcp_url,
+        &fixture,
+        &mut info,
+        &pids,
+    )
+    .await?;
+    daemon.check()?;
+    workers.check()?;
+    let _ = std::fs::remove_file(&servers);
 
     progress("stopping exai-daemon and the worker processes");
     let spent = procs_cpu_secs(&pids);
@@ -276,6 +322,135 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Phase 5: an upstream MCP tool through the WebSocket, through `/mcp` and called directly.
+async fn upstream(
+    opts: &WsOptions,
+    report: &mut Report,
+    ws_url: &str,
+    mcp_url: &str,
+    fixture: &std::path::Path,
+    info: &mut exai_shared::redis::RedisHandle,
+    pids: &[u32],
+) -> anyhow::Result<()> {
+    progress("upstream: waiting for the workers to list mcp-fixture's tools");
+    let mut client = ws::connect(ws_url, 0).await?.calling(UPSTREAM_NAME);
+    let deadline = Instant::now() + UPSTREAM_LISTED_WITHIN;
+    while !client
+        .tool_names()
+        .await?
+        .iter()
+        .any(|n| n == UPSTREAM_NAME)
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{UPSTREAM_NAME} was not listed within {UPSTREAM_LISTED_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    progress(&format!(
+        "upstream: {} calls one at a time, three ways",
+        opts.seq_calls
+    ));
+    client.calls(WARMUP_CALLS, 1, None).await?;
+    let t0 = Instant::now();
+    let ws_seq = sorted(client.calls(opts.seq_calls, 1, None).await?);
+    let ws_secs = t0.elapsed().as_secs_f64();
+    client.close().await;
+    let mcp = mcp_connect(mcp_url, 1).await?;
+    mcp_calls(&mcp, UPSTREAM_NAME, WARMUP_CALLS, 1, None).await?;
+    let t0 = Instant::now();
+    let mcp_seq = sorted(mcp_calls(&mcp, UPSTREAM_NAME, opts.seq_calls, 1, None).await?);
+    let mcp_secs = t0.elapsed().as_secs_f64();
+    let _ = mcp.cancel().await;
+    let direct = fixture_connect(fixture).await?;
+    mcp_calls(&direct, UPSTREAM_TOOL, WARMUP_CALLS, 1, None).await?;
+    let t0 = Instant::now();
+    let direct_seq = sorted(mcp_calls(&direct, UPSTREAM_TOOL, opts.seq_calls, 1, None).await?);
+    let direct_secs = t0.elapsed().as_secs_f64();
+    let _ = direct.cancel().await;
+    for (who, secs, lat) in [
+        ("ws", ws_secs, &ws_seq),
+        ("mcp", mcp_secs, &mcp_seq),
+        ("direct", direct_secs, &direct_seq),
+    ] {
+        report.rate(
+            &format!("upstream_{who}_seq_calls_per_s"),
+            format!("upstream tool, {who}: one call at a time"),
+            "calls/s",
+            opts.seq_calls,
+            secs,
+            None,
+        );
+        for (p, tag) in [(0.5, "p50"), (0.99, "p99")] {
+            report.millis(
+                &format!("upstream_{who}_seq_latency_{tag}_ms"),
+                format!("upstream tool, {who} latency {tag}, one at a time"),
+                percentile(lat, p),
+            );
+        }
+    }
+    for (who, lat) in [("ws", &ws_seq), ("mcp", &mcp_seq)] {
+        report.millis(
+            &format!("upstream_{who}_added_p50_ms"),
+            format!("upstream tool: what the queue adds to p50 ({who} − direct)"),
+            percentile(lat, 0.5) - percentile(&direct_seq, 0.5),
+        );
+    }
+
+    let total = opts.calls / 4;
+    let inflight = opts.clients * opts.inflight;
+    progress(&format!(
+        "upstream throughput: {total} calls, {inflight} in flight, three ways"
+    ));
+    let small = WsOptions {
+        calls: total,
+        ..opts.clone()
+    };
+    let ((ws_secs, ws_usage), _) =
+        ws::throughput_of(&small, ws_url, UPSTREAM_NAME, info, pids).await?;
+    let (mcp_secs, mcp_usage, _) = clients_throughput(&small, info, pids, UPSTREAM_NAME, || {
+        mcp_connect(mcp_url, opts.inflight)
+    })
+    .await?;
+    let sessions = opts.workers.max(1);
+    let direct_opts = WsOptions {
+        clients: sessions,
+        inflight: inflight.div_ceil(sessions),
+        ..small.clone()
+    };
+    let (direct_secs, _, _) = clients_throughput(&direct_opts, info, &[], UPSTREAM_TOOL, || {
+        fixture_connect(fixture)
+    })
+    .await?;
+    let mut rates = Vec::new();
+    for (who, secs, usage) in [
+        ("ws", ws_secs, Some(ws_usage)),
+        ("mcp", mcp_secs, Some(mcp_usage)),
+        ("direct", direct_secs, None),
+    ] {
+        rates.push(report.rate(
+            &format!("upstream_{who}_calls_per_s"),
+            format!("upstream tool, {who}: {inflight} calls in flight"),
+            "calls/s",
+            total,
+            secs,
+            usage,
+        ));
+    }
+    report.ratio(
+        "upstream_ws_vs_direct_rate_ratio",
+        "upstream tool throughput: ws ÷ direct".to_owned(),
+        ratio(rates[0], rates[2]),
+    );
+    report.ratio(
+        "upstream_mcp_vs_direct_rate_ratio",
+        "upstream tool throughput: mcp ÷ direct".to_owned(),
+        ratio(rates[1], rates[2]),
+    );
+    Ok(())
+}
+
 /// The MCP throughput phase: `clients` sessions, `inflight` calls each.
 async fn mcp_throughput(
     opts: &WsOptions,
@@ -283,10 +458,29 @@ async fn mcp_throughput(
     info: &mut exai_shared::redis::RedisHandle,
     pids: &[u32],
 ) -> anyhow::Result<(f64, measure::Usage, Vec<f64>)> {
+    clients_throughput(opts, info, pids, "test_echo", || {
+        mcp_connect(url, opts.inflight)
+    })
+    .await
+}
+
+/// A throughput phase of MCP clients: `clients` sessions opened by `connect`, `inflight` calls
+/// of `tool` each, `calls` in all.
+async fn clients_throughput<F, Fut>(
+    opts: &WsOptions,
+    info: &mut exai_shared::redis::RedisHandle,
+    pids: &[u32],
+    tool: &'static str,
+    connect: F,
+) -> anyhow::Result<(f64, measure::Usage, Vec<f64>)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<McpClient>>,
+{
     let mut clients = Vec::with_capacity(opts.clients);
     for _ in 0..opts.clients {
-        let c = mcp_connect(url, opts.inflight).await?;
-        mcp_calls(&c, WARMUP_CALLS, 1, None).await?;
+        let c = connect().await?;
+        mcp_calls(&c, tool, WARMUP_CALLS, 1, None).await?;
         clients.push(c);
     }
     let left = Arc::new(AtomicU64::new(opts.calls));
@@ -296,7 +490,7 @@ async fn mcp_throughput(
     for c in clients {
         let (left, inflight) = (left.clone(), opts.inflight);
         set.spawn(async move {
-            let samples = mcp_calls(&c, u64::MAX, inflight, Some(left)).await?;
+            let samples = mcp_calls(&c, tool, u64::MAX, inflight, Some(left)).await?;
             let _ = c.cancel().await;
             anyhow::Ok(samples)
         });

@@ -543,9 +543,20 @@ pub(super) async fn throughput(
     info: &mut exai_shared::redis::RedisHandle,
     pids: &[u32],
 ) -> anyhow::Result<((f64, measure::Usage), Vec<f64>)> {
+    throughput_of(opts, url, "test_echo", info, pids).await
+}
+
+/// [`throughput`] of calls of `tool` (arguments `{}`).
+pub(super) async fn throughput_of(
+    opts: &WsOptions,
+    url: &str,
+    tool: &str,
+    info: &mut exai_shared::redis::RedisHandle,
+    pids: &[u32],
+) -> anyhow::Result<((f64, measure::Usage), Vec<f64>)> {
     let mut clients = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
-        clients.push(connect(url, i + 1).await?);
+        clients.push(connect(url, i + 1).await?.calling(tool));
     }
     let mut warm = JoinSet::new();
     for mut c in clients {
@@ -592,6 +603,8 @@ pub(super) struct WsClient {
     name: String,
     /// The next request id's number.
     next: u64,
+    /// The tool its calls call (`test_echo` unless [`WsClient::calling`] says otherwise).
+    tool: String,
 }
 
 /// Connects to `url` and says hello with the bench's token.
@@ -604,6 +617,7 @@ pub(super) async fn connect(url: &str, index: usize) -> anyhow::Result<WsClient>
         ws,
         name: format!("c{index}"),
         next: 0,
+        tool: "test_echo".to_owned(),
     };
     c.send(&json!({"op": "hello", "token": TOKEN, "clientInfo": {"name": "exai-bench"}}))
         .await?;
@@ -642,7 +656,32 @@ impl WsClient {
         }
     }
 
-    /// Makes streaming `test_echo` calls, keeping up to `inflight` in flight: `n` of them, or —
+    /// The same client, its calls calling `tool` (with arguments `{}`).
+    pub(super) fn calling(mut self, tool: &str) -> Self {
+        self.tool = tool.to_owned();
+        self
+    }
+
+    /// The tools the daemon lists, by name.
+    pub(super) async fn tool_names(&mut self) -> anyhow::Result<Vec<String>> {
+        let id = format!("{}-{}", self.name, self.next);
+        self.next += 1;
+        self.send(&json!({"op": "list_tools", "request_id": id}))
+            .await?;
+        loop {
+            let frame = self.recv().await?;
+            if frame["op"] == "list_tools_res" && frame["request_id"] == id.as_str() {
+                let names = frame["tools"].as_array().cloned().unwrap_or_default();
+                return Ok(names
+                    .iter()
+                    .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                    .collect());
+            }
+        }
+    }
+
+    /// Makes streaming calls of its tool (`test_echo` unless [`WsClient::calling`] said
+    /// otherwise), keeping up to `inflight` in flight: `n` of them, or —
     /// when `left` is given — as long as taking one from `left` succeeds. Returns each call's
     /// latency in milliseconds. A call that fails ends the run.
     pub(super) async fn calls(
@@ -665,7 +704,7 @@ impl WsClient {
                 let id = format!("{}-{}", self.name, self.next);
                 self.next += 1;
                 sent += 1;
-                let call = json!({"op": "call_tool", "request_id": id, "name": "test_echo", "arguments": {}});
+                let call = json!({"op": "call_tool", "request_id": id, "name": self.tool, "arguments": {}});
                 pending.insert(id, Instant::now());
                 self.send(&call).await?;
             }
