@@ -367,44 +367,51 @@ async fn admit(
         ));
     };
 
-    // The session's unfinished calls, over all its connections and across disconnects.
+    // The session's unfinished calls, over all its connections and across disconnects, are
+    // capped at `EXAI_SESSION_MAX_QUEUED`: counted by the enqueue itself (one round trip), or —
+    // for a call that stages bytes first — before the staging, so a refused call stages nothing.
     let max_queued = app.limits.session_max_queued;
-    match crate::session_calls::admit(app, &conn.session.id, &job_id, max_queued).await {
-        Ok(true) => {}
-        Ok(false) => {
-            conn.stop_following(&job_id);
-            return Ok(Admission::Refused(
-                Outcome::OverCapacity,
-                WireError::new(
-                    ErrorCode::OverCapacity,
-                    format!(
-                        "Session queue limit reached ({max_queued} calls enqueued and not \
-                         finished, EXAI_SESSION_MAX_QUEUED); retry when one finishes"
-                    ),
-                )
-                .with_details(json!({"limit": max_queued, "retry_after": 1})),
-            ));
-        }
-        Err(e) => {
-            conn.stop_following(&job_id);
-            tracing::error!(error = %e, job_id, "the session's calls could not be counted");
-            return Ok(Admission::Refused(
-                Outcome::Error,
-                WireError::new(
-                    ErrorCode::ServiceUnavailable,
-                    format!("the call could not be admitted: {e}"),
+    let session_full = || {
+        Admission::Refused(
+            Outcome::OverCapacity,
+            WireError::new(
+                ErrorCode::OverCapacity,
+                format!(
+                    "Session queue limit reached ({max_queued} calls enqueued and not \
+                     finished, EXAI_SESSION_MAX_QUEUED); retry when one finishes"
                 ),
-            ));
+            )
+            .with_details(json!({"limit": max_queued, "retry_after": 1})),
+        )
+    };
+    let stages = tool
+        .builtin()
+        .is_some_and(|t| t.name == tools::KIMI_UPLOAD_BYTES);
+    if stages {
+        match crate::session_calls::admit(app, &conn.session.id, &job_id, max_queued).await {
+            Ok(true) => {}
+            Ok(false) => {
+                conn.stop_following(&job_id);
+                return Ok(session_full());
+            }
+            Err(e) => {
+                conn.stop_following(&job_id);
+                tracing::error!(error = %e, job_id, "the session's calls could not be counted");
+                return Ok(Admission::Refused(
+                    Outcome::Error,
+                    WireError::new(
+                        ErrorCode::ServiceUnavailable,
+                        format!("the call could not be admitted: {e}"),
+                    ),
+                ));
+            }
         }
     }
 
     // Inline upload bytes go to the staging store now, once the call holds its slot (a refused
     // call stages nothing); the job carries only their hash.
     let mut arguments = call.arguments;
-    let staged = if tool
-        .builtin()
-        .is_some_and(|t| t.name == tools::KIMI_UPLOAD_BYTES)
-    {
+    let staged = if stages {
         match stage_inline(app, &mut arguments).await {
             Ok(staged) => Some(staged),
             Err(error) => {
@@ -435,16 +442,24 @@ async fn admit(
         deadline_ms: Some(unix_ms().saturating_add(timeout.as_millis() as u64)),
     };
     let started = Instant::now();
-    let enqueued = match NewJob::json(&job) {
-        Ok(new) => app.tool_calls.enqueue(&new.with_id(job_id.clone())).await,
+    let enqueued = match NewJob::json(&job).map(|new| new.with_id(job_id.clone())) {
+        // Counted already: a plain enqueue.
+        Ok(new) if stages => app.tool_calls.enqueue(&new).await.map(Some),
+        Ok(new) => crate::session_calls::enqueue(app, &conn.session.id, &new, max_queued).await,
         Err(e) => Err(e),
     };
     app.metrics.enqueue_took(started.elapsed().as_secs_f64());
     let enqueued = match enqueued {
-        Ok(e) => e,
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            conn.stop_following(&job_id);
+            return Ok(session_full());
+        }
         Err(e) => {
             conn.stop_following(&job_id);
-            crate::session_calls::forget(app, &conn.session.id, &job_id).await;
+            if stages {
+                crate::session_calls::forget(app, &conn.session.id, &job_id).await;
+            }
             tracing::error!(error = %e, job_id, "enqueue failed");
             return Ok(Admission::Refused(
                 Outcome::Error,

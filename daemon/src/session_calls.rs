@@ -2,72 +2,57 @@
 //! (`EXAI_SESSION_MAX_QUEUED`) holds over all the session's connections, across disconnects
 //! and across daemons.
 //!
-//! The set holds job ids (score: when each was enqueued). It is never trusted alone: when it
-//! reaches the cap, every id in it is checked against the queue and the finished or vanished
-//! ones are removed, so a job that ended any way at all (completed, dead, cancelled, expired,
-//! its worker killed and the job rescued to an end) stops counting. Admission adds first and
-//! counts after, so concurrent admissions can only refuse too much, never admit too many.
+//! The count is a capped group of the `tool_calls` queue ([`Queue::enqueue_in_group`]): the
+//! script that enqueues a call also counts it and refuses it at the cap, in the one round trip
+//! the enqueue costs anyway. The group is never trusted alone: at the cap, every job in it is
+//! checked in the same script and the finished or vanished ones stop counting, so a job that
+//! ended any way at all (completed, dead, cancelled, expired, its worker killed and the job
+//! rescued to an end) stops counting. A call that must stage bytes before its enqueue
+//! (`kimi_upload_bytes`) is counted first ([`admit`]) and enqueued after, so a refused call
+//! stages nothing.
+//!
+//! [`Queue::enqueue_in_group`]: exai_shared::queue::Queue::enqueue_in_group
 
-use exai_shared::keys::Keys;
-use redis::AsyncCommands;
+use std::time::Duration;
 
-use crate::app::{App, unix_ms};
+use exai_shared::queue::{Enqueued, NewJob, QueueError};
 
-/// How long a session's set outlives its last admission. Its jobs end well before (their
-/// deadline is `EXAI_WS_CALL_TIMEOUT_SECS`), so an expired set only forgets finished ids.
-const SET_TTL_SECS: i64 = 24 * 3600;
+use crate::app::App;
 
-/// Counts `job_id` among `session`'s unfinished calls if there is room under `max`; `false`
-/// (and nothing counted) when the session already has `max` unfinished calls.
+/// How long a session's group outlives its last admission. Its jobs end well before (their
+/// deadline is `EXAI_WS_CALL_TIMEOUT_SECS`), so an expired group only forgets finished ids.
+const GROUP_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Enqueues `job` (its id set) counted among `session`'s unfinished calls: `None` (nothing
+/// enqueued) when the session already has `max`.
+pub(crate) async fn enqueue(
+    app: &App,
+    session: &str,
+    job: &NewJob,
+    max: usize,
+) -> Result<Option<Enqueued>, QueueError> {
+    app.tool_calls
+        .enqueue_in_group(job, session, max, GROUP_TTL)
+        .await
+}
+
+/// Counts `job_id` among `session`'s unfinished calls before its enqueue, if there is room
+/// under `max`; `false` (and nothing counted) when the session already has `max` unfinished
+/// calls. The job is then enqueued with a plain enqueue, or [`forget`]-ten.
 pub(crate) async fn admit(
     app: &App,
     session: &str,
     job_id: &str,
     max: usize,
-) -> redis::RedisResult<bool> {
-    let key = Keys::new(app.config.redis.prefix.clone()).session_calls(session);
-    let mut redis = app.redis.clone();
-    let (count,): (usize,) = redis::pipe()
-        .zadd(&key, job_id, unix_ms())
-        .ignore()
-        .expire(&key, SET_TTL_SECS)
-        .ignore()
-        .zcard(&key)
-        .query_async(&mut redis)
-        .await?;
-    if count <= max {
-        return Ok(true);
-    }
-    // At the cap: forget the calls that have ended, then count again.
-    let members: Vec<String> = redis.zrange(&key, 0, -1).await?;
-    let mut ended = Vec::new();
-    for member in members.iter().filter(|m| m.as_str() != job_id) {
-        let live = match app.tool_calls.job(member).await {
-            Ok(Some(info)) => !info.state.is_finished(),
-            Ok(None) => false,
-            // Unknown: keep counting it.
-            Err(_) => true,
-        };
-        if !live {
-            ended.push(member.clone());
-        }
-    }
-    if !ended.is_empty() {
-        let _: usize = redis.zrem(&key, &ended).await?;
-    }
-    let count: usize = redis.zcard(&key).await?;
-    if count <= max {
-        return Ok(true);
-    }
-    let _: usize = redis.zrem(&key, job_id).await?;
-    Ok(false)
+) -> Result<bool, QueueError> {
+    app.tool_calls
+        .admit_to_group(session, job_id, max, GROUP_TTL)
+        .await
 }
 
 /// Stops counting `job_id` (its enqueue failed, or it has ended).
 pub(crate) async fn forget(app: &App, session: &str, job_id: &str) {
-    let key = Keys::new(app.config.redis.prefix.clone()).session_calls(session);
-    let mut redis = app.redis.clone();
-    if let Err(e) = redis.zrem::<_, _, usize>(&key, job_id).await {
+    if let Err(e) = app.tool_calls.leave_group(session, job_id).await {
         tracing::debug!(error = %e, job_id, "could not forget a session's call");
     }
 }

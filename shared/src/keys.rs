@@ -78,13 +78,6 @@ impl Keys {
         format!("{}:session:{session_id}:resume", self.prefix)
     }
 
-    /// The sorted set of one session's calls that may still be unfinished: member = job id,
-    /// score = when it was enqueued (Unix ms). Pruned against the queue by the daemon, which
-    /// caps its size at `EXAI_SESSION_MAX_QUEUED`.
-    pub fn session_calls(&self, session_id: &str) -> String {
-        format!("{}:session:{session_id}:calls", self.prefix)
-    }
-
     /// An MCP session's record: the JSON of its client's `initialize` parameters, so any daemon
     /// can restore the session. Named by the hex SHA-256 of the session id (the id is the
     /// client's credential for the session, so it is not written in a key name); its TTL is
@@ -247,6 +240,13 @@ impl QueueKeys {
     /// such a worker itself and publishes it on the worker's channel, saving it the fetch.
     pub fn hand_offs(&self) -> String {
         format!("{}:handoff", self.tag)
+    }
+
+    /// A capped group of this queue's jobs (a session's calls): member = job id, score = when
+    /// it was counted (Unix ms). The enqueue script that counts a job in it also enforces its
+    /// cap, pruning finished or vanished members at the cap ([`crate::queue::Queue::enqueue_in_group`]).
+    pub fn group(&self, name: &str) -> String {
+        format!("{}:group:{name}", self.tag)
     }
 
     /// The prefix of job hashes; a job's hash is this prefix followed by its id.

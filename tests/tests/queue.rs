@@ -144,6 +144,53 @@ async fn enqueue_is_idempotent_single_and_bulk() {
 }
 
 #[tokio::test]
+async fn a_group_caps_its_unfinished_jobs_in_the_enqueue_and_forgets_finished_ones() {
+    let (_ctx, q) = fast_queue("q-group").await;
+    let ttl = Duration::from_secs(60);
+    let put = |id: &str| NewJob::new("g").with_id(id);
+    for id in ["g1", "g2"] {
+        let e = q.enqueue_in_group(&put(id), "s1", 2, ttl).await.unwrap();
+        assert_eq!(e, Some(Enqueued::Created(id.into())));
+    }
+    // A duplicate changes nothing, and is not refused.
+    assert_eq!(
+        q.enqueue_in_group(&put("g1"), "s1", 2, ttl).await.unwrap(),
+        Some(Enqueued::Duplicate("g1".into()))
+    );
+    // Full: the third is not enqueued; another group is not affected.
+    assert_eq!(
+        q.enqueue_in_group(&put("g3"), "s1", 2, ttl).await.unwrap(),
+        None
+    );
+    assert!(
+        q.job("g3").await.unwrap().is_none(),
+        "a refused job is not enqueued"
+    );
+    assert!(
+        q.enqueue_in_group(&put("h1"), "s2", 2, ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Once one of the group's jobs finished, there is room again (pruned at the cap).
+    let done = fetch_one(&q, "w1").await;
+    let finished = done.lease.id.clone();
+    q.complete(&done.lease, b"ok").await.unwrap();
+    assert_eq!(
+        q.enqueue_in_group(&put("g3"), "s1", 2, ttl).await.unwrap(),
+        Some(Enqueued::Created("g3".into())),
+        "{finished} finished and stopped counting"
+    );
+    // Counted before a plain enqueue, and forgotten when it is not enqueued after all.
+    assert!(!q.admit_to_group("s1", "g4", 2, ttl).await.unwrap(), "full");
+    q.leave_group("s1", "g3").await.unwrap();
+    assert!(q.admit_to_group("s1", "g4", 2, ttl).await.unwrap());
+    assert!(!q.admit_to_group("s1", "g5", 2, ttl).await.unwrap());
+    q.leave_group("s1", "g4").await.unwrap();
+    assert!(q.admit_to_group("s1", "g5", 2, ttl).await.unwrap());
+}
+
+#[tokio::test]
 async fn bulk_enqueue_keeps_order_and_fetch_is_fifo_and_bounded() {
     let (_ctx, q) = fast_queue("q-bulk").await;
 

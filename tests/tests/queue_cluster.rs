@@ -87,6 +87,17 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
             .is_created()
     );
     assert_eq!(q.list(JobState::Queued, 0, 5).await.unwrap().len(), 5);
+    let ttl = Duration::from_secs(60);
+    let grouped = NewJob::new("g").with_id("grouped");
+    assert!(
+        q.enqueue_in_group(&grouped, "s", 1, ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(!q.admit_to_group("s", "other", 1, ttl).await.unwrap());
+    q.leave_group("s", "grouped").await.unwrap();
+    assert!(q.admit_to_group("s", "other", 1, ttl).await.unwrap());
 
     // A batch is one script call: the cluster is the test's own, so Redis's own command
     // statistics count exactly the calls made here.

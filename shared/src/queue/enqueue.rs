@@ -1,6 +1,6 @@
 //! Producing jobs: enqueue one, a batch, or a cron tick (idempotent by id and by tick).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use redis::{ScriptInvocation, Value};
 
@@ -73,6 +73,89 @@ impl Queue {
             return Err(QueueError::Protocol("enqueue: too few results".into()));
         }
         Ok(out)
+    }
+
+    /// Enqueues `job` counted in group `group` of this queue (a session's calls), which may
+    /// hold at most `max` unfinished jobs, in one atomic script call: `None` when the group is
+    /// full (nothing enqueued). At the cap, the group's finished or vanished jobs stop counting
+    /// first. The group expires `ttl` after its last admission. A duplicate id changes nothing.
+    pub async fn enqueue_in_group(
+        &self,
+        job: &NewJob,
+        group: &str,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<Option<Enqueued>, QueueError> {
+        let id = match &job.id {
+            Some(id) => check_id(id).map(|()| id.clone())?,
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let mut inv = scripts::ENQUEUE_GROUPED.prepare_invoke();
+        inv.key(&self.inner.wait)
+            .key(&self.inner.scheduled)
+            .key(&self.inner.paused)
+            .key(&self.inner.idle)
+            .key(&self.inner.hand_offs)
+            .key(&self.inner.active)
+            .key(&self.inner.stats)
+            .key(&self.inner.job_prefix)
+            .key(&self.inner.history)
+            .key(self.inner.keys.group(group))
+            .key(self.job_key(&id))
+            .arg(self.plen())
+            .arg(&self.inner.wake_channel)
+            .arg(self.inner.policy.history_flag())
+            .arg(max)
+            .arg(ttl.as_secs().max(1));
+        self.job_args(&mut inv, job);
+        let reply = self.invoke_all(std::slice::from_ref(&inv)).await?;
+        let flag = reply
+            .into_iter()
+            .next()
+            .ok_or_else(|| QueueError::Protocol("enqueue_grouped: empty reply".into()))?;
+        Ok(match reply::int(&flag, "enqueue_grouped")? {
+            1 => Some(Enqueued::Created(id)),
+            0 => Some(Enqueued::Duplicate(id)),
+            _ => None,
+        })
+    }
+
+    /// Counts job `id` in group `group` (see [`Queue::enqueue_in_group`]) before it is
+    /// enqueued with [`Queue::enqueue`]: for a job that needs something done between its
+    /// admission and its enqueue. `false` when the group is full (not counted). A counted id
+    /// without a job keeps counting for a minute (it is about to be enqueued), then stops; a
+    /// job counted and then not enqueued should [`leave_group`](Queue::leave_group) at once.
+    pub async fn admit_to_group(
+        &self,
+        group: &str,
+        id: &str,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        check_id(id)?;
+        let mut inv = scripts::GROUP_ADMIT.prepare_invoke();
+        inv.key(self.inner.keys.group(group))
+            .key(&self.inner.job_prefix)
+            .arg(id)
+            .arg(max)
+            .arg(ttl.as_secs().max(1));
+        let reply = self.invoke_all(std::slice::from_ref(&inv)).await?;
+        let flag = reply
+            .into_iter()
+            .next()
+            .ok_or_else(|| QueueError::Protocol("group_admit: empty reply".into()))?;
+        Ok(reply::int(&flag, "group_admit")? == 1)
+    }
+
+    /// Stops counting job `id` in group `group` (it was not enqueued after all, or it ended).
+    pub async fn leave_group(&self, group: &str, id: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(self.inner.keys.group(group))
+            .arg(id)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// The four per-job arguments of the enqueue scripts.

@@ -102,6 +102,14 @@ script!(
     ENQUEUE = "lua/enqueue.lua"
 );
 script!(
+    /// Enqueue one job counted in a capped group (a session's calls).
+    ENQUEUE_GROUPED = "lua/enqueue_grouped.lua"
+);
+script!(
+    /// Count a job in a capped group before it is enqueued.
+    GROUP_ADMIT = "lua/group_admit.lua"
+);
+script!(
     /// Enqueue one cron tick's job, deduplicated per (schedule, tick).
     ENQUEUE_TICK = "lua/enqueue_tick.lua"
 );

@@ -5,8 +5,8 @@
 //!
 //! A call of an upstream tool is a `tool_calls` job like any other; the worker connected to the
 //! server runs it under the server's leased semaphore (`mcp.<name>`). At-least-once delivery
-//! meets side effects here: before an attempt sends `tools/call` it marks the job sent, and
-//! clears the mark once the server answered. An attempt that finds the mark (its predecessor's
+//! meets side effects here: before an attempt sends `tools/call` for a tool that is neither
+//! read-only nor idempotent it marks the job sent, and clears the mark once the server answered. An attempt that finds the mark (its predecessor's
 //! worker died mid-call) or loses the server mid-call runs the tool again only if the server
 //! says the tool is read-only or idempotent; otherwise the call ends `INTERRUPTED`.
 

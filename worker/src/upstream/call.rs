@@ -61,9 +61,14 @@ async fn call(
     };
     let rerunnable = tool.rerunnable();
     let job_id = lease.id();
-    let first = state.sent.mark(job_id).await.map_err(JobError::transient)?;
-    if !first && !rerunnable {
-        let _ = state.sent.clear(job_id).await;
+    // Only a call that must not run twice needs its mark: any attempt may run the others.
+    let marks = Marks {
+        state,
+        job_id,
+        on: !rerunnable,
+    };
+    if !marks.mark().await? {
+        marks.clear().await;
         return Err(JobError::interrupted(format!(
             "an earlier attempt sent this call to `{server}` and its worker stopped before the \
              answer; `{}` is not idempotent, so it is not run again",
@@ -74,7 +79,7 @@ async fn call(
         serde_json::Value::Object(map) => Some(map),
         serde_json::Value::Null => None,
         other => {
-            let _ = state.sent.clear(job_id).await;
+            marks.clear().await;
             return Err(JobError::Permanent(format!(
                 "the arguments must be an object, got {other}"
             )));
@@ -94,7 +99,7 @@ async fn call(
         Err(e) => {
             // Not sent: nothing ran.
             upstream.session_broken();
-            let _ = state.sent.clear(job_id).await;
+            marks.clear().await;
             return Err(JobError::PutBack {
                 reason: format!("the upstream MCP server `{server}`: {e}"),
                 after: permits::PUT_BACK_AFTER,
@@ -128,19 +133,19 @@ async fn call(
     pending.request_id = None;
     match answer {
         Ok(ServerResult::CallToolResult(result)) => {
-            let _ = state.sent.clear(job_id).await;
+            marks.clear().await;
             serde_json::to_value(&result)
                 .map(ToolResult::from_mcp)
                 .map_err(JobError::permanent)
         }
         Ok(other) => {
-            let _ = state.sent.clear(job_id).await;
+            marks.clear().await;
             Err(JobError::Permanent(format!(
                 "`{server}` answered tools/call with {other:?}"
             )))
         }
         Err(ServiceError::McpError(e)) => {
-            let _ = state.sent.clear(job_id).await;
+            marks.clear().await;
             Err(JobError::Permanent(format!(
                 "`{server}` refused the call: {} ({})",
                 e.message, e.code.0
@@ -149,7 +154,7 @@ async fn call(
         Err(e) => {
             // The session broke mid-call: the server may or may not have run the tool.
             upstream.session_broken();
-            let _ = state.sent.clear(job_id).await;
+            marks.clear().await;
             if rerunnable {
                 Err(JobError::Transient(format!(
                     "the upstream MCP server `{server}` went away mid-call ({e}); `{}` is \
@@ -200,5 +205,36 @@ impl Drop for Pending {
                 tracing::warn!(server = %server, error = %e, "the cancellation could not be forwarded");
             }
         });
+    }
+}
+
+/// The sent mark of one call, kept only for a tool that must not run twice.
+struct Marks<'a> {
+    state: &'a AppState,
+    job_id: &'a str,
+    on: bool,
+}
+
+impl Marks<'_> {
+    /// Marks the call sent; false when an earlier attempt had marked it (and never heard the
+    /// answer).
+    async fn mark(&self) -> Result<bool, JobError> {
+        if !self.on {
+            return Ok(true);
+        }
+        self.state
+            .sent
+            .mark(self.job_id)
+            .await
+            .map_err(JobError::transient)
+    }
+
+    /// Clears the mark (the server answered, or the call ends here).
+    async fn clear(&self) {
+        if self.on
+            && let Err(e) = self.state.sent.clear(self.job_id).await
+        {
+            tracing::debug!(error = %e, "a sent mark was not cleared; it expires");
+        }
     }
 }

@@ -249,6 +249,31 @@ end
 -- Hand-offs carry the payload over pub/sub: larger payloads are fetched instead.
 local HAND_OFF_MAX = 65536
 
+-- Counts job `id` in group zset `group` (score `now`; the group expires `ttl` seconds after its
+-- last admission), which may hold at most `max` unfinished jobs: at the cap, the members whose job
+-- (under job prefix `jp`) finished are removed first, and those without a job at all once they are
+-- older than a minute (younger ones were admitted and are about to be enqueued). Returns true when
+-- `id` is counted; false, and `id` not counted, when the group is full.
+local function group_admit(group, id, max, ttl, jp, now)
+  redis.call('ZADD', group, now, id)
+  redis.call('EXPIRE', group, ttl)
+  if redis.call('ZCARD', group) <= max then return true end
+  local members = redis.call('ZRANGE', group, 0, -1, 'WITHSCORES')
+  for i = 1, #members, 2 do
+    local m = members[i]
+    if m ~= id then
+      local s = redis.call('HGET', jp .. m, 's')
+      if s == 'completed' or s == 'dead' or s == 'cancelled'
+          or (not s and tonumber(members[i + 1]) < now - 60000) then
+        redis.call('ZREM', group, m)
+      end
+    end
+  end
+  if redis.call('ZCARD', group) <= max then return true end
+  redis.call('ZREM', group, id)
+  return false
+end
+
 -- Creates the jobs whose keys are KEYS[first..] and whose arguments are four per job from
 -- ARGV[base + 1]: payload, delay ms, run-at ms (0 = none), max attempts. A job whose hash
 -- already exists is left alone. `q` holds the queue's keys: wait, scheduled, paused, idle,
