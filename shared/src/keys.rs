@@ -242,11 +242,17 @@ impl QueueKeys {
         format!("{}:handoff", self.tag)
     }
 
-    /// A capped group of this queue's jobs (a session's calls): member = job id, score = when
-    /// it was counted (Unix ms). The enqueue script that counts a job in it also enforces its
-    /// cap, pruning finished or vanished members at the cap ([`crate::queue::Queue::enqueue_in_group`]).
+    /// A capped group of this queue's jobs (a session's calls): a set of job ids. The enqueue
+    /// script that counts a job in it also enforces its cap, pruning finished or vanished members
+    /// at the cap ([`crate::queue::Queue::enqueue_in_group`]).
     pub fn group(&self, name: &str) -> String {
         format!("{}:group:{name}", self.tag)
+    }
+
+    /// The ids a group admitted before their job exists (score: when, Unix ms), kept a minute
+    /// ([`crate::queue::Queue::admit_to_group`]).
+    pub fn group_pending(&self, name: &str) -> String {
+        format!("{}:group:{name}:pending", self.tag)
     }
 
     /// The prefix of job hashes; a job's hash is this prefix followed by its id.

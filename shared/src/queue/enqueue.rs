@@ -101,6 +101,7 @@ impl Queue {
             .key(&self.inner.job_prefix)
             .key(&self.inner.history)
             .key(self.inner.keys.group(group))
+            .key(self.inner.keys.group_pending(group))
             .key(self.job_key(&id))
             .arg(self.plen())
             .arg(&self.inner.wake_channel)
@@ -135,6 +136,7 @@ impl Queue {
         check_id(id)?;
         let mut inv = scripts::GROUP_ADMIT.prepare_invoke();
         inv.key(self.inner.keys.group(group))
+            .key(self.inner.keys.group_pending(group))
             .key(&self.inner.job_prefix)
             .arg(id)
             .arg(max)
@@ -150,9 +152,11 @@ impl Queue {
     /// Stops counting job `id` in group `group` (it was not enqueued after all, or it ended).
     pub async fn leave_group(&self, group: &str, id: &str) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        redis::cmd("ZREM")
-            .arg(self.inner.keys.group(group))
-            .arg(id)
+        redis::pipe()
+            .srem(self.inner.keys.group(group), id)
+            .ignore()
+            .zrem(self.inner.keys.group_pending(group), id)
+            .ignore()
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())

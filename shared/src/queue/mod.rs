@@ -63,7 +63,8 @@
 //! | `{P:q:N}:paused` | string | present while paused |
 //! | `{P:q:N}:j:<id>` | hash | the job: payload, state, attempts, fence, worker, timings, errors, result |
 //! | `{P:q:N}:cron:<schedule>` | zset | cron ticks fired, for per-tick dedup |
-//! | `{P:q:N}:group:<name>` | zset | a capped group's jobs (a session's calls), score = counted at (ms); counted and capped by the enqueue script, pruned of finished jobs at the cap; expires a day after its last admission |
+//! | `{P:q:N}:group:<name>` | set | a capped group's jobs (a session's calls), counted and capped by the enqueue script, pruned of finished jobs at the cap; expires a day after its last admission |
+//! | `{P:q:N}:group:<name>:pending` | zset | ids the group admitted before their job exists, score = when (ms); kept a minute |
 //! | `{P:q:N}:idle` | zset | workers waiting for work, score = until when the registration holds (ms) |
 //! | `{P:q:N}:handoff` | hash | hand-off terms of the idle workers that take hand-offs |
 //! | `P:q:N:wake` | channel | published to every worker when the wait list becomes non-empty and no worker is registered idle (and on resume, release, rescue, retry) |

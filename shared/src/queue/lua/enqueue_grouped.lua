@@ -1,7 +1,8 @@
 -- Enqueue one job counted in a group of at most ARGV[4] unfinished jobs (a session's calls),
 -- atomically: the count, the cap and the enqueue in one script, so a call costs one round trip.
 -- KEYS: 1 wait, 2 scheduled, 3 paused, 4 idle workers, 5 hand-off terms, 6 active, 7 stats,
---       8 job prefix, 9 history prefix, 10 the group zset, 11 the job hash
+--       8 job prefix, 9 history prefix, 10 the group set, 11 the group's pending zset,
+--       12 the job hash
 -- ARGV: 1 job-prefix length, 2 wake channel, 3 1 = write the history, 4 the group's cap,
 --       5 the group's TTL (s), then the job's 4 (see enqueue_jobs)
 -- Returns 1 (created), 0 (duplicate: nothing changed) or -1 (the group is full: not enqueued).
@@ -10,10 +11,10 @@ local q = {
   active = KEYS[6], stats = KEYS[7], jp = KEYS[8], hp = '',
 }
 if ARGV[3] == '1' then q.hp = KEYS[9] end
-if redis.call('EXISTS', KEYS[11]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[12]) == 1 then return 0 end
 local now = now_ms()
-local id = string.sub(KEYS[11], tonumber(ARGV[1]) + 1)
-if not group_admit(KEYS[10], id, tonumber(ARGV[4]), tonumber(ARGV[5]), q.jp, now) then
+local id = string.sub(KEYS[12], tonumber(ARGV[1]) + 1)
+if not group_admit(KEYS[10], KEYS[11], id, tonumber(ARGV[4]), tonumber(ARGV[5]), q.jp, now) then
   return -1
 end
-return enqueue_jobs(q, ARGV[2], tonumber(ARGV[1]), 11, 5, now)[1]
+return enqueue_jobs(q, ARGV[2], tonumber(ARGV[1]), 12, 5, now)[1]

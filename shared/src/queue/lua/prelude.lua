@@ -249,28 +249,28 @@ end
 -- Hand-offs carry the payload over pub/sub: larger payloads are fetched instead.
 local HAND_OFF_MAX = 65536
 
--- Counts job `id` in group zset `group` (score `now`; the group expires `ttl` seconds after its
--- last admission), which may hold at most `max` unfinished jobs: at the cap, the members whose job
--- (under job prefix `jp`) finished are removed first, and those without a job at all once they are
--- older than a minute (younger ones were admitted and are about to be enqueued). Returns true when
--- `id` is counted; false, and `id` not counted, when the group is full.
-local function group_admit(group, id, max, ttl, jp, now)
-  redis.call('ZADD', group, now, id)
+-- Counts job `id` in group set `group` (the group expires `ttl` seconds after its last
+-- admission), which may hold at most `max` unfinished jobs: at the cap, the members whose job
+-- (under job prefix `jp`) finished are removed first, and those without a job at all unless zset
+-- `pending` says they were admitted less than a minute ago to be enqueued after some work. Returns
+-- true when `id` is counted; false, and `id` not counted, when the group is full.
+local function group_admit(group, pending, id, max, ttl, jp, now)
+  redis.call('SADD', group, id)
   redis.call('EXPIRE', group, ttl)
-  if redis.call('ZCARD', group) <= max then return true end
-  local members = redis.call('ZRANGE', group, 0, -1, 'WITHSCORES')
-  for i = 1, #members, 2 do
-    local m = members[i]
+  if redis.call('SCARD', group) <= max then return true end
+  for _, m in ipairs(redis.call('SMEMBERS', group)) do
     if m ~= id then
       local s = redis.call('HGET', jp .. m, 's')
-      if s == 'completed' or s == 'dead' or s == 'cancelled'
-          or (not s and tonumber(members[i + 1]) < now - 60000) then
-        redis.call('ZREM', group, m)
+      local ended = s == 'completed' or s == 'dead' or s == 'cancelled'
+      if not s then
+        local at = redis.call('ZSCORE', pending, m)
+        ended = not at or tonumber(at) < now - 60000
       end
+      if ended then redis.call('SREM', group, m) end
     end
   end
-  if redis.call('ZCARD', group) <= max then return true end
-  redis.call('ZREM', group, id)
+  if redis.call('SCARD', group) <= max then return true end
+  redis.call('SREM', group, id)
   return false
 end
 
