@@ -36,16 +36,8 @@ impl Queue {
         let mut invocations = Vec::with_capacity(jobs.len().div_ceil(MAX_BATCH));
         for (chunk, chunk_ids) in jobs.chunks(MAX_BATCH).zip(ids.chunks(MAX_BATCH)) {
             let mut inv = scripts::ENQUEUE.prepare_invoke();
-            inv.key(&self.inner.wait)
-                .key(&self.inner.scheduled)
-                .key(&self.inner.paused)
-                .key(&self.inner.idle)
-                .key(&self.inner.hand_offs)
-                .key(&self.inner.active)
-                .key(&self.inner.stats)
-                .key(&self.inner.job_prefix)
-                .key(&self.inner.history)
-                .arg(self.plen())
+            self.enqueue_keys(&mut inv);
+            inv.arg(self.plen())
                 .arg(&self.inner.wake_channel)
                 .arg(self.inner.policy.history_flag());
             for (job, id) in chunk.iter().zip(chunk_ids) {
@@ -91,16 +83,8 @@ impl Queue {
             None => uuid::Uuid::now_v7().to_string(),
         };
         let mut inv = scripts::ENQUEUE_GROUPED.prepare_invoke();
-        inv.key(&self.inner.wait)
-            .key(&self.inner.scheduled)
-            .key(&self.inner.paused)
-            .key(&self.inner.idle)
-            .key(&self.inner.hand_offs)
-            .key(&self.inner.active)
-            .key(&self.inner.stats)
-            .key(&self.inner.job_prefix)
-            .key(&self.inner.history)
-            .key(self.inner.keys.group(group))
+        self.enqueue_keys(&mut inv);
+        inv.key(self.inner.keys.group(group))
             .key(self.inner.keys.group_pending(group))
             .key(self.job_key(&id))
             .arg(self.plen())
@@ -160,6 +144,20 @@ impl Queue {
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// The first nine keys of the enqueue scripts: wait, scheduled, paused, idle, hand-offs,
+    /// active, stats, job prefix, history prefix.
+    fn enqueue_keys(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.key(&self.inner.wait)
+            .key(&self.inner.scheduled)
+            .key(&self.inner.paused)
+            .key(&self.inner.idle)
+            .key(&self.inner.hand_offs)
+            .key(&self.inner.active)
+            .key(&self.inner.stats)
+            .key(&self.inner.job_prefix)
+            .key(&self.inner.history);
     }
 
     /// The four per-job arguments of the enqueue scripts.

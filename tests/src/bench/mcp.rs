@@ -228,21 +228,7 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
         ("ws", ws_seq_secs, &ws_seq),
         ("mcp", mcp_seq_secs, &mcp_seq),
     ] {
-        report.rate(
-            &format!("{who}_seq_calls_per_s"),
-            format!("{who}: one client, one call at a time"),
-            "calls/s",
-            opts.seq_calls,
-            secs,
-            None,
-        );
-        for (p, tag) in [(0.5, "p50"), (0.99, "p99")] {
-            report.millis(
-                &format!("{who}_seq_latency_{tag}_ms"),
-                format!("{who} latency {tag}, one at a time"),
-                percentile(lat, p),
-            );
-        }
+        one_at_a_time(&mut report, "", who, opts.seq_calls, secs, lat);
     }
 
     // Throughput.
@@ -322,6 +308,31 @@ pub async fn run(opts: WsOptions, prefix: String) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The rows of a one-at-a-time phase: `<key><who>_seq_calls_per_s` and its latency p50 / p99
+/// (`key` empty for `test_echo`, `upstream_` for the upstream tool).
+fn one_at_a_time(report: &mut Report, key: &str, who: &str, calls: u64, secs: f64, lat: &[f64]) {
+    let what = if key.is_empty() {
+        who.to_owned()
+    } else {
+        format!("upstream tool, {who}")
+    };
+    report.rate(
+        &format!("{key}{who}_seq_calls_per_s"),
+        format!("{what}: one call at a time"),
+        "calls/s",
+        calls,
+        secs,
+        None,
+    );
+    for (p, tag) in [(0.5, "p50"), (0.99, "p99")] {
+        report.millis(
+            &format!("{key}{who}_seq_latency_{tag}_ms"),
+            format!("{what} latency {tag}, one at a time"),
+            percentile(lat, p),
+        );
+    }
+}
+
 /// Phase 5: an upstream MCP tool through the WebSocket, through `/mcp` and called directly.
 async fn upstream(
     opts: &WsOptions,
@@ -374,21 +385,7 @@ async fn upstream(
         ("mcp", mcp_secs, &mcp_seq),
         ("direct", direct_secs, &direct_seq),
     ] {
-        report.rate(
-            &format!("upstream_{who}_seq_calls_per_s"),
-            format!("upstream tool, {who}: one call at a time"),
-            "calls/s",
-            opts.seq_calls,
-            secs,
-            None,
-        );
-        for (p, tag) in [(0.5, "p50"), (0.99, "p99")] {
-            report.millis(
-                &format!("upstream_{who}_seq_latency_{tag}_ms"),
-                format!("upstream tool, {who} latency {tag}, one at a time"),
-                percentile(lat, p),
-            );
-        }
+        one_at_a_time(report, "upstream_", who, opts.seq_calls, secs, lat);
     }
     for (who, lat) in [("ws", &ws_seq), ("mcp", &mcp_seq)] {
         report.millis(
