@@ -71,7 +71,7 @@ fn create_venv() -> PathBuf {
 pub const EVERYTHING_VERSION: &str = "2026.8.31";
 
 /// The entry point of `@modelcontextprotocol/server-everything` ([`EVERYTHING_VERSION`]),
-/// installed with npm (once per version) under the target directory: run it with `node`.
+/// installed with npm (once per version) under the target directory: run it with [`node`].
 pub fn everything() -> PathBuf {
     static ENTRY: OnceLock<PathBuf> = OnceLock::new();
     ENTRY
@@ -97,6 +97,57 @@ pub fn everything() -> PathBuf {
             dir.join(rel)
         })
         .clone()
+}
+
+/// The Node.js release the tests run server-everything with when the system's is too old.
+pub const NODE_VERSION: &str = "22.23.5";
+
+/// The oldest Node.js major release server-everything runs on (its HTTP server's dependencies
+/// need 20; Debian bookworm's is 18).
+const NODE_MIN_MAJOR: u32 = 20;
+
+/// The `node` that runs server-everything: the system's when it is [`NODE_MIN_MAJOR`] or newer,
+/// else Node.js [`NODE_VERSION`] from the npm registry (the official binaries, published as
+/// `node-linux-<arch>`), installed once under the target directory.
+pub fn node() -> PathBuf {
+    static NODE: OnceLock<PathBuf> = OnceLock::new();
+    NODE.get_or_init(|| {
+        let system = std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|v| {
+                v.trim()
+                    .trim_start_matches('v')
+                    .split('.')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            });
+        if system.is_some_and(|major| major >= NODE_MIN_MAJOR) {
+            return PathBuf::from("node");
+        }
+        let arch = match std::env::consts::ARCH {
+            "aarch64" => "arm64",
+            _ => "x64",
+        };
+        let package = format!("node-linux-{arch}");
+        let rel = format!("node_modules/{package}/bin/node");
+        let dir = built_once(&format!("mcp-node-{NODE_VERSION}"), &rel, |building| {
+            std::fs::create_dir_all(building).expect("create the npm directory");
+            run_to_end(
+                std::process::Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                    .arg(building)
+                    .arg(format!("{package}@{NODE_VERSION}")),
+                "npm install node-linux",
+                "scripts/test installs nodejs and npm",
+            );
+        });
+        dir.join(rel)
+    })
+    .clone()
 }
 
 /// Runs `cmd` to completion; panics with its output and `hint` if it fails.

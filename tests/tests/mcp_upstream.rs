@@ -102,8 +102,9 @@ async fn the_reference_servers_tools_run_through_the_queue_over_stdio() {
     let stdin_log = dir.join("stdin.jsonl");
     // What the worker writes to the server is kept, to check what it sends (a cancellation).
     let command = format!(
-        "tee -a '{}' | exec node '{}' stdio",
+        "tee -a '{}' | exec '{}' '{}' stdio",
         stdin_log.display(),
+        mcp::node().display(),
         mcp::everything().display()
     );
     let servers = servers_file(
@@ -420,7 +421,7 @@ fn free_port() -> u16 {
 
 /// server-everything over Streamable HTTP on `port`, once it accepts connections.
 async fn everything_http(port: u16) -> ChildGuard {
-    let child = tokio::process::Command::new("node")
+    let child = tokio::process::Command::new(mcp::node())
         .arg(mcp::everything())
         .arg("streamableHttp")
         .env("PORT", port.to_string())
