@@ -140,6 +140,7 @@ mod moonshot;
 mod server;
 pub mod state;
 mod supabase;
+pub mod tiers;
 
 use std::future::Future;
 use std::io;
@@ -234,6 +235,11 @@ impl Sim {
     /// The state `GET /_sim/state` returns.
     pub fn state(&self) -> serde_json::Value {
         control::snapshot(&self.shared)
+    }
+
+    /// The bill `GET /_sim/usage` returns.
+    pub fn usage(&self) -> serde_json::Value {
+        control::usage_view(&self.shared)
     }
 
     /// The request records, oldest first.
