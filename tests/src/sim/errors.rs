@@ -305,7 +305,7 @@ pub fn rate_limited(provider: Provider, action: &Action) -> Response {
 /// captures) and have no project; TPM and TPD carry ` / proj-…` and a space before `<ak-…>`, and
 /// `current` includes the refused request's own cost (inferred from captures where it exceeds
 /// `limit`). The captured TPM message is the *project* variant with a trailing
-/// ", see https://platform.moonshot.cn/docs/pricing/limits"; tier limits are organisation limits,
+/// `, see https://platform.moonshot.cn/docs/pricing/limits`; tier limits are organisation limits,
 /// so the emulator sends the organisation form the TPD capture shows (inferred for TPM).
 pub fn moonshot_tier_limit(ids: &AccountIds, refusal: Refusal) -> Response {
     let AccountIds {

@@ -5,7 +5,7 @@
 //! - The presets are the published tier table (Tier0 … Tier5). Real accounts see other numbers
 //!   too, so explicit numbers override a preset.
 //! - A chat request costs `prompt tokens + max_completion_tokens` (or `max_tokens`, default 1024)
-//!   against TPM and TPD at admission, whatever it then generates [doc]; there is no refund
+//!   against TPM and TPD at admission, whatever it then generates (documented); there is no refund
 //!   afterwards (inferred, conservative). RPM counts requests; concurrency counts requests in
 //!   flight for their whole duration, a stream until its end (inferred).
 //! - The limits are checked in the order concurrency, RPM, TPM, TPD (inferred); a refused
@@ -13,9 +13,9 @@
 //! - The real windows are **not documented** (fixed or sliding, aligned or not, the day's time
 //!   zone). The emulator uses fixed windows that open with the first request after the previous
 //!   one closed: `rate_window_minute_ms` (60 s) and `rate_window_day_ms` (24 h) long (inferred).
-//! - Real limits apply to the user/organisation, not to the key [doc]; in the emulator each
+//! - Real limits apply to the user/organisation, not to the key (documented); in the emulator each
 //!   accepted key is its own account (organisation, project and key ids derived from the key).
-//! - Billing is prompt tokens plus the tokens actually generated [doc].
+//! - Billing is prompt tokens plus the tokens actually generated (documented).
 //! - Prompt tokens are an **estimate**: the UTF-8 bytes of the messages' text divided by 4,
 //!   rounded up, at least 1 (see [`estimate_prompt_tokens`]); completion tokens are the words
 //!   of the answer. The real tokenizer differs.
