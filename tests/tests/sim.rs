@@ -1883,3 +1883,44 @@ async fn the_binary_takes_tiers_and_extra_keys() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn a_stream_left_early_frees_its_slot_and_is_billed_for_what_was_sent() {
+    let (sim, client) = start().await;
+    control(
+        &client,
+        &sim,
+        "config",
+        json!({"tier": {"concurrency": 1}, "stream_chunk_delay_ms": 200}),
+    )
+    .await;
+    let words = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10";
+    let body = json!({"model": "kimi-k2.5", "stream": true, "max_completion_tokens": 50,
+                      "messages": [{"role": "user", "content": words}]});
+    let resp = chat(&client, &sim, body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.bytes_stream();
+    stream.next().await.expect("a first chunk").unwrap();
+    assert_eq!(
+        chat(&client, &sim, hi(Some(5))).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    drop(stream);
+    // The slot comes back once the emulator notices the client left.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            sim.usage()["keys"][KEY]["in_flight"] == 0
+        })
+        .await
+    );
+    let billed = sim.usage()["keys"][KEY]["billed"].clone();
+    assert_eq!(billed["requests"], 1, "{billed}");
+    // "echo: w1 … w10" is 11 words; far fewer were sent before the client left.
+    let completion = billed["completion_tokens"].as_u64().unwrap();
+    assert!(completion < 11, "{billed}");
+    assert_eq!(sim.state()["chat"]["completed"], 0);
+    assert_eq!(
+        chat(&client, &sim, hi(Some(5))).await.status(),
+        StatusCode::OK
+    );
+}
