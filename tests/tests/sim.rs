@@ -1290,7 +1290,16 @@ fn the_binary_has_help() {
         .expect("run exai-sim --help");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--port", "--key", "--host", "--chat-latency-ms", "--bucket"] {
+    for flag in [
+        "--port",
+        "--key",
+        "--host",
+        "--chat-latency-ms",
+        "--bucket",
+        "--tier",
+        "--key-tier",
+        "--moonshot-key",
+    ] {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }
 }
@@ -1389,4 +1398,529 @@ async fn backdate_ages_files_and_objects_or_changes_nothing() {
         .timestamp();
     assert!((now - 7205..=now - 7195).contains(&at), "{stamp}");
     assert_eq!(rows[0]["updated_at"], rows[0]["created_at"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moonshot account tiers: admission, 429 bodies, usage and the bill.
+
+const KEY_B: &str = "sk-test-key-b";
+
+/// An emulator accepting `KEY` and `KEY_B` as Moonshot keys.
+async fn start_two_keys() -> (Sim, Client) {
+    let mut config = SimConfig::new(KEY);
+    config.moonshot_keys = vec![KEY_B.to_owned()];
+    let sim = Sim::start(config).await.expect("start exai-sim");
+    (sim, Client::new())
+}
+
+async fn chat_as(client: &Client, sim: &Sim, key: &str, body: Value) -> Response {
+    client
+        .post(format!("{}/chat/completions", sim.moonshot_url()))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("chat request")
+}
+
+/// A one-token prompt ("hi": 2 bytes) answered with two words ("echo: hi").
+fn hi(max_completion_tokens: Option<u64>) -> Value {
+    let mut body = json!({"model": "kimi-k2.5", "messages": [{"role": "user", "content": "hi"}]});
+    if let Some(n) = max_completion_tokens {
+        body["max_completion_tokens"] = json!(n);
+    }
+    body
+}
+
+/// Asserts a tier 429: status, the exact compact body, no wait header, Moonshot's headers.
+async fn assert_tier_429(resp: Response, key: &str, message: &str) {
+    let ids = exai_tests::sim::tiers::AccountIds::of(key);
+    let message = message
+        .replace("{org}", &ids.org)
+        .replace("{proj}", &ids.project)
+        .replace("{ak}", &ids.ak);
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let headers = resp.headers().clone();
+    assert!(headers.get("retry-after").is_none(), "{headers:?}");
+    assert!(
+        headers
+            .keys()
+            .all(|h| !h.as_str().starts_with("x-ratelimit")),
+        "{headers:?}"
+    );
+    assert_eq!(headers["content-type"], "application/json; charset=utf-8");
+    assert_eq!(headers["msh-org-id"], ids.org.as_str());
+    assert_eq!(headers["msh-project-id"], ids.project.as_str());
+    assert!(headers.contains_key("msh-request-id"));
+    assert!(headers.contains_key("x-msh-trace-id"));
+    assert!(headers.contains_key("msh-gid"));
+    let text = resp.text().await.unwrap();
+    assert_eq!(
+        text,
+        json!({"error": {"message": message, "type": "rate_limit_reached_error"}}).to_string()
+    );
+    // Key order as captured: `message`, then `type`, no `code`.
+    assert!(
+        text.starts_with(r#"{"error":{"message":"Your account "#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn each_tier_limit_answers_moonshots_own_429() {
+    let (sim, client) = start_two_keys().await;
+    // RPM 2 for KEY; KEY_B keeps the default (unlimited) until given its own tier.
+    control(&client, &sim, "config", json!({"tier": {"rpm": 2}})).await;
+    for _ in 0..2 {
+        assert_eq!(
+            chat(&client, &sim, hi(Some(10))).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_tier_429(
+        chat(&client, &sim, hi(Some(10))).await,
+        KEY,
+        "Your account {org}<{ak}> request reached organization max RPM: 2, please try again after 1 seconds",
+    )
+    .await;
+
+    // TPM 100: 41 tokens a request (1 prompt + 40 cap); the third would make 123.
+    control(
+        &client,
+        &sim,
+        "config",
+        json!({"tiers": {KEY_B: {"tpm": 100}}}),
+    )
+    .await;
+    for _ in 0..2 {
+        let resp = chat_as(&client, &sim, KEY_B, hi(Some(40))).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    assert_tier_429(
+        chat_as(&client, &sim, KEY_B, hi(Some(40))).await,
+        KEY_B,
+        "Your account {org} / {proj} <{ak}> request reached organization TPM rate limit, current: 123, limit: 100",
+    )
+    .await;
+
+    // TPD 50: 31 a request; the second would make 62.
+    control(&client, &sim, "reset", json!({})).await;
+    control(&client, &sim, "config", json!({"tier": {"tpd": 50}})).await;
+    assert_eq!(
+        chat(&client, &sim, hi(Some(30))).await.status(),
+        StatusCode::OK
+    );
+    assert_tier_429(
+        chat(&client, &sim, hi(Some(30))).await,
+        KEY,
+        "Your account {org} / {proj} <{ak}> request reached organization TPD rate limit, current: 62, limit: 50",
+    )
+    .await;
+
+    // Concurrency 1: a stream holds its slot until its end.
+    control(&client, &sim, "reset", json!({})).await;
+    control(
+        &client,
+        &sim,
+        "config",
+        json!({"tier": "tier0", "stream_chunk_delay_ms": 300}),
+    )
+    .await;
+    let mut body = hi(Some(10));
+    body["stream"] = json!(true);
+    let held = chat(&client, &sim, body).await;
+    assert_eq!(held.status(), StatusCode::OK);
+    assert_eq!(held.headers()["msh-gid"], "tier0");
+    let mut stream = held.bytes_stream();
+    stream.next().await.expect("a first chunk").unwrap();
+    assert_tier_429(
+        chat(&client, &sim, hi(Some(10))).await,
+        KEY,
+        "Your account {org}<{ak}> request reached max organization concurrency: 1, please try again after 1 seconds",
+    )
+    .await;
+    while stream.next().await.is_some() {}
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            sim.usage()["keys"][KEY]["in_flight"] == 0
+        })
+        .await
+    );
+    assert_eq!(
+        chat(&client, &sim, hi(Some(10))).await.status(),
+        StatusCode::OK
+    );
+
+    let bill = sim.usage();
+    assert_eq!(
+        bill["keys"][KEY]["refused"],
+        json!({"concurrency": 1, "rpm": 0, "tpm": 0, "tpd": 0})
+    );
+    assert_eq!(bill["keys"][KEY]["admitted"], 2);
+    assert_eq!(bill["keys"][KEY]["tier"]["group"], "tier0");
+    assert_eq!(bill["keys"][KEY]["tier"]["rpm"], 3);
+}
+
+#[tokio::test]
+async fn tpm_counts_the_reservation_not_the_generation() {
+    let (sim, client) = start().await;
+    // Each call generates 2 tokens but reserves 1 + 1024 (no cap named: the default).
+    control(&client, &sim, "config", json!({"tier": {"tpm": 2100}})).await;
+    for _ in 0..2 {
+        let (status, body) = json_of(chat(&client, &sim, hi(None)).await).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["usage"]["total_tokens"], 3);
+    }
+    assert_tier_429(
+        chat(&client, &sim, hi(None)).await,
+        KEY,
+        "Your account {org} / {proj} <{ak}> request reached organization TPM rate limit, current: 3075, limit: 2100",
+    )
+    .await;
+    // A smaller cap fits (2050 + 41), `max_tokens` counting like `max_completion_tokens`.
+    let mut body = hi(None);
+    body["max_tokens"] = json!(40);
+    assert_eq!(chat(&client, &sim, body).await.status(), StatusCode::OK);
+    let bill = sim.usage();
+    let me = &bill["keys"][KEY];
+    assert_eq!(me["reserved_tokens"], 2 * 1025 + 41);
+    assert_eq!(me["minute"]["tokens"], 2 * 1025 + 41);
+    assert_eq!(me["billed"]["total_tokens"], 9);
+    assert_eq!(me["refused"]["tpm"], 1);
+
+    // A new window: with a 300 ms "minute", the budget comes back by itself.
+    control(
+        &client,
+        &sim,
+        "config",
+        json!({"rate_window_minute_ms": 300}),
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            chat(&client, &sim, hi(None)).await.status() == StatusCode::OK
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_tier_lowered_at_run_time_applies_to_the_next_request() {
+    let (sim, client) = start_two_keys().await;
+    for _ in 0..5 {
+        assert_eq!(
+            chat(&client, &sim, hi(Some(5))).await.status(),
+            StatusCode::OK
+        );
+    }
+    // Tier0 allows 3 requests a minute: 5 were already made in this window.
+    let config = control(&client, &sim, "config", json!({"tier": "tier0"})).await;
+    assert_eq!(config["tier"], json!({"preset": "tier0"}));
+    assert_tier_429(
+        chat(&client, &sim, hi(Some(5))).await,
+        KEY,
+        "Your account {org}<{ak}> request reached organization max RPM: 3, please try again after 1 seconds",
+    )
+    .await;
+    // A key's own tier wins over the default; null removes it again.
+    control(&client, &sim, "config", json!({"tiers": {KEY: "tier5"}})).await;
+    assert_eq!(
+        chat(&client, &sim, hi(Some(5))).await.status(),
+        StatusCode::OK
+    );
+    control(&client, &sim, "config", json!({"tiers": {KEY: null}})).await;
+    assert_eq!(
+        chat(&client, &sim, hi(Some(5))).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The other key has its own windows: its first three pass under the same tier.
+    for _ in 0..3 {
+        let resp = chat_as(&client, &sim, KEY_B, hi(Some(5))).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        chat_as(&client, &sim, KEY_B, hi(Some(5))).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Lifted again.
+    control(&client, &sim, "config", json!({"tier": "unlimited"})).await;
+    assert_eq!(
+        chat(&client, &sim, hi(Some(5))).await.status(),
+        StatusCode::OK
+    );
+    // An unknown preset is refused and changes nothing.
+    let resp = client
+        .post(format!("{}/_sim/config", sim.url()))
+        .json(&json!({"tier": "tier9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        chat(&client, &sim, hi(Some(5))).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// The chunks of an SSE body, without `[DONE]` (which must end it).
+async fn sse_chunks(resp: Response) -> Vec<Value> {
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("an SSE data line"))
+        .collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn usage_comes_in_moonshots_three_shapes() {
+    let (sim, client) = start().await;
+    // "hello there": 11 bytes, 3 estimated prompt tokens; "echo: hello there": 3 words.
+    let usage = json!({"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6});
+    let body =
+        json!({"model": "kimi-k2.5", "messages": [{"role": "user", "content": "hello there"}]});
+    let (status, plain) = json_of(chat(&client, &sim, body.clone()).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(plain["usage"], usage);
+
+    // Streaming without stream_options: inside the last chunk's choice, nowhere else.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let chunks = sse_chunks(chat(&client, &sim, streamed.clone()).await).await;
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["delta"], json!({}));
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["choices"][0]["usage"], usage);
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "{chunks:?}"
+    );
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c["choices"][0].get("usage").is_none())
+    );
+
+    // With include_usage: an extra `choices: []` chunk with top-level usage; `usage: null`
+    // on every other chunk.
+    streamed["stream_options"] = json!({"include_usage": true});
+    let chunks = sse_chunks(chat(&client, &sim, streamed).await).await;
+    let extra = chunks.last().unwrap();
+    assert_eq!(extra["choices"], json!([]));
+    assert_eq!(extra["usage"], usage);
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c["usage"].is_null() && c.get("usage").is_some())
+    );
+}
+
+#[tokio::test]
+async fn the_bill_matches_the_usage_the_responses_reported() {
+    let (sim, client) = start_two_keys().await;
+    control(
+        &client,
+        &sim,
+        "config",
+        json!({"tiers": {KEY_B: {"rpm": 4}}}),
+    )
+    .await;
+    let prompts = [
+        "one",
+        "two words",
+        "a somewhat longer prompt of seven words",
+    ];
+    // (key, model) → (requests, prompt, completion) as the responses reported them.
+    let mut reported: std::collections::BTreeMap<(&str, &str), (u64, u64, u64)> =
+        Default::default();
+    for (i, prompt) in prompts.iter().cycle().take(9).enumerate() {
+        let key = if i % 2 == 0 { KEY } else { KEY_B };
+        let model = if i % 3 == 0 {
+            "kimi-k2.5"
+        } else {
+            "moonshot-v1-8k"
+        };
+        let mut body = json!({"model": model, "max_completion_tokens": 3 + i,
+                              "messages": [{"role": "user", "content": prompt}]});
+        let usage = match i % 3 {
+            0 => {
+                let (status, b) = json_of(chat_as(&client, &sim, key, body).await).await;
+                assert_eq!(status, StatusCode::OK);
+                b["usage"].clone()
+            }
+            1 => {
+                body["stream"] = json!(true);
+                let chunks = sse_chunks(chat_as(&client, &sim, key, body).await).await;
+                chunks.last().unwrap()["choices"][0]["usage"].clone()
+            }
+            _ => {
+                body["stream"] = json!(true);
+                body["stream_options"] = json!({"include_usage": true});
+                let chunks = sse_chunks(chat_as(&client, &sim, key, body).await).await;
+                chunks.last().unwrap()["usage"].clone()
+            }
+        };
+        let entry = reported.entry((key, model)).or_default();
+        entry.0 += 1;
+        entry.1 += usage["prompt_tokens"].as_u64().unwrap();
+        entry.2 += usage["completion_tokens"].as_u64().unwrap();
+        assert_eq!(
+            usage["total_tokens"].as_u64().unwrap(),
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        );
+    }
+    // KEY_B made 4 requests; a fifth is refused and billed nothing.
+    assert_eq!(
+        chat_as(&client, &sim, KEY_B, hi(Some(1))).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    let (status, bill) = json_of(
+        client
+            .get(format!("{}/_sim/usage", sim.url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for key in [KEY, KEY_B] {
+        let mine = &bill["keys"][key];
+        let mut totals = (0, 0, 0);
+        for ((k, model), (requests, prompt, completion)) in &reported {
+            if *k != key {
+                continue;
+            }
+            let m = &mine["by_model"][*model];
+            assert_eq!(m["requests"], *requests, "{key} {model}: {m}");
+            assert_eq!(m["prompt_tokens"], *prompt, "{key} {model}: {m}");
+            assert_eq!(m["completion_tokens"], *completion, "{key} {model}: {m}");
+            assert_eq!(m["total_tokens"], prompt + completion);
+            totals.0 += requests;
+            totals.1 += prompt;
+            totals.2 += completion;
+        }
+        assert_eq!(mine["billed"]["requests"], totals.0);
+        assert_eq!(mine["billed"]["prompt_tokens"], totals.1);
+        assert_eq!(mine["billed"]["completion_tokens"], totals.2);
+        assert_eq!(mine["admitted"], totals.0);
+        assert_eq!(mine["in_flight"], 0);
+    }
+    assert_eq!(
+        bill["keys"][KEY_B]["refused"],
+        json!({"concurrency": 0, "rpm": 1, "tpm": 0, "tpd": 0})
+    );
+    assert_eq!(bill["keys"][KEY]["tier"], Value::Null);
+    assert_eq!(bill["keys"][KEY_B]["tier"]["group"], "custom");
+
+    // Reset forgets the bill.
+    control(&client, &sim, "reset", json!({})).await;
+    assert_eq!(sim.usage(), json!({"keys": {}}));
+}
+
+#[tokio::test]
+async fn the_token_estimate_endpoint_uses_the_same_estimate_and_costs_nothing() {
+    let (sim, client) = start().await;
+    control(&client, &sim, "config", json!({"tier": {"rpm": 1}})).await;
+    let body =
+        json!({"model": "kimi-k2.5", "messages": [{"role": "user", "content": "hello there"}]});
+    for _ in 0..3 {
+        let (status, estimate) = json_of(
+            client
+                .post(format!(
+                    "{}/tokenizers/estimate-token-count",
+                    sim.moonshot_url()
+                ))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(estimate, json!({"data": {"total_tokens": 3}}));
+    }
+    let (status, answer) = json_of(chat(&client, &sim, body).await).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["usage"]["prompt_tokens"], 3);
+}
+
+#[tokio::test]
+async fn the_binary_takes_tiers_and_extra_keys() {
+    let sim = SimProcess::spawn(
+        "sk-bin",
+        &["--moonshot-key", "sk-b", "--key-tier", "sk-b=tier0"],
+    )
+    .await
+    .expect("spawn exai-sim");
+    let client = Client::new();
+    let send = |key: &'static str| {
+        client
+            .post(format!("{}/chat/completions", sim.moonshot_url()))
+            .bearer_auth(key)
+            .json(&hi(Some(5)))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(send("sk-b").await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        send("sk-b").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for _ in 0..4 {
+        assert_eq!(send("sk-bin").await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        send("sk-other").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_stream_left_early_frees_its_slot_and_is_billed_for_what_was_sent() {
+    let (sim, client) = start().await;
+    control(
+        &client,
+        &sim,
+        "config",
+        json!({"tier": {"concurrency": 1}, "stream_chunk_delay_ms": 200}),
+    )
+    .await;
+    let words = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10";
+    let body = json!({"model": "kimi-k2.5", "stream": true, "max_completion_tokens": 50,
+                      "messages": [{"role": "user", "content": words}]});
+    let resp = chat(&client, &sim, body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.bytes_stream();
+    stream.next().await.expect("a first chunk").unwrap();
+    assert_eq!(
+        chat(&client, &sim, hi(Some(5))).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    drop(stream);
+    // The slot comes back once the emulator notices the client left.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            sim.usage()["keys"][KEY]["in_flight"] == 0
+        })
+        .await
+    );
+    let billed = sim.usage()["keys"][KEY]["billed"].clone();
+    assert_eq!(billed["requests"], 1, "{billed}");
+    // "echo: w1 … w10" is 11 words; far fewer were sent before the client left.
+    let completion = billed["completion_tokens"].as_u64().unwrap();
+    assert!(completion < 11, "{billed}");
+    assert_eq!(sim.state()["chat"]["completed"], 0);
+    assert_eq!(
+        chat(&client, &sim, hi(Some(5))).await.status(),
+        StatusCode::OK
+    );
 }

@@ -56,9 +56,30 @@ struct Args {
     /// Supabase: largest object, in bytes (a bucket's own limit may be lower).
     #[arg(long, default_value_t = sim::config::STORAGE_MAX_OBJECT_BYTES)]
     storage_max_bytes: u64,
+    /// A further Moonshot API key accepted on /v1 (its own account, tier and bill); repeatable.
+    #[arg(long = "moonshot-key")]
+    moonshot_keys: Vec<String>,
+    /// The tier of every Moonshot key: a preset (tier0 … tier5, unlimited) or JSON such as
+    /// '{"concurrency":4,"rpm":120,"tpm":40000}' (default: unlimited).
+    #[arg(long, value_parser = parse_tier)]
+    tier: Option<sim::tiers::Tier>,
+    /// The tier of one key, as KEY=TIER (TIER as for --tier); repeatable.
+    #[arg(long = "key-tier", value_parser = parse_key_tier)]
+    key_tiers: Vec<(String, sim::tiers::Tier)>,
     /// The models listed and accepted, comma-separated (default: Kimi and GLM models).
     #[arg(long, value_delimiter = ',')]
     models: Option<Vec<String>>,
+}
+
+fn parse_tier(text: &str) -> Result<sim::tiers::Tier, String> {
+    sim::tiers::Tier::parse(text)
+}
+
+fn parse_key_tier(text: &str) -> Result<(String, sim::tiers::Tier), String> {
+    let (key, tier) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=TIER"))?;
+    Ok((key.to_owned(), sim::tiers::Tier::parse(tier)?))
 }
 
 #[tokio::main]
@@ -68,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = SimConfig::new(args.key);
     config.require_apikey = args.require_apikey;
     config.buckets = args.buckets;
+    config.moonshot_keys = args.moonshot_keys;
     let t = &mut config.tunables;
     t.chat_latency_ms = args.chat_latency_ms;
     t.stream_chunk_delay_ms = args.stream_chunk_delay_ms;
@@ -76,6 +98,8 @@ async fn main() -> anyhow::Result<()> {
     t.max_file_bytes = args.max_file_bytes;
     t.max_total_bytes = args.max_total_bytes;
     t.storage_max_bytes = args.storage_max_bytes;
+    t.tier = args.tier;
+    t.tiers = args.key_tiers.into_iter().collect();
     if let Some(models) = args.models {
         t.models = models;
     }

@@ -1,7 +1,11 @@
 //! The emulator's settings: fixed at start-up ([`SimConfig`]) and, for the tunable part
 //! ([`Tunables`]), changeable at run time through `POST /_sim/config`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use super::tiers::{self, Tier};
 
 /// 100 MB, Moonshot's per-file limit (taken as MiB: 104,857,600 bytes).
 pub const MOONSHOT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
@@ -38,6 +42,9 @@ pub struct SimConfig {
     /// The bearer token every provider request must carry (`Authorization: Bearer <key>`); it
     /// is both the Moonshot API key and the Supabase service-role key.
     pub key: String,
+    /// Further Moonshot API keys accepted on `/v1` (each its own account, with its own tier and
+    /// bill); Supabase still takes only `key`.
+    pub moonshot_keys: Vec<String>,
     /// When set, Supabase routes also require an `apikey` header equal to the key, as the hosted
     /// gateway does (missing: HTTP 401 `{"message":"No API key found in request"}`).
     pub require_apikey: bool,
@@ -52,6 +59,7 @@ impl SimConfig {
     pub fn new(key: impl Into<String>) -> Self {
         Self {
             key: key.into(),
+            moonshot_keys: Vec::new(),
             require_apikey: false,
             buckets: Vec::new(),
             tunables: Tunables::default(),
@@ -80,6 +88,31 @@ pub struct Tunables {
     pub chat_max_concurrency: Option<u64>,
     /// The models listed and accepted; any other gets 404 `resource_not_found_error`.
     pub models: Vec<String>,
+    /// The tier of every Moonshot key without one in `tiers`; `None` is unlimited.
+    pub tier: Option<Tier>,
+    /// Tiers per Moonshot key (overriding `tier`).
+    pub tiers: BTreeMap<String, Tier>,
+    /// The `max_completion_tokens` a chat request without one is charged for at admission.
+    pub default_max_completion_tokens: u64,
+    /// Length of the fixed RPM/TPM window (60 s).
+    pub rate_window_minute_ms: u64,
+    /// Length of the fixed TPD window (24 h).
+    pub rate_window_day_ms: u64,
+}
+
+impl Tunables {
+    /// The tier in force for a Moonshot key, if any.
+    pub fn tier_of(&self, key: &str) -> Option<&Tier> {
+        self.tiers.get(key).or(self.tier.as_ref())
+    }
+
+    /// The admission windows' lengths.
+    pub fn windows(&self) -> tiers::Windows {
+        tiers::Windows {
+            minute: std::time::Duration::from_millis(self.rate_window_minute_ms),
+            day: std::time::Duration::from_millis(self.rate_window_day_ms),
+        }
+    }
 }
 
 impl Default for Tunables {
@@ -93,12 +126,18 @@ impl Default for Tunables {
             stream_chunk_delay_ms: 0,
             chat_max_concurrency: None,
             models: DEFAULT_MODELS.iter().map(|m| (*m).to_owned()).collect(),
+            tier: None,
+            tiers: BTreeMap::new(),
+            default_max_completion_tokens: tiers::DEFAULT_MAX_COMPLETION_TOKENS,
+            rate_window_minute_ms: tiers::MINUTE_MS,
+            rate_window_day_ms: tiers::DAY_MS,
         }
     }
 }
 
 /// A partial [`Tunables`], as `POST /_sim/config` takes it: absent fields keep their value.
-/// `chat_max_concurrency: 0` removes the concurrency limit.
+/// `chat_max_concurrency: 0` removes the concurrency limit. `tier` replaces the default tier
+/// (`"unlimited"` lifts it); `tiers` is merged key by key, a `null` tier removing that key's own.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunablesPatch {
@@ -110,6 +149,11 @@ pub struct TunablesPatch {
     stream_chunk_delay_ms: Option<u64>,
     chat_max_concurrency: Option<u64>,
     models: Option<Vec<String>>,
+    tier: Option<Tier>,
+    tiers: Option<BTreeMap<String, Option<Tier>>>,
+    default_max_completion_tokens: Option<u64>,
+    rate_window_minute_ms: Option<u64>,
+    rate_window_day_ms: Option<u64>,
 }
 
 impl TunablesPatch {
@@ -125,8 +169,20 @@ impl TunablesPatch {
             storage_max_bytes,
             chat_latency_ms,
             stream_chunk_delay_ms,
-            models
+            models,
+            default_max_completion_tokens,
+            rate_window_minute_ms,
+            rate_window_day_ms
         );
+        if let Some(tier) = self.tier {
+            t.tier = Some(tier);
+        }
+        for (key, tier) in self.tiers.unwrap_or_default() {
+            match tier {
+                Some(tier) => t.tiers.insert(key, tier),
+                None => t.tiers.remove(&key),
+            };
+        }
         if let Some(n) = self.chat_max_concurrency {
             t.chat_max_concurrency = (n > 0).then_some(n);
         }

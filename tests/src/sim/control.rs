@@ -27,6 +27,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/_sim/requests", get(requests).delete(clear_requests))
         .route("/_sim/state", get(state))
         .route("/_sim/config", get(get_config).post(set_config))
+        .route("/_sim/usage", get(usage))
         .route(
             "/_sim/faults",
             get(list_faults).post(add_faults).delete(clear_faults),
@@ -136,6 +137,18 @@ pub(crate) fn snapshot(sh: &Shared) -> Value {
 
 async fn state(State(sh): State<Arc<Shared>>) -> Json<Value> {
     Json(snapshot(&sh))
+}
+
+/// The bill: per key, the tier in force, requests admitted and refused per limit kind, tokens
+/// reserved at admission, tokens billed (prompt + actual completion) in all and per model, and
+/// the current windows.
+pub(crate) fn usage_view(sh: &Shared) -> Value {
+    let t = sh.tunables();
+    lock(&sh.accounts).view(|key| t.tier_of(key).cloned(), t.windows())
+}
+
+async fn usage(State(sh): State<Arc<Shared>>) -> Json<Value> {
+    Json(usage_view(&sh))
 }
 
 async fn get_config(State(sh): State<Arc<Shared>>) -> Json<Value> {

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::faults::Action;
+use super::tiers::{AccountIds, Refusal};
 
 /// Which API a route belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub enum Provider {
 
 /// The organisation and key ids named in Moonshot's rate-limit messages.
 const ACCOUNT: &str = "org-exaisim<ak-exaisim>";
+/// The same with the project, as TPM and TPD messages write it.
+const ACCOUNT_PROJECT: &str = "org-exaisim / proj-exaisim <ak-exaisim>";
 
 fn json_response(status: u16, body: serde_json::Value) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -255,19 +258,19 @@ pub fn rate_limited(provider: Provider, action: &Action) -> Response {
                 "concurrency" => (
                     "rate_limit_reached_error",
                     format!(
-                        "Your account {ACCOUNT} request reached organization max concurrency: 1, please try again after {t} seconds"
+                        "Your account {ACCOUNT} request reached max organization concurrency: 1, please try again after {t} seconds"
                     ),
                 ),
                 "tpm" => (
                     "rate_limit_reached_error",
                     format!(
-                        "Your account {ACCOUNT} request reached organization TPM rate limit, current:500001, limit:500000"
+                        "Your account {ACCOUNT_PROJECT} request reached organization TPM rate limit, current: 500001, limit: 500000"
                     ),
                 ),
                 "tpd" => (
                     "rate_limit_reached_error",
                     format!(
-                        "Your account {ACCOUNT} request reached organization TPD rate limit, current:1500001, limit:1500000"
+                        "Your account {ACCOUNT_PROJECT} request reached organization TPD rate limit, current: 1500001, limit: 1500000"
                     ),
                 ),
                 "overloaded" => (
@@ -295,15 +298,34 @@ pub fn rate_limited(provider: Provider, action: &Action) -> Response {
     resp
 }
 
-/// Moonshot's 429 for a call over `chat_max_concurrency`.
-pub fn moonshot_concurrency(limit: u64) -> Response {
-    moonshot(
-        429,
-        "rate_limit_reached_error",
-        format!(
-            "Your account {ACCOUNT} request reached organization max concurrency: {limit}, please try again after 1 seconds"
+/// Moonshot's 429 for a request over one of its account's limits (reference §1.5: captured
+/// wording, compact `{"error":{"message","type"}}`, no `Retry-After`).
+///
+/// Concurrency and RPM name the wait ("please try again after 1 seconds", always 1 in the
+/// captures) and have no project; TPM and TPD carry ` / proj-…` and a space before `<ak-…>`, and
+/// `current` includes the refused request's own cost (inferred from captures where it exceeds
+/// `limit`). The captured TPM message is the *project* variant with a trailing
+/// `, see https://platform.moonshot.cn/docs/pricing/limits`; tier limits are organisation limits,
+/// so the emulator sends the organisation form the TPD capture shows (inferred for TPM).
+pub fn moonshot_tier_limit(ids: &AccountIds, refusal: Refusal) -> Response {
+    let AccountIds {
+        org, project, ak, ..
+    } = ids;
+    let message = match refusal {
+        Refusal::Concurrency { limit } => format!(
+            "Your account {org}<{ak}> request reached max organization concurrency: {limit}, please try again after 1 seconds"
         ),
-    )
+        Refusal::Rpm { limit } => format!(
+            "Your account {org}<{ak}> request reached organization max RPM: {limit}, please try again after 1 seconds"
+        ),
+        Refusal::Tpm { current, limit } => format!(
+            "Your account {org} / {project} <{ak}> request reached organization TPM rate limit, current: {current}, limit: {limit}"
+        ),
+        Refusal::Tpd { current, limit } => format!(
+            "Your account {org} / {project} <{ak}> request reached organization TPD rate limit, current: {current}, limit: {limit}"
+        ),
+    };
+    moonshot(429, "rate_limit_reached_error", message)
 }
 
 /// An unknown path: Moonshot's 404, or Fastify's raw 404 for Storage.

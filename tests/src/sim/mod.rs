@@ -4,8 +4,9 @@
 //! One HTTP/1.1 server serves both: Moonshot at `http://HOST:PORT/v1` (`KIMI_API_URL`) and
 //! Supabase at `http://HOST:PORT` (`SUPABASE_URL`; Storage under `/storage/v1`). Every provider
 //! request must carry `Authorization: Bearer <key>` (the `--key`; it is both `KIMI_API_KEY` and
-//! `SUPABASE_SERVICE_ROLE_KEY`). Paths, JSON shapes, error envelopes, status codes and limits
-//! follow `shared/reference/provider-apis.md`; where that file marks a fact as inferred, so does
+//! `SUPABASE_SERVICE_ROLE_KEY`; `--moonshot-key` adds further Moonshot-only keys). Paths, JSON
+//! shapes, error envelopes, status codes and limits follow `shared/reference/provider-apis.md`
+//! and `provider-limits.md`; where those files mark a fact as inferred, so does
 //! the emulator. State lives in memory; uploaded bytes are kept once (as `Bytes`) and never
 //! copied again. Run it in process with [`Sim::start`] (or [`serve`] on a listener of your own),
 //! or as the `exai-sim` binary (its first stdout line is `exai-sim listening on http://…`;
@@ -22,6 +23,7 @@
 //! | `moonshot.files.delete` | `DELETE /v1/files/{id}` | `{"id", "object":"file", "deleted":true}`, or 404 |
 //! | `moonshot.chat` | `POST /v1/chat/completions` | see below |
 //! | `moonshot.models` | `GET /v1/models` | `{"object":"list","data":[{id, object:"model", created, owned_by}]}` |
+//! | `moonshot.estimate` | `POST /v1/tokenizers/estimate-token-count` `{model, messages}` | `{"data":{"total_tokens":N}}`, the emulator's prompt estimate; counted against no limit (unconfirmed for the real one) |
 //!
 //! Errors are `{"error":{"type","message"}}`: missing or wrong bearer → 401
 //! `invalid_authentication_error` "Invalid Authentication"; upload of 0 bytes → 400 "File size
@@ -43,8 +45,69 @@
 //! `stream_options.include_usage` one more chunk with `choices:[]` and top-level `usage`, and
 //! `data: [DONE]`. `max_completion_tokens`/`max_tokens` (in words) truncate with
 //! `finish_reason:"length"`. `temperature` outside `[0, 1]` or `n` > 5 → 400. With
-//! `chat_max_concurrency` set, a call beyond it gets 429 `rate_limit_reached_error` "…request
-//! reached organization max concurrency: N, please try again after 1 seconds".
+//! `chat_max_concurrency` set (a global cap across keys), a call beyond it gets 429
+//! `rate_limit_reached_error` "…request reached max organization concurrency: N, please try
+//! again after 1 seconds". Usage follows Moonshot (reference §1.8): non-stream top-level
+//! `usage {prompt_tokens, completion_tokens, total_tokens}`; streaming without
+//! `stream_options`, inside the last chunk's `choices[0].usage` only; with
+//! `stream_options.include_usage: true`, also an extra chunk with `choices: []` and top-level
+//! `usage` before `[DONE]`, every other chunk carrying `usage: null` (whether the real service
+//! then still puts usage in the last choice is unconfirmed; the emulator does). `cached_tokens`
+//! is never sent: the emulator has no prompt cache. Prompt tokens are an **estimate** (UTF-8
+//! bytes of the messages' text / 4, rounded up, at least 1); completion tokens are the answer's
+//! words. Every chat answer carries `Msh-Request-Id`, `Msh-Org-Id`, `Msh-Project-Id`,
+//! `Msh-Uid`, `X-Msh-Trace-Id` and, when the key has a tier, `Msh-Gid` (the tier group: the
+//! preset name or `custom`; the header's meaning is inferred).
+//!
+//! # Account tiers (Moonshot, per key)
+//!
+//! Each accepted Moonshot key (`--key` and every `--moonshot-key`) is an account of its own
+//! (real limits are per user/organisation and shared by its keys (documented); ids `org-<32 hex>`,
+//! `proj-<32 hex>` (shape inferred), `ak-<20>` are derived from the key). Its tier is
+//! `tiers[key]`, else `tier`, else none (unlimited — the default, which every existing test
+//! relies on). A tier is a preset of the published table or explicit numbers (which override
+//! the preset; 0 = unlimited): `"tier2"` or `{"preset"?, "concurrency"?, "rpm"?, "tpm"?, "tpd"?}`.
+//!
+//! | preset | concurrency | RPM | TPM | TPD |
+//! |---|---|---|---|---|
+//! | `tier0` | 1 | 3 | 500,000 | 1,500,000 |
+//! | `tier1` | 50 | 200 | 2,000,000 | unlimited |
+//! | `tier2` | 100 | 500 | 3,000,000 | unlimited |
+//! | `tier3` | 200 | 5,000 | 3,000,000 | unlimited |
+//! | `tier4` | 400 | 5,000 | 4,000,000 | unlimited |
+//! | `tier5` | 1,000 | 10,000 | 5,000,000 | unlimited |
+//! | `unlimited` | — | — | — | — |
+//!
+//! Admission, after the request is validated: the global `chat_max_concurrency`, then the
+//! tier's concurrency (requests in flight, a stream until its end — inferred), RPM (requests
+//! this minute window), TPM and TPD (tokens this window) in that order (order inferred). A
+//! request costs `prompt tokens + max_completion_tokens` (or `max_tokens`, or
+//! `default_max_completion_tokens` = 1024 when absent) against TPM and TPD **whatever it
+//! generates**, with no refund afterwards (documented; no refund inferred). A refused request is
+//! charged nothing (undocumented for Moonshot, inferred). The real windows are not documented
+//! (fixed or sliding, alignment, the day's time zone): the emulator uses fixed windows that open
+//! with the first request after the previous one closed, `rate_window_minute_ms` (60,000) and
+//! `rate_window_day_ms` (86,400,000) long. Over a limit: HTTP 429, compact body
+//! `{"error":{"message","type":"rate_limit_reached_error"}}`, no `Retry-After` and no
+//! `X-RateLimit-*` (as captured), messages as captured (reference §1.5):
+//!
+//! - concurrency: `Your account {org}<{ak}> request reached max organization concurrency: {N}, please try again after 1 seconds`
+//! - RPM: `Your account {org}<{ak}> request reached organization max RPM: {N}, please try again after 1 seconds`
+//! - TPM: `Your account {org} / {proj} <{ak}> request reached organization TPM rate limit, current: {x}, limit: {y}`
+//! - TPD: `Your account {org} / {proj} <{ak}> request reached organization TPD rate limit, current: {x}, limit: {y}`
+//!
+//! `current` includes the refused request's own cost (inferred from captures). The one captured
+//! TPM message is the *project* variant with `, see https://platform.moonshot.cn/docs/pricing/limits`;
+//! the organisation form is inferred from the TPD capture. `engine_overloaded_error` is not a
+//! tier limit: inject it as a fault (`rate_limit` kind `overloaded`, or `fail` 429).
+//!
+//! The bill, `GET /_sim/usage` → `{"keys":{KEY:{tier:{group, concurrency, rpm, tpm, tpd}|null,
+//! in_flight, admitted, refused:{concurrency, rpm, tpm, tpd}, reserved_tokens, billed:{requests,
+//! prompt_tokens, completion_tokens, total_tokens}, by_model:{MODEL:{requests, prompt_tokens,
+//! completion_tokens, total_tokens}}, minute:{requests, tokens, remaining_ms}, day:{…}}}}`:
+//! billed = prompt + completion tokens actually sent (a stream the client leaves early is billed
+//! for the chunks sent — inferred), what a client's own accounting should equal;
+//! `reserved_tokens` is what admission counted. `POST /_sim/reset` clears it.
 //!
 //! # Supabase Storage routes (`/storage/v1`)
 //!
@@ -88,11 +151,12 @@
 //! | request | effect |
 //! |---|---|
 //! | `GET /_sim/health` | `{"ok":true}` |
-//! | `POST /_sim/reset` | back to the start: no files, the `--bucket`s empty, no records, no rules, up, tunables as started, chat peaks = current in-flight |
+//! | `POST /_sim/reset` | back to the start: no files, the `--bucket`s empty, no records, no rules, up, tunables as started, chat peaks = current in-flight, bills and windows forgotten |
 //! | `GET /_sim/requests[?route=glob&since=seq]` | records, oldest first (last 10,000): `{seq, time_ms, method, path, query, route, status, outcome, fault, delay_ms, request_bytes, duration_ms, detail}`; `status` is null when dropped; `outcome` is `ok`, `auth`, `fault`, `dropped` or `down`; `detail` holds the upload's file id / object key, or the chat request body |
 //! | `DELETE /_sim/requests` | forgets the records |
 //! | `GET /_sim/state` | `{moonshot:{files:[{id, filename, purpose, bytes, sha256, created_at}], file_count, total_bytes}, supabase:{buckets:{id:{public, file_size_limit, objects:{name:{size, sha256, content_type, cache_control}}}}}, chat:{in_flight, peak, in_flight_by_model, peak_by_model, completed, rejected}, down, faults}` |
-//! | `GET`/`POST /_sim/config` | reads / patches the tunables: `max_files`, `max_file_bytes`, `max_total_bytes`, `storage_max_bytes`, `chat_latency_ms`, `stream_chunk_delay_ms`, `chat_max_concurrency` (0 = none), `models` |
+//! | `GET`/`POST /_sim/config` | reads / patches the tunables: `max_files`, `max_file_bytes`, `max_total_bytes`, `storage_max_bytes`, `chat_latency_ms`, `stream_chunk_delay_ms`, `chat_max_concurrency` (0 = none), `models`, `tier` (the default tier; `"unlimited"` lifts it), `tiers` (`{KEY: tier}` merged per key, `null` removes a key's own), `default_max_completion_tokens`, `rate_window_minute_ms`, `rate_window_day_ms`; takes effect on the next request; an unknown preset → 400 |
+//! | `GET /_sim/usage` | the per-key bill (see Account tiers) |
 //! | `POST /_sim/faults` | adds a rule (or an array of rules): `{"route"?, "method"?, "path"?, "count"?, "action", …}` → `{"id"}` |
 //! | `GET`/`DELETE /_sim/faults`, `DELETE /_sim/faults/{id}` | lists / removes rules |
 //! | `POST /_sim/down` `{"mode"?, "status"?, "for_ms"?}` | goes down (see below) |
@@ -121,7 +185,8 @@
 //! - `{"action":"drop"}` — the connection is closed without a response, before the body is read.
 //! - `{"action":"rate_limit","kind"?,"retry_after_secs"?,"retry_after_header"?}` — Moonshot 429
 //!   `rate_limit_reached_error` "Your account … request reached organization max RPM: 3, please
-//!   try again after {retry_after_secs} seconds" (`kind`: `rpm`, `concurrency`, `tpm`, `tpd`,
+//!   try again after {retry_after_secs} seconds" with fixed numbers, not counted by any tier
+//!   (`kind`: `rpm`, `concurrency`, `tpm`, `tpd`,
 //!   `overloaded` → `engine_overloaded_error`, `quota` → `exceeded_current_quota_error`); no
 //!   `Retry-After` header unless asked, as on the real service. Supabase: HTTP 429.
 //!
@@ -140,6 +205,7 @@ mod moonshot;
 mod server;
 pub mod state;
 mod supabase;
+pub mod tiers;
 
 use std::future::Future;
 use std::io;
@@ -234,6 +300,11 @@ impl Sim {
     /// The state `GET /_sim/state` returns.
     pub fn state(&self) -> serde_json::Value {
         control::snapshot(&self.shared)
+    }
+
+    /// The bill `GET /_sim/usage` returns.
+    pub fn usage(&self) -> serde_json::Value {
+        control::usage_view(&self.shared)
     }
 
     /// The request records, oldest first.

@@ -2,20 +2,23 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::Detail;
 use super::body::{CollectError, collect, content_length, drain};
-use super::errors::{moonshot, moonshot_concurrency, moonshot_invalid};
+use super::config::Tunables;
+use super::errors::{moonshot, moonshot_invalid, moonshot_tier_limit};
+use super::server::bearer;
 use super::state::{MoonFile, Shared, lock};
+use super::tiers::{AccountIds, Refusal, Tier, estimate_prompt_tokens};
 
 /// The purposes `POST /v1/files` accepts.
 const PURPOSES: &[&str] = &["file-extract", "image", "video", "batch"];
@@ -28,6 +31,7 @@ pub fn routes() -> axum::Router<Arc<Shared>> {
         .route("/v1/files/{id}/content", get(content))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
+        .route("/v1/tokenizers/estimate-token-count", post(estimate))
 }
 
 fn file_object(f: &MoonFile) -> Value {
@@ -272,20 +276,38 @@ fn message_text(message: &Value) -> String {
     }
 }
 
-/// Counts one in-flight completion; dropping it ends the count.
+/// Counts one in-flight completion, globally and for its key; dropping it ends the count.
 struct InFlight {
     shared: Arc<Shared>,
+    key: String,
     model: String,
     finished: bool,
 }
 
 impl InFlight {
-    /// Starts counting, or refuses when `limit` calls are already in flight.
-    fn start(shared: &Arc<Shared>, model: &str, limit: Option<u64>) -> Option<Self> {
+    /// Starts counting, or names the limit that refuses it: the global
+    /// `chat_max_concurrency`, then the key's tier (concurrency, RPM, TPM, TPD), charging
+    /// `cost` tokens against TPM and TPD when admitted.
+    fn start(
+        shared: &Arc<Shared>,
+        key: &str,
+        model: &str,
+        t: &Tunables,
+        cost: u64,
+    ) -> Result<Self, Refusal> {
         let mut chat = lock(&shared.chat);
-        if limit.is_some_and(|l| chat.in_flight >= l) {
+        if let Some(limit) = t.chat_max_concurrency.filter(|l| chat.in_flight >= *l) {
             chat.rejected += 1;
-            return None;
+            let refusal = Refusal::Concurrency { limit };
+            lock(&shared.accounts).refuse(key, refusal);
+            return Err(refusal);
+        }
+        let limits = t.tier_of(key).map(Tier::limits).unwrap_or_default();
+        if let Err(refusal) =
+            lock(&shared.accounts).admit(key, limits, cost, t.windows(), Instant::now())
+        {
+            chat.rejected += 1;
+            return Err(refusal);
         }
         chat.in_flight += 1;
         chat.peak = chat.peak.max(chat.in_flight);
@@ -294,11 +316,17 @@ impl InFlight {
         let n = *n;
         let peak = chat.peak_by_model.entry(model.to_owned()).or_default();
         *peak = (*peak).max(n);
-        Some(Self {
+        Ok(Self {
             shared: shared.clone(),
+            key: key.to_owned(),
             model: model.to_owned(),
             finished: false,
         })
+    }
+
+    /// Bills the completion (prompt + the completion tokens sent) to its key.
+    fn bill(&self, prompt: u64, completion: u64) {
+        lock(&self.shared.accounts).bill(&self.key, &self.model, prompt, completion);
     }
 
     /// Marks the completion as fully answered.
@@ -317,6 +345,7 @@ impl Drop for InFlight {
         if self.finished {
             chat.completed += 1;
         }
+        lock(&self.shared.accounts).leave(&self.key);
     }
 }
 
@@ -345,8 +374,63 @@ fn reply(shared: &Shared, messages: &[Value]) -> String {
     out
 }
 
-/// `POST /v1/chat/completions`, plain or `stream: true` (SSE).
-async fn chat(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+/// Moonshot's gateway headers on every chat answer (reference §1.6): `Msh-Request-Id`,
+/// `Msh-Org-Id`, `Msh-Project-Id`, `Msh-Uid`, `X-Msh-Trace-Id`, and `Msh-Gid` (the tier group,
+/// inferred meaning) when the key has a tier. Never `Retry-After` or `X-RateLimit-*`, which
+/// captured responses lack.
+fn msh_headers(resp: &mut Response, key: &str, tier: Option<&Tier>) {
+    let ids = AccountIds::of(key);
+    let h = resp.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    set("msh-request-id", uuid::Uuid::new_v4().simple().to_string());
+    set("msh-org-id", ids.org);
+    set("msh-project-id", ids.project);
+    set("msh-uid", ids.uid);
+    set("x-msh-trace-id", uuid::Uuid::new_v4().simple().to_string());
+    if let Some(tier) = tier {
+        set("msh-gid", tier.group());
+    }
+}
+
+/// `POST /v1/chat/completions`, plain or `stream: true` (SSE), admitted by the key's tier.
+async fn chat(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = bearer(&headers).unwrap_or_default().to_owned();
+    let mut resp = chat_answer(sh.clone(), &key, body).await;
+    msh_headers(&mut resp, &key, sh.tunables().tier_of(&key));
+    resp
+}
+
+/// `POST /v1/tokenizers/estimate-token-count`: `{"data":{"total_tokens":N}}` for the prompt,
+/// with the emulator's estimate (see `tiers::estimate_prompt_tokens`). It is not counted
+/// against any limit (whether the real one is, is unconfirmed).
+async fn estimate(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return moonshot_invalid("Invalid request: the body must be a JSON object"),
+        Err(e) => return moonshot_invalid(format!("Invalid request: {e}")),
+    };
+    let Some(model) = request.get("model").and_then(Value::as_str) else {
+        return moonshot_invalid("Invalid request: model is required");
+    };
+    if !sh.tunables().models.iter().any(|m| m == model) {
+        return moonshot(
+            404,
+            "resource_not_found_error",
+            format!("Not found the model {model} or Permission denied"),
+        );
+    }
+    let Some(messages) = request.get("messages").and_then(Value::as_array) else {
+        return moonshot_invalid("Invalid request: messages is required");
+    };
+    let tokens = estimate_prompt_tokens(messages.iter().map(message_text));
+    Json(json!({"data": {"total_tokens": tokens}})).into_response()
+}
+
+async fn chat_answer(sh: Arc<Shared>, key: &str, body: Bytes) -> Response {
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return moonshot_invalid("Invalid request: the body must be a JSON object"),
@@ -388,16 +472,22 @@ async fn chat(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     {
         return moonshot_invalid("Invalid request: n must be at most 5");
     }
-    let Some(guard) = InFlight::start(&sh, &model, t.chat_max_concurrency) else {
-        let limit = t.chat_max_concurrency.unwrap_or_default();
-        return (detail, moonshot_concurrency(limit)).into_response();
-    };
-
-    let text = reply(&sh, &messages);
     let max_tokens = request
         .get("max_completion_tokens")
         .or_else(|| request.get("max_tokens"))
         .and_then(Value::as_u64);
+    let prompt_tokens = estimate_prompt_tokens(messages.iter().map(message_text));
+    // Moonshot's admission cost: the prompt plus the completion cap, whatever is generated.
+    let cost = prompt_tokens + max_tokens.unwrap_or(t.default_max_completion_tokens);
+    let guard = match InFlight::start(&sh, key, &model, &t, cost) {
+        Ok(guard) => guard,
+        Err(refusal) => {
+            let refused = moonshot_tier_limit(&AccountIds::of(key), refusal);
+            return (detail, refused).into_response();
+        }
+    };
+
+    let text = reply(&sh, &messages);
     let mut pieces: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
     let mut finish_reason = "stop";
     if let Some(max) = max_tokens
@@ -406,12 +496,11 @@ async fn chat(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
         pieces.truncate(max as usize);
         finish_reason = "length";
     }
-    let prompt_chars: usize = messages.iter().map(|m| message_text(m).len()).sum();
-    let prompt_tokens = prompt_chars.div_ceil(4).max(1);
+    let completion_tokens = pieces.len() as u64;
     let usage = json!({
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": pieces.len(),
-        "total_tokens": prompt_tokens + pieces.len(),
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     });
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
@@ -431,6 +520,7 @@ async fn chat(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
             }],
             "usage": usage,
         });
+        guard.bill(prompt_tokens, completion_tokens);
         guard.finish();
         return (detail, Json(response)).into_response();
     }
@@ -483,9 +573,14 @@ async fn chat(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
                 .await
                 .is_err()
             {
-                return; // the client went away; the guard ends the in-flight count
+                // The client went away: the content chunks sent are billed (inferred), and
+                // the guard ends the in-flight count.
+                let sent = (i as u64).saturating_sub(1).min(completion_tokens);
+                guard.bill(prompt_tokens, sent);
+                return;
             }
         }
+        guard.bill(prompt_tokens, completion_tokens);
         if tx
             .send(Bytes::from_static(b"data: [DONE]\n\n"))
             .await

@@ -151,6 +151,7 @@ pub fn classify(method: &Method, path: &str) -> (Option<Provider>, &'static str)
             ["files", _, "content"] if read => "moonshot.files.content",
             ["chat", "completions"] if is(&Method::POST) => "moonshot.chat",
             ["models"] if read => "moonshot.models",
+            ["tokenizers", "estimate-token-count"] if is(&Method::POST) => "moonshot.estimate",
             _ => "moonshot.unknown",
         };
         return (Some(Provider::Moonshot), name);
@@ -180,7 +181,7 @@ pub fn classify(method: &Method, path: &str) -> (Option<Provider>, &'static str)
     (None, "unknown")
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("authorization")?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -195,7 +196,11 @@ fn check_auth(
 ) -> Option<Response> {
     let key = shared.config.key.as_str();
     match provider {
-        Provider::Moonshot => (bearer(headers) != Some(key)).then(errors::moonshot_unauthenticated),
+        Provider::Moonshot => {
+            let ok = bearer(headers)
+                .is_some_and(|b| b == key || shared.config.moonshot_keys.iter().any(|k| k == b));
+            (!ok).then(errors::moonshot_unauthenticated)
+        }
         Provider::Supabase => {
             if shared.config.require_apikey {
                 let apikey = headers.get("apikey").and_then(|v| v.to_str().ok());

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{SimConfig, Tunables};
 use super::faults::{Down, DownMode, Faults};
+use super::tiers::Accounts;
 
 /// The most request records kept; older ones are forgotten first.
 pub const MAX_RECORDS: usize = 10_000;
@@ -189,7 +190,7 @@ pub struct ChatStats {
     pub peak_by_model: BTreeMap<String, u64>,
     /// Completions answered (fully streamed, for `stream: true`).
     pub completed: u64,
-    /// Calls refused by `chat_max_concurrency`.
+    /// Calls refused by `chat_max_concurrency` or a tier limit.
     pub rejected: u64,
 }
 
@@ -291,6 +292,8 @@ pub struct Shared {
     pub store: Mutex<Store>,
     /// Chat concurrency counters.
     pub chat: Mutex<ChatStats>,
+    /// Per-key admission (tiers) and bills. Locked after `chat` when both are held.
+    pub accounts: Mutex<Accounts>,
     /// The request log.
     pub records: Mutex<Records>,
     /// Fault rules and the down switch.
@@ -310,6 +313,7 @@ impl Shared {
             tunables: RwLock::new(tunables),
             store: Mutex::default(),
             chat: Mutex::default(),
+            accounts: Mutex::default(),
             records: Mutex::default(),
             faults: Mutex::default(),
             conns: Mutex::default(),
@@ -338,6 +342,7 @@ impl Shared {
             chat.completed = 0;
             chat.rejected = 0;
         }
+        lock(&self.accounts).reset();
         *lock(&self.records) = Records::default();
         {
             let mut faults = lock(&self.faults);
