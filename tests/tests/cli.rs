@@ -769,7 +769,19 @@ async fn worker_metrics_report_jobs_queues_and_semaphores() {
         (r#"exai_worker_job_retries_total{queue="tool_calls"}"#, 0.0),
         (r#"exai_worker_semaphore_limit{semaphore="kimi"}"#, 1.0),
         (r#"exai_worker_semaphore_limit{semaphore="global"}"#, 24.0),
+        (
+            r#"exai_worker_semaphore_effective_limit{semaphore="kimi"}"#,
+            1.0,
+        ),
+        (
+            r#"exai_worker_semaphore_effective_limit{semaphore="global"}"#,
+            24.0,
+        ),
         (r#"exai_worker_semaphore_in_use{semaphore="kimi"}"#, 0.0),
+        (
+            r#"exai_worker_semaphore_limit_decreases_total{semaphore="kimi"}"#,
+            0.0,
+        ),
         (
             r#"exai_worker_semaphore_leases_lost_total{semaphore="kimi"}"#,
             0.0,

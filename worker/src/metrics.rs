@@ -440,6 +440,9 @@ mod tests {
         m.storage_push(PushAttempt::Failed);
         m.semaphore_wait(&["global", "kimi"], WaitOutcome::TimedOut);
         m.semaphore_lease_lost(&["kimi"]);
+        m.semaphore_limit_changed("kimi", true);
+        m.semaphore_limit_changed("kimi", true);
+        m.semaphore_limit_changed("kimi", false);
         m.job_settled(
             "uploads",
             AttemptOutcome::Retrying,
@@ -476,6 +479,14 @@ mod tests {
             ),
             (
                 r#"exai_worker_semaphore_leases_lost_total{semaphore="kimi"}"#,
+                1.0,
+            ),
+            (
+                r#"exai_worker_semaphore_limit_decreases_total{semaphore="kimi"}"#,
+                2.0,
+            ),
+            (
+                r#"exai_worker_semaphore_limit_increases_total{semaphore="kimi"}"#,
                 1.0,
             ),
             (r#"exai_worker_job_retries_total{queue="uploads"}"#, 1.0),
