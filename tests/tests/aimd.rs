@@ -103,7 +103,7 @@ async fn one_burst_of_congestion_within_the_cooldown_decreases_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disabled_adaptive_concurrency_never_moves_the_limit() {
+async fn disabled_adaptive_concurrency_never_moves_the_limit_and_ignores_a_lowered_one() {
     let stack = TestStack::builder("aimd-off")
         .envs(&[
             ("EXAI_WS_KIMI_MAX_INFLIGHT", "6"),
@@ -114,6 +114,47 @@ async fn disabled_adaptive_concurrency_never_moves_the_limit() {
     let sems = semaphores(&stack).await;
     assert!(sems.congestion("kimi").await.unwrap().is_none());
     assert_eq!(sems.effective_limit("kimi").await.unwrap(), Some(6));
+    // A limit lowered while adaptive concurrency was on (here: by a process with it on) does
+    // not bind a process with it off: it grants up to the configured limit.
+    let mut on = stack.config();
+    on.semaphores.aimd.enabled = true;
+    on.semaphores.aimd.decrease_cooldown = Duration::ZERO;
+    let on = Semaphores::from_config(&on).await.unwrap();
+    assert_eq!(on.congestion("kimi").await.unwrap().unwrap().effective, 3);
+    assert_eq!(on.effective_limit("kimi").await.unwrap(), Some(3));
+    assert_eq!(sems.effective_limit("kimi").await.unwrap(), Some(6));
+    let mut held = Vec::new();
+    for i in 0..6 {
+        held.push(
+            sems.try_acquire(&["kimi"], &holder(&format!("off-{i}")))
+                .await
+                .unwrap()
+                .expect("the configured limit applies"),
+        );
+    }
+    assert!(
+        sems.try_acquire(&["kimi"], &holder("off-7"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // With 3 live leases, the process with it on sees the lowered limit (3) and waits; the one
+    // with it off still grants.
+    for _ in 0..3 {
+        held.pop().unwrap().release().await.unwrap();
+    }
+    assert!(
+        on.try_acquire(&["kimi"], &holder("on-1"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        sems.try_acquire(&["kimi"], &holder("off-8"))
+            .await
+            .unwrap()
+            .is_some()
+    );
     stack.cleanup().await;
 }
 

@@ -10,7 +10,8 @@
 -- ARGV[1] lease token          ARGV[2] lease TTL in ms
 -- ARGV[3] holder id            ARGV[4] job id            ARGV[5] attempt
 -- ARGV[6] at most this many expired leases are purged per set and call (bounds the work)
--- ARGV[7..] pairs of (name, default limit); a default of -1 means "no default"
+-- ARGV[7] '1' when adaptive concurrency is on (the effective limits in KEYS[5] apply), else '0'
+-- ARGV[8..] pairs of (name, default limit); a default of -1 means "no default"
 --
 -- Returns {1, fence} when granted; {0, wait_ms, full names...} when refused, where wait_ms is how
 -- long until every full set has room through lease expiry alone (-1 when unknown); or {-1, name}
@@ -29,6 +30,7 @@ local holders, limits, fence_key, names_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local batch = tonumber(ARGV[6])
+local adaptive_on = ARGV[7] == '1'
 local adaptive = KEYS[5]
 local count = #KEYS - 5
 
@@ -39,8 +41,8 @@ local wait_known = true
 
 for i = 1, count do
   local key = KEYS[5 + i]
-  local name = ARGV[5 + 2 * i]
-  local default = tonumber(ARGV[6 + 2 * i])
+  local name = ARGV[6 + 2 * i]
+  local default = tonumber(ARGV[7 + 2 * i])
   names[i] = name
 
   -- A lease is live while its expiry is strictly after now. Dead ones are removed here, a bounded
@@ -61,7 +63,7 @@ for i = 1, count do
   end
   -- The configured (or overridden) limit is the ceiling; adaptive concurrency may hold the
   -- effective limit below it, never above it and never below 1.
-  local effective = tonumber(redis.call('HGET', adaptive, name))
+  local effective = adaptive_on and tonumber(redis.call('HGET', adaptive, name))
   if effective and effective >= 1 and effective < limit then
     limit = effective
   end

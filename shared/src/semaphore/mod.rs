@@ -436,7 +436,13 @@ impl Semaphores {
             &[(name.to_owned(), default)],
         )
         .await?;
-        Ok(raw.into_iter().next().and_then(|s| s.effective))
+        Ok(raw.into_iter().next().and_then(|s| {
+            if self.core.aimd.enabled {
+                s.effective
+            } else {
+                s.limit
+            }
+        }))
     }
 
     async fn adapt(&self, name: &str, op: AdaptOp) -> Result<Option<LimitChange>, SemaphoreError> {
@@ -499,7 +505,12 @@ impl Semaphores {
             .map(|((name, default_limit), state)| SemaphoreState {
                 name,
                 limit: state.limit,
-                effective_limit: state.effective,
+                // With adaptive concurrency off, acquisitions use the configured limit.
+                effective_limit: if self.core.aimd.enabled {
+                    state.effective
+                } else {
+                    state.limit
+                },
                 default_limit,
                 overridden: state.overridden,
                 holders: state
@@ -541,6 +552,7 @@ impl Semaphores {
             &token,
             self.core.lease,
             holder,
+            self.core.aimd.enabled,
         )
         .await?;
         Ok(match reply {

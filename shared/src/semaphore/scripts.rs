@@ -89,6 +89,7 @@ pub(super) async fn acquire(
     token: &str,
     ttl: Duration,
     holder: &HolderInfo,
+    adaptive: bool,
 ) -> Result<AcquireReply, SemaphoreError> {
     let mut invocation = ACQUIRE.prepare_invoke();
     invocation
@@ -106,7 +107,8 @@ pub(super) async fn acquire(
         .arg(&holder.holder)
         .arg(&holder.job_id)
         .arg(holder.attempt)
-        .arg(PURGE_BATCH);
+        .arg(PURGE_BATCH)
+        .arg(if adaptive { "1" } else { "0" });
     for (name, default) in names {
         invocation.arg(name).arg(limit_arg(*default));
     }
