@@ -405,6 +405,25 @@ mod tests {
         for e in not {
             assert!(!e.is_congestion(), "{e}");
         }
+        let glm = |code: &str, message: &str| {
+            let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+            classify_openai("glm", "chat", 429, &HeaderMap::new(), &body)
+        };
+        assert!(
+            glm(
+                "1302",
+                "High concurrency usage of this API, please reduce concurrency"
+            )
+            .is_congestion()
+        );
+        assert!(glm("1305", "The API has triggered a rate limit.").is_congestion());
+        assert!(
+            !glm(
+                "1113",
+                "Insufficient balance or no resource package. Please recharge."
+            )
+            .is_congestion()
+        );
     }
 
     #[test]
