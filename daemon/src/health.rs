@@ -71,6 +71,7 @@ pub(crate) async fn semaphore_states(
             s.name.clone(),
             json!({
                 "limit": s.limit,
+                "effective_limit": s.effective_limit,
                 "default_limit": s.default_limit,
                 "overridden": s.overridden,
                 "in_use": s.in_use(),

@@ -375,6 +375,39 @@ pub struct SemaphoreConfig {
     /// `mcp.<server>` → `EXAI_MCP_<NAME>_MAX_INFLIGHT` (8): the semaphores of the upstream MCP
     /// servers in `EXAI_MCP_SERVERS`.
     pub upstream_limits: Vec<(String, u32)>,
+    /// Adaptive concurrency (AIMD) of the provider semaphores.
+    pub aimd: AimdConfig,
+}
+
+/// Adaptive concurrency of the provider semaphores: the configured limit is the ceiling, and an
+/// effective limit kept in Redis drops multiplicatively on the provider's congestion answers
+/// and grows additively with successes (see docs/semaphores.md, "Adaptive concurrency").
+#[derive(Debug, Clone, PartialEq)]
+pub struct AimdConfig {
+    /// `EXAI_AIMD_ENABLED` (true): adapt the effective limit; off, the configured limit applies.
+    pub enabled: bool,
+    /// `EXAI_AIMD_DECREASE_FACTOR` (0.5): the effective limit is multiplied by this on congestion
+    /// (rounded down, always at least one less, never below 1). In (0, 1).
+    pub decrease_factor: f64,
+    /// `EXAI_AIMD_DECREASE_COOLDOWN_MS` (2000): at most one decrease per semaphore per this window,
+    /// so one burst of 429s counts once.
+    pub decrease_cooldown: Duration,
+    /// `EXAI_AIMD_INCREASE_STEP` (1): permits added per increase.
+    pub increase_step: u32,
+    /// `EXAI_AIMD_INCREASE_EVERY` (10): successful provider calls per increase.
+    pub increase_every: u32,
+}
+
+impl Default for AimdConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            decrease_factor: 0.5,
+            decrease_cooldown: Duration::from_millis(2000),
+            increase_step: 1,
+            increase_every: 10,
+        }
+    }
 }
 
 impl SemaphoreConfig {

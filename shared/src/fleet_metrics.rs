@@ -38,12 +38,14 @@ pub struct FleetGauges {
     queue_paused: Family<QueueLabels, Gauge>,
     semaphore_in_use: Family<SemaphoreLabels, Gauge>,
     semaphore_limit: Family<SemaphoreLabels, Gauge>,
+    semaphore_effective_limit: Family<SemaphoreLabels, Gauge>,
     scrape_errors: Counter,
 }
 
 impl FleetGauges {
     /// Registers `queue_jobs{queue,state}`, `queue_paused{queue}`, `semaphore_in_use{semaphore}`,
-    /// `semaphore_limit{semaphore}` and `scrape_errors` in `registry`.
+    /// `semaphore_limit{semaphore}`, `semaphore_effective_limit{semaphore}` and `scrape_errors`
+    /// in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let g = Self::default();
         registry.register(
@@ -63,8 +65,13 @@ impl FleetGauges {
         );
         registry.register(
             "semaphore_limit",
-            "The effective permit limit, read at scrape time",
+            "The configured permit limit (the ceiling of adaptive concurrency), read at scrape time",
             g.semaphore_limit.clone(),
+        );
+        registry.register(
+            "semaphore_effective_limit",
+            "The permit limit acquisitions use now (adaptive concurrency keeps it at or below the configured one), read at scrape time",
+            g.semaphore_effective_limit.clone(),
         );
         registry.register(
             "scrape_errors",
@@ -124,12 +131,23 @@ impl FleetGauges {
                             self.semaphore_limit.remove(&l);
                         }
                     }
+                    match s.effective_limit {
+                        Some(limit) => {
+                            self.semaphore_effective_limit
+                                .get_or_create(&l)
+                                .set(i64::from(limit));
+                        }
+                        None => {
+                            self.semaphore_effective_limit.remove(&l);
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "metrics: semaphores unreadable");
                 self.semaphore_in_use.clear();
                 self.semaphore_limit.clear();
+                self.semaphore_effective_limit.clear();
                 self.scrape_errors.inc();
             }
         }

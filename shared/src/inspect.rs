@@ -195,7 +195,7 @@ impl QueuesReport {
     }
 }
 
-/// `{"semaphores":{"<name>":{"limit":n,"in_use":n,"holders":[...]}}}`.
+/// `{"semaphores":{"<name>":{"limit":n,"effective_limit":n,"in_use":n,"holders":[...]}}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SemaphoresReport {
     /// Each semaphore by name.
@@ -205,8 +205,11 @@ pub struct SemaphoresReport {
 /// One semaphore: its limit and its live leases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SemaphoreReport {
-    /// The effective limit (`null` when the name has none).
+    /// The configured limit, the ceiling of adaptive concurrency (runtime override, else the
+    /// configured default; `null` when the name has none).
     pub limit: Option<u32>,
+    /// The limit acquisitions use now: adaptive concurrency may hold it below `limit`.
+    pub effective_limit: Option<u32>,
     /// Permits taken by live leases.
     pub in_use: usize,
     /// The live leases, earliest expiry first.
@@ -230,6 +233,7 @@ impl From<SemaphoreState> for SemaphoreReport {
     fn from(s: SemaphoreState) -> Self {
         Self {
             limit: s.limit,
+            effective_limit: s.effective_limit,
             in_use: s.in_use(),
             holders: s
                 .holders
@@ -311,6 +315,7 @@ mod tests {
                 "kimi".to_owned(),
                 SemaphoreReport {
                     limit: Some(6),
+                    effective_limit: Some(3),
                     in_use: 1,
                     holders: vec![HolderReport {
                         lease: "t".into(),
@@ -323,7 +328,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&sems).unwrap(),
-            json!({"semaphores": {"kimi": {"limit": 6, "in_use": 1, "holders": [
+            json!({"semaphores": {"kimi": {"limit": 6, "effective_limit": 3, "in_use": 1, "holders": [
                 {"lease": "t", "holder": "w/1", "job_id": "j", "expires_in_ms": 900}]}}})
         );
     }

@@ -57,6 +57,13 @@ impl Keys {
         format!("{{{}:sem}}:limits", self.prefix)
     }
 
+    /// Adaptive concurrency state: `name` → effective limit (absent: the ceiling),
+    /// `name:dec_at` → Redis time (ms) of the last decrease, `name:ok` → successes since the
+    /// last change.
+    pub fn sem_adaptive(&self) -> String {
+        format!("{{{}:sem}}:adaptive", self.prefix)
+    }
+
     /// The monotonic fencing counter.
     pub fn sem_fence(&self) -> String {
         format!("{{{}:sem}}:fence", self.prefix)
@@ -309,6 +316,7 @@ mod tests {
             tag(k.sem_limits()),
             tag(k.sem_fence()),
             tag(k.sem_names()),
+            tag(k.sem_adaptive()),
         ];
         assert!(tags.iter().all(|t| t == "t1:sem"), "{tags:?}");
         assert_eq!(tag(k.workers_live()), tag(k.workers_info()));

@@ -285,6 +285,7 @@ async fn the_api_reports_the_seeded_state() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let kimi = &body["semaphores"]["kimi"];
     assert_eq!(kimi["limit"], 6, "{body}");
+    assert_eq!(kimi["effective_limit"], 6, "{body}");
     assert_eq!(kimi["in_use"], 1, "{body}");
     let holder = &kimi["holders"][0];
     assert_eq!(holder["holder"], HOLDER);
@@ -620,6 +621,11 @@ async fn the_page_shows_queues_dead_jobs_and_semaphore_holders_in_a_browser() {
     let row = element(sems, r#"<tr data-semaphore="kimi""#, "</tr>");
     assert!(row.contains(HOLDER) && row.contains(LEASE_JOB), "{row}");
     assert!(row.contains(" s</td>"), "a lease countdown: {row}");
+    assert!(
+        row.contains(r#"data-field="limit">6<"#)
+            && row.contains(r#"data-field="effective_limit">6<"#),
+        "configured and effective limits: {row}"
+    );
 
     // Storage counts and the cleanup report.
     let storage = element(&dom, "<table id=\"storage\">", "</table>");

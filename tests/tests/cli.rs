@@ -447,13 +447,26 @@ async fn sem_lists_limits_permits_in_use_and_live_holders() {
     assert_eq!(report["semaphores"]["global"]["in_use"], 1);
     assert_eq!(
         report["semaphores"]["glm"],
-        json!({"limit": 4, "in_use": 0, "holders": []})
+        json!({"limit": 4, "effective_limit": 4, "in_use": 0, "holders": []})
     );
+    assert_eq!(kimi["effective_limit"], 6);
 
     let table = ctx.worker_cli(&["sem"], &[]).await;
     assert!(table.ok(), "{table:?}");
-    assert_eq!(table.row("kimi"), ["kimi", "6", "1"]);
-    assert_eq!(table.row("glm"), ["glm", "4", "0"]);
+    assert_eq!(table.row("kimi"), ["kimi", "6", "6", "1"]);
+    assert_eq!(table.row("glm"), ["glm", "4", "4", "0"]);
+    // Adaptive concurrency lowers kimi's effective limit; the configured one stays.
+    let change = semaphores
+        .congestion("kimi")
+        .await
+        .unwrap()
+        .expect("lowered");
+    assert_eq!(change.effective, 3);
+    let lowered = ctx.worker_cli(&["sem"], &[]).await;
+    assert_eq!(lowered.row("kimi"), ["kimi", "6", "3", "1"]);
+    let lowered = ctx.worker_cli(&["sem", "--json"], &[]).await.json();
+    assert_eq!(lowered["semaphores"]["kimi"]["limit"], 6);
+    assert_eq!(lowered["semaphores"]["kimi"]["effective_limit"], 3);
     assert!(
         table
             .stdout
@@ -756,7 +769,19 @@ async fn worker_metrics_report_jobs_queues_and_semaphores() {
         (r#"exai_worker_job_retries_total{queue="tool_calls"}"#, 0.0),
         (r#"exai_worker_semaphore_limit{semaphore="kimi"}"#, 1.0),
         (r#"exai_worker_semaphore_limit{semaphore="global"}"#, 24.0),
+        (
+            r#"exai_worker_semaphore_effective_limit{semaphore="kimi"}"#,
+            1.0,
+        ),
+        (
+            r#"exai_worker_semaphore_effective_limit{semaphore="global"}"#,
+            24.0,
+        ),
         (r#"exai_worker_semaphore_in_use{semaphore="kimi"}"#, 0.0),
+        (
+            r#"exai_worker_semaphore_limit_decreases_total{semaphore="kimi"}"#,
+            0.0,
+        ),
         (
             r#"exai_worker_semaphore_leases_lost_total{semaphore="kimi"}"#,
             0.0,

@@ -110,6 +110,11 @@ async fn queues_semaphores_and_workers_run_on_a_redis_cluster() {
         }
         other => panic!("the waiter should get the permit: {other:?}"),
     }
+    // Adaptive concurrency: one script per step, on the semaphores' slot.
+    sems.clear_limit("kimi").await.unwrap();
+    let lowered = sems.congestion("kimi").await.unwrap().expect("lowered");
+    assert_eq!((lowered.effective, lowered.ceiling), (3, 6));
+    assert_eq!(sems.effective_limit("kimi").await.unwrap(), Some(3));
 
     // A worker process in cluster mode, woken through pub/sub, processes a batch of jobs.
     let q = Queue::new(conn.clone(), &keys, queue::TOOL_CALLS, policy.clone());

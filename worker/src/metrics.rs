@@ -122,6 +122,8 @@ struct Inner {
     jobs_dead: Family<QueueLabels, Counter>,
     semaphore_waits: Family<SemaphoreOutcomeLabels, Counter>,
     semaphore_leases_lost: Family<SemaphoreLabels, Counter>,
+    semaphore_limit_decreases: Family<SemaphoreLabels, Counter>,
+    semaphore_limit_increases: Family<SemaphoreLabels, Counter>,
     storage_pushes: Family<OutcomeLabels, Counter>,
     cleanup_sweeps: Family<SweepLabels, Counter>,
     cleanup_removed: Family<SweepLabels, Counter>,
@@ -181,6 +183,18 @@ impl WorkerMetrics {
             "Permit leases lost while a job held them (its provider work was stopped)",
             semaphore_leases_lost.clone(),
         );
+        let semaphore_limit_decreases = Family::<SemaphoreLabels, Counter>::default();
+        registry.register(
+            "semaphore_limit_decreases",
+            "Adaptive concurrency decreases of a semaphore's effective limit made by this process (provider congestion)",
+            semaphore_limit_decreases.clone(),
+        );
+        let semaphore_limit_increases = Family::<SemaphoreLabels, Counter>::default();
+        registry.register(
+            "semaphore_limit_increases",
+            "Adaptive concurrency increases of a semaphore's effective limit made by this process (successes)",
+            semaphore_limit_increases.clone(),
+        );
         let storage_pushes = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "storage_pushes",
@@ -214,6 +228,8 @@ impl WorkerMetrics {
                 jobs_dead,
                 semaphore_waits,
                 semaphore_leases_lost,
+                semaphore_limit_decreases,
+                semaphore_limit_increases,
                 storage_pushes,
                 cleanup_sweeps,
                 cleanup_removed,
@@ -233,12 +249,12 @@ impl WorkerMetrics {
             let _ = self.inner.jobs_dead.get_or_create(&l);
         }
         for s in semaphores {
-            let _ = self
-                .inner
-                .semaphore_leases_lost
-                .get_or_create(&SemaphoreLabels {
-                    semaphore: (*s).to_owned(),
-                });
+            let l = SemaphoreLabels {
+                semaphore: (*s).to_owned(),
+            };
+            let _ = self.inner.semaphore_leases_lost.get_or_create(&l);
+            let _ = self.inner.semaphore_limit_decreases.get_or_create(&l);
+            let _ = self.inner.semaphore_limit_increases.get_or_create(&l);
         }
     }
 
@@ -253,6 +269,20 @@ impl WorkerMetrics {
                 })
                 .inc();
         }
+    }
+
+    /// Adaptive concurrency changed the effective limit of `semaphore`.
+    pub fn semaphore_limit_changed(&self, semaphore: &str, decreased: bool) {
+        let family = if decreased {
+            &self.inner.semaphore_limit_decreases
+        } else {
+            &self.inner.semaphore_limit_increases
+        };
+        family
+            .get_or_create(&SemaphoreLabels {
+                semaphore: semaphore.to_owned(),
+            })
+            .inc();
     }
 
     /// A lease on `semaphores` was lost while its job held it.
@@ -410,6 +440,9 @@ mod tests {
         m.storage_push(PushAttempt::Failed);
         m.semaphore_wait(&["global", "kimi"], WaitOutcome::TimedOut);
         m.semaphore_lease_lost(&["kimi"]);
+        m.semaphore_limit_changed("kimi", true);
+        m.semaphore_limit_changed("kimi", true);
+        m.semaphore_limit_changed("kimi", false);
         m.job_settled(
             "uploads",
             AttemptOutcome::Retrying,
@@ -446,6 +479,14 @@ mod tests {
             ),
             (
                 r#"exai_worker_semaphore_leases_lost_total{semaphore="kimi"}"#,
+                1.0,
+            ),
+            (
+                r#"exai_worker_semaphore_limit_decreases_total{semaphore="kimi"}"#,
+                2.0,
+            ),
+            (
+                r#"exai_worker_semaphore_limit_increases_total{semaphore="kimi"}"#,
                 1.0,
             ),
             (r#"exai_worker_job_retries_total{queue="uploads"}"#, 1.0),

@@ -11,6 +11,7 @@ use std::future::Future;
 
 use exai_shared::backend::RunningJob;
 use exai_shared::jobs::JobError;
+use exai_shared::providers::ProviderError;
 use exai_shared::semaphore::{Acquire, HolderInfo, LeaseGuard};
 
 use crate::metrics::WaitOutcome;
@@ -104,4 +105,38 @@ pub async fn holding<T>(
         tracing::warn!(error = %exai_shared::error_chain(&e), "permit release failed; it expires with its lease");
     }
     outcome
+}
+
+/// Adaptive concurrency: tells the semaphores how a provider call through semaphore `name` (the
+/// provider's, e.g. `kimi`) ended. A congestion answer (429 for concurrency or rate, overload)
+/// lowers the fleet's effective limit; a success counts towards raising it; any other error
+/// (quota, bad request, a server error) changes nothing. Failures to record are logged, never
+/// fail the job.
+pub async fn observe<T>(state: &AppState, name: Option<&str>, outcome: &Result<T, ProviderError>) {
+    let Some(name) = name else {
+        return;
+    };
+    let step = match outcome {
+        Ok(_) => state.semaphores.success(name).await,
+        Err(e) if e.is_congestion() => state.semaphores.congestion(name).await,
+        Err(_) => return,
+    };
+    match step {
+        Ok(Some(change)) => {
+            state
+                .metrics
+                .semaphore_limit_changed(name, change.decreased);
+            tracing::info!(
+                semaphore = name,
+                effective = change.effective,
+                ceiling = change.ceiling,
+                decreased = change.decreased,
+                "adaptive concurrency changed the effective limit"
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(semaphore = name, error = %exai_shared::error_chain(&e), "adaptive concurrency step failed");
+        }
+    }
 }

@@ -126,6 +126,23 @@ impl Config {
             ("EXAI_SEMAPHORE_TIMEOUT", Some(secs(s.global_wait))),
             ("KIMI_SEMAPHORE_TIMEOUT", Some(secs(s.kimi_wait))),
             ("GLM_SEMAPHORE_TIMEOUT", Some(secs(s.glm_wait))),
+            ("EXAI_AIMD_ENABLED", Some(s.aimd.enabled.to_string())),
+            (
+                "EXAI_AIMD_DECREASE_FACTOR",
+                Some(s.aimd.decrease_factor.to_string()),
+            ),
+            (
+                "EXAI_AIMD_DECREASE_COOLDOWN_MS",
+                Some(millis(s.aimd.decrease_cooldown)),
+            ),
+            (
+                "EXAI_AIMD_INCREASE_STEP",
+                Some(s.aimd.increase_step.to_string()),
+            ),
+            (
+                "EXAI_AIMD_INCREASE_EVERY",
+                Some(s.aimd.increase_every.to_string()),
+            ),
             (
                 "REDIS_URL",
                 Some(redact_url(self.redis.url.expose_secret())),

@@ -190,6 +190,27 @@ impl Config {
             global_wait: v.seconds("EXAI_SEMAPHORE_TIMEOUT", 10.0)?,
             kimi_wait: v.seconds("KIMI_SEMAPHORE_TIMEOUT", 10.0)?,
             glm_wait: v.seconds("GLM_SEMAPHORE_TIMEOUT", 10.0)?,
+            aimd: {
+                let d = AimdConfig::default();
+                let decrease_factor: f64 =
+                    v.parse("EXAI_AIMD_DECREASE_FACTOR", d.decrease_factor)?;
+                if !(decrease_factor > 0.0 && decrease_factor < 1.0) {
+                    return Err(ConfigError::new(
+                        "EXAI_AIMD_DECREASE_FACTOR",
+                        "must be greater than 0 and less than 1",
+                    ));
+                }
+                AimdConfig {
+                    enabled: v.parse("EXAI_AIMD_ENABLED", Bool(d.enabled))?.0,
+                    decrease_factor,
+                    decrease_cooldown: Duration::from_millis(v.parse(
+                        "EXAI_AIMD_DECREASE_COOLDOWN_MS",
+                        d.decrease_cooldown.as_millis() as u64,
+                    )?),
+                    increase_step: v.positive("EXAI_AIMD_INCREASE_STEP", d.increase_step)?,
+                    increase_every: v.positive("EXAI_AIMD_INCREASE_EVERY", d.increase_every)?,
+                }
+            },
         };
 
         Ok(Self {

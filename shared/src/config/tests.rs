@@ -18,6 +18,20 @@ fn defaults_match_the_original_daemon() {
     assert_eq!(c.semaphores.global_limit, 24);
     assert_eq!(c.semaphores.kimi_limit, 6);
     assert_eq!(c.semaphores.glm_limit, 4);
+    assert_eq!(c.semaphores.aimd, AimdConfig::default());
+    assert!(c.semaphores.aimd.enabled);
+    assert_eq!(c.semaphores.aimd.decrease_factor, 0.5);
+    assert_eq!(
+        c.semaphores.aimd.decrease_cooldown,
+        Duration::from_millis(2000)
+    );
+    assert_eq!(
+        (
+            c.semaphores.aimd.increase_step,
+            c.semaphores.aimd.increase_every
+        ),
+        (1, 10)
+    );
     assert_eq!(c.redis.prefix, "exai");
     assert_eq!(c.jobs.lease, Duration::from_secs(30));
     assert_eq!(c.supabase.bucket, "user-files");
@@ -62,6 +76,13 @@ fn a_bad_value_names_its_variable() {
         ("EXAI_STORAGE_QUOTA_BYTES", "0"),
         ("EXAI_STORAGE_QUOTA_BYTES", "10GB"),
         ("EXAI_WORKER_METRICS_ADDR", "localhost"),
+        ("EXAI_AIMD_ENABLED", "sometimes"),
+        ("EXAI_AIMD_DECREASE_FACTOR", "1"),
+        ("EXAI_AIMD_DECREASE_FACTOR", "0"),
+        ("EXAI_AIMD_DECREASE_FACTOR", "NaN"),
+        ("EXAI_AIMD_DECREASE_COOLDOWN_MS", "-1"),
+        ("EXAI_AIMD_INCREASE_STEP", "0"),
+        ("EXAI_AIMD_INCREASE_EVERY", "0"),
     ] {
         let err = cfg(&[(var, value)]).unwrap_err();
         assert_eq!(err.var, var);

@@ -135,6 +135,27 @@ impl ProviderError {
             || (self.status == Some(404) && self.message.contains("Bucket not found"))
     }
 
+    /// Whether the provider said it is congested, the signal adaptive concurrency lowers the
+    /// effective limit on: Moonshot 429 `rate_limit_reached_error` for concurrency or RPM (not
+    /// TPM/TPD, which are token budgets) and 429 `engine_overloaded_error` (treated as congestion,
+    /// inferred per provider-limits.md §1.4); GLM 429 codes 1302 (concurrency), 1303 (frequency)
+    /// and 1305 (rate limit / overload). Quota and balance errors (`exceeded_current_quota_error`,
+    /// GLM 1113) are not congestion.
+    pub fn is_congestion(&self) -> bool {
+        if self.status != Some(429) {
+            return false;
+        }
+        match self.code.as_deref() {
+            Some("engine_overloaded_error") => true,
+            Some("rate_limit_reached_error") => {
+                let m = self.message.to_ascii_lowercase();
+                m.contains("concurrency") || m.contains("rpm") || m.contains("max request")
+            }
+            Some("1302" | "1303" | "1305") => true,
+            _ => false,
+        }
+    }
+
     /// The wait the provider named, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self.kind {
@@ -341,6 +362,71 @@ mod tests {
     }
 
     #[test]
+    fn congestion_is_concurrency_rpm_and_overload_not_quota_or_tokens() {
+        let congested = [
+            moonshot(
+                429,
+                "rate_limit_reached_error",
+                "Your account org-x<ak-y> request reached max organization concurrency: 1, please try again after 1 seconds",
+            ),
+            moonshot(
+                429,
+                "rate_limit_reached_error",
+                "Your account org-x<ak-y> request reached organization max RPM: 3, please try again after 1 seconds",
+            ),
+            moonshot(
+                429,
+                "engine_overloaded_error",
+                "The engine is currently overloaded, please try again later",
+            ),
+        ];
+        for e in congested {
+            assert!(e.is_congestion(), "{e}");
+        }
+        let not = [
+            moonshot(
+                429,
+                "exceeded_current_quota_error",
+                "suspended due to insufficient balance",
+            ),
+            moonshot(403, "exceeded_current_quota_error", "not active"),
+            moonshot(
+                429,
+                "rate_limit_reached_error",
+                "request reached project TPM rate limit, current: 1410, limit: 100",
+            ),
+            moonshot(
+                429,
+                "rate_limit_reached_error",
+                "request reached organization TPD rate limit, current: 1526210, limit: 1500000",
+            ),
+            moonshot(500, "server_error", "boom"),
+        ];
+        for e in not {
+            assert!(!e.is_congestion(), "{e}");
+        }
+        let glm = |code: &str, message: &str| {
+            let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+            classify_openai("glm", "chat", 429, &HeaderMap::new(), &body)
+        };
+        assert!(
+            glm(
+                "1302",
+                "High concurrency usage of this API, please reduce concurrency"
+            )
+            .is_congestion()
+        );
+        assert!(glm("1305", "The API has triggered a rate limit.").is_congestion());
+        assert!(
+            !glm(
+                "1113",
+                "Insufficient balance or no resource package. Please recharge."
+            )
+            .is_congestion()
+        );
+    }
+
+    #[test]
     fn quota_and_client_errors_are_permanent_overload_and_5xx_transient() {
         let quota = moonshot(
             429,
@@ -355,6 +441,7 @@ mod tests {
         );
         assert_eq!(tpd.kind, ErrorKind::Permanent);
         let overloaded = moonshot(429, "engine_overloaded_error", "overloaded");
+        assert!(overloaded.is_congestion());
         assert_eq!(overloaded.kind, ErrorKind::Transient { retry_after: None });
         for status in [400, 401, 403, 404] {
             assert_eq!(moonshot(status, "x", "y").kind, ErrorKind::Permanent);

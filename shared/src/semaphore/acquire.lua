@@ -4,12 +4,14 @@
 -- KEYS[2]   runtime limit overrides hash (name -> limit)
 -- KEYS[3]   fencing counter
 -- KEYS[4]   set of every semaphore name in use
--- KEYS[5..] one lease sorted set per name, in the order of the names below
+-- KEYS[5]   adaptive state hash (name -> effective limit; absent = the ceiling)
+-- KEYS[6..] one lease sorted set per name, in the order of the names below
 --
 -- ARGV[1] lease token          ARGV[2] lease TTL in ms
 -- ARGV[3] holder id            ARGV[4] job id            ARGV[5] attempt
 -- ARGV[6] at most this many expired leases are purged per set and call (bounds the work)
--- ARGV[7..] pairs of (name, default limit); a default of -1 means "no default"
+-- ARGV[7] '1' when adaptive concurrency is on (the effective limits in KEYS[5] apply), else '0'
+-- ARGV[8..] pairs of (name, default limit); a default of -1 means "no default"
 --
 -- Returns {1, fence} when granted; {0, wait_ms, full names...} when refused, where wait_ms is how
 -- long until every full set has room through lease expiry alone (-1 when unknown); or {-1, name}
@@ -28,7 +30,9 @@ local holders, limits, fence_key, names_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local batch = tonumber(ARGV[6])
-local count = #KEYS - 4
+local adaptive_on = ARGV[7] == '1'
+local adaptive = KEYS[5]
+local count = #KEYS - 5
 
 local names = {}
 local full = {}
@@ -36,9 +40,9 @@ local wait = 0
 local wait_known = true
 
 for i = 1, count do
-  local key = KEYS[4 + i]
-  local name = ARGV[5 + 2 * i]
-  local default = tonumber(ARGV[6 + 2 * i])
+  local key = KEYS[5 + i]
+  local name = ARGV[6 + 2 * i]
+  local default = tonumber(ARGV[7 + 2 * i])
   names[i] = name
 
   -- A lease is live while its expiry is strictly after now. Dead ones are removed here, a bounded
@@ -56,6 +60,12 @@ for i = 1, count do
   end
   if limit == nil or limit < 0 then
     return {-1, name}
+  end
+  -- The configured (or overridden) limit is the ceiling; adaptive concurrency may hold the
+  -- effective limit below it, never above it and never below 1.
+  local effective = adaptive_on and tonumber(redis.call('HGET', adaptive, name))
+  if effective and effective >= 1 and effective < limit then
+    limit = effective
   end
 
   local live = redis.call('ZCOUNT', key, '(' .. now, '+inf')
@@ -94,7 +104,7 @@ end
 local fence = redis.call('INCR', fence_key)
 local expires = now + ttl
 for i = 1, count do
-  redis.call('ZADD', KEYS[4 + i], expires, token)
+  redis.call('ZADD', KEYS[5 + i], expires, token)
 end
 redis.call('SADD', names_key, unpack(names))
 redis.call('HSET', holders, token, cjson.encode({

@@ -51,11 +51,11 @@ use tokio_util::sync::CancellationToken;
 pub use guard::LeaseGuard;
 pub use scripts::Renewal;
 
-use crate::config::{Config, SemaphoreConfig};
+use crate::config::{AimdConfig, Config, SemaphoreConfig};
 use crate::keys::Keys;
 use crate::redis::RedisHandle;
 use crate::subscriber::{Route, Subscriber, Subscription};
-use scripts::AcquireReply;
+use scripts::{AcquireReply, AdaptOp};
 use wake::{ReleaseRoute, Wakers};
 
 /// The default longest pause between two tries of a waiting [`Semaphores::acquire`], in case a
@@ -153,8 +153,12 @@ pub enum Acquire {
 pub struct SemaphoreState {
     /// The semaphore name.
     pub name: String,
-    /// The effective limit (runtime override, else default); `None` when it has neither.
+    /// The configured limit, the ceiling (runtime override, else default); `None` when it has
+    /// neither.
     pub limit: Option<u32>,
+    /// The limit acquisitions use now: adaptive concurrency may hold it below
+    /// [`limit`](Self::limit), never above and never below 1.
+    pub effective_limit: Option<u32>,
     /// The configured default limit, if any.
     pub default_limit: Option<u32>,
     /// Whether [`limit`](Self::limit) is a runtime override set by [`Semaphores::set_limit`].
@@ -213,6 +217,19 @@ struct Core {
     lease: Duration,
     /// The configured default limit of each name; runtime overrides in Redis take precedence.
     defaults: HashMap<String, u32>,
+    /// Adaptive concurrency parameters.
+    aimd: AimdConfig,
+}
+
+/// A change of an effective limit made by adaptive concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitChange {
+    /// The effective limit after the step.
+    pub effective: u32,
+    /// The ceiling (the configured limit) at the time of the step.
+    pub ceiling: u32,
+    /// Whether the step lowered (`true`) or raised the limit.
+    pub decreased: bool,
 }
 
 /// The fleet-wide semaphores of one deployment, as seen from one process.
@@ -261,6 +278,7 @@ impl Semaphores {
                 keys,
                 lease: config.lease,
                 defaults: config.default_limits().into_iter().collect(),
+                aimd: config.aimd.clone(),
             }),
             wakers,
             _subscription: Arc::new(subscription),
@@ -392,6 +410,66 @@ impl Semaphores {
         scripts::set_limit(&self.core.conn, &self.core.keys, name, None).await
     }
 
+    /// Adaptive concurrency: the provider behind semaphore `name` answered a congestion error
+    /// (a 429 for concurrency or rate, an overload). Lowers the effective limit fleet-wide
+    /// multiplicatively, at most once per cooldown; leases already held are not touched, new
+    /// grants wait until fewer are live. Returns the change, if one was made; always `None` when
+    /// adaptive concurrency is off.
+    pub async fn congestion(&self, name: &str) -> Result<Option<LimitChange>, SemaphoreError> {
+        self.adapt(name, AdaptOp::Decrease).await
+    }
+
+    /// Adaptive concurrency: a call through semaphore `name` succeeded. Every
+    /// `EXAI_AIMD_INCREASE_EVERY` successes below the ceiling raise the effective limit by the
+    /// step (and wake waiters). Returns the change, if one was made.
+    pub async fn success(&self, name: &str) -> Result<Option<LimitChange>, SemaphoreError> {
+        self.adapt(name, AdaptOp::Increase).await
+    }
+
+    /// The current effective limit of `name` (`None` when it has no limit).
+    pub async fn effective_limit(&self, name: &str) -> Result<Option<u32>, SemaphoreError> {
+        validate_name(name)?;
+        let default = self.core.defaults.get(name).copied();
+        let raw = scripts::inspect(
+            &self.core.conn,
+            &self.core.keys,
+            &[(name.to_owned(), default)],
+        )
+        .await?;
+        Ok(raw.into_iter().next().and_then(|s| {
+            if self.core.aimd.enabled {
+                s.effective
+            } else {
+                s.limit
+            }
+        }))
+    }
+
+    async fn adapt(&self, name: &str, op: AdaptOp) -> Result<Option<LimitChange>, SemaphoreError> {
+        if !self.core.aimd.enabled {
+            return Ok(None);
+        }
+        validate_name(name)?;
+        let default = self.core.defaults.get(name).copied();
+        let reply = scripts::adapt(
+            &self.core.conn,
+            &self.core.keys,
+            name,
+            default,
+            op,
+            &self.core.aimd,
+        )
+        .await?;
+        Ok(match reply {
+            Some((change, effective, ceiling)) if change != 0 => Some(LimitChange {
+                effective,
+                ceiling,
+                decreased: change < 0,
+            }),
+            _ => None,
+        })
+    }
+
     /// Releases the lease `token` on `names`, whoever holds it; returns whether anything was
     /// removed. For operators clearing a lease by hand, and for tests; holders use
     /// [`LeaseGuard::release`].
@@ -427,6 +505,12 @@ impl Semaphores {
             .map(|((name, default_limit), state)| SemaphoreState {
                 name,
                 limit: state.limit,
+                // With adaptive concurrency off, acquisitions use the configured limit.
+                effective_limit: if self.core.aimd.enabled {
+                    state.effective
+                } else {
+                    state.limit
+                },
                 default_limit,
                 overridden: state.overridden,
                 holders: state
@@ -468,6 +552,7 @@ impl Semaphores {
             &token,
             self.core.lease,
             holder,
+            self.core.aimd.enabled,
         )
         .await?;
         Ok(match reply {

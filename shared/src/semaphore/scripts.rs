@@ -29,6 +29,8 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("re
 static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("inspect.lua")));
 /// The runtime limit script (set or clear an override).
 static LIMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limit.lua")));
+/// The adaptive concurrency script (one AIMD step).
+static ADAPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("adapt.lua")));
 
 /// The answer of the acquire script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,8 @@ pub(super) struct RawState {
     pub limit: Option<u32>,
     /// Whether the limit comes from the runtime overrides hash.
     pub overridden: bool,
+    /// The effective limit (adaptive, at most `limit`), or `None` when there is no limit.
+    pub effective: Option<u32>,
     /// `(token, ms until expiry, holder JSON)` of each live lease.
     pub leases: Vec<(String, u64, Option<String>)>,
 }
@@ -85,13 +89,15 @@ pub(super) async fn acquire(
     token: &str,
     ttl: Duration,
     holder: &HolderInfo,
+    adaptive: bool,
 ) -> Result<AcquireReply, SemaphoreError> {
     let mut invocation = ACQUIRE.prepare_invoke();
     invocation
         .key(keys.sem_holders())
         .key(keys.sem_limits())
         .key(keys.sem_fence())
-        .key(keys.sem_names());
+        .key(keys.sem_names())
+        .key(keys.sem_adaptive());
     for (name, _) in names {
         invocation.key(keys.sem_leases(name));
     }
@@ -101,7 +107,8 @@ pub(super) async fn acquire(
         .arg(&holder.holder)
         .arg(&holder.job_id)
         .arg(holder.attempt)
-        .arg(PURGE_BATCH);
+        .arg(PURGE_BATCH)
+        .arg(if adaptive { "1" } else { "0" });
     for (name, default) in names {
         invocation.arg(name).arg(limit_arg(*default));
     }
@@ -212,6 +219,55 @@ pub(super) async fn set_limit(
     Ok(())
 }
 
+/// Which way one adaptive step pushes the effective limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AdaptOp {
+    /// The provider answered a congestion error.
+    Decrease,
+    /// A provider call succeeded.
+    Increase,
+}
+
+/// Runs the adapt script: one AIMD step for `name`. Returns `(change, effective, ceiling)` with
+/// `change` -1, 0 or 1; `None` when the name has no limit.
+pub(super) async fn adapt(
+    conn: &RedisHandle,
+    keys: &Keys,
+    name: &str,
+    default: Option<u32>,
+    op: AdaptOp,
+    aimd: &crate::config::AimdConfig,
+) -> Result<Option<(i64, u32, u32)>, SemaphoreError> {
+    let reply: Vec<i64> = ADAPT
+        .key(keys.sem_limits())
+        .key(keys.sem_adaptive())
+        .arg(name)
+        .arg(match op {
+            AdaptOp::Decrease => "decrease",
+            AdaptOp::Increase => "increase",
+        })
+        .arg(limit_arg(default))
+        .arg(aimd.decrease_factor)
+        .arg(u64::try_from(aimd.decrease_cooldown.as_millis()).unwrap_or(u64::MAX))
+        .arg(aimd.increase_step)
+        .arg(aimd.increase_every)
+        .arg(keys.sem_released_channel())
+        .invoke_async(&mut conn.clone())
+        .await?;
+    match reply.as_slice() {
+        [_, -1, _] => Ok(None),
+        [change, effective, ceiling] => Ok(Some((
+            *change,
+            u32::try_from(*effective).unwrap_or(0),
+            u32::try_from(*ceiling).unwrap_or(0),
+        ))),
+        _ => Err(SemaphoreError::protocol(
+            "adapt",
+            &format!("unexpected reply {reply:?}"),
+        )),
+    }
+}
+
 /// Runs the inspect script for `names` with their default limits.
 pub(super) async fn inspect(
     conn: &RedisHandle,
@@ -222,7 +278,10 @@ pub(super) async fn inspect(
         return Ok(Vec::new());
     }
     let mut invocation = INSPECT.prepare_invoke();
-    invocation.key(keys.sem_holders()).key(keys.sem_limits());
+    invocation
+        .key(keys.sem_holders())
+        .key(keys.sem_limits())
+        .key(keys.sem_adaptive());
     for (name, _) in names {
         invocation.key(keys.sem_leases(name));
     }
@@ -247,6 +306,10 @@ fn decode_state(entry: Value) -> Result<RawState, SemaphoreError> {
         .next()
         .and_then(int)
         .ok_or_else(|| bad("override flag is not an integer"))?;
+    let effective = it
+        .next()
+        .and_then(int)
+        .ok_or_else(|| bad("effective limit is not an integer"))?;
     let leases = it
         .map(|lease| {
             let mut fields = array(lease)
@@ -267,6 +330,7 @@ fn decode_state(entry: Value) -> Result<RawState, SemaphoreError> {
     Ok(RawState {
         limit: u32::try_from(limit).ok(),
         overridden: overridden == 1,
+        effective: u32::try_from(effective).ok(),
         leases,
     })
 }
@@ -357,12 +421,14 @@ mod tests {
         let entry = Value::Array(vec![
             Value::Int(6),
             Value::Int(1),
+            Value::Int(3),
             Value::Array(vec![bulk("job-1:1:abc"), Value::Int(900), bulk("{}")]),
             Value::Array(vec![bulk("job-2:1:def"), Value::Int(10), Value::Nil]),
         ]);
         let state = decode_state(entry).unwrap();
         assert_eq!(state.limit, Some(6));
         assert!(state.overridden);
+        assert_eq!(state.effective, Some(3));
         assert_eq!(
             state.leases,
             vec![
@@ -370,7 +436,12 @@ mod tests {
                 ("job-2:1:def".to_owned(), 10, None),
             ]
         );
-        let no_limit = decode_state(Value::Array(vec![Value::Int(-1), Value::Int(0)])).unwrap();
+        let no_limit = decode_state(Value::Array(vec![
+            Value::Int(-1),
+            Value::Int(0),
+            Value::Int(-1),
+        ]))
+        .unwrap();
         assert_eq!(no_limit.limit, None);
     }
 

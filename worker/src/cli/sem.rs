@@ -1,4 +1,5 @@
-//! `exai-worker sem`: every fleet-wide semaphore, its limit and its live leases. Redis only.
+//! `exai-worker sem`: every fleet-wide semaphore, its configured and effective (adaptive) limits
+//! and its live leases. Redis only.
 
 use anyhow::Context;
 use clap::Args;
@@ -27,11 +28,16 @@ pub async fn run(config: &Config, args: &SemArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
-    let mut t = table(["SEMAPHORE", "LIMIT", "IN USE"]);
+    let mut t = table(["SEMAPHORE", "LIMIT", "EFFECTIVE", "IN USE"]);
     for (name, s) in &report.semaphores {
-        t.add_row([name.clone(), or_dash(s.limit), s.in_use.to_string()]);
+        t.add_row([
+            name.clone(),
+            or_dash(s.limit),
+            or_dash(s.effective_limit),
+            s.in_use.to_string(),
+        ]);
     }
-    finish_table(&mut t, &[1, 2]);
+    finish_table(&mut t, &[1, 2, 3]);
     print_table(&t);
     let mut holders = table(["SEMAPHORE", "LEASE", "HOLDER", "JOB", "EXPIRES IN"]);
     let mut any = false;

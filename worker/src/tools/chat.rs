@@ -79,8 +79,9 @@ pub async fn chat(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
             temperature: args.temperature,
             max_tokens: None,
         };
-        let completion = client.stream(&request, ctx.chunk_sink()).await?;
-        Ok(ToolResult::text(completion.content))
+        let outcome = client.stream(&request, ctx.chunk_sink()).await;
+        permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
+        Ok(ToolResult::text(outcome?.content))
     })
     .await
 }
@@ -107,13 +108,15 @@ pub async fn chat_with_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> 
             temperature: Some(args.temperature.unwrap_or(0.3)),
             max_tokens: None,
         };
-        let completion = ctx
+        let outcome = ctx
             .state
             .providers
             .moonshot
             .chat()
             .stream(&request, ctx.chunk_sink())
-            .await?;
+            .await;
+        permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
+        let completion = outcome?;
         json_result(&json!({
             "model": completion.model,
             "content": completion.content,

@@ -63,6 +63,12 @@ impl ToolCtx<'_> {
         permits::acquire(self.state, self.lease, &names, provider).await
     }
 
+    /// The provider's semaphore of this call (`kimi`, `glm`), whose effective limit adaptive
+    /// concurrency moves; `None` for a tool that calls no provider.
+    pub fn provider_semaphore(&self) -> Option<&'static str> {
+        self.tool.provider(&self.arguments).map(|p| p.as_str())
+    }
+
     /// A callback publishing each piece of streamed output as a `Chunk` event (owned, so the
     /// futures it returns borrow nothing).
     pub fn chunk_sink(&self) -> impl FnMut(String) -> BoxFuture<'static, ()> + Send + use<> {

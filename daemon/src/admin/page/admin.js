@@ -477,7 +477,8 @@ function renderSemaphores(report) {
   const now = performance.now();
   state.holders = [];
   for (const [name, s] of Object.entries(report.semaphores)) {
-    const head = [el("td", {}, name), num("in_use", s.in_use), num("limit", s.limit === null ? "–" : s.limit)];
+    const head = [el("td", {}, name), num("in_use", s.in_use), num("limit", s.limit === null ? "–" : s.limit),
+      num("effective_limit", s.effective_limit == null ? "–" : s.effective_limit)];
     if (s.holders.length === 0) {
       rows.push(el("tr", { "data-semaphore": name }, ...head, el("td", { colspan: 4, class: "note" }, "no holders")));
       continue;
@@ -485,14 +486,14 @@ function renderSemaphores(report) {
     s.holders.forEach((h, i) => {
       const countdown = el("td", { class: "num", "data-field": "expires_in" });
       state.holders.push({ el: countdown, expiresAt: now + h.expires_in_ms });
-      const cells = i === 0 ? head : [el("td"), el("td"), el("td")];
+      const cells = i === 0 ? head : [el("td"), el("td"), el("td"), el("td")];
       rows.push(el("tr", { "data-semaphore": name, "data-lease": h.lease, class: "holder" }, ...cells,
         el("td", { "data-field": "holder" }, h.holder || ""),
         el("td", { class: "id", "data-field": "job_id" }, h.job_id || ""),
         el("td", { class: "id", title: h.lease }, shortLease(h.lease)), countdown));
     });
   }
-  fill(document.querySelector("#semaphores tbody"), rows, "no semaphores", 7);
+  fill(document.querySelector("#semaphores tbody"), rows, "no semaphores", 8);
   tickCountdowns();
 }
 
