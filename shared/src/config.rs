@@ -377,11 +377,13 @@ pub struct SemaphoreConfig {
     pub upstream_limits: Vec<(String, u32)>,
     /// Adaptive concurrency (AIMD) of the provider semaphores.
     pub aimd: AimdConfig,
+    /// The providers' rate budgets (requests and tokens per minute, tokens per day).
+    pub budgets: BudgetConfig,
 }
 
 /// Adaptive concurrency of the provider semaphores: the configured limit is the ceiling, and an
 /// effective limit kept in Redis drops multiplicatively on the provider's congestion answers
-/// and grows additively with successes (see docs/semaphores.md, "Adaptive concurrency").
+/// and grows additively with successes (see docs/admission.md, "Adaptive concurrency").
 #[derive(Debug, Clone, PartialEq)]
 pub struct AimdConfig {
     /// `EXAI_AIMD_ENABLED` (true): adapt the effective limit; off, the configured limit applies.
@@ -407,6 +409,80 @@ impl Default for AimdConfig {
             increase_step: 1,
             increase_every: 10,
         }
+    }
+}
+
+/// The providers' rate budgets (see docs/admission.md, "Rate budgets"): what each provider
+/// admits per minute and per day, reserved before a call and settled after it, fleet-wide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetConfig {
+    /// `EXAI_KIMI_RPM`, `EXAI_KIMI_TPM`, `EXAI_KIMI_TPD`, `EXAI_KIMI_MAX_COMPLETION_TOKENS`.
+    pub kimi: ProviderBudget,
+    /// `EXAI_GLM_RPM`, `EXAI_GLM_TPM`, `EXAI_GLM_TPD`, `EXAI_GLM_MAX_COMPLETION_TOKENS`.
+    pub glm: ProviderBudget,
+    /// `EXAI_BUDGET_MINUTE_MS` (60000): the provider's minute. Only an emulator with a shorter
+    /// minute needs another value.
+    pub minute: Duration,
+    /// `EXAI_BUDGET_DAY_MS` (86400000): the provider's day.
+    pub day: Duration,
+    /// `EXAI_BUDGET_SLACK_MS` (1000): added to both windows, so a request's network delay cannot
+    /// put two requests the budget counted in different windows into one window of the provider.
+    pub slack: Duration,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            kimi: ProviderBudget::default(),
+            glm: ProviderBudget::default(),
+            minute: Duration::from_millis(60_000),
+            day: Duration::from_millis(86_400_000),
+            slack: Duration::from_millis(1000),
+        }
+    }
+}
+
+impl BudgetConfig {
+    /// The budget of `provider` (`kimi`, `glm`), if it has one.
+    pub fn of(&self, provider: &str) -> Option<&ProviderBudget> {
+        match provider {
+            "kimi" => Some(&self.kimi),
+            "glm" => Some(&self.glm),
+            _ => None,
+        }
+        .filter(|b| b.is_limited())
+    }
+}
+
+/// One provider's rate limits (unset: unlimited) and the completion cap its calls are sent with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderBudget {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// Tokens per day.
+    pub tpd: Option<u64>,
+    /// The `max_tokens` sent with every chat request (unset: none is sent, and a reservation
+    /// assumes the provider's default of [`DEFAULT_COMPLETION_TOKENS`]).
+    pub max_completion_tokens: Option<u32>,
+}
+
+/// The completion cap a provider applies to a request without one, as Moonshot documents it.
+pub const DEFAULT_COMPLETION_TOKENS: u32 = 1024;
+
+impl ProviderBudget {
+    /// Whether any rate limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.tpd.is_some()
+    }
+
+    /// The completion tokens a request is reserved (and, at Moonshot, charged) for.
+    pub fn completion_reserve(&self) -> u64 {
+        u64::from(
+            self.max_completion_tokens
+                .unwrap_or(DEFAULT_COMPLETION_TOKENS),
+        )
     }
 }
 

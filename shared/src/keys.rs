@@ -64,6 +64,31 @@ impl Keys {
         format!("{{{}:sem}}:adaptive", self.prefix)
     }
 
+    /// A provider's rate budget (see [`crate::budget`]): `<provider>:req` (sorted set, one
+    /// member per admitted request, scored by its Redis time in ms), `<provider>:tpm` and
+    /// `<provider>:tpd` (sorted sets, one member `<reservation>:<tokens>` per request in the
+    /// minute and the day), and `<provider>:sums` (hash: `tpm`, `tpd`, the tokens in each).
+    /// Under the semaphores' hash tag, so one script sees them with the leases.
+    pub fn budget(&self, provider: &str, part: &str) -> String {
+        format!("{}{provider}:{part}", self.budget_prefix())
+    }
+
+    /// What every [`Keys::budget`] key starts with (the scripts build a provider's keys from it).
+    pub fn budget_prefix(&self) -> String {
+        format!("{{{}:sem}}:budget:", self.prefix)
+    }
+
+    /// Unsettled budget reservations: lease token → until when the reservation holds (ms, the
+    /// Redis clock; renewed with the lease), and their terms hash ([`Keys::budget_terms`]).
+    pub fn budget_held(&self) -> String {
+        format!("{{{}:sem}}:budget:held", self.prefix)
+    }
+
+    /// Lease token → `<provider> <tokens> <admitted ms>` of each unsettled reservation.
+    pub fn budget_terms(&self) -> String {
+        format!("{{{}:sem}}:budget:terms", self.prefix)
+    }
+
     /// The monotonic fencing counter.
     pub fn sem_fence(&self) -> String {
         format!("{{{}:sem}}:fence", self.prefix)
@@ -317,6 +342,9 @@ mod tests {
             tag(k.sem_fence()),
             tag(k.sem_names()),
             tag(k.sem_adaptive()),
+            tag(k.budget("kimi", "req")),
+            tag(k.budget_held()),
+            tag(k.budget_terms()),
         ];
         assert!(tags.iter().all(|t| t == "t1:sem"), "{tags:?}");
         assert_eq!(tag(k.workers_live()), tag(k.workers_info()));

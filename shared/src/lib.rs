@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod budget;
 pub mod cleanup_report;
 pub mod config;
 pub mod db;

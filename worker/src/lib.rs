@@ -8,6 +8,7 @@
 //! - [`state`]: [`AppState`](state::AppState), what every handler can reach (database,
 //!   semaphores, provider clients, staging, events, the push queue); state only, no policy.
 //! - [`permits`]: taking and holding the fleet-wide semaphore permits around provider calls.
+//! - [`budget`]: reserving and settling the providers' rate budgets around chat calls.
 //! - [`tools`]: the tools `tool_calls` jobs run (chat, uploads, downloads, file management).
 //! - [`upstream`]: the sessions with the upstream MCP servers of `EXAI_MCP_SERVERS` (supervised,
 //!   their tools published to the catalogue) and the calls of their tools.
@@ -21,6 +22,7 @@
 //!   `files list`).
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod cleanup;
 pub mod cli;
 pub mod handlers;

@@ -44,6 +44,12 @@ struct SemaphoreLabels {
     semaphore: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    provider: String,
+    limit: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SemaphoreOutcomeLabels {
     semaphore: String,
@@ -124,6 +130,7 @@ struct Inner {
     semaphore_leases_lost: Family<SemaphoreLabels, Counter>,
     semaphore_limit_decreases: Family<SemaphoreLabels, Counter>,
     semaphore_limit_increases: Family<SemaphoreLabels, Counter>,
+    budget_refusals: Family<BudgetLabels, Counter>,
     storage_pushes: Family<OutcomeLabels, Counter>,
     cleanup_sweeps: Family<SweepLabels, Counter>,
     cleanup_removed: Family<SweepLabels, Counter>,
@@ -195,6 +202,12 @@ impl WorkerMetrics {
             "Adaptive concurrency increases of a semaphore's effective limit made by this process (successes)",
             semaphore_limit_increases.clone(),
         );
+        let budget_refusals = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "budget_refusals",
+            "Chat calls put back by this process because a provider's rate budget (rpm, tpm, tpd) was spent",
+            budget_refusals.clone(),
+        );
         let storage_pushes = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "storage_pushes",
@@ -230,6 +243,7 @@ impl WorkerMetrics {
                 semaphore_leases_lost,
                 semaphore_limit_decreases,
                 semaphore_limit_increases,
+                budget_refusals,
                 storage_pushes,
                 cleanup_sweeps,
                 cleanup_removed,
@@ -281,6 +295,17 @@ impl WorkerMetrics {
         family
             .get_or_create(&SemaphoreLabels {
                 semaphore: semaphore.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A chat call to `provider` found its `limit` budget (`rpm`, `tpm`, `tpd`) spent.
+    pub fn budget_refused(&self, provider: &str, limit: &str) {
+        self.inner
+            .budget_refusals
+            .get_or_create(&BudgetLabels {
+                provider: provider.to_owned(),
+                limit: limit.to_owned(),
             })
             .inc();
     }
@@ -443,6 +468,7 @@ mod tests {
         m.semaphore_limit_changed("kimi", true);
         m.semaphore_limit_changed("kimi", true);
         m.semaphore_limit_changed("kimi", false);
+        m.budget_refused("kimi", "tpm");
         m.job_settled(
             "uploads",
             AttemptOutcome::Retrying,
@@ -484,6 +510,10 @@ mod tests {
             (
                 r#"exai_worker_semaphore_limit_decreases_total{semaphore="kimi"}"#,
                 2.0,
+            ),
+            (
+                r#"exai_worker_budget_refusals_total{provider="kimi",limit="tpm"}"#,
+                1.0,
             ),
             (
                 r#"exai_worker_semaphore_limit_increases_total{semaphore="kimi"}"#,

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use exai_shared::Config;
+use exai_shared::budget::Budgets;
 use exai_shared::db::{self, PgPool};
 use exai_shared::events::{EventPublisher, JobEvent};
 use exai_shared::keys::Keys;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub db: PgPool,
     /// The fleet-wide leased semaphores that bound provider calls.
     pub semaphores: Semaphores,
+    /// The providers' rate budgets (requests and tokens per minute and day).
+    pub budgets: Budgets,
     /// Moonshot, GLM and Supabase Storage clients.
     pub providers: Providers,
     /// The staging store of upload bytes.
@@ -73,6 +76,12 @@ impl AppState {
             config: config.clone(),
             db,
             semaphores,
+            budgets: Budgets::new(
+                conn.clone(),
+                keys.clone(),
+                config.semaphores.budgets.clone(),
+                config.semaphores.lease,
+            ),
             providers,
             staging: Staging::from_config(&config.uploads),
             events: EventPublisher::new(conn.clone(), keys.clone()),

@@ -143,6 +143,23 @@ impl Config {
                 "EXAI_AIMD_INCREASE_EVERY",
                 Some(s.aimd.increase_every.to_string()),
             ),
+            ("EXAI_KIMI_RPM", s.budgets.kimi.rpm.map(|n| n.to_string())),
+            ("EXAI_KIMI_TPM", s.budgets.kimi.tpm.map(|n| n.to_string())),
+            ("EXAI_KIMI_TPD", s.budgets.kimi.tpd.map(|n| n.to_string())),
+            (
+                "EXAI_KIMI_MAX_COMPLETION_TOKENS",
+                s.budgets.kimi.max_completion_tokens.map(|n| n.to_string()),
+            ),
+            ("EXAI_GLM_RPM", s.budgets.glm.rpm.map(|n| n.to_string())),
+            ("EXAI_GLM_TPM", s.budgets.glm.tpm.map(|n| n.to_string())),
+            ("EXAI_GLM_TPD", s.budgets.glm.tpd.map(|n| n.to_string())),
+            (
+                "EXAI_GLM_MAX_COMPLETION_TOKENS",
+                s.budgets.glm.max_completion_tokens.map(|n| n.to_string()),
+            ),
+            ("EXAI_BUDGET_MINUTE_MS", Some(millis(s.budgets.minute))),
+            ("EXAI_BUDGET_DAY_MS", Some(millis(s.budgets.day))),
+            ("EXAI_BUDGET_SLACK_MS", Some(millis(s.budgets.slack))),
             (
                 "REDIS_URL",
                 Some(redact_url(self.redis.url.expose_secret())),

@@ -211,6 +211,40 @@ impl Config {
                     increase_every: v.positive("EXAI_AIMD_INCREASE_EVERY", d.increase_every)?,
                 }
             },
+            budgets: {
+                let d = BudgetConfig::default();
+                let provider = |rpm, tpm, tpd, cap| -> Result<ProviderBudget, ConfigError> {
+                    Ok(ProviderBudget {
+                        rpm: v.optional_positive(rpm)?,
+                        tpm: v.optional_positive(tpm)?,
+                        tpd: v.optional_positive(tpd)?,
+                        max_completion_tokens: v.optional_positive(cap)?,
+                    })
+                };
+                BudgetConfig {
+                    kimi: provider(
+                        "EXAI_KIMI_RPM",
+                        "EXAI_KIMI_TPM",
+                        "EXAI_KIMI_TPD",
+                        "EXAI_KIMI_MAX_COMPLETION_TOKENS",
+                    )?,
+                    glm: provider(
+                        "EXAI_GLM_RPM",
+                        "EXAI_GLM_TPM",
+                        "EXAI_GLM_TPD",
+                        "EXAI_GLM_MAX_COMPLETION_TOKENS",
+                    )?,
+                    minute: Duration::from_millis(
+                        v.positive("EXAI_BUDGET_MINUTE_MS", d.minute.as_millis() as u64)?,
+                    ),
+                    day: Duration::from_millis(
+                        v.positive("EXAI_BUDGET_DAY_MS", d.day.as_millis() as u64)?,
+                    ),
+                    slack: Duration::from_millis(
+                        v.parse("EXAI_BUDGET_SLACK_MS", d.slack.as_millis() as u64)?,
+                    ),
+                }
+            },
         };
 
         Ok(Self {
@@ -594,6 +628,18 @@ impl<'a> Vars<'a> {
             return Err(ConfigError::new(name, "must be greater than zero"));
         }
         Ok(value)
+    }
+
+    /// A whole number greater than zero, or `None` when unset.
+    fn optional_positive<T>(&self, name: &'static str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr + PartialOrd + Default,
+        T::Err: std::fmt::Display,
+    {
+        if self.get(name).is_none() {
+            return Ok(None);
+        }
+        self.positive(name, T::default()).map(Some)
     }
 
     fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {

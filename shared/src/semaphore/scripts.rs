@@ -162,7 +162,7 @@ pub(super) async fn renew(
     ttl: Duration,
 ) -> Result<Renewal, SemaphoreError> {
     let mut invocation = RENEW.prepare_invoke();
-    invocation.key(keys.sem_holders());
+    invocation.key(keys.sem_holders()).key(keys.budget_held());
     for name in names {
         invocation.key(keys.sem_leases(name));
     }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ToolCtx, json_result};
-use crate::permits;
 use crate::uploads;
+use crate::{budget, permits};
 
 #[derive(Debug, Deserialize)]
 struct ChatArgs {
@@ -65,6 +65,7 @@ pub async fn chat(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         )));
     }
     let guard = ctx.permits().await?;
+    let token = guard.as_ref().map(|g| g.token().to_owned());
     permits::holding(ctx.state, guard, async {
         let mut messages = Vec::new();
         if let Some(system) = args.system_prompt.filter(|s| !s.is_empty()) {
@@ -73,13 +74,23 @@ pub async fn chat(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         let (file_messages, _) = file_messages(ctx, &args.file_ids).await?;
         messages.extend(file_messages);
         messages.push(ChatMessage::user(args.prompt));
+        let provider = ctx.provider_semaphore();
         let request = ChatRequest {
             model,
             messages,
             temperature: args.temperature,
-            max_tokens: None,
+            max_tokens: budget::max_completion_tokens(ctx.state, provider),
         };
+        let reserved = budget::reserve(
+            ctx.state,
+            ctx.job_id(),
+            token.as_deref(),
+            provider,
+            &request,
+        )
+        .await?;
         let outcome = client.stream(&request, ctx.chunk_sink()).await;
+        budget::settle(ctx.state, reserved, &outcome).await;
         permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
         Ok(ToolResult::text(outcome?.content))
     })
@@ -99,15 +110,25 @@ pub async fn chat_with_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> 
         )));
     }
     let guard = ctx.permits().await?;
+    let token = guard.as_ref().map(|g| g.token().to_owned());
     permits::holding(ctx.state, guard, async {
         let (mut messages, used) = file_messages(ctx, &args.file_ids).await?;
         messages.push(ChatMessage::user(args.prompt));
+        let provider = ctx.provider_semaphore();
         let request = ChatRequest {
             model,
             messages,
             temperature: Some(args.temperature.unwrap_or(0.3)),
-            max_tokens: None,
+            max_tokens: budget::max_completion_tokens(ctx.state, provider),
         };
+        let reserved = budget::reserve(
+            ctx.state,
+            ctx.job_id(),
+            token.as_deref(),
+            provider,
+            &request,
+        )
+        .await?;
         let outcome = ctx
             .state
             .providers
@@ -115,6 +136,7 @@ pub async fn chat_with_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> 
             .chat()
             .stream(&request, ctx.chunk_sink())
             .await;
+        budget::settle(ctx.state, reserved, &outcome).await;
         permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
         let completion = outcome?;
         json_result(&json!({
