@@ -425,6 +425,11 @@ pub struct BudgetConfig {
     pub minute: Duration,
     /// `EXAI_BUDGET_DAY_MS` (86400000): the provider's day.
     pub day: Duration,
+    /// `EXAI_BUDGET_BURST_MS` (5000; `0`: requests are not paced): at most this long's worth of
+    /// a provider's requests per minute go back to back; the rest are paced evenly over the
+    /// minute, so a backlog does not spend the minute's requests in its first second and leave
+    /// every other caller waiting out the rest.
+    pub burst: Option<Duration>,
     /// `EXAI_BUDGET_SLACK_MS` (1000): added to both windows, so a request's network delay cannot
     /// put two requests the budget counted in different windows into one window of the provider.
     pub slack: Duration,
@@ -437,6 +442,7 @@ impl Default for BudgetConfig {
             glm: ProviderBudget::default(),
             minute: Duration::from_millis(60_000),
             day: Duration::from_millis(86_400_000),
+            burst: Some(Duration::from_millis(5000)),
             slack: Duration::from_millis(1000),
         }
     }

@@ -40,6 +40,7 @@ async fn reservations_count_requests_and_tokens_and_settle_to_the_providers_coun
             ("EXAI_KIMI_RPM", "3"),
             ("EXAI_KIMI_TPM", "1000"),
             ("EXAI_KIMI_TPD", "5000"),
+            ("EXAI_BUDGET_BURST_MS", "0"),
         ])
         .start()
         .await;
@@ -163,6 +164,7 @@ async fn windows_free_their_room_as_they_slide() {
             ("EXAI_KIMI_RPM", "2"),
             ("EXAI_BUDGET_MINUTE_MS", "400"),
             ("EXAI_BUDGET_SLACK_MS", "100"),
+            ("EXAI_BUDGET_BURST_MS", "0"),
         ])
         .start()
         .await;
@@ -185,6 +187,44 @@ async fn windows_free_their_room_as_they_slide() {
         b.reserve("kimi", "c", 1).await.unwrap(),
         Reservation::Reserved
     );
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_burst_are_paced_over_the_minute() {
+    // 60 a minute, 3 s of burst: three go at once, then one a second.
+    let stack = TestStack::builder("budget-pace")
+        .envs(&[("EXAI_KIMI_RPM", "60"), ("EXAI_BUDGET_BURST_MS", "3000")])
+        .start()
+        .await;
+    let b = budgets(&stack, Duration::from_secs(30)).await;
+    for t in ["p1", "p2", "p3"] {
+        assert_eq!(
+            b.reserve("kimi", t, 1).await.unwrap(),
+            Reservation::Reserved
+        );
+    }
+    let Reservation::Refused {
+        retry_in, limit, ..
+    } = b.reserve("kimi", "p4", 1).await.unwrap()
+    else {
+        panic!("the fourth request must be paced");
+    };
+    assert_eq!(limit, Limit::Rpm);
+    assert!(
+        retry_in > Duration::from_millis(900) && retry_in <= Duration::from_millis(1000),
+        "{retry_in:?}"
+    );
+    tokio::time::sleep(retry_in).await;
+    assert_eq!(
+        b.reserve("kimi", "p4", 1).await.unwrap(),
+        Reservation::Reserved
+    );
+    // The next is due a second later, not at once.
+    assert!(matches!(
+        b.reserve("kimi", "p5", 1).await.unwrap(),
+        Reservation::Refused { .. }
+    ));
     stack.cleanup().await;
 }
 

@@ -180,6 +180,17 @@ impl Budgets {
         (self.config.minute + self.config.slack).as_millis() as u64
     }
 
+    /// How many requests of `budget` may go back to back (`EXAI_BUDGET_BURST_MS` worth at its
+    /// rate, at least one), or -1 when they are not paced.
+    fn burst(&self, budget: &ProviderBudget) -> i64 {
+        let (Some(rpm), Some(burst)) = (budget.rpm, self.config.burst) else {
+            return -1;
+        };
+        let minute = self.config.minute.as_millis().max(1);
+        let n = (u128::from(rpm) * burst.as_millis()).div_ceil(minute);
+        i64::try_from(n.max(1)).unwrap_or(i64::MAX)
+    }
+
     fn day_ms(&self) -> u64 {
         (self.config.day + self.config.slack).as_millis() as u64
     }
@@ -213,7 +224,8 @@ impl Budgets {
             .arg(limit(budget.tpd))
             .arg(self.minute_ms())
             .arg(self.day_ms())
-            .arg(provider);
+            .arg(provider)
+            .arg(self.burst(budget));
         let reply: Vec<Value> = invocation.invoke_async(&mut self.conn.clone()).await?;
         decode_reserve(&reply)
     }

@@ -12,7 +12,8 @@
 -- ARGV[1] lease token   ARGV[2] tokens to reserve   ARGV[3] how long the reservation holds
 -- unless renewed (ms)   ARGV[4] requests per window (-1: no limit)   ARGV[5] tokens per minute
 -- window (-1: none)   ARGV[6] tokens per day window (-1: none)   ARGV[7] the minute window (ms)
--- ARGV[8] the day window (ms)   ARGV[9] the provider
+-- ARGV[8] the day window (ms)   ARGV[9] the provider   ARGV[10] how many requests may go back to
+-- back before the rest are paced at one per minute ÷ requests-per-window (-1: not paced)
 --
 -- Returns {1, reservation id} when reserved; {0, wait ms, limit name, limit, current} when a
 -- limit has no room (nothing is written but the pruning), where wait is how long until the
@@ -112,6 +113,18 @@ if rpm >= 0 then
     refuse(w, 'rpm', rpm, n + 1)
   end
 end
+-- Pacing (GCRA on requests): `tat` is when the next request would be on schedule; one may go
+-- while it is at most `burst - 1` intervals ahead of now.
+local burst = tonumber(ARGV[10])
+local tat = nil
+if rpm > 0 and burst >= 1 then
+  local interval = minute / rpm
+  tat = tonumber(redis.call('HGET', KEYS[4], 'tat')) or now
+  if tat < now then tat = now end
+  local ahead = tat - (burst - 1) * interval - now
+  if ahead > 0 then refuse(math.ceil(ahead), 'rpm', rpm, redis.call('ZCARD', KEYS[1]) + 1) end
+  tat = tat + interval
+end
 local sums = redis.call('HMGET', KEYS[4], 'tpm', 'tpd')
 for _, c in ipairs({{tpm, KEYS[2], minute, 'tpm', tonumber(sums[1]) or 0},
                     {tpd, KEYS[3], day, 'tpd', tonumber(sums[2]) or 0}}) do
@@ -124,6 +137,7 @@ end
 if name then return {0, wait, name, limit, current} end
 
 local id = tostring(redis.call('HINCRBY', KEYS[4], 'seq', 1))
+if tat then redis.call('HSET', KEYS[4], 'tat', string.format('%.3f', tat)) end
 redis.call('ZADD', KEYS[1], now, id)
 local member = id .. ':' .. string.format('%d', cost)
 if tpm >= 0 then

@@ -159,6 +159,10 @@ impl Config {
             ),
             ("EXAI_BUDGET_MINUTE_MS", Some(millis(s.budgets.minute))),
             ("EXAI_BUDGET_DAY_MS", Some(millis(s.budgets.day))),
+            (
+                "EXAI_BUDGET_BURST_MS",
+                Some(s.budgets.burst.map_or_else(|| "0".to_owned(), millis)),
+            ),
             ("EXAI_BUDGET_SLACK_MS", Some(millis(s.budgets.slack))),
             (
                 "REDIS_URL",

@@ -240,6 +240,13 @@ impl Config {
                     day: Duration::from_millis(
                         v.positive("EXAI_BUDGET_DAY_MS", d.day.as_millis() as u64)?,
                     ),
+                    burst: match v.parse(
+                        "EXAI_BUDGET_BURST_MS",
+                        d.burst.map_or(0, |b| b.as_millis() as u64),
+                    )? {
+                        0 => None,
+                        ms => Some(Duration::from_millis(ms)),
+                    },
                     slack: Duration::from_millis(
                         v.parse("EXAI_BUDGET_SLACK_MS", d.slack.as_millis() as u64)?,
                     ),
