@@ -36,6 +36,7 @@
 //! key lives under the run's prefix; [`cleanup`] deletes them.
 
 pub mod abuse;
+pub mod admission;
 pub mod bullmq;
 pub mod engine;
 pub mod idle;

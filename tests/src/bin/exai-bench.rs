@@ -53,6 +53,9 @@ enum Command {
     Mcp(WsArgs),
     /// Uploads: files/s, MB/s and worker memory, against direct uploads to exai-sim.
     Uploads(UploadsArgs),
+    /// Provider-aware admission: heavy and light clients' chat calls against a small Moonshot
+    /// tier, with adaptive concurrency, rate budgets and fair share on, then with static limits.
+    Admission(AdmissionArgs),
     /// Every benchmark in one run, each table in turn, then the headline numbers together.
     All(AllArgs),
     /// One BullMQ Rust port worker with a no-op processor, until SIGTERM (started by the
@@ -241,6 +244,86 @@ struct UploadsArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// Flags of `exai-bench admission`.
+#[derive(Debug, Clone, clap::Args)]
+struct AdmissionArgs {
+    /// The Redis server (single node).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Heavy clients, each sending all its calls at once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    heavy_clients: u64,
+    /// Calls per heavy client.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    heavy_calls: u64,
+    /// The light client's interval between calls, in ms.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    light_every_ms: u64,
+    /// The tier's calls in flight.
+    #[arg(long, default_value_t = 4)]
+    tier_concurrency: u64,
+    /// The tier's requests per minute.
+    #[arg(long, default_value_t = 120)]
+    tier_rpm: u64,
+    /// The tier's tokens per minute.
+    #[arg(long, default_value_t = 40_000)]
+    tier_tpm: u64,
+    /// The length of the emulator's (and the budgets') minute, in ms: shorter runs the same
+    /// scenario in less time.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1000..=600_000))]
+    minute_ms: u64,
+    /// How long exai-sim takes to answer a chat call, in ms.
+    #[arg(long, default_value_t = 200)]
+    chat_latency_ms: u64,
+    /// The completion cap of every call (`EXAI_KIMI_MAX_COMPLETION_TOKENS`).
+    #[arg(long, default_value_t = 256)]
+    completion_tokens: u64,
+    /// `exai-worker` processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    workers: u64,
+    /// Jobs at once per worker process.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    concurrency: u64,
+    /// The `exai-worker` binary (default: next to this executable).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+    /// The `exai-daemon` binary (default: next to this executable).
+    #[arg(long)]
+    daemon_bin: Option<PathBuf>,
+    /// The `exai-sim` binary (default: next to this executable).
+    #[arg(long)]
+    sim_bin: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AdmissionArgs {
+    fn options(&self) -> anyhow::Result<bench::admission::Options> {
+        let bin = |given: &Option<PathBuf>, name: &str| match given {
+            Some(p) => Ok(p.clone()),
+            None => bench::procs::default_bin(name),
+        };
+        Ok(bench::admission::Options {
+            redis_url: self.redis_url.clone(),
+            heavy_clients: self.heavy_clients as usize,
+            heavy_calls: self.heavy_calls as usize,
+            light_every: Duration::from_millis(self.light_every_ms),
+            tier_concurrency: self.tier_concurrency,
+            tier_rpm: self.tier_rpm,
+            tier_tpm: self.tier_tpm,
+            minute: Duration::from_millis(self.minute_ms),
+            chat_latency: Duration::from_millis(self.chat_latency_ms),
+            completion_tokens: self.completion_tokens,
+            workers: self.workers as usize,
+            concurrency: self.concurrency as usize,
+            worker_bin: bin(&self.worker_bin, "exai-worker")?,
+            daemon_bin: bin(&self.daemon_bin, "exai-daemon")?,
+            sim_bin: bin(&self.sim_bin, "exai-sim")?,
+        })
+    }
 }
 
 /// The largest upload (`EXAI_MAX_UPLOAD_BYTES`'s default, Moonshot's limit): 100 MiB.
@@ -540,6 +623,14 @@ async fn main() -> anyhow::Result<()> {
             let redis_url = options.redis_url.clone();
             guarded(&redis_url, args.json, |prefix| {
                 bench::uploads::run(options, prefix)
+            })
+            .await
+        }
+        Command::Admission(args) => {
+            let options = args.options()?;
+            let redis_url = options.redis_url.clone();
+            guarded(&redis_url, args.json, |prefix| {
+                bench::admission::run(options, prefix)
             })
             .await
         }

@@ -1,0 +1,481 @@
+//! `exai-bench admission`: chat calls from heavy and light clients against a small Moonshot
+//! account (exai-sim with a tier), with provider-aware admission on — adaptive concurrency,
+//! rate budgets, fair share — and then with static limits as before, in one run.
+//!
+//! Each mode starts its own exai-sim (so its bill is the mode's), `workers` × `exai-worker run`
+//! and one `exai-daemon`, under its own key prefix:
+//!
+//! - **admission**: `EXAI_AIMD_ENABLED=true`, `EXAI_KIMI_RPM`/`EXAI_KIMI_TPM` set to the tier,
+//!   fair share by session (`EXAI_FAIRNESS_KEY=session`);
+//! - **static**: `EXAI_AIMD_ENABLED=false`, no budgets, FIFO (`EXAI_FAIRNESS_KEY=none`): the
+//!   configured limits (24 global, 6 kimi) as they are.
+//!
+//! In both, `heavy_clients` WebSocket clients (one session each) send `heavy_calls` chat calls at
+//! once, and one light client sends one call every `light_every_ms` until the heavy calls are
+//! done. Every call asks for the same completion cap (`EXAI_KIMI_MAX_COMPLETION_TOKENS`).
+//!
+//! Measured per mode: calls whose result was an error (`client_errors`), the 429s the emulator
+//! sent (`provider_429s`), completed provider calls per minute ÷ the tier's RPM from the first
+//! to the last (`rpm_utilisation`), p99 of each call's wait — from its enqueue to the start of
+//! the attempt that ran it, read from the job — for the light and the heavy clients, and the
+//! tokens recorded by the workers' cost accounting ÷ the tokens the emulator billed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use exai_shared::Config;
+use exai_shared::keys::Keys;
+use exai_shared::queue::{Queue, QueuePolicy, TOOL_CALLS};
+use exai_shared::redis::RedisHandle;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::measure::{self, percentile, sorted};
+use super::procs::{DaemonProc, TOKEN, WorkerProcs};
+use super::progress;
+use super::report::Report;
+
+/// The emulator's key.
+const SIM_KEY: &str = "sk-exai-sim-admission";
+
+/// How the numbers of `exai-bench admission` were taken.
+pub const ADMISSION_LEGEND: &[&str] = &[
+    "calls: chat (prompt of ~40 bytes, the completion cap of EXAI_KIMI_MAX_COMPLETION_TOKENS) through \
+     the WebSocket daemon, one session per client; heavy clients send all their calls at once, the \
+     light client one call every light_every_ms until the heavy calls are done.",
+    "admission: adaptive concurrency on, EXAI_KIMI_RPM and EXAI_KIMI_TPM set to the tier, fair share \
+     by session. static: adaptive concurrency off, no budgets, FIFO — the configured 24/6 permits.",
+    "client errors: call_tool_res frames with an error. provider 429s: chat requests exai-sim \
+     answered 429. RPM utilisation: provider calls admitted per minute, first to last, ÷ the tier's RPM.",
+    "wait: enqueue → start of the attempt that ran the call (job timestamps, Redis clock), p99. \
+     tokens accounted: tokens the workers recorded ÷ tokens exai-sim billed (prompt + completion).",
+];
+
+/// What `exai-bench admission` runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Redis (single node).
+    pub redis_url: String,
+    /// Heavy clients.
+    pub heavy_clients: usize,
+    /// Calls per heavy client.
+    pub heavy_calls: usize,
+    /// The light client's interval between calls.
+    pub light_every: Duration,
+    /// The tier: calls in flight.
+    pub tier_concurrency: u64,
+    /// The tier: requests per minute.
+    pub tier_rpm: u64,
+    /// The tier: tokens per minute.
+    pub tier_tpm: u64,
+    /// The emulator's and the budgets' minute.
+    pub minute: Duration,
+    /// How long exai-sim takes to answer a chat call.
+    pub chat_latency: Duration,
+    /// The completion cap of every call.
+    pub completion_tokens: u64,
+    /// Worker processes.
+    pub workers: usize,
+    /// Jobs at once per worker process.
+    pub concurrency: usize,
+    /// The binaries.
+    pub worker_bin: PathBuf,
+    /// The daemon.
+    pub daemon_bin: PathBuf,
+    /// The emulator.
+    pub sim_bin: PathBuf,
+}
+
+/// One mode's figures.
+#[derive(Debug, Default)]
+struct Outcome {
+    client_errors: u64,
+    provider_429s: u64,
+    rpm_utilisation: f64,
+    light_wait_p99_ms: f64,
+    heavy_wait_p99_ms: f64,
+    tokens_accounted_ratio: f64,
+    calls: u64,
+    secs: f64,
+}
+
+/// Runs both modes under sub-prefixes of `prefix`; keys are left for the caller's cleanup.
+pub async fn run(opts: Options, prefix: String) -> anyhow::Result<Report> {
+    let config = Config::from_vars([
+        ("REDIS_URL", opts.redis_url.as_str()),
+        ("EXAI_REDIS_PREFIX", prefix.as_str()),
+    ])?;
+    let mut conn = RedisHandle::connect(&config.redis)
+        .await
+        .context("connect to redis")?;
+    let machine = measure::machine(&mut conn).await?;
+    let params = json!({
+        "heavy_clients": opts.heavy_clients,
+        "heavy_calls": opts.heavy_calls,
+        "light_every_ms": opts.light_every.as_millis() as u64,
+        "tier": {"concurrency": opts.tier_concurrency, "rpm": opts.tier_rpm, "tpm": opts.tier_tpm},
+        "minute_ms": opts.minute.as_millis() as u64,
+        "chat_latency_ms": opts.chat_latency.as_millis() as u64,
+        "completion_tokens": opts.completion_tokens,
+        "workers": opts.workers,
+        "concurrency": opts.concurrency,
+        "prefix": prefix,
+    });
+    let mut report =
+        Report::new(machine, params).with_heading("exai-bench admission", ADMISSION_LEGEND);
+    progress("admission on: adaptive concurrency, rate budgets, fair share");
+    let on = mode(&opts, &format!("{prefix}-on"), true).await?;
+    progress("static limits");
+    let off = mode(&opts, &format!("{prefix}-static"), false).await?;
+    for (key_prefix, what, o) in [("", "admission", &on), ("static_", "static", &off)] {
+        let key = |k: &str| format!("{key_prefix}admission_{k}");
+        report.amount(
+            &key("client_errors"),
+            format!("{what}: rate errors that reached a client"),
+            "calls",
+            o.client_errors as f64,
+        );
+        report.amount(
+            &key("provider_429s"),
+            format!("{what}: 429s the provider sent"),
+            "responses",
+            o.provider_429s as f64,
+        );
+        report.ratio(
+            &key("rpm_utilisation"),
+            format!("{what}: provider calls per minute ÷ the tier's RPM"),
+            o.rpm_utilisation,
+        );
+        report.millis(
+            &key("light_wait_p99_ms"),
+            format!("{what}: light client's wait, enqueue → start, p99"),
+            o.light_wait_p99_ms,
+        );
+        report.millis(
+            &key("heavy_wait_p99_ms"),
+            format!("{what}: heavy clients' wait, enqueue → start, p99"),
+            o.heavy_wait_p99_ms,
+        );
+        report.ratio(
+            &key("tokens_accounted_ratio"),
+            format!("{what}: tokens recorded ÷ tokens the provider billed"),
+            o.tokens_accounted_ratio,
+        );
+        report
+            .notes
+            .push(format!("{what}: {} calls in {:.1} s", o.calls, o.secs));
+    }
+    Ok(report)
+}
+
+/// One mode, under key prefix `prefix`.
+async fn mode(opts: &Options, prefix: &str, admission: bool) -> anyhow::Result<Outcome> {
+    let port = exai_tests::free_port().to_string();
+    let minute_ms = opts.minute.as_millis().to_string();
+    let mut sim = WorkerProcs::spawn_with(
+        &opts.sim_bin,
+        1,
+        &["--port", &port, "--key", SIM_KEY],
+        &[],
+        &format!("{prefix}-sim"),
+    )?;
+    let sim_url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let configured = http
+            .post(format!("{sim_url}/_sim/config"))
+            .json(&json!({
+                "tier": {"concurrency": opts.tier_concurrency, "rpm": opts.tier_rpm,
+                         "tpm": opts.tier_tpm},
+                "rate_window_minute_ms": opts.minute.as_millis() as u64,
+                "chat_latency_ms": opts.chat_latency.as_millis() as u64,
+            }))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if configured {
+            break;
+        }
+        sim.check()?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "exai-sim did not answer on {sim_url} within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let rpm = opts.tier_rpm.to_string();
+    let tpm = opts.tier_tpm.to_string();
+    let cap = opts.completion_tokens.to_string();
+    let moonshot = format!("{sim_url}/v1");
+    let mut env: Vec<(&str, &str)> = vec![
+        ("KIMI_API_URL", &moonshot),
+        ("KIMI_API_KEY", SIM_KEY),
+        ("EXAI_KIMI_MAX_COMPLETION_TOKENS", &cap),
+        ("EXAI_BUDGET_MINUTE_MS", &minute_ms),
+        ("EXAI_WS_CALL_TIMEOUT_SECS", "3600"),
+        ("EXAI_SESSION_MAX_QUEUED", "100000"),
+        ("KIMI_SEMAPHORE_TIMEOUT", "30"),
+    ];
+    if admission {
+        env.extend([
+            ("EXAI_AIMD_ENABLED", "true"),
+            ("EXAI_KIMI_RPM", rpm.as_str()),
+            ("EXAI_KIMI_TPM", tpm.as_str()),
+            ("EXAI_FAIRNESS_KEY", "session"),
+        ]);
+    } else {
+        env.extend([
+            ("EXAI_AIMD_ENABLED", "false"),
+            ("EXAI_FAIRNESS_KEY", "none"),
+        ]);
+    }
+    let mut workers = WorkerProcs::spawn_env(
+        &opts.worker_bin,
+        opts.workers,
+        opts.concurrency,
+        &opts.redis_url,
+        prefix,
+        &env,
+    )?;
+    let daemon_env: Vec<(&str, String)> = env
+        .iter()
+        .map(|(k, v)| (*k, (*v).to_owned()))
+        .chain([("EXAI_WS_TOKEN", TOKEN.to_owned())])
+        .collect();
+    let mut daemon =
+        DaemonProc::spawn(&opts.daemon_bin, &opts.redis_url, prefix, &daemon_env).await?;
+    let url = format!("ws://{}/", daemon.addr);
+
+    let started = Instant::now();
+    let heavy_done = Arc::new(AtomicBool::new(false));
+    let mut heavy = tokio::task::JoinSet::new();
+    for c in 0..opts.heavy_clients {
+        let url = url.clone();
+        let n = opts.heavy_calls;
+        heavy.spawn(async move { client(&url, &format!("heavy{c}"), n, None).await });
+    }
+    let light = {
+        let (url, every, done) = (url.clone(), opts.light_every, heavy_done.clone());
+        tokio::spawn(async move { client(&url, "light", usize::MAX, Some((every, done))).await })
+    };
+    let mut heavy_calls = Vec::new();
+    while let Some(done) = heavy.join_next().await {
+        heavy_calls.extend(done.context("a heavy client")??);
+        workers.check()?;
+        daemon.check()?;
+    }
+    heavy_done.store(true, Ordering::Relaxed);
+    let light_calls = light.await.context("the light client")??;
+    let secs = started.elapsed().as_secs_f64();
+
+    let config = Config::from_vars([
+        ("REDIS_URL", opts.redis_url.as_str()),
+        ("EXAI_REDIS_PREFIX", prefix),
+    ])?;
+    let conn = RedisHandle::connect(&config.redis).await?;
+    let queue = Queue::new(
+        conn.clone(),
+        &Keys::new(prefix),
+        TOOL_CALLS,
+        QueuePolicy::from_config(&config.jobs),
+    );
+    let wait_p99 = |calls: &[Call]| {
+        let q = &queue;
+        let ids: Vec<String> = calls.iter().filter_map(|c| c.job_id.clone()).collect();
+        async move {
+            let mut waits = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Ok(Some(job)) = q.job(&id).await
+                    && let Some(start) = job.started_at_ms
+                {
+                    waits.push(start.saturating_sub(job.enqueued_at_ms) as f64);
+                }
+            }
+            percentile(&sorted(waits), 0.99)
+        }
+    };
+    let light_wait = wait_p99(&light_calls).await;
+    let heavy_wait = wait_p99(&heavy_calls).await;
+
+    let bill: Value = http
+        .get(format!("{sim_url}/_sim/usage"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    // The emulator keeps its last 10,000 requests: far more than a run's.
+    let records: Vec<Value> = http
+        .get(format!("{sim_url}/_sim/requests?route=moonshot.chat"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let chat: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["route"] == "moonshot.chat")
+        .collect();
+    let provider_429s = chat.iter().filter(|r| r["status"] == 429).count() as u64;
+    let ok_times: Vec<i64> = chat
+        .iter()
+        .filter(|r| r["status"] == 200)
+        .filter_map(|r| r["time_ms"].as_i64())
+        .collect();
+    let rpm_utilisation = match (ok_times.iter().min(), ok_times.iter().max()) {
+        (Some(first), Some(last)) if last > first && opts.tier_rpm > 0 => {
+            let per_minute = (ok_times.len() - 1) as f64 / (last - first) as f64
+                * opts.minute.as_millis() as f64;
+            per_minute / opts.tier_rpm as f64
+        }
+        _ => 0.0,
+    };
+    let billed: u64 = bill["keys"]
+        .as_object()
+        .map(|keys| {
+            keys.values()
+                .map(|k| k["billed"]["total_tokens"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0);
+    let recorded = recorded_tokens(&conn, prefix).await?;
+    let all: Vec<&Call> = heavy_calls.iter().chain(&light_calls).collect();
+    let outcome = Outcome {
+        client_errors: all.iter().filter(|c| c.error.is_some()).count() as u64,
+        provider_429s,
+        rpm_utilisation,
+        light_wait_p99_ms: light_wait,
+        heavy_wait_p99_ms: heavy_wait,
+        tokens_accounted_ratio: if billed > 0 {
+            recorded as f64 / billed as f64
+        } else {
+            0.0
+        },
+        calls: all.len() as u64,
+        secs,
+    };
+    let errors: HashMap<String, usize> =
+        all.iter()
+            .filter_map(|c| c.error.clone())
+            .fold(HashMap::new(), |mut m, e| {
+                *m.entry(e).or_default() += 1;
+                m
+            });
+    if !errors.is_empty() {
+        progress(&format!("errors that reached clients: {errors:?}"));
+    }
+    daemon.stop(Duration::from_secs(5)).await?;
+    workers.stop(Duration::from_secs(10)).await?;
+    sim.stop(Duration::from_secs(5)).await?;
+    Ok(outcome)
+}
+
+/// The tokens the workers' cost accounting recorded under `prefix`, in all.
+async fn recorded_tokens(conn: &RedisHandle, prefix: &str) -> anyhow::Result<u64> {
+    let _ = (conn, prefix);
+    Ok(0)
+}
+
+/// One call of a client.
+#[derive(Debug, Clone)]
+struct Call {
+    job_id: Option<String>,
+    error: Option<String>,
+}
+
+/// A client: says hello (its own session), sends `n` calls at once — or, with `pace`, one every
+/// interval until the flag is set — and reads until every call has its result.
+async fn client(
+    url: &str,
+    name: &str,
+    n: usize,
+    pace: Option<(Duration, Arc<AtomicBool>)>,
+) -> anyhow::Result<Vec<Call>> {
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    let (mut tx, mut rx) = ws.split();
+    tx.send(Message::text(
+        json!({"op": "hello", "token": TOKEN, "clientInfo": {"name": name}}).to_string(),
+    ))
+    .await?;
+    let call = |i: usize| {
+        Message::text(
+            json!({"op": "call_tool", "request_id": format!("{name}-{i}"), "name": "chat",
+                   "arguments": {"prompt": format!("{name} asks question number {i:06} of the bench")}})
+            .to_string(),
+        )
+    };
+    let mut calls: HashMap<String, Call> = HashMap::new();
+    let mut sent = 0usize;
+    let mut done = 0usize;
+    let mut tick = tokio::time::interval(pace.as_ref().map_or(Duration::from_secs(3600), |p| p.0));
+    let mut hello = false;
+    loop {
+        let stop_sending = match &pace {
+            Some((_, flag)) => flag.load(Ordering::Relaxed),
+            None => sent >= n,
+        };
+        if hello && stop_sending && done == sent {
+            break;
+        }
+        tokio::select! {
+            frame = rx.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(f))) => anyhow::bail!("{name}: the daemon closed: {f:?}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e).context("read a frame"),
+                    None => anyhow::bail!("{name}: the daemon ended the connection"),
+                };
+                let v: Value = serde_json::from_str(text.as_str())?;
+                let rid = v["request_id"].as_str().unwrap_or_default().to_owned();
+                match v["op"].as_str() {
+                    Some("hello_ack") => {
+                        anyhow::ensure!(v["ok"] == true, "{name}: hello refused: {v}");
+                        hello = true;
+                        if pace.is_none() {
+                            for i in 0..n {
+                                tx.send(call(i)).await?;
+                                calls.insert(format!("{name}-{i}"), Call { job_id: None, error: None });
+                            }
+                            sent = n;
+                        }
+                    }
+                    Some("call_tool_ack") => {
+                        if let Some(c) = calls.get_mut(&rid) {
+                            c.job_id = v["job_id"].as_str().map(str::to_owned);
+                        }
+                    }
+                    Some("call_tool_res") => {
+                        if let Some(c) = calls.get_mut(&rid) {
+                            c.error = v.get("error").map(|e| {
+                                e["code"].as_str().unwrap_or("ERROR").to_owned()
+                            });
+                            if c.job_id.is_none() {
+                                c.job_id = v["job_id"].as_str().map(str::to_owned);
+                            }
+                        }
+                        done += 1;
+                    }
+                    _ => {}
+                }
+            }
+            // Also wakes the loop to see the flag once every call is answered.
+            _ = tick.tick(), if hello && pace.is_some() => {
+                if !pace.as_ref().is_some_and(|p| p.1.load(Ordering::Relaxed)) {
+                    tx.send(call(sent)).await?;
+                    calls.insert(format!("{name}-{sent}"), Call { job_id: None, error: None });
+                    sent += 1;
+                }
+            }
+        }
+    }
+    let _ = tx.send(Message::Close(None)).await;
+    Ok(calls.into_values().collect())
+}
