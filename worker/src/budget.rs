@@ -1,10 +1,15 @@
 //! Rate budgets around a chat call: reserve what the call will cost before it is sent, settle
 //! what the provider counted after (see [`exai_shared::budget`]).
 //!
-//! A job that finds its provider's budget spent is put back ([`JobError::PutBack`]) until the
-//! windows make room, without spending an attempt; one whose request alone exceeds a limit fails
-//! permanently (no window can ever admit it).
+//! A job that finds its provider's budget spent waits for the room the script names while that
+//! is within its provider's permit wait (`KIMI_SEMAPHORE_TIMEOUT`, …), keeping its place; beyond,
+//! it is put back ([`JobError::PutBack`]) until the windows make room, without spending an
+//! attempt. One whose request alone exceeds a limit fails permanently (no window can ever admit
+//! it).
 
+use std::time::Instant;
+
+use exai_shared::backend::RunningJob;
 use exai_shared::budget::{self, Charge, Reservation};
 use exai_shared::jobs::JobError;
 use exai_shared::providers::{ChatCompletion, ChatRequest, ProviderError};
@@ -39,7 +44,7 @@ pub fn max_completion_tokens(state: &AppState, provider: Option<&str>) -> Option
 /// permit to hold a reservation under).
 pub async fn reserve(
     state: &AppState,
-    job_id: &str,
+    lease: &RunningJob,
     token: Option<&str>,
     provider: Option<&'static str>,
     request: &ChatRequest,
@@ -56,51 +61,72 @@ pub async fn reserve(
     let prompt =
         budget::estimate_prompt_tokens(request.messages.iter().map(|m| m.content.as_str()));
     let tokens = prompt + completion;
-    let answer = state
-        .budgets
-        .reserve(provider, token, tokens)
-        .await
-        .map_err(|e| {
-            JobError::Transient(format!("rate budget: {}", exai_shared::error_chain(&e)))
-        })?;
-    match answer {
-        Reservation::Reserved => Ok(Some(Reserved {
-            token: token.to_owned(),
-            provider,
-            tokens,
-            completion,
-        })),
-        Reservation::Refused {
-            retry_in,
-            limit,
-            value,
-            current,
-        } => {
-            state.metrics.budget_refused(provider, limit.as_str());
+    // A wait the provider's permit wait covers is waited here, keeping the job's place; a longer
+    // one puts the job back.
+    let patience = state.config.semaphores.wait_for(Some(provider));
+    let began = Instant::now();
+    let mut told = false;
+    loop {
+        let answer = state
+            .budgets
+            .reserve(provider, token, tokens)
+            .await
+            .map_err(|e| {
+                JobError::Transient(format!("rate budget: {}", exai_shared::error_chain(&e)))
+            })?;
+        let (retry_in, limit, value, current) = match answer {
+            Reservation::Reserved => {
+                return Ok(Some(Reserved {
+                    token: token.to_owned(),
+                    provider,
+                    tokens,
+                    completion,
+                }));
+            }
+            Reservation::TooLarge { limit, value } => {
+                return Err(JobError::Permanent(format!(
+                    "the request needs {tokens} tokens, more than the {provider} {} limit of \
+                     {value}",
+                    limit.as_str()
+                )));
+            }
+            Reservation::Refused {
+                retry_in,
+                limit,
+                value,
+                current,
+            } => (retry_in, limit, value, current),
+        };
+        state.metrics.budget_refused(provider, limit.as_str());
+        if !told {
+            told = true;
             state
                 .progress(
-                    job_id,
+                    lease.id(),
                     "waiting",
                     format!(
-                        "waiting for the {provider} rate budget ({} {current} of {value}): \
-                         {} ms",
+                        "waiting for the {provider} rate budget ({} {current} of {value}): {} ms",
                         limit.as_str(),
                         retry_in.as_millis()
                     ),
                 )
                 .await;
-            Err(JobError::PutBack {
+        }
+        if began.elapsed() + retry_in > patience {
+            return Err(JobError::PutBack {
                 reason: format!(
                     "{provider} {} budget spent ({current} of {value})",
                     limit.as_str()
                 ),
                 after: retry_in,
-            })
+            });
         }
-        Reservation::TooLarge { limit, value } => Err(JobError::Permanent(format!(
-            "the request needs {tokens} tokens, more than the {provider} {} limit of {value}",
-            limit.as_str()
-        ))),
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => {}
+            _ = lease.cancel.cancelled() => {
+                return Err(JobError::Cancelled("cancelled while waiting for the rate budget".into()));
+            }
+        }
     }
 }
 

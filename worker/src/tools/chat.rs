@@ -81,14 +81,8 @@ pub async fn chat(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
             temperature: args.temperature,
             max_tokens: budget::max_completion_tokens(ctx.state, provider),
         };
-        let reserved = budget::reserve(
-            ctx.state,
-            ctx.job_id(),
-            token.as_deref(),
-            provider,
-            &request,
-        )
-        .await?;
+        let reserved =
+            budget::reserve(ctx.state, ctx.lease, token.as_deref(), provider, &request).await?;
         let outcome = client.stream(&request, ctx.chunk_sink()).await;
         budget::settle(ctx.state, reserved, &outcome).await;
         permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
@@ -121,14 +115,8 @@ pub async fn chat_with_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> 
             temperature: Some(args.temperature.unwrap_or(0.3)),
             max_tokens: budget::max_completion_tokens(ctx.state, provider),
         };
-        let reserved = budget::reserve(
-            ctx.state,
-            ctx.job_id(),
-            token.as_deref(),
-            provider,
-            &request,
-        )
-        .await?;
+        let reserved =
+            budget::reserve(ctx.state, ctx.lease, token.as_deref(), provider, &request).await?;
         let outcome = ctx
             .state
             .providers
