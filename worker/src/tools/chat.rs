@@ -17,6 +17,7 @@ use serde_json::json;
 use super::{ToolCtx, json_result};
 use crate::permits;
 use crate::uploads;
+use crate::usage;
 
 #[derive(Debug, Deserialize)]
 struct ChatArgs {
@@ -81,6 +82,7 @@ pub async fn chat(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         };
         let outcome = client.stream(&request, ctx.chunk_sink()).await;
         permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
+        usage::record(ctx, &outcome).await;
         Ok(ToolResult::text(outcome?.content))
     })
     .await
@@ -116,6 +118,7 @@ pub async fn chat_with_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> 
             .stream(&request, ctx.chunk_sink())
             .await;
         permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
+        usage::record(ctx, &outcome).await;
         let completion = outcome?;
         json_result(&json!({
             "model": completion.model,
