@@ -265,3 +265,61 @@ async fn a_session_past_its_token_budget_is_refused_and_other_sessions_are_not()
     assert_eq!(requests, 2, "the refused calls never reached the provider");
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sums_expire_after_the_retention_and_their_index_is_pruned() {
+    use exai_shared::usage::{Usage, UsageCall, UsageLedger};
+    use std::time::Duration;
+
+    let stack = TestStack::builder("usage-retention").start().await;
+    let retention = Duration::from_millis(300);
+    let ledger = UsageLedger::new(stack.conn.clone(), stack.keys.clone(), retention);
+    let usage = Usage {
+        prompt_tokens: 7,
+        completion_tokens: 3,
+        cached_tokens: 2,
+        total_tokens: 10,
+        calls: 1,
+    };
+    let call = |session| UsageCall {
+        session,
+        tool: "chat",
+        model: "kimi-k2.5",
+        provider: "kimi",
+    };
+    assert_eq!(ledger.record(call("old"), &usage).await.unwrap(), 10);
+    assert_eq!(ledger.record(call("old"), &usage).await.unwrap(), 20);
+    // A call without a session is counted per tool and model only.
+    assert_eq!(ledger.record(call(""), &usage).await.unwrap(), 0);
+    let report = ledger.report(10).await.unwrap();
+    assert_eq!(report.sessions.len(), 1, "{report:?}");
+    assert_eq!(report.tools[0].usage.calls, 3);
+    assert_eq!(report.total.cached_tokens, 6);
+    let mut conn = stack.conn.clone();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(stack.keys.usage_session("old"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 300, "ttl {ttl}");
+
+    // Past the retention the sums are gone, and the next record prunes the index.
+    let expired = exai_tests::wait_until(Duration::from_secs(5), || async {
+        ledger.session("old").await.unwrap().is_none()
+    })
+    .await;
+    assert!(expired, "the session's sums outlived their retention");
+    assert_eq!(ledger.session_total("old").await.unwrap(), 0);
+    ledger.record(call("new"), &usage).await.unwrap();
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(stack.keys.usage_index("sessions"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(members, ["new"]);
+    let report = ledger.report(10).await.unwrap();
+    assert_eq!(report.tools[0].usage.calls, 1, "{report:?}");
+    stack.cleanup().await;
+}
