@@ -65,9 +65,14 @@ fn line<'a>(lines: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recorded_usage_equals_the_emulators_bill_and_reaches_results_the_cli_and_the_admin_api() {
+    let metrics_port = exai_tests::free_port();
     let stack = TestStack::builder("usage-bill")
         .sim()
         .env("EXAI_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env(
+            "EXAI_WORKER_METRICS_ADDR",
+            &format!("127.0.0.1:{metrics_port}"),
+        )
         .daemon()
         .workers(1)
         .start()
@@ -150,6 +155,31 @@ async fn recorded_usage_equals_the_emulators_bill_and_reaches_results_the_cli_an
     );
     assert_eq!(report["tools"].as_array().unwrap().len(), 1, "{report}");
     assert_eq!(report["retention_secs"], 604_800);
+
+    // The worker process counted the same tokens, by provider, model and kind.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (provider, model) in [("kimi", "kimi-k2.5"), ("glm", "glm-4.5")] {
+        let (_, prompt, completion, _) = billed(&bill["by_model"][model]);
+        for (kind, expected) in [
+            ("prompt", prompt),
+            ("completion", completion),
+            ("cached", 0),
+        ] {
+            let series = format!(
+                r#"exai_worker_tokens_total{{provider="{provider}",model="{model}",kind="{kind}"}} "#
+            );
+            let value = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+            assert_eq!(value.trim().parse::<u64>().unwrap(), expected, "{series}");
+        }
+    }
 
     // One session's line, as JSON and as a table.
     let out = stack
