@@ -336,9 +336,10 @@ async fn sums_expire_after_the_retention_and_their_index_is_pruned() {
     // Past the retention the sums are gone, and the next record prunes the index.
     let expired = exai_tests::wait_until(Duration::from_secs(5), || async {
         ledger.session("old").await.unwrap().is_none()
+            && ledger.report(10).await.unwrap().tools.is_empty()
     })
     .await;
-    assert!(expired, "the session's sums outlived their retention");
+    assert!(expired, "the sums outlived their retention");
     assert_eq!(ledger.session_total("old").await.unwrap(), 0);
     ledger.record(call("new"), &usage).await.unwrap();
     let members: Vec<String> = redis::cmd("ZRANGE")
