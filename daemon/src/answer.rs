@@ -119,6 +119,14 @@ pub(crate) fn interrupted(info: &JobInfo) -> bool {
         .is_some_and(exai_shared::jobs::is_interrupted_reason)
 }
 
+/// A completed job's token usage, as its result records it.
+pub(crate) fn usage_of(info: &JobInfo) -> Option<exai_shared::usage::Usage> {
+    if info.state != JobState::Completed {
+        return None;
+    }
+    result_of(info.result.as_deref()).usage
+}
+
 /// A stored result: a [`ToolResult`], or any other JSON as one text item.
 fn result_of(stored: Option<&[u8]>) -> ToolResult {
     let Some(bytes) = stored else {
@@ -126,6 +134,7 @@ fn result_of(stored: Option<&[u8]>) -> ToolResult {
             outputs: Vec::new(),
             structured_content: None,
             is_error: false,
+            usage: None,
         };
     };
     if let Ok(r) = serde_json::from_slice::<ToolResult>(bytes) {

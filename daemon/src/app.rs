@@ -43,6 +43,9 @@ pub struct App {
     pub(crate) semaphores: Semaphores,
     /// The live worker processes, for `health` and `/health`.
     pub(crate) workers: WorkerRegistry,
+    /// The token sums per session, tool and model (cost accounting): read for the session token
+    /// budget and the admin API.
+    pub(crate) usage: exai_shared::usage::UsageLedger,
     /// The shared job-event subscription.
     pub(crate) relay: Relay,
     /// The tools of the upstream MCP servers, as the workers published them.
@@ -145,6 +148,11 @@ impl App {
                 limits.max_pending_hello_per_ip,
             ),
             workers: WorkerRegistry::new(redis.clone(), &keys),
+            usage: exai_shared::usage::UsageLedger::new(
+                redis.clone(),
+                keys.clone(),
+                config.usage.retention,
+            ),
             upstream: exai_shared::upstream::Catalogue::new(redis.clone(), keys.clone()),
             events: EventPublisher::new(redis.clone(), keys),
             config,

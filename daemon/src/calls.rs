@@ -328,6 +328,14 @@ async fn admit(
     ) {
         return Ok(Admission::Refused(Outcome::Invalid, error));
     }
+    // A session that has spent its token budget makes no more provider calls. Without a budget
+    // nothing is read.
+    let provider = tool.builtin().and_then(|t| t.provider(&call.arguments));
+    if provider.is_some()
+        && let Some(error) = crate::budget::refusal(app, &conn.session.id).await
+    {
+        return Ok(Admission::Refused(Outcome::OverCapacity, error));
+    }
 
     let job_id = match (&reply_to.request_id, single) {
         (Some(rid), false) => protocol::call_job_id(&conn.session.id, rid),
@@ -626,6 +634,7 @@ async fn about_call(
             attempt: found.map_or(0, |(_, info)| info.attempts),
             job_id: found.map(|(id, _)| id.clone()),
             queue_position,
+            usage: found.and_then(|(_, info)| crate::answer::usage_of(info)),
         })
     };
     Ok(match request {
@@ -637,7 +646,8 @@ async fn about_call(
             Some((job_id, (result, _))) => {
                 let res = match result {
                     Ok(r) => CallToolRes::success(reply_to.clone(), r.outputs)
-                        .with_structured(r.structured_content),
+                        .with_structured(r.structured_content)
+                        .with_usage(r.usage),
                     Err(e) => CallToolRes::failed(reply_to.clone(), e),
                 };
                 ServerMessage::CallToolRes(res.with_job_id(job_id.clone()))

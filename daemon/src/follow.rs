@@ -79,7 +79,8 @@ impl Follow {
         if !self.single {
             let res = match result {
                 Ok(r) => CallToolRes::success(self.reply_to.clone(), r.outputs)
-                    .with_structured(r.structured_content),
+                    .with_structured(r.structured_content)
+                    .with_usage(r.usage),
                 Err(e) => CallToolRes::failed(self.reply_to.clone(), e),
             };
             return ServerMessage::CallToolRes(res.with_job_id(&self.job_id)).to_json();

@@ -32,6 +32,8 @@
 //!   bridge of `exai-mcp`.
 //! - `resume`: the session's resume secret, issued by the hello and required to resume.
 //! - `session_calls`: a session's unfinished calls in Redis, capped at `EXAI_SESSION_MAX_QUEUED`.
+//! - `budget`: the session token budget (`EXAI_SESSION_TOKEN_BUDGET`), checked before a
+//!   provider call is enqueued.
 //! - `file_admin`: which `kimi_manage_files` operations need `EXAI_CLIENT_FILE_ADMIN`.
 //! - `tls`: the rustls acceptor for `wss://` (`EXAI_WS_TLS_CERT`, `EXAI_WS_TLS_KEY`).
 //! - `error`: [`DaemonError`], why the daemon could not start.
@@ -40,6 +42,7 @@
 pub mod admin;
 mod answer;
 pub mod app;
+mod budget;
 mod caller;
 mod calls;
 pub mod connection;

@@ -110,6 +110,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Timeouts of the provider HTTP clients (Moonshot, GLM).
     pub provider_timeouts: ProviderTimeouts,
+    /// Cost accounting: how long token sums are kept, and the session token budget.
+    pub usage: UsageConfig,
     /// `EXAI_REQUIRE_REAL_PROVIDERS` (false): when true, start-up fails unless Moonshot (and
     /// Supabase Storage, when uploads are pushed there) are configured and none of them is the
     /// emulator (host [`EMULATOR_HOST`] or key [`EMULATOR_KEY`]).
@@ -527,6 +529,26 @@ pub struct JobConfig {
     /// `EXAI_QUEUE_HISTORY` (true): the queue scripts keep each queue's per-minute history
     /// (counts and wait/run histograms, the last 24 hours) for the admin console.
     pub history: bool,
+}
+
+/// Cost accounting (see [`crate::usage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageConfig {
+    /// `EXAI_USAGE_RETENTION_SECS` (604800, seven days): a session's, tool's or model's token
+    /// sums are kept this long after the last call added to them.
+    pub retention: Duration,
+    /// `EXAI_SESSION_TOKEN_BUDGET` (0: no budget): once a session's recorded total tokens
+    /// reach this, the daemon refuses its new provider calls with `BUDGET_EXCEEDED`.
+    pub session_token_budget: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 86_400),
+            session_token_budget: 0,
+        }
+    }
 }
 
 /// Settings of `exai-worker run`.

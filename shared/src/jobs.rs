@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::usage::Usage;
+
 /// A tool call, enqueued on `tool_calls` by the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolCallJob {
@@ -220,6 +222,10 @@ pub struct ToolResult {
     /// The tool ran and reported a failure (MCP `isError`); the items say what went wrong.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_error: bool,
+    /// The tokens the job's provider calls consumed (summed over its calls), when it made any
+    /// that reported usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl ToolResult {
@@ -229,7 +235,14 @@ impl ToolResult {
             outputs: vec![ToolContent::text(text)],
             structured_content: None,
             is_error: false,
+            usage: None,
         }
+    }
+
+    /// The same result carrying `usage`.
+    pub fn with_usage(mut self, usage: Option<Usage>) -> Self {
+        self.usage = usage;
+        self
     }
 
     /// The result of an MCP `tools/call` (`{content, structuredContent?, isError?}`): every
@@ -256,6 +269,7 @@ impl ToolResult {
                 .get("isError")
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false),
+            usage: None,
         }
     }
 

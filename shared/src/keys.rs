@@ -19,6 +19,10 @@
 //! | `{P:cleanup}:history` | list | the recent cleanup reports, newest first (capped) |
 //! | `P:mcp:catalogue` | hash | upstream MCP server → its tools as last listed ([`crate::upstream::CatalogueEntry`]) |
 //! | `P:mcp:sent:<job id>` | string | an upstream MCP call sent and not yet answered (TTL) |
+//! | `{P:usage}:session:<id>` | hash | a session's token sums: `calls`, `prompt`, `completion`, `cached`, `total` (TTL: the usage retention) |
+//! | `{P:usage}:tool:<name>` | hash | the same sums of one tool (TTL: the usage retention) |
+//! | `{P:usage}:model:<name>` | hash | the same sums of one model, and its `provider` (TTL: the usage retention) |
+//! | `{P:usage}:sessions`, `:tools`, `:models` | zset | the names whose sums are kept, score = last call (ms, Redis clock) |
 //! | `{P:workers}:live` | zset | registered worker processes, score = registration expiry (ms, Redis clock) |
 //! | `{P:workers}:info` | hash | worker id → JSON description (see [`crate::worker_registry`]) |
 //! | `{P:q:<queue>}:…` | various | one queue's lists, sorted sets and job hashes: [`QueueKeys`], and the table in [`crate::queue`] |
@@ -144,6 +148,27 @@ impl Keys {
     /// The recent orphan cleanup reports, newest first (a capped list of the same JSON).
     pub fn cleanup_history(&self) -> String {
         format!("{{{}:cleanup}}:history", self.prefix)
+    }
+
+    /// Session `session_id`'s token sums (a hash of counters; see [`crate::usage::ledger`]).
+    pub fn usage_session(&self, session_id: &str) -> String {
+        format!("{{{}:usage}}:session:{session_id}", self.prefix)
+    }
+
+    /// Tool `tool`'s token sums.
+    pub fn usage_tool(&self, tool: &str) -> String {
+        format!("{{{}:usage}}:tool:{tool}", self.prefix)
+    }
+
+    /// Model `model`'s token sums (and its provider).
+    pub fn usage_model(&self, model: &str) -> String {
+        format!("{{{}:usage}}:model:{model}", self.prefix)
+    }
+
+    /// The index of one dimension of the token sums (`sessions`, `tools` or `models`): a sorted
+    /// set of names, score = the time of its last recorded call (Unix ms, Redis clock).
+    pub fn usage_index(&self, dimension: &str) -> String {
+        format!("{{{}:usage}}:{dimension}", self.prefix)
     }
 
     /// The sorted set of registered worker processes: member = worker id, score = when its
@@ -348,6 +373,13 @@ mod tests {
         ];
         assert!(tags.iter().all(|t| t == "t1:sem"), "{tags:?}");
         assert_eq!(tag(k.workers_live()), tag(k.workers_info()));
+        let usage = [
+            tag(k.usage_session("s")),
+            tag(k.usage_tool("chat")),
+            tag(k.usage_model("kimi-k2")),
+            tag(k.usage_index("sessions")),
+        ];
+        assert!(usage.iter().all(|t| t == "t1:usage"), "{usage:?}");
     }
 
     #[test]

@@ -34,6 +34,8 @@
 //!   streaming, with errors classified transient or permanent.
 //! - [`staging`]: the content-addressed staging store of upload bytes, and the upload-path gate
 //!   (`EXAI_UPLOAD_ROOTS`, symlinks followed, sizes checked before any read).
+//! - [`usage`]: cost accounting: each provider call's token usage, and its sums per session,
+//!   tool and model in Redis (with bounded retention).
 //! - [`worker_registry`]: the registry of live worker processes (heartbeat with a TTL) that
 //!   `/health` lists.
 //! - [`error_chain()`]: an error with its sources on one line, for log lines.
@@ -62,6 +64,7 @@ pub mod subscriber;
 pub mod telemetry;
 pub mod tools;
 pub mod upstream;
+pub mod usage;
 pub mod worker_registry;
 
 pub use config::Config;

@@ -847,6 +847,26 @@ async fn the_page_charts_the_history_and_lists_the_workers_in_a_browser() {
         .query_async(&mut stack.conn.clone())
         .await
         .unwrap();
+    // One recorded provider call, for the usage panel.
+    let ledger = exai_shared::usage::UsageLedger::new(
+        stack.conn.clone(),
+        stack.keys.clone(),
+        stack.config().usage.retention,
+    );
+    let call = exai_shared::usage::UsageCall {
+        session: "page-session",
+        tool: "chat",
+        model: "kimi-k2.5",
+        provider: "kimi",
+    };
+    let usage = exai_shared::usage::Usage {
+        prompt_tokens: 21,
+        completion_tokens: 9,
+        cached_tokens: 4,
+        total_tokens: 30,
+        calls: 1,
+    };
+    ledger.record(call, &usage).await.unwrap();
 
     let url = format!("http://{}/admin#token={ADMIN_TOKEN}", stack.daemon().addr);
     let dom = exai_tests::chromium::run(
@@ -937,6 +957,20 @@ async fn the_page_charts_the_history_and_lists_the_workers_in_a_browser() {
     );
     let table = element(&dom, "cleanup", "</table>");
     assert!(table.contains("list objects: timed out"), "{table}");
+
+    // The usage panel: the total, and a line per session, tool and model.
+    let usage = element(&dom, "usage-summary", "</p>");
+    assert!(
+        usage.contains("1 calls, 30 tokens (21 prompt, 4 cached, 9 completion)"),
+        "{usage}"
+    );
+    let table = element(&dom, "usage", "</table>");
+    for name in ["page-session", "chat", "kimi-k2.5 (kimi)"] {
+        assert!(
+            table.contains(&format!("<td>{name}</td>")),
+            "{name} in {table}"
+        );
+    }
 
     // The charting library comes from the daemon itself, under the page's CSP, with its licence.
     let http = reqwest::Client::new();

@@ -116,6 +116,28 @@ async fn queues_semaphores_and_workers_run_on_a_redis_cluster() {
     assert_eq!((lowered.effective, lowered.ceiling), (3, 6));
     assert_eq!(sems.effective_limit("kimi").await.unwrap(), Some(3));
 
+    // Cost accounting: the record script and the report's pipeline, on the usage slot.
+    let ledger =
+        exai_shared::usage::UsageLedger::new(conn.clone(), keys.clone(), config.usage.retention);
+    let call = exai_shared::usage::UsageCall {
+        session: "s",
+        tool: "chat",
+        model: "glm-4.5",
+        provider: "glm",
+    };
+    let usage = exai_shared::usage::Usage {
+        prompt_tokens: 5,
+        completion_tokens: 6,
+        cached_tokens: 1,
+        total_tokens: 11,
+        calls: 1,
+    };
+    assert_eq!(ledger.record(call, &usage).await.unwrap(), 11);
+    let report = ledger.report(10).await.unwrap();
+    assert_eq!(report.total, usage);
+    assert_eq!(report.sessions.len(), 1);
+    assert_eq!(ledger.session_total("s").await.unwrap(), 11);
+
     // A worker process in cluster mode, woken through pub/sub, processes a batch of jobs.
     let q = Queue::new(conn.clone(), &keys, queue::TOOL_CALLS, policy.clone());
     let before = q.counts().await.unwrap().completed;

@@ -12,13 +12,15 @@
 //! - [`tools`]: the tools `tool_calls` jobs run (chat, uploads, downloads, file management).
 //! - [`upstream`]: the sessions with the upstream MCP servers of `EXAI_MCP_SERVERS` (supervised,
 //!   their tools published to the catalogue) and the calls of their tools.
+//! - [`usage`]: cost accounting: each provider call's usage recorded in Redis, in the metrics
+//!   and on the job's result.
 //! - [`uploads`]: staged bytes → Moonshot → `provider_file_uploads` row → storage push job.
 //! - [`storage`]: the `storage_push` job (Supabase Storage, retried by the queue), its retry
 //!   policy and push queue ([`storage::policy`]), and re-drive.
 //! - [`cleanup`]: the orphan cleanup (the scheduled job, and the runs of `exai-worker cleanup`
 //!   and `kimi_manage_files`): snapshot, plan, act. Its report is `exai_shared::cleanup_report`.
 //! - [`metrics`]: the Prometheus metrics of `exai-worker run` (`EXAI_WORKER_METRICS_ADDR`).
-//! - [`cli`]: the operator commands (`cleanup`, `queue …`, `sem`, `storage retry-failed`,
+//! - [`cli`]: the operator commands (`cleanup`, `queue …`, `sem`, `usage`, `storage retry-failed`,
 //!   `files list`).
 #![warn(missing_docs)]
 
@@ -34,3 +36,4 @@ pub mod storage;
 pub mod tools;
 pub mod uploads;
 pub mod upstream;
+pub mod usage;

@@ -50,6 +50,8 @@ enum Command {
     },
     /// The fleet-wide semaphores: limits, permits in use, live leases (Redis only).
     Sem(cli::sem::SemArgs),
+    /// The recorded token usage per session, tool and model (Redis only).
+    Usage(cli::usage::UsageArgs),
     /// The provider_file_uploads rows (Postgres only).
     Files {
         #[command(subcommand)]
@@ -72,7 +74,7 @@ impl Command {
                 command,
                 Q::Retry(_) | Q::Kill(_) | Q::Pause(_) | Q::Resume(_)
             ),
-            Self::Sem(_) | Self::Files { .. } | Self::Tools { .. } => true,
+            Self::Sem(_) | Self::Usage(_) | Self::Files { .. } | Self::Tools { .. } => true,
             Self::Run(_) | Self::Migrate { .. } | Self::Cleanup(_) | Self::Storage { .. } => false,
         }
     }
@@ -191,6 +193,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         } => cli::storage::retry_failed(&config, &args).await,
         Command::Queue { command } => cli::queue::run(&config, command).await,
         Command::Sem(args) => cli::sem::run(&config, &args).await,
+        Command::Usage(args) => cli::usage::run(&config, &args).await,
         Command::Files { command } => cli::files::run(&config, command).await,
         Command::Tools { command } => cli::tools::run(&command),
     }

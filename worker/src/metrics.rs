@@ -7,10 +7,12 @@
 //!   process, so every worker reports the same values (aggregate with `max`, not `sum`);
 //! - **counted by this process**: job durations per queue and outcome (from the lease layer,
 //!   through [`AttemptObserver`]), retries, dead jobs, semaphore waits and lost leases,
-//!   storage push outcomes, and cleanup removals.
+//!   storage push outcomes, cleanup removals, and the tokens of this process's provider calls
+//!   (`exai_worker_tokens_total{provider,model,kind}`, kind = `prompt`, `completion`, `cached`).
 //!
 //! Label values come from closed sets (queue names, semaphore names, fixed outcome names), so
-//! no job input can grow the number of series.
+//! no job input can grow the number of series. Model names are the one open set: the first
+//! [`MAX_MODEL_SERIES`] models get their own series, later ones are counted as `other`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +62,17 @@ struct SemaphoreOutcomeLabels {
 struct OutcomeLabels {
     outcome: String,
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    model: String,
+    kind: String,
+}
+
+/// The most distinct model names the token counters label; calls of further models are counted
+/// under `model="other"`.
+pub const MAX_MODEL_SERIES: usize = 64;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SweepLabels {
@@ -135,6 +148,9 @@ struct Inner {
     cleanup_sweeps: Family<SweepLabels, Counter>,
     cleanup_removed: Family<SweepLabels, Counter>,
     cleanup_removed_bytes: Family<SweepLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    /// The model names that have their own token series (at most [`MAX_MODEL_SERIES`]).
+    token_models: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for WorkerMetrics {
@@ -232,6 +248,12 @@ impl WorkerMetrics {
             "Bytes freed by cleanup sweeps, by sweep",
             cleanup_removed_bytes.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens of this process's provider calls, by provider, model and kind (prompt, completion, cached)",
+            tokens.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -248,6 +270,8 @@ impl WorkerMetrics {
                 cleanup_sweeps,
                 cleanup_removed,
                 cleanup_removed_bytes,
+                tokens,
+                token_models: Default::default(),
             }),
         }
     }
@@ -308,6 +332,37 @@ impl WorkerMetrics {
                 limit: limit.to_owned(),
             })
             .inc();
+    }
+
+    /// A provider call of `provider`'s `model` consumed `usage`.
+    pub fn tokens_used(&self, provider: &str, model: &str, usage: &exai_shared::usage::Usage) {
+        let model = {
+            let mut models = self
+                .inner
+                .token_models
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if models.contains(model) || models.len() < MAX_MODEL_SERIES {
+                models.insert(model.to_owned());
+                model
+            } else {
+                "other"
+            }
+        };
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+            ("cached", usage.cached_tokens),
+        ] {
+            self.inner
+                .tokens
+                .get_or_create(&TokenLabels {
+                    provider: provider.to_owned(),
+                    model: model.to_owned(),
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n);
+        }
     }
 
     /// A lease on `semaphores` was lost while its job held it.
@@ -524,6 +579,44 @@ mod tests {
             (
                 r#"exai_worker_job_duration_seconds_count{queue="uploads",outcome="dead"}"#,
                 1.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_counted_by_provider_model_and_kind_with_models_capped() {
+        let m = WorkerMetrics::new();
+        let usage = exai_shared::usage::Usage {
+            prompt_tokens: 10,
+            completion_tokens: 4,
+            cached_tokens: 6,
+            total_tokens: 14,
+            calls: 1,
+        };
+        m.tokens_used("kimi", "kimi-k2", &usage);
+        m.tokens_used("kimi", "kimi-k2", &usage);
+        for i in 0..MAX_MODEL_SERIES {
+            m.tokens_used("glm", &format!("glm-{i}"), &usage);
+        }
+        let text = m.render();
+        for (series, value) in [
+            (
+                r#"exai_worker_tokens_total{provider="kimi",model="kimi-k2",kind="prompt"}"#,
+                20.0,
+            ),
+            (
+                r#"exai_worker_tokens_total{provider="kimi",model="kimi-k2",kind="completion"}"#,
+                8.0,
+            ),
+            (
+                r#"exai_worker_tokens_total{provider="kimi",model="kimi-k2",kind="cached"}"#,
+                12.0,
+            ),
+            (
+                r#"exai_worker_tokens_total{provider="glm",model="other",kind="prompt"}"#,
+                10.0,
             ),
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");

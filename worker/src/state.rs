@@ -11,6 +11,7 @@ use exai_shared::redis::RedisHandle;
 use exai_shared::semaphore::Semaphores;
 use exai_shared::staging::Staging;
 use exai_shared::subscriber::Subscriber;
+use exai_shared::usage::UsageLedger;
 
 use exai_shared::upstream::SentMarks;
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub upstreams: Upstreams,
     /// The sent marks of upstream MCP calls.
     pub sent: SentMarks,
+    /// The token sums per session, tool and model (cost accounting).
+    pub usage: UsageLedger,
 }
 
 impl AppState {
@@ -92,6 +95,7 @@ impl AppState {
                 EventPublisher::new(conn.clone(), keys.clone()),
             ),
             sent: SentMarks::new(conn.clone(), keys.clone()),
+            usage: UsageLedger::new(conn.clone(), keys.clone(), config.usage.retention),
             redis: conn,
             keys,
             metrics,

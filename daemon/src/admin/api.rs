@@ -20,6 +20,8 @@
 //! | `POST queues/{queue}/jobs/delete` | body `{"state": S, "ids": [..]}`, or `{"state": S}` for every job in `S`: up to 1000 jobs deleted; counts |
 //! | `GET storage` | `provider_file_uploads` rows per `upload_status`; 503 without Postgres |
 //! | `GET cleanup` | `{"report": <the last cleanup report> or null}` |
+//! | `GET usage?limit=N` | [`UsageReport`]: the token sums per session, tool and model (at most `N` of each, most recently used first; 1 to 1000, default 50) and their total |
+//! | `GET usage?session=S` | `{"session": <S's line> or null}`: one session's token sums |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +42,7 @@ use exai_shared::queue::history::MAX_MINUTES;
 use exai_shared::queue::{
     CancelOutcome, JobState, MAX_BULK, MAX_OFFSET, MAX_PAGE, Queue, Removed, SEARCH_SCAN_MAX,
 };
+use exai_shared::usage::{REPORT_MAX, UsageReport};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -77,6 +80,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/queues/{queue}/jobs/delete", post(bulk_delete))
         .route("/storage", get(storage))
         .route("/cleanup", get(cleanup))
+        .route("/usage", get(usage))
 }
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
@@ -447,4 +451,22 @@ async fn cleanup(State(app): State<Arc<App>>, params: Params) -> ApiResult {
             ),
         })?;
     Ok(Json(json!({ "report": stored })))
+}
+
+/// `GET /admin/api/usage?limit=N` ([`UsageReport`]) or `GET /admin/api/usage?session=S`
+/// (`{"session": line or null}`).
+async fn usage(State(app): State<Arc<App>>, params: Params) -> ApiResult {
+    params.only(&["session", "limit"])?;
+    let unavailable = |e: redis::RedisError| {
+        tracing::warn!(error = %e, "admin API: redis command failed");
+        ApiError::unavailable(format!("redis unavailable: {e}"))
+    };
+    if params.get("session").is_some() {
+        let session = params.text("session", exai_shared::protocol::MAX_SESSION_ID_LEN)?;
+        let line = app.usage.session(session).await.map_err(unavailable)?;
+        return Ok(Json(json!({ "session": line })));
+    }
+    let limit = params.int("limit", 1, REPORT_MAX as u64, DEFAULT_PAGE as u64)? as usize;
+    let report: UsageReport = app.usage.report(limit).await.map_err(unavailable)?;
+    Ok(Json(json!(report)))
 }

@@ -188,6 +188,14 @@ impl Config {
             ),
             ("EXAI_QUEUE_HISTORY", Some(self.jobs.history.to_string())),
             (
+                "EXAI_USAGE_RETENTION_SECS",
+                Some(secs(self.usage.retention)),
+            ),
+            (
+                "EXAI_SESSION_TOKEN_BUDGET",
+                Some(self.usage.session_token_budget.to_string()),
+            ),
+            (
                 "EXAI_MCP_SERVERS",
                 self.worker
                     .mcp_servers_file

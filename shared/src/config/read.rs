@@ -352,6 +352,16 @@ impl Config {
                 retry_max: Duration::from_secs(v.positive("EXAI_STORAGE_RETRY_MAX_SECS", 3600)?),
                 retry_base: v.millis("EXAI_STORAGE_RETRY_BASE_MS", 1000)?,
             },
+            usage: {
+                let d = UsageConfig::default();
+                UsageConfig {
+                    retention: Duration::from_secs(
+                        v.positive("EXAI_USAGE_RETENTION_SECS", d.retention.as_secs())?,
+                    ),
+                    session_token_budget: v
+                        .parse("EXAI_SESSION_TOKEN_BUDGET", d.session_token_budget)?,
+                }
+            },
             database: DatabaseConfig {
                 url: SecretString::from(
                     v.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/exai"),

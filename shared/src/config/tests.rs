@@ -19,6 +19,8 @@ fn defaults_match_the_original_daemon() {
     assert_eq!(c.semaphores.kimi_limit, 6);
     assert_eq!(c.semaphores.glm_limit, 4);
     assert_eq!(c.semaphores.aimd, AimdConfig::default());
+    assert_eq!(c.usage.retention, Duration::from_secs(604_800));
+    assert_eq!(c.usage.session_token_budget, 0, "no budget by default");
     assert!(c.semaphores.aimd.enabled);
     assert_eq!(c.semaphores.aimd.decrease_factor, 0.5);
     assert_eq!(
@@ -83,11 +85,26 @@ fn a_bad_value_names_its_variable() {
         ("EXAI_AIMD_DECREASE_COOLDOWN_MS", "-1"),
         ("EXAI_AIMD_INCREASE_STEP", "0"),
         ("EXAI_AIMD_INCREASE_EVERY", "0"),
+        ("EXAI_USAGE_RETENTION_SECS", "0"),
+        ("EXAI_USAGE_RETENTION_SECS", "a week"),
+        ("EXAI_SESSION_TOKEN_BUDGET", "-1"),
+        ("EXAI_SESSION_TOKEN_BUDGET", "1e6"),
     ] {
         let err = cfg(&[(var, value)]).unwrap_err();
         assert_eq!(err.var, var);
         assert!(err.to_string().contains(var), "{err}");
     }
+}
+
+#[test]
+fn the_usage_settings_are_read() {
+    let c = cfg(&[
+        ("EXAI_USAGE_RETENTION_SECS", "3600"),
+        ("EXAI_SESSION_TOKEN_BUDGET", "250000"),
+    ])
+    .unwrap();
+    assert_eq!(c.usage.retention, Duration::from_secs(3600));
+    assert_eq!(c.usage.session_token_budget, 250_000);
 }
 
 #[test]

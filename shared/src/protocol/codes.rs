@@ -114,6 +114,9 @@ pub enum ErrorCode {
     /// An upstream MCP call stopped mid-way (its worker or its server went away) and its tool is
     /// not idempotent, so it was not run again: it may or may not have taken effect.
     Interrupted,
+    /// The session has spent its token budget (`EXAI_SESSION_TOKEN_BUDGET`): its new provider
+    /// calls are refused.
+    BudgetExceeded,
 }
 
 every_variant!(ErrorCode {
@@ -131,6 +134,7 @@ every_variant!(ErrorCode {
     ProtocolError,
     Cancelled,
     Interrupted,
+    BudgetExceeded,
 });
 
 impl ErrorCode {
@@ -151,6 +155,7 @@ impl ErrorCode {
             Self::ProtocolError => "PROTOCOL_ERROR",
             Self::Cancelled => "CANCELLED",
             Self::Interrupted => "INTERRUPTED",
+            Self::BudgetExceeded => "BUDGET_EXCEEDED",
         }
     }
 }

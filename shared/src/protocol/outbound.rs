@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::jobs::ToolContent;
+use crate::usage::Usage;
 
 // ----- outbound -------------------------------------------------------------------------------
 
@@ -217,12 +218,21 @@ pub struct CallToolRes {
         skip_serializing_if = "Option::is_none"
     )]
     pub structured_content: Option<serde_json::Value>,
+    /// The tokens the call's provider calls consumed, when it made any that reported usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl CallToolRes {
     /// The same result with `structuredContent`.
     pub fn with_structured(mut self, structured: Option<serde_json::Value>) -> Self {
         self.structured_content = structured;
+        self
+    }
+
+    /// The same result with `usage`.
+    pub fn with_usage(mut self, usage: Option<Usage>) -> Self {
+        self.usage = usage;
         self
     }
 
@@ -242,6 +252,7 @@ impl CallToolRes {
             job_id: None,
             truncated: false,
             structured_content: None,
+            usage: None,
         }
     }
 
@@ -256,6 +267,7 @@ impl CallToolRes {
             job_id: None,
             truncated: false,
             structured_content: None,
+            usage: None,
         }
     }
 
@@ -314,6 +326,9 @@ pub struct JobStatusRes {
     /// not waiting, or deeper than the bounded search (`queue::POSITION_SCAN_MAX` jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u64>,
+    /// A completed call's token usage, when its provider calls reported any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// What a cancel found.

@@ -217,6 +217,7 @@ fn sample(op: ServerOp) -> ServerMessage {
             attempt: 0,
             job_id: None,
             queue_position: Some(1),
+            usage: None,
         }),
         ServerOp::Cancelled => ServerMessage::Cancelled(Cancelled {
             reply_to: to(),

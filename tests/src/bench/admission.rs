@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use exai_shared::Config;
+use exai_shared::keys::Keys;
 use exai_shared::redis::RedisHandle;
+use exai_shared::usage::UsageLedger;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -365,10 +367,15 @@ async fn mode(opts: &Options, prefix: &str, admission: bool) -> anyhow::Result<O
     Ok(outcome)
 }
 
-/// The tokens the workers' cost accounting recorded under `prefix`, in all.
+/// The tokens the workers' cost accounting recorded under `prefix`, in all (the sum over the
+/// models, as `exai-worker usage` reports it).
 async fn recorded_tokens(conn: &RedisHandle, prefix: &str) -> anyhow::Result<u64> {
-    let _ = (conn, prefix);
-    Ok(0)
+    let ledger = UsageLedger::new(conn.clone(), Keys::new(prefix), Duration::from_secs(86_400));
+    let report = ledger
+        .report(1000)
+        .await
+        .context("read the recorded usage")?;
+    Ok(report.total.total_tokens)
 }
 
 /// One call of a client.

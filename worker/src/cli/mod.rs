@@ -10,6 +10,7 @@
 //! - [`cleanup`]: `cleanup [--dry-run] [--json]`, the orphan cleanup run in this process.
 //! - [`queue`]: `queue stats | list | history | show | retry | kill | pause | resume`.
 //! - [`sem`]: `sem`, the fleet-wide semaphores and their live leases.
+//! - [`usage`]: `usage [--session S]`, the recorded token sums (cost accounting).
 //! - [`storage`]: `storage retry-failed` (and the older `storage redrive`).
 //! - [`files`]: `files list`, the `provider_file_uploads` rows.
 //! - [`tools`]: `tools doc`, docs/tools.md from the tool registry.
@@ -46,6 +47,7 @@ pub mod queue;
 pub mod sem;
 pub mod storage;
 pub mod tools;
+pub mod usage;
 
 /// Connects to Redis and returns a handle on every queue of the deployment, each with the
 /// policy its workers use.

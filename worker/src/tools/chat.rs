@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{ToolCtx, json_result};
 use crate::uploads;
-use crate::{budget, permits};
+use crate::{budget, permits, usage};
 
 #[derive(Debug, Deserialize)]
 struct ChatArgs {
@@ -86,6 +86,7 @@ pub async fn chat(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         let outcome = client.stream(&request, ctx.chunk_sink()).await;
         budget::settle(ctx.state, reserved, &outcome).await;
         permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
+        usage::record(ctx, &outcome).await;
         Ok(ToolResult::text(outcome?.content))
     })
     .await
@@ -126,6 +127,7 @@ pub async fn chat_with_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> 
             .await;
         budget::settle(ctx.state, reserved, &outcome).await;
         permits::observe(ctx.state, ctx.provider_semaphore(), &outcome).await;
+        usage::record(ctx, &outcome).await;
         let completion = outcome?;
         json_result(&json!({
             "model": completion.model,

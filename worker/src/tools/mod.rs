@@ -14,7 +14,7 @@
 pub mod chat;
 pub mod files;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exai_shared::backend::RunningJob;
@@ -22,6 +22,7 @@ use exai_shared::events::JobEvent;
 use exai_shared::jobs::{JobError, StagedRef, ToolCallJob, ToolResult};
 use exai_shared::semaphore::LeaseGuard;
 use exai_shared::tools::{self, Tool};
+use exai_shared::usage::Usage;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
@@ -40,6 +41,11 @@ pub struct ToolCtx<'a> {
     pub arguments: serde_json::Value,
     /// The bytes the daemon staged for this call (`kimi_upload_bytes`), if any.
     pub staged: Option<StagedRef>,
+    /// The client session that made the call (empty for a job enqueued without one).
+    pub session_id: String,
+    /// The usage of the job's provider calls so far, summed ([`crate::usage::record`] adds to
+    /// it; [`run`] puts it on the result).
+    usage: Mutex<Option<Usage>>,
 }
 
 impl ToolCtx<'_> {
@@ -81,6 +87,17 @@ impl ToolCtx<'_> {
                 events.publish(&job_id, &JobEvent::Chunk { chunk }).await;
             })
         }
+    }
+
+    /// Adds one provider call's usage to the job's.
+    pub fn add_usage(&self, usage: Usage) {
+        let mut sum = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        *sum = Some(sum.map_or(usage, |s| s.plus(usage)));
+    }
+
+    /// The usage of the job's provider calls so far.
+    pub fn usage(&self) -> Option<Usage> {
+        *self.usage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes a progress note while the tool runs.
@@ -136,8 +153,10 @@ pub async fn run(
         tool,
         arguments: job.arguments,
         staged: job.staged,
+        session_id: job.session_id,
+        usage: Mutex::new(None),
     };
-    match tool.name {
+    let result = match tool.name {
         tools::CHAT => chat::chat(&ctx).await,
         tools::KIMI_CHAT_WITH_FILES => chat::chat_with_files(&ctx).await,
         tools::KIMI_UPLOAD_FILES => files::upload_files(&ctx).await,
@@ -148,7 +167,8 @@ pub async fn run(
         other => Err(JobError::Permanent(format!(
             "tool `{other}` is not available on this worker"
         ))),
-    }
+    };
+    result.map(|r| r.with_usage(ctx.usage()))
 }
 
 /// `test_echo`: returns its arguments as JSON text, after `delay_ms` if given.

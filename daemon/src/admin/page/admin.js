@@ -578,6 +578,30 @@ async function renderCleanup() {
   }));
 }
 
+// ----- usage ---------------------------------------------------------------------------------
+
+// The token sums per session, tool and model (GET usage), the most recently used first.
+async function renderUsage() {
+  const res = await api("usage?limit=20");
+  const summary = document.getElementById("usage-summary");
+  const tbody = document.querySelector("#usage tbody");
+  const t = res.total;
+  summary.textContent = `${t.calls} calls, ${t.total_tokens} tokens (${t.prompt_tokens} prompt, ` +
+    `${t.cached_tokens} cached, ${t.completion_tokens} completion); sums kept ` +
+    `${res.retention_secs} s after their last call`;
+  const rows = [];
+  for (const [by, lines] of [["session", res.sessions], ["tool", res.tools], ["model", res.models]]) {
+    for (const l of lines) {
+      rows.push(el("tr", { "data-by": by, "data-name": l.name },
+        el("td", {}, by), el("td", {}, l.provider ? `${l.name} (${l.provider})` : l.name),
+        num("calls", l.calls), num("prompt_tokens", l.prompt_tokens),
+        num("cached_tokens", l.cached_tokens), num("completion_tokens", l.completion_tokens),
+        num("total_tokens", l.total_tokens), el("td", {}, when(l.last_ms))));
+    }
+  }
+  fill(tbody, rows, "no usage recorded", 8);
+}
+
 // ----- the loop ------------------------------------------------------------------------------
 
 async function act(path, done) {
@@ -602,7 +626,7 @@ async function refresh() {
     const byName = renderQueues(queues);
     renderSemaphores(semaphores);
     await Promise.all([renderJobs(), renderDead(byName), renderWorkers(), renderHistory(false),
-      renderStorage(), renderCleanup()]);
+      renderStorage(), renderCleanup(), renderUsage()]);
     if (state.detailId) await showJob(state.detailId);
     setStatus("updated " + when(Date.now()));
     document.body.dataset.loaded = "true";
