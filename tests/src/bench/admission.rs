@@ -52,7 +52,8 @@ pub const ADMISSION_LEGEND: &[&str] = &[
     "admission: adaptive concurrency on, EXAI_KIMI_RPM and EXAI_KIMI_TPM set to the tier, fair share \
      by session. static: adaptive concurrency off, no budgets, FIFO — the configured 24/6 permits.",
     "client errors: call_tool_res frames with an error. provider 429s: chat requests exai-sim \
-     answered 429. RPM utilisation: provider calls admitted per minute, first to last, ÷ the tier's RPM.",
+     answered 429. RPM utilisation: provider calls admitted per minute, from the first to the last (over \
+     at least one minute), ÷ the tier's RPM.",
     "wait: call_tool sent → its first stream_chunk, less exai-sim's chat latency: until the provider \
      began answering (successful calls), p99. \
      tokens accounted: tokens the workers recorded ÷ tokens exai-sim billed (prompt + completion).",
@@ -223,6 +224,7 @@ async fn mode(opts: &Options, prefix: &str, admission: bool) -> anyhow::Result<O
         ("EXAI_BUDGET_MINUTE_MS", &minute_ms),
         ("EXAI_WS_CALL_TIMEOUT_SECS", "3600"),
         ("EXAI_SESSION_MAX_QUEUED", "100000"),
+        ("EXAI_WS_SESSION_MAX_INFLIGHT", "100000"),
         ("KIMI_SEMAPHORE_TIMEOUT", "30"),
     ];
     if admission {
@@ -319,11 +321,13 @@ async fn mode(opts: &Options, prefix: &str, admission: bool) -> anyhow::Result<O
         .filter(|r| r["status"] == 200)
         .filter_map(|r| r["time_ms"].as_i64())
         .collect();
+    // Calls per minute from the first admitted call to the last, over at least one minute (a run
+    // whose calls all failed within seconds got one window's worth through, not more).
+    let minute_ms = opts.minute.as_millis() as f64;
     let rpm_utilisation = match (ok_times.iter().min(), ok_times.iter().max()) {
-        (Some(first), Some(last)) if last > first && opts.tier_rpm > 0 => {
-            let per_minute = (ok_times.len() - 1) as f64 / (last - first) as f64
-                * opts.minute.as_millis() as f64;
-            per_minute / opts.tier_rpm as f64
+        (Some(first), Some(last)) if opts.tier_rpm > 0 => {
+            let span = ((last - first) as f64).max(minute_ms);
+            (ok_times.len() - 1) as f64 / span * minute_ms / opts.tier_rpm as f64
         }
         _ => 0.0,
     };
