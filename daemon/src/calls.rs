@@ -445,7 +445,16 @@ async fn admit(
     let enqueued = match NewJob::json(&job).map(|new| new.with_id(job_id.clone())) {
         // Counted already: a plain enqueue.
         Ok(new) if stages => app.tool_calls.enqueue(&new).await.map(Some),
-        Ok(new) => crate::session_calls::enqueue(app, &conn.session.id, &new, max_queued).await,
+        Ok(new) => {
+            crate::session_calls::enqueue(
+                app,
+                &conn.session.id,
+                conn.fairness_key(),
+                &new,
+                max_queued,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     app.metrics.enqueue_took(started.elapsed().as_secs_f64());
@@ -610,12 +619,12 @@ async fn about_call(
     request: Request,
 ) -> Result<ServerMessage, QueueError> {
     let found = resolve(conn, request_id).await?;
-    // A waiting job's place in line (a bounded search: see `Queue::wait_position`).
-    let queue_position = match (&request, &found) {
+    // A waiting job's place in line (a bounded search: see `Queue::position`).
+    let position = match (&request, &found) {
         (Request::JobStatus | Request::GetResult, Some((id, info)))
             if info.state == JobState::Queued =>
         {
-            conn.app.tool_calls.wait_position(id).await?
+            conn.app.tool_calls.position(id).await?
         }
         _ => None,
     };
@@ -625,7 +634,9 @@ async fn about_call(
             state: found.map_or(CallState::Unknown, |(_, info)| call_state(info)),
             attempt: found.map_or(0, |(_, info)| info.attempts),
             job_id: found.map(|(id, _)| id.clone()),
-            queue_position,
+            queue_position: position.map(|p| p.position),
+            queue_position_in_key: position.and_then(|p| p.in_key),
+            queue_keys_ahead: position.and_then(|p| p.keys_ahead),
         })
     };
     Ok(match request {

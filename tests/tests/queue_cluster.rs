@@ -90,7 +90,7 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
     let ttl = Duration::from_secs(60);
     let grouped = NewJob::new("g").with_id("grouped");
     assert!(
-        q.enqueue_in_group(&grouped, "s", 1, ttl)
+        q.enqueue_in_group(&grouped, "s", 1, ttl, None)
             .await
             .unwrap()
             .is_some()

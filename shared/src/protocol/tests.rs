@@ -217,6 +217,8 @@ fn sample(op: ServerOp) -> ServerMessage {
             attempt: 0,
             job_id: None,
             queue_position: Some(1),
+            queue_position_in_key: Some(1),
+            queue_keys_ahead: Some(0),
         }),
         ServerOp::Cancelled => ServerMessage::Cancelled(Cancelled {
             reply_to: to(),

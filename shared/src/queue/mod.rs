@@ -119,6 +119,7 @@ use redis::{ScriptInvocation, Value};
 
 pub use attempt::Cycle;
 pub use control::{MAX_BULK, Removed};
+pub use enqueue::{Fairness, MAX_FAIRNESS_KEY_LEN};
 pub use error::QueueError;
 pub use inspect::{
     MAX_OFFSET, MAX_PAGE, POSITION_SCAN_MAX, RUNNING_SCAN_MAX, SEARCH_BYTES_MAX, SEARCH_SCAN_MAX,
@@ -126,7 +127,8 @@ pub use inspect::{
 };
 pub use job::{
     Ack, CancelOutcome, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord,
-    JobInfo, JobLease, JobResult, JobState, LeaseState, NewJob, QueueCounts, RescueReport,
+    JobInfo, JobLease, JobResult, JobState, LeaseState, NewJob, QueueCounts, QueuePosition,
+    RescueReport,
 };
 pub use policy::{Backoff, QueuePolicy};
 pub use waker::{CancelSignal, HandOffTaker, Wake, WakeSignal, Waker};
@@ -187,6 +189,8 @@ struct Inner {
     idle: String,
     hand_offs: String,
     job_prefix: String,
+    fair_prefix: String,
+    fair_ring: String,
     wake_channel: String,
     cancel_channel: String,
     /// Where job events go (`<prefix><job id>`), when the scripts announce them.
@@ -213,6 +217,8 @@ impl Queue {
             idle: qk.idle(),
             hand_offs: qk.hand_offs(),
             job_prefix: qk.job_prefix(),
+            fair_prefix: qk.fair_prefix(),
+            fair_ring: qk.fair_ring(),
             wake_channel: qk.wake_channel(),
             cancel_channel: qk.cancel_channel(),
             events: None,
