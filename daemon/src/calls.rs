@@ -443,8 +443,8 @@ async fn admit(
     };
     let started = Instant::now();
     let enqueued = match NewJob::json(&job).map(|new| new.with_id(job_id.clone())) {
-        // Counted already: a plain enqueue.
-        Ok(new) if stages => app.tool_calls.enqueue(&new).await.map(Some),
+        // A staged call was counted already: the grouped enqueue finds it a member and admits
+        // it again, and it waits under its fairness key like any call.
         Ok(new) => {
             crate::session_calls::enqueue(
                 app,

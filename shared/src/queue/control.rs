@@ -135,7 +135,7 @@ impl Queue {
             .collect()
     }
 
-    /// Puts a dead job back at the head of the wait list with a fresh attempt budget (its
+    /// Puts a dead job back at the head of the wait list (a keyed job: of its key's list) with a fresh attempt budget (its
     /// error history is kept). Returns whether the job was dead.
     pub async fn retry_dead(&self, id: &str) -> Result<bool, QueueError> {
         check_id(id)?;

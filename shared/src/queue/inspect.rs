@@ -133,7 +133,9 @@ impl Queue {
 
     /// One page of the jobs in `state`, `limit` (at most [`MAX_PAGE`]) from `offset` (a page
     /// beyond [`MAX_OFFSET`] is empty):
-    /// queued jobs in the order they will run, scheduled and retrying ones by due time,
+    /// queued jobs in the order the lists are served (the wait list in the order its jobs will
+    /// run, then fair share's key lists key by key from the ring's head, each in its own order,
+    /// not interleaved as the round-robin runs them), scheduled and retrying ones by due time,
     /// running ones by lease expiry, dead, completed and cancelled ones newest first. Results
     /// are not included. Entries that just left the state, cancelled queued jobs and completed
     /// or cancelled jobs whose data expired are skipped, so a page may be shorter than
