@@ -300,7 +300,7 @@ async fn commands_served(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .lines()
         .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
         .filter_map(|l| {
-            l.split(|c| c == ':' || c == ',')
+            l.split([':', ','])
                 .find_map(|kv| kv.strip_prefix("calls="))
                 .and_then(|n| n.parse::<u64>().ok())
         })
