@@ -387,13 +387,15 @@ local function enqueue_jobs(q, channel, plen, first, base, now)
     end
   end
   -- Queues the ready ids: keyed ones in their key's list, the others in the wait list.
-  -- Returns how many jobs wait after the push, wait list and key lists together.
+  -- Returns how many jobs wait after the push: in the wait list and the key lists for keyed
+  -- ids; in the wait list alone for unkeyed ones (no command more per call on that path: a
+  -- wake-up announced while only key lists held jobs reaches workers that are busy anyway).
   local function push(ids)
     if g then
       for _, id in ipairs(ids) do fair_push(q.fp, q.stats, g, id, false) end
       return redis.call('LLEN', q.wait) + fair_len(q.stats)
     end
-    return batched('LPUSH', q.wait, ids) + fair_len(q.stats)
+    return batched('LPUSH', q.wait, ids)
   end
   if #ready > 0 and redis.call('EXISTS', q.paused) == 1 then
     push(ready)
