@@ -19,6 +19,8 @@ pub(crate) struct Caller {
     pub(crate) app: Arc<App>,
     /// The connection's session (shared with the session's other connections).
     pub(crate) session: Arc<Session>,
+    /// The tenant the hello named, if any (fair share: see `EXAI_FAIRNESS_KEY`).
+    pub(crate) tenant: Option<String>,
     /// Where replies go.
     pub(crate) out: Outbox,
     /// Fires when the connection ends (or the daemon shuts down); call tasks stop waiting then.
@@ -37,10 +39,27 @@ impl Caller {
             cancel: app.shutdown.child_token(),
             app,
             session,
+            tenant: None,
             out,
             tasks: TaskTracker::new(),
             followed: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The same caller, whose calls belong to `tenant`.
+    pub(crate) fn with_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// The fairness key of this caller's calls under `EXAI_FAIRNESS_KEY` (`None`: FIFO).
+    pub(crate) fn fairness_key(&self) -> Option<&str> {
+        self.app
+            .config
+            .ws
+            .fairness
+            .key
+            .key_of(&self.session.id, self.tenant.as_deref())
     }
 
     /// Starts following `job_id` unless this connection already does; returns whether it did.

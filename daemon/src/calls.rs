@@ -451,9 +451,18 @@ async fn admit(
     };
     let started = Instant::now();
     let enqueued = match NewJob::json(&job).map(|new| new.with_id(job_id.clone())) {
-        // Counted already: a plain enqueue.
-        Ok(new) if stages => app.tool_calls.enqueue(&new).await.map(Some),
-        Ok(new) => crate::session_calls::enqueue(app, &conn.session.id, &new, max_queued).await,
+        // A staged call was counted already: the grouped enqueue finds it a member and admits
+        // it again, and it waits under its fairness key like any call.
+        Ok(new) => {
+            crate::session_calls::enqueue(
+                app,
+                &conn.session.id,
+                conn.fairness_key(),
+                &new,
+                max_queued,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     app.metrics.enqueue_took(started.elapsed().as_secs_f64());
@@ -618,12 +627,12 @@ async fn about_call(
     request: Request,
 ) -> Result<ServerMessage, QueueError> {
     let found = resolve(conn, request_id).await?;
-    // A waiting job's place in line (a bounded search: see `Queue::wait_position`).
-    let queue_position = match (&request, &found) {
+    // A waiting job's place in line (a bounded search: see `Queue::position`).
+    let position = match (&request, &found) {
         (Request::JobStatus | Request::GetResult, Some((id, info)))
             if info.state == JobState::Queued =>
         {
-            conn.app.tool_calls.wait_position(id).await?
+            conn.app.tool_calls.position(id).await?
         }
         _ => None,
     };
@@ -633,7 +642,9 @@ async fn about_call(
             state: found.map_or(CallState::Unknown, |(_, info)| call_state(info)),
             attempt: found.map_or(0, |(_, info)| info.attempts),
             job_id: found.map(|(id, _)| id.clone()),
-            queue_position,
+            queue_position: position.map(|p| p.position),
+            queue_position_in_key: position.and_then(|p| p.in_key),
+            queue_keys_ahead: position.and_then(|p| p.keys_ahead),
             usage: found.and_then(|(_, info)| crate::answer::usage_of(info)),
         })
     };

@@ -150,7 +150,7 @@ async fn serve_gated<S: Transport>(
         return;
     }
     let pending = app.connections.pending(peer.ip());
-    let (session, _permit) = match hello(&app, &out, &mut stream, &pending, peer).await {
+    let (session, _permit, tenant) = match hello(&app, &out, &mut stream, &pending, peer).await {
         Ok(accepted) => accepted,
         Err(end) => {
             drop(pending);
@@ -165,7 +165,7 @@ async fn serve_gated<S: Transport>(
     let _open = app.metrics.connection_opened();
     tracing::debug!(peer = %peer, session_id = %session.id, "hello accepted");
 
-    let conn = Arc::new(Caller::new(app.clone(), session, out.clone()));
+    let conn = Arc::new(Caller::new(app.clone(), session, out.clone()).with_tenant(tenant));
     let end = read_loop(&conn, &mut stream).await;
     conn.cancel.cancel();
     conn.tasks.close();
@@ -438,7 +438,7 @@ async fn hello<S: Transport>(
     stream: &mut SplitStream<S>,
     pending: &crate::limits::Pending,
     peer: SocketAddr,
-) -> Result<(Arc<Session>, ConnectionPermit), End> {
+) -> Result<(Arc<Session>, ConnectionPermit, Option<String>), End> {
     let deadline = Instant::now() + app.limits.hello_timeout;
     let text = loop {
         let next = tokio::select! {
@@ -505,6 +505,14 @@ async fn hello<S: Transport>(
         out.close(CLOSE_UNAUTHORIZED, "unauthorized");
         return Err(End::Closed);
     }
+    if let Some(tenant) = hello.tenant.as_deref()
+        && !exai_shared::config::fairness::valid_tenant(tenant)
+    {
+        app.metrics.connection_refused("invalid_message");
+        let _ = out.send(&refuse(HelloError::InvalidTenant, None)).await;
+        out.close(CLOSE_INVALID_MESSAGE, "invalid tenant");
+        return Err(End::Closed);
+    }
     let permit = match app.connections.try_acquire(peer.ip()) {
         Ok(permit) => permit,
         Err(refused) => {
@@ -539,7 +547,7 @@ async fn hello<S: Transport>(
         detail: None,
     });
     out.send(&ack).await.map_err(|_| End::Gone)?;
-    Ok((session, permit))
+    Ok((session, permit, hello.tenant))
 }
 
 /// Reads and handles requests until the connection ends; returns how.

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use exai_shared::queue::{Enqueued, NewJob, QueueError};
+use exai_shared::queue::{Enqueued, Fairness, NewJob, QueueError};
 
 use crate::app::App;
 
@@ -24,15 +24,23 @@ use crate::app::App;
 const GROUP_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Enqueues `job` (its id set) counted among `session`'s unfinished calls: `None` (nothing
-/// enqueued) when the session already has `max`.
+/// enqueued) when the session already has `max`. With a fairness key (`EXAI_FAIRNESS_KEY`)
+/// the call waits in that key's list and keys take turns (weights from
+/// `EXAI_FAIRNESS_WEIGHTS`); without one it waits in the FIFO wait list.
 pub(crate) async fn enqueue(
     app: &App,
     session: &str,
+    fairness_key: Option<&str>,
     job: &NewJob,
     max: usize,
 ) -> Result<Option<Enqueued>, QueueError> {
+    let weights = &app.config.ws.fairness.weights;
+    let fairness = fairness_key.map(|key| Fairness {
+        key,
+        weight: weights.of(key),
+    });
     app.tool_calls
-        .enqueue_in_group(job, session, max, GROUP_TTL)
+        .enqueue_in_group(job, session, max, GROUP_TTL, fairness)
         .await
 }
 

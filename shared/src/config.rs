@@ -16,6 +16,7 @@
 //! exported.
 
 mod effective;
+pub mod fairness;
 mod legacy;
 mod read;
 pub mod run_env;
@@ -162,6 +163,8 @@ pub struct WsConfig {
     pub limits: WsLimits,
     /// The MCP endpoint (`/mcp`) and its sessions.
     pub mcp: McpConfig,
+    /// Fair share of the queued calls across sessions or tenants.
+    pub fairness: fairness::FairnessConfig,
     /// Whether `DATABASE_URL` was set (not left to its default): only then does the daemon open
     /// a (lazy) Postgres pool, for the admin API's storage view.
     pub database_url_set: bool,

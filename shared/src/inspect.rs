@@ -302,6 +302,7 @@ mod tests {
                     completed: 6,
                     cancelled: 7,
                     paused: true,
+                    fair_keys: 0,
                 },
             )]),
         };

@@ -312,6 +312,33 @@ impl QueueKeys {
         format!("{}:group:{name}:pending", self.tag)
     }
 
+    /// The prefix of the fair-share keys, which the scripts build from it: the key lists
+    /// (`<prefix>k:<fairness key>`), the ring (`<prefix>ring`), the weights (`<prefix>weight`)
+    /// and the credits (`<prefix>credit`). See [`crate::queue`]'s fair share.
+    pub fn fair_prefix(&self) -> String {
+        format!("{}:fair:", self.tag)
+    }
+
+    /// List of the ids of queued jobs of fairness key `key`, next to run at the right end.
+    pub fn fair_list(&self, key: &str) -> String {
+        format!("{}:fair:k:{key}", self.tag)
+    }
+
+    /// List of the fairness keys with queued jobs, each once; the right end is served next.
+    pub fn fair_ring(&self) -> String {
+        format!("{}:fair:ring", self.tag)
+    }
+
+    /// Hash of the fairness keys' weights other than 1 (key → weight).
+    pub fn fair_weights(&self) -> String {
+        format!("{}:fair:weight", self.tag)
+    }
+
+    /// Hash of how many jobs in a row the key at the ring's head has given (weighted keys).
+    pub fn fair_credits(&self) -> String {
+        format!("{}:fair:credit", self.tag)
+    }
+
     /// The prefix of job hashes; a job's hash is this prefix followed by its id.
     pub fn job_prefix(&self) -> String {
         format!("{}:j:", self.tag)
@@ -407,11 +434,20 @@ mod tests {
             k.job_prefix(),
             k.job("abc"),
             k.cron_ticks("hourly"),
+            k.fair_prefix(),
+            k.fair_list("tenant-a"),
+            k.fair_ring(),
+            k.fair_weights(),
+            k.fair_credits(),
         ];
         for key in &keys {
             assert_eq!(tag_of(key), "p:q:tool_calls", "{key}");
         }
         assert_eq!(k.job("abc"), format!("{}abc", k.job_prefix()));
+        assert_eq!(k.fair_list("a"), format!("{}k:a", k.fair_prefix()));
+        assert_eq!(k.fair_ring(), format!("{}ring", k.fair_prefix()));
+        assert_eq!(k.fair_weights(), format!("{}weight", k.fair_prefix()));
+        assert_eq!(k.fair_credits(), format!("{}credit", k.fair_prefix()));
         assert!(!k.wake_channel().contains('{'));
     }
 }

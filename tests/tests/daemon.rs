@@ -467,7 +467,8 @@ async fn status_of(c: &mut Client, op: &str, request_id: &str) -> Value {
 
 #[tokio::test]
 async fn job_status_reports_a_waiting_calls_place_in_line() {
-    let stack = TestStack::with_daemon("d-position", &[], 0).await;
+    // FIFO (no fairness key), so the unkeyed backlog below is in the calls' own line.
+    let stack = TestStack::with_daemon("d-position", &[("EXAI_FAIRNESS_KEY", "none")], 0).await;
     let (mut c, _) = stack.client(None).await;
     for r in ["r-1", "r-2", "r-3"] {
         c.send(json!({"op": "call_tool", "request_id": r, "name": "test_echo", "arguments": {}}))

@@ -149,17 +149,24 @@ async fn a_group_caps_its_unfinished_jobs_in_the_enqueue_and_forgets_finished_on
     let ttl = Duration::from_secs(60);
     let put = |id: &str| NewJob::new("g").with_id(id);
     for id in ["g1", "g2"] {
-        let e = q.enqueue_in_group(&put(id), "s1", 2, ttl).await.unwrap();
+        let e = q
+            .enqueue_in_group(&put(id), "s1", 2, ttl, None)
+            .await
+            .unwrap();
         assert_eq!(e, Some(Enqueued::Created(id.into())));
     }
     // A duplicate changes nothing, and is not refused.
     assert_eq!(
-        q.enqueue_in_group(&put("g1"), "s1", 2, ttl).await.unwrap(),
+        q.enqueue_in_group(&put("g1"), "s1", 2, ttl, None)
+            .await
+            .unwrap(),
         Some(Enqueued::Duplicate("g1".into()))
     );
     // Full: the third is not enqueued; another group is not affected.
     assert_eq!(
-        q.enqueue_in_group(&put("g3"), "s1", 2, ttl).await.unwrap(),
+        q.enqueue_in_group(&put("g3"), "s1", 2, ttl, None)
+            .await
+            .unwrap(),
         None
     );
     assert!(
@@ -167,7 +174,7 @@ async fn a_group_caps_its_unfinished_jobs_in_the_enqueue_and_forgets_finished_on
         "a refused job is not enqueued"
     );
     assert!(
-        q.enqueue_in_group(&put("h1"), "s2", 2, ttl)
+        q.enqueue_in_group(&put("h1"), "s2", 2, ttl, None)
             .await
             .unwrap()
             .is_some()
@@ -177,7 +184,9 @@ async fn a_group_caps_its_unfinished_jobs_in_the_enqueue_and_forgets_finished_on
     let finished = done.lease.id.clone();
     q.complete(&done.lease, b"ok").await.unwrap();
     assert_eq!(
-        q.enqueue_in_group(&put("g3"), "s1", 2, ttl).await.unwrap(),
+        q.enqueue_in_group(&put("g3"), "s1", 2, ttl, None)
+            .await
+            .unwrap(),
         Some(Enqueued::Created("g3".into())),
         "{finished} finished and stopped counting"
     );

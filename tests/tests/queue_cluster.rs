@@ -7,7 +7,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use exai_shared::queue::{
-    Ack, CancelOutcome, FailKind, FailOutcome, JobState, LeaseState, NewJob, QueuePolicy,
+    Ack, CancelOutcome, FailKind, FailOutcome, Fairness, JobState, LeaseState, NewJob, QueuePolicy,
     TOOL_CALLS, Wake, Waker,
 };
 use exai_shared::redis::RedisHandle;
@@ -90,7 +90,7 @@ async fn every_queue_operation_runs_on_a_redis_cluster() {
     let ttl = Duration::from_secs(60);
     let grouped = NewJob::new("g").with_id("grouped");
     assert!(
-        q.enqueue_in_group(&grouped, "s", 1, ttl)
+        q.enqueue_in_group(&grouped, "s", 1, ttl, None)
             .await
             .unwrap()
             .is_some()
@@ -231,4 +231,89 @@ async fn script_calls(cluster: &RedisCluster) -> u64 {
         total += field("calls=") - field("failed_calls=");
     }
     total
+}
+
+/// Fair share's scripts on a Redis Cluster: the key lists, the ring, the weights and the
+/// credits are built in the scripts from a prefix under the queue's hash tag, so enqueue,
+/// round-robin fetch, release, rescue, retry, counts, pages, positions and cancel run without
+/// CROSSSLOT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_share_runs_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let ctx = TestStack::builder("q-cluster-fair")
+        .env("REDIS_CLUSTER_NODES", &cluster.nodes_env())
+        .start()
+        .await;
+    assert!(matches!(ctx.conn, RedisHandle::Cluster(_)));
+    let q = ctx.queue_with(
+        TOOL_CALLS,
+        QueuePolicy {
+            lease: Duration::from_millis(200),
+            max_attempts: 3,
+            ..QueuePolicy::default()
+        },
+    );
+    let ttl = Duration::from_secs(60);
+    let put = |id: &'static str, key: &'static str, weight: u32| {
+        let q = q.clone();
+        async move {
+            q.enqueue_in_group(
+                &NewJob::new(id).with_id(id),
+                "g",
+                100,
+                ttl,
+                Some(Fairness { key, weight }),
+            )
+            .await
+            .unwrap()
+            .expect("admitted")
+        }
+    };
+    for (id, key, w) in [
+        ("a0", "a", 2),
+        ("a1", "a", 2),
+        ("a2", "a", 2),
+        ("b0", "b", 1),
+        ("b1", "b", 1),
+        ("c0", "c", 1),
+    ] {
+        assert!(put(id, key, w).await.is_created());
+    }
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.fair_keys), (6, 3), "{counts:?}");
+    let pos = q.position("c0").await.unwrap().unwrap();
+    assert_eq!((pos.in_key, pos.keys_ahead), (Some(1), Some(2)));
+    assert_eq!(q.list(JobState::Queued, 0, 10).await.unwrap().len(), 6);
+    assert_eq!(q.cancel("b1").await.unwrap(), CancelOutcome::Removed);
+
+    // Weight 2: a gives two in a row, then b, then c.
+    let ids = |batch: &[exai_shared::queue::Fetched]| {
+        batch.iter().map(|f| f.lease.id.clone()).collect::<Vec<_>>()
+    };
+    let first = q.fetch("w", 4).await.unwrap();
+    assert_eq!(ids(&first), ["a0", "a1", "b0", "c0"]);
+    // Release one, fail one for a retry, let two leases expire: all come back.
+    q.release(&first[0].lease, Duration::ZERO).await.unwrap();
+    q.fail(
+        &first[1].lease,
+        "flaky",
+        FailKind::RetryAfter(Duration::from_millis(10)),
+    )
+    .await
+    .unwrap();
+    let back = wait_until(DEADLINE, || async {
+        q.sweep(100).await.unwrap();
+        q.counts().await.unwrap().queued == 5
+    })
+    .await;
+    assert!(back, "{:?}", q.counts().await.unwrap());
+    let rest = q.fetch("w", 10).await.unwrap();
+    let mut got = ids(&rest);
+    got.sort();
+    assert_eq!(got, ["a0", "a1", "a2", "b0", "c0"]);
+    for f in &rest {
+        q.complete(&f.lease, b"ok").await.unwrap();
+    }
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.fair_keys), (0, 0), "{counts:?}");
 }

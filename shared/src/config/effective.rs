@@ -82,6 +82,11 @@ impl Config {
                 "EXAI_SESSION_MAX_QUEUED",
                 Some(l.session_max_queued.to_string()),
             ),
+            ("EXAI_FAIRNESS_KEY", Some(ws.fairness.key.to_string())),
+            (
+                "EXAI_FAIRNESS_WEIGHTS",
+                Some(ws.fairness.weights.to_string()).filter(|w| !w.is_empty()),
+            ),
             ("EXAI_WS_HELLO_TIMEOUT", Some(secs(l.hello_timeout))),
             ("EXAI_WS_IDLE_TIMEOUT_SECS", Some(secs(l.idle_timeout))),
             ("EXAI_WS_CALL_TIMEOUT_SECS", Some(secs(l.call_timeout))),

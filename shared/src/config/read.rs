@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::fairness::{FairnessConfig, FairnessWeights};
 use super::*;
 
 /// `EXAI_WS_TLS_CERT` and `EXAI_WS_TLS_KEY`: both (TLS) or neither (plain ws).
@@ -316,6 +317,10 @@ impl Config {
                         session_ttl: v
                             .positive_seconds("EXAI_MCP_SESSION_TTL_SECS", d.session_ttl)?,
                     }
+                },
+                fairness: FairnessConfig {
+                    key: v.parse("EXAI_FAIRNESS_KEY", FairnessConfig::default().key)?,
+                    weights: v.parse("EXAI_FAIRNESS_WEIGHTS", FairnessWeights::default())?,
                 },
                 database_url_set: v.get("DATABASE_URL").is_some(),
             },

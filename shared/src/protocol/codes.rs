@@ -173,11 +173,14 @@ pub enum HelloError {
     Unauthorized,
     /// The first frame was JSON but not a hello (the connection is then closed with 4001).
     MissingHello,
+    /// The hello's `tenant` is not a valid tenant (the connection is then closed with 4000).
+    InvalidTenant,
 }
 
 every_variant!(HelloError {
     Unauthorized,
     MissingHello,
+    InvalidTenant,
 });
 
 impl HelloError {
@@ -186,6 +189,7 @@ impl HelloError {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::MissingHello => "missing_hello",
+            Self::InvalidTenant => "invalid_tenant",
         }
     }
 }

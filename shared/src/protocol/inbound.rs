@@ -40,6 +40,13 @@ pub struct Hello {
         skip_serializing_if = "Option::is_none"
     )]
     pub resume_secret: Option<String>,
+    /// The tenant the session's calls belong to, for fair share (`EXAI_FAIRNESS_KEY`): 1 to 64
+    /// ASCII letters, digits, `-`, `_`, `.`, `:`, `@`; a non-string counts as absent.
+    #[serde(
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tenant: Option<String>,
     /// What the client says it is (kept for logs; never interpreted).
     #[serde(rename = "clientInfo", skip_serializing_if = "Option::is_none")]
     pub client_info: Option<Value>,
@@ -55,6 +62,7 @@ impl std::fmt::Debug for Hello {
                 "resume_secret",
                 &self.resume_secret.as_ref().map(|_| "[redacted]"),
             )
+            .field("tenant", &self.tenant)
             .field("client_info", &self.client_info)
             .finish()
     }
@@ -68,6 +76,7 @@ impl Hello {
             token: token.map(str::to_owned),
             session_id: session_id.map(str::to_owned),
             resume_secret: None,
+            tenant: None,
             client_info: None,
         }
     }

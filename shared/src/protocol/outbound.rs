@@ -324,11 +324,19 @@ pub struct JobStatusRes {
     pub job_id: Option<String>,
     /// A queued job's place in line: 1 for the next job a worker takes. Absent when the job is
     /// not waiting, or deeper than the bounded search (`queue::POSITION_SCAN_MAX` jobs).
+    /// For a call of a session or tenant whose calls take turns (fair share): the most jobs
+    /// that start before it, counting one job per waiting key each turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u64>,
     /// A completed call's token usage, when its provider calls reported any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Fair share: the call's place among its own key's waiting calls (1 = its key's next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position_in_key: Option<u64>,
+    /// Fair share: the keys served before the call's key takes its next turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_keys_ahead: Option<u64>,
 }
 
 /// What a cancel found.

@@ -218,6 +218,8 @@ fn sample(op: ServerOp) -> ServerMessage {
             job_id: None,
             queue_position: Some(1),
             usage: None,
+            queue_position_in_key: Some(1),
+            queue_keys_ahead: Some(0),
         }),
         ServerOp::Cancelled => ServerMessage::Cancelled(Cancelled {
             reply_to: to(),

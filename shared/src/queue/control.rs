@@ -121,6 +121,8 @@ impl Queue {
                     .key(&self.inner.dead)
                     .key(&self.inner.wait)
                     .key(&self.inner.paused)
+                    .key(&self.inner.stats)
+                    .key(&self.inner.fair_prefix)
                     .arg(id)
                     .arg(&self.inner.wake_channel);
                 inv
@@ -133,7 +135,7 @@ impl Queue {
             .collect()
     }
 
-    /// Puts a dead job back at the head of the wait list with a fresh attempt budget (its
+    /// Puts a dead job back at the head of the wait list (a keyed job: of its key's list) with a fresh attempt budget (its
     /// error history is kept). Returns whether the job was dead.
     pub async fn retry_dead(&self, id: &str) -> Result<bool, QueueError> {
         check_id(id)?;
@@ -142,6 +144,8 @@ impl Queue {
             .key(&self.inner.dead)
             .key(&self.inner.wait)
             .key(&self.inner.paused)
+            .key(&self.inner.stats)
+            .key(&self.inner.fair_prefix)
             .arg(id)
             .arg(&self.inner.wake_channel)
             .invoke_async(&mut self.conn.clone())
@@ -165,6 +169,7 @@ impl Queue {
         let _: i64 = scripts::RESUME
             .key(&self.inner.paused)
             .key(&self.inner.wait)
+            .key(&self.inner.stats)
             .arg(&self.inner.wake_channel)
             .invoke_async(&mut self.conn.clone())
             .await?;

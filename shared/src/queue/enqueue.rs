@@ -9,6 +9,18 @@ use super::job::{self, Enqueued, NewJob};
 use super::policy::millis;
 use super::{MAX_BATCH, Queue, check_id, reply, scripts};
 
+/// The longest fairness key accepted (bytes).
+pub const MAX_FAIRNESS_KEY_LEN: usize = 512;
+
+/// A job's fairness key and that key's weight (see [`Queue::enqueue_in_group`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fairness<'a> {
+    /// Jobs of one key are taken in order; keys take turns. May be empty.
+    pub key: &'a str,
+    /// How many jobs the key gives per turn (at least 1).
+    pub weight: u32,
+}
+
 impl Queue {
     /// Enqueues one job. Idempotent by id: a job whose id exists is left alone and reported as
     /// [`Enqueued::Duplicate`].
@@ -71,27 +83,44 @@ impl Queue {
     /// hold at most `max` unfinished jobs, in one atomic script call: `None` when the group is
     /// full (nothing enqueued). At the cap, the group's finished or vanished jobs stop counting
     /// first. The group expires `ttl` after its last admission. A duplicate id changes nothing.
+    ///
+    /// With a [`Fairness`] key the job waits in its key's list, and fetches take such jobs
+    /// round-robin across keys (after the wait list's unkeyed jobs), a key of weight `w`
+    /// giving up to `w` jobs per turn; without one it joins the wait list (FIFO).
     pub async fn enqueue_in_group(
         &self,
         job: &NewJob,
         group: &str,
         max: usize,
         ttl: Duration,
+        fairness: Option<Fairness<'_>>,
     ) -> Result<Option<Enqueued>, QueueError> {
         let id = match &job.id {
             Some(id) => check_id(id).map(|()| id.clone())?,
             None => uuid::Uuid::now_v7().to_string(),
         };
+        if let Some(f) = &fairness
+            && f.key.len() > MAX_FAIRNESS_KEY_LEN
+        {
+            return Err(QueueError::InvalidId(format!(
+                "fairness key longer than {MAX_FAIRNESS_KEY_LEN} bytes"
+            )));
+        }
         let mut inv = scripts::ENQUEUE_GROUPED.prepare_invoke();
         self.enqueue_keys(&mut inv);
         inv.key(self.inner.keys.group(group))
             .key(self.inner.keys.group_pending(group))
+            .key(&self.inner.fair_prefix)
             .key(self.job_key(&id))
             .arg(self.plen())
             .arg(&self.inner.wake_channel)
             .arg(self.inner.policy.history_flag())
             .arg(max)
             .arg(ttl.as_secs().max(1));
+        match &fairness {
+            Some(f) => inv.arg(f.weight.max(1)).arg(f.key),
+            None => inv.arg(0).arg(""),
+        };
         self.job_args(&mut inv, job);
         let reply = self.invoke_all(std::slice::from_ref(&inv)).await?;
         let flag = reply

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use redis::Value;
 
 use super::error::QueueError;
-use super::job::{JobErrorRecord, JobInfo, JobResult, JobState, QueueCounts};
+use super::job::{JobErrorRecord, JobInfo, JobResult, JobState, QueueCounts, QueuePosition};
 use super::{Queue, check_id, reply, scripts};
 
 /// The job fields the list script returns, in order.
@@ -77,12 +77,14 @@ impl Queue {
             .key(&self.inner.dead)
             .key(&self.inner.stats)
             .key(&self.inner.paused)
+            .key(&self.inner.fair_ring)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let items = reply::array(reply, "counts")?;
         let at = |i: usize| items.get(i).and_then(reply::opt_u64).unwrap_or(0);
         Ok(QueueCounts {
-            queued: at(0).saturating_sub(at(7)),
+            queued: (at(0) + at(9)).saturating_sub(at(7)),
+            fair_keys: at(10),
             scheduled: at(1),
             retrying: at(2),
             running: at(3),
@@ -99,19 +101,41 @@ impl Queue {
     /// not waiting (scheduled, retrying, running, finished), or deeper in a larger backlog. One
     /// `LPOS` with `MAXLEN`: the cost is bounded by the scan, never by the backlog.
     pub async fn wait_position(&self, id: &str) -> Result<Option<u64>, QueueError> {
+        Ok(self.position(id).await?.map(|p| p.position))
+    }
+
+    /// Where queued job `id` stands, as [`wait_position`](Self::wait_position) says, and for a
+    /// job with a fairness key also its place within its key's list and the keys ahead of its
+    /// key (each list searched as far as [`POSITION_SCAN_MAX`] entries). Three `LPOS` with
+    /// `MAXLEN` at most.
+    pub async fn position(&self, id: &str) -> Result<Option<QueuePosition>, QueueError> {
         check_id(id)?;
-        let pos: i64 = scripts::POSITION
+        let reply: Value = scripts::POSITION
             .key(&self.inner.wait)
+            .key(&self.inner.fair_prefix)
+            .key(self.job_key(id))
             .arg(id)
             .arg(POSITION_SCAN_MAX)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(u64::try_from(pos).ok().filter(|p| *p > 0))
+        let items = reply::array(reply, "position")?;
+        let at = |i: usize| items.get(i).and_then(reply::opt_int).unwrap_or(-1);
+        let Some(position) = u64::try_from(at(0)).ok().filter(|p| *p > 0) else {
+            return Ok(None);
+        };
+        let in_key = u64::try_from(at(1)).ok().filter(|p| *p > 0);
+        Ok(Some(QueuePosition {
+            position,
+            in_key,
+            keys_ahead: in_key.and(u64::try_from(at(2)).ok()),
+        }))
     }
 
     /// One page of the jobs in `state`, `limit` (at most [`MAX_PAGE`]) from `offset` (a page
     /// beyond [`MAX_OFFSET`] is empty):
-    /// queued jobs in the order they will run, scheduled and retrying ones by due time,
+    /// queued jobs in the order the lists are served (the wait list in the order its jobs will
+    /// run, then fair share's key lists key by key from the ring's head, each in its own order,
+    /// not interleaved as the round-robin runs them), scheduled and retrying ones by due time,
     /// running ones by lease expiry, dead, completed and cancelled ones newest first. Results
     /// are not included. Entries that just left the state, cancelled queued jobs and completed
     /// or cancelled jobs whose data expired are skipped, so a page may be shorter than
@@ -131,6 +155,7 @@ impl Queue {
         let reply: Value = scripts::LIST
             .key(index)
             .key(&self.inner.job_prefix)
+            .key(&self.inner.fair_prefix)
             .arg(how)
             .arg(offset)
             .arg(limit)
@@ -203,6 +228,8 @@ impl Queue {
             let reply: Value = scripts::SEARCH
                 .key(index)
                 .key(&self.inner.job_prefix)
+                .key(&self.inner.fair_prefix)
+                .key(&self.inner.stats)
                 .arg(how)
                 .arg(entries)
                 .arg(state.as_str())

@@ -332,6 +332,27 @@ pub struct QueueCounts {
     pub cancelled: u64,
     /// Whether the queue is paused.
     pub paused: bool,
+    /// Fairness keys with queued jobs (fair share); `queued` counts their jobs.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub fair_keys: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where a queued job stands ([`Queue::position`](super::Queue::position)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct QueuePosition {
+    /// 1 for the next job a worker takes, 2 for the one after, and so on. For a job with a
+    /// fairness key, the most jobs that run before it with equal weights plus one: the wait
+    /// list, then one job per waiting key for each job ahead of it within its key, then the
+    /// keys ahead of its key.
+    pub position: u64,
+    /// For a job with a fairness key: 1 for its key's next job, 2 for the one after, …
+    pub in_key: Option<u64>,
+    /// For a job with a fairness key: the keys served before its key's next turn.
+    pub keys_ahead: Option<u64>,
 }
 
 /// What one sweep step did.

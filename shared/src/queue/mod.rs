@@ -52,6 +52,10 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `{P:q:N}:wait` | list | ids ready to run; LPUSH at enqueue, RPOP at fetch (FIFO); due, rescued and released jobs are RPUSHed (run next) |
+//! | `{P:q:N}:fair:k:<key>` | list | fair share: queued ids of fairness key `<key>`, LPUSH at enqueue, taken from the right; put-backs RPUSHed |
+//! | `{P:q:N}:fair:ring` | list | fair share: each key with queued ids once; a fetch takes the right end's key, then moves it to the left end (or drops it when its list is empty) |
+//! | `{P:q:N}:fair:weight` | hash | fair share: weights other than 1, key → weight |
+//! | `{P:q:N}:fair:credit` | hash | fair share: jobs the ring's head key gave in a row (weighted keys) |
 //! | `{P:q:N}:scheduled` | zset | delayed jobs, score = due (ms) |
 //! | `{P:q:N}:retry` | zset | jobs in retry backoff, score = due (ms) |
 //! | `{P:q:N}:active` | zset | running attempts, member `<fence>:<id>`, score = lease expiry (ms, Redis clock) |
@@ -59,7 +63,7 @@
 //! | `{P:q:N}:completed` | list | ids of recent completions, newest first; capped at `completed_index_max` |
 //! | `{P:q:N}:cancelled` | list | ids of recent cancellations, newest first; capped at `completed_index_max` |
 //! | `{P:q:N}:history:<minute>` | hash | the minute's `completed`, `failed`, `retried`, `dead` and `wait:<b>`/`run:<b>` histogram buckets; expires after ~25 h (see [`history`]) |
-//! | `{P:q:N}:stats` | hash | counters `completed`, `cancelled`, `ghosts`, `fence` |
+//! | `{P:q:N}:stats` | hash | counters `completed`, `cancelled`, `ghosts`, `fence`, `fair` (ids in the key lists, ghosts included) |
 //! | `{P:q:N}:paused` | string | present while paused |
 //! | `{P:q:N}:j:<id>` | hash | the job: payload, state, attempts, fence, worker, timings, errors, result |
 //! | `{P:q:N}:cron:<schedule>` | zset | cron ticks fired, for per-tick dedup |
@@ -74,6 +78,15 @@
 //! Cancelling or removing a queued job does not `LREM` the wait list: the job hash changes state
 //! and the stale id ("ghost", counted in `stats`) is dropped by the fetch that pops it, so every
 //! operation costs the same with a backlog of ten jobs or ten million.
+//!
+//! # Fair share
+//!
+//! A job enqueued with a fairness key ([`Queue::enqueue_in_group`] with a [`Fairness`]) waits in
+//! its key's list instead of the wait list. A fetch serves the wait list first, then takes keyed
+//! jobs round-robin across the ring's keys, a key of weight w giving w in a row: a constant
+//! number of commands per job (`LINDEX`, `RPOP`, `LLEN`, `LMOVE` or `RPOP` of the ring, plus a
+//! `HGET` of the weight when some key has one), however many keys wait. Every path that
+//! queues a job again puts a keyed one at the head of its key's list.
 //!
 //! # Cost per job
 //!
@@ -119,6 +132,7 @@ use redis::{ScriptInvocation, Value};
 
 pub use attempt::Cycle;
 pub use control::{MAX_BULK, Removed};
+pub use enqueue::{Fairness, MAX_FAIRNESS_KEY_LEN};
 pub use error::QueueError;
 pub use inspect::{
     MAX_OFFSET, MAX_PAGE, POSITION_SCAN_MAX, RUNNING_SCAN_MAX, SEARCH_BYTES_MAX, SEARCH_SCAN_MAX,
@@ -126,7 +140,8 @@ pub use inspect::{
 };
 pub use job::{
     Ack, CancelOutcome, Enqueued, FailKind, FailOutcome, FetchBatch, Fetched, JobErrorRecord,
-    JobInfo, JobLease, JobResult, JobState, LeaseState, NewJob, QueueCounts, RescueReport,
+    JobInfo, JobLease, JobResult, JobState, LeaseState, NewJob, QueueCounts, QueuePosition,
+    RescueReport,
 };
 pub use policy::{Backoff, QueuePolicy};
 pub use waker::{CancelSignal, HandOffTaker, Wake, WakeSignal, Waker};
@@ -187,6 +202,8 @@ struct Inner {
     idle: String,
     hand_offs: String,
     job_prefix: String,
+    fair_prefix: String,
+    fair_ring: String,
     wake_channel: String,
     cancel_channel: String,
     /// Where job events go (`<prefix><job id>`), when the scripts announce them.
@@ -213,6 +230,8 @@ impl Queue {
             idle: qk.idle(),
             hand_offs: qk.hand_offs(),
             job_prefix: qk.job_prefix(),
+            fair_prefix: qk.fair_prefix(),
+            fair_ring: qk.fair_ring(),
             wake_channel: qk.wake_channel(),
             cancel_channel: qk.cancel_channel(),
             events: None,

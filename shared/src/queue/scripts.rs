@@ -189,6 +189,7 @@ mod tests {
 
     const SCRIPTS: &[(&str, &str)] = &[
         ("enqueue", include_str!("lua/enqueue.lua")),
+        ("enqueue_grouped", include_str!("lua/enqueue_grouped.lua")),
         ("enqueue_tick", include_str!("lua/enqueue_tick.lua")),
         ("heartbeat", include_str!("lua/heartbeat.lua")),
         ("complete", include_str!("lua/complete.lua")),

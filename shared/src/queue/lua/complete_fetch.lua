@@ -2,8 +2,8 @@
 -- many jobs as there are free slots, the completed attempts' slots included (see `fetch_jobs`),
 -- and add both to this minute's history in one write.
 -- KEYS: 1 wait, 2 scheduled, 3 retry, 4 active, 5 stats, 6 paused, 7 job prefix,
---       8 completed index, 9 idle workers, 10 hand-off terms, 11 history prefix,
---       12.. one job hash per completion
+--       8 completed index, 9 idle workers, 10 hand-off terms, 11 history prefix, 12 fair prefix,
+--       13.. one job hash per completion
 -- ARGV: 1 free slots besides the completions', 2 worker id, 3 lease ms, 4 promotion chunk,
 --       5 job events channel prefix ('' = publish none), 6 job-prefix length, 7 result ttl ms,
 --       8 completed index max, 9 wake channel, 10 how long an idle caller waits before
@@ -14,11 +14,12 @@ local now = now_ms()
 local k = {
   wait = KEYS[1], scheduled = KEYS[2], retry = KEYS[3], active = KEYS[4],
   stats = KEYS[5], paused = KEYS[6], jp = KEYS[7], idle = KEYS[9], handoff = KEYS[10],
+  fp = KEYS[12],
 }
 local add = nil
 if ARGV[12] == '1' then add = history_new() end
-local n = #KEYS - 11
-local res, done = complete_jobs(KEYS[4], KEYS[8], KEYS[5], 12, n, 13, tonumber(ARGV[6]),
+local n = #KEYS - 12
+local res, done = complete_jobs(KEYS[4], KEYS[8], KEYS[5], 13, n, 13, tonumber(ARGV[6]),
   ARGV[7], tonumber(ARGV[8]), ARGV[5], add, now)
 local out = {n}
 for i = 1, n do out[#out + 1] = res[i] end

@@ -1,5 +1,6 @@
 -- One page of the jobs in one state; cost proportional to offset + page size.
--- KEYS: 1 the state's index (wait list or sorted set), 2 job prefix
+-- KEYS: 1 the state's index (wait list or sorted set), 2 job prefix, 3 fair prefix (the key
+--       lists, read after the wait list; see `queued_ids`)
 -- ARGV: 1 how to read the index (wait | list | asc | desc | active), 2 offset, 3 limit, 4 state
 -- Returns per job: id, index score (or -1), then the job fields of FIELDS below.
 -- Ids whose job left the state (stale wait-list entries, expired completed jobs) are skipped,
@@ -10,9 +11,10 @@ local limit = tonumber(ARGV[3])
 if limit <= 0 then return {} end
 local ids, scores = {}, {}
 if how == 'wait' then
-  -- Fetch pops from the right: page from the right end, in the order jobs will run.
-  local r = redis.call('LRANGE', KEYS[1], -(offset + limit), -(offset + 1))
-  for i = #r, 1, -1 do ids[#ids + 1] = r[i]; scores[#scores + 1] = -1 end
+  -- Fetch pops from the right: page from the right end, in the order the lists are served.
+  for _, id in ipairs(queued_ids(KEYS[1], KEYS[3] or '', offset, limit)) do
+    ids[#ids + 1] = id; scores[#scores + 1] = -1
+  end
 elseif how == 'list' then
   -- A capped list kept newest first (the completed and cancelled indexes).
   local r = redis.call('LRANGE', KEYS[1], offset, offset + limit - 1)

@@ -229,20 +229,80 @@ local function finish_cancelled(jk, id, stats_key, cancelled_key, keep, now, ttl
   redis.call('LTRIM', cancelled_key, 0, keep - 1)
 end
 
+-- Fair share. A job enqueued with a fairness key `g` (kept in its hash, field `g`) waits in
+-- list `<fp>k:<g>` instead of the wait list, where `fp` is the queue's KEYS-passed fair prefix.
+-- List `<fp>ring` holds each key whose list is not empty exactly once; its right end is the
+-- head, whose key gives the next keyed job. Hash `<fp>weight` holds the keys' weights other
+-- than 1, hash `<fp>credit` how many jobs in a row the key at the head has given, and the
+-- stats hash's `fair` field how many ids wait in the key lists (ghosts included), so counts
+-- stay O(1).
+
+-- Puts job `id` of fairness key `g` in its key's list: at the tail (a new job), or with
+-- `front` at the head (a job put back or due again, so it keeps its place within its key).
+-- A key whose list was empty joins the ring: at the tail, or with `front` at the head.
+local function fair_push(fp, stats_key, g, id, front)
+  local lk = fp .. 'k:' .. g
+  local len
+  if front then len = redis.call('RPUSH', lk, id) else len = redis.call('LPUSH', lk, id) end
+  if len == 1 then
+    if front then redis.call('RPUSH', fp .. 'ring', g) else redis.call('LPUSH', fp .. 'ring', g) end
+  end
+  redis.call('HINCRBY', stats_key, 'fair', 1)
+end
+
+-- How many ids wait in the queue's key lists (see `fair_push`).
+local function fair_len(stats_key)
+  return tonumber(redis.call('HGET', stats_key, 'fair')) or 0
+end
+
+-- Takes the next keyed id: the head key's next id. The key then goes to the ring's tail, or
+-- leaves the ring when its list is empty; with `weighted` (some key has a weight), a key of
+-- weight w stays at the head for w ids in a row. A constant number of commands, however many
+-- keys wait. Returns the id (false when the key's list was empty) and whether a key was
+-- there at all; the caller decrements the `fair` counter.
+local function fair_pop(fp, weighted)
+  local ring = fp .. 'ring'
+  local g = redis.call('LINDEX', ring, -1)
+  if not g then return false, false end
+  local lk = fp .. 'k:' .. g
+  local id = redis.call('RPOP', lk)
+  if redis.call('LLEN', lk) == 0 then
+    redis.call('RPOP', ring)
+    if weighted then redis.call('HDEL', fp .. 'credit', g) end
+  else
+    local w = 1
+    if weighted then w = tonumber(redis.call('HGET', fp .. 'weight', g)) or 1 end
+    if w <= 1 then
+      redis.call('LMOVE', ring, ring, 'RIGHT', 'LEFT')
+    elseif redis.call('HINCRBY', fp .. 'credit', g, 1) >= w then
+      redis.call('HDEL', fp .. 'credit', g)
+      redis.call('LMOVE', ring, ring, 'RIGHT', 'LEFT')
+    end
+  end
+  return id, true
+end
+
 -- Moves up to `limit` due jobs of sorted set `zkey` to the head of the wait list (earliest due
--- first). Returns how many moved.
-local function promote(zkey, wait_key, jp, now, limit)
+-- first); a keyed job goes to the head of its key's list instead (`fair_push`; `fp` '' = the
+-- queue has no fair lists). Returns how many moved.
+local function promote(zkey, wait_key, jp, now, limit, fp, stats_key)
   local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
   local n = #ids
   if n == 0 then return 0 end
   batched('ZREM', zkey, ids)
   local rev = {}
   for i = n, 1, -1 do
-    redis.call('HSET', jp .. ids[i], 's', 'queued')
-    rev[#rev + 1] = ids[i]
+    local jk = jp .. ids[i]
+    redis.call('HSET', jk, 's', 'queued')
+    local g = fp ~= '' and redis.call('HGET', jk, 'g')
+    if g then
+      fair_push(fp, stats_key, g, ids[i], true)
+    else
+      rev[#rev + 1] = ids[i]
+    end
   end
   -- RPOP takes the rightmost first: push the latest due first so the earliest is taken first.
-  batched('RPUSH', wait_key, rev)
+  if #rev > 0 then batched('RPUSH', wait_key, rev) end
   return n
 end
 
@@ -277,10 +337,12 @@ end
 -- Creates the jobs whose keys are KEYS[first..] and whose arguments are four per job from
 -- ARGV[base + 1]: payload, delay ms, run-at ms (0 = none), max attempts. A job whose hash
 -- already exists is left alone. `q` holds the queue's keys: wait, scheduled, paused, idle,
--- handoff, active, stats, jp (job prefix), hp (history prefix, '' = no history). Ready jobs wake one idle worker (`wake_one`); a lone ready job with
--- nothing queued ahead of it is handed straight to that worker when it takes hand-offs
--- (`hand_off`), which saves the worker its fetch. Returns one 1 (created) or 0 (duplicate) per
--- job.
+-- handoff, active, stats, jp (job prefix), hp (history prefix, '' = no history), and for keyed
+-- jobs fp (fair prefix), g (their fairness key) and gw (its weight): keyed jobs wait in their
+-- key's list (`fair_push`) instead of the wait list. Ready jobs wake one idle worker
+-- (`wake_one`); a lone ready job with nothing queued anywhere is handed straight to that
+-- worker when it takes hand-offs (`hand_off`), which saves the worker its fetch. Returns one 1
+-- (created) or 0 (duplicate) per job.
 local function enqueue_jobs(q, channel, plen, first, base, now)
   local res = {}
   local ready = {}
@@ -289,6 +351,7 @@ local function enqueue_jobs(q, channel, plen, first, base, now)
   local soonest, soonest_id = nil, nil
   local n = #KEYS - first + 1
   local now_s = int(now)
+  local g = q.g
   for i = 1, n do
     local jk = KEYS[first + i - 1]
     local b = base + (i - 1) * 4
@@ -299,7 +362,9 @@ local function enqueue_jobs(q, channel, plen, first, base, now)
       local at = tonumber(ARGV[b + 3])
       local delay = tonumber(ARGV[b + 2])
       if delay > 0 then at = now + delay end
-      if at > now then
+      local s = 'queued'
+      if at > now then s = 'scheduled' end
+      if s == 'scheduled' then
         local at_s = int(at)
         redis.call('HSET', jk, 'p', ARGV[b + 1], 's', 'scheduled', 'm', ARGV[b + 4], 'e', now_s, 'r', at_s)
         later[#later + 1] = at_s
@@ -310,17 +375,36 @@ local function enqueue_jobs(q, channel, plen, first, base, now)
         ready[#ready + 1] = id
         ready_args[#ready] = b
       end
+      if g then redis.call('HSET', jk, 'g', g) end
       res[i] = 1
     end
   end
+  if g and #res > 0 then
+    if q.gw ~= 1 then
+      redis.call('HSET', q.fp .. 'weight', g, int(q.gw))
+    else
+      redis.call('HDEL', q.fp .. 'weight', g)
+    end
+  end
+  -- Queues the ready ids: keyed ones in their key's list, the others in the wait list.
+  -- Returns how many jobs wait after the push: in the wait list and the key lists for keyed
+  -- ids; in the wait list alone for unkeyed ones (no command more per call on that path: a
+  -- wake-up announced while only key lists held jobs reaches workers that are busy anyway).
+  local function push(ids)
+    if g then
+      for _, id in ipairs(ids) do fair_push(q.fp, q.stats, g, id, false) end
+      return redis.call('LLEN', q.wait) + fair_len(q.stats)
+    end
+    return batched('LPUSH', q.wait, ids)
+  end
   if #ready > 0 and redis.call('EXISTS', q.paused) == 1 then
-    batched('LPUSH', q.wait, ready)
-  elseif #ready == 1 and redis.call('LLEN', q.wait) == 0 then
+    push(ready)
+  elseif #ready == 1 and redis.call('LLEN', q.wait) == 0 and fair_len(q.stats) == 0 then
     local id, b = ready[1], ready_args[1]
     local w, terms = take_idle(q.idle, q.handoff, now)
     if not (w and terms and #ARGV[b + 1] <= HAND_OFF_MAX
         and hand_off(q, q.jp .. id, id, ARGV[b + 1], ARGV[b + 4], w, terms, channel, now)) then
-      redis.call('LPUSH', q.wait, id)
+      push(ready)
       -- The worker taken (if it still listens) is woken alone; else another idle one; with
       -- none, every worker.
       local woken = w and redis.call('PUBLISH', channel .. ':' .. w, '') > 0
@@ -329,9 +413,9 @@ local function enqueue_jobs(q, channel, plen, first, base, now)
       end
     end
   elseif #ready > 0 then
-    local len = batched('LPUSH', q.wait, ready)
+    local len = push(ready)
     -- One idle worker is woken (it wakes the next if it cannot take everything); with none
-    -- registered idle, a list that was empty is announced to every worker.
+    -- registered idle, a queue that was empty is announced to every worker.
     if not wake_one(q.idle, q.handoff, channel, now) then
       wake(len, #ready, q.paused, channel)
     end
@@ -345,7 +429,8 @@ end
 
 -- Leases up to `want` queued jobs to `worker`, after promoting due delayed and retrying jobs.
 -- `k` holds the queue's keys: wait, scheduled, retry, active, stats, paused, job prefix, idle,
--- handoff. With `events` not '', each leased job's `started` event is published on
+-- handoff, fp (fair prefix; absent or '' = no key lists). The wait list is served first, then
+-- the key lists round-robin (`fair_pop`). With `events` not '', each leased job's `started` event is published on
 -- `<events><id>`. A fetch that comes back short registers `worker` as idle for `idle_ms` (plus
 -- a second of slack), so the next enqueue wakes it alone (`wake_one` on channel `wake`) or,
 -- with `takes_hand_offs`, hands it its job (`hand_off`); one that fills every slot it asked for
@@ -359,8 +444,9 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
   local lease_until = now + lease_ms
   local jp = k.jp
 
-  promote(k.scheduled, k.wait, jp, now, chunk)
-  promote(k.retry, k.wait, jp, now, chunk)
+  local fp = k.fp or ''
+  promote(k.scheduled, k.wait, jp, now, chunk, fp, k.stats)
+  promote(k.retry, k.wait, jp, now, chunk, fp, k.stats)
 
   -- Ids whose job is no longer queued (cancelled, removed, expired) are skipped and dropped
   -- here, once each; the budget bounds the work of one call however many there are.
@@ -369,12 +455,39 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
   local waits = add and add.wait
   local ghosts = 0
   local more = 0
+  -- Takes popped keyed id `id` when its job is still queued (as the wait list's loop below).
+  local function take(id)
+    local jk = jp .. id
+    local h = redis.call('HMGET', jk, 's', 'p', 'a', 'm', 'e', 'r')
+    if h[1] == 'queued' then
+      ids[#ids + 1] = id
+      h[1] = jk
+      rows[#rows + 1] = h
+      if waits then
+        -- Waited since it was last due: enqueued (e), or its run-at time (r) when later.
+        local due = tonumber(h[5]) or now
+        local r = tonumber(h[6])
+        if r and r > due then due = r end
+        local ms, b = now - due, 0
+        if ms >= 1 then
+          local _, e = frexp(ms)
+          if e > 23 then b = 23 else b = e end
+        end
+        waits[b] = (waits[b] or 0) + 1
+      end
+    else
+      ghosts = ghosts + 1
+    end
+  end
+  -- The wait list first (unkeyed jobs), then the key lists round-robin.
+  local wait_empty = false
   while #ids < want do
     if budget <= 0 then more = 1 break end
     local ask = math.min(want - #ids, budget)
     local popped = redis.call('RPOP', k.wait, ask)
-    if not popped then break end
+    if not popped then wait_empty = true break end
     budget = budget - #popped
+    -- Inline (not `take`): a Lua function call per job is measurable on this path.
     for _, id in ipairs(popped) do
       local jk = jp .. id
       local h = redis.call('HMGET', jk, 's', 'p', 'a', 'm', 'e', 'r')
@@ -383,7 +496,6 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
         h[1] = jk
         rows[#rows + 1] = h
         if waits then
-          -- Waited since it was last due: enqueued (e), or its run-at time (r) when later.
           local due = tonumber(h[5]) or now
           local r = tonumber(h[6])
           if r and r > due then due = r end
@@ -398,7 +510,22 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
         ghosts = ghosts + 1
       end
     end
-    if #popped < ask then break end
+    if #popped < ask then wait_empty = true break end
+  end
+  local fair_taken = 0
+  if fp ~= '' and wait_empty and #ids < want then
+    local weighted = redis.call('EXISTS', fp .. 'weight') == 1
+    while #ids < want do
+      if budget <= 0 then more = 1 break end
+      local id, any = fair_pop(fp, weighted)
+      if not any then break end
+      budget = budget - 1
+      if id then
+        fair_taken = fair_taken + 1
+        take(id)
+      end
+    end
+    if fair_taken > 0 then redis.call('HINCRBY', k.stats, 'fair', -fair_taken) end
   end
   if ghosts > 0 then redis.call('HINCRBY', k.stats, 'ghosts', -ghosts) end
 
@@ -420,7 +547,9 @@ local function fetch_jobs(k, want, worker, lease_ms, chunk, events, wake, idle_m
     register_idle(k.idle, k.handoff, worker, idle_ms, takes_hand_offs, lease_ms, events, now)
   elseif n > 0 then
     if redis.call('ZREM', k.idle, worker) == 1 then redis.call('HDEL', k.handoff, worker) end
-    if n == want and redis.call('LLEN', k.wait) > 0 then wake_one(k.idle, k.handoff, wake, now) end
+    if n == want and (redis.call('LLEN', k.wait) > 0 or (fp ~= '' and fair_len(k.stats) > 0)) then
+      wake_one(k.idle, k.handoff, wake, now)
+    end
   end
 
   local out = {0, next_due, more, lease_until}
@@ -504,4 +633,44 @@ local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl
     if add then add['completed'] = (add['completed'] or 0) + #done end
   end
   return res, #done
+end
+
+-- Up to `limit` queued ids from `offset`, in the order fetches serve the lists: the wait list
+-- from the end fetch pops, then each key list of the ring (fair prefix `fp`, '' = none) from
+-- its head key, each from its next id — key by key, not interleaved as the round-robin runs
+-- them. Keys whose ids all lie before `offset` cost one LLEN each, so the cost stays
+-- proportional to offset + limit.
+local function queued_ids(wait_key, fp, offset, limit)
+  local out = {}
+  local wlen = redis.call('LLEN', wait_key)
+  if offset < wlen then
+    local r = redis.call('LRANGE', wait_key, -(offset + limit), -(offset + 1))
+    for i = #r, 1, -1 do out[#out + 1] = r[i] end
+    offset = 0
+  else
+    offset = offset - wlen
+  end
+  if fp == '' then return out end
+  local ring = fp .. 'ring'
+  local at = 0
+  while #out < limit do
+    local keys = redis.call('LRANGE', ring, -(at + 100), -(at + 1))
+    if #keys == 0 then break end
+    at = at + #keys
+    for i = #keys, 1, -1 do
+      if #out >= limit then break end
+      local lk = fp .. 'k:' .. keys[i]
+      local len = redis.call('LLEN', lk)
+      if offset >= len then
+        offset = offset - len
+      else
+        local want = limit - #out
+        local r = redis.call('LRANGE', lk, -(offset + want), -(offset + 1))
+        for j = #r, 1, -1 do out[#out + 1] = r[j] end
+        offset = 0
+      end
+    end
+    if #keys < 100 then break end
+  end
+  return out
 end

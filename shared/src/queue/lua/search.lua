@@ -1,7 +1,8 @@
 -- The jobs of one state whose payload contains a text, from a bounded scan of the state's
 -- index: at most ARGV[2] entries and ARGV[6] payload bytes are read, so the cost is bounded by
 -- the scan, never by the size of the queue.
--- KEYS: 1 the state's index (wait list, capped list or sorted set), 2 job prefix
+-- KEYS: 1 the state's index (wait list, capped list or sorted set), 2 job prefix, 3 fair prefix
+--       (queued: the key lists, after the wait list; see `queued_ids`), 4 stats
 -- ARGV: 1 how to read the index (as list.lua: wait | list | asc | desc | active), 2 entries to
 --       scan at most, 3 state, 4 text (plain, case-sensitive), 5 matches wanted at most,
 --       6 payload bytes to read at most
@@ -12,15 +13,18 @@ local max = tonumber(ARGV[2])
 local want = tonumber(ARGV[5])
 local budget = tonumber(ARGV[6])
 local ids, scores, len = {}, {}, 0
-if how == 'wait' or how == 'list' then
+if how == 'wait' then
+  len = redis.call('LLEN', KEYS[1]) + (tonumber(redis.call('HGET', KEYS[4], 'fair')) or 0)
+elseif how == 'list' then
   len = redis.call('LLEN', KEYS[1])
 else
   len = redis.call('ZCARD', KEYS[1])
 end
 if max > 0 then
   if how == 'wait' then
-    local r = redis.call('LRANGE', KEYS[1], -max, -1)
-    for i = #r, 1, -1 do ids[#ids + 1] = r[i]; scores[#scores + 1] = -1 end
+    for _, id in ipairs(queued_ids(KEYS[1], KEYS[3], 0, max)) do
+      ids[#ids + 1] = id; scores[#scores + 1] = -1
+    end
   elseif how == 'list' then
     local r = redis.call('LRANGE', KEYS[1], 0, max - 1)
     for i = 1, #r do ids[#ids + 1] = r[i]; scores[#scores + 1] = -1 end
