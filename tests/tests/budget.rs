@@ -46,16 +46,16 @@ async fn reservations_count_requests_and_tokens_and_settle_to_the_providers_coun
         .await;
     let b = budgets(&stack, Duration::from_secs(30)).await;
     assert_eq!(
-        b.reserve("kimi", "t1", 400).await.unwrap(),
+        b.reserve("kimi", "t1", 400, Duration::ZERO).await.unwrap(),
         Reservation::Reserved
     );
     assert_eq!(
-        b.reserve("kimi", "t2", 400).await.unwrap(),
+        b.reserve("kimi", "t2", 400, Duration::ZERO).await.unwrap(),
         Reservation::Reserved
     );
     // 800 of 1000 tokens reserved: 300 more do not fit, and the wait is about a minute (the
     // window plus its slack, less the time since the first reservation).
-    match b.reserve("kimi", "t3", 300).await.unwrap() {
+    match b.reserve("kimi", "t3", 300, Duration::ZERO).await.unwrap() {
         Reservation::Refused {
             retry_in,
             limit,
@@ -99,7 +99,7 @@ async fn reservations_count_requests_and_tokens_and_settle_to_the_providers_coun
         }
     );
     assert_eq!(
-        b.reserve("kimi", "t3", 300).await.unwrap(),
+        b.reserve("kimi", "t3", 300, Duration::ZERO).await.unwrap(),
         Reservation::Reserved
     );
     // The second call was refused by the provider: neither it nor its tokens count.
@@ -109,11 +109,11 @@ async fn reservations_count_requests_and_tokens_and_settle_to_the_providers_coun
     assert_eq!(usage.requests_per_minute.used, 2);
     // A third request fits the tokens but not the requests.
     assert_eq!(
-        b.reserve("kimi", "t4", 10).await.unwrap(),
+        b.reserve("kimi", "t4", 10, Duration::ZERO).await.unwrap(),
         Reservation::Reserved
     );
     assert!(matches!(
-        b.reserve("kimi", "t5", 10).await.unwrap(),
+        b.reserve("kimi", "t5", 10, Duration::ZERO).await.unwrap(),
         Reservation::Refused {
             limit: Limit::Rpm,
             value: 3,
@@ -123,7 +123,7 @@ async fn reservations_count_requests_and_tokens_and_settle_to_the_providers_coun
     ));
     // A request larger than a whole window can never be admitted.
     assert_eq!(
-        b.reserve("kimi", "t6", 1001).await.unwrap(),
+        b.reserve("kimi", "t6", 1001, Duration::ZERO).await.unwrap(),
         Reservation::TooLarge {
             limit: Limit::Tpm,
             value: 1000
@@ -131,7 +131,9 @@ async fn reservations_count_requests_and_tokens_and_settle_to_the_providers_coun
     );
     // GLM has no budget here: anything goes, nothing is recorded.
     assert_eq!(
-        b.reserve("glm", "g1", 1_000_000).await.unwrap(),
+        b.reserve("glm", "g1", 1_000_000, Duration::ZERO)
+            .await
+            .unwrap(),
         Reservation::Reserved
     );
     assert_eq!(
@@ -170,21 +172,23 @@ async fn windows_free_their_room_as_they_slide() {
         .await;
     let b = budgets(&stack, Duration::from_secs(30)).await;
     assert_eq!(
-        b.reserve("kimi", "a", 1).await.unwrap(),
+        b.reserve("kimi", "a", 1, Duration::ZERO).await.unwrap(),
         Reservation::Reserved
     );
     assert_eq!(
-        b.reserve("kimi", "b", 1).await.unwrap(),
+        b.reserve("kimi", "b", 1, Duration::ZERO).await.unwrap(),
         Reservation::Reserved
     );
-    let Reservation::Refused { retry_in, .. } = b.reserve("kimi", "c", 1).await.unwrap() else {
+    let Reservation::Refused { retry_in, .. } =
+        b.reserve("kimi", "c", 1, Duration::ZERO).await.unwrap()
+    else {
         panic!("the third request within the window must wait");
     };
     assert!(retry_in <= Duration::from_millis(501), "{retry_in:?}");
     // The named wait is enough: after it the window has room again.
     tokio::time::sleep(retry_in).await;
     assert_eq!(
-        b.reserve("kimi", "c", 1).await.unwrap(),
+        b.reserve("kimi", "c", 1, Duration::ZERO).await.unwrap(),
         Reservation::Reserved
     );
     stack.cleanup().await;
@@ -201,13 +205,13 @@ async fn requests_beyond_the_burst_are_paced_over_the_minute() {
     let b = budgets(&stack, Duration::from_secs(30)).await;
     for t in ["p1", "p2", "p3"] {
         assert_eq!(
-            b.reserve("kimi", t, 1).await.unwrap(),
+            b.reserve("kimi", t, 1, Duration::ZERO).await.unwrap(),
             Reservation::Reserved
         );
     }
     let Reservation::Refused {
         retry_in, limit, ..
-    } = b.reserve("kimi", "p4", 1).await.unwrap()
+    } = b.reserve("kimi", "p4", 1, Duration::ZERO).await.unwrap()
     else {
         panic!("the fourth request must be paced");
     };
@@ -218,14 +222,43 @@ async fn requests_beyond_the_burst_are_paced_over_the_minute() {
     );
     tokio::time::sleep(retry_in).await;
     assert_eq!(
-        b.reserve("kimi", "p4", 1).await.unwrap(),
+        b.reserve("kimi", "p4", 1, Duration::ZERO).await.unwrap(),
         Reservation::Reserved
     );
     // The next is due a second later, not at once.
     assert!(matches!(
-        b.reserve("kimi", "p5", 1).await.unwrap(),
+        b.reserve("kimi", "p5", 1, Duration::ZERO).await.unwrap(),
         Reservation::Refused { .. }
     ));
+    // A caller that waits gets the next turns in the order it asked: one interval, then two.
+    let turns = [
+        b.reserve("kimi", "p5", 1, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        b.reserve("kimi", "p6", 1, Duration::from_secs(5))
+            .await
+            .unwrap(),
+    ];
+    let [
+        Reservation::Scheduled { after: first },
+        Reservation::Scheduled { after: second },
+    ] = turns.clone()
+    else {
+        panic!("expected two paced turns, got {turns:?}");
+    };
+    assert!(first <= Duration::from_millis(1017), "{first:?}");
+    assert!(
+        second > first + Duration::from_millis(900) && second <= Duration::from_millis(2034),
+        "{first:?} then {second:?}"
+    );
+    // A turn beyond the caller's patience is refused, not reserved.
+    assert!(matches!(
+        b.reserve("kimi", "p7", 1, Duration::from_millis(500))
+            .await
+            .unwrap(),
+        Reservation::Refused { .. }
+    ));
+    assert_eq!(b.usage("kimi").await.unwrap().requests_per_minute.used, 6);
     stack.cleanup().await;
 }
 
@@ -246,20 +279,29 @@ async fn a_reservation_lives_as_long_as_its_lease() {
         .unwrap()
         .expect("a permit");
     assert_eq!(
-        b.reserve("kimi", kept.token(), 50).await.unwrap(),
+        b.reserve("kimi", kept.token(), 50, Duration::ZERO)
+            .await
+            .unwrap(),
         Reservation::Reserved
     );
     assert_eq!(
-        b.reserve("kimi", "crashed-holder", 50).await.unwrap(),
+        b.reserve("kimi", "crashed-holder", 50, Duration::ZERO)
+            .await
+            .unwrap(),
         Reservation::Reserved
     );
     assert!(matches!(
-        b.reserve("kimi", "probe", 50).await.unwrap(),
+        b.reserve("kimi", "probe", 50, Duration::ZERO)
+            .await
+            .unwrap(),
         Reservation::Refused { .. }
     ));
     // The guard renews every third of the TTL; the crashed holder's 50 tokens come back.
     let returned = wait_until(Duration::from_secs(10), || async {
-        b.reserve("kimi", "probe", 50).await.unwrap() == Reservation::Reserved
+        b.reserve("kimi", "probe", 50, Duration::ZERO)
+            .await
+            .unwrap()
+            == Reservation::Reserved
     })
     .await;
     assert!(returned, "the lapsed reservation was never returned");
@@ -424,7 +466,9 @@ async fn a_killed_workers_reservation_is_returned_when_its_lease_expires() {
     );
     // Only 150 tokens a minute: while the call holds its ~103, another does not fit.
     assert!(matches!(
-        b.reserve("kimi", "probe", 100).await.unwrap(),
+        b.reserve("kimi", "probe", 100, Duration::ZERO)
+            .await
+            .unwrap(),
         Reservation::Refused {
             limit: Limit::Tpm,
             ..
@@ -434,7 +478,10 @@ async fn a_killed_workers_reservation_is_returned_when_its_lease_expires() {
     // Within about one lease TTL (1 s) of its last renewal, the dead call's tokens come back.
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            b.reserve("kimi", "probe", 100).await.unwrap() == Reservation::Reserved
+            b.reserve("kimi", "probe", 100, Duration::ZERO)
+                .await
+                .unwrap()
+                == Reservation::Reserved
         })
         .await,
         "the killed worker's reservation was never returned"

@@ -69,19 +69,35 @@ pub async fn reserve(
     loop {
         let answer = state
             .budgets
-            .reserve(provider, token, tokens)
+            .reserve(
+                provider,
+                token,
+                tokens,
+                patience.saturating_sub(began.elapsed()),
+            )
             .await
             .map_err(|e| {
                 JobError::Transient(format!("rate budget: {}", exai_shared::error_chain(&e)))
             })?;
+        let reserved = Reserved {
+            token: token.to_owned(),
+            provider,
+            tokens,
+            completion,
+        };
         let (retry_in, limit, value, current) = match answer {
-            Reservation::Reserved => {
-                return Ok(Some(Reserved {
-                    token: token.to_owned(),
-                    provider,
-                    tokens,
-                    completion,
-                }));
+            Reservation::Reserved => return Ok(Some(reserved)),
+            Reservation::Scheduled { after } => {
+                // The turn is ours: wait for it. A cancel gives the reservation back.
+                tokio::select! {
+                    _ = tokio::time::sleep(after) => return Ok(Some(reserved)),
+                    _ = lease.cancel.cancelled() => {
+                        let _ = state.budgets.settle(token, Charge::Refund).await;
+                        return Err(JobError::Cancelled(
+                            "cancelled while waiting for its rate budget turn".into(),
+                        ));
+                    }
+                }
             }
             Reservation::TooLarge { limit, value } => {
                 return Err(JobError::Permanent(format!(

@@ -94,6 +94,12 @@ impl Limit {
 pub enum Reservation {
     /// Reserved: the request and its tokens are counted until settled (or the lease lapses).
     Reserved,
+    /// Reserved for a paced turn: the request is to be sent after this wait (the turns are
+    /// handed out in the order of the reservations).
+    Scheduled {
+        /// How long until its turn.
+        after: Duration,
+    },
     /// A limit has no room; nothing was reserved.
     Refused {
         /// How long until the windows alone make room.
@@ -197,11 +203,14 @@ impl Budgets {
 
     /// Reserves one request and `tokens` tokens of `provider`'s budget under lease `token` (the
     /// permits the call is made under). A provider without a budget always reserves.
+    /// A paced turn due within `patience` is reserved ([`Reservation::Scheduled`]) rather than
+    /// refused.
     pub async fn reserve(
         &self,
         provider: &str,
         token: &str,
         tokens: u64,
+        patience: Duration,
     ) -> Result<Reservation, BudgetError> {
         let Some(budget) = self.of(provider) else {
             return Ok(Reservation::Reserved);
@@ -225,7 +234,8 @@ impl Budgets {
             .arg(self.minute_ms())
             .arg(self.day_ms())
             .arg(provider)
-            .arg(self.burst(budget));
+            .arg(self.burst(budget))
+            .arg(patience.as_millis() as u64);
         let reply: Vec<Value> = invocation.invoke_async(&mut self.conn.clone()).await?;
         decode_reserve(&reply)
     }
@@ -300,6 +310,9 @@ fn decode_reserve(reply: &[Value]) -> Result<Reservation, BudgetError> {
     };
     match reply.first() {
         Some(Value::Int(1)) => Ok(Reservation::Reserved),
+        Some(Value::Int(2)) => Ok(Reservation::Scheduled {
+            after: Duration::from_millis(int(2).ok_or_else(|| bad("no wait"))?),
+        }),
         Some(Value::Int(0)) => Ok(Reservation::Refused {
             retry_in: Duration::from_millis(int(1).ok_or_else(|| bad("no wait"))?),
             limit: limit(2).ok_or_else(|| bad("no limit name"))?,

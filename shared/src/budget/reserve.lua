@@ -14,8 +14,11 @@
 -- window (-1: none)   ARGV[6] tokens per day window (-1: none)   ARGV[7] the minute window (ms)
 -- ARGV[8] the day window (ms)   ARGV[9] the provider   ARGV[10] how many requests may go back to
 -- back before the rest are paced at one per minute ÷ requests-per-window (-1: not paced)
+-- ARGV[11] the longest the caller waits for a paced request's turn (ms): a turn due within it is
+-- reserved now, in order, instead of refused
 --
--- Returns {1, reservation id} when reserved; {0, wait ms, limit name, limit, current} when a
+-- Returns {1, reservation id} when reserved; {2, reservation id, ms} when reserved for a paced
+-- turn that many ms from now (the caller sends the request then); {0, wait ms, limit name, limit, current} when a
 -- limit has no room (nothing is written but the pruning), where wait is how long until the
 -- windows alone make room; {-1, limit name, limit} when the cost alone exceeds a limit.
 
@@ -117,12 +120,13 @@ end
 -- while it is at most `burst - 1` intervals ahead of now.
 local burst = tonumber(ARGV[10])
 local tat = nil
+local paced = 0
 if rpm > 0 and burst >= 1 then
   local interval = minute / rpm
   tat = tonumber(redis.call('HGET', KEYS[4], 'tat')) or now
   if tat < now then tat = now end
   local ahead = tat - (burst - 1) * interval - now
-  if ahead > 0 then refuse(math.ceil(ahead), 'rpm', rpm, redis.call('ZCARD', KEYS[1]) + 1) end
+  if ahead > 0 then paced = math.ceil(ahead) end
   tat = tat + interval
 end
 local sums = redis.call('HMGET', KEYS[4], 'tpm', 'tpd')
@@ -134,20 +138,29 @@ for _, c in ipairs({{tpm, KEYS[2], minute, 'tpm', tonumber(sums[1]) or 0},
     if sum + cost > lim then refuse(token_wait(key, window, sum, lim), lname, lim, sum + cost) end
   end
 end
-if name then return {0, wait, name, limit, current} end
+if name then
+  if paced > wait then wait = paced end
+  return {0, wait, name, limit, current}
+end
+if paced > tonumber(ARGV[11]) then
+  return {0, paced, 'rpm', rpm, redis.call('ZCARD', KEYS[1]) + 1}
+end
+-- A paced turn is taken now, in the order of the reservations, and counted from when it is due.
+local at = now + paced
 
 local id = tostring(redis.call('HINCRBY', KEYS[4], 'seq', 1))
 if tat then redis.call('HSET', KEYS[4], 'tat', string.format('%.3f', tat)) end
-redis.call('ZADD', KEYS[1], now, id)
+redis.call('ZADD', KEYS[1], at, id)
 local member = id .. ':' .. string.format('%d', cost)
 if tpm >= 0 then
-  redis.call('ZADD', KEYS[2], now, member)
+  redis.call('ZADD', KEYS[2], at, member)
   redis.call('HINCRBY', KEYS[4], 'tpm', cost)
 end
 if tpd >= 0 then
-  redis.call('ZADD', KEYS[3], now, member)
+  redis.call('ZADD', KEYS[3], at, member)
   redis.call('HINCRBY', KEYS[4], 'tpd', cost)
 end
-redis.call('ZADD', held, now + hold, token)
-redis.call('HSET', terms, token, ARGV[9] .. ' ' .. id .. ' ' .. string.format('%d', cost) .. ' ' .. now)
+redis.call('ZADD', held, at + hold, token)
+redis.call('HSET', terms, token, ARGV[9] .. ' ' .. id .. ' ' .. string.format('%d', cost) .. ' ' .. at)
+if paced > 0 then return {2, id, paced} end
 return {1, id}
