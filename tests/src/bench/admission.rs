@@ -178,40 +178,21 @@ pub async fn run(opts: Options, prefix: String) -> anyhow::Result<Report> {
 
 /// One mode, under key prefix `prefix`.
 async fn mode(opts: &Options, prefix: &str, admission: bool) -> anyhow::Result<Outcome> {
-    let port = exai_tests::free_port().to_string();
     let minute_ms = opts.minute.as_millis().to_string();
-    let mut sim = WorkerProcs::spawn_with(
-        &opts.sim_bin,
-        1,
-        &["--port", &port, "--key", SIM_KEY],
-        &[],
-        &format!("{prefix}-sim"),
-    )?;
-    let sim_url = format!("http://127.0.0.1:{port}");
+    let (sim, sim_url) =
+        super::procs::spawn_sim(&opts.sim_bin, &["--key", SIM_KEY], prefix).await?;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let configured = http
-            .post(format!("{sim_url}/_sim/config"))
-            .json(&json!({
-                "tier": {"concurrency": opts.tier_concurrency, "rpm": opts.tier_rpm,
-                         "tpm": opts.tier_tpm},
-                "rate_window_minute_ms": opts.minute.as_millis() as u64,
-                "chat_latency_ms": opts.chat_latency.as_millis() as u64,
-            }))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if configured {
-            break;
-        }
-        sim.check()?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "exai-sim did not answer on {sim_url} within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    http.post(format!("{sim_url}/_sim/config"))
+        .json(&json!({
+            "tier": {"concurrency": opts.tier_concurrency, "rpm": opts.tier_rpm,
+                     "tpm": opts.tier_tpm},
+            "rate_window_minute_ms": opts.minute.as_millis() as u64,
+            "chat_latency_ms": opts.chat_latency.as_millis() as u64,
+        }))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .context("configure exai-sim")?;
 
     let rpm = opts.tier_rpm.to_string();
     let tpm = opts.tier_tpm.to_string();

@@ -321,6 +321,38 @@ impl WorkerProcs {
     }
 }
 
+/// Spawns `exai-sim` on a free loopback port with `args` (besides `--port`) and waits (up to
+/// 20 s) until it answers; returns it and its base URL (`http://127.0.0.1:<port>`).
+pub async fn spawn_sim(
+    bin: &Path,
+    args: &[&str],
+    prefix: &str,
+) -> anyhow::Result<(WorkerProcs, String)> {
+    let port = exai_tests::free_port().to_string();
+    let mut all = vec!["--port", port.as_str()];
+    all.extend_from_slice(args);
+    let mut sim = WorkerProcs::spawn_with(bin, 1, &all, &[], &format!("{prefix}-sim"))?;
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answered = http
+            .get(format!("{url}/_sim/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if answered {
+            return Ok((sim, url));
+        }
+        sim.check()?;
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "exai-sim did not answer on {url} within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Prints a warning when the worker binary is older than this executable: it may predate the
 /// code being measured.
 fn warn_if_older(bin: &Path) {

@@ -259,35 +259,14 @@ pub async fn run(opts: Options, prefix: String) -> anyhow::Result<Report> {
     let root = scratch.dir.join("root");
     let staging = scratch.dir.join("staging");
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-    let port = exai_tests::free_port().to_string();
-    let mut sim = WorkerProcs::spawn_with(
+    // Room for every file of a run, whatever its flags (Moonshot's own cap is 1,000).
+    let (mut sim, sim_url) = super::procs::spawn_sim(
         &opts.sim_bin,
-        1,
-        // Room for every file of a run, whatever its flags (Moonshot's own cap is 1,000).
-        &["--port", &port, "--key", SIM_KEY, "--max-files", "1000000"],
-        &[],
-        &format!("{prefix}-sim"),
-    )?;
-    let sim_url = format!("http://127.0.0.1:{port}");
+        &["--key", SIM_KEY, "--max-files", "1000000"],
+        &prefix,
+    )
+    .await?;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let answered = http
-            .get(format!("{sim_url}/v1/files"))
-            .bearer_auth(SIM_KEY)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if answered {
-            break;
-        }
-        sim.check()?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "exai-sim did not answer on {sim_url} within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let moonshot_url = format!("{sim_url}/v1");
     let worker_env: Vec<(String, String)> = [
         ("REDIS_URL", opts.redis_url.clone()),
