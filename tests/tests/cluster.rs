@@ -116,6 +116,48 @@ async fn queues_semaphores_and_workers_run_on_a_redis_cluster() {
     assert_eq!((lowered.effective, lowered.ceiling), (3, 6));
     assert_eq!(sems.effective_limit("kimi").await.unwrap(), Some(3));
 
+    // Rate budgets: reserve (returning a lapsed reservation of another provider on the way),
+    // renew with the lease, settle, on the semaphores' slot.
+    let mut budgets = config.semaphores.budgets.clone();
+    budgets.kimi.tpm = Some(100);
+    budgets.glm.rpm = Some(10);
+    let b = exai_shared::budget::Budgets::new(
+        conn.clone(),
+        keys.clone(),
+        budgets,
+        Duration::from_millis(200),
+    );
+    use exai_shared::budget::{Charge, Reservation};
+    assert_eq!(
+        b.reserve("glm", "lapsing", 5, Duration::ZERO)
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        b.reserve("kimi", "t1", 60, Duration::ZERO).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert!(matches!(
+        b.reserve("kimi", "t2", 60, Duration::ZERO).await.unwrap(),
+        Reservation::Refused { .. }
+    ));
+    assert!(b.settle("t1", Charge::Tokens(30)).await.unwrap());
+    assert_eq!(
+        b.reserve("kimi", "t2", 60, Duration::ZERO).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            // The next reservation (of any provider) returns what lapsed.
+            b.reserve("kimi", "probe", 1, Duration::ZERO).await.is_ok()
+                && b.usage("glm").await.unwrap().requests_per_minute.used == 0
+                && !b.settle("lapsing", Charge::Refund).await.unwrap()
+        })
+        .await,
+        "the lapsed glm reservation was not returned"
+    );
+
     // Cost accounting: the record script and the report's pipeline, on the usage slot.
     let ledger =
         exai_shared::usage::UsageLedger::new(conn.clone(), keys.clone(), config.usage.retention);
