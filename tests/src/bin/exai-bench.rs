@@ -283,8 +283,9 @@ struct AdmissionArgs {
     /// `exai-worker` processes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
     workers: u64,
-    /// Jobs at once per worker process.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    /// Jobs at once per worker process (the default, 2 × 2, holds as many calls in the workers
+    /// as the default tier admits at once).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
     concurrency: u64,
     /// The `exai-worker` binary (default: next to this executable).
     #[arg(long)]
