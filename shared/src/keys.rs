@@ -329,6 +329,12 @@ impl QueueKeys {
         format!("{}:fair:ring", self.tag)
     }
 
+    /// The fair keys that had nothing waiting when their job arrived, served before the ring,
+    /// oldest first.
+    pub fn fair_fresh(&self) -> String {
+        format!("{}:fair:fresh", self.tag)
+    }
+
     /// Hash of the fairness keys' weights other than 1 (key → weight).
     pub fn fair_weights(&self) -> String {
         format!("{}:fair:weight", self.tag)
@@ -446,6 +452,7 @@ mod tests {
         assert_eq!(k.job("abc"), format!("{}abc", k.job_prefix()));
         assert_eq!(k.fair_list("a"), format!("{}k:a", k.fair_prefix()));
         assert_eq!(k.fair_ring(), format!("{}ring", k.fair_prefix()));
+        assert_eq!(k.fair_fresh(), format!("{}fresh", k.fair_prefix()));
         assert_eq!(k.fair_weights(), format!("{}weight", k.fair_prefix()));
         assert_eq!(k.fair_credits(), format!("{}credit", k.fair_prefix()));
         assert!(!k.wake_channel().contains('{'));

@@ -78,6 +78,7 @@ impl Queue {
             .key(&self.inner.stats)
             .key(&self.inner.paused)
             .key(&self.inner.fair_ring)
+            .key(&self.inner.fair_fresh)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let items = reply::array(reply, "counts")?;

@@ -204,6 +204,8 @@ struct Inner {
     job_prefix: String,
     fair_prefix: String,
     fair_ring: String,
+    /// The fresh fair keys (served before the ring).
+    fair_fresh: String,
     wake_channel: String,
     cancel_channel: String,
     /// Where job events go (`<prefix><job id>`), when the scripts announce them.
@@ -232,6 +234,7 @@ impl Queue {
             job_prefix: qk.job_prefix(),
             fair_prefix: qk.fair_prefix(),
             fair_ring: qk.fair_ring(),
+            fair_fresh: qk.fair_fresh(),
             wake_channel: qk.wake_channel(),
             cancel_channel: qk.cancel_channel(),
             events: None,

@@ -231,21 +231,25 @@ end
 
 -- Fair share. A job enqueued with a fairness key `g` (kept in its hash, field `g`) waits in
 -- list `<fp>k:<g>` instead of the wait list, where `fp` is the queue's KEYS-passed fair prefix.
--- List `<fp>ring` holds each key whose list is not empty exactly once; its right end is the
--- head, whose key gives the next keyed job. Hash `<fp>weight` holds the keys' weights other
+-- List `<fp>ring` holds each key with a backlog exactly once; its right end is the head, whose
+-- key gives the next keyed job. List `<fp>fresh` holds the keys that had nothing waiting when
+-- their job arrived (sparse keys: an interactive client between calls), oldest at the right end:
+-- they are served before the ring, one job each, then join the ring's tail if they still have
+-- jobs (the new-flow rule of fair queueing, as FQ-CoDel has it). A key is in one of the two
+-- lists exactly while its own list is not empty. Hash `<fp>weight` holds the keys' weights other
 -- than 1, hash `<fp>credit` how many jobs in a row the key at the head has given, and the
 -- stats hash's `fair` field how many ids wait in the key lists (ghosts included), so counts
 -- stay O(1).
 
 -- Puts job `id` of fairness key `g` in its key's list: at the tail (a new job), or with
 -- `front` at the head (a job put back or due again, so it keeps its place within its key).
--- A key whose list was empty joins the ring: at the tail, or with `front` at the head.
+-- A key whose list was empty joins the fresh keys (a new job), or with `front` the ring's head.
 local function fair_push(fp, stats_key, g, id, front)
   local lk = fp .. 'k:' .. g
   local len
   if front then len = redis.call('RPUSH', lk, id) else len = redis.call('LPUSH', lk, id) end
   if len == 1 then
-    if front then redis.call('RPUSH', fp .. 'ring', g) else redis.call('LPUSH', fp .. 'ring', g) end
+    if front then redis.call('RPUSH', fp .. 'ring', g) else redis.call('LPUSH', fp .. 'fresh', g) end
   end
   redis.call('HINCRBY', stats_key, 'fair', 1)
 end
@@ -255,13 +259,22 @@ local function fair_len(stats_key)
   return tonumber(redis.call('HGET', stats_key, 'fair')) or 0
 end
 
--- Takes the next keyed id: the head key's next id. The key then goes to the ring's tail, or
+-- Takes the next keyed id: the oldest fresh key's, else the ring's head key's next id. The
+-- ring's key then goes to the ring's tail, or
 -- leaves the ring when its list is empty; with `weighted` (some key has a weight), a key of
 -- weight w stays at the head for w ids in a row. A constant number of commands, however many
 -- keys wait. Returns the id (false when the key's list was empty) and whether a key was
 -- there at all; the caller decrements the `fair` counter.
 local function fair_pop(fp, weighted)
   local ring = fp .. 'ring'
+  -- A fresh key first: one job, then the ring's tail if it has more.
+  local fresh = redis.call('RPOP', fp .. 'fresh')
+  if fresh then
+    local flk = fp .. 'k:' .. fresh
+    local fid = redis.call('RPOP', flk)
+    if redis.call('LLEN', flk) > 0 then redis.call('LPUSH', ring, fresh) end
+    return fid, true
+  end
   local g = redis.call('LINDEX', ring, -1)
   if not g then return false, false end
   local lk = fp .. 'k:' .. g
@@ -636,8 +649,8 @@ local function complete_jobs(k_active, k_completed, k_stats, kj, n, a, plen, ttl
 end
 
 -- Up to `limit` queued ids from `offset`, in the order fetches serve the lists: the wait list
--- from the end fetch pops, then each key list of the ring (fair prefix `fp`, '' = none) from
--- its head key, each from its next id — key by key, not interleaved as the round-robin runs
+-- from the end fetch pops, then each key list of the fresh keys and of the ring (fair prefix
+-- `fp`, '' = none) from their head keys, each from its next id — key by key, not interleaved as the round-robin runs
 -- them. Keys whose ids all lie before `offset` cost one LLEN each, so the cost stays
 -- proportional to offset + limit.
 local function queued_ids(wait_key, fp, offset, limit)
@@ -651,26 +664,27 @@ local function queued_ids(wait_key, fp, offset, limit)
     offset = offset - wlen
   end
   if fp == '' then return out end
-  local ring = fp .. 'ring'
-  local at = 0
-  while #out < limit do
-    local keys = redis.call('LRANGE', ring, -(at + 100), -(at + 1))
-    if #keys == 0 then break end
-    at = at + #keys
-    for i = #keys, 1, -1 do
-      if #out >= limit then break end
-      local lk = fp .. 'k:' .. keys[i]
-      local len = redis.call('LLEN', lk)
-      if offset >= len then
-        offset = offset - len
-      else
-        local want = limit - #out
-        local r = redis.call('LRANGE', lk, -(offset + want), -(offset + 1))
-        for j = #r, 1, -1 do out[#out + 1] = r[j] end
-        offset = 0
+  for _, keys_list in ipairs({fp .. 'fresh', fp .. 'ring'}) do
+    local at = 0
+    while #out < limit do
+      local keys = redis.call('LRANGE', keys_list, -(at + 100), -(at + 1))
+      if #keys == 0 then break end
+      at = at + #keys
+      for i = #keys, 1, -1 do
+        if #out >= limit then break end
+        local lk = fp .. 'k:' .. keys[i]
+        local len = redis.call('LLEN', lk)
+        if offset >= len then
+          offset = offset - len
+        else
+          local want = limit - #out
+          local r = redis.call('LRANGE', lk, -(offset + want), -(offset + 1))
+          for j = #r, 1, -1 do out[#out + 1] = r[j] end
+          offset = 0
+        end
       end
+      if #keys < 100 then break end
     end
-    if #keys < 100 then break end
   end
   return out
 end
