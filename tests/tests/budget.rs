@@ -195,6 +195,109 @@ async fn windows_free_their_room_as_they_slide() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_for_a_full_window_get_its_room_in_the_order_they_asked() {
+    // 2 requests per 10-s window (9.9 s and 0.1 s of slack), no pacing: two go at once, and the
+    // next two callers, who would wait, are given turns when the window frees — the first the
+    // earlier — instead of each being told to come back and race for the same room.
+    let stack = TestStack::builder("budget-turns")
+        .envs(&[
+            ("EXAI_KIMI_RPM", "2"),
+            ("EXAI_BUDGET_MINUTE_MS", "9900"),
+            ("EXAI_BUDGET_SLACK_MS", "100"),
+            ("EXAI_BUDGET_BURST_MS", "0"),
+        ])
+        .start()
+        .await;
+    let b = budgets(&stack, Duration::from_secs(30)).await;
+    for t in ["a", "b"] {
+        assert_eq!(
+            b.reserve("kimi", t, 1, Duration::ZERO).await.unwrap(),
+            Reservation::Reserved
+        );
+    }
+    let patience = Duration::from_secs(30);
+    let turns = [
+        b.reserve("kimi", "c", 1, patience).await.unwrap(),
+        b.reserve("kimi", "d", 1, patience).await.unwrap(),
+    ];
+    let [
+        Reservation::Scheduled { after: first },
+        Reservation::Scheduled { after: second },
+    ] = turns.clone()
+    else {
+        panic!("expected two turns when the window frees, got {turns:?}");
+    };
+    // Each is due when the request it replaces leaves the window: after a window, in order.
+    assert!(
+        first > Duration::from_millis(9_000) && first <= Duration::from_millis(10_001),
+        "{first:?}"
+    );
+    assert!(
+        second >= first && second <= Duration::from_millis(10_001),
+        "{first:?} then {second:?}"
+    );
+    // The window is booked up to then: a third caller's turn is a window later still, beyond
+    // a shorter patience, so it is refused and nothing is written for it.
+    let Reservation::Refused { retry_in, limit, .. } = b
+        .reserve("kimi", "e", 1, Duration::from_secs(15))
+        .await
+        .unwrap()
+    else {
+        panic!("a turn beyond the caller's patience must be refused");
+    };
+    assert_eq!(limit, Limit::Rpm);
+    assert!(retry_in > Duration::from_secs(15), "{retry_in:?}");
+    assert_eq!(b.usage("kimi").await.unwrap().requests_per_minute.used, 4);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_lent_by_an_idle_window_and_paid_back_without_a_gap() {
+    // 10 requests per 10-s window (one a second when paced), a burst of the whole window. An
+    // idle window lends its room, but less as it fills: half go at once, the rest are spread
+    // out, so the window never has to stop every caller until its first requests slide out.
+    let stack = TestStack::builder("budget-lend")
+        .envs(&[
+            ("EXAI_KIMI_RPM", "10"),
+            ("EXAI_BUDGET_MINUTE_MS", "9900"),
+            ("EXAI_BUDGET_SLACK_MS", "100"),
+            ("EXAI_BUDGET_BURST_MS", "9900"),
+        ])
+        .start()
+        .await;
+    let b = budgets(&stack, Duration::from_secs(30)).await;
+    for t in ["r0", "r1", "r2", "r3", "r4"] {
+        assert_eq!(
+            b.reserve("kimi", t, 1, Duration::ZERO).await.unwrap(),
+            Reservation::Reserved,
+            "{t}"
+        );
+    }
+    assert!(matches!(
+        b.reserve("kimi", "r5", 1, Duration::ZERO).await.unwrap(),
+        Reservation::Refused { .. }
+    ));
+    let mut turns = Vec::new();
+    for t in ["r5", "r6", "r7", "r8", "r9", "r10", "r11"] {
+        match b.reserve("kimi", t, 1, Duration::from_secs(30)).await.unwrap() {
+            Reservation::Scheduled { after } => turns.push(after),
+            other => panic!("{t}: expected a turn, got {other:?}"),
+        }
+    }
+    // In order, never more than two intervals apart; the eleventh waits for the first to leave
+    // the window, and the twelfth follows it by an interval instead of going with it.
+    for pair in turns.windows(2) {
+        assert!(
+            pair[1] > pair[0] && pair[1] - pair[0] <= Duration::from_millis(2_100),
+            "{turns:?}"
+        );
+    }
+    assert!(turns[5] >= Duration::from_millis(9_000), "{turns:?}");
+    assert!(turns[6] >= turns[5] + Duration::from_millis(900), "{turns:?}");
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_burst_are_paced_over_the_minute() {
     // 60 a minute, 3 s of burst: three go at once, then one every 61 s ÷ 60 (the minute and
     // its slack, as the sliding log counts it).

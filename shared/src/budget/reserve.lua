@@ -14,11 +14,11 @@
 -- window (-1: none)   ARGV[6] tokens per day window (-1: none)   ARGV[7] the minute window (ms)
 -- ARGV[8] the day window (ms)   ARGV[9] the provider   ARGV[10] how many requests may go back to
 -- back before the rest are paced at one per minute ÷ requests-per-window (-1: not paced)
--- ARGV[11] the longest the caller waits for a paced request's turn (ms): a turn due within it is
--- reserved now, in order, instead of refused
+-- ARGV[11] the longest the caller waits for its turn (ms): a turn due within it — paced, or when
+-- a full window makes room — is reserved now, in order, instead of refused
 --
--- Returns {1, reservation id} when reserved; {2, reservation id, ms} when reserved for a paced
--- turn that many ms from now (the caller sends the request then); {0, wait ms, limit name, limit, current} when a
+-- Returns {1, reservation id} when reserved; {2, reservation id, ms} when reserved for a turn
+-- that many ms from now (the caller sends the request then); {0, wait ms, limit name, limit, current} when a
 -- limit has no room (nothing is written but the pruning), where wait is how long until the
 -- windows alone make room; {-1, limit name, limit} when the cost alone exceeds a limit.
 
@@ -106,8 +106,9 @@ local function refuse(w, n, l, c)
   if name == nil or w > wait then wait, name, limit, current = w, n, l, c end
 end
 
+local n = 0
 if rpm >= 0 then
-  local n = redis.call('ZCARD', KEYS[1])
+  n = redis.call('ZCARD', KEYS[1])
   if rpm == 0 then return {-1, 'rpm', rpm} end
   if n + 1 > rpm then
     local nth = redis.call('ZRANGE', KEYS[1], n - rpm, n - rpm, 'WITHSCORES')
@@ -117,7 +118,10 @@ if rpm >= 0 then
   end
 end
 -- Pacing (GCRA on requests): `tat` is when the next request would be on schedule; one may go
--- while it is at most `burst - 1` intervals ahead of now.
+-- while it is at most `burst - 1` intervals ahead of now — and no further ahead than the window
+-- has room for, so the burst is what an idle window lends: under sustained load the requests
+-- go one per interval, the window never fills, and none waits for it to free (a burst taken
+-- from a window that is never let to empty would leave a gap once per window, as it slid out).
 local burst = tonumber(ARGV[10])
 local tat = nil
 local paced = 0
@@ -125,7 +129,8 @@ if rpm > 0 and burst >= 1 then
   local interval = minute / rpm
   tat = tonumber(redis.call('HGET', KEYS[4], 'tat')) or now
   if tat < now then tat = now end
-  local ahead = tat - (burst - 1) * interval - now
+  local lend = math.max(1, math.min(burst, rpm - n))
+  local ahead = tat - (lend - 1) * interval - now
   if ahead > 0 then paced = math.ceil(ahead) end
   tat = tat + interval
 end
@@ -138,15 +143,25 @@ for _, c in ipairs({{tpm, KEYS[2], minute, 'tpm', tonumber(sums[1]) or 0},
     if sum + cost > lim then refuse(token_wait(key, window, sum, lim), lname, lim, sum + cost) end
   end
 end
+-- A window with no room now, or a paced turn, is a wait: one within the caller's patience
+-- (ARGV[11]) is taken now, in the order of the reservations, and counted from when it is due —
+-- so callers waiting for a full window get its room in the order they asked instead of racing
+-- for it; a longer wait is refused. While a window is full there is no burst: its turns are
+-- spaced by the pacing interval from the schedule, so they do not bunch where the window frees
+-- (and free the next window's room bunched in turn).
+local delay = paced
 if name then
-  if paced > wait then wait = paced end
-  return {0, wait, name, limit, current}
-end
-if paced > tonumber(ARGV[11]) then
+  if wait > delay then delay = wait end
+  if tat then
+    local interval = minute / rpm
+    delay = math.max(delay, math.ceil(tat - interval - now))
+    tat = now + delay + interval
+  end
+  if delay > tonumber(ARGV[11]) then return {0, delay, name, limit, current} end
+elseif paced > tonumber(ARGV[11]) then
   return {0, paced, 'rpm', rpm, redis.call('ZCARD', KEYS[1]) + 1}
 end
--- A paced turn is taken now, in the order of the reservations, and counted from when it is due.
-local at = now + paced
+local at = now + delay
 
 local id = tostring(redis.call('HINCRBY', KEYS[4], 'seq', 1))
 if tat then redis.call('HSET', KEYS[4], 'tat', string.format('%.3f', tat)) end
@@ -162,5 +177,5 @@ if tpd >= 0 then
 end
 redis.call('ZADD', held, at + hold, token)
 redis.call('HSET', terms, token, ARGV[9] .. ' ' .. id .. ' ' .. string.format('%d', cost) .. ' ' .. at)
-if paced > 0 then return {2, id, paced} end
+if delay > 0 then return {2, id, delay} end
 return {1, id}
