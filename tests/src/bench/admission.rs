@@ -70,6 +70,9 @@ pub struct Options {
     pub heavy_calls: usize,
     /// The light client's interval between calls.
     pub light_every: Duration,
+    /// The light client's calls outstanding at most: a tick that finds this many unanswered
+    /// sends its call when the next answer comes (`None`: every tick sends).
+    pub light_in_flight: Option<usize>,
     /// The tier: calls in flight.
     pub tier_concurrency: u64,
     /// The tier: requests per minute.
@@ -100,8 +103,10 @@ struct Outcome {
     client_errors: u64,
     provider_429s: u64,
     rpm_utilisation: f64,
+    light_wait_p50_ms: f64,
     light_wait_p99_ms: f64,
     heavy_wait_p99_ms: f64,
+    light_calls: u64,
     tokens_accounted_ratio: f64,
     calls: u64,
     secs: f64,
@@ -121,6 +126,7 @@ pub async fn run(opts: Options, prefix: String) -> anyhow::Result<Report> {
         "heavy_clients": opts.heavy_clients,
         "heavy_calls": opts.heavy_calls,
         "light_every_ms": opts.light_every.as_millis() as u64,
+        "light_in_flight": opts.light_in_flight,
         "tier": {"concurrency": opts.tier_concurrency, "rpm": opts.tier_rpm, "tpm": opts.tier_tpm},
         "minute_ms": opts.minute.as_millis() as u64,
         "chat_latency_ms": opts.chat_latency.as_millis() as u64,
@@ -155,6 +161,11 @@ pub async fn run(opts: Options, prefix: String) -> anyhow::Result<Report> {
             o.rpm_utilisation,
         );
         report.millis(
+            &key("light_wait_p50_ms"),
+            format!("{what}: light client's wait until the provider answers, p50"),
+            o.light_wait_p50_ms,
+        );
+        report.millis(
             &key("light_wait_p99_ms"),
             format!("{what}: light client's wait until the provider answers, p99"),
             o.light_wait_p99_ms,
@@ -171,7 +182,10 @@ pub async fn run(opts: Options, prefix: String) -> anyhow::Result<Report> {
         );
         report
             .notes
-            .push(format!("{what}: {} calls in {:.1} s", o.calls, o.secs));
+            .push(format!(
+                "{what}: {} calls ({} from the light client) in {:.1} s",
+                o.calls, o.light_calls, o.secs
+            ));
     }
     Ok(report)
 }
@@ -247,8 +261,13 @@ async fn mode(opts: &Options, prefix: &str, admission: bool) -> anyhow::Result<O
         heavy.spawn(async move { client(&url, &format!("heavy{c}"), n, None).await });
     }
     let light = {
-        let (url, every, done) = (url.clone(), opts.light_every, heavy_done.clone());
-        tokio::spawn(async move { client(&url, "light", usize::MAX, Some((every, done))).await })
+        let pace = Pace {
+            every: opts.light_every,
+            in_flight: opts.light_in_flight,
+            stop: heavy_done.clone(),
+        };
+        let url = url.clone();
+        tokio::spawn(async move { client(&url, "light", usize::MAX, Some(pace)).await })
     };
     let mut heavy_calls = Vec::new();
     while let Some(done) = heavy.join_next().await {
@@ -262,17 +281,17 @@ async fn mode(opts: &Options, prefix: &str, admission: bool) -> anyhow::Result<O
 
     // The provider starts answering after its latency: the wait is the rest.
     let latency_ms = opts.chat_latency.as_secs_f64() * 1000.0;
-    let wait_p99 = |calls: &[Call]| {
+    let wait_at = |calls: &[Call], q: f64| {
         let waits = calls
             .iter()
             .filter(|c| c.error.is_none())
             .filter_map(|c| c.first.map(|f| f.duration_since(c.sent)))
             .map(|d| (d.as_secs_f64() * 1000.0 - latency_ms).max(0.0))
             .collect();
-        percentile(&sorted(waits), 0.99)
+        percentile(&sorted(waits), q)
     };
-    let light_wait = wait_p99(&light_calls);
-    let heavy_wait = wait_p99(&heavy_calls);
+    let light_wait = wait_at(&light_calls, 0.99);
+    let heavy_wait = wait_at(&heavy_calls, 0.99);
     let config = Config::from_vars([
         ("REDIS_URL", opts.redis_url.as_str()),
         ("EXAI_REDIS_PREFIX", prefix),
@@ -326,7 +345,9 @@ async fn mode(opts: &Options, prefix: &str, admission: bool) -> anyhow::Result<O
         client_errors: all.iter().filter(|c| c.error.is_some()).count() as u64,
         provider_429s,
         rpm_utilisation,
+        light_wait_p50_ms: wait_at(&light_calls, 0.5),
         light_wait_p99_ms: light_wait,
+        light_calls: light_calls.len() as u64,
         heavy_wait_p99_ms: heavy_wait,
         tokens_accounted_ratio: if billed > 0 {
             recorded as f64 / billed as f64
@@ -384,14 +405,18 @@ impl Call {
     }
 }
 
+/// How the light client sends: one call every `every`, with at most `in_flight` unanswered,
+/// until `stop` is set.
+struct Pace {
+    every: Duration,
+    in_flight: Option<usize>,
+    stop: Arc<AtomicBool>,
+}
+
 /// A client: says hello (its own session), sends `n` calls at once — or, with `pace`, one every
-/// interval until the flag is set — and reads until every call has its result.
-async fn client(
-    url: &str,
-    name: &str,
-    n: usize,
-    pace: Option<(Duration, Arc<AtomicBool>)>,
-) -> anyhow::Result<Vec<Call>> {
+/// `pace.every`, holding a tick's call while `pace.in_flight` calls are unanswered — and collects
+/// every call's timings until all are answered.
+async fn client(url: &str, name: &str, n: usize, pace: Option<Pace>) -> anyhow::Result<Vec<Call>> {
     let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .with_context(|| format!("connect to {url}"))?;
@@ -410,16 +435,20 @@ async fn client(
     let mut calls: HashMap<String, Call> = HashMap::new();
     let mut sent = 0usize;
     let mut done = 0usize;
-    let mut tick = tokio::time::interval(pace.as_ref().map_or(Duration::from_secs(3600), |p| p.0));
+    // A tick's call held back while `in_flight` calls are unanswered.
+    let mut owed = false;
+    let mut tick = tokio::time::interval(pace.as_ref().map_or(Duration::from_secs(3600), |p| p.every));
     let mut hello = false;
+    let stopped = |pace: &Option<Pace>| pace.as_ref().is_some_and(|p| p.stop.load(Ordering::Relaxed));
     loop {
         let stop_sending = match &pace {
-            Some((_, flag)) => flag.load(Ordering::Relaxed),
+            Some(p) => p.stop.load(Ordering::Relaxed),
             None => sent >= n,
         };
         if hello && stop_sending && done == sent {
             break;
         }
+        let mut send_now = false;
         tokio::select! {
             frame = rx.next() => {
                 let text = match frame {
@@ -456,18 +485,24 @@ async fn client(
                             });
                         }
                         done += 1;
+                        send_now = std::mem::take(&mut owed);
                     }
                     _ => {}
                 }
             }
             // Also wakes the loop to see the flag once every call is answered.
             _ = tick.tick(), if hello && pace.is_some() => {
-                if !pace.as_ref().is_some_and(|p| p.1.load(Ordering::Relaxed)) {
-                    tx.send(call(sent)).await?;
-                    calls.insert(format!("{name}-{sent}"), Call::new());
-                    sent += 1;
-                }
+                let room = pace
+                    .as_ref()
+                    .and_then(|p| p.in_flight)
+                    .is_none_or(|max| sent - done < max);
+                if room { send_now = true } else { owed = true }
             }
+        }
+        if send_now && !stopped(&pace) {
+            tx.send(call(sent)).await?;
+            calls.insert(format!("{name}-{sent}"), Call::new());
+            sent += 1;
         }
     }
     let _ = tx.send(Message::Close(None)).await;

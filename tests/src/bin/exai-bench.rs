@@ -261,6 +261,11 @@ struct AdmissionArgs {
     /// The light client's interval between calls, in ms.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     light_every_ms: u64,
+    /// The light client's unanswered calls at most, as an interactive client that waits for its
+    /// answer holds one: a tick that finds this many sends its call when the next answer comes.
+    /// 0: no limit, every tick sends (a client that does not wait).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    light_in_flight: u64,
     /// The tier's calls in flight.
     #[arg(long, default_value_t = 4)]
     tier_concurrency: u64,
@@ -312,6 +317,7 @@ impl AdmissionArgs {
             heavy_clients: self.heavy_clients as usize,
             heavy_calls: self.heavy_calls as usize,
             light_every: Duration::from_millis(self.light_every_ms),
+            light_in_flight: (self.light_in_flight > 0).then_some(self.light_in_flight as usize),
             tier_concurrency: self.tier_concurrency,
             tier_rpm: self.tier_rpm,
             tier_tpm: self.tier_tpm,
