@@ -261,10 +261,10 @@ struct AdmissionArgs {
     /// The light client's interval between calls, in ms.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     light_every_ms: u64,
-    /// The light client's unanswered calls at most, as an interactive client that waits for its
-    /// answer holds one: a tick that finds this many sends its call when the next answer comes.
-    /// 0: no limit, every tick sends (a client that does not wait).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    /// The light client's unanswered calls at most (1: an interactive client that waits for
+    /// each answer): a tick that finds this many sends its call when the next answer comes.
+    /// 0: no limit, every tick sends whatever is unanswered.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     light_in_flight: u64,
     /// The tier's calls in flight.
     #[arg(long, default_value_t = 4)]
