@@ -332,6 +332,9 @@ async fn finish<S: Transport>(
     }
 }
 
+/// The most frames the writer takes from the queue before it flushes them.
+const WRITE_BATCH: usize = 64;
+
 /// Sends queued frames and keepalive pings until asked to close or every sender is gone; every
 /// write is bounded by `write_timeout`, and one that fails or times out ends the writer (and so
 /// fails every sender). Returns the sink after a close frame, so an oversized frame's rest can be
@@ -355,15 +358,38 @@ async fn write_loop<S: Transport>(
         tokio::select! {
             msg = inbox.recv() => match msg {
                 Some(Outbound::Text(text, budget)) => {
-                    let sent = tokio::time::timeout(
-                        write_timeout,
-                        sink.send(Message::Text(text.into())),
-                    )
-                    .await;
-                    drop(budget);
-                    if !matches!(sent, Ok(Ok(()))) {
+                    // The frames queued meanwhile go out with it, in one write where they fit:
+                    // a call's ack, progress and result often queue together.
+                    let mut written = vec![budget];
+                    let mut close = None;
+                    let batch = async {
+                        sink.feed(Message::Text(text.into())).await?;
+                        while written.len() < WRITE_BATCH {
+                            match inbox.try_recv() {
+                                Some(Outbound::Text(text, budget)) => {
+                                    written.push(budget);
+                                    sink.feed(Message::Text(text.into())).await?;
+                                }
+                                Some(Outbound::Close(code, reason)) => {
+                                    close = Some((code, reason));
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        sink.flush().await
+                    };
+                    let sent = matches!(tokio::time::timeout(write_timeout, batch).await, Ok(Ok(())));
+                    drop(written);
+                    if !sent {
                         tracing::debug!("websocket write failed or timed out");
                         return None;
+                    }
+                    if let Some((code, reason)) = close {
+                        let frame = CloseFrame { code: code.into(), reason: reason.into() };
+                        let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
+                            .await;
+                        return Some(sink);
                     }
                 }
                 Some(Outbound::Close(code, reason)) => {

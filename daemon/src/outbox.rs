@@ -47,6 +47,11 @@ impl Inbox {
     pub(crate) async fn recv(&mut self) -> Option<Outbound> {
         self.rx.recv().await
     }
+
+    /// The next frame if one is queued already, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl Drop for Inbox {
