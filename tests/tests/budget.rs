@@ -238,7 +238,9 @@ async fn callers_waiting_for_a_full_window_get_its_room_in_the_order_they_asked(
     );
     // The window is booked up to then: a third caller's turn is a window later still, beyond
     // a shorter patience, so it is refused and nothing is written for it.
-    let Reservation::Refused { retry_in, limit, .. } = b
+    let Reservation::Refused {
+        retry_in, limit, ..
+    } = b
         .reserve("kimi", "e", 1, Duration::from_secs(15))
         .await
         .unwrap()
@@ -279,7 +281,11 @@ async fn a_burst_is_lent_by_an_idle_window_and_paid_back_without_a_gap() {
     ));
     let mut turns = Vec::new();
     for t in ["r5", "r6", "r7", "r8", "r9", "r10", "r11"] {
-        match b.reserve("kimi", t, 1, Duration::from_secs(30)).await.unwrap() {
+        match b
+            .reserve("kimi", t, 1, Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
             Reservation::Scheduled { after } => turns.push(after),
             other => panic!("{t}: expected a turn, got {other:?}"),
         }
@@ -293,7 +299,10 @@ async fn a_burst_is_lent_by_an_idle_window_and_paid_back_without_a_gap() {
         );
     }
     assert!(turns[5] >= Duration::from_millis(9_000), "{turns:?}");
-    assert!(turns[6] >= turns[5] + Duration::from_millis(900), "{turns:?}");
+    assert!(
+        turns[6] >= turns[5] + Duration::from_millis(900),
+        "{turns:?}"
+    );
     stack.cleanup().await;
 }
 

@@ -180,12 +180,10 @@ pub async fn run(opts: Options, prefix: String) -> anyhow::Result<Report> {
             format!("{what}: tokens recorded ÷ tokens the provider billed"),
             o.tokens_accounted_ratio,
         );
-        report
-            .notes
-            .push(format!(
-                "{what}: {} calls ({} from the light client) in {:.1} s",
-                o.calls, o.light_calls, o.secs
-            ));
+        report.notes.push(format!(
+            "{what}: {} calls ({} from the light client) in {:.1} s",
+            o.calls, o.light_calls, o.secs
+        ));
     }
     Ok(report)
 }
@@ -437,9 +435,13 @@ async fn client(url: &str, name: &str, n: usize, pace: Option<Pace>) -> anyhow::
     let mut done = 0usize;
     // A tick's call held back while `in_flight` calls are unanswered.
     let mut owed = false;
-    let mut tick = tokio::time::interval(pace.as_ref().map_or(Duration::from_secs(3600), |p| p.every));
+    let mut tick =
+        tokio::time::interval(pace.as_ref().map_or(Duration::from_secs(3600), |p| p.every));
     let mut hello = false;
-    let stopped = |pace: &Option<Pace>| pace.as_ref().is_some_and(|p| p.stop.load(Ordering::Relaxed));
+    let stopped = |pace: &Option<Pace>| {
+        pace.as_ref()
+            .is_some_and(|p| p.stop.load(Ordering::Relaxed))
+    };
     loop {
         let stop_sending = match &pace {
             Some(p) => p.stop.load(Ordering::Relaxed),
