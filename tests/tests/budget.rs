@@ -209,17 +209,20 @@ async fn callers_waiting_for_a_full_window_get_its_room_in_the_order_they_asked(
         .start()
         .await;
     let b = budgets(&stack, Duration::from_secs(30)).await;
+    let before_a = std::time::Instant::now();
     for t in ["a", "b"] {
         assert_eq!(
             b.reserve("kimi", t, 1, Duration::ZERO).await.unwrap(),
             Reservation::Reserved
         );
     }
+    let after_b = std::time::Instant::now();
     let patience = Duration::from_secs(30);
-    let turns = [
-        b.reserve("kimi", "c", 1, patience).await.unwrap(),
-        b.reserve("kimi", "d", 1, patience).await.unwrap(),
-    ];
+    let asked_c = std::time::Instant::now();
+    let c = b.reserve("kimi", "c", 1, patience).await.unwrap();
+    let asked_d = std::time::Instant::now();
+    let d = b.reserve("kimi", "d", 1, patience).await.unwrap();
+    let turns = [c, d];
     let [
         Reservation::Scheduled { after: first },
         Reservation::Scheduled { after: second },
@@ -227,13 +230,17 @@ async fn callers_waiting_for_a_full_window_get_its_room_in_the_order_they_asked(
     else {
         panic!("expected two turns when the window frees, got {turns:?}");
     };
-    // Each is due when the request it replaces leaves the window: after a window, in order.
+    // Each is due when the request it replaces leaves the window (10 s after a and b, within
+    // 20 ms: the Redis clock's millisecond and a round trip), and in order.
+    let window = Duration::from_millis(10_000);
+    let ms = Duration::from_millis(20);
     assert!(
-        first > Duration::from_millis(9_000) && first <= Duration::from_millis(10_001),
+        asked_c + first + ms >= before_a + window && asked_c + first <= after_b + window + 2 * ms,
         "{first:?}"
     );
+    // Each `after` counts from its own request: d's turn, as a time, is not before c's.
     assert!(
-        second >= first && second <= Duration::from_millis(10_001),
+        asked_d + second + ms >= asked_c + first && asked_d + second <= after_b + window + 2 * ms,
         "{first:?} then {second:?}"
     );
     // The window is booked up to then: a third caller's turn is a window later still, beyond
@@ -268,6 +275,7 @@ async fn a_burst_is_lent_by_an_idle_window_and_paid_back_without_a_gap() {
         .start()
         .await;
     let b = budgets(&stack, Duration::from_secs(30)).await;
+    let start = std::time::Instant::now();
     for t in ["r0", "r1", "r2", "r3", "r4"] {
         assert_eq!(
             b.reserve("kimi", t, 1, Duration::ZERO).await.unwrap(),
@@ -279,29 +287,37 @@ async fn a_burst_is_lent_by_an_idle_window_and_paid_back_without_a_gap() {
         b.reserve("kimi", "r5", 1, Duration::ZERO).await.unwrap(),
         Reservation::Refused { .. }
     ));
+    // When each turn is due, as an instant (each `after` counts from its own request).
     let mut turns = Vec::new();
     for t in ["r5", "r6", "r7", "r8", "r9", "r10", "r11"] {
+        let asked = std::time::Instant::now();
         match b
             .reserve("kimi", t, 1, Duration::from_secs(30))
             .await
             .unwrap()
         {
-            Reservation::Scheduled { after } => turns.push(after),
+            Reservation::Scheduled { after } => turns.push(asked + after),
             other => panic!("{t}: expected a turn, got {other:?}"),
         }
     }
-    // In order, never more than two intervals apart; the eleventh waits for the first to leave
-    // the window, and the twelfth follows it by an interval instead of going with it.
+    let offsets: Vec<Duration> = turns.iter().map(|t| *t - start).collect();
+    // In order, never more than two intervals apart (within 20 ms: the Redis clock's
+    // millisecond and a round trip); the eleventh waits for the first to leave the window, and
+    // the twelfth follows it by an interval instead of going with it.
+    let ms = Duration::from_millis(20);
     for pair in turns.windows(2) {
         assert!(
-            pair[1] > pair[0] && pair[1] - pair[0] <= Duration::from_millis(2_100),
-            "{turns:?}"
+            pair[1] + ms > pair[0] && pair[1] <= pair[0] + Duration::from_millis(2_000) + ms,
+            "{offsets:?}"
         );
     }
-    assert!(turns[5] >= Duration::from_millis(9_000), "{turns:?}");
     assert!(
-        turns[6] >= turns[5] + Duration::from_millis(900),
-        "{turns:?}"
+        offsets[5] + ms >= Duration::from_millis(10_000),
+        "{offsets:?}"
+    );
+    assert!(
+        turns[6] + ms >= turns[5] + Duration::from_millis(1_000),
+        "{offsets:?}"
     );
     stack.cleanup().await;
 }

@@ -131,7 +131,9 @@ if rpm > 0 and burst >= 1 then
   if tat < now then tat = now end
   local lend = math.max(1, math.min(burst, rpm - n))
   local ahead = tat - (lend - 1) * interval - now
-  if ahead > 0 then paced = math.ceil(ahead) end
+  -- Less than a millisecond ahead is on time: `tat` is kept to the thousandth, so requests
+  -- within one millisecond would otherwise be paced by its rounding.
+  if ahead >= 1 then paced = math.ceil(ahead) end
   tat = tat + interval
 end
 local sums = redis.call('HMGET', KEYS[4], 'tpm', 'tpd')
