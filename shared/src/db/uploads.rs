@@ -502,13 +502,14 @@ pub async fn insert_or_get(pool: &PgPool, new: &NewUpload) -> Result<Upserted, D
 
 async fn upsert_live(pool: &PgPool, new: &NewUpload) -> Result<Upserted, sqlx::Error> {
     // `xmax = 0` holds for a row version this statement inserted, not for one it updated. A new
-    // row starts with no reference: `claim_reference` counts this upload's, in the same
-    // transaction.
+    // row starts with this upload's reference counted, and its `provider_file_upload_refs` row is
+    // added in the same transaction (no second write of the new row); an existing row counts
+    // the reference through `claim_reference`, once.
     const SQL: &str = concat!(
         "INSERT INTO provider_file_uploads AS u \
              (provider, provider_file_id, sha256, filename, file_size_bytes, mime_type, purpose, \
               upload_status, reference_count, last_used) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, now()) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, now()) \
          ON CONFLICT (provider, sha256) WHERE ",
         live!(),
         " DO UPDATE SET last_used = now(), updated_at = now() \
@@ -528,7 +529,19 @@ async fn upsert_live(pool: &PgPool, new: &NewUpload) -> Result<Upserted, sqlx::E
         .bind(new.status.as_str())
         .fetch_one(&mut *tx)
         .await?;
-    let counted = claim_reference(&mut tx, row.row.id, &new.reference).await?;
+    let counted = if row.created {
+        sqlx::query(
+            "INSERT INTO provider_file_upload_refs (upload_id, reference) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(row.row.id)
+        .bind(&new.reference)
+        .execute(&mut *tx)
+        .await?;
+        row.row
+    } else {
+        claim_reference(&mut tx, row.row.id, &new.reference).await?
+    };
     tx.commit().await?;
     Ok(Upserted {
         row: counted,
