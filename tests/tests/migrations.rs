@@ -1188,6 +1188,95 @@ async fn status_transitions_follow_the_state_machine() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_committed_push_writes_answer_each_row_as_the_one_row_writes_do() {
+    let (_test_db, pool) = migrated_db().await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let new = new_upload(&format!("bytes-{i}"), &format!("file-{i}"));
+        ids.push(db::insert_or_get(&pool, &new).await.unwrap().row.id);
+    }
+    // Row 0 is completed already and row 1 deleted: both are refused; row 2 is asked twice.
+    db::mark_completed(&pool, ids[0], "obj-0", "kimi-uploads/file-0")
+        .await
+        .unwrap();
+    db::mark_deleted(&pool, ids[1], "gone").await.unwrap();
+    let missing = Uuid::new_v4();
+    let writes = db::PushWrites::spawn(pool.clone());
+
+    // Every attempt at once, so that the writer gathers them into batches.
+    let mut asked: Vec<Uuid> = ids.clone();
+    asked.push(ids[2]);
+    asked.push(missing);
+    let attempts =
+        futures::future::join_all(asked.iter().map(|id| writes.record_storage_attempt(*id))).await;
+    for (id, result) in asked.iter().zip(&attempts) {
+        match result {
+            Ok(row) => assert_eq!(row.id, *id),
+            Err(DbError::InvalidTransition {
+                id: refused, from, ..
+            }) => {
+                assert_eq!(refused, id);
+                assert!(
+                    *id == ids[0] && *from == UploadStatus::Completed
+                        || *id == ids[1] && *from == UploadStatus::Deleted,
+                    "{id} refused from {from}"
+                );
+            }
+            Err(DbError::NotFound { id: not_found }) => assert_eq!(*not_found, missing),
+            Err(e) => panic!("{id}: {e:?}"),
+        }
+    }
+    assert_eq!(attempts.iter().filter(|r| r.is_err()).count(), 3);
+    let row = |id: Uuid| {
+        let pool = pool.clone();
+        async move { db::find_by_id(&pool, id).await.unwrap().unwrap() }
+    };
+    // Each attempt counted once per ask: twice for row 2, never for the refused rows.
+    assert_eq!(row(ids[2]).await.storage_attempts, 2);
+    assert_eq!(row(ids[3]).await.storage_attempts, 1);
+    assert_eq!(row(ids[0]).await.storage_attempts, 0);
+
+    // Completions: each row linked to its own object; the deleted row refused.
+    let links: Vec<(Uuid, String, String)> = ids[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                *id,
+                format!("obj-{}", i + 1),
+                format!("kimi-uploads/file-{}", i + 1),
+            )
+        })
+        .collect();
+    let completed = futures::future::join_all(
+        links
+            .iter()
+            .map(|(id, object, path)| writes.mark_completed(*id, object, path)),
+    )
+    .await;
+    for ((id, object, path), result) in links.iter().zip(&completed) {
+        if *id == ids[1] {
+            assert!(matches!(
+                result,
+                Err(DbError::InvalidTransition {
+                    from: UploadStatus::Deleted,
+                    to: UploadStatus::Completed,
+                    ..
+                })
+            ));
+            continue;
+        }
+        let done = result.as_ref().unwrap();
+        assert_eq!(done.id, *id);
+        assert_eq!(done.status, UploadStatus::Completed);
+        assert_eq!(done.supabase_file_id.as_deref(), Some(object.as_str()));
+        assert_eq!(done.storage_path.as_deref(), Some(path.as_str()));
+        assert_eq!(&row(*id).await, done);
+    }
+    assert_eq!(row(ids[1]).await.status, UploadStatus::Deleted);
+}
+
 #[tokio::test]
 async fn list_by_status_returns_the_oldest_changes_first() {
     let (_test_db, pool) = migrated_db().await;

@@ -461,6 +461,68 @@ async fn a_storage_403_fails_the_row_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_sharing_their_row_writes_end_each_row_right_when_one_fails() {
+    let mut stack = TestStack::uploads("up-push-batch", &[]).await;
+    // Every storage upload is held a while, so the pushes run together and their row writes
+    // are committed in batches; the first upload to arrive is refused for good.
+    for fault in [
+        json!({"route": "supabase.object.upload", "action": "delay", "delay_ms": 300}),
+        json!({"route": "supabase.object.upload", "action": "fail", "status": 403, "count": 1}),
+    ] {
+        stack.sim().add_fault(fault).unwrap();
+    }
+    stack.start_worker();
+    let files: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| bytes(3000 + usize::from(i), 40 + i))
+        .collect();
+    let paths: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let path = stack.write_file(&format!("batch/f{i}.bin"), data);
+            path.display().to_string()
+        })
+        .collect();
+    let text = stack
+        .call("kimi_upload_files", json!({"files": paths}))
+        .await
+        .expect("upload succeeds");
+    let items: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(items.len(), files.len());
+
+    let mut failed = Vec::new();
+    for (item, data) in items.iter().zip(&files) {
+        let file_id = item["file_id"].as_str().unwrap();
+        let ended = wait_until(WAIT, || async {
+            matches!(
+                stack.row(file_id).await.status,
+                UploadStatus::Completed | UploadStatus::StorageFailed
+            )
+        })
+        .await;
+        let row = stack.row(file_id).await;
+        assert!(ended, "row of {file_id} never ended: {row:?}");
+        assert_eq!(row.storage_attempts, 1, "{row:?}");
+        if row.status == UploadStatus::StorageFailed {
+            assert!(
+                row.last_error.as_deref().unwrap().contains("403"),
+                "{row:?}"
+            );
+            failed.push(file_id.to_owned());
+            continue;
+        }
+        // A completed row names its own object, which holds its file's bytes.
+        let path = format!("kimi-uploads/{file_id}");
+        assert_eq!(row.storage_path.as_deref(), Some(path.as_str()));
+        let object = stack.object(&path).expect("the object exists");
+        assert_eq!(object["sha256"], sha256(data));
+    }
+    assert_eq!(failed.len(), 1, "exactly one push was refused: {failed:?}");
+    assert_eq!(stack.requests("supabase.object.upload"), files.len());
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kimi_upload_to_supabase_toggles_the_push() {
     let mut stack = TestStack::uploads("up-toggle", &[("KIMI_UPLOAD_TO_SUPABASE", "false")]).await;
     stack.start_worker();

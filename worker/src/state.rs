@@ -28,6 +28,9 @@ pub struct AppState {
     /// Postgres (`provider_file_uploads`); connected lazily, so a process that never touches
     /// the database (a `tool_calls`-only worker running `test_echo`) never needs one.
     pub db: PgPool,
+    /// The storage pushes' row writes (an attempt counted, a push completed), group-committed
+    /// over `db`: concurrent pushes of this process share one commit per kind of write.
+    pub push_writes: db::PushWrites,
     /// The fleet-wide leased semaphores that bound provider calls.
     pub semaphores: Semaphores,
     /// The providers' rate budgets (requests and tokens per minute and day).
@@ -70,6 +73,7 @@ impl AppState {
         metrics: WorkerMetrics,
     ) -> anyhow::Result<Self> {
         let db = db::connect_lazy(&config.database).context("DATABASE_URL")?;
+        let push_writes = db::PushWrites::spawn(db.clone());
         let semaphores =
             Semaphores::new(conn.clone(), subscriber, keys.clone(), &config.semaphores)
                 .await
@@ -78,6 +82,7 @@ impl AppState {
         Ok(Self {
             config: config.clone(),
             db,
+            push_writes,
             semaphores,
             budgets: Budgets::new(
                 conn.clone(),

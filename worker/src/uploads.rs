@@ -1,9 +1,16 @@
 //! The upload pipeline's first half: staged bytes → Moonshot → a `provider_file_uploads` row →
 //! a `storage_push` job (DESIGN.md, "Upload pipeline", steps 2 and 4).
 //!
-//! [`upload_staged`] is what the `uploads` queue runs, and what the upload tools run inline
-//! (under the permits they already hold), so a tool call returns as soon as Moonshot has the
-//! file while the push to Supabase Storage continues as its own job.
+//! [`upload_staged`] is what the `uploads` queue runs, and what the upload tools run inline, so
+//! a tool call returns as soon as Moonshot has the file while the push to Supabase Storage
+//! continues as its own job.
+//!
+//! # Permits around Moonshot calls only
+//! The Moonshot permits (`global` + `kimi`, [`Permits`]) bound concurrent calls to Moonshot, so
+//! they are held around each Moonshot call and nothing else: the dedup query runs before the
+//! permits are taken, and the row and the push's enqueue are written after they are given back.
+//! A permit held across database writes would let commit latency, not Moonshot, set how many
+//! uploads run at once.
 //!
 //! # Idempotence
 //! - **Dedup first.** A live row for `(kimi, sha256)` is reused (`record_reuse` bumps
@@ -34,23 +41,49 @@ use futures::StreamExt;
 use crate::permits;
 use crate::state::AppState;
 
-/// Runs one `uploads` job: takes the Moonshot permits, then [`upload_staged`].
+/// How an upload holds the Moonshot permits (`global` + `kimi`) around its Moonshot calls.
+#[derive(Debug, Clone, Copy)]
+pub enum Permits<'a> {
+    /// The caller holds them for the whole upload (a chat restoring a file Moonshot lost, within
+    /// the permits of its chat call).
+    Held,
+    /// Taken for each Moonshot call on behalf of the job of this lease (waiting as
+    /// [`permits::acquire`] does) and given back as soon as Moonshot answers.
+    PerCall(&'a RunningJob),
+}
+
+impl Permits<'_> {
+    /// Runs `call` (one Moonshot request) under the permits.
+    pub async fn around<T>(
+        self,
+        state: &AppState,
+        call: impl Future<Output = Result<T, JobError>>,
+    ) -> Result<T, JobError> {
+        match self {
+            Self::Held => call.await,
+            Self::PerCall(lease) => {
+                let moonshot = Provider::Kimi.as_str();
+                let guard = permits::acquire(
+                    state,
+                    lease,
+                    &[exai_shared::tools::GLOBAL_SEMAPHORE, moonshot],
+                    Some(moonshot),
+                )
+                .await?;
+                permits::holding(state, guard, call).await
+            }
+        }
+    }
+}
+
+/// Runs one `uploads` job: [`upload_staged`], with the Moonshot permits around each Moonshot
+/// call.
 pub async fn run_job(
     state: &AppState,
     lease: &RunningJob,
     job: &UploadJob,
 ) -> Result<UploadedFile, JobError> {
-    let guard = permits::acquire(
-        state,
-        lease,
-        &[
-            exai_shared::tools::GLOBAL_SEMAPHORE,
-            Provider::Kimi.as_str(),
-        ],
-        Some(Provider::Kimi.as_str()),
-    )
-    .await?;
-    permits::holding(state, guard, upload_staged(state, job, lease.id())).await
+    upload_staged(state, job, lease.id(), Permits::PerCall(lease)).await
 }
 
 /// The purpose sent to Moonshot for a requested one (empty means `file-extract`); one Moonshot
@@ -73,12 +106,13 @@ pub fn moonshot_purpose(requested: &str) -> Result<&'static str, JobError> {
 
 /// Uploads the staged blob of `job` to Moonshot unless a live row already holds the same bytes,
 /// records the row, and enqueues its storage push. `reference` is the id of the job asking (a
-/// tool call or an `uploads` job): the row counts it once however often the job runs. The caller
-/// holds the Moonshot permits.
+/// tool call or an `uploads` job): the row counts it once however often the job runs. Each
+/// Moonshot call runs under `permits`.
 pub async fn upload_staged(
     state: &AppState,
     job: &UploadJob,
     reference: &str,
+    permits: Permits<'_>,
 ) -> Result<UploadedFile, JobError> {
     let moonshot = Provider::Kimi.as_str();
     if job.provider != moonshot {
@@ -94,7 +128,10 @@ pub async fn upload_staged(
         .await
         .map_err(JobError::from)?
     {
-        if provider_has_file(state, &row).await? {
+        if permits
+            .around(state, provider_has_file(state, &row))
+            .await?
+        {
             if let Some(row) = db::record_reuse(&state.db, row.id, reference)
                 .await
                 .map_err(JobError::from)?
@@ -115,25 +152,48 @@ pub async fn upload_staged(
         .mime_type
         .clone()
         .unwrap_or_else(|| guess_mime(&job.filename));
-    let object = state
-        .providers
-        .moonshot
-        .upload_file(&blob.path, &job.filename, blob.size, purpose, Some(&mime))
+    let object = permits
+        .around(state, async {
+            Ok(state
+                .providers
+                .moonshot
+                .upload_file(&blob.path, &job.filename, blob.size, purpose, Some(&mime))
+                .await?)
+        })
         .await?;
     tracing::info!(file_id = %object.id, sha256 = %job.sha256, size = blob.size, "uploaded to moonshot");
-    record(state, job, reference, &object.id, purpose, &mime, blob.size).await
+    let sent = Sent {
+        file_id: &object.id,
+        purpose,
+        mime: &mime,
+        size: blob.size,
+    };
+    record(state, job, reference, &sent, permits).await
 }
 
-/// Records a Moonshot file just uploaded, and enqueues its push.
+/// A file Moonshot has just accepted.
+struct Sent<'a> {
+    file_id: &'a str,
+    purpose: &'a str,
+    mime: &'a str,
+    size: u64,
+}
+
+/// Records a Moonshot file just uploaded, and enqueues its push. A file made redundant by a
+/// race is deleted under `permits`.
 async fn record(
     state: &AppState,
     job: &UploadJob,
     reference: &str,
-    file_id: &str,
-    purpose: &str,
-    mime: &str,
-    size: u64,
+    sent: &Sent<'_>,
+    permits: Permits<'_>,
 ) -> Result<UploadedFile, JobError> {
+    let &Sent {
+        file_id,
+        purpose,
+        mime,
+        size,
+    } = sent;
     let status = if state.config.supabase.upload_enabled {
         UploadStatus::StoragePending
     } else {
@@ -158,7 +218,8 @@ async fn record(
     let lost_race = upserted.lost_race(file_id);
     if lost_race {
         // Another upload of the same bytes recorded its file first: ours is redundant.
-        match state.providers.moonshot.delete_file(file_id).await {
+        let delete = async { Ok(state.providers.moonshot.delete_file(file_id).await?) };
+        match permits.around(state, delete).await {
             Ok(_) => {
                 tracing::info!(file_id, kept = %upserted.row.provider_file_id, "duplicate moonshot file deleted")
             }
@@ -260,5 +321,5 @@ pub async fn restore_from_storage(
         provider: Provider::Kimi.as_str().to_owned(),
         mime_type: row.mime_type.clone(),
     };
-    upload_staged(state, &job, reference).await
+    upload_staged(state, &job, reference, Permits::Held).await
 }

@@ -6,6 +6,7 @@
 //! - [`connect`] / [`connect_lazy`]: the pool, with bounded size and acquire timeout.
 //! - [`migrate`] / [`revert_one`] and [`MIGRATOR`]: the embedded migrations of `migrations/`.
 //! - [`uploads`]: the [`FileUpload`] rows of the upload pipeline and their state machine.
+//! - [`push_writes`]: [`PushWrites`], the storage push's row writes, group-committed.
 //! - [`DbError`]: what a caller branches on (not found, invalid transition, transient or not).
 
 use std::str::FromStr;
@@ -19,14 +20,17 @@ use uuid::Uuid;
 use crate::config::DatabaseConfig;
 
 mod migrate;
+pub mod push_writes;
 pub mod uploads;
 
 pub use migrate::{MIGRATOR, MigrationInfo, applied_migrations, migrate, revert_one};
+pub use push_writes::PushWrites;
 pub use uploads::{
     FileUpload, NewUpload, UnknownStatus, UploadStatus, Upserted, count_by_status, find_by_id,
     find_by_provider_file_id, find_live, insert_or_get, is_file_held, is_sha256_pending,
-    list_by_status, list_holding, list_recent, mark_completed, mark_deleted, mark_deleted_unused,
-    mark_storage_failed, record_reuse, record_storage_attempt,
+    list_by_status, list_holding, list_recent, mark_completed, mark_completed_many, mark_deleted,
+    mark_deleted_unused, mark_storage_failed, record_reuse, record_storage_attempt,
+    record_storage_attempts,
 };
 
 /// The most connections one process opens. A worker's database work is a few short statements
@@ -100,6 +104,10 @@ pub enum DbError {
         /// The provider's file id.
         provider_file_id: String,
     },
+    /// The process's group-commit writer ([`PushWrites`]) is gone (the process is stopping);
+    /// nothing was written by this request, or its answer was lost.
+    #[error("the row writer has stopped")]
+    WriterGone,
 }
 
 /// How long a job waits before it tries again when Postgres is out of reach.
@@ -133,6 +141,7 @@ impl DbError {
     pub fn is_unavailable(&self) -> bool {
         let sqlx_error = match self {
             DbError::Query(e) | DbError::Connect(e) => e,
+            DbError::WriterGone => return true,
             _ => return false,
         };
         match sqlx_error {
@@ -151,6 +160,7 @@ impl DbError {
         let sqlx_error = match self {
             DbError::Query(e) | DbError::Connect(e) => e,
             DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e,
+            DbError::WriterGone => return true,
             _ => return false,
         };
         match sqlx_error {

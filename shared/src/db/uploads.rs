@@ -59,6 +59,23 @@ macro_rules! upload_columns {
     };
 }
 
+/// [`upload_columns`] of the table aliased `u` (for statements that join another relation).
+macro_rules! qualified_upload_columns {
+    () => {
+        "u.id, u.provider, u.provider_file_id, u.sha256, u.filename, \
+         u.file_size_bytes::bigint AS file_size_bytes, \
+         u.mime_type::text AS mime_type, \
+         coalesce(u.purpose, 'file-extract')::text AS purpose, \
+         u.upload_status, u.supabase_file_id, u.storage_path, \
+         coalesce(u.storage_attempts, 0)::integer AS storage_attempts, \
+         u.last_error, u.error_message, \
+         coalesce(u.reference_count, 1)::bigint AS reference_count, \
+         u.last_used, u.created_at, u.updated_at, u.deleted_at, \
+         u.deletion_reason::text AS deletion_reason, \
+         coalesce(to_jsonb(u.metadata), '{}'::jsonb) AS metadata"
+    };
+}
+
 /// The live-row predicate, verbatim from the partial unique index of migration 0002 (an
 /// `ON CONFLICT` target must match the index's predicate).
 macro_rules! live {
@@ -485,13 +502,14 @@ pub async fn insert_or_get(pool: &PgPool, new: &NewUpload) -> Result<Upserted, D
 
 async fn upsert_live(pool: &PgPool, new: &NewUpload) -> Result<Upserted, sqlx::Error> {
     // `xmax = 0` holds for a row version this statement inserted, not for one it updated. A new
-    // row starts with no reference: `claim_reference` counts this upload's, in the same
-    // transaction.
+    // row starts with this upload's reference counted, and its `provider_file_upload_refs` row is
+    // added in the same transaction (no second write of the new row); an existing row counts
+    // the reference through `claim_reference`, once.
     const SQL: &str = concat!(
         "INSERT INTO provider_file_uploads AS u \
              (provider, provider_file_id, sha256, filename, file_size_bytes, mime_type, purpose, \
               upload_status, reference_count, last_used) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, now()) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, now()) \
          ON CONFLICT (provider, sha256) WHERE ",
         live!(),
         " DO UPDATE SET last_used = now(), updated_at = now() \
@@ -511,7 +529,19 @@ async fn upsert_live(pool: &PgPool, new: &NewUpload) -> Result<Upserted, sqlx::E
         .bind(new.status.as_str())
         .fetch_one(&mut *tx)
         .await?;
-    let counted = claim_reference(&mut tx, row.row.id, &new.reference).await?;
+    let counted = if row.created {
+        sqlx::query(
+            "INSERT INTO provider_file_upload_refs (upload_id, reference) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(row.row.id)
+        .bind(&new.reference)
+        .execute(&mut *tx)
+        .await?;
+        row.row
+    } else {
+        claim_reference(&mut tx, row.row.id, &new.reference).await?
+    };
     tx.commit().await?;
     Ok(Upserted {
         row: counted,
@@ -625,6 +655,58 @@ pub async fn mark_completed(
         Some(row) => Ok(row),
         None => Err(refusal(pool, id, to).await),
     }
+}
+
+/// [`record_storage_attempt`] (with no error) of every row in `ids`, in one statement: the rows
+/// counted, in no particular order. A row missing from the answer was refused (not
+/// `storage_pending` nor `storage_failed`, or absent); `ids` should hold each row once.
+pub async fn record_storage_attempts(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<Vec<FileUpload>, DbError> {
+    const SQL: &str = concat!(
+        "UPDATE provider_file_uploads \
+         SET storage_attempts = coalesce(storage_attempts, 0) + 1, \
+             updated_at = now() \
+         WHERE id = ANY($1) AND upload_status IN ('storage_pending', 'storage_failed') \
+         RETURNING ",
+        upload_columns!()
+    );
+    Ok(sqlx::query_as(SQL).bind(ids).fetch_all(pool).await?)
+}
+
+/// [`mark_completed`] of every `(id, supabase_file_id, storage_path)` in `links`, in one
+/// statement: the rows completed, in no particular order. A row missing from the answer was
+/// refused (deleted, failed, or absent); `links` should hold each row once.
+pub async fn mark_completed_many(
+    pool: &PgPool,
+    links: &[(Uuid, String, String)],
+) -> Result<Vec<FileUpload>, DbError> {
+    // The target's columns are qualified: `unnest` brings an `id` of its own.
+    const SQL: &str = concat!(
+        "UPDATE provider_file_uploads AS u \
+         SET upload_status = 'completed', supabase_file_id = l.supabase_file_id, \
+             storage_path = l.storage_path, error_message = NULL, updated_at = now() \
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS l(row_id, supabase_file_id, storage_path) \
+         WHERE u.id = l.row_id AND u.upload_status = ANY($4) \
+         RETURNING ",
+        qualified_upload_columns!()
+    );
+    let ids: Vec<Uuid> = links.iter().map(|l| l.0).collect();
+    let objects: Vec<&str> = links.iter().map(|l| l.1.as_str()).collect();
+    let paths: Vec<&str> = links.iter().map(|l| l.2.as_str()).collect();
+    Ok(sqlx::query_as(SQL)
+        .bind(ids)
+        .bind(objects)
+        .bind(paths)
+        .bind(UploadStatus::sources(UploadStatus::Completed))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Why a write of a batch left row `id` out: its refusal, as the one-row function reports it.
+pub async fn refused(pool: &PgPool, id: Uuid, to: UploadStatus) -> DbError {
+    refusal(pool, id, to).await
 }
 
 /// The storage push gave up (budget spent, or a permanent error): the row becomes

@@ -1,7 +1,8 @@
 //! HTTP clients of the providers the workers call: Moonshot (files and chat), GLM (chat) and
 //! Supabase Storage. `reqwest` with streaming bodies in both directions: an upload streams the
-//! file from disk in [`STREAM_CHUNK`] pieces, a download is handed over as a byte stream, chat
-//! answers are read as server-sent events. Nothing here reads a whole file into memory.
+//! file from disk in [`STREAM_CHUNK`] pieces ([`file_body`]; a file of one piece or less is read
+//! in one go), a download is handed over as a byte stream, chat answers are read as server-sent
+//! events. Nothing here reads more than one piece of a file into memory.
 //!
 //! - [`error`]: [`ProviderError`], classified transient or permanent where the response is read,
 //!   and mapped onto [`JobError`](crate::jobs::JobError).
@@ -27,8 +28,64 @@ pub use supabase::{ListedObject, StoredObject, SupabaseStorage};
 
 use crate::config::{Config, ProviderTimeouts};
 
-/// The piece size of streamed request bodies (files read from disk).
-pub const STREAM_CHUNK: usize = 64 * 1024;
+/// The piece size of streamed request bodies (files read from disk): each piece is one read on
+/// the blocking pool, so a 100 MiB upload takes 400 of them; the piece is also the most of a
+/// file an upload holds in memory.
+pub const STREAM_CHUNK: usize = 256 * 1024;
+
+/// The bytes of the file at `path`, which must have `size` bytes, as a request body: a file of
+/// at most [`STREAM_CHUNK`] bytes is read in one blocking call and sent from memory; a larger
+/// one is streamed from disk in [`STREAM_CHUNK`] pieces. A file that cannot be opened, or whose
+/// size is not `size`, is a permanent error of `provider`'s `op`.
+pub async fn file_body(
+    provider: &'static str,
+    op: &'static str,
+    path: &std::path::Path,
+    size: u64,
+) -> Result<reqwest::Body, ProviderError> {
+    let mismatch = |on_disk: u64| {
+        ProviderError::permanent(
+            provider,
+            op,
+            format!("{} has {on_disk} bytes, expected {size}", path.display()),
+        )
+    };
+    let cannot_open = |e: std::io::Error| {
+        ProviderError::permanent(provider, op, format!("cannot open {}: {e}", path.display()))
+    };
+    if size <= STREAM_CHUNK as u64 {
+        // One read of at most one piece more than expected tells a file that grew.
+        let owned = path.to_owned();
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut bytes = Vec::with_capacity(size as usize + 1);
+            std::fs::File::open(&owned)?
+                .take(size + 1)
+                .read_to_end(&mut bytes)?;
+            Ok::<_, std::io::Error>(bytes)
+        })
+        .await
+        .map_err(|e| ProviderError::transient(provider, op, format!("read task: {e}")))?;
+        let bytes = read.map_err(cannot_open)?;
+        if bytes.len() as u64 != size {
+            return Err(mismatch(bytes.len() as u64));
+        }
+        return Ok(reqwest::Body::from(bytes));
+    }
+    let file = tokio::fs::File::open(path).await.map_err(cannot_open)?;
+    let on_disk = file
+        .metadata()
+        .await
+        .map_err(|e| {
+            ProviderError::transient(provider, op, format!("stat {}: {e}", path.display()))
+        })?
+        .len();
+    if on_disk != size {
+        return Err(mismatch(on_disk));
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, STREAM_CHUNK);
+    Ok(reqwest::Body::wrap_stream(stream))
+}
 
 /// The HTTP client every provider client shares (one connection pool per process), with the
 /// connect timeout (`EXAI_PROVIDER_CONNECT_TIMEOUT_SECS`) and the longest pause between two

@@ -202,7 +202,7 @@ impl MoonshotClient {
     }
 
     /// Uploads the file at `path` (exactly `size` bytes, checked) as `filename`, streamed from
-    /// disk. Moonshot's own limits (0 bytes, over 100 MB, 1,000 files) come back as permanent
+    /// disk ([`file_body`](super::file_body)). Moonshot's own limits (0 bytes, over 100 MB, 1,000 files) come back as permanent
     /// errors.
     pub async fn upload_file(
         &self,
@@ -213,27 +213,9 @@ impl MoonshotClient {
         mime_type: Option<&str>,
     ) -> Result<FileObject, ProviderError> {
         let op = "upload";
-        let file = tokio::fs::File::open(path).await.map_err(|e| {
-            ProviderError::permanent(PROVIDER, op, format!("cannot open {}: {e}", path.display()))
-        })?;
-        let on_disk = file
-            .metadata()
-            .await
-            .map_err(|e| {
-                ProviderError::transient(PROVIDER, op, format!("stat {}: {e}", path.display()))
-            })?
-            .len();
-        if on_disk != size {
-            return Err(ProviderError::permanent(
-                PROVIDER,
-                op,
-                format!("{} has {on_disk} bytes, expected {size}", path.display()),
-            ));
-        }
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, super::STREAM_CHUNK);
+        let body = super::file_body(PROVIDER, op, path, size).await?;
         let mut part =
-            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), size)
-                .file_name(filename.to_owned());
+            reqwest::multipart::Part::stream_with_length(body, size).file_name(filename.to_owned());
         if let Some(mime) = mime_type {
             part = part.mime_str(mime).map_err(|e| {
                 ProviderError::permanent(PROVIDER, op, format!("bad MIME type `{mime}`: {e}"))

@@ -181,14 +181,7 @@ impl SupabaseStorage {
         mime_type: &str,
     ) -> Result<StoredObject, ProviderError> {
         let op = "upload";
-        let file = tokio::fs::File::open(path_on_disk).await.map_err(|e| {
-            ProviderError::permanent(
-                PROVIDER,
-                op,
-                format!("cannot open {}: {e}", path_on_disk.display()),
-            )
-        })?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, super::STREAM_CHUNK);
+        let body = super::file_body(PROVIDER, op, path_on_disk, size).await?;
         let builder = self
             .http
             .post(self.url(&["object", &self.bucket], Some(object_path))?)
@@ -197,7 +190,7 @@ impl SupabaseStorage {
             .header(reqwest::header::CONTENT_TYPE, mime_type)
             .header(reqwest::header::CONTENT_LENGTH, size)
             .header(reqwest::header::CACHE_CONTROL, "max-age=3600")
-            .body(reqwest::Body::wrap_stream(stream));
+            .body(body);
         let resp = self.send(op, builder).await?;
         let value: Value = resp
             .json()

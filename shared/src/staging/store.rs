@@ -13,8 +13,9 @@ use tokio::io::AsyncWriteExt;
 use super::StagingError;
 use crate::config::UploadConfig;
 
-/// The piece size in which files are read while staging.
-const READ_CHUNK: usize = 64 * 1024;
+/// The piece size in which a file (or inline bytes) is read, hashed and written while staging:
+/// a 100 MiB file takes 400 reads, and the buffer is the only memory staging holds.
+const STAGE_CHUNK: usize = 256 * 1024;
 
 /// A staged blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,24 +115,54 @@ impl Staging {
 
     /// Stages `bytes` (named `name` in error messages).
     pub async fn stage_bytes(&self, name: &str, bytes: Bytes) -> Result<StagedBlob, StagingError> {
-        self.stage_stream(
-            name,
-            futures::stream::once(async move { Ok::<_, io::Error>(bytes) }),
-            None,
-        )
-        .await
+        let store = self.clone();
+        let name = name.to_owned();
+        blocking(move || store.stage_reader_blocking(&name, &bytes[..], None)).await
     }
 
     /// Stages the content of an open file (an upload path opened by
     /// [`open_upload_path`](super::open_upload_path)), read from that descriptor only.
+    ///
+    /// The whole staging — temporary file, reads, hashing, writes, `fsync`, rename and the
+    /// directory's `fsync` — runs as one blocking task: one hand-off to the blocking pool per
+    /// file rather than one per system call.
     pub async fn stage_file(
         &self,
         name: &str,
         file: std::fs::File,
     ) -> Result<StagedBlob, StagingError> {
-        let file = tokio::fs::File::from_std(file);
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
-        self.stage_stream(name, stream, None).await
+        let store = self.clone();
+        let name = name.to_owned();
+        blocking(move || store.stage_reader_blocking(&name, file, None)).await
+    }
+
+    /// Stages whatever `source` yields (blocking), hashing it on the way; see
+    /// [`Self::stage_stream`] for `expected_sha256`.
+    fn stage_reader_blocking(
+        &self,
+        name: &str,
+        mut source: impl io::Read,
+        expected_sha256: Option<&str>,
+    ) -> Result<StagedBlob, StagingError> {
+        let (tmp, mut file) = self.create_temp_blocking()?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut buf = vec![0u8; STAGE_CHUNK];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StagingError::Source(e.to_string())),
+            };
+            size += n as u64;
+            self.check_size(name, size)?;
+            hasher.update(&buf[..n]);
+            io::Write::write_all(&mut file, &buf[..n])
+                .map_err(|e| StagingError::io(format!("write {}", tmp.0.display()), e))?;
+        }
+        let sha256 = hex(&hasher.finalize());
+        self.commit_blocking(name, tmp, file, size, sha256, expected_sha256)
     }
 
     /// Stages whatever `stream` yields, hashing it on the way; when `expected_sha256` is given
@@ -147,47 +178,79 @@ impl Staging {
         S: Stream<Item = Result<Bytes, E>>,
         E: fmt::Display,
     {
-        let tmp_dir = self.dir.join("tmp");
-        create_private_dir(&tmp_dir).await?;
-        let tmp = TempFile(tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4().simple())));
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(BLOB_MODE)
-            .open(&tmp.0)
-            .await
-            .map_err(|e| StagingError::io(format!("create {}", tmp.0.display()), e))?;
+        let store = self.clone();
+        let (tmp, file) = blocking(move || store.create_temp_blocking()).await?;
+        let mut file = tokio::fs::File::from_std(file);
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut stream = std::pin::pin!(stream);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| StagingError::Source(e.to_string()))?;
             size += chunk.len() as u64;
-            if size > self.max_bytes {
-                return Err(StagingError::TooLarge {
-                    name: name.to_owned(),
-                    size,
-                    limit: self.max_bytes,
-                });
-            }
+            self.check_size(name, size)?;
             hasher.update(&chunk);
             file.write_all(&chunk)
                 .await
                 .map_err(|e| StagingError::io(format!("write {}", tmp.0.display()), e))?;
         }
+        file.flush()
+            .await
+            .map_err(|e| StagingError::io("flush", e))?;
+        let file = file.into_std().await;
+        let sha256 = hex(&hasher.finalize());
+        let store = self.clone();
+        let name = name.to_owned();
+        let expected = expected_sha256.map(str::to_owned);
+        blocking(move || store.commit_blocking(&name, tmp, file, size, sha256, expected.as_deref()))
+            .await
+    }
+
+    /// A new temporary file in `tmp/` (the directory created if missing), removed when the
+    /// returned guard is dropped unless it was renamed into place.
+    fn create_temp_blocking(&self) -> Result<(TempFile, std::fs::File), StagingError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp_dir = self.dir.join("tmp");
+        create_private_dir_blocking(&tmp_dir)?;
+        let tmp = TempFile(tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4().simple())));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(BLOB_MODE)
+            .open(&tmp.0)
+            .map_err(|e| StagingError::io(format!("create {}", tmp.0.display()), e))?;
+        Ok((tmp, file))
+    }
+
+    /// Fails once `size` bytes of `name` are past the store's limit.
+    fn check_size(&self, name: &str, size: u64) -> Result<(), StagingError> {
+        if size > self.max_bytes {
+            return Err(StagingError::TooLarge {
+                name: name.to_owned(),
+                size,
+                limit: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes the written temporary file the blob of `sha256`: checks it is not empty and hashes
+    /// to `expected_sha256` when given, `fsync`s it, renames it into `blobs/` and `fsync`s that
+    /// directory. Content already staged (same hash, same size) keeps its blob, made recent
+    /// again so the orphan sweep's grace period counts from now.
+    fn commit_blocking(
+        &self,
+        name: &str,
+        tmp: TempFile,
+        file: std::fs::File,
+        size: u64,
+        sha256: String,
+        expected_sha256: Option<&str>,
+    ) -> Result<StagedBlob, StagingError> {
         if size == 0 {
             return Err(StagingError::Empty {
                 name: name.to_owned(),
             });
         }
-        file.flush()
-            .await
-            .map_err(|e| StagingError::io("flush", e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| StagingError::io(format!("fsync {}", tmp.0.display()), e))?;
-        drop(file);
-        let sha256 = hex(&hasher.finalize());
         if let Some(expected) = expected_sha256
             && expected != sha256
         {
@@ -197,20 +260,33 @@ impl Staging {
         }
         let path = self.blob_path(&sha256)?;
         let parent = path.parent().expect("blob paths have a parent").to_owned();
-        create_private_dir(&parent).await?;
-        match tokio::fs::metadata(&path).await {
-            // The same content is already staged (same hash, same size): keep that blob, and
-            // make it recent again, so the orphan sweep's grace period counts from now.
-            Ok(m) if m.len() == size => touch(&path).await,
+        create_private_dir_blocking(&parent)?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == size => {
+                drop(file);
+                touch_blocking(&path);
+            }
             _ => {
-                tokio::fs::rename(&tmp.0, &path)
-                    .await
+                file.sync_all()
+                    .map_err(|e| StagingError::io(format!("fsync {}", tmp.0.display()), e))?;
+                drop(file);
+                std::fs::rename(&tmp.0, &path)
                     .map_err(|e| StagingError::io(format!("rename into {}", path.display()), e))?;
-                sync_dir(&parent).await?;
+                tmp.persisted();
+                sync_dir_blocking(&parent)?;
             }
         }
         Ok(StagedBlob { sha256, size, path })
     }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StagingError> + Send + 'static,
+) -> Result<T, StagingError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StagingError::io("staging task", io::Error::other(e)))?
 }
 
 /// The mode of the staging directories: the owner's only (uploads may be private files).
@@ -222,34 +298,24 @@ const BLOB_MODE: u32 = 0o600;
 
 /// Creates `dir` and any missing parents with [`DIR_MODE`] (an existing directory keeps its
 /// mode: the operator's choice).
-async fn create_private_dir(dir: &Path) -> Result<(), StagingError> {
-    tokio::fs::DirBuilder::new()
+fn create_private_dir_blocking(dir: &Path) -> Result<(), StagingError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(dir)
-        .await
         .map_err(|e| StagingError::io(format!("create {}", dir.display()), e))
 }
 
 /// Sets a file's modification time to now. Best effort: a blob that cannot be touched keeps
 /// its older time (the sweep's grace period still protects it from its first staging).
-async fn touch(path: &Path) {
-    let owned = path.to_owned();
-    let touched = tokio::task::spawn_blocking(move || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&owned)?
-            .set_modified(std::time::SystemTime::now())
-    })
-    .await;
-    match touched {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot refresh a staged blob's time")
-        }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot refresh a staged blob's time")
-        }
+fn touch_blocking(path: &Path) {
+    let touched = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::warn!(path = %path.display(), error = %e, "cannot refresh a staged blob's time")
     }
 }
 
@@ -361,9 +427,16 @@ fn modified(path: &Path, meta: &std::fs::Metadata) -> Result<std::time::SystemTi
         .map_err(|e| StagingError::io(format!("mtime of {}", path.display()), e))
 }
 
-/// A temporary file removed when dropped (after a successful rename there is nothing left to
-/// remove, and the error is ignored).
+/// A temporary file removed when dropped, unless [`TempFile::persisted`] says it was renamed
+/// into place.
 struct TempFile(PathBuf);
+
+impl TempFile {
+    /// The file was renamed into place: there is nothing left to remove.
+    fn persisted(self) {
+        std::mem::forget(self);
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -372,12 +445,9 @@ impl Drop for TempFile {
 }
 
 /// Makes a rename in `dir` durable.
-async fn sync_dir(dir: &Path) -> Result<(), StagingError> {
-    let d = tokio::fs::File::open(dir)
-        .await
-        .map_err(|e| StagingError::io(format!("open {}", dir.display()), e))?;
-    d.sync_all()
-        .await
+fn sync_dir_blocking(dir: &Path) -> Result<(), StagingError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
         .map_err(|e| StagingError::io(format!("fsync {}", dir.display()), e))
 }
 

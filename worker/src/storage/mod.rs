@@ -4,8 +4,10 @@
 //!
 //! # One attempt
 //! The row must still want a push (`storage_pending`, or `storage_failed` when re-driven); the
-//! attempt is counted on the row first (`record_storage_attempt`), so a push that crashes its
-//! worker every time still spends its budget. The staged bytes are streamed to
+//! attempt is counted on the row first (`record_storage_attempt`, which also reads the row), so
+//! a push that crashes its worker every time still spends its budget. The count and the final
+//! `completed` are group-committed with the other pushes running in the process
+//! ([`PushWrites`](exai_shared::db::PushWrites)): one commit per batch, not per file. The staged bytes are streamed to
 //! `{bucket}/kimi-uploads/{provider_file_id}` with `x-upsert: true` (a re-run overwrites its own
 //! object) within `KIMI_SUPABASE_TIMEOUT`. Success → `completed` with `supabase_file_id` (the
 //! object id) and `storage_path`. A missing bucket is created and the upload tried once more.
@@ -103,34 +105,25 @@ async fn push_once(
     lease: &RunningJob,
     job: &StoragePushJob,
 ) -> Result<(FileUpload, PushOutcome), JobError> {
-    let row = db::find_by_id(&state.db, job.row_id)
-        .await
-        .map_err(JobError::from)?
-        .ok_or_else(|| JobError::Permanent(format!("file upload row {} not found", job.row_id)))?;
-    match row.status {
-        UploadStatus::Completed | UploadStatus::Deleted | UploadStatus::Failed => {
-            return Ok((row, PushOutcome::NothingToPush));
-        }
-        _ => {}
-    }
-    if !state.config.supabase.upload_enabled {
-        let row = fail_row(
-            state,
-            &row,
-            "storage disabled (KIMI_UPLOAD_TO_SUPABASE=false) when the push ran",
-        )
-        .await?;
-        return Ok((row, PushOutcome::StorageDisabled));
-    }
-    let Some(storage) = state.providers.supabase.as_ref() else {
-        let message =
-            "Supabase Storage is not configured (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)";
-        fail_row(state, &row, message).await?;
-        return Err(JobError::Permanent(message.to_owned()));
+    let storage = match state.providers.supabase.as_ref() {
+        Some(storage) if state.config.supabase.upload_enabled => storage,
+        _ => return push_without_storage(state, job).await,
     };
-    let row = db::record_storage_attempt(&state.db, row.id, None)
-        .await
-        .map_err(JobError::from)?;
+    // Counting the attempt is also how the row is read: a row that wants no push any more is
+    // refused, and then read for the job's result.
+    let row = match state.push_writes.record_storage_attempt(job.row_id).await {
+        Ok(row) => row,
+        Err(db::DbError::InvalidTransition {
+            from: UploadStatus::Completed | UploadStatus::Deleted | UploadStatus::Failed,
+            ..
+        }) => return Ok((find_row(state, job).await?, PushOutcome::NothingToPush)),
+        Err(db::DbError::NotFound { id }) => {
+            return Err(JobError::Permanent(format!(
+                "file upload row {id} not found"
+            )));
+        }
+        Err(e) => return Err(JobError::from(e)),
+    };
 
     let Some(sha256) = row.sha256.as_deref() else {
         let message = "the row has no sha256: its bytes cannot be found";
@@ -170,7 +163,9 @@ async fn push_once(
     }
     match result {
         Ok(object) => {
-            let row = db::mark_completed(&state.db, row.id, &object.id, &object.path)
+            let row = state
+                .push_writes
+                .mark_completed(row.id, &object.id, &object.path)
                 .await
                 .map_err(JobError::from)?;
             tracing::info!(row_id = %row.id, path = %object.path, attempt = lease.attempt(), "pushed to storage");
@@ -197,6 +192,41 @@ async fn push_once(
             }
         }
     }
+}
+
+/// The row of `job`; a missing row is a permanent error.
+async fn find_row(state: &AppState, job: &StoragePushJob) -> Result<FileUpload, JobError> {
+    db::find_by_id(&state.db, job.row_id)
+        .await
+        .map_err(JobError::from)?
+        .ok_or_else(|| JobError::Permanent(format!("file upload row {} not found", job.row_id)))
+}
+
+/// A push attempt when storage is disabled (`KIMI_UPLOAD_TO_SUPABASE=false`) or not configured:
+/// a row that still wants a push becomes `storage_failed`, without counting an attempt.
+async fn push_without_storage(
+    state: &AppState,
+    job: &StoragePushJob,
+) -> Result<(FileUpload, PushOutcome), JobError> {
+    let row = find_row(state, job).await?;
+    match row.status {
+        UploadStatus::Completed | UploadStatus::Deleted | UploadStatus::Failed => {
+            return Ok((row, PushOutcome::NothingToPush));
+        }
+        _ => {}
+    }
+    if !state.config.supabase.upload_enabled {
+        let row = fail_row(
+            state,
+            &row,
+            "storage disabled (KIMI_UPLOAD_TO_SUPABASE=false) when the push ran",
+        )
+        .await?;
+        return Ok((row, PushOutcome::StorageDisabled));
+    }
+    let message = "Supabase Storage is not configured (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY)";
+    fail_row(state, &row, message).await?;
+    Err(JobError::Permanent(message.to_owned()))
 }
 
 /// Marks the row `storage_failed` with `message` (a row that completed meanwhile is left alone).

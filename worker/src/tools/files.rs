@@ -8,8 +8,9 @@
 //! staged by the daemon (the job carries their sha256); a job that still carries
 //! `content_base64` (enqueued by something else) has it bounded before it is decoded and staged
 //! here. A call with one bad file uploads none. The files are then
-//! staged (content-addressed, atomically), and uploaded to Moonshot under the call's permits by
-//! the same code the `uploads` queue runs ([`uploads::upload_staged`]); the call returns per file
+//! staged (content-addressed, atomically), and uploaded to Moonshot by the same code the
+//! `uploads` queue runs ([`uploads::upload_staged`]), which holds the call's permits around each
+//! Moonshot request and nothing else; the call returns per file
 //! `{filename, file_id, sha256, size_bytes, deduplicated, storage_status}` as soon as Moonshot has
 //! it, while the push to Supabase Storage continues as a `storage_push` job.
 
@@ -26,7 +27,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use super::{ToolCtx, json_result};
-use crate::uploads;
+use crate::uploads::{self, Permits};
 use crate::{cleanup, permits};
 
 #[derive(Debug, Deserialize)]
@@ -92,15 +93,13 @@ pub async fn upload_files(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
             provider: Provider::Kimi.as_str().to_owned(),
         });
     }
-    let guard = ctx.permits().await?;
-    let results = permits::holding(ctx.state, guard, async {
-        let mut results: Vec<UploadedFile> = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            results.push(uploads::upload_staged(ctx.state, job, ctx.job_id()).await?);
-        }
-        Ok(results)
-    })
-    .await?;
+    let mut results: Vec<UploadedFile> = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        results.push(
+            uploads::upload_staged(ctx.state, job, ctx.job_id(), Permits::PerCall(ctx.lease))
+                .await?,
+        );
+    }
     json_result(&results)
 }
 
@@ -131,13 +130,8 @@ pub async fn upload_bytes(ctx: &ToolCtx<'_>) -> Result<ToolResult, JobError> {
         purpose,
         provider: Provider::Kimi.as_str().to_owned(),
     };
-    let guard = ctx.permits().await?;
-    let result = permits::holding(
-        ctx.state,
-        guard,
-        uploads::upload_staged(ctx.state, &job, ctx.job_id()),
-    )
-    .await?;
+    let result =
+        uploads::upload_staged(ctx.state, &job, ctx.job_id(), Permits::PerCall(ctx.lease)).await?;
     json_result(&result)
 }
 
