@@ -386,16 +386,12 @@ async fn write_loop<S: Transport>(
                         return None;
                     }
                     if let Some((code, reason)) = close {
-                        let frame = CloseFrame { code: code.into(), reason: reason.into() };
-                        let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
-                            .await;
+                        send_close(&mut sink, code, reason, write_timeout).await;
                         return Some(sink);
                     }
                 }
                 Some(Outbound::Close(code, reason)) => {
-                    let frame = CloseFrame { code: code.into(), reason: reason.into() };
-                    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
-                        .await;
+                    send_close(&mut sink, code, reason, write_timeout).await;
                     return Some(sink);
                 }
                 None => {
@@ -416,6 +412,20 @@ async fn write_loop<S: Transport>(
             }
         }
     }
+}
+
+/// Sends a close frame (`code`, `reason`), within `write_timeout`; a failure is the peer's loss.
+async fn send_close<S: Transport>(
+    sink: &mut SplitSink<S, Message>,
+    code: u16,
+    reason: String,
+    write_timeout: Duration,
+) {
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
 }
 
 /// Reads one data frame as text: `Ok(Some(text))`, `Ok(None)` for control frames, or how the

@@ -1,13 +1,11 @@
 //! Rate budgets around a chat call: reserve what the call will cost before it is sent, settle
 //! what the provider counted after (see [`exai_shared::budget`]).
 //!
-//! A job that finds its provider's budget spent waits for the room the script names while that
-//! is within its provider's permit wait (`KIMI_SEMAPHORE_TIMEOUT`, …), keeping its place; beyond,
-//! it is put back ([`JobError::PutBack`]) until the windows make room, without spending an
-//! attempt. One whose request alone exceeds a limit fails permanently (no window can ever admit
-//! it).
-
-use std::time::Instant;
+//! A job whose turn — paced, or when a full window has room — is within its provider's permit
+//! wait (`KIMI_SEMAPHORE_TIMEOUT`, …) is given that turn by the script, in order, and waits for
+//! it keeping its place; beyond, it is put back ([`JobError::PutBack`]) until the windows make
+//! room, without spending an attempt. One whose request alone exceeds a limit fails permanently
+//! (no window can ever admit it).
 
 use exai_shared::backend::RunningJob;
 use exai_shared::budget::{self, Charge, Reservation};
@@ -61,61 +59,48 @@ pub async fn reserve(
     let prompt =
         budget::estimate_prompt_tokens(request.messages.iter().map(|m| m.content.as_str()));
     let tokens = prompt + completion;
-    // A wait the provider's permit wait covers is waited here, keeping the job's place; a longer
-    // one puts the job back.
+    // A turn the provider's permit wait covers (paced, or when a full window has room) is
+    // reserved by the script in the order the calls asked and waited here, keeping the job's
+    // place; a longer wait is refused and puts the job back.
     let patience = state.config.semaphores.wait_for(Some(provider));
-    let began = Instant::now();
-    let mut told = false;
-    loop {
-        let answer = state
-            .budgets
-            .reserve(
-                provider,
-                token,
-                tokens,
-                patience.saturating_sub(began.elapsed()),
-            )
-            .await
-            .map_err(|e| {
-                JobError::Transient(format!("rate budget: {}", exai_shared::error_chain(&e)))
-            })?;
-        let reserved = Reserved {
-            token: token.to_owned(),
-            provider,
-            tokens,
-            completion,
-        };
-        let (retry_in, limit, value, current) = match answer {
-            Reservation::Reserved => return Ok(Some(reserved)),
-            Reservation::Scheduled { after } => {
-                // The turn is ours: wait for it. A cancel gives the reservation back.
-                tokio::select! {
-                    _ = tokio::time::sleep(after) => return Ok(Some(reserved)),
-                    _ = lease.cancel.cancelled() => {
-                        let _ = state.budgets.settle(token, Charge::Refund).await;
-                        return Err(JobError::Cancelled(
-                            "cancelled while waiting for its rate budget turn".into(),
-                        ));
-                    }
+    let answer = state
+        .budgets
+        .reserve(provider, token, tokens, patience)
+        .await
+        .map_err(|e| {
+            JobError::Transient(format!("rate budget: {}", exai_shared::error_chain(&e)))
+        })?;
+    let reserved = Reserved {
+        token: token.to_owned(),
+        provider,
+        tokens,
+        completion,
+    };
+    match answer {
+        Reservation::Reserved => Ok(Some(reserved)),
+        Reservation::Scheduled { after } => {
+            // The turn is ours: wait for it. A cancel gives the reservation back.
+            tokio::select! {
+                _ = tokio::time::sleep(after) => Ok(Some(reserved)),
+                _ = lease.cancel.cancelled() => {
+                    let _ = state.budgets.settle(token, Charge::Refund).await;
+                    Err(JobError::Cancelled(
+                        "cancelled while waiting for its rate budget turn".into(),
+                    ))
                 }
             }
-            Reservation::TooLarge { limit, value } => {
-                return Err(JobError::Permanent(format!(
-                    "the request needs {tokens} tokens, more than the {provider} {} limit of \
-                     {value}",
-                    limit.as_str()
-                )));
-            }
-            Reservation::Refused {
-                retry_in,
-                limit,
-                value,
-                current,
-            } => (retry_in, limit, value, current),
-        };
-        state.metrics.budget_refused(provider, limit.as_str());
-        if !told {
-            told = true;
+        }
+        Reservation::TooLarge { limit, value } => Err(JobError::Permanent(format!(
+            "the request needs {tokens} tokens, more than the {provider} {} limit of {value}",
+            limit.as_str()
+        ))),
+        Reservation::Refused {
+            retry_in,
+            limit,
+            value,
+            current,
+        } => {
+            state.metrics.budget_refused(provider, limit.as_str());
             state
                 .progress(
                     lease.id(),
@@ -127,21 +112,13 @@ pub async fn reserve(
                     ),
                 )
                 .await;
-        }
-        if began.elapsed() + retry_in > patience {
-            return Err(JobError::PutBack {
+            Err(JobError::PutBack {
                 reason: format!(
                     "{provider} {} budget spent ({current} of {value})",
                     limit.as_str()
                 ),
                 after: retry_in,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(retry_in) => {}
-            _ = lease.cancel.cancelled() => {
-                return Err(JobError::Cancelled("cancelled while waiting for the rate budget".into()));
-            }
+            })
         }
     }
 }
